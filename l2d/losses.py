@@ -1,0 +1,394 @@
+"""Losses of L2D and of the baselines it is compared with, and the method registry.
+
+Notation (as in the paper): B images, C labels, D embedding size; ``y`` in {0, 1}^{BxC}; ``zS``/``zT`` the
+student/teacher logits; ``ES``/``ET`` the label-wise embeddings. Every function detaches the teacher side
+and computes in float32, so half-precision inputs (AMP) are safe.
+
+Reductions follow the official L2D code, because the default weights were tuned against them: the
+supervised BCE is summed over batch and labels; MLD, KD, MSE and PS are summed over labels and averaged
+over the batch; CD and ID sum the structure loss ``H`` of every set with at least two members.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+import torch.nn.functional as F
+
+from l2d.models import ModelOutput
+
+_PROB_EPS = 1e-8  # clamp of sigmoid probabilities in MLD (official value)
+_LOG_PROB_MIN = math.log(_PROB_EPS)
+_LOG_PROB_MAX = math.log1p(-_PROB_EPS)
+_SQ_DIST_EPS = 1e-12  # clamp of squared distances before the square root (official value)
+
+
+def _no_autocast(device: torch.device):
+    return torch.autocast(device_type=device.type, enabled=False)
+
+
+def bce_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Supervised binary cross-entropy, summed over batch and labels (the official convention)."""
+    return F.binary_cross_entropy_with_logits(logits.float(), targets.float(), reduction="sum")
+
+
+def mld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Multi-label logits distillation: one binary KL divergence per label, no temperature.
+
+    ``L_MLD = (1/B) sum_{i,k} [pT log(pT/pS) + (1-pT) log((1-pT)/(1-pS))]`` with ``p = clamp(sigmoid(z),
+    1e-8, 1-1e-8)``. The clamp is applied in log space (``log p = clamp(logsigmoid(z))``), which is the same
+    function but does not round ``1 - 1e-8`` to 1 in float32.
+    """
+    batch = student_logits.shape[0]
+    with _no_autocast(student_logits.device):
+        z_student = student_logits.float()
+        z_teacher = teacher_logits.detach().float()
+        log_ps = F.logsigmoid(z_student).clamp(_LOG_PROB_MIN, _LOG_PROB_MAX)
+        log_1m_ps = F.logsigmoid(-z_student).clamp(_LOG_PROB_MIN, _LOG_PROB_MAX)
+        log_pt = F.logsigmoid(z_teacher).clamp(_LOG_PROB_MIN, _LOG_PROB_MAX)
+        log_1m_pt = F.logsigmoid(-z_teacher).clamp(_LOG_PROB_MIN, _LOG_PROB_MAX)
+        divergence = log_pt.exp() * (log_pt - log_ps) + log_1m_pt.exp() * (log_1m_pt - log_1m_ps)
+        return divergence.sum() / max(batch, 1)
+
+
+class _SquaredDistances(torch.autograd.Function):
+    """``sq[s, a, b] = ||x_sa - x_sb||^2`` via the Gram matrix, with a hand-written backward.
+
+    Autograd through ``|a|^2 + |b|^2 - 2 a.b`` runs two transposed batched matmuls and several full-size adds;
+    the closed form ``d sq / d x_a = 2 sum_b (g_ab + g_ba)(x_a - x_b)`` needs one ``[m, m] x [m, D]`` matmul.
+    """
+
+    @staticmethod
+    def forward(ctx, vectors: torch.Tensor) -> torch.Tensor:
+        ctx.save_for_backward(vectors)
+        squared_norms = vectors.pow(2).sum(-1)
+        return squared_norms.unsqueeze(2) + squared_norms.unsqueeze(1) - 2 * vectors @ vectors.transpose(1, 2)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        (vectors,) = ctx.saved_tensors
+        symmetric = grad + grad.transpose(1, 2)
+        return 2 * (symmetric.sum(-1, keepdim=True) * vectors - symmetric @ vectors)
+
+
+def _distance_structure(vectors: torch.Tensor, pairs: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
+    """``phi`` of each padded set: pairwise distances divided by their off-diagonal mean.
+
+    Args:
+        vectors: ``[S, n, D]`` S sets of up to n vectors (float32).
+        pairs: ``[S, n, n]`` True for ordered pairs (a != b) of members of the same set.
+        sizes: ``[S]`` members per set.
+
+    Returns:
+        ``[S, n, n]``, zero outside ``pairs``.
+    """
+    squared = _SquaredDistances.apply(vectors)
+    # Padding gets a harmless 1 before the sqrt, so no NaN gradient leaks from it.
+    distances = torch.where(pairs, squared.clamp_min(_SQ_DIST_EPS), torch.ones_like(squared)).sqrt()
+    distances = torch.where(pairs, distances, torch.zeros_like(distances))
+    num_pairs = (sizes * (sizes - 1)).clamp_min(1)
+    mean = distances.sum((1, 2)) / num_pairs
+    return distances / mean.clamp_min(_SQ_DIST_EPS)[:, None, None]
+
+
+def _label_set_losses(
+    student_embeddings: torch.Tensor,
+    teacher_embeddings: torch.Tensor,
+    targets: torch.Tensor,
+    groupings: tuple[str, ...],
+) -> list[torch.Tensor]:
+    """``sum_s H(ES_s, ET_s)`` over the sets with >= 2 members, for each grouping of the positive embeddings.
+
+    Both CD and ID are built from the same vectors, the positive label-wise embeddings ``{E_ik : y_ik = 1}``,
+    grouped by class (``"class"``: CD) or by image (``"image"``: ID). Real label sets are small (COCO: ~2.9
+    labels per image), so the positives are gathered once with one ``index_select`` (no full-size copy,
+    forward or backward), and each grouping is a padded ``[S, m]`` index into them, ``m`` the largest set.
+    ``H(S, T) = sum_ab smoothL1(phi(S)_ab, phi(T)_ab) / n``.
+    """
+    batch, classes, dim = student_embeddings.shape
+    with _no_autocast(student_embeddings.device):
+        positives = targets.bool()
+        flat_positives = positives.flatten().nonzero().squeeze(1)
+        student = student_embeddings.reshape(-1, dim).index_select(0, flat_positives).float()
+        teacher = teacher_embeddings.detach().reshape(-1, dim).index_select(0, flat_positives).float()
+        rank = (positives.flatten().long().cumsum(0) - 1).view(batch, classes)  # row of each positive in `student`
+        results = []
+        for grouping in groupings:
+            members, ranks = (positives.t(), rank.t()) if grouping == "class" else (positives, rank)
+            sizes = members.sum(1)
+            keep = sizes >= 2
+            members, ranks, sizes = members[keep], ranks[keep], sizes[keep]
+            width = int(sizes.max()) if sizes.numel() else 0
+            # A stable sort moves each set's members to its first slots; the padding is masked below.
+            order = torch.sort((~members).to(torch.int8), dim=1, stable=True).indices[:, :width]
+            index = ranks.gather(1, order).clamp_min(0)
+            shape = (*index.shape, dim)
+            members = members.gather(1, order)
+            not_self = ~torch.eye(width, dtype=torch.bool, device=members.device)
+            pairs = members.unsqueeze(2) & members.unsqueeze(1) & not_self
+            with torch.no_grad():
+                teacher_structure = _distance_structure(teacher.index_select(0, index.flatten()).view(shape), pairs, sizes)
+            # index_select, not student[index]: its backward is an index_add, much cheaper than an index_put.
+            student_structure = _distance_structure(student.index_select(0, index.flatten()).view(shape), pairs, sizes)
+            # Both structures are 0 off `pairs`, so padding adds exactly 0.
+            huber = F.smooth_l1_loss(student_structure, teacher_structure, reduction="none", beta=1.0)
+            results.append((huber.sum((1, 2)) / sizes).sum())
+        return results
+
+
+def cd_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Class-aware label-wise embedding distillation.
+
+    ``L_CD = sum_k H(ES_k, ET_k)`` where ``ES_k = {ES_ik : y_ik = 1}`` over the images i of the batch, for
+    every class k with at least two positives (a class with fewer contributes 0).
+    """
+    return _label_set_losses(student_embeddings, teacher_embeddings, targets, ("class",))[0]
+
+
+def id_loss(student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Instance-aware label-wise embedding distillation.
+
+    ``L_ID = sum_i H(ES_i, ET_i)`` where ``ES_i = {ES_ik : y_ik = 1}`` over the labels k of image i, for every
+    image with at least two positive labels.
+    """
+    return _label_set_losses(student_embeddings, teacher_embeddings, targets, ("image",))[0]
+
+
+def cd_id_losses(
+    student_embeddings: torch.Tensor, teacher_embeddings: torch.Tensor, targets: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(L_CD, L_ID)`` from one gather of the positive embeddings: what L2D and LED train with."""
+    cd, instance = _label_set_losses(student_embeddings, teacher_embeddings, targets, ("class", "image"))
+    return cd, instance
+
+
+def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0) -> torch.Tensor:
+    """Vanilla KD adapted to sigmoids: BCE against the teacher's softened probabilities.
+
+    ``L_KD = T^2 / B * sum_{i,k} BCE(sigmoid(zS/T), sigmoid(zT/T))``; the ``T^2`` keeps gradients on the
+    same scale across temperatures, as in Hinton et al.
+    """
+    if temperature <= 0:
+        raise ValueError(f"KD temperature must be > 0, got {temperature}")
+    with _no_autocast(student_logits.device):
+        soft_targets = torch.sigmoid(teacher_logits.detach().float() / temperature)
+        loss = F.binary_cross_entropy_with_logits(student_logits.float() / temperature, soft_targets, reduction="sum")
+        return loss * temperature**2 / max(student_logits.shape[0], 1)
+
+
+def mse_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor) -> torch.Tensor:
+    """Squared error between logits, summed over labels, averaged over the batch."""
+    difference = student_logits.float() - teacher_logits.detach().float()
+    return difference.pow(2).sum() / max(student_logits.shape[0], 1)
+
+
+def ps_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Partial softmax distillation.
+
+    For each positive label k of image i, a softmax over ``[the negative logits of image i, z_ik]`` for the
+    teacher and the student; the loss is ``KL(teacher || student)`` summed over those distributions and
+    averaged over the batch.
+    """
+    with _no_autocast(student_logits.device):
+        positive = targets.bool()
+        negative = ~positive
+        count = positive.shape[1]
+        # support[i, k, j]: label j is in the distribution of (image i, positive label k).
+        own = torch.eye(count, dtype=torch.bool, device=positive.device).unsqueeze(0)
+        support = (negative.unsqueeze(1) | own) & positive.unsqueeze(2)
+        fill = torch.where(positive, float("-inf"), 0.0).unsqueeze(2)
+
+        def log_probs(logits: torch.Tensor) -> torch.Tensor:
+            expanded = logits.float().unsqueeze(1).expand(-1, count, -1)
+            # Rows of negative labels have an empty support: fill them with 0, not -inf, so that the
+            # logsumexp's backward (a softmax) stays finite; they are cleared below anyway.
+            masked = torch.where(support, expanded, fill)
+            result = masked - torch.logsumexp(masked, dim=2, keepdim=True)
+            return result.masked_fill(~support, 0.0)
+
+        log_ps = log_probs(student_logits)
+        log_pt = log_probs(teacher_logits.detach())
+        divergence = torch.where(support, log_pt.exp() * (log_pt - log_ps), torch.zeros_like(log_ps))
+        return divergence.sum() / max(student_logits.shape[0], 1)
+
+
+def rkd_loss(
+    student_features: torch.Tensor,
+    teacher_features: torch.Tensor,
+    distance_weight: float = 25.0,
+    angle_weight: float = 50.0,
+) -> torch.Tensor:
+    """Relational KD (Park et al., 2019) on pooled features: distance-wise + angle-wise Huber losses.
+
+    The distance term compares mean-normalized pairwise distances, the angle term the cosines of the angles
+    formed by every triplet; both are averaged over their entries. Weights 25 and 50 are the RKD paper's.
+    """
+    with _no_autocast(student_features.device):
+        student = student_features.float()
+        teacher = teacher_features.detach().float()
+        batch = student.shape[0]
+        if batch < 2:
+            return student.sum() * 0.0
+        members = torch.ones(1, batch, dtype=torch.bool, device=student.device)
+        sizes = members.sum(1)
+        pairs = ~torch.eye(batch, dtype=torch.bool, device=student.device).unsqueeze(0)
+        with torch.no_grad():
+            teacher_structure = _distance_structure(teacher.unsqueeze(0), pairs, sizes)
+        student_structure = _distance_structure(student.unsqueeze(0), pairs, sizes)
+        distance = F.smooth_l1_loss(student_structure, teacher_structure)
+
+        def cosines(x: torch.Tensor) -> torch.Tensor:
+            directions = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
+            return directions @ directions.transpose(1, 2)
+
+        with torch.no_grad():
+            teacher_angles = cosines(teacher)
+        angle = F.smooth_l1_loss(cosines(student), teacher_angles)
+        return distance_weight * distance + angle_weight * angle
+
+
+def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
+    """Probabilistic knowledge transfer (Passalis & Tefas, 2018) on pooled features.
+
+    Cosine similarities mapped to [0, 1] and normalized per row into conditional probabilities; the loss is
+    ``KL(teacher || student)`` averaged over all B x B entries.
+    """
+    with _no_autocast(student_features.device):
+
+        def conditional(x: torch.Tensor) -> torch.Tensor:
+            unit = F.normalize(x.float(), p=2, dim=1, eps=eps)
+            similarity = (unit @ unit.t() + 1.0) / 2.0
+            return similarity / similarity.sum(dim=1, keepdim=True)
+
+        student = conditional(student_features)
+        with torch.no_grad():
+            teacher = conditional(teacher_features.detach())
+        if student.numel() == 0:
+            return student.sum()
+        return (teacher * torch.log((teacher + eps) / (student + eps))).mean()
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# Method registry: a method is BCE on the student plus weighted distillation terms.
+
+TermFn = Callable[[ModelOutput, ModelOutput, torch.Tensor, Mapping[str, float]], dict[str, torch.Tensor]]
+
+
+@dataclass(frozen=True)
+class Term:
+    """A group of distillation losses computed together, and the weight hyperparameter of each.
+
+    ``fn(student, teacher, targets, hparams)`` returns ``{part name: unweighted loss}``; ``weights`` maps each
+    part to its weight's name.
+    """
+
+    weights: dict[str, str]
+    fn: TermFn
+
+
+def _led(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams) -> dict[str, torch.Tensor]:
+    cd, instance = cd_id_losses(student.label_embeddings, teacher.label_embeddings, targets)
+    return {"cd": cd, "id": instance}
+
+
+TERMS: dict[str, Term] = {
+    "mld": Term({"mld": "lambda_mld"}, lambda s, t, y, hp: {"mld": mld_loss(s.logits, t.logits)}),
+    "led": Term({"cd": "lambda_cd", "id": "lambda_id"}, _led),
+    "kd": Term({"kd": "lambda_kd"}, lambda s, t, y, hp: {"kd": kd_loss(s.logits, t.logits, hp["kd_temperature"])}),
+    "mse": Term({"mse": "lambda_mse"}, lambda s, t, y, hp: {"mse": mse_loss(s.logits, t.logits)}),
+    "ps": Term({"ps": "lambda_ps"}, lambda s, t, y, hp: {"ps": ps_loss(s.logits, t.logits, y)}),
+    "rkd": Term({"rkd": "lambda_rkd"}, lambda s, t, y, hp: {"rkd": rkd_loss(s.features, t.features)}),
+    "pkt": Term({"pkt": "lambda_pkt"}, lambda s, t, y, hp: {"pkt": pkt_loss(s.features, t.features)}),
+}
+
+#: The official L2D weights (MS-COCO), the starting point of every L2D sweep.
+OFFICIAL_WEIGHTS = {"lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+
+
+@dataclass(frozen=True)
+class Method:
+    """A distillation method: the term groups (keys of :data:`TERMS`) added to the student's BCE, and the
+    defaults of its hyperparameters."""
+
+    terms: tuple[str, ...]
+    defaults: dict[str, float] = field(default_factory=dict)
+    description: str = ""
+
+    @property
+    def needs_teacher(self) -> bool:
+        return bool(self.terms)
+
+
+METHODS: dict[str, Method] = {
+    "bce": Method((), {}, "student alone, supervised BCE"),
+    "kd": Method(("kd",), {"lambda_kd": 10.0, "kd_temperature": 4.0}, "vanilla KD with sigmoids (soft-target BCE)"),
+    "mse": Method(("mse",), {"lambda_mse": 1.0}, "MSE between logits"),
+    "ps": Method(("ps",), {"lambda_ps": 10.0}, "partial softmax KD"),
+    "rkd": Method(("rkd",), {"lambda_rkd": 1.0}, "relational KD on pooled features (distance 25, angle 50)"),
+    "pkt": Method(("pkt",), {"lambda_pkt": 30000.0}, "probabilistic knowledge transfer on pooled features"),
+    "mld": Method(("mld",), {"lambda_mld": 10.0}, "L2D's multi-label logits distillation alone"),
+    "led": Method(("led",), {"lambda_cd": 100.0, "lambda_id": 1000.0}, "L2D's CD + ID embedding losses alone"),
+    "l2d": Method(("mld", "led"), dict(OFFICIAL_WEIGHTS), "L2D: MLD + CD + ID"),
+}
+
+
+def method_hparams(method: str, overrides: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The hyperparameters of ``method``: its defaults updated with ``overrides``.
+
+    Raises:
+        ValueError: unknown method, a hyperparameter the method does not have, or a negative value.
+    """
+    if method not in METHODS:
+        raise ValueError(f"unknown method {method!r}; known methods: {', '.join(METHODS)}")
+    hparams = dict(METHODS[method].defaults)
+    for name, value in (overrides or {}).items():
+        if name not in hparams:
+            allowed = ", ".join(hparams) or "none"
+            raise ValueError(f"method {method!r} has no hyperparameter {name!r} (it has: {allowed})")
+        value = float(value)
+        if not math.isfinite(value) or value < 0 or (name == "kd_temperature" and value == 0):
+            raise ValueError(f"{name} must be a finite number >= 0 (> 0 for a temperature), got {value}")
+        hparams[name] = value
+    return hparams
+
+
+def distillation_loss(
+    method: str,
+    student: ModelOutput,
+    teacher: ModelOutput | None,
+    targets: torch.Tensor,
+    hparams: Mapping[str, float] | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The training loss of ``method``: ``BCE + sum_term lambda_term * L_term``.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        student: the student's output (with gradients).
+        teacher: the teacher's output (detached here); may be None for ``bce``.
+        targets: ``[B, C]`` in {0, 1}.
+        hparams: overrides of the method's defaults (see :func:`method_hparams`).
+
+    Returns:
+        ``(total, parts)`` where ``parts`` maps ``"bce"`` and each loss (``mld``, ``cd``, ``id``, ``kd``...) to its
+        unweighted, detached value.
+    """
+    resolved = method_hparams(method, hparams)
+    spec = METHODS[method]
+    if spec.needs_teacher and teacher is None:
+        raise ValueError(f"method {method!r} needs a teacher's output")
+    total = bce_loss(student.logits, targets)
+    parts = {"bce": total.detach()}
+    for name in spec.terms:
+        term = TERMS[name]
+        for part, value in term.fn(student, teacher, targets, resolved).items():
+            total = total + resolved[term.weights[part]] * value
+            parts[part] = value.detach()
+    return total, parts
+
+
+def loss_parts(method: str) -> tuple[str, ...]:
+    """Names of the parts :func:`distillation_loss` reports for ``method`` (``bce`` first)."""
+    return ("bce", *(part for name in METHODS[method].terms for part in TERMS[name].weights))

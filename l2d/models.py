@@ -1,0 +1,230 @@
+"""Multi-label models: a timm backbone + the label-wise embedding encoder g + the per-class classifier h.
+
+The head follows the L2D paper and its official code (an ML-Decoder-style decoder layer): the last-stage
+feature map of the backbone becomes a set of tokens, C frozen class queries cross-attend to them, and
+each query comes out as the label-wise embedding ``E_k`` of class k. The classifier is per class:
+``logit_k = <E_k, w_k> + b_k``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from typing import NamedTuple
+
+import timm
+import torch
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+#: Keys under which checkpoints commonly nest their state dict.
+_STATE_DICT_KEYS = ("model", "state_dict", "model_state", "student")
+#: Prefixes of the original classifier of a timm/torchvision model; our head replaces it.
+_CLASSIFIER_PREFIXES = ("fc.", "head.", "classifier.", "last_linear.", "head.fc.")
+
+
+class ModelOutput(NamedTuple):
+    """What every model of this project returns (a NamedTuple, so DDP can walk it).
+
+    Attributes:
+        logits: ``[B, C]`` raw scores, one per label (apply a sigmoid for probabilities).
+        label_embeddings: ``[B, C, D]`` the label-wise embeddings ``E`` from the encoder g.
+        features: ``[B, F]`` the globally pooled backbone features (for RKD, PKT and other feature baselines).
+    """
+
+    logits: torch.Tensor
+    label_embeddings: torch.Tensor
+    features: torch.Tensor
+
+
+class UnknownModelError(ValueError):
+    """Raised for a backbone name timm does not know."""
+
+
+class DecoderLayer(nn.Module):
+    """One ML-Decoder layer: no self-attention, cross-attention over the image tokens, then an FFN.
+
+    As in ML-Decoder, the self-attention block is replaced by ``q = LayerNorm(q + dropout(q))``, which keeps
+    the parameter layout of a standard decoder layer while dropping its quadratic cost in C.
+    """
+
+    def __init__(self, embed_dim: int, num_heads: int = 8, ffn_dim: int = 2048, dropout: float = 0.1):
+        super().__init__()
+        self.norm_query = nn.LayerNorm(embed_dim)
+        self.dropout_query = nn.Dropout(dropout)
+        self.cross_attention = nn.MultiheadAttention(embed_dim, num_heads, dropout=dropout, batch_first=True)
+        self.dropout_attention = nn.Dropout(dropout)
+        self.norm_attention = nn.LayerNorm(embed_dim)
+        self.ffn = nn.Sequential(
+            nn.Linear(embed_dim, ffn_dim), nn.ReLU(inplace=True), nn.Dropout(dropout), nn.Linear(ffn_dim, embed_dim)
+        )
+        self.dropout_ffn = nn.Dropout(dropout)
+        self.norm_ffn = nn.LayerNorm(embed_dim)
+
+    def forward(self, queries: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        queries = self.norm_query(queries + self.dropout_query(queries))
+        attended = self.cross_attention(queries, tokens, tokens, need_weights=False)[0]
+        queries = self.norm_attention(queries + self.dropout_attention(attended))
+        return self.norm_ffn(queries + self.dropout_ffn(self.ffn(queries)))
+
+
+class LabelWiseHead(nn.Module):
+    """The label-wise embedding encoder g and the per-class classifier h.
+
+    Args:
+        in_features: channels of the backbone's last-stage tokens.
+        num_classes: C, the number of labels.
+        embed_dim: D, the size of each label-wise embedding.
+        num_heads: attention heads of the cross-attention.
+        ffn_dim: hidden size of the decoder's feed-forward block.
+        dropout: dropout inside the decoder layer.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        num_classes: int,
+        embed_dim: int = 768,
+        num_heads: int = 8,
+        ffn_dim: int = 2048,
+        dropout: float = 0.1,
+    ):
+        super().__init__()
+        if embed_dim % num_heads:
+            raise ValueError(f"embed_dim={embed_dim} must be divisible by num_heads={num_heads}")
+        self.token_projection = nn.Linear(in_features, embed_dim)
+        # Learned-free class queries: N(0, 1) at init and frozen, as in ML-Decoder and the L2D code.
+        self.class_queries = nn.Embedding(num_classes, embed_dim)
+        self.class_queries.weight.requires_grad_(False)
+        self.decoder = DecoderLayer(embed_dim, num_heads, ffn_dim, dropout)
+        self.classifier_weight = nn.Parameter(torch.empty(num_classes, embed_dim))
+        self.classifier_bias = nn.Parameter(torch.zeros(num_classes))
+        nn.init.xavier_normal_(self.classifier_weight)
+
+    def forward(self, tokens: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Map ``[B, N, in_features]`` tokens to ``(logits [B, C], label_embeddings [B, C, D])``."""
+        tokens = torch.relu(self.token_projection(tokens))
+        queries = self.class_queries.weight.unsqueeze(0).expand(tokens.shape[0], -1, -1)
+        label_embeddings = self.decoder(queries, tokens)
+        logits = (label_embeddings * self.classifier_weight).sum(-1) + self.classifier_bias
+        return logits, label_embeddings
+
+
+class MultiLabelModel(nn.Module):
+    """A timm backbone without its classifier, followed by :class:`LabelWiseHead`."""
+
+    def __init__(self, backbone: nn.Module, backbone_name: str, num_classes: int, embed_dim: int = 768):
+        super().__init__()
+        self.backbone = backbone
+        self.backbone_name = backbone_name
+        self.num_classes = num_classes
+        self.embed_dim = embed_dim
+        self.head = LabelWiseHead(backbone.num_features, num_classes, embed_dim)
+
+    def _tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
+        """The last-stage map as ``[B, N, C]`` tokens, whatever layout the backbone uses."""
+        if feature_map.ndim == 4:
+            if getattr(self.backbone, "output_fmt", "NCHW") == "NHWC":  # Swin and other NHWC models
+                return feature_map.flatten(1, 2)
+            return feature_map.flatten(2).transpose(1, 2)
+        if feature_map.ndim == 3:  # ViT-like: [B, prefix + patches, C]; keep the patch tokens
+            prefix = getattr(self.backbone, "num_prefix_tokens", 0)
+            return feature_map[:, prefix:] if feature_map.shape[1] > prefix else feature_map
+        raise RuntimeError(f"{self.backbone_name}: unexpected feature map shape {tuple(feature_map.shape)}")
+
+    def forward(self, images: torch.Tensor) -> ModelOutput:
+        feature_map = self.backbone.forward_features(images)
+        features = self.backbone.forward_head(feature_map, pre_logits=True)
+        logits, label_embeddings = self.head(self._tokens(feature_map))
+        return ModelOutput(logits=logits, label_embeddings=label_embeddings, features=features)
+
+
+def check_backbone_name(backbone: str) -> None:
+    """Raise :class:`UnknownModelError` naming close matches when timm does not know ``backbone``."""
+    if timm.is_model(backbone):
+        return
+    known = timm.list_models()
+    close = difflib.get_close_matches(backbone, known, n=5, cutoff=0.6)
+    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models() for the names."
+    raise UnknownModelError(f"unknown backbone {backbone!r}: timm has no model of that name.{hint}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of parameters (trainable or not) in ``model``."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def build_model(
+    backbone: str,
+    num_classes: int,
+    embed_dim: int = 768,
+    pretrained: str | os.PathLike | None = None,
+    **backbone_kwargs,
+) -> MultiLabelModel:
+    """Build a multi-label model: timm ``backbone`` + label-wise embedding head.
+
+    Args:
+        backbone: any timm model name (``timm.list_models()``); created with ``pretrained=False``.
+        num_classes: C, the number of labels.
+        embed_dim: D, the size of the label-wise embeddings (teacher and student must agree for CD/ID).
+        pretrained: a local checkpoint: a timm/torchvision state dict of the backbone, or a state dict of
+            a whole model saved by this project. Nothing is downloaded.
+        **backbone_kwargs: passed to ``timm.create_model`` (for example ``img_size=64`` for a ViT or Swin).
+
+    Returns:
+        The model; its forward returns a :class:`ModelOutput`.
+    """
+    check_backbone_name(backbone)
+    if num_classes < 1:
+        raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    net = timm.create_model(backbone, pretrained=False, num_classes=0, **backbone_kwargs)
+    model = MultiLabelModel(net, backbone, num_classes, embed_dim)
+    if pretrained is not None:
+        load_pretrained(model, pretrained)
+    return model
+
+
+def _unwrap_state_dict(checkpoint: object, path: str) -> dict[str, torch.Tensor]:
+    if isinstance(checkpoint, dict):
+        for key in _STATE_DICT_KEYS:
+            if key in checkpoint and isinstance(checkpoint[key], dict):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, dict) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path}: not a state dict (expected a mapping of parameter names to tensors)")
+    # DDP and torch.compile wrap names; strip their prefixes.
+    return {k.removeprefix("module.").removeprefix("_orig_mod."): v for k, v in checkpoint.items()}
+
+
+def load_pretrained(model: MultiLabelModel, path: str | os.PathLike) -> None:
+    """Load local weights into ``model``: a whole model of ours, or a backbone-only timm/torchvision dict.
+
+    Raises:
+        FileNotFoundError: the file does not exist.
+        ValueError: the file is not a state dict, or its tensors do not fit the model.
+    """
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"pretrained weights {path!r} not found (give a local file path)")
+    state_dict = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    if any(k.startswith("head.") for k in state_dict) and any(k.startswith("backbone.") for k in state_dict):
+        try:
+            model.load_state_dict(state_dict)
+        except RuntimeError as error:
+            raise ValueError(f"{path}: checkpoint does not match {model.backbone_name}: {error}") from error
+        return
+    target = model.backbone.state_dict()
+    backbone_weights = {k: v for k, v in state_dict.items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    mismatched = [k for k, v in backbone_weights.items() if k in target and target[k].shape != v.shape]
+    if mismatched:
+        raise ValueError(f"{path}: tensors with the wrong shape for {model.backbone_name}: {mismatched[:5]}")
+    missing, unexpected = model.backbone.load_state_dict(backbone_weights, strict=False)
+    if len(missing) == len(target):
+        raise ValueError(f"{path}: no tensor matches the parameters of {model.backbone_name}")
+    if missing or unexpected:
+        logger.warning(
+            "%s: loaded into %s with %d missing and %d unexpected keys (e.g. %s)",
+            path, model.backbone_name, len(missing), len(unexpected), (missing + unexpected)[:3],
+        )

@@ -1,0 +1,276 @@
+"""The losses against hand-computed values and against the loop references written from the formulas."""
+
+import math
+
+import pytest
+import torch
+
+from l2d import losses
+from l2d.losses import cd_loss, distillation_loss, id_loss, method_hparams, mld_loss, ps_loss
+from l2d.models import ModelOutput
+from tests.l2d.reference_losses import cd_loss_loop, id_loss_loop, mld_loss_loop, ps_loss_loop
+
+RTOL = 1e-5
+
+
+def _random_case(batch=12, classes=7, dim=16, positive_rate=0.4, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+    student = torch.randn(batch, classes, dim, generator=generator)
+    teacher = torch.randn(batch, classes, dim, generator=generator)
+    targets = (torch.rand(batch, classes, generator=generator) < positive_rate).float()
+    return student, teacher, targets
+
+
+def _value_and_grad(fn, student, teacher, targets):
+    student = student.detach().clone().requires_grad_(True)
+    value = fn(student, teacher, targets)
+    value.backward()
+    return value.detach(), student.grad
+
+
+def _assert_matches_loop(fn, loop_fn, student, teacher, targets, grad_rtol=RTOL):
+    value, grad = _value_and_grad(fn, student, teacher, targets)
+    ref_value, ref_grad = _value_and_grad(loop_fn, student.float(), teacher.float(), targets)
+    assert torch.isfinite(value) and torch.isfinite(grad).all()
+    torch.testing.assert_close(value, ref_value, rtol=RTOL, atol=1e-7)
+    torch.testing.assert_close(grad.float(), ref_grad, rtol=grad_rtol, atol=1e-6)
+    return value
+
+
+# --- Hand-computed values -----------------------------------------------------------------------------
+
+# Student points (0,0), (3,0), (0,4): distances 3, 4, 5, mean 4, so phi = 0.75, 1, 1.25.
+# Teacher: an equilateral triangle, phi = 1 everywhere. Each of the 6 ordered pairs differs by 0.25, 0 or 0.25:
+# smoothL1 = 0.5 * 0.25^2 = 1/32 for 4 of them, so sum = 1/8, and H = (1/8) / n = 1/24.
+TRIANGLE_STUDENT = torch.tensor([[0.0, 0.0], [3.0, 0.0], [0.0, 4.0]])
+TRIANGLE_TEACHER = torch.tensor([[0.0, 0.0], [1.0, 0.0], [0.5, math.sqrt(3) / 2]])
+TRIANGLE_H = 1.0 / 24.0
+
+
+def test_cd_hand_computed():
+    # One class with three positive images (the triangle), one class with a single positive (contributes 0).
+    student = torch.zeros(3, 2, 2)
+    teacher = torch.zeros(3, 2, 2)
+    student[:, 0], teacher[:, 0] = TRIANGLE_STUDENT, TRIANGLE_TEACHER
+    student[:, 1], teacher[:, 1] = torch.randn(3, 2), torch.randn(3, 2)
+    targets = torch.tensor([[1.0, 1.0], [1.0, 0.0], [1.0, 0.0]])
+    assert cd_loss(student, teacher, targets).item() == pytest.approx(TRIANGLE_H, rel=1e-6)
+    # Two classes, each with the triangle: CD sums over classes (not a mean).
+    doubled = cd_loss(student[:, [0, 0]], teacher[:, [0, 0]], torch.ones(3, 2))
+    assert doubled.item() == pytest.approx(2 * TRIANGLE_H, rel=1e-6)
+
+
+def test_id_hand_computed():
+    # One image whose three positive labels are the triangle; a second image with all three labels
+    # positive and the same geometry: ID sums over images.
+    student = TRIANGLE_STUDENT.unsqueeze(0).repeat(2, 1, 1)
+    teacher = TRIANGLE_TEACHER.unsqueeze(0).repeat(2, 1, 1)
+    assert id_loss(student[:1], teacher[:1], torch.ones(1, 3)).item() == pytest.approx(TRIANGLE_H, rel=1e-6)
+    assert id_loss(student, teacher, torch.ones(2, 3)).item() == pytest.approx(2 * TRIANGLE_H, rel=1e-6)
+    # Scaling or translating a set does not change its structure.
+    moved = student * 7.0 + 3.0
+    assert id_loss(moved, teacher, torch.ones(2, 3)).item() == pytest.approx(2 * TRIANGLE_H, rel=1e-5)
+
+
+def test_mld_hand_computed():
+    # pS = sigmoid(0) = 1/2, pT = sigmoid(ln 3) = 3/4: 3/4 ln(3/2) + 1/4 ln(1/2) per label.
+    per_label = 0.75 * math.log(1.5) + 0.25 * math.log(0.5)
+    student = torch.zeros(2, 3)
+    teacher = torch.full((2, 3), math.log(3.0))
+    # Summed over the 3 labels, averaged over the 2 images.
+    assert mld_loss(student, teacher).item() == pytest.approx(3 * per_label, rel=1e-6)
+    assert mld_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-7)
+
+
+def test_mld_saturated_logits_stay_finite():
+    student = torch.tensor([[40.0, -40.0, 0.0]], requires_grad=True)
+    teacher = torch.tensor([[-40.0, 40.0, 0.0]])
+    value = mld_loss(student, teacher)
+    value.backward()
+    assert torch.isfinite(value) and torch.isfinite(student.grad).all()
+    # Clamped at 1e-8: each saturated label costs about log(1e8) nats.
+    assert value.item() == pytest.approx(2 * math.log(1e8), rel=1e-3)
+
+
+def test_bce_is_summed():
+    logits = torch.zeros(4, 5)
+    assert losses.bce_loss(logits, torch.ones(4, 5)).item() == pytest.approx(20 * math.log(2), rel=1e-6)
+
+
+def test_kd_and_mse_hand_computed():
+    student = torch.zeros(2, 2)
+    teacher = torch.zeros(2, 2)
+    # Soft target 1/2 on logit 0: BCE = ln 2 per label; T^2 = 4; 4 labels / 2 images.
+    assert losses.kd_loss(student, teacher, temperature=2.0).item() == pytest.approx(4 * 4 * math.log(2) / 2)
+    teacher = torch.tensor([[1.0, 2.0], [0.0, -3.0]])
+    assert losses.mse_loss(student, teacher).item() == pytest.approx((1 + 4 + 0 + 9) / 2)
+
+
+# --- Vectorized vs loop ---------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_matches_loop_reference_random(fn, loop_fn, seed):
+    student, teacher, targets = _random_case(seed=seed)
+    value = _assert_matches_loop(fn, loop_fn, student, teacher, targets)
+    assert value > 0
+
+
+@pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
+def test_matches_loop_reference_coco_shape(fn, loop_fn):
+    student, teacher, targets = _random_case(batch=16, classes=80, dim=768, positive_rate=2.9 / 80, seed=3)
+    _assert_matches_loop(fn, loop_fn, student, teacher, targets)
+
+
+@pytest.mark.parametrize("fn", [cd_loss, id_loss], ids=["cd", "id"])
+def test_no_set_with_two_members_is_exactly_zero(fn):
+    student, teacher, _ = _random_case(batch=4, classes=4)
+    targets = torch.eye(4)  # every class and every image has exactly one positive
+    value, grad = _value_and_grad(fn, student, teacher, targets)
+    assert value.item() == 0.0
+    assert torch.all(grad == 0)
+    value, grad = _value_and_grad(fn, student, teacher, torch.zeros(4, 4))
+    assert value.item() == 0.0 and torch.isfinite(grad).all()
+
+
+@pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
+def test_sets_of_two_contribute_zero(fn, loop_fn):
+    student, teacher, _ = _random_case(batch=4, classes=4)
+    targets = torch.tensor([[1.0, 1.0, 0, 0], [1.0, 1.0, 0, 0], [0, 0, 1.0, 0], [0, 0, 0, 1.0]])
+    value = _assert_matches_loop(fn, loop_fn, student, teacher, targets)
+    assert value.item() == pytest.approx(0.0, abs=1e-6)
+
+
+@pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
+def test_rows_with_every_label_positive(fn, loop_fn):
+    student, teacher, targets = _random_case(batch=6, classes=5)
+    targets[0] = 1.0
+    targets[3] = 1.0
+    _assert_matches_loop(fn, loop_fn, student, teacher, targets)
+    _assert_matches_loop(fn, loop_fn, student, teacher, torch.ones(6, 5))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
+def test_half_precision_inputs_computed_in_float32(fn, loop_fn, dtype):
+    student, teacher, targets = _random_case()
+    student, teacher = student.to(dtype), teacher.to(dtype)
+    value = fn(student, teacher, targets)
+    assert value.dtype == torch.float32
+    # The value is float32 throughout; autograd rounds the gradient to the input's dtype, hence its tolerance.
+    _assert_matches_loop(fn, loop_fn, student, teacher, targets, grad_rtol=torch.finfo(dtype).eps)
+
+
+@pytest.mark.parametrize("fn", [cd_loss, id_loss, lambda s, t, y: mld_loss(s[..., 0], t[..., 0]),
+                                lambda s, t, y: ps_loss(s[..., 0], t[..., 0], y)], ids=["cd", "id", "mld", "ps"])
+def test_empty_batch(fn):
+    student = torch.zeros(0, 5, 8, requires_grad=True)
+    value = fn(student, torch.zeros(0, 5, 8), torch.zeros(0, 5))
+    assert value.item() == 0.0
+    value.backward()
+    assert student.grad is not None and student.grad.shape == student.shape
+
+
+def test_teacher_gets_no_gradient():
+    student, teacher, targets = _random_case()
+    student.requires_grad_(True)
+    teacher.requires_grad_(True)
+    (cd_loss(student, teacher, targets) + id_loss(student, teacher, targets)
+     + mld_loss(student[..., 0], teacher[..., 0])).backward()
+    assert teacher.grad is None
+    assert student.grad is not None
+
+
+def test_mld_matches_loop_reference():
+    generator = torch.Generator().manual_seed(5)
+    student = (torch.randn(6, 9, generator=generator) * 4).requires_grad_(True)
+    teacher = torch.randn(6, 9, generator=generator) * 4
+    value = mld_loss(student, teacher)
+    value.backward()
+    reference_student = student.detach().clone().requires_grad_(True)
+    reference = mld_loss_loop(reference_student, teacher)
+    reference.backward()
+    assert value.item() == pytest.approx(reference.item(), rel=RTOL)
+    torch.testing.assert_close(student.grad, reference_student.grad, rtol=1e-4, atol=1e-7)
+
+
+def test_ps_matches_loop_reference():
+    student, teacher, targets = _random_case(batch=8, classes=6)
+    targets[2] = 1.0  # an image with no negative: each distribution is a single label, KL 0
+    targets[5] = 0.0  # an image with no positive: no distribution at all
+    value, grad = _value_and_grad(lambda s, t, y: ps_loss(s[..., 0], t[..., 0], y), student, teacher, targets)
+    ref, ref_grad = _value_and_grad(lambda s, t, y: ps_loss_loop(s[..., 0], t[..., 0], y), student, teacher, targets)
+    assert torch.isfinite(grad).all()
+    torch.testing.assert_close(value, ref, rtol=RTOL, atol=1e-7)
+    torch.testing.assert_close(grad, ref_grad, rtol=RTOL, atol=1e-6)
+
+
+def test_feature_baselines_zero_for_identical_relations():
+    features = torch.randn(10, 32)
+    # RKD and PKT compare relations: a scaled copy has the same distances (normalized) and cosines.
+    assert losses.rkd_loss(features * 3.0, features).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.pkt_loss(features * 3.0, features).item() == pytest.approx(0.0, abs=1e-6)
+    student = torch.randn(10, 16, requires_grad=True)
+    for value in (losses.rkd_loss(student, features), losses.pkt_loss(student, features)):
+        assert value.item() > 0
+        value.backward()
+    assert torch.isfinite(student.grad).all()
+
+
+# --- Registry and entry point ---------------------------------------------------------------------------
+
+def _outputs(batch=6, classes=5, dim=8, features=12, seed=0):
+    generator = torch.Generator().manual_seed(seed)
+
+    def output():
+        return ModelOutput(torch.randn(batch, classes, generator=generator),
+                           torch.randn(batch, classes, dim, generator=generator),
+                           torch.randn(batch, features, generator=generator))
+
+    targets = (torch.rand(batch, classes, generator=generator) < 0.5).float()
+    return output(), output(), targets
+
+
+@pytest.mark.parametrize("method", sorted(losses.METHODS))
+def test_every_method_runs_and_reports_its_parts(method):
+    student, teacher, targets = _outputs()
+    student = ModelOutput(*(t.requires_grad_(True) for t in student))
+    total, parts = distillation_loss(method, student, teacher, targets)
+    assert tuple(parts) == losses.loss_parts(method)
+    hparams = method_hparams(method)
+    weights = {part: hparams[name] for term in losses.METHODS[method].terms
+               for part, name in losses.TERMS[term].weights.items()}
+    expected = parts["bce"] + sum(weights[part] * parts[part] for part in weights)
+    torch.testing.assert_close(total.detach(), expected)
+    total.backward()
+    assert torch.isfinite(student.logits.grad).all()
+
+
+def test_fused_cd_id_equals_separate():
+    student, teacher, targets = _random_case(seed=4)
+    cd, instance = losses.cd_id_losses(student, teacher, targets)
+    torch.testing.assert_close(cd, cd_loss(student, teacher, targets))
+    torch.testing.assert_close(instance, id_loss(student, teacher, targets))
+
+
+def test_l2d_total_uses_official_weights():
+    student, teacher, targets = _outputs()
+    total, _ = distillation_loss("l2d", student, teacher, targets)
+    expected = (losses.bce_loss(student.logits, targets) + 10 * mld_loss(student.logits, teacher.logits)
+                + 100 * cd_loss(student.label_embeddings, teacher.label_embeddings, targets)
+                + 1000 * id_loss(student.label_embeddings, teacher.label_embeddings, targets))
+    torch.testing.assert_close(total, expected)
+    custom, _ = distillation_loss("l2d", student, teacher, targets, {"lambda_cd": 0.0, "lambda_id": 0.0})
+    torch.testing.assert_close(custom, losses.bce_loss(student.logits, targets)
+                               + 10 * mld_loss(student.logits, teacher.logits))
+
+
+def test_registry_errors_name_the_problem():
+    with pytest.raises(ValueError, match="unknown method 'l3d'.*l2d"):
+        method_hparams("l3d")
+    with pytest.raises(ValueError, match="'lambda_cd'.*lambda_kd, kd_temperature"):
+        method_hparams("kd", {"lambda_cd": 1.0})
+    with pytest.raises(ValueError, match="lambda_mld must be"):
+        method_hparams("mld", {"lambda_mld": -1.0})
+    with pytest.raises(ValueError, match="needs a teacher"):
+        distillation_loss("l2d", _outputs()[0], None, _outputs()[2])
