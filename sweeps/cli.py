@@ -6,8 +6,12 @@ Commands import their heavy dependencies (torch, timm, Ray) only when they run, 
 from __future__ import annotations
 
 import argparse
+import json
 import logging
+import os
 import sys
+import time
+from pathlib import Path
 from typing import Callable, Sequence
 
 logger = logging.getLogger(__name__)
@@ -18,6 +22,274 @@ class _Parser(argparse.ArgumentParser):
 
     def error(self, message: str) -> None:  # type: ignore[override]
         self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+# --- shared options -------------------------------------------------------------------------------------------
+
+def _key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE parsed as YAML (numbers, booleans, strings)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: bad value ({error})") from error
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
+    return value
+
+
+def _non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
+    return value
+
+
+def _add_data_options(parser: argparse.ArgumentParser) -> None:
+    from l2d.data import DATASETS
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="mosaic-digits", choices=list(DATASETS),
+                       help="dataset name (default: mosaic-digits, embedded: nothing to download)")
+    group.add_argument("--data-root", help="the dataset's folder (required for voc2007, coco2014, nuswide)")
+    group.add_argument("--dataset-option", action="append", type=_key_value, default=[], metavar="KEY=VALUE",
+                       help="a dataset option, repeatable (e.g. size=5000 for a mosaic, difficult_as_positive=true "
+                            "for VOC)")
+    group.add_argument("--image-size", type=_positive_int, help="network input side (default: the dataset's)")
+
+
+def _add_recipe_options(parser: argparse.ArgumentParser) -> None:
+    group = parser.add_argument_group("recipe (defaults: the official L2D recipe, with the dataset's lr)")
+    group.add_argument("--embed-dim", type=_positive_int, help="label-wise embedding size D (default: the dataset's)")
+    group.add_argument("--batch-size", type=_positive_int, default=64, help="global batch size (default: 64)")
+    group.add_argument("--lr", type=_positive_float, help="OneCycle max learning rate (default: the dataset's)")
+    group.add_argument("--weight-decay", type=_non_negative_float, default=1e-4,
+                       help="Adam L2 decay on weights (default: 1e-4)")
+    group.add_argument("--workers", type=int, default=0, help="DataLoader workers (default: 0)")
+    group.add_argument("--seed", type=int, default=0, help="seed of models and data order (default: 0)")
+    group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    group.add_argument("--store", default=None,
+                       help="teacher store: a folder or s3:// / gs:// URI (default: $L2D_SWEEP_CACHE/teachers, "
+                            "$L2D_SWEEP_CACHE defaulting to ~/.cache/l2d-sweep)")
+
+
+def _dataset_options(args: argparse.Namespace) -> dict:
+    return dict(args.dataset_option)
+
+
+def _resolve_device(name: str | None):
+    import torch
+
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit("l2d-sweep: error: --device cuda given but no CUDA device is available")
+    return device
+
+
+def _teacher_key(args: argparse.Namespace, backbone: str, epochs: int):
+    from l2d.data import DATASETS
+    from l2d.teachers import TeacherKey
+
+    info = DATASETS[args.dataset]
+    recipe = {"epochs": epochs, "batch_size": args.batch_size, "lr": args.lr or info.lr,
+              "weight_decay": args.weight_decay, "pct_start": 0.2}
+    return TeacherKey(dataset=args.dataset, backbone=backbone, image_size=args.image_size or info.image_size,
+                      embed_dim=args.embed_dim or info.embed_dim, recipe=recipe, seed=args.seed,
+                      dataset_options=_dataset_options(args))
+
+
+def _store(args: argparse.Namespace):
+    from l2d.data.mosaic import default_cache_dir
+    from l2d.teachers import TeacherStore
+
+    return TeacherStore(args.store or str(default_cache_dir() / "teachers"))
+
+
+class _Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal; one line per epoch otherwise)."""
+
+    def __init__(self, label: str, epochs: int):
+        self.label = label
+        self.epochs = epochs
+        self.epoch = 1
+        self.tty = sys.stderr.isatty()
+        self.start = time.time()
+
+    def batch(self, done: int, total: int, values) -> None:
+        if not self.tty:
+            return
+        width = 24
+        filled = int(width * done / max(total, 1))
+        elapsed = time.time() - self.start
+        sys.stderr.write(f"\r{self.label} epoch {self.epoch}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{total} loss {values['loss']:.3g} {elapsed:.0f}s ")
+        sys.stderr.flush()
+
+    def end_epoch(self, epoch: int, metrics) -> None:
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        test = f"  test mAP {metrics['test_mAP']:.2f}" if "test_mAP" in metrics else ""
+        sys.stderr.write(f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
+                         f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
+                         f"{time.time() - self.start:.0f}s\n")
+        sys.stderr.flush()
+        self.epoch = epoch + 1
+
+
+def _get_teacher(args: argparse.Namespace, backbone: str, epochs: int, device):
+    """Load the teacher from the store, or train and store it; returns (model, card, trained)."""
+    from l2d.teachers import train_teacher
+
+    key = _teacher_key(args, backbone, epochs)
+    store = _store(args)
+    card = store.card(key)
+    if card is None:
+        print(f"training teacher {backbone} on {args.dataset} for {epochs} epochs (stored in {store.uri})",
+              file=sys.stderr)
+    progress = _Progress(f"teacher {backbone}", epochs)
+
+    def train():
+        return train_teacher(key, args.data_root, device, progress.end_epoch, progress.batch)
+
+    return store.get_or_train(key, len(card["class_names"]) if card else 0, train)
+
+
+def _print_card(card: dict) -> None:
+    rows = [("teacher", card["backbone"]), ("digest", card["digest"]), ("dataset", card["key"]["dataset"]),
+            ("image size", card["key"]["image_size"]), ("embed dim", card["key"]["embed_dim"]),
+            ("epochs", card["epochs"]), ("parameters", f"{card['parameters']:,}"),
+            ("val mAP", f"{card['val_mAP']:.2f}"), ("test mAP", f"{card['test_mAP']:.2f}"),
+            ("wall time", f"{card['wall_time_s']:.1f} s")]
+    for name, value in rows:
+        print(f"{name:<11} {value}")
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    from l2d.data import DATASETS
+
+    device = _resolve_device(args.device)
+    epochs = args.epochs or DATASETS[args.dataset].teacher_epochs
+    _, card, trained = _get_teacher(args, args.backbone or DATASETS[args.dataset].teacher, epochs, device)
+    print(("trained and stored" if trained else "loaded from the store") + f" ({_store(args).uri})")
+    _print_card(card)
+    if args.json:
+        print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _hparam_overrides(args: argparse.Namespace) -> dict[str, float]:
+    from l2d.losses import METHODS
+
+    names = {name for method in METHODS.values() for name in method.defaults}
+    return {name: getattr(args, name) for name in sorted(names) if getattr(args, name, None) is not None}
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float) + "\n")
+    os.replace(tmp, path)
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from l2d.data import DATASETS, build_dataset
+    from l2d.engine import Distiller, Recipe
+    from l2d.losses import METHODS, method_hparams
+    from l2d.models import build_model, check_backbone_name, count_parameters
+
+    info = DATASETS[args.dataset]
+    teacher_name, student_name = args.teacher or info.teacher, args.student or info.student
+    for name in (teacher_name, student_name):
+        check_backbone_name(name)
+    hparams = method_hparams(args.method, _hparam_overrides(args))  # fails fast on a weight the method lacks
+    device = _resolve_device(args.device)
+    epochs, teacher_epochs = args.epochs or info.epochs, args.teacher_epochs or info.teacher_epochs
+    image_size, embed_dim = args.image_size or info.image_size, args.embed_dim or info.embed_dim
+    out = Path(args.out or f"runs/{args.dataset}-{teacher_name}-to-{student_name}-{args.method}")
+    out.mkdir(parents=True, exist_ok=True)
+
+    teacher, teacher_card = None, None
+    if METHODS[args.method].needs_teacher:
+        teacher, teacher_card, _ = _get_teacher(args, teacher_name, teacher_epochs, device)
+    options = _dataset_options(args)
+    splits = {split: build_dataset(args.dataset, args.data_root, split, image_size, **options)
+              for split in ("train", "val", "test")}
+    torch.manual_seed(args.seed)
+    student = build_model(student_name, len(splits["train"].class_names), embed_dim, pretrained=args.student_pretrained)
+    recipe = Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr or info.lr, weight_decay=args.weight_decay,
+                    num_workers=args.workers)
+    config = {"dataset": args.dataset, "data_root": args.data_root, "dataset_options": options,
+              "image_size": image_size, "embed_dim": embed_dim, "teacher": teacher_name, "student": student_name,
+              "method": args.method, "hparams": hparams, "recipe": vars(recipe), "seed": args.seed,
+              "device": str(device), "teacher_digest": teacher_card["digest"] if teacher_card else None}
+    (out / "args.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], args.method, hparams,
+                          recipe, device, args.seed)
+    progress = _Progress(f"student {student_name} ({args.method})", epochs)
+    history = []
+    start = time.time()
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+        for epoch in range(1, epochs + 1):
+            # Selection happens on val; test is reported once, at the end.
+            metrics = distiller.run_epoch(progress.batch, evaluate_test=epoch == epochs)
+            history.append({k: float(v) for k, v in metrics.items()})
+            for name, value in metrics.items():
+                if name != "epoch":
+                    writer.add_scalar(name.replace("_", "/", 1), float(value), int(metrics["epoch"]))
+            progress.end_epoch(int(metrics["epoch"]), metrics)
+    final = history[-1]
+    tmp = out / ".student.pt.tmp"
+    torch.save(student.state_dict(), tmp)
+    os.replace(tmp, out / "student.pt")
+    result = {"config": config, "final": final, "history": history, "wall_time_s": time.time() - start,
+              "student_parameters": count_parameters(student),
+              "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None}
+    _write_json_atomic(out / "metrics.json", result)
+
+    rows = [("student", student_name, count_parameters(student), final)]
+    if teacher_card:
+        rows.insert(0, ("teacher", teacher_name, teacher_card["parameters"],
+                        {"val_mAP": teacher_card["val_mAP"], "test_mAP": teacher_card["test_mAP"]}))
+    print(f"\n{'model':<8} {'backbone':<24} {'params':>11} {'val mAP':>8} {'test mAP':>9} {'test CF1':>9} "
+          f"{'test OF1':>9}")
+    for role, name, params, m in rows:
+        cf1 = f"{m['test_CF1']:.2f}" if "test_CF1" in m else "-"
+        of1 = f"{m['test_OF1']:.2f}" if "test_OF1" in m else "-"
+        print(f"{role:<8} {name:<24} {params:>11,} {m['val_mAP']:>8.2f} {m['test_mAP']:>9.2f} {cf1:>9} {of1:>9}")
+    chance = float(splits["test"].targets.mean() * 100)
+    print(f"\nmethod {args.method} ({', '.join(f'{k}={v:g}' for k, v in hparams.items()) or 'no weights'}); "
+          f"chance level (mean label frequency): {chance:.2f} mAP; {time.time() - start:.0f} s")
+    print(f"wrote {out}/metrics.json, {out}/student.pt, TensorBoard logs in {out}/tensorboard")
+    return 0
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
@@ -31,6 +303,8 @@ def _cmd_methods(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from l2d.losses import METHODS
+
     parser = _Parser(
         prog="l2d-sweep",
         description="Find the best multi-label knowledge-distillation recipe (L2D and baselines) for a dataset.",
@@ -42,6 +316,37 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list the distillation methods and their default weights",
                                   description="List the distillation methods, their loss parts and defaults.")
     methods.set_defaults(func=_cmd_methods)
+
+    teacher = commands.add_parser(
+        "teacher", help="train a teacher (or load it from the teacher store) and print its card",
+        description="Train a teacher with BCE, or load it when the store already holds one with the same key "
+                    "(dataset and options, backbone, image size, embed dim, recipe, seed), and print its card.")
+    teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
+    teacher.add_argument("--epochs", type=_positive_int, help="epochs (default: the dataset's teacher epochs)")
+    teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
+    _add_data_options(teacher)
+    _add_recipe_options(teacher)
+    teacher.set_defaults(func=_cmd_teacher)
+
+    train = commands.add_parser(
+        "train", help="distill one student from one teacher",
+        description="Distill one student from one teacher (trained into, or loaded from, the teacher store) with one "
+                    "method; print a metrics table; write TensorBoard scalars, metrics.json, args.yaml and the "
+                    "student's weights into --out.")
+    train.add_argument("--teacher", help="teacher timm model name (default: the dataset's)")
+    train.add_argument("--student", help="student timm model name (default: the dataset's)")
+    train.add_argument("--method", default="l2d", choices=list(METHODS), help="distillation method (default: l2d)")
+    train.add_argument("--epochs", type=_positive_int, help="student epochs (default: the dataset's)")
+    train.add_argument("--teacher-epochs", type=_positive_int, help="teacher epochs when it must be trained")
+    train.add_argument("--student-pretrained", help="local weights file for the student's backbone")
+    train.add_argument("--out", help="output folder (default: runs/<dataset>-<teacher>-to-<student>-<method>)")
+    weights = train.add_argument_group("loss weights (defaults: the method's; see `l2d-sweep methods`)")
+    for name in sorted({n for m in METHODS.values() for n in m.defaults}):
+        weights.add_argument(f"--{name.replace('_', '-')}", dest=name, type=_non_negative_float, metavar="X",
+                             help=f"{name} (methods: {', '.join(k for k, m in METHODS.items() if name in m.defaults)})")
+    _add_data_options(train)
+    _add_recipe_options(train)
+    train.set_defaults(func=_cmd_train)
     return parser
 
 
@@ -51,7 +356,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
     func: Callable[[argparse.Namespace], int] = args.func
-    return func(args)
+    try:
+        return func(args)
+    except (ValueError, FileNotFoundError) as error:
+        # Bad input (a dataset file, an option value, a model name): one line, no traceback.
+        print(f"l2d-sweep {args.command}: error: {error}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

@@ -1,0 +1,221 @@
+"""Readers for the paper's datasets, each from its standard on-disk layout.
+
+- ``voc2007``: ``<root>/VOCdevkit/VOC2007/{ImageSets/Main/{trainval,test}.txt, Annotations/*.xml, JPEGImages/}``.
+  ``difficult`` objects are ignored by default (the standard protocol); ``difficult_as_positive=True`` counts
+  them, as the official L2D code does.
+- ``coco2014``: ``<root>/annotations/instances_{train,val}2014.json`` with images in ``<root>/{train,val}2014/``.
+  Class index = rank of the category id; images without labels are dropped unless ``keep_empty=True``.
+  ``test`` is COCO's val2014 (the multi-label convention).
+- ``nuswide``: ``<root>/ImageList/{Train,Test}Imagelist.txt``, ``<root>/Concepts81.txt``,
+  ``<root>/TrainTestLabels/Labels_<concept>_{Train,Test}.txt``, images under ``<root>/Flickr/``. Images without
+  labels are dropped unless ``keep_empty=True``.
+
+For all three, ``val`` is a seeded hold-out of ``val_fraction`` (default 10%) of the training images
+(``val_seed``, default 0), and ``train`` is the rest; ``test`` is the official test split.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import xml.etree.ElementTree as ElementTree
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+from torchvision.transforms.v2 import functional as TF
+
+from l2d.data.transforms import build_transform
+
+logger = logging.getLogger(__name__)
+
+VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
+               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+
+
+class DatasetError(ValueError):
+    """A dataset on disk is missing a file or holds bad content; the message names the file."""
+
+
+class ImageListDataset(torch.utils.data.Dataset):
+    """Images on disk with a multi-label target matrix.
+
+    Args:
+        paths: one image file per row of ``targets``.
+        targets: ``[N, C]`` 0/1.
+        class_names: C names.
+        image_size: side of the square network input.
+        train: use the train-time augmentation.
+        skip_corrupt: decode every image now and drop the ones that fail (logged); else a bad image raises
+            :class:`DatasetError` when it is loaded.
+    """
+
+    def __init__(self, paths: list[str], targets: np.ndarray, class_names: list[str], image_size: int, train: bool,
+                 skip_corrupt: bool = False, name: str = "dataset"):
+        if len(paths) == 0:
+            raise DatasetError(f"{name}: the split is empty")
+        missing = [p for p in paths if not os.path.isfile(p)]
+        if missing:
+            raise DatasetError(f"{name}: {len(missing)} image file(s) missing, first: {missing[0]}")
+        if skip_corrupt:
+            good = [i for i, p in enumerate(paths) if _image_error(p) is None]
+            skipped = len(paths) - len(good)
+            if skipped:
+                logger.warning("%s: skipped %d corrupt or unreadable image(s) of %d", name, skipped, len(paths))
+            paths, targets = [paths[i] for i in good], targets[good]
+            if not paths:
+                raise DatasetError(f"{name}: every image is corrupt")
+        self.paths = list(paths)
+        self.targets = np.asarray(targets, dtype=np.uint8)
+        self.class_names = list(class_names)
+        self.transform = build_transform(image_size, train)
+        self.name = name
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        path = self.paths[index]
+        try:
+            with Image.open(path) as image:
+                image = TF.pil_to_tensor(image.convert("RGB"))
+        except (OSError, UnidentifiedImageError, SyntaxError) as error:
+            raise DatasetError(f"{path}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop "
+                               f"such images") from error
+        return self.transform(image), torch.from_numpy(self.targets[index].astype(np.float32))
+
+
+def _image_error(path: str) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.load()
+        return None
+    except (OSError, UnidentifiedImageError, SyntaxError) as error:
+        return str(error)
+
+
+def _hold_out(count: int, split: str, val_fraction: float, val_seed: int) -> np.ndarray:
+    """Indices of the ``train`` or ``val`` part of ``count`` training images (a seeded permutation)."""
+    if not 0 < val_fraction < 1:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    order = np.random.default_rng(val_seed).permutation(count)
+    cut = int(round(count * val_fraction))
+    return np.sort(order[:cut] if split == "val" else order[cut:])
+
+
+def _read_lines(path: Path) -> list[str]:
+    if not path.is_file():
+        raise DatasetError(f"{path}: file not found")
+    return [line.strip() for line in path.read_text().splitlines() if line.strip()]
+
+
+def _select(split: str, paths: list[str], targets: np.ndarray, val_fraction: float, val_seed: int):
+    if split in ("train", "val"):
+        keep = _hold_out(len(paths), split, val_fraction, val_seed)
+        return [paths[i] for i in keep], targets[keep]
+    return paths, targets
+
+
+def _check_split(split: str) -> None:
+    if split not in ("train", "val", "test"):
+        raise ValueError(f"unknown split {split!r} (allowed: train, val, test)")
+
+
+def build_voc2007(root: str, split: str, image_size: int, difficult_as_positive: bool = False,
+                  val_fraction: float = 0.1, val_seed: int = 0, skip_corrupt: bool = False,
+                  train_transform: bool | None = None) -> ImageListDataset:
+    _check_split(split)
+    base = Path(root) / "VOCdevkit" / "VOC2007"
+    ids = _read_lines(base / "ImageSets" / "Main" / ("test.txt" if split == "test" else "trainval.txt"))
+    index = {name: k for k, name in enumerate(VOC_CLASSES)}
+    targets = np.zeros((len(ids), len(VOC_CLASSES)), dtype=np.uint8)
+    for row, image_id in enumerate(ids):
+        xml_path = base / "Annotations" / f"{image_id}.xml"
+        if not xml_path.is_file():
+            raise DatasetError(f"{xml_path}: annotation not found")
+        try:
+            tree = ElementTree.parse(xml_path)
+        except ElementTree.ParseError as error:
+            raise DatasetError(f"{xml_path}: not valid XML ({error})") from error
+        for obj in tree.getroot().iter("object"):
+            name = (obj.findtext("name") or "").strip()
+            if name not in index:
+                raise DatasetError(f"{xml_path}: class {name!r} is not one of the 20 VOC classes")
+            if (obj.findtext("difficult") or "0").strip() == "1" and not difficult_as_positive:
+                continue
+            targets[row, index[name]] = 1
+    paths = [str(base / "JPEGImages" / f"{image_id}.jpg") for image_id in ids]
+    paths, targets = _select(split, paths, targets, val_fraction, val_seed)
+    train = split == "train" if train_transform is None else train_transform
+    return ImageListDataset(paths, targets, VOC_CLASSES, image_size, train, skip_corrupt, f"voc2007/{split}")
+
+
+def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = False, val_fraction: float = 0.1,
+                   val_seed: int = 0, skip_corrupt: bool = False,
+                   train_transform: bool | None = None) -> ImageListDataset:
+    _check_split(split)
+    source = "val2014" if split == "test" else "train2014"
+    annotation_path = Path(root) / "annotations" / f"instances_{source}.json"
+    if not annotation_path.is_file():
+        raise DatasetError(f"{annotation_path}: annotation file not found")
+    try:
+        annotations = json.loads(annotation_path.read_text())
+        categories = sorted(annotations["categories"], key=lambda c: c["id"])
+        images = sorted(annotations["images"], key=lambda i: i["id"])
+        objects = annotations["annotations"]
+    except (json.JSONDecodeError, KeyError, TypeError) as error:
+        raise DatasetError(f"{annotation_path}: not a COCO instances file ({error!r})") from error
+    class_index = {c["id"]: k for k, c in enumerate(categories)}
+    row_of = {image["id"]: row for row, image in enumerate(images)}
+    targets = np.zeros((len(images), len(categories)), dtype=np.uint8)
+    for obj in objects:
+        if obj.get("category_id") not in class_index:
+            raise DatasetError(f"{annotation_path}: annotation {obj.get('id')} has category "
+                               f"{obj.get('category_id')!r}, not in the file's categories")
+        if obj.get("image_id") not in row_of:
+            raise DatasetError(f"{annotation_path}: annotation {obj.get('id')} names unknown image "
+                               f"{obj.get('image_id')!r}")
+        targets[row_of[obj["image_id"]], class_index[obj["category_id"]]] = 1
+    paths = [str(Path(root) / source / image["file_name"]) for image in images]
+    if not keep_empty:
+        labelled = np.flatnonzero(targets.any(1))
+        paths, targets = [paths[i] for i in labelled], targets[labelled]
+    paths, targets = _select(split, paths, targets, val_fraction, val_seed)
+    train = split == "train" if train_transform is None else train_transform
+    return ImageListDataset(paths, targets, [c["name"] for c in categories], image_size, train, skip_corrupt,
+                            f"coco2014/{split}")
+
+
+def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = False, val_fraction: float = 0.1,
+                  val_seed: int = 0, skip_corrupt: bool = False,
+                  train_transform: bool | None = None) -> ImageListDataset:
+    _check_split(split)
+    base = Path(root)
+    part = "Test" if split == "test" else "Train"
+    concepts = _read_lines(base / "Concepts81.txt")
+    if not concepts:
+        raise DatasetError(f"{base / 'Concepts81.txt'}: no concept names")
+    image_list = [line.replace("\\", "/") for line in _read_lines(base / "ImageList" / f"{part}Imagelist.txt")]
+    targets = np.zeros((len(image_list), len(concepts)), dtype=np.uint8)
+    for k, concept in enumerate(concepts):
+        label_path = base / "TrainTestLabels" / f"Labels_{concept}_{part}.txt"
+        values = _read_lines(label_path)
+        if len(values) != len(image_list):
+            raise DatasetError(f"{label_path}: {len(values)} labels for {len(image_list)} images in "
+                               f"ImageList/{part}Imagelist.txt")
+        try:
+            column = np.array([int(v) for v in values])
+        except ValueError as error:
+            raise DatasetError(f"{label_path}: labels must be 0 or 1 ({error})") from error
+        if not np.isin(column, (0, 1)).all():
+            raise DatasetError(f"{label_path}: labels must be 0 or 1, found {sorted(set(column.tolist()) - {0, 1})}")
+        targets[:, k] = column
+    paths = [str(base / "Flickr" / name) for name in image_list]
+    if not keep_empty:
+        labelled = np.flatnonzero(targets.any(1))
+        paths, targets = [paths[i] for i in labelled], targets[labelled]
+    paths, targets = _select(split, paths, targets, val_fraction, val_seed)
+    train = split == "train" if train_transform is None else train_transform
+    return ImageListDataset(paths, targets, concepts, image_size, train, skip_corrupt, f"nuswide/{split}")

@@ -1,0 +1,392 @@
+"""The distillation engine: epochs of training and evaluation, in one process or under DDP.
+
+The same code runs ``l2d-sweep train`` on a laptop, a unit test with a 2-process gloo group, and every worker of a
+sweep trial (Ray Train sets up the process group; this module never imports Ray).
+
+Recipe (the official one by default): Adam with L2 weight decay 1e-4 on weights only (not on biases or other
+1-D parameters), OneCycle (max lr 1e-4, pct_start 0.2) stepped per batch, batch 64; AMP on CUDA (bf16 where
+supported, else fp16 with a gradient scaler), float32 on CPU. The teacher runs in eval mode under
+``torch.inference_mode``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass
+from typing import Callable, Iterator, Mapping
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+
+from l2d.losses import METHODS, distillation_loss, loss_parts, method_hparams
+from l2d.metrics import multilabel_metrics
+from l2d.models import ModelOutput
+
+logger = logging.getLogger(__name__)
+
+ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+
+
+class NonFiniteLossError(RuntimeError):
+    """The training loss became NaN or inf; the message names the epoch and the batch."""
+
+
+@dataclass
+class Recipe:
+    """Optimization settings of one run (the official L2D recipe by default).
+
+    Attributes:
+        epochs: number of epochs (OneCycle spans all of them).
+        batch_size: global batch size, split evenly across DDP ranks.
+        lr: OneCycle's max learning rate.
+        weight_decay: Adam's L2 penalty on weights (not biases or other 1-D parameters).
+        pct_start: share of the schedule spent warming up.
+        num_workers: DataLoader worker processes per rank.
+        amp: mixed precision on CUDA (ignored on CPU, which always runs float32).
+    """
+
+    epochs: int = 80
+    batch_size: int = 64
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    pct_start: float = 0.2
+    num_workers: int = 0
+    amp: bool = True
+
+    def __post_init__(self):
+        for name in ("epochs", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
+        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
+            raise ValueError(f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, "
+                             f"num_workers >= 0")
+
+
+def world() -> tuple[int, int]:
+    """``(rank, world size)`` of the default process group, ``(0, 1)`` without one."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    return model.module if isinstance(model, DistributedDataParallel) else model
+
+
+def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
+    """Adam with L2 decay on weights only: biases, norm scales and other 1-D parameters are not decayed."""
+    decay, no_decay = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.ndim > 1 else no_decay).append(parameter)
+    return torch.optim.Adam([{"params": decay, "weight_decay": recipe.weight_decay},
+                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
+                                               steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start)
+
+
+class ShardSampler(Sampler[int]):
+    """Rank r of w gets indices r, r + w, ... in order: no padding, so gathered predictions have no duplicates."""
+
+    def __init__(self, dataset: Dataset, rank: int, world_size: int):
+        self.indices = list(range(rank, len(dataset), world_size))
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices)
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
+class _Indexed(Dataset):
+    """Wraps a dataset to also return each sample's index (to reassemble predictions gathered across ranks)."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, target = self.dataset[index]
+        return image, target, index
+
+
+def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
+                device: torch.device | None = None) -> DataLoader:
+    """A loader for this rank: shuffled and DistributedSampler-sharded for training, sharded in order for eval.
+
+    ``batch_size`` is global: each of the w ranks loads ``batch_size // w`` (at least 1).
+    """
+    rank, world_size = world()
+    per_rank = max(1, batch_size // world_size)
+    pin = device is not None and device.type == "cuda"
+    if train:
+        sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True) \
+            if world_size > 1 else None
+        generator = torch.Generator().manual_seed(seed)
+        # drop_last: a last batch of 1 breaks BatchNorm and skews CD/ID, which need sets of >= 2.
+        drop_last = len(dataset) // world_size >= per_rank
+        loader = DataLoader(dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
+                            generator=generator, num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
+                            persistent_workers=num_workers > 0)
+        loader.base_seed = seed  # each epoch reshuffles with base_seed + epoch, so a resumed run sees the same order
+        return loader
+    return DataLoader(_Indexed(dataset), batch_size=per_rank, sampler=ShardSampler(dataset, rank, world_size),
+                      num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+
+
+def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on CUDA where supported, else fp16; None (float32) on CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def _teacher_forward(teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> ModelOutput:
+    with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
+        output = teacher(images)
+    # Clones are ordinary tensors, safe to use beside autograd (inference tensors are not).
+    return ModelOutput(*(t.clone() for t in output))
+
+
+def _all_reduce_max(value: torch.Tensor) -> torch.Tensor:
+    if world()[1] > 1:
+        dist.all_reduce(value, op=dist.ReduceOp.MAX)
+    return value
+
+
+def train_epoch(
+    student: nn.Module,
+    teacher: nn.Module | None,
+    loader: DataLoader,
+    optimizer: torch.optim.Optimizer,
+    scheduler,
+    method: str,
+    hparams: Mapping[str, float] | None,
+    device: torch.device,
+    epoch: int,
+    scaler: torch.amp.GradScaler | None = None,
+    dtype: torch.dtype | None = None,
+    progress: ProgressFn | None = None,
+) -> dict[str, float]:
+    """Train ``student`` for one epoch; return the loss parts (``train_total``, ``train_bce``, ...) and
+    ``images_per_s`` (all ranks together).
+
+    Loss parts are means over batches of each batch's value, exactly as the optimizer saw them (BCE is summed
+    over the batch's images and labels, MLD averaged over images, CD and ID summed over the batch's sets).
+
+    Raises:
+        NonFiniteLossError: the loss was NaN or inf (checked every batch, on every rank together).
+    """
+    student.train()
+    if teacher is not None:
+        teacher.eval()
+    if isinstance(loader.sampler, DistributedSampler):
+        loader.sampler.set_epoch(epoch)
+    elif loader.generator is not None:
+        loader.generator.manual_seed(getattr(loader, "base_seed", 0) + epoch)
+    resolved = method_hparams(method, hparams)
+    names = ("total", *loss_parts(method))
+    sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    seen = 0
+    start = time.perf_counter()
+    num_batches = len(loader)
+    for batch_index, (images, targets) in enumerate(loader):
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        teacher_output = _teacher_forward(teacher, images, dtype) if teacher is not None else None
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            student_output = student(images)
+        loss, parts = distillation_loss(method, student_output, teacher_output, targets, resolved)
+        bad = _all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
+        if bad.item():
+            values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
+            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, batch {batch_index + 1}/{num_batches} "
+                                     f"(on this rank: total={loss.item():.4g}, {values}); lower the learning rate "
+                                     f"or the loss weights")
+        optimizer.zero_grad(set_to_none=True)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        else:
+            loss.backward()
+            optimizer.step()
+        scheduler.step()
+        seen += images.shape[0]
+        sums += torch.stack([loss.detach(), *(parts[name] for name in names[1:])]).double()
+        if progress is not None:
+            progress(batch_index + 1, num_batches, {"loss": loss.item()})
+    elapsed = time.perf_counter() - start
+    # One all-reduce for all counters: [batches, images/s of this rank, part sums...].
+    totals = torch.cat([torch.tensor([num_batches, seen / max(elapsed, 1e-9)], dtype=torch.float64, device=device),
+                        sums])
+    if world()[1] > 1:
+        dist.all_reduce(totals)
+    result = {f"train_{name}": value / max(totals[0].item(), 1) for name, value in zip(names, totals[2:].tolist())}
+    result["images_per_s"] = totals[1].item()
+    result["train_seconds"] = elapsed
+    return result
+
+
+def _gather(arrays: list[np.ndarray]) -> list[np.ndarray]:
+    """Concatenate each array across ranks (rank order)."""
+    if world()[1] == 1:
+        return arrays
+    gathered: list = [None] * world()[1]
+    dist.all_gather_object(gathered, arrays)
+    return [np.concatenate([part[i] for part in gathered]) for i in range(len(arrays))]
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
+    teacher: nn.Module | None = None,
+    method: str = "bce",
+    hparams: Mapping[str, float] | None = None,
+    dtype: torch.dtype | None = None,
+    prefix: str = "",
+) -> dict[str, float]:
+    """Metrics of ``model`` on ``loader`` (built by :func:`make_loader` with ``train=False``).
+
+    Predictions are gathered across ranks before the metrics are computed, so every rank returns the metrics
+    of the whole split. With a ``teacher``, the loss parts of ``method`` are computed on this split too.
+
+    Returns:
+        ``{prefix + name: value}``: mAP, CP, CR, CF1, OP, OR, OF1 (and ``top3_*``, ``topk_true_*``) in percent,
+        and the per-image loss parts (``loss``, ``bce``, ...).
+    """
+    model.eval()
+    with_losses = teacher is not None or not METHODS[method].needs_teacher
+    names = ("loss", *loss_parts(method)) if with_losses else ()
+    sums = np.zeros(len(names) + 1)  # [batches, part sums...]
+    scores, targets_all, indices = [], [], []
+    for images, targets, index in loader:
+        images = images.to(device, non_blocking=True)
+        targets = targets.to(device, non_blocking=True)
+        with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
+            output = model(images)
+            teacher_output = teacher(images) if teacher is not None else None
+        if with_losses:
+            loss, parts = distillation_loss(method, output, teacher_output, targets, hparams)
+            sums += [1.0, loss.item(), *(parts[name].item() for name in names[1:])]
+        scores.append(torch.sigmoid(output.logits.float()).cpu().numpy())
+        targets_all.append(targets.cpu().numpy())
+        indices.append(index.numpy())
+    classes = len(loader.dataset.dataset.class_names)
+    all_scores, all_targets, all_indices, all_sums = _gather([
+        np.concatenate(scores) if scores else np.zeros((0, classes), np.float32),
+        np.concatenate(targets_all) if targets_all else np.zeros((0, classes), np.float32),
+        np.concatenate(indices) if indices else np.zeros(0, np.int64),
+        sums[None, :],
+    ])
+    order = np.argsort(all_indices, kind="stable")
+    metrics = multilabel_metrics(all_scores[order], all_targets[order])
+    metrics.pop("AP")
+    result = {prefix + name: float(value) for name, value in metrics.items()}
+    totals = all_sums.sum(0)
+    for name, value in zip(names, totals[1:]):
+        result[prefix + name] = float(value) / max(totals[0], 1.0)
+    return result
+
+
+class Distiller:
+    """One training run: a student (and an optional teacher), the data splits, a method and a recipe.
+
+    ``run_epoch(epoch)`` trains one epoch and evaluates val (and test); ``state_dict``/``load_state_dict``
+    make the run resumable from any epoch boundary. Under a process group the student is wrapped in DDP.
+
+    Args:
+        student: the model to train (its weights are changed in place).
+        teacher: a trained model, or None for BCE-only training (teachers themselves, the ``bce`` baseline).
+        train_set / val_set / test_set: the splits (``test_set`` may be None).
+        method: a key of :data:`l2d.losses.METHODS`.
+        hparams: overrides of the method's defaults.
+        recipe: the optimization settings.
+        device: where to train.
+        seed: seeds the data order.
+    """
+
+    def __init__(self, student: nn.Module, teacher: nn.Module | None, train_set: Dataset, val_set: Dataset,
+                 test_set: Dataset | None, method: str = "l2d", hparams: Mapping[str, float] | None = None,
+                 recipe: Recipe | None = None, device: torch.device | str = "cpu", seed: int = 0):
+        self.recipe = recipe or Recipe()
+        self.device = torch.device(device)
+        self.method = method
+        self.hparams = method_hparams(method, hparams)
+        self.dtype = amp_dtype(self.device, self.recipe.amp)
+        student = student.to(self.device)
+        if self.device.type == "cuda":
+            student = student.to(memory_format=torch.channels_last)
+        self.student: nn.Module = student
+        if world()[1] > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.student = DistributedDataParallel(student, device_ids=device_ids)
+        self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        if self.teacher is not None:
+            for parameter in self.teacher.parameters():
+                parameter.requires_grad_(False)
+        self.train_loader = make_loader(train_set, self.recipe.batch_size, True, self.recipe.num_workers, seed,
+                                        self.device)
+        self.val_loader = make_loader(val_set, self.recipe.batch_size, False, self.recipe.num_workers,
+                                      device=self.device)
+        self.test_loader = make_loader(test_set, self.recipe.batch_size, False, self.recipe.num_workers,
+                                       device=self.device) if test_set is not None else None
+        if len(self.train_loader) == 0:
+            raise ValueError(f"the train split ({len(train_set)} images) gives no batch")
+        self.optimizer = build_optimizer(self.student, self.recipe)
+        self.scheduler = build_scheduler(self.optimizer, self.recipe, len(self.train_loader))
+        self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.epoch = 0  # epochs completed
+
+    def run_epoch(self, progress: ProgressFn | None = None, evaluate_test: bool = True) -> dict[str, float]:
+        """Train the next epoch, then evaluate; returns ``epoch`` (1-based), ``train_*``, ``val_*``, ``test_*``."""
+        if self.epoch >= self.recipe.epochs:
+            raise RuntimeError(f"all {self.recipe.epochs} epochs of the schedule are done")
+        epoch = self.epoch + 1
+        metrics: dict[str, float] = {"epoch": epoch}
+        metrics.update(train_epoch(self.student, self.teacher, self.train_loader, self.optimizer, self.scheduler,
+                                   self.method, self.hparams, self.device, epoch, self.scaler, self.dtype, progress))
+        metrics["lr"] = self.scheduler.get_last_lr()[0]
+        metrics.update(evaluate(self.student, self.val_loader, self.device, self.teacher, self.method, self.hparams,
+                                self.dtype, prefix="val_"))
+        if evaluate_test and self.test_loader is not None:
+            metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_"))
+        self.epoch = epoch
+        return metrics
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue after this epoch (model, optimizer, schedule, scaler, epoch)."""
+        return {
+            "epoch": self.epoch,
+            "model": unwrap(self.student).state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict() if self.scaler is not None else None,
+            "recipe": asdict(self.recipe),
+            "method": self.method,
+            "hparams": dict(self.hparams),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        """Continue from :meth:`state_dict`; the method, hparams and recipe must match (nanoGPT-style check)."""
+        for key, mine in (("method", self.method), ("hparams", dict(self.hparams)), ("recipe", asdict(self.recipe))):
+            if state.get(key) != mine:
+                raise ValueError(f"checkpoint {key} {state.get(key)!r} differs from this run's {mine!r}")
+        unwrap(self.student).load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if self.scaler is not None and state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.epoch = int(state["epoch"])
