@@ -17,5 +17,9 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
+# The main job on the embedded default dataset: for now one distillation (teacher trained on the first run).
+sweep: $(STAMP)
+	$(BIN)/l2d-sweep train $(SWEEP_ARGS)
+
 clean:
 	rm -rf $(VENV) .pytest_cache

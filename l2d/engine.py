@@ -348,6 +348,7 @@ class Distiller:
         self.optimizer = build_optimizer(self.student, self.recipe)
         self.scheduler = build_scheduler(self.optimizer, self.recipe, len(self.train_loader))
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
+        self.seed = seed
         self.epoch = 0  # epochs completed
 
     def run_epoch(self, progress: ProgressFn | None = None, evaluate_test: bool = True) -> dict[str, float]:
@@ -355,6 +356,10 @@ class Distiller:
         if self.epoch >= self.recipe.epochs:
             raise RuntimeError(f"all {self.recipe.epochs} epochs of the schedule are done")
         epoch = self.epoch + 1
+        # Augmentation and dropout draw from the global RNG: seeding it per epoch makes a run resumed at an epoch
+        # boundary identical to one that never stopped.
+        torch.manual_seed(self.seed * 100_003 + epoch)
+        start = time.perf_counter()
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(train_epoch(self.student, self.teacher, self.train_loader, self.optimizer, self.scheduler,
                                    self.method, self.hparams, self.device, epoch, self.scaler, self.dtype, progress))
@@ -363,6 +368,7 @@ class Distiller:
                                 self.dtype, prefix="val_"))
         if evaluate_test and self.test_loader is not None:
             metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_"))
+        metrics["epoch_seconds"] = time.perf_counter() - start
         self.epoch = epoch
         return metrics
 

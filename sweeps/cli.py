@@ -235,14 +235,14 @@ def _cmd_train(args: argparse.Namespace) -> int:
     epochs, teacher_epochs = args.epochs or info.epochs, args.teacher_epochs or info.teacher_epochs
     image_size, embed_dim = args.image_size or info.image_size, args.embed_dim or info.embed_dim
     out = Path(args.out or f"runs/{args.dataset}-{teacher_name}-to-{student_name}-{args.method}")
-    out.mkdir(parents=True, exist_ok=True)
 
+    options = _dataset_options(args)
+    # The data first: a bad dataset fails before any teacher is trained.
+    splits = {split: build_dataset(args.dataset, args.data_root, split, image_size, **options)
+              for split in ("train", "val", "test")}
     teacher, teacher_card = None, None
     if METHODS[args.method].needs_teacher:
         teacher, teacher_card, _ = _get_teacher(args, teacher_name, teacher_epochs, device)
-    options = _dataset_options(args)
-    splits = {split: build_dataset(args.dataset, args.data_root, split, image_size, **options)
-              for split in ("train", "val", "test")}
     torch.manual_seed(args.seed)
     student = build_model(student_name, len(splits["train"].class_names), embed_dim, pretrained=args.student_pretrained)
     recipe = Recipe(epochs=epochs, batch_size=args.batch_size, lr=args.lr or info.lr, weight_decay=args.weight_decay,
@@ -251,6 +251,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
               "image_size": image_size, "embed_dim": embed_dim, "teacher": teacher_name, "student": student_name,
               "method": args.method, "hparams": hparams, "recipe": vars(recipe), "seed": args.seed,
               "device": str(device), "teacher_digest": teacher_card["digest"] if teacher_card else None}
+    out.mkdir(parents=True, exist_ok=True)
     (out / "args.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], args.method, hparams,
                           recipe, device, args.seed)
@@ -292,6 +293,26 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from l2d.data import build_dataset, dataset_stats
+
+    dataset = build_dataset(args.dataset, args.data_root, args.split, args.image_size, **_dataset_options(args))
+    stats = dataset_stats(dataset)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{args.dataset}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
+          f"{stats['labels_per_image_mean']:.2f} labels per image")
+    histogram = ", ".join(f"{k}: {v}" for k, v in stats["labels_per_image_histogram"].items())
+    print(f"labels per image: {histogram}")
+    print(f"mean label frequency (the mAP of a random ranking): {100 * stats['mean_label_frequency']:.2f}%")
+    print("label frequency: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in stats["label_frequency"].items()))
+    print("most frequent pairs (count, lift = P(a,b) / P(a)P(b), 1 if independent):")
+    for a, b, count, lift in stats["top_pairs"]:
+        print(f"  {a} + {b}: {count} ({lift:.2f})")
+    return 0
+
+
 def _cmd_methods(args: argparse.Namespace) -> int:
     from l2d.losses import METHODS, loss_parts
 
@@ -316,6 +337,14 @@ def build_parser() -> argparse.ArgumentParser:
     methods = commands.add_parser("methods", help="list the distillation methods and their default weights",
                                   description="List the distillation methods, their loss parts and defaults.")
     methods.set_defaults(func=_cmd_methods)
+
+    dataset = commands.add_parser("dataset", help="print a dataset split's label statistics",
+                                  description="Print a split's size, label cardinality, label frequencies and the "
+                                              "most co-occurring label pairs.")
+    dataset.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (default: train)")
+    dataset.add_argument("--json", action="store_true", help="print JSON")
+    _add_data_options(dataset)
+    dataset.set_defaults(func=_cmd_dataset)
 
     teacher = commands.add_parser(
         "teacher", help="train a teacher (or load it from the teacher store) and print its card",

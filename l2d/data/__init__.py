@@ -52,7 +52,7 @@ def _mosaic(source: str) -> Callable[..., torch.utils.data.Dataset]:
 
 # The mosaics are sized for a 2-core laptop CPU: 32 px canvases (2 x 2 cells of 16 px, their native size), a
 # small head, a higher learning rate for training from scratch, and models that learn in a few epochs.
-_MOSAIC_DEFAULTS = dict(image_size=32, lr=2e-3, embed_dim=128, epochs=4, teacher_epochs=4, teacher="resnet14t",
+_MOSAIC_DEFAULTS = dict(image_size=32, lr=2e-3, embed_dim=128, epochs=4, teacher_epochs=3, teacher="resnet14t",
                         student="resnet10t")
 DATASETS: dict[str, DatasetInfo] = {
     "mosaic-digits": DatasetInfo(_mosaic("digits"), False, **_MOSAIC_DEFAULTS),

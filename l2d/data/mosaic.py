@@ -107,7 +107,7 @@ def _read_idx(path: Path) -> np.ndarray:
     return body.reshape(shape)
 
 
-def _load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+def load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Item images (uint8 ``[N, h, w]``) and labels, per source split ``train``/``test``."""
     if config.source == "digits":
         from sklearn.datasets import load_digits
@@ -141,15 +141,17 @@ def scene_templates(num_classes: int, num_scenes: int, seed: int) -> tuple[list[
     return scenes, weights
 
 
-def _item_pool(config: MosaicConfig, source: dict) -> tuple[np.ndarray, np.ndarray]:
-    """The items this split may use: disjoint between train, val (both from the source's train) and test."""
+def item_pool(config: MosaicConfig, source_size: int) -> tuple[str, np.ndarray]:
+    """The items this split may use, as ``(source split, indices)``.
+
+    Disjoint between train and val (a seeded split of the source's training items) and test (the source's
+    test items).
+    """
     if config.split == "test":
-        return source["test"]
-    images, labels = source["train"]
-    order = np.random.default_rng([config.seed, 11]).permutation(len(images))
-    cut = int(round(len(images) * (1 - config.val_fraction)))
-    chosen = order[:cut] if config.split == "train" else order[cut:]
-    return images[chosen], labels[chosen]
+        return "test", np.arange(source_size)
+    order = np.random.default_rng([config.seed, 11]).permutation(source_size)
+    cut = int(round(source_size * (1 - config.val_fraction)))
+    return "train", np.sort(order[:cut] if config.split == "train" else order[cut:])
 
 
 def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
@@ -159,8 +161,10 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
     if config.size < 1 or config.grid < 1 or config.cell_size < 4:
         raise ValueError(f"mosaic size, grid and cell_size must be positive (got {config.size}, {config.grid}, "
                          f"{config.cell_size})")
-    source = _load_source(config)
-    item_images, item_labels = _item_pool(config, source)
+    source = load_source(config)
+    source_split = "test" if config.split == "test" else "train"
+    _, chosen = item_pool(config, len(source[source_split][0]))
+    item_images, item_labels = source[source_split][0][chosen], source[source_split][1][chosen]
     num_classes = 10
     items = torch.tensor(item_images, dtype=torch.float32).unsqueeze(1)
     items = F.interpolate(items, size=(config.cell_size, config.cell_size), mode="bilinear", antialias=True,

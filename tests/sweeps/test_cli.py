@@ -1,5 +1,6 @@
 """The command line: help, one-line errors, the methods listing."""
 
+import json
 import subprocess
 import sys
 
@@ -29,3 +30,73 @@ def test_help_exits_zero(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     assert "methods" in capsys.readouterr().out
+
+
+DATA = ["--dataset-option", "size=64", "--image-size", "16", "--embed-dim", "32", "--batch-size", "16"]
+TINY = [*DATA, "--teacher-epochs", "1"]
+
+
+def test_train_end_to_end(tmp_path, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    out = tmp_path / "run"
+    code = main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "l2d",
+                 "--lambda-cd", "50", "--epochs", "2", "--out", str(out), *TINY])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "teacher  test_resnet" in printed and "student  test_efficientnet" in printed
+    assert "lambda_cd=50" in printed and "chance level" in printed
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert [m["epoch"] for m in metrics["history"]] == [1, 2]
+    assert metrics["config"]["hparams"] == {"lambda_mld": 10.0, "lambda_cd": 50.0, "lambda_id": 1000.0}
+    assert 0 <= metrics["final"]["test_mAP"] <= 100
+    assert (out / "student.pt").is_file() and (out / "args.yaml").is_file()
+    events = EventAccumulator(str(out / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("val/mAP")] == [1, 2]
+    assert "train/cd" in events.Tags()["scalars"]
+    # A second run reuses the stored teacher.
+    assert main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "kd",
+                 "--epochs", "1", "--out", str(tmp_path / "run2"), *TINY]) == 0
+    assert "training teacher" not in capsys.readouterr().err
+
+
+def test_teacher_command_trains_then_loads(tmp_path, capsys):
+    args = ["teacher", "--backbone", "test_resnet", "--epochs", "1", "--store", str(tmp_path / "store"), *DATA]
+    assert main(args) == 0
+    first = capsys.readouterr().out
+    assert "trained and stored" in first and "val mAP" in first and "parameters" in first
+    assert main([*args, "--json"]) == 0
+    second = capsys.readouterr().out
+    assert "loaded from the store" in second
+    card = json.loads(second[second.index("{"):])
+    assert card["backbone"] == "test_resnet" and card["epochs"] == 1
+
+
+@pytest.mark.parametrize("args,message", [
+    (["train", "--epochs", "0"], "--epochs: must be >= 1"),
+    (["train", "--method", "nope"], "invalid choice: 'nope'"),
+    (["train", "--lambda-cd", "-1"], "--lambda-cd: must be a finite number >= 0"),
+    (["train", "--method", "kd", "--lambda-cd", "5"], "method 'kd' has no hyperparameter 'lambda_cd'"),
+    (["train", "--student", "resnet_18"], "unknown backbone 'resnet_18'"),
+    (["train", "--dataset", "coco2014"], "needs root="),
+    (["teacher", "--dataset-option", "nonsense"], "expected KEY=VALUE"),
+    (["train", "--dataset-option", "sizes=3", "--teacher-epochs", "1"], "unknown mosaic option"),
+])
+def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
+    argv = [*args, "--out", str(tmp_path / "x")] if args[0] == "train" else args
+    try:
+        code = main(argv)
+    except SystemExit as exit_info:  # argparse's own errors
+        code = exit_info.code
+    assert code == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and message in lines[0], lines
+    assert not (tmp_path / "x").exists()  # nothing written
+
+
+def test_dataset_command(capsys):
+    assert main(["dataset", "--dataset-option", "size=200", "--split", "val"]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("mosaic-digits/val: 200 images, 10 classes")
+    assert "most frequent pairs" in out

@@ -1,0 +1,351 @@
+"""The sweep spec: one YAML file that defines a sweep, validated before Ray starts.
+
+Every error names the file, the field, the bad value and what is allowed. The YAML is read with
+``yaml.safe_load``: a spec cannot make the platform import or evaluate code.
+
+Example (``search_spaces/quickstart.yaml``)::
+
+    name: quickstart
+    dataset: {name: mosaic-digits, options: {size: 600}}
+    pairings:
+      - teacher: resnet14t
+        students: [resnet10t, test_resnet]
+    methods: [l2d, mld, kd]
+    search_space:
+      lambda_mld: {low: 1, high: 100}          # log-uniform unless log: false
+      lambda_cd: {low: 10, high: 1000}
+      lr: 2e-3                                 # a number is a fixed value
+    budget: {num_samples: 8, max_epochs: 3, grace_period: 1, reduction_factor: 2}
+    resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent_trials: 1}
+    storage: ./sweeps
+    seed: 0
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import yaml
+
+from l2d.losses import METHODS
+
+#: Hyperparameters a search space may name: the learning rate and every method's weights.
+SEARCHABLE = ("lr", *sorted({name for method in METHODS.values() for name in method.defaults}))
+METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
+
+
+class SpecError(ValueError):
+    """A sweep spec is invalid; the message names the file, the field, the value and what is allowed."""
+
+
+@dataclass(frozen=True)
+class Range:
+    """A searched hyperparameter: uniform on [low, high], or log-uniform when ``log``."""
+
+    low: float
+    high: float
+    log: bool = True
+
+
+@dataclass(frozen=True)
+class DatasetSpec:
+    name: str = "mosaic-digits"
+    root: str | None = None
+    image_size: int | None = None
+    options: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Pairing:
+    teacher: str
+    students: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Budget:
+    num_samples: int = 8
+    max_epochs: int = 3
+    grace_period: int = 1
+    reduction_factor: float = 2.0
+    teacher_epochs: int | None = None
+
+
+@dataclass(frozen=True)
+class Resources:
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_concurrent_trials: int = 1
+    max_failures: int = 0
+
+
+@dataclass(frozen=True)
+class RecipeSpec:
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    pct_start: float = 0.2
+    embed_dim: int | None = None
+    num_workers: int = 0
+
+
+@dataclass(frozen=True)
+class SweepSpec:
+    """A validated sweep. ``search_space`` maps a hyperparameter to a :class:`Range` or a fixed float."""
+
+    name: str
+    dataset: DatasetSpec
+    pairings: tuple[Pairing, ...]
+    methods: tuple[str, ...]
+    search_space: dict[str, Range | float]
+    budget: Budget
+    resources: Resources
+    recipe: RecipeSpec
+    storage: str
+    metric: str = "val_mAP"
+    mode: str = "max"
+    seed: int = 0
+    max_student_params: int | None = None
+
+    @property
+    def sweep_dir(self) -> str:
+        """``<storage>/<name>``, a local path or a URI."""
+        return f"{self.storage.rstrip('/')}/{self.name}"
+
+    def to_dict(self) -> dict:
+        data = asdict(self)
+        data["pairings"] = [{"teacher": p.teacher, "students": list(p.students)} for p in self.pairings]
+        data["methods"] = list(self.methods)
+        data["search_space"] = {k: asdict(v) if isinstance(v, Range) else v for k, v in self.search_space.items()}
+        return data
+
+
+# --- validation -------------------------------------------------------------------------------------------------
+
+class _Checker:
+    """Type checks that raise :class:`SpecError` naming ``source: field``."""
+
+    def __init__(self, source: str):
+        self.source = source
+
+    def fail(self, where: str, message: str) -> SpecError:
+        return SpecError(f"{self.source}: {where}: {message}")
+
+    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
+        if not isinstance(value, dict):
+            raise self.fail(where, f"expected a mapping with keys {', '.join(allowed)}, got {_show(value)}")
+        unknown = [k for k in value if k not in allowed]
+        if unknown:
+            raise self.fail(f"{where}.{unknown[0]}" if where else str(unknown[0]),
+                            f"unknown key; allowed keys: {', '.join(allowed)}")
+        for key in required:
+            if key not in value:
+                raise self.fail(f"{where}.{key}" if where else key, "is required")
+        return value
+
+    def integer(self, value: Any, where: str, minimum: int | None = None) -> int:
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise self.fail(where, f"expected an integer, got {_show(value)}")
+        if minimum is not None and value < minimum:
+            raise self.fail(where, f"{value} is too small; allowed: an integer >= {minimum}")
+        return value
+
+    def number(self, value: Any, where: str, minimum: float | None = None, exclusive: bool = False) -> float:
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+            raise self.fail(where, f"expected a finite number, got {_show(value)}")
+        if minimum is not None and (value <= minimum if exclusive else value < minimum):
+            raise self.fail(where, f"{value} is out of range; allowed: a number {'>' if exclusive else '>='} "
+                                   f"{minimum}")
+        return float(value)
+
+    def string(self, value: Any, where: str) -> str:
+        if not isinstance(value, str) or not value.strip():
+            raise self.fail(where, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def string_list(self, value: Any, where: str) -> tuple[str, ...]:
+        if not isinstance(value, list) or not value:
+            raise self.fail(where, f"expected a non-empty list of strings, got {_show(value)}")
+        return tuple(self.string(v, f"{where}[{i}]") for i, v in enumerate(value))
+
+
+def _show(value: Any) -> str:
+    return f"{value!r} ({type(value).__name__})"
+
+
+def _dataclass_fields(cls) -> tuple[str, ...]:
+    return tuple(f.name for f in fields(cls))
+
+
+TOP_LEVEL = ("name", "dataset", "metric", "mode", "pairings", "methods", "search_space", "budget", "resources",
+             "recipe", "storage", "seed", "max_student_params")
+
+
+def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
+    """Validate a spec given as a parsed YAML mapping; see the module docstring for the format."""
+    from l2d.data import DATASETS, dataset_options
+    from l2d.models import check_backbone_name
+
+    check = _Checker(source)
+    data = check.mapping(data, "", TOP_LEVEL, required=("name", "pairings", "methods"))
+
+    name = check.string(data["name"], "name")
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        raise check.fail("name", f"{name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+
+    raw_dataset = data.get("dataset", {"name": "mosaic-digits"})
+    if isinstance(raw_dataset, str):
+        raw_dataset = {"name": raw_dataset}
+    raw_dataset = check.mapping(raw_dataset, "dataset", _dataclass_fields(DatasetSpec), required=("name",))
+    dataset_name = check.string(raw_dataset["name"], "dataset.name")
+    if dataset_name not in DATASETS:
+        raise check.fail("dataset.name", f"unknown dataset {dataset_name!r}; allowed: {', '.join(DATASETS)}")
+    if DATASETS[dataset_name].needs_root and not raw_dataset.get("root"):
+        raise check.fail("dataset.root", f"dataset {dataset_name!r} needs root (the folder of its files)")
+    options = raw_dataset.get("options") or {}
+    check.mapping(options, "dataset.options", tuple(dataset_options(dataset_name)))
+    image_size = raw_dataset.get("image_size")
+    dataset = DatasetSpec(
+        name=dataset_name,
+        root=check.string(raw_dataset["root"], "dataset.root") if raw_dataset.get("root") else None,
+        image_size=check.integer(image_size, "dataset.image_size", 8) if image_size is not None else None,
+        options=dict(options),
+    )
+
+    metric = check.string(data.get("metric", "val_mAP"), "metric")
+    if metric not in METRICS:
+        raise check.fail("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
+    mode = data.get("mode", "min" if metric == "val_loss" else "max")
+    if mode not in ("min", "max"):
+        raise check.fail("mode", f"{mode!r} is not allowed; allowed: min, max")
+
+    raw_pairings = data["pairings"]
+    if not isinstance(raw_pairings, list) or not raw_pairings:
+        raise check.fail("pairings", f"expected a non-empty list of {{teacher, students}}, got {_show(raw_pairings)}")
+    pairings = []
+    for i, raw in enumerate(raw_pairings):
+        raw = check.mapping(raw, f"pairings[{i}]", ("teacher", "students"), required=("teacher", "students"))
+        teacher = check.string(raw["teacher"], f"pairings[{i}].teacher")
+        students = check.string_list(raw["students"], f"pairings[{i}].students")
+        for where, model in [(f"pairings[{i}].teacher", teacher)] + [
+                (f"pairings[{i}].students[{j}]", s) for j, s in enumerate(students)]:
+            try:
+                check_backbone_name(model)
+            except ValueError as error:
+                raise check.fail(where, str(error)) from None
+        if len(set(students)) != len(students):
+            raise check.fail(f"pairings[{i}].students", f"lists a student twice: {list(students)}")
+        pairings.append(Pairing(teacher, students))
+    teachers = [p.teacher for p in pairings]
+    if len(set(teachers)) != len(teachers):
+        raise check.fail("pairings", f"names a teacher twice ({teachers}); merge its students into one entry")
+
+    methods = check.string_list(data["methods"], "methods")
+    for i, method in enumerate(methods):
+        if method not in METHODS:
+            raise check.fail(f"methods[{i}]", f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
+    if len(set(methods)) != len(methods):
+        raise check.fail("methods", f"lists a method twice: {list(methods)}")
+
+    search_space: dict[str, Range | float] = {}
+    raw_space = check.mapping(data.get("search_space") or {}, "search_space", SEARCHABLE)
+    used = {"lr"} | {name for m in methods for name in METHODS[m].defaults}
+    for key, value in raw_space.items():
+        where = f"search_space.{key}"
+        if key not in used:
+            raise check.fail(where, f"is not a hyperparameter of the chosen methods ({', '.join(methods)}); "
+                                    f"allowed here: {', '.join(sorted(used))}")
+        positive = key in ("lr", "kd_temperature")
+        if isinstance(value, dict):
+            value = check.mapping(value, where, ("low", "high", "log"), required=("low", "high"))
+            low = check.number(value["low"], f"{where}.low", 0.0, exclusive=positive)
+            high = check.number(value["high"], f"{where}.high", 0.0, exclusive=positive)
+            log = value.get("log", True)
+            if not isinstance(log, bool):
+                raise check.fail(f"{where}.log", f"expected true or false, got {_show(log)}")
+            if low >= high:
+                raise check.fail(where, f"empty range: low {low:g} >= high {high:g}; allowed: low < high")
+            if log and low <= 0:
+                raise check.fail(f"{where}.low", f"{low:g} is not allowed on a log scale; allowed: low > 0")
+            search_space[key] = Range(low, high, log)
+        else:
+            search_space[key] = check.number(value, where, 0.0, exclusive=positive)
+
+    raw_budget = check.mapping(data.get("budget") or {}, "budget", _dataclass_fields(Budget))
+    budget = Budget(**{**asdict(Budget()), **raw_budget})
+    check.integer(budget.num_samples, "budget.num_samples", 1)
+    check.integer(budget.max_epochs, "budget.max_epochs", 1)
+    check.integer(budget.grace_period, "budget.grace_period", 1)
+    if budget.grace_period > budget.max_epochs:
+        raise check.fail("budget.grace_period", f"{budget.grace_period} exceeds budget.max_epochs "
+                                                f"({budget.max_epochs}); allowed: 1 to max_epochs")
+    if check.number(budget.reduction_factor, "budget.reduction_factor") <= 1:
+        raise check.fail("budget.reduction_factor", f"{budget.reduction_factor} is not allowed; allowed: > 1")
+    if budget.teacher_epochs is not None:
+        check.integer(budget.teacher_epochs, "budget.teacher_epochs", 1)
+
+    raw_resources = check.mapping(data.get("resources") or {}, "resources", _dataclass_fields(Resources))
+    resources = Resources(**{**asdict(Resources()), **raw_resources})
+    check.integer(resources.workers_per_trial, "resources.workers_per_trial", 1)
+    check.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, exclusive=True)
+    check.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0)
+    check.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
+    check.integer(resources.max_failures, "resources.max_failures", 0)
+
+    raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", _dataclass_fields(RecipeSpec))
+    recipe = RecipeSpec(**{**asdict(RecipeSpec()), **raw_recipe})
+    check.integer(recipe.batch_size, "recipe.batch_size", 1)
+    check.number(recipe.weight_decay, "recipe.weight_decay", 0.0)
+    if not 0 < check.number(recipe.pct_start, "recipe.pct_start") < 1:
+        raise check.fail("recipe.pct_start", f"{recipe.pct_start} is out of range; allowed: 0 < pct_start < 1")
+    if recipe.embed_dim is not None:
+        check.integer(recipe.embed_dim, "recipe.embed_dim", 8)
+    check.integer(recipe.num_workers, "recipe.num_workers", 0)
+
+    storage = check.string(data.get("storage", "./sweeps"), "storage")
+    if "://" in storage and storage.split("://", 1)[0] not in ("s3", "gs", "gcs", "file"):
+        raise check.fail("storage", f"{storage!r}: unsupported scheme; allowed: a local path, s3://, gs://")
+    if "://" not in storage:
+        storage = os.path.abspath(os.path.expanduser(storage))
+
+    seed = check.integer(data.get("seed", 0), "seed", 0)
+    max_params = data.get("max_student_params")
+    if max_params is not None:
+        max_params = check.integer(int(max_params) if isinstance(max_params, float) and max_params.is_integer()
+                                   else max_params, "max_student_params", 1)
+        _check_student_sizes(check, pairings, max_params, dataset, recipe)
+
+    return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
+                     search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
+                     metric=metric, mode=mode, seed=seed, max_student_params=max_params)
+
+
+def _check_student_sizes(check: _Checker, pairings, max_params: int, dataset: DatasetSpec, recipe: RecipeSpec):
+    """Count each student's parameters on the meta device (no memory, no weights) against the plan's limit."""
+    import torch
+
+    from l2d.data import DATASETS
+    from l2d.models import build_model, count_parameters
+
+    embed_dim = recipe.embed_dim or DATASETS[dataset.name].embed_dim
+    for i, pairing in enumerate(pairings):
+        for j, student in enumerate(pairing.students):
+            with torch.device("meta"):
+                size = count_parameters(build_model(student, 10, embed_dim))
+            if size > max_params:
+                raise check.fail(f"pairings[{i}].students[{j}]", f"{student} has {size:,} parameters, more than "
+                                                                 f"max_student_params ({max_params:,})")
+
+
+def load_spec(path: str) -> SweepSpec:
+    """Read and validate a spec file (``yaml.safe_load``)."""
+    try:
+        with open(path) as stream:
+            data = yaml.safe_load(stream)
+    except FileNotFoundError:
+        raise SpecError(f"{path}: spec file not found") from None
+    except yaml.YAMLError as error:
+        raise SpecError(f"{path}: not valid YAML ({error})") from None
+    return parse_spec(data, path)

@@ -1,0 +1,174 @@
+"""One student trial: a Ray Tune function trainable that runs a Ray Train ``TorchTrainer``.
+
+The Tune trial (``run_trial``) builds a TorchTrainer with the spec's ScalingConfig and a deterministic
+``RunConfig(name="trial-<trial id>")`` under ``<sweep>/train``. Its workers (``train_worker``) run the same
+engine as ``l2d-sweep train``: they report every epoch (a 1-based ``epoch``, val metrics and loss parts,
+test mAP, images/s) and checkpoint every epoch from rank 0 (Ray keeps the last two). A trial restarted after
+a crash finds its latest checkpoint and continues from the next epoch.
+
+In the driver and the Tune trial this module uses ``ray.tune``; in the workers ``ray.train``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+import time
+from typing import Any
+
+import pyarrow.fs as pafs
+
+logger = logging.getLogger(__name__)
+
+STATE_FILE = "state.pt"
+#: Keys of a Tune config that are not hyperparameters of the run.
+STRUCTURE_KEYS = ("teacher", "student", "method")
+
+
+def trial_hparams(config: dict) -> tuple[dict, float | None]:
+    """Split a sampled config into the method's loss hyperparameters and the learning rate."""
+    from l2d.losses import METHODS
+
+    method = METHODS[config["method"]]
+    hparams = {name: float(config[name]) for name in method.defaults if name in config}
+    lr = config.get("lr")
+    return hparams, float(lr) if lr is not None else None
+
+
+def _teacher_key(context: dict, teacher: str):
+    from l2d.teachers import TeacherKey
+
+    return TeacherKey(**context["teacher_keys"][teacher])
+
+
+def _measure_latency(model, image_size: int, device, repeats: int = 10) -> float:
+    """Median milliseconds of one forward pass on one image (eval mode, no grad)."""
+    import torch
+
+    model.eval()
+    images = torch.rand(1, 3, image_size, image_size, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]
+
+
+def train_worker(config: dict) -> None:
+    """The per-worker loop of a TorchTrainer (Ray Train sets up the process group before calling it)."""
+    import ray.train
+    import ray.train.torch
+    import torch
+
+    from l2d.data import build_dataset
+    from l2d.engine import Distiller, Recipe, unwrap
+    from l2d.models import build_model, count_parameters
+    from l2d.teachers import TeacherStore
+
+    context = config["context"]
+    sampled = config["sampled"]
+    torch.set_num_threads(max(1, int(context["cpus_per_worker"])))
+    device = ray.train.torch.get_device()
+    rank = ray.train.get_context().get_world_rank()
+
+    dataset = context["dataset"]
+    splits = {split: build_dataset(dataset["name"], dataset["root"], split, context["image_size"],
+                                   **dataset["options"]) for split in ("train", "val", "test")}
+    teacher = None
+    if context["needs_teacher"][sampled["method"]]:
+        teacher, _ = TeacherStore(context["teacher_store"]).load(_teacher_key(context, sampled["teacher"]),
+                                                                 len(splits["train"].class_names))
+    hparams, lr = trial_hparams(sampled)
+    recipe = Recipe(epochs=context["max_epochs"], lr=lr or context["default_lr"], **context["recipe"])
+    torch.manual_seed(context["seed"])
+    student = build_model(sampled["student"], len(splits["train"].class_names), context["embed_dim"])
+    distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], sampled["method"],
+                          hparams, recipe, device, context["seed"])
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is None and config.get("resume_from"):
+        checkpoint = ray.train.Checkpoint(config["resume_from"])
+    if checkpoint is not None:
+        with checkpoint.as_directory() as folder:
+            distiller.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
+                                                 weights_only=True))
+        logger.info("resumed %s from its epoch %d checkpoint", sampled["student"], distiller.epoch)
+    latency = _measure_latency(unwrap(distiller.student), context["image_size"], device)
+    parameters = count_parameters(student)
+
+    while distiller.epoch < context["max_epochs"]:
+        metrics = distiller.run_epoch()
+        metrics.update(student_params=parameters, latency_ms=latency,
+                       resumed_from=float(checkpoint is not None))
+        with tempfile.TemporaryDirectory() as folder:
+            saved = None
+            if rank == 0:
+                torch.save(distiller.state_dict(), os.path.join(folder, STATE_FILE))
+                saved = ray.train.Checkpoint.from_directory(folder)
+            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=saved,
+                             checkpoint_dir_name=f"epoch-{int(metrics['epoch']):04d}")
+
+
+def latest_checkpoint(run_uri: str) -> str | None:
+    """The newest ``epoch-NNNN`` checkpoint holding a state file under a trial's Ray Train run folder."""
+    if "://" in run_uri:
+        filesystem, base = pafs.FileSystem.from_uri(run_uri)
+    else:
+        filesystem, base = pafs.LocalFileSystem(), run_uri
+    infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
+    candidates = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
+                         and os.path.basename(i.path).startswith("epoch-")), reverse=True)
+    for path in candidates:
+        if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.File:
+            return path if "://" not in run_uri else f"{run_uri.split('://')[0]}://{path}"
+    return None
+
+
+def run_trial(config: dict, context: dict) -> None:
+    """The Tune function trainable: one TorchTrainer per trial, resumed from its own latest checkpoint."""
+    import ray.train
+    import ray.tune
+    from ray.train.torch import TorchTrainer
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    trial_id = ray.tune.get_context().get_trial_id()
+    sampled = normalize_config(config)
+    name = f"trial-{trial_id}"
+    train_root = f"{context['sweep_dir']}/train"
+    # Ray Train restores a run of the same name from its own snapshot; our latest checkpoint is the fallback
+    # when that snapshot is missing (a driver killed between the checkpoint upload and the snapshot write).
+    resume_from = latest_checkpoint(f"{train_root}/{name}")
+    resources = {"CPU": context["cpus_per_worker"]}
+    if context["gpus_per_worker"]:
+        resources["GPU"] = context["gpus_per_worker"]
+    trainer = TorchTrainer(
+        train_worker,
+        train_loop_config={"context": context, "sampled": sampled, "resume_from": resume_from},
+        scaling_config=ray.train.ScalingConfig(num_workers=context["workers_per_trial"],
+                                               use_gpu=bool(context["gpus_per_worker"]),
+                                               resources_per_worker=resources),
+        run_config=ray.train.RunConfig(
+            name=name,
+            storage_path=train_root,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            failure_config=ray.train.FailureConfig(max_failures=context["max_failures"]),
+            callbacks=[TuneReportCallback()],
+        ),
+    )
+    trainer.fit()
+
+
+def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config (define-by-run names such as ``student@resnet34``) as plain teacher/student/method/weights."""
+    result = {k: v for k, v in config.items() if not k.startswith("student@") and k != "pairing"}
+    if "pairing" in config:
+        result["teacher"] = config["pairing"]
+        result["student"] = config[f"student@{config['pairing']}"]
+    return result

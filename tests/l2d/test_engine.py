@@ -1,0 +1,131 @@
+"""The engine: one epoch in one process and under a 2-process gloo group, NaN detection, resume, optimizer."""
+
+import os
+import socket
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from l2d.data import build_dataset
+from l2d.engine import Distiller, NonFiniteLossError, Recipe, build_optimizer, evaluate, make_loader
+from l2d.models import ModelOutput, build_model
+
+TINY = dict(image_size=16)
+
+
+def _splits(train=96, val=40, test=40):
+    return (build_dataset("mosaic-digits", split="train", size=train, **TINY),
+            build_dataset("mosaic-digits", split="val", size=val, **TINY),
+            build_dataset("mosaic-digits", split="test", size=test, **TINY))
+
+
+def _model(seed=0, name="test_resnet"):
+    torch.manual_seed(seed)
+    return build_model(name, 10, embed_dim=32)
+
+
+def test_one_epoch_single_process_reports_everything():
+    train, val, test = _splits()
+    distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "l2d",
+                          recipe=Recipe(epochs=2, batch_size=16, lr=1e-3))
+    metrics = distiller.run_epoch()
+    assert metrics["epoch"] == 1
+    for name in ("train_total", "train_bce", "train_mld", "train_cd", "train_id", "images_per_s", "val_mAP",
+                 "val_loss", "val_mld", "test_mAP", "test_CF1", "test_OF1", "lr"):
+        assert np.isfinite(metrics[name]), name
+    assert metrics["images_per_s"] > 0
+    assert 0 <= metrics["val_mAP"] <= 100
+
+
+def test_optimizer_decays_weights_only():
+    model = _model()
+    optimizer = build_optimizer(model, Recipe(weight_decay=1e-4))
+    decay, no_decay = optimizer.param_groups
+    assert decay["weight_decay"] == 1e-4 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim > 1 for p in decay["params"]) and all(p.ndim <= 1 for p in no_decay["params"])
+    assert any(p is model.head.classifier_bias for p in no_decay["params"])
+    assert not any(p is model.head.class_queries.weight for g in optimizer.param_groups for p in g["params"])
+
+
+class _Exploding(nn.Module):
+    """A model whose logits turn NaN from its second call on."""
+
+    def __init__(self):
+        super().__init__()
+        self.inner = _model()
+        self.calls = 0
+
+    def forward(self, images):
+        output = self.inner(images)
+        self.calls += 1
+        if self.calls >= 2 and self.training:
+            return ModelOutput(output.logits * float("nan"), output.label_embeddings, output.features)
+        return output
+
+
+def test_nan_loss_stops_with_epoch_and_batch():
+    train, val, _ = _splits()
+    distiller = Distiller(_Exploding(), None, train, val, None, "bce", recipe=Recipe(epochs=1, batch_size=16))
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at epoch 1, batch 2/6"):
+        distiller.run_epoch()
+
+
+def test_resume_continues_exactly():
+    train, val, _ = _splits()
+    recipe = Recipe(epochs=3, batch_size=16, lr=1e-3)
+    straight = Distiller(_model(3), None, train, val, None, "bce", recipe=recipe, seed=5)
+    for _ in range(3):
+        last = straight.run_epoch()
+    first = Distiller(_model(3), None, train, val, None, "bce", recipe=recipe, seed=5)
+    first.run_epoch()
+    state = first.state_dict()
+    resumed = Distiller(_model(99), None, train, val, None, "bce", recipe=recipe, seed=5)
+    resumed.load_state_dict(state)
+    resumed.run_epoch()
+    again = resumed.run_epoch()
+    assert again["epoch"] == 3
+    assert again["val_mAP"] == pytest.approx(last["val_mAP"], abs=1e-6)
+    assert again["train_total"] == pytest.approx(last["train_total"], rel=1e-5)
+    with pytest.raises(ValueError, match="checkpoint method 'bce' differs"):
+        Distiller(_model(), _model(), train, val, None, "mld", recipe=recipe).load_state_dict(state)
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def _ddp_worker(rank: int, world_size: int, port: int, cache: str, results):
+    os.environ["L2D_SWEEP_CACHE"] = cache
+    dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world_size)
+    try:
+        torch.set_num_threads(1)
+        train, val, test = _splits(train=64, val=37, test=23)
+        distiller = Distiller(_model(7), _model(8).eval(), train, val, test, "l2d",
+                              recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), seed=1)
+        assert isinstance(distiller.student, nn.parallel.DistributedDataParallel)
+        assert len(distiller.train_loader) == 4  # 64 images: 32 per rank, in batches of 16 / 2 = 8
+        metrics = distiller.run_epoch()
+        weights = next(distiller.student.module.parameters()).detach().clone()
+        results[rank] = {"metrics": metrics, "weights": weights, "val_size": len(distiller.val_loader.sampler)}
+    finally:
+        dist.destroy_process_group()
+
+
+def test_one_ddp_epoch_with_two_gloo_processes(_isolated_cache):
+    _splits(train=64, val=37, test=23)  # build the cache once, before the workers race for it
+    manager = mp.Manager()
+    results = manager.dict()
+    mp.spawn(_ddp_worker, args=(2, _free_port(), str(_isolated_cache), results), nprocs=2, join=True)
+    first, second = results[0], results[1]
+    # Gradients are averaged across ranks: both ranks end the epoch with identical weights.
+    assert torch.equal(first["weights"], second["weights"])
+    # Predictions are gathered before the metrics: both ranks see the metrics of the whole split.
+    assert first["metrics"]["val_mAP"] == second["metrics"]["val_mAP"]
+    assert first["val_size"] + second["val_size"] == 37
+    assert first["metrics"]["images_per_s"] == pytest.approx(second["metrics"]["images_per_s"])

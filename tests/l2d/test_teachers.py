@@ -1,0 +1,90 @@
+"""The teacher store: train once, load afterwards, atomic writes, two processes at once."""
+
+import json
+import multiprocessing
+
+import pytest
+import torch
+
+from l2d.teachers import TeacherKey, TeacherStore, train_teacher
+
+TINY_RECIPE = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "pct_start": 0.2}
+
+
+def _key(**changes) -> TeacherKey:
+    fields = dict(dataset="mosaic-digits", backbone="test_resnet", image_size=16, embed_dim=32,
+                  recipe=dict(TINY_RECIPE), seed=0, dataset_options={"size": 64})
+    fields.update(changes)
+    return TeacherKey(**fields)
+
+
+def test_trained_once_then_loaded(tmp_path):
+    store = TeacherStore(str(tmp_path / "store"))
+    calls = []
+
+    def train():
+        calls.append(1)
+        return train_teacher(_key())
+
+    model, card, trained = store.get_or_train(_key(), 10, train)
+    assert trained and len(calls) == 1
+    for field in ("val_mAP", "test_mAP", "epochs", "wall_time_s", "parameters", "key", "digest"):
+        assert field in card
+    assert card["key"]["backbone"] == "test_resnet" and card["epochs"] == 1
+    loaded, loaded_card, trained_again = store.get_or_train(_key(), 10, train)
+    assert not trained_again and len(calls) == 1
+    assert loaded_card["digest"] == card["digest"]
+    for (name, a), b in zip(model.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), name
+    # Any change of the key is another teacher.
+    assert store.card(_key(seed=1)) is None
+    assert store.card(_key(recipe={**TINY_RECIPE, "lr": 2e-3})) is None
+    assert _key(recipe={**TINY_RECIPE, "num_workers": 4}).digest() == _key().digest()
+    files = sorted(p.name for p in (tmp_path / "store" / card["digest"]).iterdir())
+    assert files == ["card.json", "model.pt"]
+
+
+def test_a_failed_training_stores_nothing(tmp_path):
+    store = TeacherStore(str(tmp_path / "store"))
+
+    def train():
+        raise RuntimeError("out of memory")
+
+    with pytest.raises(RuntimeError):
+        store.get_or_train(_key(), 10, train)
+    assert store.card(_key()) is None
+    with pytest.raises(KeyError, match="not in"):
+        store.load(_key(), 10)
+
+
+def _ask(store_path, cache, queue):
+    import os
+
+    os.environ["L2D_SWEEP_CACHE"] = cache
+    torch.set_num_threads(1)
+    store = TeacherStore(store_path)
+    _, card, trained = store.get_or_train(_key(), 10, lambda: train_teacher(_key()))
+    queue.put((card["digest"], trained))
+
+
+def test_two_processes_asking_for_the_same_teacher(tmp_path, _isolated_cache):
+    from l2d.data import build_dataset
+
+    for split in ("train", "val", "test"):
+        build_dataset("mosaic-digits", split=split, image_size=16, size=64)
+    context = multiprocessing.get_context("spawn")
+    queue = context.Queue()
+    store_path = str(tmp_path / "store")
+    workers = [context.Process(target=_ask, args=(store_path, str(_isolated_cache), queue)) for _ in range(2)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join(timeout=300)
+        assert worker.exitcode == 0
+    answers = [queue.get(timeout=5) for _ in range(2)]
+    assert answers[0][0] == answers[1][0]
+    folder = tmp_path / "store" / answers[0][0]
+    assert sorted(p.name for p in folder.iterdir()) == ["card.json", "model.pt"]  # no temporary file left
+    json.loads((folder / "card.json").read_text())
+    model, _ = TeacherStore(store_path).load(_key(), 10)
+    assert sum(p.numel() for p in model.parameters()) > 0
