@@ -147,6 +147,9 @@ class ResultsWriter:
             row.update({name: _float(record.config.get(name)) for name in HPARAM_COLUMNS})
             row["epochs_run"] = len(history)
             row["stopped_early"] = record.status == "stopped"
+            row.update(dict.fromkeys(("best_val_mAP", "best_epoch", "test_mAP_at_best", "last_val_mAP", "last_test_mAP",
+                                      "best_val_CF1", "best_val_OF1", "student_params", "latency_ms", "images_per_s",
+                                      "wall_time_s")))
             if history:
                 best = max(history, key=lambda r: r.get("val_mAP", -math.inf))
                 last = history[-1]
@@ -214,7 +217,11 @@ class SweepResults:
         try:
             connection.register("trials", self.trials)
             connection.register("epochs", self.epochs)
-            return connection.execute(query).fetch_arrow_table()
+            relation = connection.sql(query)
+            if relation is None:
+                raise ValueError("the SQL statement returns no rows; use a SELECT")
+            # DuckDB renamed arrow() to to_arrow_table() in 1.4.
+            return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
         finally:
             connection.close()
 

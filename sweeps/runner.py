@@ -222,11 +222,11 @@ class SweepCallback(Callback):
         self.writer.finish(trial.trial_id, config, error)
         record = self.writer.trials[trial.trial_id]
         row = next(r for r in self.writer.trial_rows() if r["trial_id"] == trial.trial_id)
-        if row["best_val_mAP"] is not None:
+        if row.get("best_val_mAP") is not None:
             hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and v is not None}
             board = self._board(trial.trial_id)
             board.add_hparams(hparams, {"hparam/best_val_mAP": row["best_val_mAP"],
-                                        "hparam/test_mAP_at_best": row["test_mAP_at_best"] or math.nan},
+                                        "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan},
                               run_name=".")
             board.flush()
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")

@@ -157,7 +157,7 @@ class _Checker:
             raise self.fail(where, f"expected a finite number, got {_show(value)}")
         if minimum is not None and (value <= minimum if exclusive else value < minimum):
             raise self.fail(where, f"{value} is out of range; allowed: a number {'>' if exclusive else '>='} "
-                                   f"{minimum}")
+                                   f"{minimum:g}")
         return float(value)
 
     def string(self, value: Any, where: str) -> str:

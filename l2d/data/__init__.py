@@ -99,7 +99,7 @@ def dataset_options(name: str) -> list[str]:
         from l2d.data.mosaic import MosaicConfig
 
         return sorted(set(MosaicConfig.__dataclass_fields__) - {"source", "split", "root"}
-                      | {"train_transform", "cache_dir"})
+                      | {"train_transform", "cache_dir", "scale"})
     return [p for p in inspect.signature(info.builder).parameters if p not in ("root", "split", "image_size")]
 
 

@@ -242,13 +242,21 @@ DEFAULT_SIZES = {"train": 2000, "val": 500, "test": 1000}
 
 
 def build_mosaic(source: str, split: str, image_size: int, root: str | None = None, train_transform: bool | None = None,
-                 size: int | None = None, cache_dir: str | None = None, **options) -> MosaicDataset:
-    """Build ``mosaic-digits`` / ``mosaic-fashion``; ``options`` are :class:`MosaicConfig` fields."""
+                 size: int | None = None, scale: float = 1.0, cache_dir: str | None = None,
+                 **options) -> MosaicDataset:
+    """Build ``mosaic-digits`` / ``mosaic-fashion``; ``options`` are :class:`MosaicConfig` fields.
+
+    ``size`` sets the number of canvases of this split; without it, the split's default (train 2000, val 500,
+    test 1000) times ``scale``.
+    """
     unknown = set(options) - set(MosaicConfig.__dataclass_fields__)
     if unknown:
         raise ValueError(f"unknown mosaic option(s) {sorted(unknown)}; allowed: "
                          f"{sorted(set(MosaicConfig.__dataclass_fields__) - {'source', 'split', 'root'})}")
-    config = MosaicConfig(source=source, split=split, size=size or DEFAULT_SIZES.get(split, 0), root=root, **options)
+    if not scale > 0:
+        raise ValueError(f"mosaic scale must be > 0, got {scale}")
+    size = size or max(1, int(round(DEFAULT_SIZES.get(split, 0) * scale)))
+    config = MosaicConfig(source=source, split=split, size=size, root=root, **options)
     images, targets = load_or_generate(config, Path(cache_dir) if cache_dir else None)
     class_names = DIGIT_CLASSES if source == "digits" else FASHION_CLASSES
     train = split == "train" if train_transform is None else train_transform

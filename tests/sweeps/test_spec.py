@@ -1,0 +1,86 @@
+"""The spec: what validates, and at least eight kinds of bad spec, each a clear error before Ray starts."""
+
+import copy
+
+import pytest
+import yaml
+
+from sweeps.cli import main
+from sweeps.spec import Range, SpecError, load_spec, parse_spec
+from tests.sweeps.conftest import TINY_SPEC
+
+
+def _spec(**changes):
+    data = copy.deepcopy(TINY_SPEC)
+    data["storage"] = "/tmp/unused-storage"
+    for key, value in changes.items():
+        if "." in key:
+            outer, inner = key.split(".", 1)
+            data[outer] = {**data[outer], inner: value}
+        else:
+            data[key] = value
+    return data
+
+
+def test_valid_spec_parses():
+    spec = parse_spec(_spec())
+    assert spec.name == "tiny" and spec.methods == ("l2d", "kd")
+    assert spec.search_space["lambda_mld"] == Range(1.0, 100.0, True)
+    assert spec.budget.max_epochs == 3 and spec.resources.max_concurrent_trials == 1
+    assert spec.sweep_dir == "/tmp/unused-storage/tiny"
+    assert parse_spec(spec.to_dict()) == spec  # the saved copy round-trips
+
+
+@pytest.mark.parametrize("changes,message", [
+    ({"colour": "red"}, "colour: unknown key; allowed keys: name, dataset"),
+    ({"budget.num_samples": "eight"}, "budget.num_samples: expected an integer, got 'eight' (str)"),
+    ({"search_space": {"lr": {"low": 0.01, "high": 0.001}}}, "search_space.lr: empty range: low 0.01 >= high 0.001"),
+    ({"search_space": {"lambda_mld": -5}}, "search_space.lambda_mld: -5 is out of range; allowed: a number >= 0"),
+    ({"methods": ["l2d", "fitnet"]}, "methods[1]: unknown method 'fitnet'; allowed: bce, kd"),
+    ({"pairings": [{"teacher": "resnet_50", "students": ["resnet18"]}]}, "pairings[0].teacher: unknown backbone"),
+    ({"max_student_params": 300000}, "pairings[0].students[1]: test_convnext has 347,426 parameters, more than "
+                                     "max_student_params (300,000)"),
+    ({"budget.grace_period": 5}, "budget.grace_period: 5 exceeds budget.max_epochs (3)"),
+    ({"budget.reduction_factor": 1}, "budget.reduction_factor: 1 is not allowed; allowed: > 1"),
+    ({"search_space": {"lambda_cd": {"low": 1, "high": 10}}, "methods": ["kd"]},
+     "search_space.lambda_cd: is not a hyperparameter of the chosen methods (kd)"),
+    ({"dataset": {"name": "coco2014"}}, "dataset.root: dataset 'coco2014' needs root"),
+    ({"storage": "ftp://host/x"}, "storage: 'ftp://host/x': unsupported scheme"),
+    ({"resources.workers_per_trial": 0}, "resources.workers_per_trial: 0 is too small; allowed: an integer >= 1"),
+    ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: val_mAP"),
+    ({"dataset": {"name": "mosaic-digits", "options": {"sizes": 3}}}, "dataset.options.sizes: unknown key"),
+    ({"search_space": {"lr": {"low": 0, "high": 1}}}, "search_space.lr.low: 0 is out of range; allowed: a number > 0"),
+])
+def test_bad_specs_name_field_value_and_what_is_allowed(changes, message):
+    with pytest.raises(SpecError) as error:
+        parse_spec(_spec(**changes), "bad.yaml")
+    assert str(error.value).startswith("bad.yaml: ")
+    assert message in str(error.value)
+
+
+def test_bad_yaml_and_missing_file(tmp_path):
+    path = tmp_path / "broken.yaml"
+    path.write_text("name: [unclosed")
+    with pytest.raises(SpecError, match="broken.yaml: not valid YAML"):
+        load_spec(str(path))
+    with pytest.raises(SpecError, match="nope.yaml: spec file not found"):
+        load_spec(str(tmp_path / "nope.yaml"))
+    path.write_text("!!python/object/apply:os.system ['echo pwned']\n")
+    with pytest.raises(SpecError, match="not valid YAML"):  # safe_load refuses to build Python objects
+        load_spec(str(path))
+
+
+@pytest.mark.parametrize("changes", [
+    {"methods": ["nope"]}, {"budget.max_epochs": 0}, {"search_space": {"lr": {"low": 1, "high": 1}}},
+    {"pairings": []}, {"unknown": 1}, {"resources.cpus_per_worker": -1}, {"recipe.pct_start": 2},
+    {"dataset": {"name": "imagenet"}},
+])
+def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsys):
+    data = _spec(**changes)
+    data["storage"] = str(tmp_path / "storage")
+    path = tmp_path / "spec.yaml"
+    path.write_text(yaml.safe_dump(data))
+    assert main(["run", str(path)]) == 2
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(err) == 1 and "spec.yaml: " in err[0]
+    assert not (tmp_path / "storage").exists()

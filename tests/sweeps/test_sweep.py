@@ -1,0 +1,147 @@
+"""End-to-end sweeps on a real local Ray cluster with tiny models: results, TensorBoard, kill and resume."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pyarrow.parquet as pq
+import pytest
+
+from sweeps.cli import main
+from sweeps.results import TRIAL_SCHEMA
+
+pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+def _config_key(row):
+    return (row["student"], row["method"], row["lr"], row["lambda_mld"], row["lambda_kd"])
+
+
+def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    # Any kd trial gets an infinite weight: its loss overflows, and it must be recorded as failed.
+    path = tiny_spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3},
+                                   "lambda_kd": 1e39})
+    assert main(["run", str(path)]) == 0
+    printed = capsys.readouterr().out
+    assert "leaderboard of" in printed and "teacher phase" in printed
+    sweep = tmp_path / "sweeps" / "tiny"
+
+    trials = pq.read_table(sweep / "results" / "trials.parquet")
+    epochs = pq.read_table(sweep / "results" / "epochs.parquet")
+    assert trials.schema.names == TRIAL_SCHEMA.names and trials.num_rows == 5
+    rows = trials.to_pylist()
+    statuses = [r["status"] for r in rows]
+    assert set(statuses) <= {"completed", "stopped", "failed"}
+    assert "stopped" in statuses and "completed" in statuses  # ASHA stopped at least one trial
+    for row in rows:
+        if row["method"] == "kd":
+            assert row["status"] == "failed" and "non-finite loss at epoch 1, batch 1" in row["error"]
+            assert row["lambda_kd"] == 1e39
+        else:
+            assert row["error"] is None and row["best_val_mAP"] is not None and row["student_params"] > 0
+            assert row["stopped_early"] == (row["status"] == "stopped")
+            assert (row["epochs_run"] == 3) == (row["status"] == "completed")
+    assert len({_config_key(r) for r in rows}) == 5
+    # The official weights are evaluated first.
+    first = [r for r in rows if r["lambda_mld"] == 10.0 and r["method"] == "l2d"]
+    assert first and first[0]["student"] == "test_efficientnet"
+
+    epoch_rows = epochs.to_pylist()
+    assert len(epoch_rows) == sum(r["epochs_run"] for r in rows)
+    for row in rows:
+        numbers = [e["epoch"] for e in epoch_rows if e["trial_id"] == row["trial_id"]]
+        assert numbers == list(range(1, row["epochs_run"] + 1))  # 1-based, no gaps, no duplicates
+    for column in ("val_mAP", "test_mAP", "val_loss", "train_bce", "train_mld", "images_per_s", "epoch_seconds"):
+        assert column in epochs.schema.names
+
+    assert main(["results", str(sweep), "--sql",
+                 "SELECT t.method, count(*) AS epochs FROM epochs e JOIN trials t USING (trial_id) GROUP BY t.method "
+                 "ORDER BY t.method", "--format", "json"]) == 0
+    answer = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert {a["method"] for a in answer} <= {"l2d", "kd"} and sum(a["epochs"] for a in answer) == len(epoch_rows)
+    assert main(["status", str(sweep)]) == 0
+    assert "trials by state:" in capsys.readouterr().out
+    assert main(["results", str(sweep), "--pareto"]) == 0
+    assert (sweep / "results" / "pareto.png").stat().st_size > 1000
+
+    asha = json.loads((sweep / "asha.json").read_text())
+    assert sum(len(recorded) for bracket in asha["brackets"] for _, recorded in bracket) >= 3
+
+    completed = next(r for r in rows if r["status"] == "completed")
+    board = EventAccumulator(str(sweep / "tensorboard" / completed["trial_id"]))
+    board.Reload()
+    assert [e.step for e in board.Scalars("val/mAP")] == [1, 2, 3]
+    assert "hparams" in board.PluginTagToContent("hparams") or board.PluginTagToContent("hparams")
+
+    # A second `run` of the same spec refuses and says how to go on.
+    assert main(["run", str(path)]) == 2
+    assert "l2d-sweep resume" in capsys.readouterr().err
+
+
+def _start(args, log):
+    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=os.getcwd(),
+                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+
+
+def test_kill_and_resume(tiny_spec, tmp_path):
+    path = tiny_spec(name="killed", budget={"num_samples": 4, "max_epochs": 3, "grace_period": 1,
+                                            "reduction_factor": 2, "teacher_epochs": 1})
+    sweep = tmp_path / "sweeps" / "killed"
+    first_output = []
+    process = _start(["run", str(path)], first_output)
+    deadline = time.time() + 600
+    interrupted = None
+    for line in process.stdout:
+        first_output.append(line)
+        if " epoch 1/3: " in line:
+            interrupted = line.split("trial ", 1)[1].split()[0]
+            break
+        assert time.time() < deadline, "".join(first_output)
+    assert interrupted, "".join(first_output)
+    os.kill(process.pid, signal.SIGKILL)  # the driver dies mid-trial, without any clean-up
+    process.wait()
+    try:
+        os.killpg(process.pid, signal.SIGKILL)  # and so does everything it started (a lost machine)
+    except ProcessLookupError:
+        pass
+    assert (sweep / "train" / f"trial-{interrupted}").is_dir()
+
+    resumed = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(sweep)], capture_output=True,
+                             text=True, timeout=700)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    output = "".join(first_output) + resumed.stdout
+
+    trials = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
+    epochs = pq.read_table(sweep / "results" / "epochs.parquet").to_pylist()
+    assert len(trials) == 4
+    assert all(t["status"] in ("completed", "stopped") for t in trials)
+    # Every trial ended exactly once.
+    for trial in trials:
+        ends = [line for line in output.splitlines()
+                if f"trial {trial['trial_id']} " in line and any(w in line for w in (" completed", " stopped"))
+                and " epoch " not in line]
+        assert len(ends) == 1, (trial["trial_id"], ends)
+    # The interrupted trial continued from its checkpoint: after the resume it reports from epoch >= 2 on.
+    history = sorted((e for e in epochs if e["trial_id"] == interrupted), key=lambda e: e["epoch"])
+    assert [e["epoch"] for e in history] == list(range(1, len(history) + 1))
+    assert history[0]["resumed_from"] == 0.0
+    after = [e for e in history if e["resumed_from"] == 1.0]
+    assert after and after[0]["epoch"] >= 2
+    assert f"started: " in resumed.stdout or "resuming sweep" in resumed.stdout
+    # The Optuna study went on without repeating a suggestion.
+    assert len({_config_key(t) for t in trials}) == 4
