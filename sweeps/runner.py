@@ -14,6 +14,7 @@ Teachers live beside the sweeps, in ``<storage>/teachers`` (shared by every swee
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import os
@@ -28,6 +29,7 @@ from ray.tune import Callback
 
 from sweeps.results import ResultsWriter, SweepResults, filesystem_for, format_table
 from sweeps.spec import Range, SweepSpec, parse_spec
+from sweeps.trial import HISTORY_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -151,7 +153,6 @@ class SweepCallback(Callback):
         self.quiet = quiet
         self._writer = None
         self._boards: dict = {}
-        self._last_write = 0.0
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -201,7 +202,14 @@ class SweepCallback(Callback):
 
         if "epoch" not in result:
             return
-        self.writer.record_epoch(trial.trial_id, normalize_config(trial.config), result)
+        config = normalize_config(trial.config)
+        for earlier in json.loads(result.get(HISTORY_KEY) or "[]"):
+            if (trial.trial_id, int(earlier["epoch"])) not in self.writer.epochs:
+                self.writer.record_epoch(trial.trial_id, config, earlier)
+        self.writer.record_epoch(trial.trial_id, config, result)
+        # Written at every report (a small table), before anything is printed: a driver killed at any moment
+        # loses no epoch row that it announced.
+        self._write()
         board = self._board(trial.trial_id)
         epoch = int(result["epoch"])
         for name, value in result.items():
@@ -212,8 +220,6 @@ class SweepCallback(Callback):
         self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
                   f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s | "
                   f"{self._summary()}")
-        if time.time() - self._last_write > 15:
-            self._write()
 
     def _end(self, trial, error: str | None) -> None:
         from sweeps.trial import normalize_config
@@ -248,7 +254,6 @@ class SweepCallback(Callback):
 
     def _write(self) -> None:
         self.writer.write()
-        self._last_write = time.time()
 
 
 def _local_tensorboard_dir(sweep_dir: str, trial_id: str) -> str:

@@ -11,6 +11,7 @@ In the driver and the Tune trial this module uses ``ray.tune``; in the workers `
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import tempfile
@@ -22,6 +23,9 @@ import pyarrow.fs as pafs
 logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
+HISTORY_FILE = "history.json"
+#: Result key of the epochs before a resume (a JSON list of metric dicts).
+HISTORY_KEY = "history_before_resume"
 #: Keys of a Tune config that are not hyperparameters of the run.
 STRUCTURE_KEYS = ("teacher", "student", "method")
 
@@ -95,25 +99,40 @@ def train_worker(config: dict) -> None:
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None and config.get("resume_from"):
         checkpoint = ray.train.Checkpoint(config["resume_from"])
+    history: list[dict] = []
     if checkpoint is not None:
         with checkpoint.as_directory() as folder:
             distiller.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
                                                  weights_only=True))
+            with open(os.path.join(folder, HISTORY_FILE)) as stream:
+                history = json.load(stream)
         logger.info("resumed %s from its epoch %d checkpoint", sampled["student"], distiller.epoch)
     latency = _measure_latency(unwrap(distiller.student), context["image_size"], device)
     parameters = count_parameters(student)
 
+    # The first report after a resume carries the epochs before it, so that a driver that died before
+    # recording them can still fill its tables (see sweeps.runner.SweepCallback).
+    replay = json.dumps(history) if history else None
+    if history and distiller.epoch >= context["max_epochs"]:
+        # Every epoch was done before the crash: report the last one again, to close the trial.
+        ray.train.report({**history[-1], HISTORY_KEY: replay})
+        return
     while distiller.epoch < context["max_epochs"]:
         metrics = distiller.run_epoch()
         metrics.update(student_params=parameters, latency_ms=latency,
                        resumed_from=float(checkpoint is not None))
+        history.append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if rank == 0:
                 torch.save(distiller.state_dict(), os.path.join(folder, STATE_FILE))
+                with open(os.path.join(folder, HISTORY_FILE), "w") as stream:
+                    json.dump(history, stream)
                 saved = ray.train.Checkpoint.from_directory(folder)
-            ray.train.report({k: float(v) for k, v in metrics.items()}, checkpoint=saved,
-                             checkpoint_dir_name=f"epoch-{int(metrics['epoch']):04d}")
+            report = dict(history[-1])
+            if replay is not None:
+                report[HISTORY_KEY], replay = replay, None
+            ray.train.report(report, checkpoint=saved, checkpoint_dir_name=f"epoch-{int(metrics['epoch']):04d}")
 
 
 def latest_checkpoint(run_uri: str) -> str | None:
