@@ -17,9 +17,11 @@ install: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-# The main job on the embedded default dataset: for now one distillation (teacher trained on the first run).
+# The main job: the quickstart sweep on the embedded default dataset (started over each time; SWEEP_ARGS= to
+# refuse instead when its folder exists).
+SWEEP_ARGS ?= --new
 sweep: $(STAMP)
-	$(BIN)/l2d-sweep train $(SWEEP_ARGS)
+	$(BIN)/l2d-sweep run search_spaces/quickstart.yaml $(SWEEP_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -10,9 +10,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import sys
 import tempfile
 import time
@@ -27,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from l2d.data import build_dataset  # noqa: E402
 from l2d.engine import make_loader  # noqa: E402
+from benchmarks._report import write_report  # noqa: E402
 
 
 def write_voc(root: Path, count: int) -> None:
@@ -88,15 +87,7 @@ def main() -> None:
     for name in dict.fromkeys(r["dataset"] for r in rows):
         rates = [r["images_per_s"] for r in rows if r["dataset"] == name]
         print(f"{name:<20} " + " ".join(f"{rate:>10.1f}" for rate in rates))
-    report = {"benchmark": "data_speed", "batch_size": args.batch_size, "batches": args.batches,
-              "cpu_count": os.cpu_count(), "machine": platform.machine(), "torch": torch.__version__, "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_suffix(".tmp")
-    tmp_out.write_text(json.dumps(report, indent=2) + "\n")
-    tmp_out.replace(out)
-    print(f"wrote {out}")
-
+    write_report(args.out, "data_speed", rows, batch_size=args.batch_size, batches=args.batches)
 
 if __name__ == "__main__":
     main()

@@ -12,9 +12,7 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -28,6 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from l2d.losses import cd_id_losses, mld_loss  # noqa: E402
 from tests.l2d.reference_losses import cd_loss_loop, id_loss_loop  # noqa: E402
+from benchmarks._report import write_report  # noqa: E402
 
 # name: (B, C, D, mean positive labels per image), the statistics of the paper's datasets.
 SHAPES = {
@@ -151,16 +150,7 @@ def main() -> None:
         print(f"{r['shape']:<8} {r['B']:>3} {r['C']:>3} {r['D']:>4} {r['labels_per_image']:>6} {r['loop_ms']:>9.2f} "
               f"{r['vectorized_ms']:>8.2f} {r['speedup']:>7.1f}x {r['loop_peak_mib']:>9.1f} "
               f"{r['vectorized_peak_mib']:>9.1f}")
-    report = {"benchmark": "loss_speed", "device": args.device, "repeats": args.repeats,
-              "torch": torch.__version__, "threads": torch.get_num_threads(), "cpu_count": os.cpu_count(),
-              "machine": platform.machine(), "rows": rows}
-    out = Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
-
+    write_report(args.out, "loss_speed", rows, device=args.device, repeats=args.repeats)
 
 if __name__ == "__main__":
     main()

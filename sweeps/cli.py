@@ -39,34 +39,26 @@ def _key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: bad value ({error})") from error
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
-    return value
+def _bounded(kind: type, minimum: float, exclusive: bool = False) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> when ``exclusive``)."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (exclusive and value == minimum):
+            bound = f"{'>' if exclusive else '>='} {minimum:g}"
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}{bound}, got {value}")
+        return value
+
+    return parse
 
 
-def _positive_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {value}")
-    return value
-
-
-def _non_negative_float(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
-    if not value >= 0 or value == float("inf"):
-        raise argparse.ArgumentTypeError(f"must be a finite number >= 0, got {value}")
-    return value
+_positive_int = _bounded(int, 1)
+_positive_float = _bounded(float, 0.0, exclusive=True)
+_non_negative_float = _bounded(float, 0.0)
 
 
 def _add_data_options(parser: argparse.ArgumentParser) -> None:
@@ -336,10 +328,16 @@ def _apply_overrides(args: argparse.Namespace):
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.runner import print_leaderboard, run_sweep
+    from sweeps.runner import print_leaderboard, resume_sweep, run_sweep, sweep_exists
 
     spec = _apply_overrides(args)
-    results = run_sweep(spec, new=args.new)
+    if args.or_resume and args.new:
+        raise ValueError("--or-resume and --new contradict each other; pass one")
+    if args.or_resume and sweep_exists(spec.sweep_dir):
+        print(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
+        results = resume_sweep(spec.sweep_dir)
+    else:
+        results = run_sweep(spec, new=args.new)
     print(f"\nleaderboard of {spec.sweep_dir} (best val mAP per trial; test mAP at that epoch):")
     print_leaderboard(results)
     return 0
@@ -463,6 +461,8 @@ def build_parser() -> argparse.ArgumentParser:
                     "or pass --new).")
     run.add_argument("spec", help="the sweep's YAML file (see search_spaces/)")
     run.add_argument("--new", action="store_true", help="delete an existing sweep of the same name and start over")
+    run.add_argument("--or-resume", action="store_true",
+                     help="resume the sweep when it already exists (an idempotent entry point for job submission)")
     run.add_argument("--num-samples", type=_positive_int, help="override budget.num_samples")
     run.add_argument("--max-epochs", type=_positive_int, help="override budget.max_epochs")
     run.add_argument("--storage", help="override storage (a folder or s3:// / gs:// URI)")

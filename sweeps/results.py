@@ -137,6 +137,14 @@ class ResultsWriter:
         last = max((e for (t, e) in self.epochs if t == trial_id), default=0)
         record.status = "completed" if last >= self.max_epochs else "stopped"
 
+    def forget_except(self, trial_ids: set[str]) -> list[str]:
+        """Drop the trials (and their epochs) not in ``trial_ids``; return the dropped ids."""
+        dropped = [t for t in self.trials if t not in trial_ids]
+        for trial_id in dropped:
+            del self.trials[trial_id]
+        self.epochs = {key: row for key, row in self.epochs.items() if key[0] in self.trials}
+        return dropped
+
     def trial_rows(self) -> list[dict]:
         rows = []
         for trial_id, record in self.trials.items():

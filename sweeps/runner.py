@@ -193,7 +193,8 @@ class SweepCallback(Callback):
         from sweeps.trial import normalize_config
 
         config = normalize_config(trial.config)
-        self.writer.trial(trial.trial_id, config)
+        self.writer.trial(trial.trial_id, config).status = "running"
+        self._write()
         self._say(f"trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
                   + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
 
@@ -246,6 +247,11 @@ class SweepCallback(Callback):
         self._end(trial, _error_message(trial))
 
     def on_experiment_end(self, trials, **info):
+        # A trial started moments before a crash, after Tune's last save of its state, is unknown to the resumed
+        # experiment (which ran another in its place): drop its rows so every row is a trial Tune ran.
+        ghosts = self.writer.forget_except({trial.trial_id for trial in trials})
+        if ghosts:
+            self._say(f"dropped {len(ghosts)} trial(s) lost in the crash before Tune saved them: {', '.join(ghosts)}")
         self._write()
         for board in self._boards.values():
             board.close()
@@ -322,16 +328,23 @@ def _read_text(uri: str) -> str:
         return stream.read().decode()
 
 
-def init_ray(num_cpus: int | None = None) -> None:
-    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one (dashboard on 127.0.0.1)."""
+def init_ray(num_cpus: int | None = None):
+    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one (dashboard on 127.0.0.1).
+
+    Returns Ray's context (None when Ray was already initialized). Token authentication is Ray's default for
+    local clusters since 2.59 and is left on.
+    """
     import ray
 
     if ray.is_initialized():
-        return
+        return None
     if os.environ.get("RAY_ADDRESS"):
-        ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
     else:
-        ray.init(num_cpus=num_cpus, dashboard_host="127.0.0.1", log_to_driver=False)
+        # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
+        # workers, and without the headroom a worker asking for every core could never be placed beside it.
+        cpus = (num_cpus or os.cpu_count() or 1) + 1
+        return ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=False)
 
 
 def trial_context(spec: SweepSpec, keys: dict[str, dict]) -> dict:
@@ -396,10 +409,15 @@ def _tuner(spec: SweepSpec, context: dict, quiet: bool):
     )
 
 
+def sweep_exists(sweep_dir: str) -> bool:
+    """Whether ``sweep_dir`` holds a sweep (its spec.yaml)."""
+    return _exists(f"{sweep_dir.rstrip('/')}/spec.yaml")
+
+
 def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus: int | None = None) -> SweepResults:
     """Start the sweep of ``spec``. Refuses when its folder already holds a sweep, unless ``new`` (start over)."""
     say = (lambda text: None) if quiet else (lambda text: print(text, flush=True))
-    if _exists(f"{spec.sweep_dir}/spec.yaml"):
+    if sweep_exists(spec.sweep_dir):
         if not new:
             raise SweepExistsError(f"a sweep already exists at {spec.sweep_dir}; continue it with "
                                    f"`l2d-sweep resume {spec.sweep_dir}`, or pass --new to delete it and start over")

@@ -17,7 +17,7 @@ Example (``search_spaces/quickstart.yaml``)::
       lr: 2e-3                                 # a number is a fixed value
     budget: {num_samples: 8, max_epochs: 3, grace_period: 1, reduction_factor: 2}
     resources: {workers_per_trial: 1, cpus_per_worker: 1, gpus_per_worker: 0, max_concurrent_trials: 1}
-    storage: ./sweeps
+    storage: ./runs
     seed: 0
 """
 
@@ -304,7 +304,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         check.integer(recipe.embed_dim, "recipe.embed_dim", 8)
     check.integer(recipe.num_workers, "recipe.num_workers", 0)
 
-    storage = check.string(data.get("storage", "./sweeps"), "storage")
+    storage = check.string(data.get("storage", "./runs"), "storage")
     if "://" in storage and storage.split("://", 1)[0] not in ("s3", "gs", "gcs", "file"):
         raise check.fail("storage", f"{storage!r}: unsupported scheme; allowed: a local path, s3://, gs://")
     if "://" not in storage:

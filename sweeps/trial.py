@@ -79,7 +79,7 @@ def train_worker(config: dict) -> None:
 
     context = config["context"]
     sampled = config["sampled"]
-    torch.set_num_threads(max(1, int(context["cpus_per_worker"])))
+    torch.set_num_threads(max(1, round(context["cpus_per_worker"])))
     device = ray.train.torch.get_device()
     rank = ray.train.get_context().get_world_rank()
 

@@ -84,3 +84,23 @@ def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsy
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(err) == 1 and "spec.yaml: " in err[0]
     assert not (tmp_path / "storage").exists()
+
+
+@pytest.mark.parametrize("name", ["quickstart", "voc2007", "coco2014", "nuswide", "pairings"])
+def test_shipped_specs_are_valid(name):
+    from pathlib import Path
+
+    from sweeps.runner import first_points
+
+    spec = load_spec(str(Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml"))
+    assert spec.budget.num_samples >= 8
+    if name in ("voc2007", "coco2014", "nuswide"):
+        assert spec.dataset.image_size == 224 and spec.resources.gpus_per_worker >= 1
+        assert [(p.teacher, p.students) for p in spec.pairings] == [
+            ("resnet101", ("resnet34",)), ("resnet50", ("resnet18",)), ("wide_resnet101_2", ("wide_resnet50_2",)),
+            ("repvgg_a2", ("repvgg_a0",)), ("swin_tiny_patch4_window7_224", ("mobilenetv2_100",))]
+        # The official weights are the first point evaluated.
+        assert first_points(spec)[0] == {"pairing": "resnet101", "student@resnet101": "resnet34", "method": "l2d",
+                                         "lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+    if name == "quickstart":
+        assert spec.dataset.name == "mosaic-digits" and spec.resources.gpus_per_worker == 0
