@@ -66,6 +66,19 @@ def _measure_latency(model, image_size: int, device, repeats: int = 10) -> float
     return 1000 * sorted(times)[len(times) // 2]
 
 
+def _count_worker_nodes() -> int:
+    """How many distinct Ray nodes this trial's workers run on (gathered over the process group)."""
+    import ray
+    import torch.distributed as dist
+
+    node = ray.get_runtime_context().get_node_id()
+    if not (dist.is_available() and dist.is_initialized()):
+        return 1
+    nodes: list = [None] * dist.get_world_size()
+    dist.all_gather_object(nodes, node)
+    return len(set(nodes))
+
+
 def train_worker(config: dict) -> None:
     """The per-worker loop of a TorchTrainer (Ray Train sets up the process group before calling it)."""
     import ray.train
@@ -109,6 +122,7 @@ def train_worker(config: dict) -> None:
         logger.info("resumed %s from its epoch %d checkpoint", sampled["student"], distiller.epoch)
     latency = _measure_latency(unwrap(distiller.student), context["image_size"], device)
     parameters = count_parameters(student)
+    worker_nodes = _count_worker_nodes()
 
     # The first report after a resume carries the epochs before it, so that a driver that died before
     # recording them can still fill its tables (see sweeps.runner.SweepCallback).
@@ -119,7 +133,7 @@ def train_worker(config: dict) -> None:
         return
     while distiller.epoch < context["max_epochs"]:
         metrics = distiller.run_epoch()
-        metrics.update(student_params=parameters, latency_ms=latency,
+        metrics.update(student_params=parameters, latency_ms=latency, worker_nodes=worker_nodes,
                        resumed_from=float(checkpoint is not None))
         history.append({k: float(v) for k, v in metrics.items()})
         with tempfile.TemporaryDirectory() as folder:
