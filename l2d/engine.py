@@ -151,6 +151,13 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
+def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """Images on ``device``; channels_last on CUDA, where convolutions run faster in that layout under AMP."""
+    if device.type == "cuda":
+        return images.to(device, non_blocking=True, memory_format=torch.channels_last)
+    return images.to(device, non_blocking=True)
+
+
 def _teacher_forward(teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> ModelOutput:
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         output = teacher(images)
@@ -201,7 +208,7 @@ def train_epoch(
     start = time.perf_counter()
     num_batches = len(loader)
     for batch_index, (images, targets) in enumerate(loader):
-        images = images.to(device, non_blocking=True)
+        images = _to_device(images, device)
         targets = targets.to(device, non_blocking=True)
         teacher_output = _teacher_forward(teacher, images, dtype) if teacher is not None else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
@@ -273,7 +280,7 @@ def evaluate(
     sums = np.zeros(len(names) + 1)  # [batches, part sums...]
     scores, targets_all, indices = [], [], []
     for images, targets, index in loader:
-        images = images.to(device, non_blocking=True)
+        images = _to_device(images, device)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             output = model(images)
@@ -334,6 +341,8 @@ class Distiller:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.student = DistributedDataParallel(student, device_ids=device_ids)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
+        if self.teacher is not None and self.device.type == "cuda":
+            self.teacher = self.teacher.to(memory_format=torch.channels_last)
         if self.teacher is not None:
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)

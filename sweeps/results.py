@@ -95,11 +95,12 @@ class ResultsWriter:
         self.sweep_dir = sweep_dir
         self.max_epochs = max_epochs
         self.trials: dict[str, TrialRecord] = {}
-        self.epochs: dict[tuple[str, int], dict] = {}
+        self.epochs: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> row
         existing_epochs = read_table(self.epochs_uri)
         if existing_epochs is not None:
             for row in existing_epochs.to_pylist():
-                self.epochs[(row["trial_id"], int(row["epoch"]))] = {k: v for k, v in row.items() if v is not None}
+                self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {
+                    k: v for k, v in row.items() if v is not None}
         existing_trials = read_table(self.trials_uri)
         if existing_trials is not None:
             for row in existing_trials.to_pylist():
@@ -127,14 +128,17 @@ class ResultsWriter:
         metrics = {k: float(v) for k, v in result.items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _TUNE_KEYS}
         epoch = int(metrics.pop("epoch"))
-        self.epochs[(trial_id, epoch)] = {"trial_id": trial_id, "epoch": epoch, **metrics}
+        self.epochs.setdefault(trial_id, {})[epoch] = {"trial_id": trial_id, "epoch": epoch, **metrics}
+
+    def has_epoch(self, trial_id: str, epoch: int) -> bool:
+        return epoch in self.epochs.get(trial_id, {})
 
     def finish(self, trial_id: str, config: dict, error: str | None = None) -> None:
         record = self.trial(trial_id, config)
         if error is not None:
             record.status, record.error = "failed", error
             return
-        last = max((e for (t, e) in self.epochs if t == trial_id), default=0)
+        last = max(self.epochs.get(trial_id, {}), default=0)
         record.status = "completed" if last >= self.max_epochs else "stopped"
 
     def forget_except(self, trial_ids: set[str]) -> list[str]:
@@ -142,13 +146,13 @@ class ResultsWriter:
         dropped = [t for t in self.trials if t not in trial_ids]
         for trial_id in dropped:
             del self.trials[trial_id]
-        self.epochs = {key: row for key, row in self.epochs.items() if key[0] in self.trials}
+        self.epochs = {trial_id: rows for trial_id, rows in self.epochs.items() if trial_id in self.trials}
         return dropped
 
     def trial_rows(self) -> list[dict]:
         rows = []
         for trial_id, record in self.trials.items():
-            history = sorted((e for (t, _), e in self.epochs.items() if t == trial_id), key=lambda r: r["epoch"])
+            history = [row for _, row in sorted(self.epochs.get(trial_id, {}).items())]
             row = {"trial_id": trial_id, "status": record.status, "error": record.error,
                    "teacher": record.config.get("teacher"), "student": record.config.get("student"),
                    "method": record.config.get("method")}
@@ -174,7 +178,7 @@ class ResultsWriter:
 
     def tables(self) -> tuple[pa.Table, pa.Table]:
         trials = pa.Table.from_pylist(self.trial_rows(), schema=TRIAL_SCHEMA)
-        epoch_rows = sorted(self.epochs.values(), key=lambda r: (r["trial_id"], r["epoch"]))
+        epoch_rows = [row for trial_id in sorted(self.epochs) for _, row in sorted(self.epochs[trial_id].items())]
         metric_names = sorted({k for row in epoch_rows for k in row} - {"trial_id", "epoch"})
         schema = pa.schema(_EPOCH_FIXED + [(name, pa.float64()) for name in metric_names])
         epochs = pa.Table.from_pylist(epoch_rows, schema=schema)

@@ -205,7 +205,7 @@ class SweepCallback(Callback):
             return
         config = normalize_config(trial.config)
         for earlier in json.loads(result.get(HISTORY_KEY) or "[]"):
-            if (trial.trial_id, int(earlier["epoch"])) not in self.writer.epochs:
+            if not self.writer.has_epoch(trial.trial_id, int(earlier["epoch"])):
                 self.writer.record_epoch(trial.trial_id, config, earlier)
         self.writer.record_epoch(trial.trial_id, config, result)
         # Written at every report (a small table), before anything is printed: a driver killed at any moment

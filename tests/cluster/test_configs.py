@@ -121,3 +121,24 @@ def test_local_cluster_binds_to_localhost_with_token_auth(monkeypatch):
         assert os.environ.get("RAY_AUTH_MODE", "token") != "disabled"
     finally:
         ray.shutdown()
+
+
+def test_gpu_step_benchmark_runs_on_cpu(tmp_path):
+    """The GPU check's step benchmark, shrunk to a CPU smoke test (the real run needs a GPU)."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu_step import main
+
+    row = main(["--device", "cpu", "--teacher", "test_resnet", "--student", "test_efficientnet", "--image-size",
+                "32", "--batch-size", "8", "--classes", "10", "--embed-dim", "32", "--steps", "2",
+                "--out", str(tmp_path / "gpu_step.json")])
+    assert row["images_per_s"] > 0 and 0 < row["l2d_loss_share"] < 1
+    assert (tmp_path / "gpu_step.json").is_file()
+
+
+def test_gpu_check_script_and_spec():
+    from sweeps.spec import load_spec
+
+    script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
+    assert "benchmarks/gpu_check.yaml" in script and "--image-size 224" in script and "--classes 80" in script
+    spec = load_spec(str(ROOT / "benchmarks" / "gpu_check.yaml"))
+    assert spec.budget.num_samples == 2 and spec.resources.gpus_per_worker == 1
