@@ -1,6 +1,7 @@
 """The ``l2d-sweep`` command line.
 
-Commands import their heavy dependencies (torch, timm, Ray) only when they run, so ``--help`` is instant.
+The parser needs the method and dataset registries (so torch); Ray, timm's models and the data are imported
+only by the commands that use them.
 """
 
 from __future__ import annotations
