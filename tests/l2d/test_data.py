@@ -4,7 +4,6 @@ import gzip
 import json
 import logging
 import struct
-import time
 
 import numpy as np
 import pytest
@@ -76,14 +75,19 @@ def test_mosaic_labels_co_occur_like_scenes():
 def test_mosaic_cache_is_reused(_isolated_cache):
     build_dataset("mosaic-digits", split="test", size=300, seed=9)
     files = list((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))
-    assert len(files) == 1
-    start = time.perf_counter()
-    again = build_dataset("mosaic-digits", split="test", size=300, seed=9)
-    assert time.perf_counter() - start < 5  # generous; the point is that it does not regenerate
-    assert len(list((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))) == 1
+    assert len(files) == 1 and not list((_isolated_cache / "datasets").glob("*.tmp"))
     fresh, targets = generate_mosaic(MosaicConfig("digits", "test", 300, seed=9))
-    assert np.array_equal(again.images, fresh) and np.array_equal(again.targets, targets)
-    assert not list((_isolated_cache / "datasets").glob("*.tmp"))
+    with np.load(files[0]) as cached:
+        assert np.array_equal(cached["images"], fresh) and np.array_equal(cached["targets"], targets)
+    # Mark the cached copy: a second build must return the mark, i.e. read the cache instead of regenerating.
+    marked = fresh.copy()
+    marked[0] = 255
+    np.savez(files[0], images=marked, targets=targets)
+    again = build_dataset("mosaic-digits", split="test", size=300, seed=9)
+    assert (again.images[0] == 255).all()
+    other = build_dataset("mosaic-digits", split="test", size=300, seed=10)  # another key, another file
+    assert not (other.images[0] == 255).all()
+    assert len(list((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))) == 2
 
 
 def test_mosaic_item_shapes_and_transforms():
