@@ -16,13 +16,9 @@ import uuid
 import pyarrow.fs as pafs
 from ray.tune.schedulers import ASHAScheduler
 
+from sweeps.results import filesystem_for
+
 logger = logging.getLogger(__name__)
-
-
-def _filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
 
 
 class PersistentASHA(ASHAScheduler):
@@ -43,7 +39,7 @@ class PersistentASHA(ASHAScheduler):
         if self._loaded:
             return
         self._loaded = True
-        filesystem, path = _filesystem(self.state_uri)
+        filesystem, path = filesystem_for(self.state_uri)
         if filesystem.get_file_info(path).type != pafs.FileType.File:
             return
         with filesystem.open_input_stream(path) as stream:
@@ -62,7 +58,7 @@ class PersistentASHA(ASHAScheduler):
         return [[(float(m), dict(r)) for m, r in bracket._rungs] for bracket in self._brackets]
 
     def _save(self) -> None:
-        filesystem, path = _filesystem(self.state_uri)
+        filesystem, path = filesystem_for(self.state_uri)
         data = json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped}).encode()
         tmp = f"{path}.{uuid.uuid4().hex}.tmp"
         with filesystem.open_output_stream(tmp) as stream:

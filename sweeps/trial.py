@@ -151,10 +151,9 @@ def train_worker(config: dict) -> None:
 
 def latest_checkpoint(run_uri: str) -> str | None:
     """The newest ``epoch-NNNN`` checkpoint holding a state file under a trial's Ray Train run folder."""
-    if "://" in run_uri:
-        filesystem, base = pafs.FileSystem.from_uri(run_uri)
-    else:
-        filesystem, base = pafs.LocalFileSystem(), run_uri
+    from sweeps.results import filesystem_for
+
+    filesystem, base = filesystem_for(run_uri)
     infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
     candidates = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
                          and os.path.basename(i.path).startswith("epoch-")), reverse=True)
