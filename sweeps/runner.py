@@ -370,6 +370,7 @@ def trial_context(spec: SweepSpec, keys: dict[str, dict]) -> dict:
         "cpus_per_worker": spec.resources.cpus_per_worker,
         "gpus_per_worker": spec.resources.gpus_per_worker,
         "max_failures": spec.resources.max_failures,
+        "trainer": spec.trainer,
     }
 
 
@@ -378,8 +379,15 @@ def _trainable(spec: SweepSpec, context: dict):
 
     from sweeps.trial import run_trial
 
-    # The trial itself only drives a TorchTrainer: a sliver of a CPU, so that the workers get the real ones.
-    return tune.with_resources(tune.with_parameters(run_trial, context=context), {"cpu": 0.01})
+    trainable = tune.with_parameters(run_trial, context=context)
+    if spec.trainer == "in-process":
+        # The trial trains itself: it holds the worker's resources.
+        resources = {"cpu": spec.resources.cpus_per_worker}
+        if spec.resources.gpus_per_worker:
+            resources["gpu"] = spec.resources.gpus_per_worker
+        return tune.with_resources(trainable, resources)
+    # The trial only drives a TorchTrainer: a sliver of a CPU, so that the workers get the real ones.
+    return tune.with_resources(trainable, {"cpu": 0.01})
 
 
 def _tuner(spec: SweepSpec, context: dict, quiet: bool):
@@ -389,21 +397,37 @@ def _tuner(spec: SweepSpec, context: dict, quiet: bool):
 
     from sweeps.scheduler import PersistentASHA
 
-    startup = max(2, min(10, spec.budget.num_samples // 3))
-    sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
-                                         n_startup_trials=startup)
+    if spec.budget.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+        points = []
+    else:
+        startup = max(2, min(10, spec.budget.num_samples // 3))
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
+                                             n_startup_trials=startup)
+        points = first_points(spec)
     search = OptunaSearch(space=DefineByRunSpace(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
-                          points_to_evaluate=first_points(spec))
-    scheduler = PersistentASHA(f"{spec.sweep_dir}/asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
-                               grace_period=spec.budget.grace_period,
-                               reduction_factor=spec.budget.reduction_factor)
+                          points_to_evaluate=points)
+    if spec.budget.scheduler == "asha":
+        scheduler = PersistentASHA(f"{spec.sweep_dir}/asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
+                                   grace_period=spec.budget.grace_period,
+                                   reduction_factor=spec.budget.reduction_factor)
+    else:
+        from ray.tune.schedulers import FIFOScheduler
+
+        scheduler = FIFOScheduler()
+    # An in-process trial retries through Tune (and resumes from its own checkpoint); a TorchTrainer retries its
+    # workers itself (ray.train.FailureConfig), so Tune must not retry it again.
+    retries = spec.resources.max_failures if spec.trainer == "in-process" else 0
+    # An in-process trial's process is kept for the next trial (imports, dataset splits and teachers stay
+    # loaded). A TorchTrainer trial's thread outlives its last report while the worker group shuts down, and
+    # Tune fails a trial whose predecessor's thread does not end within 2 s: no reuse there.
     return tune.Tuner(
         _trainable(spec, context),
         tune_config=tune.TuneConfig(search_alg=search, scheduler=scheduler, num_samples=spec.budget.num_samples,
                                     max_concurrent_trials=spec.resources.max_concurrent_trials, metric=spec.metric,
-                                    mode=spec.mode),
+                                    mode=spec.mode, reuse_actors=spec.trainer == "in-process"),
         run_config=tune.RunConfig(name="tune", storage_path=spec.sweep_dir, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=0),
+                                  failure_config=tune.FailureConfig(max_failures=retries),
                                   callbacks=[SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric,
                                                            spec.mode, quiet)]),
     )

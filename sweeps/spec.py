@@ -35,6 +35,9 @@ from l2d.losses import METHODS
 #: Hyperparameters a search space may name: the learning rate and every method's weights.
 SEARCHABLE = ("lr", *sorted({name for method in METHODS.values() for name in method.defaults}))
 METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
+SEARCHERS = ("tpe", "random")
+SCHEDULERS = ("asha", "none")
+TRAINERS = ("auto", "torch-trainer", "in-process")
 
 
 class SpecError(ValueError):
@@ -71,6 +74,8 @@ class Budget:
     grace_period: int = 1
     reduction_factor: float = 2.0
     teacher_epochs: int | None = None
+    searcher: str = "tpe"           # tpe (Optuna TPE) or random (Optuna's random sampler)
+    scheduler: str = "asha"         # asha (early stopping) or none (every trial runs max_epochs)
 
 
 @dataclass(frozen=True)
@@ -80,6 +85,10 @@ class Resources:
     gpus_per_worker: float = 0.0
     max_concurrent_trials: int = 1
     max_failures: int = 0
+    # Where a trial trains: torch-trainer (a Ray Train TorchTrainer, DDP over workers_per_trial workers),
+    # in-process (in the Tune trial's own reused process: no worker group to start, single worker only), or
+    # auto (in-process for a single worker, torch-trainer for several).
+    trainer: str = "auto"
 
 
 @dataclass(frozen=True)
@@ -108,6 +117,13 @@ class SweepSpec:
     mode: str = "max"
     seed: int = 0
     max_student_params: int | None = None
+
+    @property
+    def trainer(self) -> str:
+        """How trials train: ``torch-trainer`` or ``in-process`` (``auto`` resolved by workers_per_trial)."""
+        if self.resources.trainer != "auto":
+            return self.resources.trainer
+        return "in-process" if self.resources.workers_per_trial == 1 else "torch-trainer"
 
     @property
     def sweep_dir(self) -> str:
@@ -163,6 +179,11 @@ class _Checker:
     def string(self, value: Any, where: str) -> str:
         if not isinstance(value, str) or not value.strip():
             raise self.fail(where, f"expected a non-empty string, got {_show(value)}")
+        return value
+
+    def choice(self, value: Any, where: str, allowed: tuple[str, ...]) -> str:
+        if value not in allowed:
+            raise self.fail(where, f"{_show(value)} is not allowed; allowed: {', '.join(allowed)}")
         return value
 
     def string_list(self, value: Any, where: str) -> tuple[str, ...]:
@@ -285,6 +306,8 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         raise check.fail("budget.reduction_factor", f"{budget.reduction_factor} is not allowed; allowed: > 1")
     if budget.teacher_epochs is not None:
         check.integer(budget.teacher_epochs, "budget.teacher_epochs", 1)
+    check.choice(budget.searcher, "budget.searcher", SEARCHERS)
+    check.choice(budget.scheduler, "budget.scheduler", SCHEDULERS)
 
     raw_resources = check.mapping(data.get("resources") or {}, "resources", _dataclass_fields(Resources))
     resources = Resources(**{**asdict(Resources()), **raw_resources})
@@ -293,6 +316,10 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     check.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0)
     check.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
     check.integer(resources.max_failures, "resources.max_failures", 0)
+    check.choice(resources.trainer, "resources.trainer", TRAINERS)
+    if resources.trainer == "in-process" and resources.workers_per_trial != 1:
+        raise check.fail("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
+                                              f"{resources.workers_per_trial}; allowed: torch-trainer or auto")
 
     raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", _dataclass_fields(RecipeSpec))
     recipe = RecipeSpec(**{**asdict(RecipeSpec()), **raw_recipe})

@@ -1,0 +1,157 @@
+"""What the platform costs over a plain Ray Tune loop: the same trials, side by side, in one Ray session.
+
+Three runs of the same sweep spec (default: the quickstart), one after the other on one local Ray cluster:
+
+- ``l2d-sweep``: our sweep as users run it (the spec's ``resources.trainer``, ``auto`` = in-process for one
+  worker): Optuna TPE, ASHA, per-epoch checkpoints, Parquet tables and TensorBoard at every report.
+- ``l2d-sweep (torch-trainer)``: the same spec forced to one Ray Train TorchTrainer per trial (the path of a
+  multi-worker DDP trial), i.e. our sweep before the in-process path existed.
+- ``plain Tune``: a bare Tune function trainable calling the same engine (build the splits, load the teacher,
+  ``Distiller.run_epoch``, ``tune.report``) on exactly the trials of the first run (same configs, each for the
+  same number of epochs ASHA gave it), with no searcher, scheduler, checkpoint, table or event file.
+
+For each: wall time, training time (the sum of the epochs' train + eval seconds the engine measured), the
+overhead per trial ((wall - training) / trials) and the wall-time ratio to plain Tune. The teacher is trained
+(or found in the store) before any timing starts.
+
+Usage:
+    python benchmarks/sweep_overhead.py [--spec search_spaces/quickstart.yaml] [--skip-torch-trainer]
+        [--out benchmarks/results/sweep_overhead.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from benchmarks._report import write_report  # noqa: E402
+
+
+def plain_trial(config: dict, context: dict, trials: list[dict]) -> None:
+    """A plain Tune function trainable: the engine, nothing else."""
+    import torch
+    from ray import tune
+
+    from l2d.data import build_dataset
+    from l2d.engine import Distiller, Recipe
+    from l2d.models import build_model
+    from l2d.teachers import TeacherKey, TeacherStore
+    from sweeps.trial import trial_hparams
+
+    trial = trials[config["index"]]
+    torch.set_num_threads(max(1, round(context["cpus_per_worker"])))
+    dataset = context["dataset"]
+    splits = [build_dataset(dataset["name"], dataset["root"], split, context["image_size"], **dataset["options"])
+              for split in ("train", "val", "test")]
+    num_classes = len(splits[0].class_names)
+    teacher = None
+    if context["needs_teacher"][trial["method"]]:
+        key = TeacherKey(**context["teacher_keys"][trial["teacher"]])
+        teacher, _ = TeacherStore(context["teacher_store"]).load(key, num_classes)
+    hparams, lr = trial_hparams(trial)
+    recipe = Recipe(epochs=context["max_epochs"], lr=lr or context["default_lr"], **context["recipe"])
+    torch.manual_seed(context["seed"])
+    student = build_model(trial["student"], num_classes, context["embed_dim"])
+    distiller = Distiller(student, teacher, *splits, trial["method"], hparams, recipe, torch.device("cpu"),
+                          context["seed"])
+    for _ in range(trial["epochs"]):
+        tune.report(distiller.run_epoch())
+
+
+def run_plain(spec, context: dict, trials: list[dict]) -> tuple[float, float]:
+    from ray import tune
+
+    trainable = tune.with_resources(tune.with_parameters(plain_trial, context=context, trials=trials),
+                                    {"cpu": spec.resources.cpus_per_worker})
+    with tempfile.TemporaryDirectory() as storage:
+        tuner = tune.Tuner(trainable, param_space={"index": tune.grid_search(list(range(len(trials))))},
+                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
+                           run_config=tune.RunConfig(name="plain", storage_path=storage, verbose=0))
+        start = time.perf_counter()
+        grid = tuner.fit()
+        wall = time.perf_counter() - start
+        frames = [result.metrics_dataframe for result in grid]
+    if any(result.error for result in grid):
+        raise RuntimeError(f"a plain Tune trial failed: {[str(r.error) for r in grid if r.error][0]}")
+    training = float(sum(frame["epoch_seconds"].sum() for frame in frames))
+    epochs = sum(len(frame) for frame in frames)
+    return wall, training, epochs
+
+
+def run_ours(spec) -> tuple[float, float, list[dict]]:
+    from sweeps.runner import run_sweep
+
+    start = time.perf_counter()
+    results = run_sweep(spec, new=True, quiet=True)
+    wall = time.perf_counter() - start
+    training = results.sql("SELECT sum(epoch_seconds) AS s FROM epochs").column("s")[0].as_py()
+    trials = results.sql("SELECT * FROM trials ORDER BY trial_id").to_pylist()
+    return wall, float(training), trials
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    parser.add_argument("--storage", default=None, help="sweep storage (default: a temporary folder; the teacher "
+                                                        "store of ./runs is reused when it has the teacher)")
+    parser.add_argument("--skip-torch-trainer", action="store_true", help="do not time the TorchTrainer path")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_overhead.json"))
+    args = parser.parse_args(argv)
+
+    from sweeps.runner import init_ray, teacher_keys, teacher_phase, trial_context
+    from sweeps.spec import load_spec
+
+    spec = load_spec(args.spec)
+    work = tempfile.mkdtemp(prefix="l2d-overhead-")
+    storage = args.storage or work
+    if args.storage is None and (Path(spec.storage) / "teachers").is_dir():
+        shutil.copytree(Path(spec.storage) / "teachers", Path(work) / "teachers")
+    spec = dataclasses.replace(spec, storage=storage, name="overhead")
+    try:
+        init_ray()
+        keys = teacher_keys(spec)
+        teacher_phase(spec, keys, f"{storage}/teachers", print)
+
+        print(f"[1/3] l2d-sweep on {args.spec} ({spec.trainer}) ...", flush=True)
+        ours_wall, ours_training, trials = run_ours(spec)
+        runs = [{"run": "l2d-sweep", "trainer": spec.trainer, "wall_s": ours_wall, "training_s": ours_training,
+                 "trials": len(trials), "epochs": int(sum(t["epochs_run"] for t in trials))}]
+        plain_trials = [{**{k: v for k, v in t.items() if v is not None}, "epochs": int(t["epochs_run"])}
+                        for t in trials]
+        print(f"[2/3] plain Tune on the same {len(trials)} trials ...", flush=True)
+        plain_wall, plain_training, plain_epochs = run_plain(spec, trial_context(spec, keys), plain_trials)
+        runs.append({"run": "plain Tune", "trainer": "function trainable", "wall_s": plain_wall,
+                     "training_s": plain_training, "trials": len(trials), "epochs": plain_epochs})
+        if not args.skip_torch_trainer:
+            forced = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, trainer="torch-trainer"))
+            print("[3/3] l2d-sweep with one TorchTrainer per trial ...", flush=True)
+            wall, training, forced_trials = run_ours(forced)
+            runs.append({"run": "l2d-sweep (torch-trainer)", "trainer": "torch-trainer", "wall_s": wall,
+                         "training_s": training, "trials": len(forced_trials),
+                         "epochs": int(sum(t["epochs_run"] for t in forced_trials))})
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    for run in runs:
+        run["overhead_per_trial_s"] = (run["wall_s"] - run["training_s"]) / run["trials"]
+        run["ratio_to_plain"] = run["wall_s"] / plain_wall
+    header = f"{'run':<28}{'trials':>7}{'epochs':>7}{'wall s':>9}{'train s':>9}{'overhead/trial s':>18}{'x plain':>9}"
+    print(header)
+    print("-" * len(header))
+    for run in runs:
+        print(f"{run['run']:<28}{run['trials']:>7}{run['epochs']:>7}{run['wall_s']:>9.1f}{run['training_s']:>9.1f}"
+              f"{run['overhead_per_trial_s']:>18.1f}{run['ratio_to_plain']:>9.2f}")
+    write_report(args.out, "sweep_overhead", runs, spec=str(Path(args.spec).resolve().relative_to(ROOT))
+                 if Path(args.spec).resolve().is_relative_to(ROOT) else args.spec)
+
+
+if __name__ == "__main__":
+    main()
