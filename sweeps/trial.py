@@ -1,10 +1,13 @@
-"""One student trial: a Ray Tune function trainable that runs a Ray Train ``TorchTrainer``.
+"""One student trial: a Ray Tune function trainable that trains through a Ray Train ``TorchTrainer`` or in-process.
 
-The Tune trial (``run_trial``) builds a TorchTrainer with the spec's ScalingConfig and a deterministic
-``RunConfig(name="trial-<trial id>")`` under ``<sweep>/train``. Its workers (``train_worker``) run the same
-engine as ``l2d-sweep train``: they report every epoch (a 1-based ``epoch``, val metrics and loss parts,
-test mAP, images/s) and checkpoint every epoch from rank 0 (Ray keeps the last two). A trial restarted after
-a crash finds its latest checkpoint and continues from the next epoch.
+With ``trainer: torch-trainer`` the Tune trial (``run_trial``) builds a TorchTrainer with the spec's
+ScalingConfig and a deterministic ``RunConfig(name="trial-<trial id>")`` under ``<sweep>/train``; its workers
+(``train_worker``) run the loop. With ``trainer: in-process`` (single worker) the Tune trial runs the loop
+itself, in a process Tune reuses from trial to trial, and writes the checkpoints itself in the same layout.
+The loop (``_run``) is the engine of ``l2d-sweep train``: it reports every epoch (a 1-based ``epoch``, val
+metrics and loss parts, test mAP, images/s) and checkpoints every epoch from rank 0 into
+``<sweep>/train/trial-<id>/epoch-NNNN`` (the last two are kept). A trial restarted after a crash finds its
+latest checkpoint and continues from the next epoch.
 
 In the driver and the Tune trial this module uses ``ray.tune``; in the workers ``ray.train``.
 """

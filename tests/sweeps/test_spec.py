@@ -29,6 +29,15 @@ def test_valid_spec_parses():
     assert spec.budget.max_epochs == 3 and spec.resources.max_concurrent_trials == 1
     assert spec.sweep_dir == "/tmp/unused-storage/tiny"
     assert parse_spec(spec.to_dict()) == spec  # the saved copy round-trips
+    assert (spec.budget.searcher, spec.budget.scheduler, spec.resources.trainer) == ("tpe", "asha", "auto")
+
+
+@pytest.mark.parametrize("workers,trainer,resolved", [
+    (1, "auto", "in-process"), (2, "auto", "torch-trainer"), (1, "torch-trainer", "torch-trainer"),
+    (1, "in-process", "in-process")])
+def test_trainer_resolution(workers, trainer, resolved):
+    spec = parse_spec(_spec(**{"resources.workers_per_trial": workers, "resources.trainer": trainer}))
+    assert spec.trainer == resolved
 
 
 @pytest.mark.parametrize("changes,message", [
@@ -50,6 +59,11 @@ def test_valid_spec_parses():
     ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: val_mAP"),
     ({"dataset": {"name": "mosaic-digits", "options": {"sizes": 3}}}, "dataset.options.sizes: unknown key"),
     ({"search_space": {"lr": {"low": 0, "high": 1}}}, "search_space.lr.low: 0 is out of range; allowed: a number > 0"),
+    ({"budget.searcher": "grid"}, "budget.searcher: 'grid' (str) is not allowed; allowed: tpe, random"),
+    ({"budget.scheduler": "hyperband"}, "budget.scheduler: 'hyperband' (str) is not allowed; allowed: asha, none"),
+    ({"resources.trainer": "spark"}, "resources.trainer: 'spark' (str) is not allowed; allowed: auto, torch-trainer"),
+    ({"resources.trainer": "in-process", "resources.workers_per_trial": 2},
+     "resources.trainer: in-process runs one worker, but workers_per_trial is 2"),
 ])
 def test_bad_specs_name_field_value_and_what_is_allowed(changes, message):
     with pytest.raises(SpecError) as error:

@@ -12,6 +12,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.results import TRIAL_SCHEMA
+from tests.sweeps.conftest import TINY_SPEC
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -78,6 +79,13 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert main(["results", str(sweep), "--pareto"]) == 0
     assert (sweep / "results" / "pareto.png").stat().st_size > 1000
 
+    # Every trial checkpointed each epoch into its own folder, keeping the last two.
+    for row in rows:
+        if row["status"] != "failed":
+            kept = sorted(p.name for p in (sweep / "train" / f"trial-{row['trial_id']}").glob("epoch-*"))
+            assert kept == [f"epoch-{e:04d}" for e in range(max(1, row["epochs_run"] - 1), row["epochs_run"] + 1)]
+            assert all((sweep / "train" / f"trial-{row['trial_id']}" / k / "state.pt").is_file() for k in kept)
+
     asha = json.loads((sweep / "asha.json").read_text())
     assert sum(len(recorded) for bracket in asha["brackets"] for _, recorded in bracket) >= 3
 
@@ -98,9 +106,11 @@ def _start(args, log):
                             env={**os.environ, "PYTHONUNBUFFERED": "1"})
 
 
-def test_kill_and_resume(tiny_spec, tmp_path):
+@pytest.mark.parametrize("trainer", ["in-process", "torch-trainer"])
+def test_kill_and_resume(tiny_spec, tmp_path, trainer):
     path = tiny_spec(name="killed", budget={"num_samples": 3, "max_epochs": 3, "grace_period": 1,
-                                            "reduction_factor": 2, "teacher_epochs": 1})
+                                            "reduction_factor": 2, "teacher_epochs": 1},
+                     resources={**TINY_SPEC["resources"], "trainer": trainer})
     sweep = tmp_path / "sweeps" / "killed"
     first_output = []
     process = _start(["run", str(path)], first_output)
