@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import json
 import os
 import platform
+import shutil
+import tempfile
 from pathlib import Path
 
 import torch
@@ -20,3 +24,33 @@ def write_report(path: str, name: str, rows: list[dict], **settings) -> None:
     tmp.write_text(json.dumps(report, indent=2) + "\n")
     tmp.replace(out)
     print(f"wrote {out}")
+
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def add_sweep_arguments(parser, name: str) -> None:
+    """``--spec`` (default: the quickstart), ``--storage`` and ``--out`` (``benchmarks/results/<name>.json``)."""
+    parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    parser.add_argument("--storage", default=None, help="sweep storage (default: a temporary folder, deleted at the "
+                                                        "end, given the teachers the spec's storage already has)")
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
+
+
+def spec_label(path: str) -> str:
+    """A spec's path relative to the repository when it is inside it."""
+    resolved = Path(path).resolve()
+    return str(resolved.relative_to(ROOT)) if resolved.is_relative_to(ROOT) else path
+
+
+@contextlib.contextmanager
+def sweep_storage(spec, storage: str | None):
+    """The spec with its storage moved to ``storage``, or to a temporary folder deleted on exit (seeded with the
+    teachers of the spec's own storage, so that no benchmark retrains a teacher that exists)."""
+    work = tempfile.mkdtemp(prefix="l2d-benchmark-")
+    try:
+        if storage is None and (Path(spec.storage) / "teachers").is_dir():
+            shutil.copytree(Path(spec.storage) / "teachers", Path(work) / "teachers")
+        yield dataclasses.replace(spec, storage=storage or work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -19,17 +19,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_report  # noqa: E402
+from benchmarks._report import add_sweep_arguments, spec_label, sweep_storage, write_report  # noqa: E402
 
 ARMS = {"random, full budget": ("random", "none"), "TPE + ASHA": ("tpe", "asha")}
 
@@ -55,30 +53,19 @@ def run_arm(spec, arm: str, seed: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
+    add_sweep_arguments(parser, "asha_efficiency")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--storage", default=None, help="sweep storage (default: a temporary folder; teachers "
-                                                        "found in the spec's storage are reused)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "asha_efficiency.json"))
     args = parser.parse_args(argv)
 
     from sweeps.spec import load_spec
 
-    spec = load_spec(args.spec)
-    work = tempfile.mkdtemp(prefix="l2d-asha-")
-    storage = args.storage or work
-    if args.storage is None and (Path(spec.storage) / "teachers").is_dir():
-        shutil.copytree(Path(spec.storage) / "teachers", Path(work) / "teachers")
-    spec = dataclasses.replace(spec, storage=storage)
     rows = []
-    try:
+    with sweep_storage(load_spec(args.spec), args.storage) as spec:
         for seed in args.seeds:
             for arm in ARMS:
                 print(f"seed {seed}: {arm} ({spec.budget.num_samples} trials x up to {spec.budget.max_epochs} "
                       f"epochs) ...", flush=True)
                 rows.append(run_arm(spec, arm, seed))
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
     comparisons = []
     for seed in args.seeds:
@@ -100,9 +87,7 @@ def main(argv: list[str] | None = None) -> None:
             for key in ("epochs_ratio", "val_mAP_diff", "test_mAP_diff")}
     print(f"mean over seeds: {mean['epochs_ratio']:.2f}x the epochs, best val mAP {mean['val_mAP_diff']:+.2f}, "
           f"test mAP {mean['test_mAP_diff']:+.2f}")
-    write_report(args.out, "asha_efficiency", rows, comparisons=comparisons, mean=mean,
-                 spec=str(Path(args.spec).resolve().relative_to(ROOT))
-                 if Path(args.spec).resolve().is_relative_to(ROOT) else args.spec)
+    write_report(args.out, "asha_efficiency", rows, comparisons=comparisons, mean=mean, spec=spec_label(args.spec))
 
 
 if __name__ == "__main__":

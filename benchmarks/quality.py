@@ -76,7 +76,7 @@ def tuning_spec(args, storage: str):
         "methods": ["l2d"],
         "search_space": {"lambda_mld": {"low": 0.5, "high": 50}, "lambda_cd": {"low": 1, "high": 300},
                          "lambda_id": {"low": 10, "high": 3000}, "lr": args.lr},
-        "budget": {"num_samples": args.tune_trials, "max_epochs": args.epochs, "grace_period": 2,
+        "budget": {"num_samples": args.tune_trials, "max_epochs": args.epochs, "grace_period": min(2, args.epochs),
                    "reduction_factor": 2, "teacher_epochs": args.teacher_epochs},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": os.cpu_count() or 1, "max_concurrent_trials": 1},
         "recipe": {"batch_size": args.batch_size, "embed_dim": args.embed_dim},
@@ -243,6 +243,9 @@ def main(argv: list[str] | None = None) -> None:
         results = run_sweep(spec, new=True, quiet=True)
         full = results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
                            f"ORDER BY last_val_mAP DESC").to_pylist()
+        if not full:
+            sys.exit(f"error: no trial of the tuning sweep {spec.sweep_dir} ran all {args.epochs} epochs; see "
+                     f"`l2d-sweep status {spec.sweep_dir}`")
         best = full[0]
         weights = {name: best[name] for name in TUNED}
         tuning = {"sweep": spec.sweep_dir, "trials": results.trials.num_rows, "full_budget_trials": len(full),

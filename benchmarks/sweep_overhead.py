@@ -1,6 +1,6 @@
 """What the platform costs over a plain Ray Tune loop: the same trials, side by side, in one Ray session.
 
-Three runs of the same sweep spec (default: the quickstart), one after the other on one local Ray cluster:
+Four runs of the same sweep spec (default: the quickstart), one after the other on one local Ray cluster:
 
 - ``l2d-sweep``: our sweep as users run it (the spec's ``resources.trainer``, ``auto`` = in-process for one
   worker): Optuna TPE, ASHA, per-epoch checkpoints, Parquet tables and TensorBoard at every report.
@@ -8,10 +8,12 @@ Three runs of the same sweep spec (default: the quickstart), one after the other
   multi-worker DDP trial), i.e. our sweep before the in-process path existed.
 - ``plain Tune``: a bare Tune function trainable calling the same engine (build the splits, load the teacher,
   ``Distiller.run_epoch``, ``tune.report``) on exactly the trials of the first run (same configs, each for the
-  same number of epochs ASHA gave it), with no searcher, scheduler, checkpoint, table or event file.
+  same number of epochs ASHA gave it), with no searcher, scheduler, checkpoint, table or event file; with
+  Tune's defaults (``reuse_actors=False``: a fresh process per trial), and again with ``reuse_actors=True``
+  (one process for all trials: the fastest plain loop).
 
 For each: wall time, training time (the sum of the epochs' train + eval seconds the engine measured), the
-overhead per trial ((wall - training) / trials) and the wall-time ratio to plain Tune. The teacher is trained
+overhead per trial ((wall - training) / trials) and the wall-time ratios to both plain runs. The teacher is trained
 (or found in the store) before any timing starts.
 
 Usage:
@@ -23,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import shutil
 import sys
 import tempfile
 import time
@@ -32,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_report  # noqa: E402
+from benchmarks._report import add_sweep_arguments, spec_label, sweep_storage, write_report  # noqa: E402
 
 
 def plain_trial(config: dict, context: dict, trials: list[dict]) -> None:
@@ -66,14 +67,15 @@ def plain_trial(config: dict, context: dict, trials: list[dict]) -> None:
         tune.report(distiller.run_epoch())
 
 
-def run_plain(spec, context: dict, trials: list[dict]) -> tuple[float, float]:
+def run_plain(spec, context: dict, trials: list[dict], reuse_actors: bool) -> tuple[float, float, int]:
     from ray import tune
 
     trainable = tune.with_resources(tune.with_parameters(plain_trial, context=context, trials=trials),
                                     {"cpu": spec.resources.cpus_per_worker})
     with tempfile.TemporaryDirectory() as storage:
         tuner = tune.Tuner(trainable, param_space={"index": tune.grid_search(list(range(len(trials))))},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials),
+                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
+                                                       reuse_actors=reuse_actors),
                            run_config=tune.RunConfig(name="plain", storage_path=storage, verbose=0))
         start = time.perf_counter()
         grid = tuner.fit()
@@ -99,58 +101,53 @@ def run_ours(spec) -> tuple[float, float, list[dict]]:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
-    parser.add_argument("--storage", default=None, help="sweep storage (default: a temporary folder; the teacher "
-                                                        "store of ./runs is reused when it has the teacher)")
+    add_sweep_arguments(parser, "sweep_overhead")
     parser.add_argument("--skip-torch-trainer", action="store_true", help="do not time the TorchTrainer path")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "sweep_overhead.json"))
     args = parser.parse_args(argv)
 
     from sweeps.runner import init_ray, teacher_keys, teacher_phase, trial_context
     from sweeps.spec import load_spec
 
-    spec = load_spec(args.spec)
-    work = tempfile.mkdtemp(prefix="l2d-overhead-")
-    storage = args.storage or work
-    if args.storage is None and (Path(spec.storage) / "teachers").is_dir():
-        shutil.copytree(Path(spec.storage) / "teachers", Path(work) / "teachers")
-    spec = dataclasses.replace(spec, storage=storage, name="overhead")
-    try:
+    with sweep_storage(load_spec(args.spec), args.storage) as spec:
+        spec = dataclasses.replace(spec, name="overhead")
         init_ray()
         keys = teacher_keys(spec)
-        teacher_phase(spec, keys, f"{storage}/teachers", print)
+        teacher_phase(spec, keys, f"{spec.storage}/teachers", print)
 
-        print(f"[1/3] l2d-sweep on {args.spec} ({spec.trainer}) ...", flush=True)
+        print(f"[1/4] l2d-sweep on {args.spec} ({spec.trainer}) ...", flush=True)
         ours_wall, ours_training, trials = run_ours(spec)
         runs = [{"run": "l2d-sweep", "trainer": spec.trainer, "wall_s": ours_wall, "training_s": ours_training,
                  "trials": len(trials), "epochs": int(sum(t["epochs_run"] for t in trials))}]
         plain_trials = [{**{k: v for k, v in t.items() if v is not None}, "epochs": int(t["epochs_run"])}
                         for t in trials]
-        print(f"[2/3] plain Tune on the same {len(trials)} trials ...", flush=True)
-        plain_wall, plain_training, plain_epochs = run_plain(spec, trial_context(spec, keys), plain_trials)
-        runs.append({"run": "plain Tune", "trainer": "function trainable", "wall_s": plain_wall,
-                     "training_s": plain_training, "trials": len(trials), "epochs": plain_epochs})
+        for step, reuse in ((2, False), (3, True)):
+            label = "plain Tune" + (" (reuse_actors)" if reuse else "")
+            print(f"[{step}/4] {label} on the same {len(trials)} trials ...", flush=True)
+            wall, training, epochs = run_plain(spec, trial_context(spec, keys), plain_trials, reuse)
+            runs.append({"run": label, "trainer": "function trainable", "reuse_actors": reuse, "wall_s": wall,
+                         "training_s": training, "trials": len(trials), "epochs": epochs})
         if not args.skip_torch_trainer:
             forced = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, trainer="torch-trainer"))
-            print("[3/3] l2d-sweep with one TorchTrainer per trial ...", flush=True)
+            print("[4/4] l2d-sweep with one TorchTrainer per trial ...", flush=True)
             wall, training, forced_trials = run_ours(forced)
             runs.append({"run": "l2d-sweep (torch-trainer)", "trainer": "torch-trainer", "wall_s": wall,
                          "training_s": training, "trials": len(forced_trials),
                          "epochs": int(sum(t["epochs_run"] for t in forced_trials))})
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
 
+    plain_wall = runs[1]["wall_s"]
+    best_plain = runs[2]["wall_s"]
     for run in runs:
         run["overhead_per_trial_s"] = (run["wall_s"] - run["training_s"]) / run["trials"]
         run["ratio_to_plain"] = run["wall_s"] / plain_wall
-    header = f"{'run':<28}{'trials':>7}{'epochs':>7}{'wall s':>9}{'train s':>9}{'overhead/trial s':>18}{'x plain':>9}"
+        run["ratio_to_plain_reuse"] = run["wall_s"] / best_plain
+    header = (f"{'run':<30}{'trials':>7}{'epochs':>7}{'wall s':>9}{'train s':>9}{'overhead/trial s':>18}"
+              f"{'x plain':>9}{'x plain (reuse)':>17}")
     print(header)
     print("-" * len(header))
     for run in runs:
-        print(f"{run['run']:<28}{run['trials']:>7}{run['epochs']:>7}{run['wall_s']:>9.1f}{run['training_s']:>9.1f}"
-              f"{run['overhead_per_trial_s']:>18.1f}{run['ratio_to_plain']:>9.2f}")
-    write_report(args.out, "sweep_overhead", runs, spec=str(Path(args.spec).resolve().relative_to(ROOT))
-                 if Path(args.spec).resolve().is_relative_to(ROOT) else args.spec)
+        print(f"{run['run']:<30}{run['trials']:>7}{run['epochs']:>7}{run['wall_s']:>9.1f}{run['training_s']:>9.1f}"
+              f"{run['overhead_per_trial_s']:>18.1f}{run['ratio_to_plain']:>9.2f}{run['ratio_to_plain_reuse']:>17.2f}")
+    write_report(args.out, "sweep_overhead", runs, spec=spec_label(args.spec))
 
 
 if __name__ == "__main__":

@@ -109,7 +109,7 @@ def _teacher(context: dict, teacher: str, num_classes: int):
     from l2d.teachers import TeacherStore
 
     key = _teacher_key(context, teacher)
-    cache_key = f"{context['teacher_store']}|{key.digest}"
+    cache_key = f"{context['teacher_store']}|{key.digest()}"
     if cache_key not in _TEACHERS:
         while len(_TEACHERS) >= _MAX_TEACHERS:
             _TEACHERS.pop(next(iter(_TEACHERS)))
