@@ -106,12 +106,9 @@ def mean_std(values: list[float]) -> tuple[float, float]:
 
 def weighted_parts(run: dict) -> dict[str, float]:
     """A run's last-epoch training loss terms, each times its weight (BCE's is 1): what the optimizer saw."""
-    from l2d.losses import METHODS, TERMS, method_hparams
+    from l2d.losses import part_weights
 
-    resolved = method_hparams(run["loss"], run["hparams"])
-    weights = {"bce": 1.0}
-    for term in METHODS[run["loss"]].terms:
-        weights.update({part: resolved[name] for part, name in TERMS[term].weights.items()})
+    weights = part_weights(run["loss"], run["hparams"])
     return {name: value * weights[name] for name, value in run["train_parts"].items()}
 
 

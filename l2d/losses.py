@@ -379,14 +379,24 @@ def distillation_loss(
     spec = METHODS[method]
     if spec.needs_teacher and teacher is None:
         raise ValueError(f"method {method!r} needs a teacher's output")
+    weights = part_weights(method, resolved)
     total = bce_loss(student.logits, targets)
     parts = {"bce": total.detach()}
     for name in spec.terms:
-        term = TERMS[name]
-        for part, value in term.fn(student, teacher, targets, resolved).items():
-            total = total + resolved[term.weights[part]] * value
+        for part, value in TERMS[name].fn(student, teacher, targets, resolved).items():
+            total = total + weights[part] * value
             parts[part] = value.detach()
     return total, parts
+
+
+def part_weights(method: str, hparams: Mapping[str, float] | None = None) -> dict[str, float]:
+    """The weight of each loss part of ``method`` in its total (``bce`` 1, ``mld`` lambda_mld, ...), with the
+    method's defaults for the hyperparameters ``hparams`` leaves out."""
+    resolved = method_hparams(method, hparams)
+    weights = {"bce": 1.0}
+    for name in METHODS[method].terms:
+        weights.update({part: resolved[weight] for part, weight in TERMS[name].weights.items()})
+    return weights
 
 
 def loss_parts(method: str) -> tuple[str, ...]:

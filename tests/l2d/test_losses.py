@@ -265,6 +265,13 @@ def test_l2d_total_uses_official_weights():
                                + 10 * mld_loss(student.logits, teacher.logits))
 
 
+def test_part_weights():
+    assert losses.part_weights("l2d") == {"bce": 1.0, "mld": 10.0, "cd": 100.0, "id": 1000.0}
+    assert losses.part_weights("led", {"lambda_cd": 2.0}) == {"bce": 1.0, "cd": 2.0, "id": 1000.0}
+    assert losses.part_weights("bce") == {"bce": 1.0}
+    assert losses.part_weights("kd") == {"bce": 1.0, "kd": 10.0}  # the temperature weighs no part
+
+
 def test_registry_errors_name_the_problem():
     with pytest.raises(ValueError, match="unknown method 'l3d'.*l2d"):
         method_hparams("l3d")
