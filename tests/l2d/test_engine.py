@@ -11,7 +11,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from l2d.data import build_dataset
-from l2d.engine import Distiller, NonFiniteLossError, Recipe, build_optimizer, evaluate, make_loader
+from l2d.engine import Distiller, NonFiniteLossError, Recipe, build_optimizer
 from l2d.models import ModelOutput, build_model
 
 TINY = dict(image_size=16)

@@ -7,7 +7,6 @@ Ray Train restart the trial from its last checkpoint (FailureConfig), and the sw
 import os
 import subprocess
 import sys
-import time
 
 import pyarrow.parquet as pq
 import pytest

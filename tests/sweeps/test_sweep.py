@@ -152,6 +152,6 @@ def test_kill_and_resume(tiny_spec, tmp_path, trainer):
     assert history[0]["resumed_from"] == 0.0
     after = [e for e in history if e["resumed_from"] == 1.0]
     assert after and after[0]["epoch"] >= 2
-    assert f"started: " in resumed.stdout or "resuming sweep" in resumed.stdout
+    assert "started: " in resumed.stdout or "resuming sweep" in resumed.stdout
     # The Optuna study went on without repeating a suggestion.
     assert len({_config_key(t) for t in trials}) == 3
