@@ -13,17 +13,15 @@ from pathlib import Path
 
 import torch
 
+from l2d.storage import Location
+
 
 def write_report(path: str, name: str, rows: list[dict], **settings) -> None:
     """Write ``{"benchmark": name, **settings, machine facts, "rows": rows}`` to ``path`` (temp file + rename)."""
     report = {"benchmark": name, **settings, "torch": torch.__version__, "threads": torch.get_num_threads(),
               "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows}
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_suffix(".tmp")
-    tmp.write_text(json.dumps(report, indent=2) + "\n")
-    tmp.replace(out)
-    print(f"wrote {out}")
+    Location.parse(path).write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {path}")
 
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,8 +47,8 @@ def sweep_storage(spec, storage: str | None):
     teachers of the spec's own storage, so that no benchmark retrains a teacher that exists)."""
     work = tempfile.mkdtemp(prefix="l2d-benchmark-")
     try:
-        if storage is None and (Path(spec.storage) / "teachers").is_dir():
-            shutil.copytree(Path(spec.storage) / "teachers", Path(work) / "teachers")
+        if storage is None and spec.teacher_store.is_local and spec.teacher_store.is_dir():
+            shutil.copytree(spec.teacher_store.path, Path(work) / "teachers")
         yield dataclasses.replace(spec, storage=storage or work)
     finally:
         shutil.rmtree(work, ignore_errors=True)

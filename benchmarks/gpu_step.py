@@ -27,7 +27,7 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import write_report  # noqa: E402
 from l2d.engine import Recipe, amp_dtype, build_optimizer  # noqa: E402
 from l2d.losses import distillation_loss  # noqa: E402
-from l2d.models import ModelOutput, build_model  # noqa: E402
+from l2d.models import build_model  # noqa: E402
 
 
 def main(argv=None) -> dict:
@@ -61,8 +61,8 @@ def main(argv=None) -> dict:
 
     def step():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            teacher_output = ModelOutput(*(t.clone() for t in teacher(images)))
-        teacher_output = ModelOutput(*(t.clone() for t in teacher_output))
+            teacher_output = teacher(images).map(torch.clone)
+        teacher_output = teacher_output.map(torch.clone)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             student_output = student(images)
         loss, _ = distillation_loss("l2d", student_output, teacher_output, targets)
@@ -72,7 +72,7 @@ def main(argv=None) -> dict:
         return student_output, teacher_output
 
     def loss_only(student_output, teacher_output):
-        leaves = ModelOutput(*(t.detach().requires_grad_(True) for t in student_output))
+        leaves = student_output.map(lambda t: t.detach().requires_grad_(True))
         loss, _ = distillation_loss("l2d", leaves, teacher_output, targets)
         loss.backward()
 

@@ -65,7 +65,7 @@ def ensure_fashion_mnist(root: Path) -> None:
 
 
 def tuning_spec(args, storage: str):
-    """The sweep that tunes L2D's weights (and, through ``teacher_keys``, the teacher every run shares)."""
+    """The sweep that tunes L2D's weights; its base run (``spec.base_run()``) is every student run of the table."""
     from sweeps.spec import parse_spec
 
     return parse_spec({
@@ -85,19 +85,12 @@ def tuning_spec(args, storage: str):
     }, "benchmarks/quality.py")
 
 
-def train_student(splits, teacher, student: str, method: str, hparams: dict, args, seed: int) -> dict:
-    import torch
+def train_student(base, splits, teacher, method: str, hparams: dict, seed: int) -> dict:
+    """One student run (the run builder of every entry point); the metrics of its last epoch."""
+    from l2d.run import build_run, fit
 
-    from l2d.engine import Distiller, Recipe
-    from l2d.models import build_model
-
-    torch.manual_seed(seed)
-    model = build_model(student, len(splits[0].class_names), args.embed_dim)
-    distiller = Distiller(model, teacher if method != "bce" else None, *splits, method, hparams,
-                          Recipe(epochs=args.epochs, lr=args.lr, batch_size=args.batch_size), "cpu", seed)
-    for epoch in range(1, args.epochs + 1):
-        metrics = distiller.run_epoch(evaluate_test=epoch == args.epochs)
-    return metrics
+    run = build_run(base.replace(method=method, hparams=hparams, seed=seed), splits=splits, teacher=teacher)
+    return fit(run, test="last")[-1]
 
 
 def mean_std(values: list[float]) -> tuple[float, float]:
@@ -190,27 +183,24 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from l2d.data import build_dataset
     from l2d.engine import evaluate, make_loader
     from l2d.losses import loss_parts
-    from l2d.teachers import TeacherKey, TeacherStore, train_teacher
-    from sweeps.runner import teacher_keys
+    from l2d.run import build_splits, get_teacher
+    from l2d.teachers import TeacherStore
 
     torch.set_num_threads(os.cpu_count() or 1)
     began = time.time()
     spec = tuning_spec(args, args.storage)
-    splits = [build_dataset("mosaic-fashion", args.fashion_root, split, 32, scale=args.scale)
-              for split in ("train", "val", "test")]
-    print(f"mosaic-fashion scale {args.scale}: {', '.join(str(len(s)) for s in splits)} train/val/test canvases",
-          flush=True)
-    key = TeacherKey(**teacher_keys(spec)[args.teacher])
-    store = TeacherStore(f"{args.storage}/teachers")
-    teacher, card, trained = store.get_or_train(
-        key, len(splits[0].class_names), lambda: train_teacher(
-            key, args.fashion_root, progress=lambda e, m: print(f"  teacher epoch {e}: val mAP {m['val_mAP']:.2f}",
-                                                                flush=True)))
+    # Every student run of the table: the sweep's base run with the benchmark's pairing, budget and lr.
+    base = spec.base_run().replace(teacher=args.teacher, student=args.student, lr=args.lr, device="cpu")
+    splits = build_splits(base)
+    print(f"mosaic-fashion scale {args.scale}: {', '.join(str(len(s)) for s in splits.values())} train/val/test "
+          f"canvases", flush=True)
+    teacher, card, trained = get_teacher(
+        base, TeacherStore(spec.teacher_store), splits,
+        on_epoch=lambda m: print(f"  teacher epoch {int(m['epoch'])}: val mAP {m['val_mAP']:.2f}", flush=True))
     teacher.eval()
-    teacher_test = evaluate(teacher, make_loader(splits[2], args.batch_size, train=False), torch.device("cpu"))
+    teacher_test = evaluate(teacher, make_loader(splits["test"], args.batch_size, train=False), torch.device("cpu"))
     print(f"teacher {args.teacher} ({'trained' if trained else 'loaded'}): test mAP {teacher_test['mAP']:.2f}",
           flush=True)
 
@@ -219,7 +209,7 @@ def main(argv: list[str] | None = None) -> None:
     def run_method(label: str, method: str, hparams: dict) -> None:
         for seed in args.seeds:
             start = time.time()
-            metrics = train_student(splits, teacher, args.student, method, hparams, args, seed)
+            metrics = train_student(base, splits, teacher, method, hparams, seed)
             parts = {name: metrics[f"train_{name}"] for name in loss_parts(method) if f"train_{name}" in metrics}
             runs.append({"method": label, "loss": method, "seed": seed, "hparams": hparams,
                          "test_mAP": metrics["test_mAP"], "test_CF1": metrics["test_CF1"],
@@ -245,7 +235,7 @@ def main(argv: list[str] | None = None) -> None:
                      f"`l2d-sweep status {spec.sweep_dir}`")
         best = full[0]
         weights = {name: best[name] for name in TUNED}
-        tuning = {"sweep": spec.sweep_dir, "trials": results.trials.num_rows, "full_budget_trials": len(full),
+        tuning = {"sweep": str(spec.sweep_dir), "trials": results.trials.num_rows, "full_budget_trials": len(full),
                   "best_trial": best["trial_id"], "best_last_val_mAP": best["last_val_mAP"], "weights": weights}
         print(f"  best of {len(full)} full-budget trials: {best['trial_id']} val mAP {best['last_val_mAP']:.2f} "
               f"with " + ", ".join(f"{k}={v:.3g}" for k, v in weights.items()), flush=True)

@@ -36,41 +36,34 @@ sys.path.insert(0, str(ROOT))
 from benchmarks._report import add_sweep_arguments, spec_label, sweep_storage, write_report  # noqa: E402
 
 
-def plain_trial(config: dict, context: dict, trials: list[dict]) -> None:
-    """A plain Tune function trainable: the engine, nothing else."""
+def plain_trial(config: dict, context, trials: list[dict]) -> None:
+    """A plain Tune function trainable: the engine, nothing else (no checkpoint, table or event file)."""
     import torch
     from ray import tune
 
-    from l2d.data import build_dataset
-    from l2d.engine import Distiller, Recipe
-    from l2d.models import build_model
-    from l2d.teachers import TeacherKey, TeacherStore
-    from sweeps.trial import trial_hparams
+    from l2d.losses import METHODS
+    from l2d.run import build_run, teacher_key
+    from l2d.teachers import TeacherStore
+    from sweeps.search import trial_run
 
     trial = trials[config["index"]]
-    torch.set_num_threads(max(1, round(context["cpus_per_worker"])))
-    dataset = context["dataset"]
-    splits = [build_dataset(dataset["name"], dataset["root"], split, context["image_size"], **dataset["options"])
-              for split in ("train", "val", "test")]
-    num_classes = len(splits[0].class_names)
+    torch.set_num_threads(max(1, round(context.cpus_per_worker)))
+    run_config = trial_run(context.base, trial).replace(device="cpu")
     teacher = None
-    if context["needs_teacher"][trial["method"]]:
-        key = TeacherKey(**context["teacher_keys"][trial["teacher"]])
-        teacher, _ = TeacherStore(context["teacher_store"]).load(key, num_classes)
-    hparams, lr = trial_hparams(trial)
-    recipe = Recipe(epochs=context["max_epochs"], lr=lr or context["default_lr"], **context["recipe"])
-    torch.manual_seed(context["seed"])
-    student = build_model(trial["student"], num_classes, context["embed_dim"])
-    distiller = Distiller(student, teacher, *splits, trial["method"], hparams, recipe, torch.device("cpu"),
-                          context["seed"])
+    if METHODS[run_config.method].needs_teacher:
+        teacher, _ = TeacherStore(context.teacher_store).load(teacher_key(run_config), 0)
+    run = build_run(run_config, teacher=teacher)
     for _ in range(trial["epochs"]):
-        tune.report(distiller.run_epoch())
+        tune.report(run.distiller.run_epoch())
 
 
-def run_plain(spec, context: dict, trials: list[dict], reuse_actors: bool) -> tuple[float, float, int]:
+def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, float, int]:
     from ray import tune
 
-    trainable = tune.with_resources(tune.with_parameters(plain_trial, context=context, trials=trials),
+    from sweeps.trial import TrialContext
+
+    trainable = tune.with_resources(tune.with_parameters(plain_trial, context=TrialContext.from_spec(spec),
+                                                         trials=trials),
                                     {"cpu": spec.resources.cpus_per_worker})
     with tempfile.TemporaryDirectory() as storage:
         tuner = tune.Tuner(trainable, param_space={"index": tune.grid_search(list(range(len(trials))))},
@@ -105,14 +98,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-torch-trainer", action="store_true", help="do not time the TorchTrainer path")
     args = parser.parse_args(argv)
 
-    from sweeps.runner import init_ray, teacher_keys, teacher_phase, trial_context
+    from sweeps.runner import init_ray
     from sweeps.spec import load_spec
+    from sweeps.teacher_phase import teacher_phase
 
     with sweep_storage(load_spec(args.spec), args.storage) as spec:
         spec = dataclasses.replace(spec, name="overhead")
         init_ray()
-        keys = teacher_keys(spec)
-        teacher_phase(spec, keys, f"{spec.storage}/teachers", print)
+        teacher_phase(spec, print)
 
         print(f"[1/4] l2d-sweep on {args.spec} ({spec.trainer}) ...", flush=True)
         ours_wall, ours_training, trials = run_ours(spec)
@@ -123,7 +116,7 @@ def main(argv: list[str] | None = None) -> None:
         for step, reuse in ((2, False), (3, True)):
             label = "plain Tune" + (" (reuse_actors)" if reuse else "")
             print(f"[{step}/4] {label} on the same {len(trials)} trials ...", flush=True)
-            wall, training, epochs = run_plain(spec, trial_context(spec, keys), plain_trials, reuse)
+            wall, training, epochs = run_plain(spec, plain_trials, reuse)
             runs.append({"run": label, "trainer": "function trainable", "reuse_actors": reuse, "wall_s": wall,
                          "training_s": training, "trials": len(trials), "epochs": epochs})
         if not args.skip_torch_trainer:

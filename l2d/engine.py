@@ -23,7 +23,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
-from l2d.losses import METHODS, distillation_loss, loss_parts, method_hparams
+from l2d.losses import DistillationCriterion, loss_parts
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
 
@@ -65,6 +65,14 @@ class Recipe:
         if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
             raise ValueError(f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, "
                              f"num_workers >= 0")
+
+
+def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:
+    """Whether a checkpoint's recipe (a dict) is ``recipe``: fields it lacks (added since) count as their defaults,
+    and the DataLoader's worker count, which changes nothing that is learned, is ignored."""
+    defaults = asdict(Recipe())
+    mine = asdict(recipe)
+    return all(saved.get(name, defaults[name]) == value for name, value in mine.items() if name != "num_workers")
 
 
 def world() -> tuple[int, int]:
@@ -158,11 +166,31 @@ def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
     return images.to(device, non_blocking=True)
 
 
-def _teacher_forward(teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None) -> ModelOutput:
+def _forward(model: nn.Module, images: torch.Tensor, stages: tuple[int, ...]) -> ModelOutput:
+    """``model(images)``, asking for backbone stages only when there are any (plain modules need not take them)."""
+    return model(images, stages=stages) if stages else model(images)
+
+
+def _teacher_forward(teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None,
+                     stages: tuple[int, ...] = ()) -> ModelOutput:
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-        output = teacher(images)
+        output = _forward(teacher, images, stages)
     # Clones are ordinary tensors, safe to use beside autograd (inference tensors are not).
-    return ModelOutput(*(t.clone() for t in output))
+    return output.map(torch.clone)
+
+
+class TrainStep(nn.Module):
+    """The student and the method's criterion as one module: one forward gives the loss, and under DDP the
+    gradients of the criterion's connectors are averaged across ranks with the student's."""
+
+    def __init__(self, student: nn.Module, criterion: DistillationCriterion):
+        super().__init__()
+        self.student = student
+        self.criterion = criterion
+
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None):
+        output = _forward(self.student, images, self.criterion.student_stages)
+        return self.criterion(output, teacher_output, targets)
 
 
 def _all_reduce_max(value: torch.Tensor) -> torch.Tensor:
@@ -172,21 +200,20 @@ def _all_reduce_max(value: torch.Tensor) -> torch.Tensor:
 
 
 def train_epoch(
-    student: nn.Module,
+    step: nn.Module,
     teacher: nn.Module | None,
     loader: DataLoader,
     optimizer: torch.optim.Optimizer,
     scheduler,
-    method: str,
-    hparams: Mapping[str, float] | None,
+    criterion: DistillationCriterion,
     device: torch.device,
     epoch: int,
     scaler: torch.amp.GradScaler | None = None,
     dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
 ) -> dict[str, float]:
-    """Train ``student`` for one epoch; return the loss parts (``train_total``, ``train_bce``, ...) and
-    ``images_per_s`` (all ranks together).
+    """Train one epoch of ``step`` (a :class:`TrainStep`, maybe DDP-wrapped); return the loss parts (``train_total``,
+    ``train_bce``, ...) and ``images_per_s`` (all ranks together).
 
     Loss parts are means over batches of each batch's value, exactly as the optimizer saw them (BCE is summed
     over the batch's images and labels, MLD averaged over images, CD and ID summed over the batch's sets).
@@ -194,15 +221,14 @@ def train_epoch(
     Raises:
         NonFiniteLossError: the loss was NaN or inf (checked every batch, on every rank together).
     """
-    student.train()
+    step.train()
     if teacher is not None:
         teacher.eval()
     if isinstance(loader.sampler, DistributedSampler):
         loader.sampler.set_epoch(epoch)
     elif loader.generator is not None:
         loader.generator.manual_seed(getattr(loader, "base_seed", 0) + epoch)
-    resolved = method_hparams(method, hparams)
-    names = ("total", *loss_parts(method))
+    names = ("total", *loss_parts(criterion.method))
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     seen = 0
     start = time.perf_counter()
@@ -210,10 +236,10 @@ def train_epoch(
     for batch_index, (images, targets) in enumerate(loader):
         images = _to_device(images, device)
         targets = targets.to(device, non_blocking=True)
-        teacher_output = _teacher_forward(teacher, images, dtype) if teacher is not None else None
+        teacher_output = _teacher_forward(teacher, images, dtype, criterion.teacher_stages) \
+            if teacher is not None else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            student_output = student(images)
-        loss, parts = distillation_loss(method, student_output, teacher_output, targets, resolved)
+            loss, parts = step(images, targets, teacher_output)
         bad = _all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
         if bad.item():
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
@@ -260,34 +286,37 @@ def evaluate(
     loader: DataLoader,
     device: torch.device,
     teacher: nn.Module | None = None,
-    method: str = "bce",
-    hparams: Mapping[str, float] | None = None,
+    criterion: DistillationCriterion | None = None,
     dtype: torch.dtype | None = None,
     prefix: str = "",
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``loader`` (built by :func:`make_loader` with ``train=False``).
 
     Predictions are gathered across ranks before the metrics are computed, so every rank returns the metrics
-    of the whole split. With a ``teacher``, the loss parts of ``method`` are computed on this split too.
+    of the whole split. With a ``criterion`` (and the teacher it needs), its loss parts are computed on this
+    split too.
 
     Returns:
         ``{prefix + name: value}``: mAP, CP, CR, CF1, OP, OR, OF1 (and ``top3_*``, ``topk_true_*``) in percent,
         and the per-image loss parts (``loss``, ``bce``, ...).
     """
     model.eval()
-    with_losses = teacher is not None or not METHODS[method].needs_teacher
-    names = ("loss", *loss_parts(method)) if with_losses else ()
+    with_losses = criterion is not None and (teacher is not None or not criterion.needs_teacher)
+    if criterion is not None:
+        criterion.eval()
+    names = ("loss", *loss_parts(criterion.method)) if with_losses else ()
     sums = np.zeros(len(names) + 1)  # [batches, part sums...]
     scores, targets_all, indices = [], [], []
     for images, targets, index in loader:
         images = _to_device(images, device)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            output = model(images)
-            teacher_output = teacher(images) if teacher is not None else None
-        if with_losses:
-            loss, parts = distillation_loss(method, output, teacher_output, targets, hparams)
-            sums += [1.0, loss.item(), *(parts[name].item() for name in names[1:])]
+            output = _forward(model, images, criterion.student_stages if with_losses else ())
+            teacher_output = _forward(teacher, images, criterion.teacher_stages) if with_losses and teacher \
+                is not None else None
+            if with_losses:
+                loss, parts = criterion(output, teacher_output, targets)
+                sums += [1.0, loss.item(), *(parts[name].item() for name in names[1:])]
         scores.append(torch.sigmoid(output.logits.float()).cpu().numpy())
         targets_all.append(targets.cpu().numpy())
         indices.append(index.numpy())
@@ -311,8 +340,10 @@ def evaluate(
 class Distiller:
     """One training run: a student (and an optional teacher), the data splits, a method and a recipe.
 
-    ``run_epoch(epoch)`` trains one epoch and evaluates val (and test); ``state_dict``/``load_state_dict``
-    make the run resumable from any epoch boundary. Under a process group the student is wrapped in DDP.
+    ``run_epoch()`` trains the next epoch and evaluates val (and test); ``state_dict``/``load_state_dict`` make the
+    run resumable from any epoch boundary. The method's :class:`~l2d.losses.DistillationCriterion` (``criterion``)
+    may own trainable connectors: they are optimized and checkpointed with the student. Under a process group
+    the student and the criterion are wrapped in DDP together (``model``); ``student`` is always the bare model.
 
     Args:
         student: the model to train (its weights are changed in place).
@@ -331,21 +362,25 @@ class Distiller:
         self.recipe = recipe or Recipe()
         self.device = torch.device(device)
         self.method = method
-        self.hparams = method_hparams(method, hparams)
         self.dtype = amp_dtype(self.device, self.recipe.amp)
-        student = student.to(self.device)
-        if self.device.type == "cuda":
-            student = student.to(memory_format=torch.channels_last)
-        self.student: nn.Module = student
-        if world()[1] > 1:
-            device_ids = [self.device.index] if self.device.type == "cuda" else None
-            self.student = DistributedDataParallel(student, device_ids=device_ids)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
         if self.teacher is not None and self.device.type == "cuda":
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         if self.teacher is not None:
             for parameter in self.teacher.parameters():
                 parameter.requires_grad_(False)
+        self.criterion = DistillationCriterion(method, hparams, student, self.teacher)
+        self.hparams = self.criterion.hparams
+        self.student: nn.Module = student.to(self.device)
+        self.criterion.to(self.device)
+        if self.device.type == "cuda":
+            self.student = self.student.to(memory_format=torch.channels_last)
+            self.criterion.to(memory_format=torch.channels_last)
+        step = TrainStep(self.student, self.criterion)
+        self.model: nn.Module = step
+        if world()[1] > 1:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            self.model = DistributedDataParallel(step, device_ids=device_ids)
         self.train_loader = make_loader(train_set, self.recipe.batch_size, True, self.recipe.num_workers, seed,
                                         self.device)
         self.val_loader = make_loader(val_set, self.recipe.batch_size, False, self.recipe.num_workers,
@@ -354,7 +389,9 @@ class Distiller:
                                        device=self.device) if test_set is not None else None
         if len(self.train_loader) == 0:
             raise ValueError(f"the train split ({len(train_set)} images) gives no batch")
-        self.optimizer = build_optimizer(self.student, self.recipe)
+        # Student parameters first, then the connectors: a method without connectors has the optimizer layout of
+        # a bare student, so checkpoints written before connectors existed still load.
+        self.optimizer = build_optimizer(step, self.recipe)
         self.scheduler = build_scheduler(self.optimizer, self.recipe, len(self.train_loader))
         self.scaler = torch.amp.GradScaler("cuda") if self.dtype == torch.float16 else None
         self.seed = seed
@@ -370,10 +407,10 @@ class Distiller:
         torch.manual_seed(self.seed * 100_003 + epoch)
         start = time.perf_counter()
         metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(train_epoch(self.student, self.teacher, self.train_loader, self.optimizer, self.scheduler,
-                                   self.method, self.hparams, self.device, epoch, self.scaler, self.dtype, progress))
+        metrics.update(train_epoch(self.model, self.teacher, self.train_loader, self.optimizer, self.scheduler,
+                                   self.criterion, self.device, epoch, self.scaler, self.dtype, progress))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics.update(evaluate(self.student, self.val_loader, self.device, self.teacher, self.method, self.hparams,
+        metrics.update(evaluate(self.student, self.val_loader, self.device, self.teacher, self.criterion,
                                 self.dtype, prefix="val_"))
         if evaluate_test and self.test_loader is not None:
             metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_"))
@@ -382,10 +419,10 @@ class Distiller:
         return metrics
 
     def state_dict(self) -> dict:
-        """Everything needed to continue after this epoch (model, optimizer, schedule, scaler, epoch)."""
-        return {
+        """Everything needed to continue after this epoch (model, connectors, optimizer, schedule, scaler, epoch)."""
+        state = {
             "epoch": self.epoch,
-            "model": unwrap(self.student).state_dict(),
+            "model": self.student.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict() if self.scaler is not None else None,
@@ -393,13 +430,23 @@ class Distiller:
             "method": self.method,
             "hparams": dict(self.hparams),
         }
+        if self.criterion.state_dict():
+            state["criterion"] = self.criterion.state_dict()
+        return state
 
     def load_state_dict(self, state: dict) -> None:
         """Continue from :meth:`state_dict`; the method, hparams and recipe must match (nanoGPT-style check)."""
-        for key, mine in (("method", self.method), ("hparams", dict(self.hparams)), ("recipe", asdict(self.recipe))):
+        for key, mine in (("method", self.method), ("hparams", dict(self.hparams))):
             if state.get(key) != mine:
                 raise ValueError(f"checkpoint {key} {state.get(key)!r} differs from this run's {mine!r}")
-        unwrap(self.student).load_state_dict(state["model"])
+        if not recipe_matches(state.get("recipe", {}), self.recipe):
+            raise ValueError(f"checkpoint recipe {state.get('recipe')!r} differs from this run's {asdict(self.recipe)!r}")
+        own = self.criterion.state_dict()
+        if own and "criterion" not in state:
+            raise ValueError(f"checkpoint lacks the trainable modules of method {self.method!r}")
+        self.student.load_state_dict(state["model"])
+        if own:
+            self.criterion.load_state_dict(state["criterion"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
         if self.scaler is not None and state.get("scaler"):

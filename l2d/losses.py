@@ -17,6 +17,7 @@ from typing import Callable, Mapping
 
 import torch
 import torch.nn.functional as F
+from torch import nn
 
 from l2d.models import ModelOutput
 
@@ -272,36 +273,102 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
 
 
 # ---------------------------------------------------------------------------------------------------------------
+# Feature-level losses: they compare intermediate backbone stages through trainable connectors.
+
+class HintConnector(nn.Module):
+    """FitNets' regressor: a 1x1 convolution + BatchNorm from the student's stage channels to the teacher's."""
+
+    def __init__(self, student_channels: int, teacher_channels: int):
+        super().__init__()
+        self.conv = nn.Conv2d(student_channels, teacher_channels, kernel_size=1, bias=False)
+        self.norm = nn.BatchNorm2d(teacher_channels)
+
+    def forward(self, feature_map: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.conv(feature_map))
+
+
+def hint_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, connector: nn.Module) -> torch.Tensor:
+    """FitNet-style hint: ``mean((connector(F_S) - F_T)^2)`` over all elements of the teacher's stage map.
+
+    When the two maps differ in spatial size (backbones of different strides), the larger is average-pooled to
+    the smaller's size first.
+    """
+    projected = connector(student_map)
+    with _no_autocast(projected.device):
+        projected, target = projected.float(), teacher_map.detach().float()
+        size = (min(projected.shape[-2], target.shape[-2]), min(projected.shape[-1], target.shape[-1]))
+        if projected.shape[-2:] != size:
+            projected = F.adaptive_avg_pool2d(projected, size)
+        if target.shape[-2:] != size:
+            target = F.adaptive_avg_pool2d(target, size)
+        return F.mse_loss(projected, target)
+
+
+# ---------------------------------------------------------------------------------------------------------------
 # Method registry: a method is BCE on the student plus weighted distillation terms.
 
-TermFn = Callable[[ModelOutput, ModelOutput, torch.Tensor, Mapping[str, float]], dict[str, torch.Tensor]]
+@dataclass(frozen=True)
+class TermInputs:
+    """What a term sees besides the two outputs: the stage maps it asked for, and its own trainable modules.
+
+    Attributes:
+        student_stages: the student's maps of the stages :attr:`Term.stages` selected, in that order.
+        teacher_stages: the teacher's, likewise.
+        module: the term's connectors (what :attr:`Term.connectors` built), or None.
+    """
+
+    student_stages: tuple[torch.Tensor, ...] = ()
+    teacher_stages: tuple[torch.Tensor, ...] = ()
+    module: nn.Module | None = None
+
+
+TermFn = Callable[[ModelOutput, ModelOutput, torch.Tensor, Mapping[str, float], TermInputs], dict[str, torch.Tensor]]
+#: A backbone's number of stages -> the stage indices a term compares (ascending).
+StageSelector = Callable[[int], tuple[int, ...]]
+#: (student channels of the selected stages, teacher channels of its stages, hparams) -> the term's trainable module.
+ConnectorBuilder = Callable[[list[int], list[int], Mapping[str, float]], nn.Module]
 
 
 @dataclass(frozen=True)
 class Term:
     """A group of distillation losses computed together, and the weight hyperparameter of each.
 
-    ``fn(student, teacher, targets, hparams)`` returns ``{part name: unweighted loss}``; ``weights`` maps each
-    part to its weight's name.
+    ``fn(student, teacher, targets, hparams, inputs)`` returns ``{part name: unweighted loss}``; ``weights`` maps
+    each part to its weight's name. A feature-level term also names the backbone ``stages`` it needs (of each
+    model; the models then return them in ``ModelOutput.stages``) and may build trainable ``connectors``, which
+    the engine optimizes with the student and saves in its checkpoints.
     """
 
     weights: dict[str, str]
     fn: TermFn
+    stages: StageSelector | None = None
+    connectors: ConnectorBuilder | None = None
 
 
-def _led(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams) -> dict[str, torch.Tensor]:
+def last_stage(count: int) -> tuple[int, ...]:
+    return (count - 1,)
+
+
+def _led(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams, inputs) -> dict[str, torch.Tensor]:
     cd, instance = cd_id_losses(student.label_embeddings, teacher.label_embeddings, targets)
     return {"cd": cd, "id": instance}
 
 
+def _hint(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams, inputs: TermInputs):
+    return {"hint": hint_loss(inputs.student_stages[0], inputs.teacher_stages[0], inputs.module)}
+
+
 TERMS: dict[str, Term] = {
-    "mld": Term({"mld": "lambda_mld"}, lambda s, t, y, hp: {"mld": mld_loss(s.logits, t.logits)}),
+    "mld": Term({"mld": "lambda_mld"}, lambda s, t, y, hp, x: {"mld": mld_loss(s.logits, t.logits)}),
     "led": Term({"cd": "lambda_cd", "id": "lambda_id"}, _led),
-    "kd": Term({"kd": "lambda_kd"}, lambda s, t, y, hp: {"kd": kd_loss(s.logits, t.logits, hp["kd_temperature"])}),
-    "mse": Term({"mse": "lambda_mse"}, lambda s, t, y, hp: {"mse": mse_loss(s.logits, t.logits)}),
-    "ps": Term({"ps": "lambda_ps"}, lambda s, t, y, hp: {"ps": ps_loss(s.logits, t.logits, y)}),
-    "rkd": Term({"rkd": "lambda_rkd"}, lambda s, t, y, hp: {"rkd": rkd_loss(s.features, t.features)}),
-    "pkt": Term({"pkt": "lambda_pkt"}, lambda s, t, y, hp: {"pkt": pkt_loss(s.features, t.features)}),
+    "kd": Term({"kd": "lambda_kd"},
+               lambda s, t, y, hp, x: {"kd": kd_loss(s.logits, t.logits, hp["kd_temperature"])}),
+    "mse": Term({"mse": "lambda_mse"}, lambda s, t, y, hp, x: {"mse": mse_loss(s.logits, t.logits)}),
+    "ps": Term({"ps": "lambda_ps"}, lambda s, t, y, hp, x: {"ps": ps_loss(s.logits, t.logits, y)}),
+    "rkd": Term({"rkd": "lambda_rkd"}, lambda s, t, y, hp, x: {"rkd": rkd_loss(s.features, t.features)}),
+    "pkt": Term({"pkt": "lambda_pkt"}, lambda s, t, y, hp, x: {"pkt": pkt_loss(s.features, t.features)}),
+    "hint": Term({"hint": "lambda_hint"}, _hint, stages=last_stage,
+                 connectors=lambda student, teacher, hp: HintConnector(student[0], teacher[0])),
 }
 
 #: The official L2D weights (MS-COCO), the starting point of every L2D sweep.
@@ -332,6 +399,8 @@ METHODS: dict[str, Method] = {
     "mld": Method(("mld",), {"lambda_mld": 10.0}, "L2D's multi-label logits distillation alone"),
     "led": Method(("led",), {"lambda_cd": 100.0, "lambda_id": 1000.0}, "L2D's CD + ID embedding losses alone"),
     "l2d": Method(("mld", "led"), dict(OFFICIAL_WEIGHTS), "L2D: MLD + CD + ID"),
+    "hint": Method(("hint",), {"lambda_hint": 100.0}, "FitNet-style hint on the last backbone stage (trainable "
+                                                      "1x1 conv + BN connector)"),
 }
 
 
@@ -355,6 +424,77 @@ def method_hparams(method: str, overrides: Mapping[str, float] | None = None) ->
     return hparams
 
 
+class DistillationCriterion(nn.Module):
+    """The training loss of one method for one student/teacher pair: ``BCE + sum_term lambda_term * L_term``.
+
+    It tells the engine which backbone stages each model must return (:attr:`student_stages`,
+    :attr:`teacher_stages`, to pass as ``model(images, stages=...)``) and owns the trainable modules of the
+    method's terms (:attr:`connectors`, by term name): the engine optimizes them with the student, under the
+    same DDP wrapper, and saves them in its checkpoints. A method without feature-level terms has no stages and
+    no parameters.
+
+    Args:
+        method: a key of :data:`METHODS`.
+        hparams: overrides of the method's defaults (see :func:`method_hparams`).
+        student / teacher: the two models; needed only by methods with feature-level terms (to read the
+            channels of their stages).
+    """
+
+    def __init__(self, method: str, hparams: Mapping[str, float] | None = None, student: nn.Module | None = None,
+                 teacher: nn.Module | None = None):
+        super().__init__()
+        from l2d.models import stage_channels
+
+        self.method = method
+        self.hparams = method_hparams(method, hparams)
+        self.weights = part_weights(method, self.hparams)
+        self.needs_teacher = METHODS[method].needs_teacher
+        self.connectors = nn.ModuleDict()
+        self._term_stages: dict[str, tuple[tuple[int, ...], tuple[int, ...]]] = {}
+        for name in METHODS[method].terms:
+            term = TERMS[name]
+            if term.stages is None:
+                continue
+            if student is None or teacher is None:
+                raise ValueError(f"method {method!r} compares backbone stages: its criterion needs the student and "
+                                 f"the teacher models")
+            student_channels, teacher_channels = stage_channels(student), stage_channels(teacher)
+            selected = (term.stages(len(student_channels)), term.stages(len(teacher_channels)))
+            self._term_stages[name] = selected
+            if term.connectors is not None:
+                self.connectors[name] = term.connectors([student_channels[i] for i in selected[0]],
+                                                        [teacher_channels[i] for i in selected[1]], self.hparams)
+        self.student_stages = tuple(sorted({i for s, _ in self._term_stages.values() for i in s}))
+        self.teacher_stages = tuple(sorted({i for _, t in self._term_stages.values() for i in t}))
+
+    def _inputs(self, name: str, student: ModelOutput, teacher: ModelOutput | None) -> TermInputs:
+        if name not in self._term_stages:
+            return TermInputs(module=self.connectors[name] if name in self.connectors else None)
+        student_indices, teacher_indices = self._term_stages[name]
+        student_maps = dict(zip(self.student_stages, student.stages))
+        teacher_maps = dict(zip(self.teacher_stages, teacher.stages))
+        if len(student_maps) != len(self.student_stages) or len(teacher_maps) != len(self.teacher_stages):
+            raise ValueError(f"method {self.method!r} needs stages {self.student_stages} of the student and "
+                             f"{self.teacher_stages} of the teacher; call the models with stages=...")
+        return TermInputs(tuple(student_maps[i] for i in student_indices),
+                          tuple(teacher_maps[i] for i in teacher_indices),
+                          self.connectors[name] if name in self.connectors else None)
+
+    def forward(self, student: ModelOutput, teacher: ModelOutput | None,
+                targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """``(total, parts)``; ``parts`` maps ``bce`` and each loss to its unweighted, detached value."""
+        if self.needs_teacher and teacher is None:
+            raise ValueError(f"method {self.method!r} needs a teacher's output")
+        total = bce_loss(student.logits, targets)
+        parts = {"bce": total.detach()}
+        for name in METHODS[self.method].terms:
+            values = TERMS[name].fn(student, teacher, targets, self.hparams, self._inputs(name, student, teacher))
+            for part, value in values.items():
+                total = total + self.weights[part] * value
+                parts[part] = value.detach()
+        return total, parts
+
+
 def distillation_loss(
     method: str,
     student: ModelOutput,
@@ -362,7 +502,8 @@ def distillation_loss(
     targets: torch.Tensor,
     hparams: Mapping[str, float] | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss of ``method``: ``BCE + sum_term lambda_term * L_term``.
+    """The training loss of ``method``: ``BCE + sum_term lambda_term * L_term`` (a :class:`DistillationCriterion`
+    built for this call; methods with trainable connectors need one built with the models instead).
 
     Args:
         method: a key of :data:`METHODS`.
@@ -375,18 +516,7 @@ def distillation_loss(
         ``(total, parts)`` where ``parts`` maps ``"bce"`` and each loss (``mld``, ``cd``, ``id``, ``kd``...) to its
         unweighted, detached value.
     """
-    resolved = method_hparams(method, hparams)
-    spec = METHODS[method]
-    if spec.needs_teacher and teacher is None:
-        raise ValueError(f"method {method!r} needs a teacher's output")
-    weights = part_weights(method, resolved)
-    total = bce_loss(student.logits, targets)
-    parts = {"bce": total.detach()}
-    for name in spec.terms:
-        for part, value in TERMS[name].fn(student, teacher, targets, resolved).items():
-            total = total + weights[part] * value
-            parts[part] = value.detach()
-    return total, parts
+    return DistillationCriterion(method, hparams)(student, teacher, targets)
 
 
 def part_weights(method: str, hparams: Mapping[str, float] | None = None) -> dict[str, float]:

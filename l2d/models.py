@@ -32,11 +32,21 @@ class ModelOutput(NamedTuple):
         logits: ``[B, C]`` raw scores, one per label (apply a sigmoid for probabilities).
         label_embeddings: ``[B, C, D]`` the label-wise embeddings ``E`` from the encoder g.
         features: ``[B, F]`` the globally pooled backbone features (for RKD, PKT and other feature baselines).
+        stages: the intermediate feature maps asked for with ``model(images, stages=(i, j, ...))`` (indices in
+            ascending order), each ``[B, C_i, H_i, W_i]`` (NCHW whatever the backbone's own layout); empty by
+            default. Stage ``i`` is the backbone's ``feature_info[i]`` (see :func:`stage_channels`).
     """
 
     logits: torch.Tensor
     label_embeddings: torch.Tensor
     features: torch.Tensor
+    stages: tuple[torch.Tensor, ...] = ()
+
+    def map(self, function) -> "ModelOutput":
+        """``function`` applied to every tensor (``output.map(torch.clone)`` gives ordinary tensors from
+        inference-mode ones; ``output.map(lambda t: t.detach().requires_grad_())`` gives leaves)."""
+        return ModelOutput(function(self.logits), function(self.label_embeddings), function(self.features),
+                           tuple(function(t) for t in self.stages))
 
 
 class UnknownModelError(ValueError):
@@ -134,11 +144,30 @@ class MultiLabelModel(nn.Module):
             return feature_map[:, prefix:] if feature_map.shape[1] > prefix else feature_map
         raise RuntimeError(f"{self.backbone_name}: unexpected feature map shape {tuple(feature_map.shape)}")
 
-    def forward(self, images: torch.Tensor) -> ModelOutput:
-        feature_map = self.backbone.forward_features(images)
+    def forward(self, images: torch.Tensor, stages: tuple[int, ...] = ()) -> ModelOutput:
+        """Logits, label-wise embeddings, pooled features, and the intermediate ``stages`` asked for.
+
+        Stages come from timm's ``forward_intermediates`` (one pass; its final map is ``forward_features``'s), so
+        a method that needs them costs no second forward.
+        """
+        intermediates: list[torch.Tensor] = []
+        if stages:
+            feature_map, intermediates = self.backbone.forward_intermediates(images, indices=list(stages),
+                                                                              output_fmt="NCHW")
+        else:
+            feature_map = self.backbone.forward_features(images)
         features = self.backbone.forward_head(feature_map, pre_logits=True)
         logits, label_embeddings = self.head(self._tokens(feature_map))
-        return ModelOutput(logits=logits, label_embeddings=label_embeddings, features=features)
+        return ModelOutput(logits, label_embeddings, features, tuple(intermediates))
+
+
+def stage_channels(model: nn.Module) -> list[int]:
+    """Channels of each backbone stage a method may ask for (timm's ``feature_info``), stage 0 first."""
+    backbone = model.backbone if isinstance(model, MultiLabelModel) else model
+    info = getattr(backbone, "feature_info", None)
+    if not info:
+        raise ValueError(f"{type(backbone).__name__} declares no feature stages (timm feature_info)")
+    return [int(stage["num_chs"]) for stage in info]
 
 
 def check_backbone_name(backbone: str) -> None:

@@ -1,15 +1,17 @@
 """The teacher store: every teacher is trained once per key and loaded afterwards.
 
 A key is everything that determines a teacher: the dataset and its options, the backbone, image size,
-embedding size, the recipe and the seed. Its SHA-256 digest names a folder of the store::
+embedding size, the recipe and the seed (:func:`l2d.run.teacher_key` derives it from a run's configuration, so
+``l2d-sweep train``, ``l2d-sweep teacher`` and a sweep with the same settings share a teacher). Its SHA-256 digest
+names a folder of the store::
 
     <store>/<digest>/model.pt     the model's state dict (loaded with weights_only=True)
     <store>/<digest>/card.json    key, val/test mAP, epochs, wall time, parameter count
 
-The model is written first and the card last, each to a temporary name that is then moved into place, so a
+The model is written first and the card last, each atomically (:meth:`l2d.storage.Location.write_bytes`), so a
 reader never sees a torn file and a teacher counts as stored only once its card exists. Two processes that
-train the same teacher at once both finish; the last move wins, with an identical result. Paths go through
-pyarrow filesystems, so a store can be a local folder or an ``s3://`` / ``gs://`` URI.
+train the same teacher at once both finish; the last move wins, with an identical result. The store is a local
+folder or an ``s3://`` / ``gs://`` URI.
 """
 
 from __future__ import annotations
@@ -18,16 +20,14 @@ import hashlib
 import io
 import json
 import logging
-import os
 import time
-import uuid
 from dataclasses import asdict, dataclass, field
 from typing import Callable
 
-import pyarrow.fs as pafs
 import torch
 
 from l2d.models import MultiLabelModel, build_model
+from l2d.storage import Location
 
 logger = logging.getLogger(__name__)
 
@@ -66,39 +66,22 @@ class TeacherKey:
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-def open_store(uri: str) -> tuple[pafs.FileSystem, str]:
-    """A pyarrow filesystem and base path for a local folder or a URI (``s3://bucket/prefix``...)."""
-    if "://" not in uri:
-        uri = os.path.abspath(os.path.expanduser(uri))
-        os.makedirs(uri, exist_ok=True)
-        return pafs.LocalFileSystem(), uri
-    return pafs.FileSystem.from_uri(uri)
-
-
-def _write_atomic(filesystem: pafs.FileSystem, path: str, data: bytes) -> None:
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with filesystem.open_output_stream(tmp) as stream:
-        stream.write(data)
-    filesystem.move(tmp, path)
-
-
 class TeacherStore:
-    """Teachers by key under ``uri`` (a local folder or a pyarrow filesystem URI)."""
+    """Teachers by key under ``uri`` (a local folder or an ``s3://`` / ``gs://`` URI)."""
 
-    def __init__(self, uri: str):
-        self.uri = uri
-        self.filesystem, self.base = open_store(uri)
+    def __init__(self, uri: str | Location):
+        self.location = Location.parse(uri, "teacher store")
+        self.uri = str(self.location)
 
-    def _path(self, key: TeacherKey, name: str) -> str:
-        return f"{self.base.rstrip('/')}/{key.digest()}/{name}"
+    def _file(self, key: TeacherKey, name: str) -> Location:
+        return self.location / key.digest() / name
 
     def card(self, key: TeacherKey) -> dict | None:
         """The card of a stored teacher, or None when it is not stored."""
-        path = self._path(key, "card.json")
-        if self.filesystem.get_file_info(path).type != pafs.FileType.File:
+        path = self._file(key, "card.json")
+        if not path.is_file():
             return None
-        with self.filesystem.open_input_stream(path) as stream:
-            return json.loads(stream.read().decode())
+        return json.loads(path.read_text())
 
     def load(self, key: TeacherKey, num_classes: int) -> tuple[MultiLabelModel, dict]:
         """Build the model of ``key`` and load its stored weights (``weights_only=True``).
@@ -109,9 +92,10 @@ class TeacherStore:
         card = self.card(key)
         if card is None:
             raise KeyError(f"teacher {key.backbone} ({key.digest()}) is not in {self.uri}")
-        with self.filesystem.open_input_stream(self._path(key, "model.pt")) as stream:
-            state = torch.load(io.BytesIO(stream.read()), map_location="cpu", weights_only=True)
-        model = build_model(key.backbone, num_classes, key.embed_dim, **key.backbone_options)
+        state = torch.load(io.BytesIO(self._file(key, "model.pt").read_bytes()), map_location="cpu",
+                           weights_only=True)
+        model = build_model(key.backbone, num_classes or len(card["class_names"]), key.embed_dim,
+                            **key.backbone_options)
         model.load_state_dict(state)
         return model.eval(), card
 
@@ -119,10 +103,9 @@ class TeacherStore:
         """Store ``model`` and its card (model first, card last; each written atomically)."""
         buffer = io.BytesIO()
         torch.save(model.state_dict(), buffer)
-        self.filesystem.create_dir(f"{self.base.rstrip('/')}/{key.digest()}", recursive=True)
-        _write_atomic(self.filesystem, self._path(key, "model.pt"), buffer.getvalue())
+        self._file(key, "model.pt").write_bytes(buffer.getvalue())
         card = {"key": key.as_dict(), "digest": key.digest(), **card}
-        _write_atomic(self.filesystem, self._path(key, "card.json"), json.dumps(card, indent=2).encode())
+        self._file(key, "card.json").write_text(json.dumps(card, indent=2))
         return card
 
     def get_or_train(self, key: TeacherKey, num_classes: int,
@@ -130,6 +113,7 @@ class TeacherStore:
         """Load the teacher of ``key``, training and storing it first when it is missing.
 
         Args:
+            num_classes: the label count (0: read it from the card).
             train: returns ``(model, card fields)``; called only when the store has no such teacher.
 
         Returns:
@@ -144,45 +128,3 @@ class TeacherStore:
         fields.setdefault("wall_time_s", time.time() - start)
         card = self.save(key, model, fields)
         return model.eval(), card, True
-
-
-def train_teacher(key: TeacherKey, data_root: str | None = None, device: str | torch.device = "cpu",
-                  progress: Callable[[int, dict], None] | None = None,
-                  batch_progress=None) -> tuple[MultiLabelModel, dict]:
-    """Train the teacher of ``key`` with BCE alone (the official recipe for teachers).
-
-    Args:
-        data_root: the dataset's folder (not part of the key: the same data anywhere gives the same teacher).
-        progress: called after each epoch with ``(epoch, metrics)``.
-        batch_progress: passed to the engine (``(batch, batches, values)`` after each batch).
-
-    Returns:
-        ``(model, card fields)``: val/test mAP of the last epoch, epochs, parameter count, history.
-    """
-    from l2d.data import build_dataset
-    from l2d.engine import Distiller, Recipe
-    from l2d.models import count_parameters
-
-    splits = {split: build_dataset(key.dataset, data_root, split, key.image_size, **key.dataset_options)
-              for split in ("train", "val", "test")}
-    torch.manual_seed(key.seed)
-    model = build_model(key.backbone, len(splits["train"].class_names), key.embed_dim, **key.backbone_options)
-    distiller = Distiller(model, None, splits["train"], splits["val"], splits["test"], method="bce",
-                          recipe=Recipe(**key.recipe), device=device, seed=key.seed)
-    history = []
-    for epoch in range(1, distiller.recipe.epochs + 1):
-        metrics = distiller.run_epoch(batch_progress, evaluate_test=epoch == distiller.recipe.epochs)
-        history.append(metrics)
-        if progress is not None:
-            progress(int(metrics["epoch"]), metrics)
-    last = history[-1]
-    fields = {
-        "backbone": key.backbone,
-        "val_mAP": last["val_mAP"],
-        "test_mAP": last["test_mAP"],
-        "epochs": len(history),
-        "parameters": count_parameters(model),
-        "class_names": list(splits["train"].class_names),
-        "history": [{k: float(v) for k, v in m.items()} for m in history],
-    }
-    return model.cpu().eval(), fields

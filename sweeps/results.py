@@ -8,7 +8,7 @@
 | status | string | completed (all epochs), stopped (by ASHA), failed, running, pending |
 | error | string | the failure's message (null unless failed) |
 | teacher, student, method | string | the sampled pairing and method |
-| lr, lambda_mld, lambda_cd, lambda_id, lambda_kd, kd_temperature, lambda_mse, lambda_ps, lambda_rkd, lambda_pkt | double | sampled or fixed hyperparameters (null when the method has none) |
+| lr, lambda_mld, lambda_cd, lambda_id, lambda_kd, kd_temperature, lambda_mse, lambda_ps, lambda_rkd, lambda_pkt, lambda_hint (every weight of every method) | double | sampled or fixed hyperparameters (null when the method has none) |
 | epochs_run | int64 | epochs reported |
 | stopped_early | bool | ASHA stopped the trial before max_epochs |
 | best_val_mAP, best_epoch, test_mAP_at_best | double, int64, double | the epoch with the best val mAP, and its test mAP |
@@ -30,13 +30,12 @@ from __future__ import annotations
 
 import io
 import math
-import uuid
 from dataclasses import dataclass
 
 import pyarrow as pa
-import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from l2d.storage import Location
 from sweeps.spec import SEARCHABLE
 
 HPARAM_COLUMNS = SEARCHABLE
@@ -54,29 +53,18 @@ TRIAL_SCHEMA = pa.schema(
 _EPOCH_FIXED = [("trial_id", pa.string()), ("epoch", pa.int64())]
 
 
-def filesystem_for(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
-
-
-def write_table_atomic(table: pa.Table, uri: str) -> None:
-    filesystem, path = filesystem_for(uri)
-    filesystem.create_dir(path.rsplit("/", 1)[0], recursive=True)
+def write_table(table: pa.Table, location: Location) -> None:
+    """Write a Parquet file atomically (see :meth:`l2d.storage.Location.write_bytes`)."""
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
-    tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-    with filesystem.open_output_stream(tmp) as stream:
-        stream.write(buffer.getvalue())
-    filesystem.move(tmp, path)
+    location.write_bytes(buffer.getvalue())
 
 
-def read_table(uri: str) -> pa.Table | None:
-    filesystem, path = filesystem_for(uri)
-    if filesystem.get_file_info(path).type != pafs.FileType.File:
+def read_table(location: Location) -> pa.Table | None:
+    """A Parquet file as a table, or None when it does not exist."""
+    if not location.is_file():
         return None
-    with filesystem.open_input_file(path) as stream:
-        return pq.read_table(stream)
+    return pq.read_table(io.BytesIO(location.read_bytes()))
 
 
 @dataclass
@@ -91,29 +79,31 @@ class ResultsWriter:
     """Accumulates trial states and epoch reports; writes both tables. Seeds itself from existing files, so a
     resumed sweep keeps the rows of trials that finished before the crash."""
 
-    def __init__(self, sweep_dir: str, max_epochs: int):
-        self.sweep_dir = sweep_dir
+    def __init__(self, sweep_dir: str | Location, max_epochs: int):
+        self.sweep_dir = Location.parse(sweep_dir)
         self.max_epochs = max_epochs
         self.trials: dict[str, TrialRecord] = {}
         self.epochs: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> row
-        existing_epochs = read_table(self.epochs_uri)
+        existing_epochs = read_table(self.epochs_file)
         if existing_epochs is not None:
             for row in existing_epochs.to_pylist():
                 self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {
                     k: v for k, v in row.items() if v is not None}
-        existing_trials = read_table(self.trials_uri)
+        existing_trials = read_table(self.trials_file)
         if existing_trials is not None:
             for row in existing_trials.to_pylist():
-                config = {k: row[k] for k in ("teacher", "student", "method", *HPARAM_COLUMNS) if row[k] is not None}
+                # .get: a table written before a column existed (a method added since) lacks it.
+                config = {k: row.get(k) for k in ("teacher", "student", "method", *HPARAM_COLUMNS)
+                          if row.get(k) is not None}
                 self.trials[row["trial_id"]] = TrialRecord(row["trial_id"], config, row["status"], row["error"])
 
     @property
-    def trials_uri(self) -> str:
-        return f"{self.sweep_dir}/results/trials.parquet"
+    def trials_file(self) -> Location:
+        return self.sweep_dir / "results" / "trials.parquet"
 
     @property
-    def epochs_uri(self) -> str:
-        return f"{self.sweep_dir}/results/epochs.parquet"
+    def epochs_file(self) -> Location:
+        return self.sweep_dir / "results" / "epochs.parquet"
 
     def trial(self, trial_id: str, config: dict) -> TrialRecord:
         record = self.trials.get(trial_id)
@@ -186,8 +176,8 @@ class ResultsWriter:
 
     def write(self) -> None:
         trials, epochs = self.tables()
-        write_table_atomic(epochs, self.epochs_uri)
-        write_table_atomic(trials, self.trials_uri)
+        write_table(epochs, self.epochs_file)
+        write_table(trials, self.trials_file)
 
 
 #: Keys Tune adds to every result; not metrics of ours.
@@ -211,10 +201,10 @@ def _float(value) -> float | None:
 class SweepResults:
     """The results of a sweep folder: ``trials`` and ``epochs`` as Arrow tables, and SQL over them."""
 
-    def __init__(self, sweep_dir: str):
-        self.sweep_dir = sweep_dir.rstrip("/")
-        trials = read_table(f"{self.sweep_dir}/results/trials.parquet")
-        epochs = read_table(f"{self.sweep_dir}/results/epochs.parquet")
+    def __init__(self, sweep_dir: str | Location):
+        self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
+        trials = read_table(self.sweep_dir / "results" / "trials.parquet")
+        epochs = read_table(self.sweep_dir / "results" / "epochs.parquet")
         if trials is None or epochs is None:
             raise FileNotFoundError(f"{self.sweep_dir}: no results/trials.parquet and results/epochs.parquet "
                                     f"(is this a sweep folder? a sweep writes them after its first trial ends)")

@@ -11,22 +11,20 @@ from __future__ import annotations
 
 import json
 import logging
-import uuid
 
-import pyarrow.fs as pafs
 from ray.tune.schedulers import ASHAScheduler
 
-from sweeps.results import filesystem_for
+from l2d.storage import Location
 
 logger = logging.getLogger(__name__)
 
 
 class PersistentASHA(ASHAScheduler):
-    """``ASHAScheduler`` plus a JSON file of its rungs at ``state_uri`` (a local path or a pyarrow URI)."""
+    """``ASHAScheduler`` plus a JSON file of its rungs at ``state_uri`` (a local path or a URI)."""
 
-    def __init__(self, state_uri: str, **kwargs):
+    def __init__(self, state_uri: str | Location, **kwargs):
         super().__init__(**kwargs)
-        self.state_uri = state_uri
+        self.state_uri = str(state_uri)  # a string: pickled by Tune, and by sweeps written before Location existed
         self._loaded = False
 
     # Tune pickles the scheduler at the start of a run and unpickles that copy on restore: the rungs in the
@@ -39,11 +37,10 @@ class PersistentASHA(ASHAScheduler):
         if self._loaded:
             return
         self._loaded = True
-        filesystem, path = filesystem_for(self.state_uri)
-        if filesystem.get_file_info(path).type != pafs.FileType.File:
+        location = Location.parse(self.state_uri)
+        if not location.is_file():
             return
-        with filesystem.open_input_stream(path) as stream:
-            state = json.loads(stream.read().decode())
+        state = json.loads(location.read_text())
         for bracket, saved in zip(self._brackets, state["brackets"]):
             rungs = {float(milestone): recorded for milestone, recorded in saved}
             bracket._rungs = [(milestone, dict(rungs.get(float(milestone), {}))) for milestone, _ in bracket._rungs]
@@ -58,12 +55,8 @@ class PersistentASHA(ASHAScheduler):
         return [[(float(m), dict(r)) for m, r in bracket._rungs] for bracket in self._brackets]
 
     def _save(self) -> None:
-        filesystem, path = filesystem_for(self.state_uri)
-        data = json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped}).encode()
-        tmp = f"{path}.{uuid.uuid4().hex}.tmp"
-        with filesystem.open_output_stream(tmp) as stream:
-            stream.write(data)
-        filesystem.move(tmp, path)
+        Location.parse(self.state_uri).write_text(json.dumps({"brackets": self.rungs(),
+                                                               "num_stopped": self._num_stopped}))
 
     def on_trial_add(self, tune_controller, trial):
         self._ensure_loaded()

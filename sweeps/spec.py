@@ -23,14 +23,17 @@ Example (``search_spaces/quickstart.yaml``)::
 
 from __future__ import annotations
 
-import math
-import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import yaml
 
 from l2d.losses import METHODS
+from l2d.run import RunConfig
+from l2d.storage import Location, StorageError
+from sweeps._checks import Checker, SpecError, dataclass_fields, show
+
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
 
 #: Hyperparameters a search space may name: the learning rate and every method's weights.
 SEARCHABLE = ("lr", *sorted({name for method in METHODS.values() for name in method.defaults}))
@@ -38,10 +41,6 @@ METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
 SEARCHERS = ("tpe", "random")
 SCHEDULERS = ("asha", "none")
 TRAINERS = ("auto", "torch-trainer", "in-process")
-
-
-class SpecError(ValueError):
-    """A sweep spec is invalid; the message names the file, the field, the value and what is allowed."""
 
 
 @dataclass(frozen=True)
@@ -126,9 +125,28 @@ class SweepSpec:
         return "in-process" if self.resources.workers_per_trial == 1 else "torch-trainer"
 
     @property
-    def sweep_dir(self) -> str:
-        """``<storage>/<name>``, a local path or a URI."""
-        return f"{self.storage.rstrip('/')}/{self.name}"
+    def storage_location(self) -> Location:
+        return Location.parse(self.storage)
+
+    @property
+    def sweep_dir(self) -> Location:
+        """``<storage>/<name>``, a local folder or a URI."""
+        return self.storage_location / self.name
+
+    @property
+    def teacher_store(self) -> Location:
+        """``<storage>/teachers``: shared by every sweep of this storage."""
+        return self.storage_location / "teachers"
+
+    def base_run(self) -> RunConfig:
+        """The run every trial of this sweep starts from (a trial sets the pairing, the method, its weights and
+        the learning rate): the dataset, the recipe, the teachers' budget, the seed."""
+        return RunConfig(dataset=self.dataset.name, data_root=self.dataset.root,
+                         dataset_options=dict(self.dataset.options), image_size=self.dataset.image_size,
+                         embed_dim=self.recipe.embed_dim, epochs=self.budget.max_epochs,
+                         teacher_epochs=self.budget.teacher_epochs, batch_size=self.recipe.batch_size,
+                         weight_decay=self.recipe.weight_decay, pct_start=self.recipe.pct_start,
+                         num_workers=self.recipe.num_workers, seed=self.seed)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -140,66 +158,6 @@ class SweepSpec:
 
 # --- validation -------------------------------------------------------------------------------------------------
 
-class _Checker:
-    """Type checks that raise :class:`SpecError` naming ``source: field``."""
-
-    def __init__(self, source: str):
-        self.source = source
-
-    def fail(self, where: str, message: str) -> SpecError:
-        return SpecError(f"{self.source}: {where}: {message}")
-
-    def mapping(self, value: Any, where: str, allowed: tuple[str, ...], required: tuple[str, ...] = ()) -> dict:
-        if not isinstance(value, dict):
-            raise self.fail(where, f"expected a mapping with keys {', '.join(allowed)}, got {_show(value)}")
-        unknown = [k for k in value if k not in allowed]
-        if unknown:
-            raise self.fail(f"{where}.{unknown[0]}" if where else str(unknown[0]),
-                            f"unknown key; allowed keys: {', '.join(allowed)}")
-        for key in required:
-            if key not in value:
-                raise self.fail(f"{where}.{key}" if where else key, "is required")
-        return value
-
-    def integer(self, value: Any, where: str, minimum: int | None = None) -> int:
-        if isinstance(value, bool) or not isinstance(value, int):
-            raise self.fail(where, f"expected an integer, got {_show(value)}")
-        if minimum is not None and value < minimum:
-            raise self.fail(where, f"{value} is too small; allowed: an integer >= {minimum}")
-        return value
-
-    def number(self, value: Any, where: str, minimum: float | None = None, exclusive: bool = False) -> float:
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            raise self.fail(where, f"expected a finite number, got {_show(value)}")
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            raise self.fail(where, f"{value} is out of range; allowed: a number {'>' if exclusive else '>='} "
-                                   f"{minimum:g}")
-        return float(value)
-
-    def string(self, value: Any, where: str) -> str:
-        if not isinstance(value, str) or not value.strip():
-            raise self.fail(where, f"expected a non-empty string, got {_show(value)}")
-        return value
-
-    def choice(self, value: Any, where: str, allowed: tuple[str, ...]) -> str:
-        if value not in allowed:
-            raise self.fail(where, f"{_show(value)} is not allowed; allowed: {', '.join(allowed)}")
-        return value
-
-    def string_list(self, value: Any, where: str) -> tuple[str, ...]:
-        if not isinstance(value, list) or not value:
-            raise self.fail(where, f"expected a non-empty list of strings, got {_show(value)}")
-        return tuple(self.string(v, f"{where}[{i}]") for i, v in enumerate(value))
-
-
-def _show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
-
-
-def _dataclass_fields(cls) -> tuple[str, ...]:
-    return tuple(f.name for f in fields(cls))
-
-
 TOP_LEVEL = ("name", "dataset", "metric", "mode", "pairings", "methods", "search_space", "budget", "resources",
              "recipe", "storage", "seed", "max_student_params")
 
@@ -209,7 +167,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     from l2d.data import DATASETS, dataset_options
     from l2d.models import check_backbone_name
 
-    check = _Checker(source)
+    check = Checker(source)
     data = check.mapping(data, "", TOP_LEVEL, required=("name", "pairings", "methods"))
 
     name = check.string(data["name"], "name")
@@ -219,7 +177,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     raw_dataset = data.get("dataset", {"name": "mosaic-digits"})
     if isinstance(raw_dataset, str):
         raw_dataset = {"name": raw_dataset}
-    raw_dataset = check.mapping(raw_dataset, "dataset", _dataclass_fields(DatasetSpec), required=("name",))
+    raw_dataset = check.mapping(raw_dataset, "dataset", dataclass_fields(DatasetSpec), required=("name",))
     dataset_name = check.string(raw_dataset["name"], "dataset.name")
     if dataset_name not in DATASETS:
         raise check.fail("dataset.name", f"unknown dataset {dataset_name!r}; allowed: {', '.join(DATASETS)}")
@@ -244,7 +202,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 
     raw_pairings = data["pairings"]
     if not isinstance(raw_pairings, list) or not raw_pairings:
-        raise check.fail("pairings", f"expected a non-empty list of {{teacher, students}}, got {_show(raw_pairings)}")
+        raise check.fail("pairings", f"expected a non-empty list of {{teacher, students}}, got {show(raw_pairings)}")
     pairings = []
     for i, raw in enumerate(raw_pairings):
         raw = check.mapping(raw, f"pairings[{i}]", ("teacher", "students"), required=("teacher", "students"))
@@ -285,7 +243,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
             high = check.number(value["high"], f"{where}.high", 0.0, exclusive=positive)
             log = value.get("log", True)
             if not isinstance(log, bool):
-                raise check.fail(f"{where}.log", f"expected true or false, got {_show(log)}")
+                raise check.fail(f"{where}.log", f"expected true or false, got {show(log)}")
             if low >= high:
                 raise check.fail(where, f"empty range: low {low:g} >= high {high:g}; allowed: low < high")
             if log and low <= 0:
@@ -294,7 +252,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         else:
             search_space[key] = check.number(value, where, 0.0, exclusive=positive)
 
-    raw_budget = check.mapping(data.get("budget") or {}, "budget", _dataclass_fields(Budget))
+    raw_budget = check.mapping(data.get("budget") or {}, "budget", dataclass_fields(Budget))
     budget = Budget(**{**asdict(Budget()), **raw_budget})
     check.integer(budget.num_samples, "budget.num_samples", 1)
     check.integer(budget.max_epochs, "budget.max_epochs", 1)
@@ -309,7 +267,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     check.choice(budget.searcher, "budget.searcher", SEARCHERS)
     check.choice(budget.scheduler, "budget.scheduler", SCHEDULERS)
 
-    raw_resources = check.mapping(data.get("resources") or {}, "resources", _dataclass_fields(Resources))
+    raw_resources = check.mapping(data.get("resources") or {}, "resources", dataclass_fields(Resources))
     resources = Resources(**{**asdict(Resources()), **raw_resources})
     check.integer(resources.workers_per_trial, "resources.workers_per_trial", 1)
     check.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, exclusive=True)
@@ -321,7 +279,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         raise check.fail("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
                                               f"{resources.workers_per_trial}; allowed: torch-trainer or auto")
 
-    raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", _dataclass_fields(RecipeSpec))
+    raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", dataclass_fields(RecipeSpec))
     recipe = RecipeSpec(**{**asdict(RecipeSpec()), **raw_recipe})
     check.integer(recipe.batch_size, "recipe.batch_size", 1)
     check.number(recipe.weight_decay, "recipe.weight_decay", 0.0)
@@ -332,10 +290,10 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     check.integer(recipe.num_workers, "recipe.num_workers", 0)
 
     storage = check.string(data.get("storage", "./runs"), "storage")
-    if "://" in storage and storage.split("://", 1)[0] not in ("s3", "gs", "gcs", "file"):
-        raise check.fail("storage", f"{storage!r}: unsupported scheme; allowed: a local path, s3://, gs://")
-    if "://" not in storage:
-        storage = os.path.abspath(os.path.expanduser(storage))
+    try:
+        storage = str(Location.parse(storage, "storage"))
+    except StorageError as error:
+        raise check.fail("storage", str(error).removeprefix("storage: ")) from None
 
     seed = check.integer(data.get("seed", 0), "seed", 0)
     max_params = data.get("max_student_params")
@@ -349,7 +307,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
                      metric=metric, mode=mode, seed=seed, max_student_params=max_params)
 
 
-def _check_student_sizes(check: _Checker, pairings, max_params: int, dataset: DatasetSpec, recipe: RecipeSpec):
+def _check_student_sizes(check: Checker, pairings, max_params: int, dataset: DatasetSpec, recipe: RecipeSpec):
     """Count each student's parameters on the meta device (no memory, no weights) against the plan's limit."""
     import torch
 

@@ -1,73 +1,71 @@
 """One student trial: a Ray Tune function trainable that trains through a Ray Train ``TorchTrainer`` or in-process.
 
-With ``trainer: torch-trainer`` the Tune trial (``run_trial``) builds a TorchTrainer with the spec's
+With ``trainer: torch-trainer`` the Tune trial (:func:`run_trial`) builds a TorchTrainer with the spec's
 ScalingConfig and a deterministic ``RunConfig(name="trial-<trial id>")`` under ``<sweep>/train``; its workers
-(``train_worker``) run the loop. With ``trainer: in-process`` (single worker) the Tune trial runs the loop
-itself, in a process Tune reuses from trial to trial, and writes the checkpoints itself in the same layout.
-The loop (``_run``) is the engine of ``l2d-sweep train``: it reports every epoch (a 1-based ``epoch``, val
-metrics and loss parts, test mAP, images/s) and checkpoints every epoch from rank 0 into
-``<sweep>/train/trial-<id>/epoch-NNNN`` (the last two are kept). A trial restarted after a crash finds its
-latest checkpoint and continues from the next epoch.
+(:func:`train_worker`) run the loop. With ``trainer: in-process`` (single worker) the Tune trial runs the loop
+itself, in a process Tune reuses from trial to trial, and writes the checkpoints itself in the same layout
+(:mod:`sweeps.checkpoints`). The loop (:func:`_run`) is :func:`l2d.run.fit`, the engine of ``l2d-sweep train``: it
+reports every epoch (a 1-based ``epoch``, val metrics and loss parts, test mAP, images/s) and checkpoints every
+epoch from rank 0. A trial restarted after a crash finds its latest checkpoint and continues from the next epoch.
 
 In the driver and the Tune trial this module uses ``ray.tune``; in the workers ``ray.train``.
 """
 
 from __future__ import annotations
 
-import io
 import json
 import logging
 import os
 import tempfile
-import time
+from dataclasses import dataclass
 from typing import Any
 
-import pyarrow.fs as pafs
+from l2d.run import RunConfig
+from l2d.storage import Location
+from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, latest_checkpoint, read_checkpoint, write_checkpoint
+from sweeps.search import trial_run
 
 logger = logging.getLogger(__name__)
 
-STATE_FILE = "state.pt"
-HISTORY_FILE = "history.json"
 #: Result key of the epochs before a resume (a JSON list of metric dicts).
 HISTORY_KEY = "history_before_resume"
-#: Keys of a Tune config that are not hyperparameters of the run.
-STRUCTURE_KEYS = ("teacher", "student", "method")
 
 
-def trial_hparams(config: dict) -> tuple[dict, float | None]:
-    """Split a sampled config into the method's loss hyperparameters and the learning rate."""
-    from l2d.losses import METHODS
+@dataclass(frozen=True)
+class TrialContext:
+    """Everything a trial needs besides its sampled config (plain data, shipped to every worker).
 
-    method = METHODS[config["method"]]
-    hparams = {name: float(config[name]) for name in method.defaults if name in config}
-    lr = config.get("lr")
-    return hparams, float(lr) if lr is not None else None
+    Attributes:
+        sweep_dir: the sweep folder.
+        base: the sweep's resolved base run; each trial sets its pairing, method, weights and learning rate.
+        teacher_store: where the teachers are (filled by the teacher phase before any trial starts).
+        max_epochs: epochs of a trial that is never stopped.
+        workers_per_trial / cpus_per_worker / gpus_per_worker: a trial's resources.
+        max_failures: retries of a trial whose worker or node died.
+        trainer: ``in-process`` or ``torch-trainer`` (``auto`` already resolved).
+    """
 
+    sweep_dir: Location
+    base: RunConfig
+    teacher_store: Location
+    max_epochs: int
+    workers_per_trial: int = 1
+    cpus_per_worker: float = 1.0
+    gpus_per_worker: float = 0.0
+    max_failures: int = 0
+    trainer: str = "in-process"
 
-def _teacher_key(context: dict, teacher: str):
-    from l2d.teachers import TeacherKey
+    @classmethod
+    def from_spec(cls, spec) -> TrialContext:
+        from l2d.run import resolve
 
-    return TeacherKey(**context["teacher_keys"][teacher])
+        return cls(sweep_dir=spec.sweep_dir, base=resolve(spec.base_run()), teacher_store=spec.teacher_store,
+                   max_epochs=spec.budget.max_epochs, workers_per_trial=spec.resources.workers_per_trial,
+                   cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
+                   max_failures=spec.resources.max_failures, trainer=spec.trainer)
 
-
-def _measure_latency(model, image_size: int, device, repeats: int = 10) -> float:
-    """Median milliseconds of one forward pass on one image (eval mode, no grad)."""
-    import torch
-
-    model.eval()
-    images = torch.rand(1, 3, image_size, image_size, device=device)
-    times = []
-    with torch.inference_mode():
-        for i in range(repeats + 2):
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            start = time.perf_counter()
-            model(images)
-            if device.type == "cuda":
-                torch.cuda.synchronize()
-            if i >= 2:
-                times.append(time.perf_counter() - start)
-    return 1000 * sorted(times)[len(times) // 2]
+    def run_dir(self, trial_id: str) -> Location:
+        return self.sweep_dir / "train" / f"trial-{trial_id}"
 
 
 def _count_worker_nodes() -> int:
@@ -85,50 +83,55 @@ def _count_worker_nodes() -> int:
 
 # Per-process caches: a reused Tune trial process (in-process trials) builds each dataset split and loads each
 # teacher once, not once per trial. A Ray Train worker is a fresh process per trial and only fills them.
-_DATASETS: dict[str, Any] = {}
+_SPLITS: dict[str, Any] = {}
 _TEACHERS: dict[str, Any] = {}
 _MAX_TEACHERS = 4
 
 
-def _dataset_split(context: dict, split: str):
-    from l2d.data import build_dataset
+def _splits(config: RunConfig) -> dict:
+    from l2d.run import build_splits
 
-    dataset = context["dataset"]
-    key = json.dumps([dataset, context["image_size"]], sort_keys=True, default=str)
-    if key not in _DATASETS:
-        _DATASETS.clear()  # another dataset (another sweep in this process): keep one
-        _DATASETS[key] = {}
-    splits = _DATASETS[key]
-    if split not in splits:
-        splits[split] = build_dataset(dataset["name"], dataset["root"], split, context["image_size"],
-                                      **dataset["options"])
-    return splits[split]
+    key = json.dumps([config.dataset, config.data_root, config.dataset_options, config.image_size], sort_keys=True,
+                     default=str)
+    if key not in _SPLITS:
+        _SPLITS.clear()  # another dataset (another sweep in this process): keep one
+        _SPLITS[key] = build_splits(config)
+    return _SPLITS[key]
 
 
-def _teacher(context: dict, teacher: str, num_classes: int):
+def _teacher(config: RunConfig, store: Location):
+    from l2d.run import teacher_key
     from l2d.teachers import TeacherStore
 
-    key = _teacher_key(context, teacher)
-    cache_key = f"{context['teacher_store']}|{key.digest()}"
+    key = teacher_key(config)
+    cache_key = f"{store}|{key.digest()}"
     if cache_key not in _TEACHERS:
         while len(_TEACHERS) >= _MAX_TEACHERS:
             _TEACHERS.pop(next(iter(_TEACHERS)))
-        _TEACHERS[cache_key], _ = TeacherStore(context["teacher_store"]).load(key, num_classes)
+        _TEACHERS[cache_key], _ = TeacherStore(store).load(key, 0)
     return _TEACHERS[cache_key]
 
 
 class _RayTrainSession:
     """A Ray Train worker's view of the run: rank, device, its checkpoint, and where it reports."""
 
-    def __init__(self, config: dict):
+    def __init__(self, resume_from: Location | None):
         import ray.train
         import ray.train.torch
 
         self.device = ray.train.torch.get_device()
         self.rank = ray.train.get_context().get_world_rank()
-        self.checkpoint = ray.train.get_checkpoint()
-        if self.checkpoint is None and config.get("resume_from"):
-            self.checkpoint = ray.train.Checkpoint(config["resume_from"])
+        self.resume_from = resume_from
+
+    def restore(self) -> tuple[dict, list[dict]] | None:
+        """Ray Train's own checkpoint of this run, else the latest one on storage (a snapshot the driver lost)."""
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is not None:
+            with checkpoint.as_directory() as folder:
+                return read_checkpoint(Location.parse(folder))
+        return read_checkpoint(self.resume_from) if self.resume_from is not None else None
 
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
         import ray.train
@@ -148,116 +151,72 @@ class _InProcessSession:
     """An in-process trial: it reports to Tune and writes its ``epoch-NNNN`` checkpoints itself, in the same
     layout as Ray Train (``<sweep>/train/trial-<id>``), keeping the last two."""
 
-    def __init__(self, run_uri: str, resume_from: str | None, use_gpu: bool):
-        import ray.train
+    def __init__(self, run_dir: Location, use_gpu: bool):
         import torch
 
-        self.run_uri = run_uri
+        self.run_dir = run_dir
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.rank = 0
-        self.checkpoint = ray.train.Checkpoint(resume_from) if resume_from else None
+
+    def restore(self) -> tuple[dict, list[dict]] | None:
+        folder = latest_checkpoint(self.run_dir)
+        return read_checkpoint(folder) if folder is not None else None
 
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
         import ray.tune
-        import torch
 
-        from sweeps.results import filesystem_for
-
-        if state is None:  # nothing new to save (a trial that had finished every epoch before a crash)
-            ray.tune.report(metrics)
-            return
-        filesystem, base = filesystem_for(self.run_uri)
-        folder = f"{base}/epoch-{epoch:04d}"
-        filesystem.create_dir(folder, recursive=True)
-        with filesystem.open_output_stream(f"{folder}/{HISTORY_FILE}") as stream:
-            stream.write(json.dumps(history).encode())
-        # The state file last, under a temporary name then moved: a folder with a state file is complete.
-        buffer = io.BytesIO()
-        torch.save(state, buffer)
-        with filesystem.open_output_stream(f"{folder}/{STATE_FILE}.partial") as stream:
-            stream.write(buffer.getvalue())
-        filesystem.move(f"{folder}/{STATE_FILE}.partial", f"{folder}/{STATE_FILE}")
-        for old in _checkpoint_folders(filesystem, base)[2:]:
-            filesystem.delete_dir(old)
+        if state is not None:  # None: nothing new to save (a trial that had finished every epoch before a crash)
+            write_checkpoint(self.run_dir, epoch, state, history)
         ray.tune.report(metrics)
 
 
-def _run(context: dict, sampled: dict, session) -> None:
+def _run(context: TrialContext, config: dict, session) -> None:
     """One trial's training loop (the same in a Ray Train worker and in an in-process trial)."""
     import torch
 
-    from l2d.engine import Distiller, Recipe, unwrap
-    from l2d.models import build_model, count_parameters
+    from l2d.losses import METHODS
+    from l2d.models import count_parameters
+    from l2d.run import build_run, fit, measure_latency
 
-    torch.set_num_threads(max(1, round(context["cpus_per_worker"])))
-    splits = {split: _dataset_split(context, split) for split in ("train", "val", "test")}
-    num_classes = len(splits["train"].class_names)
-    teacher = None
-    if context["needs_teacher"][sampled["method"]]:
-        teacher = _teacher(context, sampled["teacher"], num_classes)
-    hparams, lr = trial_hparams(sampled)
-    recipe = Recipe(epochs=context["max_epochs"], lr=lr or context["default_lr"], **context["recipe"])
-    torch.manual_seed(context["seed"])
-    student = build_model(sampled["student"], num_classes, context["embed_dim"])
-    distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], sampled["method"],
-                          hparams, recipe, session.device, context["seed"])
-    history: list[dict] = []
-    if session.checkpoint is not None:
-        with session.checkpoint.as_directory() as folder:
-            distiller.load_state_dict(torch.load(os.path.join(folder, STATE_FILE), map_location="cpu",
-                                                 weights_only=True))
-            with open(os.path.join(folder, HISTORY_FILE)) as stream:
-                history = json.load(stream)
-        logger.info("resumed %s from its epoch %d checkpoint", sampled["student"], distiller.epoch)
-    latency = _measure_latency(unwrap(distiller.student), context["image_size"], session.device)
-    parameters = count_parameters(student)
-    worker_nodes = _count_worker_nodes()
+    torch.set_num_threads(max(1, round(context.cpus_per_worker)))
+    run_config = trial_run(context.base, config).replace(device=str(session.device))
+    teacher = _teacher(run_config, context.teacher_store) if METHODS[run_config.method].needs_teacher else None
+    run = build_run(run_config, splits=_splits(run_config), teacher=teacher)
+    restored = session.restore()
+    if restored is not None:
+        state, run.history = restored
+        run.distiller.load_state_dict(state)
+        logger.info("resumed %s from its epoch %d checkpoint", run_config.student, run.distiller.epoch)
+    extra = {"student_params": count_parameters(run.student), "resumed_from": float(restored is not None),
+             "latency_ms": measure_latency(run.student, run_config.image_size, session.device),
+             "worker_nodes": _count_worker_nodes()}
 
     # The first report after a resume carries the epochs before it, so that a driver that died before
-    # recording them can still fill its tables (see sweeps.runner.SweepCallback).
-    replay = json.dumps(history) if history else None
-    if history and distiller.epoch >= context["max_epochs"]:
+    # recording them can still fill its tables (see sweeps.callback.SweepCallback).
+    replay = [json.dumps(run.history)] if run.history else []
+    if run.history and run.distiller.epoch >= context.max_epochs:
         # Every epoch was done before the crash: report the last one again, to close the trial.
-        last = history[-1]
-        session.report({**last, HISTORY_KEY: replay}, int(last["epoch"]), None, history)
+        last = run.history[-1]
+        session.report({**last, HISTORY_KEY: replay[0]}, int(last["epoch"]), None, run.history)
         return
-    while distiller.epoch < context["max_epochs"]:
-        metrics = distiller.run_epoch()
-        metrics.update(student_params=parameters, latency_ms=latency, worker_nodes=worker_nodes,
-                       resumed_from=float(session.checkpoint is not None))
-        history.append({k: float(v) for k, v in metrics.items()})
-        report = dict(history[-1])
-        if replay is not None:
-            report[HISTORY_KEY], replay = replay, None
-        session.report(report, int(metrics["epoch"]), distiller.state_dict() if session.rank == 0 else None,
-                       history)
+
+    def report(metrics: dict) -> None:
+        metrics.update(extra)  # kept in the history too
+        payload = dict(metrics)
+        if replay:
+            payload[HISTORY_KEY] = replay.pop()
+        state = run.distiller.state_dict() if session.rank == 0 else None
+        session.report(payload, int(metrics["epoch"]), state, run.history)
+
+    fit(run, on_epoch=report)
 
 
 def train_worker(config: dict) -> None:
     """The per-worker loop of a TorchTrainer (Ray Train sets up the process group before calling it)."""
-    _run(config["context"], config["sampled"], _RayTrainSession(config))
+    _run(config["context"], config["config"], _RayTrainSession(config["resume_from"]))
 
 
-def _checkpoint_folders(filesystem, base: str) -> list[str]:
-    """A run folder's ``epoch-NNNN`` folders holding a state file, newest first."""
-    infos = filesystem.get_file_info(pafs.FileSelector(base, allow_not_found=True))
-    candidates = sorted((i.path for i in infos if i.type == pafs.FileType.Directory
-                         and os.path.basename(i.path).startswith("epoch-")), reverse=True)
-    return [path for path in candidates
-            if filesystem.get_file_info(f"{path}/{STATE_FILE}").type == pafs.FileType.File]
-
-
-def latest_checkpoint(run_uri: str) -> str | None:
-    """The newest ``epoch-NNNN`` checkpoint holding a state file under a trial's Ray Train run folder."""
-    from sweeps.results import filesystem_for
-
-    filesystem, base = filesystem_for(run_uri)
-    for path in _checkpoint_folders(filesystem, base):
-        return path if "://" not in run_uri else f"{run_uri.split('://')[0]}://{path}"
-    return None
-
-
-def run_trial(config: dict, context: dict) -> None:
+def run_trial(config: dict, context: TrialContext) -> None:
     """The Tune function trainable: one TorchTrainer per trial (or the loop itself, for an in-process trial),
     resumed from its own latest checkpoint."""
     import ray.train
@@ -266,40 +225,29 @@ def run_trial(config: dict, context: dict) -> None:
     from ray.tune.integration.ray_train import TuneReportCallback
 
     trial_id = ray.tune.get_context().get_trial_id()
-    sampled = normalize_config(config)
-    name = f"trial-{trial_id}"
-    train_root = f"{context['sweep_dir']}/train"
+    run_dir = context.run_dir(trial_id)
+    if context.trainer == "in-process":
+        _run(context, config, _InProcessSession(run_dir, bool(context.gpus_per_worker)))
+        return
     # Ray Train restores a run of the same name from its own snapshot; our latest checkpoint is the fallback
     # when that snapshot is missing (a driver killed between the checkpoint upload and the snapshot write).
-    resume_from = latest_checkpoint(f"{train_root}/{name}")
-    if context["trainer"] == "in-process":
-        _run(context, sampled, _InProcessSession(f"{train_root}/{name}", resume_from,
-                                                 bool(context["gpus_per_worker"])))
-        return
-    resources = {"CPU": context["cpus_per_worker"]}
-    if context["gpus_per_worker"]:
-        resources["GPU"] = context["gpus_per_worker"]
+    resources = {"CPU": context.cpus_per_worker}
+    if context.gpus_per_worker:
+        resources["GPU"] = context.gpus_per_worker
+    storage_path, filesystem = run_dir.parent.ray_storage
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"context": context, "sampled": sampled, "resume_from": resume_from},
-        scaling_config=ray.train.ScalingConfig(num_workers=context["workers_per_trial"],
-                                               use_gpu=bool(context["gpus_per_worker"]),
+        train_loop_config={"context": context, "config": config, "resume_from": latest_checkpoint(run_dir)},
+        scaling_config=ray.train.ScalingConfig(num_workers=context.workers_per_trial,
+                                               use_gpu=bool(context.gpus_per_worker),
                                                resources_per_worker=resources),
         run_config=ray.train.RunConfig(
-            name=name,
-            storage_path=train_root,
+            name=run_dir.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=context["max_failures"]),
+            failure_config=ray.train.FailureConfig(max_failures=context.max_failures),
             callbacks=[TuneReportCallback()],
         ),
     )
     trainer.fit()
-
-
-def normalize_config(config: dict[str, Any]) -> dict[str, Any]:
-    """A Tune config (define-by-run names such as ``student@resnet34``) as plain teacher/student/method/weights."""
-    result = {k: v for k, v in config.items() if not k.startswith("student@") and k != "pairing"}
-    if "pairing" in config:
-        result["teacher"] = config["pairing"]
-        result["student"] = config[f"student@{config['pairing']}"]
-    return result

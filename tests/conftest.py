@@ -1,4 +1,9 @@
-"""Shared fixtures: every test gets its own dataset cache and teacher store (nothing touches ~/.cache)."""
+"""Shared fixtures: every test gets its own dataset cache and teacher store (nothing touches ~/.cache); an S3 server."""
+
+import socket
+import subprocess
+import sys
+import time
 
 import pytest
 
@@ -8,3 +13,42 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     cache = tmp_path_factory.getbasetemp() / "l2d-cache"
     monkeypatch.setenv("L2D_SWEEP_CACHE", str(cache))
     return cache
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture
+def s3_server(monkeypatch):
+    """An S3-compatible server (moto) on 127.0.0.1 with a bucket ``sweeps``; yields its endpoint ``127.0.0.1:PORT``.
+
+    Only the credentials are in the environment: the endpoint travels in the storage URI
+    (``s3://sweeps/...?endpoint_override=127.0.0.1:PORT&scheme=http``), as a user of a MinIO or Ceph server would
+    write it.
+    """
+    pytest.importorskip("moto")
+    port = free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=1).close()
+            break
+        except OSError:
+            assert time.time() < deadline, "the S3 server did not start"
+            time.sleep(0.2)
+    for key, value in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+                       "AWS_DEFAULT_REGION": "us-east-1", "AWS_REGION": "us-east-1",
+                       "AWS_EC2_METADATA_DISABLED": "true"}.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    import boto3
+
+    boto3.client("s3", endpoint_url=f"http://127.0.0.1:{port}").create_bucket(Bucket="sweeps")
+    yield f"127.0.0.1:{port}"
+    server.terminate()
+    server.wait(timeout=10)

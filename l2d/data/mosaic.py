@@ -16,9 +16,9 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import io
 import json
 import logging
-import os
 import struct
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -28,6 +28,8 @@ import torch
 import torch.nn.functional as F
 
 from l2d.data.transforms import build_transform
+from l2d.storage import Location
+from l2d.storage import cache_dir as project_cache_dir
 
 logger = logging.getLogger(__name__)
 
@@ -78,11 +80,6 @@ class MosaicConfig:
         fields.pop("root")  # the same files anywhere give the same canvases
         fields["version"] = _CACHE_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def default_cache_dir() -> Path:
-    """``$L2D_SWEEP_CACHE`` or ``~/.cache/l2d-sweep``."""
-    return Path(os.environ.get("L2D_SWEEP_CACHE", Path.home() / ".cache" / "l2d-sweep"))
 
 
 def _read_idx(path: Path) -> np.ndarray:
@@ -202,7 +199,7 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
 
 def load_or_generate(config: MosaicConfig, cache_dir: Path | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The canvases of ``config``, from the on-disk cache when present (written atomically when not)."""
-    cache_dir = Path(cache_dir) if cache_dir is not None else default_cache_dir() / "datasets"
+    cache_dir = Path(cache_dir) if cache_dir is not None else project_cache_dir() / "datasets"
     path = cache_dir / f"mosaic-{config.source}-{config.split}-{config.cache_key()}.npz"
     if path.is_file():
         try:
@@ -211,11 +208,9 @@ def load_or_generate(config: MosaicConfig, cache_dir: Path | None = None) -> tup
         except (OSError, ValueError, KeyError) as error:
             logger.warning("%s: unreadable cache (%s); rebuilding it", path, error)
     images, targets = generate_mosaic(config)
-    cache_dir.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "wb") as stream:
-        np.savez(stream, images=images, targets=targets)
-    os.replace(tmp, path)
+    buffer = io.BytesIO()
+    np.savez(buffer, images=images, targets=targets)
+    Location.parse(path).write_bytes(buffer.getvalue())
     logger.info("cached %d %s canvases of mosaic-%s at %s", len(images), config.split, config.source, path)
     return images, targets
 

@@ -1,5 +1,6 @@
 """The engine: one epoch in one process and under a 2-process gloo group, NaN detection, resume, optimizer."""
 
+import copy
 import os
 import socket
 
@@ -108,10 +109,10 @@ def _ddp_worker(rank: int, world_size: int, port: int, cache: str, results):
         train, val, test = _splits(train=64, val=37, test=23)
         distiller = Distiller(_model(7), _model(8).eval(), train, val, test, "l2d",
                               recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), seed=1)
-        assert isinstance(distiller.student, nn.parallel.DistributedDataParallel)
+        assert isinstance(distiller.model, nn.parallel.DistributedDataParallel)
         assert len(distiller.train_loader) == 4  # 64 images: 32 per rank, in batches of 16 / 2 = 8
         metrics = distiller.run_epoch()
-        weights = next(distiller.student.module.parameters()).detach().clone()
+        weights = next(distiller.student.parameters()).detach().clone()
         results[rank] = {"metrics": metrics, "weights": weights, "val_size": len(distiller.val_loader.sampler)}
     finally:
         dist.destroy_process_group()
@@ -129,3 +130,31 @@ def test_one_ddp_epoch_with_two_gloo_processes(_isolated_cache):
     assert first["metrics"]["val_mAP"] == second["metrics"]["val_mAP"]
     assert first["val_size"] + second["val_size"] == 37
     assert first["metrics"]["images_per_s"] == pytest.approx(second["metrics"]["images_per_s"])
+
+
+def test_a_methods_connectors_are_trained_and_checkpointed():
+    train, val, test = _splits()
+    recipe = Recipe(epochs=3, batch_size=16, lr=1e-3)
+    teacher = _model(2, "test_efficientnet").eval()
+    distiller = Distiller(_model(1), teacher, train, val, test, "hint", recipe=recipe, seed=2)
+    connector = distiller.criterion.connectors["hint"]
+    before = {name: value.detach().clone() for name, value in connector.state_dict().items()}
+    optimized = {id(p) for group in distiller.optimizer.param_groups for p in group["params"]}
+    assert all(id(p) in optimized for p in connector.parameters())
+    metrics = distiller.run_epoch()
+    assert metrics["train_hint"] > 0 and np.isfinite(metrics["val_hint"])
+    assert not torch.equal(before["conv.weight"], connector.conv.weight)  # trained
+    assert not torch.equal(before["norm.running_mean"], connector.norm.running_mean)
+    state = copy.deepcopy(distiller.state_dict())  # the live tensors change in the next epoch
+    torch.testing.assert_close(state["criterion"]["connectors.hint.conv.weight"], connector.conv.weight)
+    straight = distiller.run_epoch()
+
+    resumed = Distiller(_model(50), teacher, train, val, test, "hint", recipe=recipe, seed=2)
+    resumed.load_state_dict(state)
+    torch.testing.assert_close(resumed.criterion.connectors["hint"].conv.weight, state["criterion"]["connectors.hint.conv.weight"])
+    again = resumed.run_epoch()
+    assert again["train_hint"] == pytest.approx(straight["train_hint"], rel=1e-5)
+    assert again["val_mAP"] == pytest.approx(straight["val_mAP"], abs=1e-6)
+    without = {k: v for k, v in state.items() if k != "criterion"}
+    with pytest.raises(ValueError, match="lacks the trainable modules of method 'hint'"):
+        Distiller(_model(50), teacher, train, val, test, "hint", recipe=recipe, seed=2).load_state_dict(without)

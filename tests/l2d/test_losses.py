@@ -231,10 +231,14 @@ def _outputs(batch=6, classes=5, dim=8, features=12, seed=0):
     return output(), output(), targets
 
 
-@pytest.mark.parametrize("method", sorted(losses.METHODS))
+OUTPUT_METHODS = sorted(m for m in losses.METHODS
+                        if not any(losses.TERMS[t].stages for t in losses.METHODS[m].terms))
+
+
+@pytest.mark.parametrize("method", OUTPUT_METHODS)
 def test_every_method_runs_and_reports_its_parts(method):
     student, teacher, targets = _outputs()
-    student = ModelOutput(*(t.requires_grad_(True) for t in student))
+    student = student.map(lambda t: t.requires_grad_(True))
     total, parts = distillation_loss(method, student, teacher, targets)
     assert tuple(parts) == losses.loss_parts(method)
     hparams = method_hparams(method)
@@ -281,3 +285,47 @@ def test_registry_errors_name_the_problem():
         method_hparams("mld", {"lambda_mld": -1.0})
     with pytest.raises(ValueError, match="needs a teacher"):
         distillation_loss("l2d", _outputs()[0], None, _outputs()[2])
+
+
+# --- Feature-level methods: stages and connectors --------------------------------------------------------------
+
+def test_hint_loss_by_hand():
+    connector = losses.HintConnector(3, 3).eval()
+    with torch.no_grad():
+        connector.conv.weight.copy_(torch.eye(3).view(3, 3, 1, 1))
+    scale = 1 / (1 + connector.norm.eps) ** 0.5  # BatchNorm in eval with its initial running statistics
+    student = torch.arange(2 * 3 * 4 * 4, dtype=torch.float32).view(2, 3, 4, 4) / 50
+    teacher = torch.ones(2, 3, 2, 2)
+    # The student's 4 x 4 map is average-pooled to the teacher's 2 x 2 before the squared error.
+    pooled = student.view(2, 3, 2, 2, 2, 2).mean((3, 5)) * scale
+    expected = ((pooled - teacher) ** 2).mean()
+    torch.testing.assert_close(losses.hint_loss(student, teacher, connector), expected)
+    # Same sizes: a plain mean squared error; identical maps give 0.
+    assert losses.hint_loss(teacher / scale, teacher, connector).item() == pytest.approx(0.0, abs=1e-10)
+
+
+def test_hint_criterion_asks_for_the_last_stage_and_owns_a_connector():
+    from l2d.models import build_model, stage_channels
+
+    student, teacher = build_model("test_resnet", 5, 16), build_model("test_efficientnet", 5, 16).eval()
+    criterion = losses.DistillationCriterion("hint", None, student, teacher)
+    last_student, last_teacher = len(stage_channels(student)) - 1, len(stage_channels(teacher)) - 1
+    assert criterion.student_stages == (last_student,) and criterion.teacher_stages == (last_teacher,)
+    connector = criterion.connectors["hint"]
+    assert connector.conv.in_channels == stage_channels(student)[-1]
+    assert connector.conv.out_channels == stage_channels(teacher)[-1]
+    images = torch.rand(4, 3, 32, 32)
+    student_output = student(images, stages=criterion.student_stages)
+    teacher_output = teacher(images, stages=criterion.teacher_stages)
+    assert student_output.stages[0].shape[1] == stage_channels(student)[-1]
+    total, parts = criterion(student_output, teacher_output, (torch.rand(4, 5) < 0.5).float())
+    assert set(parts) == {"bce", "hint"}
+    torch.testing.assert_close(total.detach(), parts["bce"] + 100.0 * parts["hint"])
+    total.backward()
+    assert connector.conv.weight.grad is not None and connector.conv.weight.grad.abs().sum() > 0
+    # Without the models the criterion cannot size its connector.
+    with pytest.raises(ValueError, match="needs the student and the teacher"):
+        distillation_loss("hint", student_output, teacher_output, torch.zeros(4, 5))
+    # An output-level method has no stages and no parameters.
+    plain = losses.DistillationCriterion("l2d")
+    assert plain.student_stages == () and not list(plain.parameters())

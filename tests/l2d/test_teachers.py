@@ -6,9 +6,12 @@ import multiprocessing
 import pytest
 import torch
 
-from l2d.teachers import TeacherKey, TeacherStore, train_teacher
+from l2d.run import RunConfig, teacher_key, train_teacher
+from l2d.teachers import TeacherKey, TeacherStore
 
 TINY_RECIPE = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "pct_start": 0.2}
+TINY_RUN = RunConfig(dataset="mosaic-digits", dataset_options={"size": 64}, image_size=16, embed_dim=32,
+                     teacher="test_resnet", teacher_epochs=1, teacher_lr=1e-3, batch_size=16)
 
 
 def _key(**changes) -> TeacherKey:
@@ -18,13 +21,20 @@ def _key(**changes) -> TeacherKey:
     return TeacherKey(**fields)
 
 
+def test_the_run_config_gives_the_key():
+    assert teacher_key(TINY_RUN) == _key()
+    assert teacher_key(TINY_RUN.replace(seed=3)) == _key(seed=3)
+    # The student's settings are not the teacher's.
+    assert teacher_key(TINY_RUN.replace(student="resnet18", lr=0.5, epochs=9, method="kd")) == _key()
+
+
 def test_trained_once_then_loaded(tmp_path):
     store = TeacherStore(str(tmp_path / "store"))
     calls = []
 
     def train():
         calls.append(1)
-        return train_teacher(_key())
+        return train_teacher(TINY_RUN)
 
     model, card, trained = store.get_or_train(_key(), 10, train)
     assert trained and len(calls) == 1
@@ -63,7 +73,7 @@ def _ask(store_path, cache, queue):
     os.environ["L2D_SWEEP_CACHE"] = cache
     torch.set_num_threads(1)
     store = TeacherStore(store_path)
-    _, card, trained = store.get_or_train(_key(), 10, lambda: train_teacher(_key()))
+    _, card, trained = store.get_or_train(_key(), 10, lambda: train_teacher(TINY_RUN))
     queue.put((card["digest"], trained))
 
 

@@ -59,6 +59,11 @@ def test_train_end_to_end(tmp_path, capsys):
     assert main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "kd",
                  "--epochs", "1", "--out", str(tmp_path / "run2"), *TINY]) == 0
     assert "training teacher" not in capsys.readouterr().err
+    # A feature-level method (a trainable connector on the last stage) through the same command.
+    assert main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "hint",
+                 "--lambda-hint", "20", "--epochs", "1", "--out", str(tmp_path / "run3"), *TINY]) == 0
+    hint = json.loads((tmp_path / "run3" / "metrics.json").read_text())
+    assert hint["config"]["hparams"] == {"lambda_hint": 20.0} and hint["final"]["train_hint"] > 0
 
 
 def test_teacher_command_trains_then_loads(tmp_path, capsys):
@@ -79,9 +84,9 @@ def test_teacher_command_trains_then_loads(tmp_path, capsys):
     (["train", "--lambda-cd", "-1"], "--lambda-cd: must be a finite number >= 0"),
     (["train", "--method", "kd", "--lambda-cd", "5"], "method 'kd' has no hyperparameter 'lambda_cd'"),
     (["train", "--student", "resnet_18"], "unknown backbone 'resnet_18'"),
-    (["train", "--dataset", "coco2014"], "needs root="),
+    (["train", "--dataset", "coco2014"], "needs a root folder"),
     (["teacher", "--dataset-option", "nonsense"], "expected KEY=VALUE"),
-    (["train", "--dataset-option", "sizes=3", "--teacher-epochs", "1"], "unknown mosaic option"),
+    (["train", "--dataset-option", "sizes=3", "--teacher-epochs", "1"], "unknown mosaic-digits option 'sizes'"),
 ])
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     argv = [*args, "--out", str(tmp_path / "x")] if args[0] == "train" else args
@@ -100,3 +105,25 @@ def test_dataset_command(capsys):
     out = capsys.readouterr().out
     assert out.startswith("mosaic-digits/val: 200 images, 10 classes")
     assert "most frequent pairs" in out
+
+
+def test_teacher_train_and_a_sweep_share_one_teacher_key():
+    from l2d.run import teacher_key
+    from sweeps.cli import build_parser
+    from sweeps.cli.single import teacher_command_config, train_command_config
+    from sweeps.spec import parse_spec
+    from tests.sweeps.conftest import TINY_SPEC
+
+    spec = parse_spec({**TINY_SPEC, "storage": "/tmp/unused"})
+    sweep_key = teacher_key(spec.base_run().replace(teacher="test_resnet"))
+    data = ["--dataset-option", "scale=0.05", "--image-size", "32", "--embed-dim", "32", "--batch-size", "16"]
+    parser = build_parser()
+    teacher_args = parser.parse_args(["teacher", "--backbone", "test_resnet", "--epochs", "1", *data])
+    train_args = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student",
+                                    "test_convnext", "--lr", "0.01", "--epochs", "7", "--method", "kd", *data])
+    assert teacher_key(teacher_command_config(teacher_args)) == sweep_key
+    assert teacher_key(train_command_config(train_args)) == sweep_key  # the student's lr and epochs are not the key
+    # The teacher's own settings are.
+    other = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--teacher-lr", "0.01",
+                               *data])
+    assert teacher_key(train_command_config(other)) != sweep_key

@@ -1,51 +1,19 @@
 """A sweep whose storage is S3: an S3-compatible server (moto) on 127.0.0.1, a small sweep, its resume, results.
 
-Everything goes through the ordinary code paths: pyarrow's S3 filesystem (pointed at the local server by
-AWS_ENDPOINT_URL), Ray Tune's and Ray Train's storage, the teacher store and the Parquet results.
+The endpoint travels in the storage URI (``s3://sweeps/runs?endpoint_override=127.0.0.1:PORT&scheme=http``), so
+every path the sweep builds must keep the URI's options out of its paths. Everything goes through the ordinary code
+paths: Ray Tune's and Ray Train's storage, the teacher store, the checkpoints and the Parquet results. The trial
+uses the ``hint`` method, whose trainable connector must be checkpointed with the student.
 """
 
+import io
 import os
-import socket
 import subprocess
 import sys
-import time
 
 import pytest
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def s3_server(monkeypatch):
-    pytest.importorskip("moto")
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=1).close()
-            break
-        except OSError:
-            assert time.time() < deadline, "the S3 server did not start"
-            time.sleep(0.2)
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_REGION": "us-east-1", "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    import boto3
-
-    boto3.client("s3", endpoint_url=env["AWS_ENDPOINT_URL"]).create_bucket(Bucket="sweeps")
-    yield "s3://sweeps/runs"
-    server.terminate()
-    server.wait(timeout=10)
 
 
 def _cli(*args, timeout=700):
@@ -54,29 +22,48 @@ def _cli(*args, timeout=700):
 
 
 def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
-    import pyarrow.fs as pafs
+    import torch
 
-    path = tiny_spec(name="on-s3", storage=s3_server,
+    from l2d.storage import Location
+
+    storage = f"s3://sweeps/runs?endpoint_override={s3_server}&scheme=http"
+    path = tiny_spec(name="on-s3", storage=storage, methods=["hint"], search_space={"lr": 2e-3},
                      budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
                              "teacher_epochs": 1})
     run = _cli("run", str(path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
-    sweep = f"{s3_server}/on-s3"
-    filesystem, base = pafs.FileSystem.from_uri(sweep)
+    root = Location.parse(storage)
+    sweep = root / "on-s3"
     for name in ("spec.yaml", "asha.json", "results/trials.parquet", "results/epochs.parquet"):
-        assert filesystem.get_file_info(f"{base}/{name}").type == pafs.FileType.File, name
-    teachers = filesystem.get_file_info(pafs.FileSelector("sweeps/runs/teachers", recursive=True))
-    assert any(info.path.endswith("card.json") for info in teachers)
-    checkpoints = filesystem.get_file_info(pafs.FileSelector(f"{base}/train", recursive=True))
-    assert any(info.path.endswith("/state.pt") for info in checkpoints)  # epoch checkpoints live in the bucket
+        assert (sweep / name).is_file(), name
+    assert any((entry / "card.json").is_file() for entry in (root / "teachers").list())
+    # Nothing was written under a path holding the URI's options.
+    assert [entry.name for entry in root.list()] == ["on-s3", "teachers"]
+    trial_dirs = (sweep / "train").list()
+    assert len(trial_dirs) == 1
+    checkpoints = [folder for folder in trial_dirs[0].list() if folder.name.startswith("epoch-")]
+    assert [folder.name for folder in checkpoints] == ["epoch-0001", "epoch-0002"]  # checkpoints live in the bucket
+    state = torch.load(io.BytesIO((checkpoints[-1] / "state.pt").read_bytes()), weights_only=True)
+    assert state["method"] == "hint" and "connectors.hint.conv.weight" in state["criterion"]
 
     # Resuming a finished sweep runs nothing again.
-    resumed = _cli("resume", sweep)
+    resumed = _cli("resume", str(sweep))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert " started: " not in resumed.stdout
 
-    results = _cli("results", sweep, "--sql", "SELECT count(*) AS trials FROM trials", "--format", "csv")
+    results = _cli("results", str(sweep), "--sql", "SELECT count(*) AS trials, min(method) AS method FROM trials",
+                   "--format", "csv")
     assert results.returncode == 0, results.stderr
-    assert results.stdout.splitlines() == ["trials", "1"]
-    status = _cli("status", sweep)
+    assert results.stdout.splitlines() == ["trials,method", "1,hint"]
+    status = _cli("status", str(sweep))
     assert status.returncode == 0 and "trials by state:" in status.stdout
+
+
+def test_credentials_in_the_storage_uri_are_refused_before_anything_is_written(tiny_spec, tmp_path):
+    path = tiny_spec(name="secret")
+    done = _cli("run", str(path), "--storage", "s3://AKIDEXAMPLE:s3cr3tvalue@sweeps/runs", timeout=120)
+    assert done.returncode == 2
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and "carries credentials in the URI" in lines[0], done.stderr
+    assert "s3cr3tvalue" not in done.stderr + done.stdout
+    assert not (tmp_path / "sweeps").exists()

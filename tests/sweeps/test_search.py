@@ -5,10 +5,10 @@ from types import SimpleNamespace
 
 import optuna
 
-from sweeps.runner import DefineByRunSpace, first_points
+from sweeps.search import DefineByRunSpace, decode, first_points
 from sweeps.scheduler import PersistentASHA
 from sweeps.spec import parse_spec
-from sweeps.trial import normalize_config
+
 from tests.sweeps.test_spec import _spec
 
 
@@ -35,7 +35,7 @@ def test_space_is_conditional_and_fixed_values_are_constants():
             assert constants == {} and set(trial.params) == {"pairing", "student@test_resnet", "method"}
         study.tell(trial, 0.0)
     assert seen_methods == {"l2d", "kd", "bce"}
-    flat = normalize_config({**trial.params, **constants})
+    flat = decode({**trial.params, **constants})
     assert flat["teacher"] == "test_resnet" and "student@test_resnet" not in flat
     pickle.dumps(space)  # Tune saves the searcher, space included
 

@@ -27,7 +27,7 @@ def test_valid_spec_parses():
     assert spec.name == "tiny" and spec.methods == ("l2d", "kd")
     assert spec.search_space["lambda_mld"] == Range(1.0, 100.0, True)
     assert spec.budget.max_epochs == 3 and spec.resources.max_concurrent_trials == 1
-    assert spec.sweep_dir == "/tmp/unused-storage/tiny"
+    assert str(spec.sweep_dir) == "/tmp/unused-storage/tiny"
     assert parse_spec(spec.to_dict()) == spec  # the saved copy round-trips
     assert (spec.budget.searcher, spec.budget.scheduler, spec.resources.trainer) == ("tpe", "asha", "auto")
 
@@ -104,7 +104,7 @@ def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsy
 def test_shipped_specs_are_valid(name):
     from pathlib import Path
 
-    from sweeps.runner import first_points
+    from sweeps.search import first_points
 
     spec = load_spec(str(Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml"))
     assert spec.budget.num_samples >= 8

@@ -36,9 +36,14 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     # Any kd trial gets an infinite weight: its loss overflows, and it must be recorded as failed.
     path = tiny_spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3},
                                    "lambda_kd": 1e39})
+    # The teacher, trained first by `l2d-sweep teacher` with the spec's settings, is the one the sweep uses.
+    assert main(["teacher", "--backbone", "test_resnet", "--epochs", "1", "--store", str(tmp_path / "sweeps" / "teachers"),
+                 "--dataset-option", "scale=0.05", "--image-size", "32", "--embed-dim", "32", "--batch-size", "16"]) == 0
+    assert "trained and stored" in capsys.readouterr().out
     assert main(["run", str(path)]) == 0
     printed = capsys.readouterr().out
     assert "leaderboard of" in printed and "teacher phase" in printed
+    assert "teacher test_resnet: loaded" in printed
     sweep = tmp_path / "sweeps" / "tiny"
 
     trials = pq.read_table(sweep / "results" / "trials.parquet")

@@ -1,0 +1,282 @@
+"""One distillation run from one typed configuration: ``l2d-sweep train``, teacher training, every sweep trial and
+the benchmarks build and fit their runs here.
+
+    config = resolve(RunConfig(dataset="mosaic-digits", teacher="resnet14t", student="resnet10t", method="l2d"))
+    run = build_run(config, teacher_store=TeacherStore("~/.cache/l2d-sweep/teachers"))
+    history = fit(run, on_epoch=lambda metrics: print(metrics["val_mAP"]))
+
+:func:`resolve` fills every field left ``None`` from the dataset's defaults (:data:`l2d.data.DATASETS`) and checks
+the rest; a resolved configuration determines the run. :func:`teacher_key` derives the teacher store's key from
+it, so the same settings give the same teacher whether they come from ``l2d-sweep train``, ``l2d-sweep teacher``
+or a sweep spec. A teacher is itself a run (:func:`teacher_config`: the teacher's backbone trained with BCE alone
+for the teacher's epochs and learning rate).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
+
+import torch
+
+from l2d.engine import Distiller, ProgressFn, Recipe
+from l2d.teachers import TeacherKey, TeacherStore
+
+logger = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+EpochFn = Callable[[dict], None]
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that determines one distillation run; ``None`` means "the dataset's default".
+
+    Attributes:
+        dataset / data_root / dataset_options / image_size: the data (see :func:`l2d.data.build_dataset`).
+        teacher / student: timm backbone names.
+        embed_dim: label-wise embedding size D of both models.
+        method / hparams: the distillation method and overrides of its default weights.
+        epochs / lr: the student's epochs and OneCycle max learning rate.
+        teacher_epochs / teacher_lr: the same for training the teacher (when the store lacks it).
+        batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
+        seed: seeds the models' initialisation and the data order.
+        device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
+        student_weights: a local file of initial weights for the student (see :func:`l2d.models.load_pretrained`).
+    """
+
+    dataset: str = "mosaic-digits"
+    data_root: str | None = None
+    dataset_options: dict = field(default_factory=dict)
+    image_size: int | None = None
+    teacher: str | None = None
+    student: str | None = None
+    embed_dim: int | None = None
+    method: str = "l2d"
+    hparams: dict = field(default_factory=dict)
+    epochs: int | None = None
+    lr: float | None = None
+    teacher_epochs: int | None = None
+    teacher_lr: float | None = None
+    batch_size: int = 64
+    weight_decay: float = 1e-4
+    pct_start: float = 0.2
+    num_workers: int = 0
+    amp: bool = True
+    seed: int = 0
+    device: str | None = None
+    student_weights: str | None = None
+
+    def replace(self, **changes) -> RunConfig:
+        return dataclasses.replace(self, **changes)
+
+    @property
+    def student_recipe(self) -> Recipe:
+        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
+                      pct_start=self.pct_start, num_workers=self.num_workers, amp=self.amp)
+
+    @property
+    def teacher_recipe(self) -> Recipe:
+        return Recipe(epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.teacher_lr,
+                      weight_decay=self.weight_decay, pct_start=self.pct_start, num_workers=self.num_workers,
+                      amp=self.amp)
+
+
+def resolve(config: RunConfig) -> RunConfig:
+    """``config`` with every default filled in and every field checked (idempotent).
+
+    Raises:
+        ValueError: an unknown dataset, backbone or method, a weight the method does not have, a bad recipe value;
+            the message names the field and what is allowed.
+    """
+    from l2d.data import DATASETS, dataset_options
+    from l2d.losses import method_hparams
+    from l2d.models import check_backbone_name
+
+    if config.dataset not in DATASETS:
+        raise ValueError(f"unknown dataset {config.dataset!r}; allowed: {', '.join(DATASETS)}")
+    info = DATASETS[config.dataset]
+    if info.needs_root and not config.data_root:
+        raise ValueError(f"dataset {config.dataset!r} needs a root folder (the folder of its files)")
+    allowed = dataset_options(config.dataset)
+    unknown = sorted(set(config.dataset_options) - set(allowed))
+    if unknown:
+        raise ValueError(f"unknown {config.dataset} option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    resolved = config.replace(
+        image_size=config.image_size or info.image_size, embed_dim=config.embed_dim or info.embed_dim,
+        teacher=config.teacher or info.teacher, student=config.student or info.student,
+        epochs=config.epochs or info.epochs, lr=config.lr or info.lr,
+        teacher_epochs=config.teacher_epochs or info.teacher_epochs, teacher_lr=config.teacher_lr or info.lr,
+        hparams=method_hparams(config.method, config.hparams), dataset_options=dict(config.dataset_options))
+    for name in (resolved.teacher, resolved.student):
+        check_backbone_name(name)
+    if resolved.image_size < 8:
+        raise ValueError(f"image_size must be >= 8, got {resolved.image_size}")
+    if resolved.embed_dim < 8 or resolved.embed_dim % 8:
+        raise ValueError(f"embed_dim must be a multiple of 8 (the attention heads), got {resolved.embed_dim}")
+    resolved.student_recipe, resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
+    resolve_device(resolved.device)
+    return resolved
+
+
+def resolve_device(name: str | None) -> torch.device:
+    """``name`` as a torch device (default: cuda when available, else cpu).
+
+    Raises:
+        ValueError: a name torch does not know, or a CUDA device on a machine without one.
+    """
+    if name is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except (RuntimeError, ValueError):
+        raise ValueError(f"unknown device {name!r}; allowed: cpu, cuda, cuda:N") from None
+    if device.type not in ("cpu", "cuda"):
+        raise ValueError(f"device {name!r} is not supported; allowed: cpu, cuda, cuda:N")
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise ValueError(f"device {name!r} asked for, but no CUDA device is available")
+        if device.index is not None and device.index >= torch.cuda.device_count():
+            raise ValueError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    return device
+
+
+def teacher_config(config: RunConfig) -> RunConfig:
+    """The run that trains ``config``'s teacher: its backbone with BCE alone, the teacher's epochs and lr."""
+    config = resolve(config)
+    return config.replace(student=config.teacher, method="bce", hparams={}, epochs=config.teacher_epochs,
+                          lr=config.teacher_lr, student_weights=None)
+
+
+def teacher_key(config: RunConfig) -> TeacherKey:
+    """The teacher store's key of ``config``'s teacher (the same settings give the same key everywhere)."""
+    config = resolve(config)
+    recipe = {"epochs": config.teacher_epochs, "batch_size": config.batch_size, "lr": config.teacher_lr,
+              "weight_decay": config.weight_decay, "pct_start": config.pct_start}
+    return TeacherKey(dataset=config.dataset, backbone=config.teacher, image_size=config.image_size,
+                      embed_dim=config.embed_dim, recipe=recipe, seed=config.seed,
+                      dataset_options=dict(config.dataset_options))
+
+
+def build_splits(config: RunConfig) -> dict[str, torch.utils.data.Dataset]:
+    """The train, val and test splits of ``config``'s dataset."""
+    from l2d.data import build_dataset
+
+    config = resolve(config)
+    return {split: build_dataset(config.dataset, config.data_root, split, config.image_size, **config.dataset_options)
+            for split in SPLITS}
+
+
+@dataclass
+class Run:
+    """A built run: its resolved configuration, data, models and the engine that trains them.
+
+    Attributes:
+        history: the metrics of every epoch done so far (filled by :func:`fit`; restored by a resume).
+    """
+
+    config: RunConfig
+    splits: dict
+    teacher: torch.nn.Module | None
+    teacher_card: dict | None
+    student: torch.nn.Module
+    distiller: Distiller
+    history: list[dict] = field(default_factory=list)
+
+
+def get_teacher(config: RunConfig, store: TeacherStore, splits: Mapping | None = None,
+                on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None):
+    """``config``'s teacher from the store, trained into it first when missing: ``(model, card, trained)``."""
+    config = resolve(config)
+    return store.get_or_train(teacher_key(config), 0, lambda: train_teacher(config, splits, on_epoch, batch_progress))
+
+
+def train_teacher(config: RunConfig, splits: Mapping | None = None, on_epoch: EpochFn | None = None,
+                  batch_progress: ProgressFn | None = None) -> tuple[torch.nn.Module, dict]:
+    """Train ``config``'s teacher (:func:`teacher_config`); returns ``(model, card fields)``."""
+    from l2d.models import count_parameters
+
+    run = build_run(teacher_config(config), splits=splits)
+    history = fit(run, on_epoch=on_epoch, batch_progress=batch_progress, test="last")
+    last = history[-1]
+    fields = {
+        "backbone": run.config.student,
+        "val_mAP": last["val_mAP"],
+        "test_mAP": last["test_mAP"],
+        "epochs": len(history),
+        "parameters": count_parameters(run.student),
+        "class_names": list(run.splits["train"].class_names),
+        "history": history,
+    }
+    return run.student.cpu().eval(), fields
+
+
+def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torch.nn.Module | None = None,
+              teacher_store: TeacherStore | None = None, teacher_card: dict | None = None) -> Run:
+    """Build ``config``'s run: the splits (unless given), the teacher (given, or from ``teacher_store``), the
+    student (seeded by ``config.seed``) and the engine. Nothing is trained yet.
+
+    Raises:
+        ValueError: the method needs a teacher and neither ``teacher`` nor ``teacher_store`` was given.
+    """
+    from l2d.losses import METHODS
+    from l2d.models import build_model
+
+    config = resolve(config)
+    splits = dict(splits) if splits is not None else build_splits(config)
+    if METHODS[config.method].needs_teacher and teacher is None:
+        if teacher_store is None:
+            raise ValueError(f"method {config.method!r} needs a teacher: give one or a teacher store")
+        teacher, teacher_card, _ = get_teacher(config, teacher_store, splits)
+    if not METHODS[config.method].needs_teacher:
+        teacher, teacher_card = None, None
+    torch.manual_seed(config.seed)
+    student = build_model(config.student, len(splits["train"].class_names), config.embed_dim,
+                          pretrained=config.student_weights)
+    distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], config.method,
+                          config.hparams, config.student_recipe, resolve_device(config.device), config.seed)
+    return Run(config, splits, teacher, teacher_card, student, distiller)
+
+
+def fit(run: Run, on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None,
+        test: str = "every") -> list[dict]:
+    """Train ``run`` from its next epoch to its last; returns its whole history.
+
+    Args:
+        on_epoch: called with each epoch's metrics (all floats) right after the epoch: report, checkpoint, log.
+        batch_progress: the engine's per-batch callback (``(batch, batches, values)``).
+        test: ``every`` evaluates the test split every epoch, ``last`` only after the last one (selection never
+            looks at test; this only saves time).
+    """
+    if test not in ("every", "last"):
+        raise ValueError(f"test must be 'every' or 'last', got {test!r}")
+    distiller = run.distiller
+    while distiller.epoch < distiller.recipe.epochs:
+        last = distiller.epoch + 1 == distiller.recipe.epochs
+        metrics = distiller.run_epoch(batch_progress, evaluate_test=test == "every" or last)
+        metrics = {name: float(value) for name, value in metrics.items()}
+        run.history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    return run.history
+
+
+def measure_latency(model: torch.nn.Module, image_size: int, device: torch.device, repeats: int = 10) -> float:
+    """Median milliseconds of one forward pass on one image (eval mode, no grad)."""
+    model.eval()
+    images = torch.rand(1, 3, image_size, image_size, device=device)
+    times = []
+    with torch.inference_mode():
+        for i in range(repeats + 2):
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            start = time.perf_counter()
+            model(images)
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            if i >= 2:
+                times.append(time.perf_counter() - start)
+    return 1000 * sorted(times)[len(times) // 2]

@@ -1,0 +1,248 @@
+"""One home for paths and URIs: a local folder or an ``s3://`` / ``gs://`` URI, parsed once.
+
+Every module of the project reaches files through :class:`Location`; none checks for ``"://"`` itself::
+
+    root = Location.parse("s3://bucket/sweeps?endpoint_override=127.0.0.1:9000&scheme=http")
+    spec = root / "quickstart" / "spec.yaml"   # s3://bucket/sweeps/quickstart/spec.yaml?endpoint_override=...
+    spec.write_text("...")                     # to a temporary name, then moved into place
+    spec.read_text(), spec.exists(), (root / "quickstart").list(), (root / "quickstart").delete()
+
+A URI's query parameters are options of its filesystem (pyarrow's ``FileSystem.from_uri`` reads them: an S3
+endpoint, a region, ``scheme=http``...): they stay attached to the location and every location joined to it,
+and never end up inside a path. Credentials never go in a URI (they would be copied into ``spec.yaml``, logs
+and Ray's state): a URI with ``user:secret@`` or a key/secret/token parameter is refused; give them through the
+environment or the cloud's credential chain.
+
+The cache directory of datasets, teachers and staged TensorBoard files is :func:`cache_dir`.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import parse_qsl, urlsplit
+
+import pyarrow.fs as pafs
+
+#: URI schemes a location may have (``gcs`` is an alias of ``gs``; ``file`` is a local path).
+SCHEMES = ("s3", "gs", "gcs", "file")
+#: Query parameters that would put a credential in a URI.
+_SECRET_PARAMETERS = ("access_key", "secret_key", "session_token", "password", "token", "credentials")
+
+
+class StorageError(ValueError):
+    """A storage location is malformed, unsupported, or carries credentials; the message names it."""
+
+
+def cache_dir() -> Path:
+    """The local cache: ``$L2D_SWEEP_CACHE``, or ``~/.cache/l2d-sweep``."""
+    return Path(os.environ.get("L2D_SWEEP_CACHE", Path.home() / ".cache" / "l2d-sweep"))
+
+
+def _redact(text: str) -> str:
+    """``text`` with any ``user:secret@`` part and every query value of a URI masked, for error messages."""
+    if "://" not in text:
+        return text
+    scheme, rest = text.split("://", 1)
+    if "@" in rest.split("/", 1)[0]:
+        rest = "***@" + rest.split("@", 1)[1]
+    if "?" in rest:
+        rest, query = rest.split("?", 1)
+        rest += "?" + "&".join(f"{part.split('=', 1)[0]}=***" for part in query.split("&"))
+    return f"{scheme}://{rest}"
+
+
+@functools.lru_cache(maxsize=32)
+def _filesystem(scheme: str, bucket: str, query: str) -> pafs.FileSystem:
+    if not scheme:
+        return pafs.LocalFileSystem()
+    # The bucket with its options (pyarrow resolves an S3 bucket's region from it); the path stays ours.
+    filesystem, _ = pafs.FileSystem.from_uri(f"{scheme}://{bucket}{'?' + query if query else ''}")
+    return filesystem
+
+
+@dataclass(frozen=True)
+class Location:
+    """A file or folder: local (``scheme == ""``, ``path`` absolute) or remote (``path`` is ``bucket/key``).
+
+    Immutable and picklable (a plain value: Ray ships it to workers); its filesystem is created on first use
+    and shared by every location with the same scheme, bucket and options.
+    """
+
+    scheme: str
+    path: str
+    query: str = ""
+
+    # --- construction -------------------------------------------------------------------------------------------
+
+    @classmethod
+    def parse(cls, text: str | os.PathLike | Location, what: str = "storage") -> Location:
+        """Parse a local path (``~`` expanded, made absolute) or a URI.
+
+        Raises:
+            StorageError: an unsupported scheme, a URI without a bucket, or credentials in the URI; the message
+                names ``what`` and the (redacted) value.
+        """
+        if isinstance(text, Location):
+            return text
+        text = os.fspath(text)
+        if not isinstance(text, str) or not text.strip():
+            raise StorageError(f"{what}: expected a folder or a URI, got {text!r}")
+        if "://" not in text:
+            return cls("", os.path.abspath(os.path.expanduser(text)))
+        scheme = text.split("://", 1)[0].lower()
+        if scheme not in SCHEMES:
+            raise StorageError(f"{what}: {_redact(text)!r}: unsupported scheme {scheme!r}; allowed: a local path, "
+                               f"s3://, gs://, file://")
+        parts = urlsplit(text)
+        if "@" in parts.netloc:
+            raise StorageError(f"{what}: {_redact(text)!r} carries credentials in the URI; remove them and give them "
+                               f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                               f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain")
+        options = parse_qsl(parts.query, keep_blank_values=True)
+        secret = [key for key, _ in options if key.lower() in _SECRET_PARAMETERS]
+        if secret:
+            raise StorageError(f"{what}: {_redact(text)!r} carries a credential parameter ({secret[0]}) in the URI; "
+                               f"give credentials through the environment or the cloud's credential chain")
+        if scheme == "file":
+            return cls("", os.path.abspath(os.path.expanduser(parts.netloc + parts.path)))
+        if not parts.netloc:
+            raise StorageError(f"{what}: {_redact(text)!r} has no bucket (expected {scheme}://BUCKET/PREFIX)")
+        path = "/".join(p for p in f"{parts.netloc}/{parts.path}".split("/") if p)
+        return cls("gs" if scheme == "gcs" else scheme, path, "&".join(f"{k}={v}" for k, v in sorted(options)))
+
+    def __truediv__(self, part: str) -> Location:
+        return self.join(part)
+
+    def join(self, *parts: str) -> Location:
+        """This location with ``parts`` appended (each may hold ``/``; empty parts are skipped)."""
+        pieces = [p for part in parts for p in str(part).split("/") if p]
+        if any(p in (".", "..") for p in pieces):
+            raise StorageError(f"{self}: refusing a relative part in {parts!r}")
+        if not pieces:
+            return self
+        joined = os.path.join(self.path, *pieces) if self.is_local else "/".join([self.path.rstrip("/"), *pieces])
+        return Location(self.scheme, joined, self.query)
+
+    # --- naming -------------------------------------------------------------------------------------------------
+
+    @property
+    def is_local(self) -> bool:
+        return not self.scheme
+
+    @property
+    def name(self) -> str:
+        return self.path.rstrip("/").rsplit("/", 1)[-1]
+
+    @property
+    def parent(self) -> Location:
+        head = os.path.dirname(self.path.rstrip("/")) if self.is_local else self.path.rstrip("/").rsplit("/", 1)[0]
+        return Location(self.scheme, head, self.query)
+
+    def __str__(self) -> str:
+        if self.is_local:
+            return self.path
+        return f"{self.scheme}://{self.path}" + (f"?{self.query}" if self.query else "")
+
+    def __fspath__(self) -> str:
+        if not self.is_local:
+            raise StorageError(f"{self} is not a local path")
+        return self.path
+
+    @property
+    def filesystem(self) -> pafs.FileSystem:
+        """The pyarrow filesystem of this location (paths in it are :attr:`path`)."""
+        return _filesystem(self.scheme, "" if self.is_local else self.path.split("/", 1)[0], self.query)
+
+    @property
+    def ray_storage(self) -> tuple[str, pafs.FileSystem | None]:
+        """``(storage_path, storage_filesystem)`` for Ray Tune / Ray Train's ``RunConfig`` and ``Checkpoint``."""
+        return (self.path, None) if self.is_local else (self.path, self.filesystem)
+
+    # --- reading ------------------------------------------------------------------------------------------------
+
+    def _info(self) -> pafs.FileInfo:
+        return self.filesystem.get_file_info(self.path)
+
+    def exists(self) -> bool:
+        return self._info().type != pafs.FileType.NotFound
+
+    def is_file(self) -> bool:
+        return self._info().type == pafs.FileType.File
+
+    def is_dir(self) -> bool:
+        return self._info().type == pafs.FileType.Directory
+
+    def read_bytes(self) -> bytes:
+        """The file's bytes. Raises ``FileNotFoundError`` naming the location when it is missing."""
+        try:
+            with self.filesystem.open_input_stream(self.path) as stream:
+                return stream.read()
+        except (FileNotFoundError, OSError) as error:
+            if not self.is_file():
+                raise FileNotFoundError(f"{self}: file not found") from None
+            raise OSError(f"{self}: could not be read ({error})") from error
+
+    def read_text(self) -> str:
+        return self.read_bytes().decode()
+
+    def list(self) -> list[Location]:
+        """The entries directly inside this folder (none when it does not exist), sorted by name."""
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, allow_not_found=True))
+        return sorted((Location(self.scheme, info.path, self.query) for info in infos), key=lambda loc: loc.path)
+
+    def size(self) -> int:
+        """Bytes of this file, or of every file under this folder."""
+        info = self._info()
+        if info.type == pafs.FileType.File:
+            return int(info.size or 0)
+        if info.type != pafs.FileType.Directory:
+            return 0
+        infos = self.filesystem.get_file_info(pafs.FileSelector(self.path, recursive=True, allow_not_found=True))
+        return sum(int(i.size or 0) for i in infos if i.type == pafs.FileType.File)
+
+    # --- writing ------------------------------------------------------------------------------------------------
+
+    def makedirs(self) -> None:
+        self.filesystem.create_dir(self.path, recursive=True)
+
+    def write_bytes(self, data: bytes) -> None:
+        """Write atomically: to a temporary name beside the target, then moved into place, so that a reader (or
+        a crash) never sees half a file. The folder is created when missing."""
+        self.parent.makedirs()
+        tmp = Location(self.scheme, f"{self.path}.{uuid.uuid4().hex[:12]}.tmp", self.query)
+        try:
+            if self.is_local:
+                with open(tmp.path, "wb") as stream:
+                    stream.write(data)
+                    stream.flush()
+                    os.fsync(stream.fileno())
+                os.replace(tmp.path, self.path)
+            else:
+                with self.filesystem.open_output_stream(tmp.path) as stream:
+                    stream.write(data)
+                self.filesystem.move(tmp.path, self.path)
+        except BaseException:
+            tmp.delete()
+            raise
+
+    def write_text(self, text: str) -> None:
+        self.write_bytes(text.encode())
+
+    def move(self, target: Location) -> None:
+        """Rename this file or folder to ``target`` (same filesystem)."""
+        self.filesystem.move(self.path, target.path)
+
+    def delete(self) -> None:
+        """Delete this file, or this folder and everything in it; nothing when it does not exist."""
+        info = self._info()
+        try:
+            if info.type == pafs.FileType.Directory:
+                self.filesystem.delete_dir(self.path)
+            elif info.type == pafs.FileType.File:
+                self.filesystem.delete_file(self.path)
+        except FileNotFoundError:
+            pass

@@ -1,0 +1,181 @@
+"""The driver's view of the trials: a Ray Tune callback that records every report into the results tables and
+TensorBoard, and prints one progress line per event.
+
+Every epoch report is written to ``results/`` (atomically) before its line is printed, so a driver killed at any
+moment loses no row it announced. TensorBoard event files are written locally (under the sweep folder, or under
+the cache for a remote sweep, uploaded at the end). A new result column goes in :mod:`sweeps.results`; a new
+per-trial side effect of the driver (a tracker, a lease renewal) goes here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import re
+import time
+
+from ray.tune import Callback
+
+from l2d.storage import Location, cache_dir
+from sweeps.results import ResultsWriter
+from sweeps.search import decode
+from sweeps.trial import HISTORY_KEY
+
+logger = logging.getLogger(__name__)
+
+
+def tensorboard_dir(sweep_dir: Location) -> Location:
+    """Where the event files are written: ``<sweep>/tensorboard``, or a local staging folder for a remote sweep."""
+    if sweep_dir.is_local:
+        return sweep_dir / "tensorboard"
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(sweep_dir))
+    return Location.parse(cache_dir() / "tensorboard" / safe)
+
+
+def upload_tensorboard(sweep_dir: Location) -> None:
+    """Copy a remote sweep's staged event files into ``<sweep>/tensorboard``."""
+    import pyarrow.fs as pafs
+
+    local = tensorboard_dir(sweep_dir)
+    if sweep_dir.is_local or not local.is_dir():
+        return
+    pafs.copy_files(local.path, (sweep_dir / "tensorboard").path, destination_filesystem=sweep_dir.filesystem)
+
+
+def error_message(trial) -> str:
+    """The most useful line of a failed trial's error (the engine's own message when there is one)."""
+    text = ""
+    try:
+        error = trial.get_error()
+        text = str(error) if error is not None else ""
+    except Exception:  # noqa: BLE001 - Tune's error plumbing varies; fall back to the error file
+        pass
+    if not text and getattr(trial, "error_file", None) and os.path.exists(trial.error_file):
+        with open(trial.error_file) as stream:
+            text = stream.read()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    for marker in ("NonFiniteLossError", "Error:", "Exception:"):
+        for line in reversed(lines):
+            if marker in line:
+                return line[:500]
+    return (lines[-1] if lines else "unknown error")[:500]
+
+
+class SweepCallback(Callback):
+    """Records every epoch report and trial end into the results tables and TensorBoard, and prints progress."""
+
+    def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False):
+        self.sweep_dir = str(sweep_dir)
+        self.max_epochs = max_epochs
+        self.metric = metric
+        self.mode = mode
+        self.quiet = quiet
+        self._writer = None
+        self._boards: dict = {}
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_writer"], state["_boards"] = None, {}
+        return state
+
+    @property
+    def location(self) -> Location:
+        return Location.parse(self.sweep_dir)
+
+    @property
+    def writer(self) -> ResultsWriter:
+        if self._writer is None:
+            self._writer = ResultsWriter(self.location, self.max_epochs)
+        return self._writer
+
+    def _say(self, text: str) -> None:
+        if not self.quiet:
+            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+
+    def _board(self, trial_id: str):
+        if trial_id not in self._boards:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._boards[trial_id] = SummaryWriter(str(tensorboard_dir(self.location) / trial_id))
+        return self._boards[trial_id]
+
+    def _summary(self) -> str:
+        counts: dict[str, int] = {}
+        for record in self.writer.trials.values():
+            counts[record.status] = counts.get(record.status, 0) + 1
+        rows = self.writer.trial_rows()
+        scored = [r for r in rows if r["best_val_mAP"] is not None] if rows else []
+        best = max(scored, key=lambda r: r["best_val_mAP"], default=None)
+        state = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        if best is None:
+            return state
+        return (f"{state}; best val mAP {best['best_val_mAP']:.2f} (test {best['test_mAP_at_best']:.2f}) by "
+                f"{best['trial_id']} {best['student']} {best['method']}")
+
+    def on_trial_start(self, iteration, trials, trial, **info):
+        config = decode(trial.config)
+        self.writer.trial(trial.trial_id, config).status = "running"
+        self._write()
+        self._say(f"trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
+                  + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
+
+    def on_trial_result(self, iteration, trials, trial, result, **info):
+        if "epoch" not in result:
+            return
+        config = decode(trial.config)
+        for earlier in json.loads(result.get(HISTORY_KEY) or "[]"):
+            if not self.writer.has_epoch(trial.trial_id, int(earlier["epoch"])):
+                self.writer.record_epoch(trial.trial_id, config, earlier)
+        self.writer.record_epoch(trial.trial_id, config, result)
+        # Written at every report (a small table), before anything is printed: a driver killed at any moment
+        # loses no epoch row that it announced.
+        self._write()
+        board = self._board(trial.trial_id)
+        epoch = int(result["epoch"])
+        for name, value in result.items():
+            if name.startswith(("val_", "train_", "test_")) or name in ("images_per_s", "lr"):
+                if isinstance(value, (int, float)) and math.isfinite(value):
+                    board.add_scalar(name.replace("_", "/", 1), value, epoch)
+        board.flush()
+        self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
+                  f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s | "
+                  f"{self._summary()}")
+
+    def _end(self, trial, error: str | None) -> None:
+        config = decode(trial.config)
+        self.writer.finish(trial.trial_id, config, error)
+        record = self.writer.trials[trial.trial_id]
+        row = next(r for r in self.writer.trial_rows() if r["trial_id"] == trial.trial_id)
+        if row.get("best_val_mAP") is not None:
+            hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and v is not None}
+            board = self._board(trial.trial_id)
+            board.add_hparams(hparams, {"hparam/best_val_mAP": row["best_val_mAP"],
+                                        "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan},
+                              run_name=".")
+            board.flush()
+        message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
+        self._say(f"{message} | {self._summary()}")
+        self._write()
+
+    def on_trial_complete(self, iteration, trials, trial, **info):
+        self._end(trial, None)
+
+    def on_trial_error(self, iteration, trials, trial, **info):
+        self._end(trial, error_message(trial))
+
+    def on_experiment_end(self, trials, **info):
+        # A trial started moments before a crash, after Tune's last save of its state, is unknown to the resumed
+        # experiment (which ran another in its place): drop its rows so every row is a trial Tune ran.
+        ghosts = self.writer.forget_except({trial.trial_id for trial in trials})
+        if ghosts:
+            self._say(f"dropped {len(ghosts)} trial(s) lost in the crash before Tune saved them: {', '.join(ghosts)}")
+        self._write()
+        for board in self._boards.values():
+            board.close()
+        self._boards = {}
+        upload_tensorboard(self.location)
+
+    def _write(self) -> None:
+        self.writer.write()

@@ -1,0 +1,132 @@
+"""What the commands share: the one-line-error parser, argument types, data and recipe options, the progress line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from typing import Callable
+
+
+class Parser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors are one line (``l2d-sweep train: error: ...``), exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+
+
+def key_value(text: str) -> tuple[str, object]:
+    """``KEY=VALUE`` with VALUE parsed as YAML (numbers, booleans, strings)."""
+    import yaml
+
+    if "=" not in text:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    key, value = text.split("=", 1)
+    try:
+        return key.strip(), yaml.safe_load(value)
+    except yaml.YAMLError as error:
+        raise argparse.ArgumentTypeError(f"{text!r}: bad value ({error})") from error
+
+
+def bounded(kind: type, minimum: float, exclusive: bool = False, maximum: float | None = None) -> Callable[[str], float]:
+    """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> when ``exclusive``), <= ``maximum``."""
+
+    def parse(text: str):
+        try:
+            value = kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
+                from None
+        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (exclusive and value == minimum) \
+                or (maximum is not None and value > maximum):
+            bound = f"{'>' if exclusive else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}{bound}, got {value}")
+        return value
+
+    return parse
+
+
+positive_int = bounded(int, 1)
+non_negative_int = bounded(int, 0)
+positive_float = bounded(float, 0.0, exclusive=True)
+non_negative_float = bounded(float, 0.0)
+seed_int = bounded(int, 0, maximum=2**32 - 1)
+
+
+def add_data_options(parser: argparse.ArgumentParser) -> None:
+    from l2d.data import DATASETS
+
+    group = parser.add_argument_group("data")
+    group.add_argument("--dataset", default="mosaic-digits", choices=list(DATASETS),
+                       help="dataset name (default: mosaic-digits, embedded: nothing to download)")
+    group.add_argument("--data-root", help="the dataset's folder (required for voc2007, coco2014, nuswide)")
+    group.add_argument("--dataset-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
+                       help="a dataset option, repeatable (e.g. size=5000 for a mosaic, difficult_as_positive=true "
+                            "for VOC)")
+    group.add_argument("--image-size", type=positive_int, help="network input side (default: the dataset's)")
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, lr_help: str) -> None:
+    group = parser.add_argument_group("recipe (defaults: the official L2D recipe, with the dataset's lr)")
+    group.add_argument("--embed-dim", type=positive_int, help="label-wise embedding size D (default: the dataset's)")
+    group.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default: 64)")
+    group.add_argument("--lr", type=positive_float, help=lr_help)
+    group.add_argument("--weight-decay", type=non_negative_float, default=1e-4,
+                       help="Adam L2 decay on weights (default: 1e-4)")
+    group.add_argument("--pct-start", type=bounded(float, 0.0, exclusive=True, maximum=0.999), default=0.2,
+                       help="share of the OneCycle schedule spent warming up (default: 0.2)")
+    group.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default: 0)")
+    group.add_argument("--seed", type=seed_int, default=0, help="seed of models and data order (default: 0)")
+    group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
+    group.add_argument("--store", default=None,
+                       help="teacher store: a folder or s3:// / gs:// URI (default: $L2D_SWEEP_CACHE/teachers, "
+                            "$L2D_SWEEP_CACHE defaulting to ~/.cache/l2d-sweep)")
+
+
+def run_config(args: argparse.Namespace, **fields):
+    """The :class:`~l2d.run.RunConfig` of the data and recipe options, plus ``fields``."""
+    from l2d.run import RunConfig
+
+    return RunConfig(dataset=args.dataset, data_root=args.data_root, dataset_options=dict(args.dataset_option),
+                     image_size=args.image_size, embed_dim=args.embed_dim, batch_size=args.batch_size,
+                     weight_decay=args.weight_decay, pct_start=args.pct_start, num_workers=args.workers,
+                     seed=args.seed, device=args.device, **fields)
+
+
+def teacher_store(args: argparse.Namespace):
+    from l2d.storage import cache_dir
+    from l2d.teachers import TeacherStore
+
+    return TeacherStore(args.store or cache_dir() / "teachers")
+
+
+class Progress:
+    """A one-line progress bar on stderr (redrawn in place on a terminal; one line per epoch otherwise)."""
+
+    def __init__(self, label: str, epochs: int):
+        self.label = label
+        self.epochs = epochs
+        self.epoch = 1
+        self.tty = sys.stderr.isatty()
+        self.start = time.time()
+
+    def batch(self, done: int, total: int, values) -> None:
+        if not self.tty:
+            return
+        width = 24
+        filled = int(width * done / max(total, 1))
+        elapsed = time.time() - self.start
+        sys.stderr.write(f"\r{self.label} epoch {self.epoch}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] "
+                         f"{done}/{total} loss {values['loss']:.3g} {elapsed:.0f}s ")
+        sys.stderr.flush()
+
+    def end_epoch(self, metrics) -> None:
+        epoch = int(metrics["epoch"])
+        if self.tty:
+            sys.stderr.write("\r\033[K")
+        test = f"  test mAP {metrics['test_mAP']:.2f}" if "test_mAP" in metrics else ""
+        sys.stderr.write(f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
+                         f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
+                         f"{time.time() - self.start:.0f}s\n")
+        sys.stderr.flush()
+        self.epoch = epoch + 1

@@ -1,0 +1,212 @@
+"""The commands about one run: ``train``, ``teacher``, ``dataset`` and ``methods``. Each builds its run with
+:mod:`l2d.run`, the same builder a sweep trial uses."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import sys
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from sweeps.cli._common import Progress, add_data_options, add_recipe_options, non_negative_float, positive_float, \
+    positive_int, run_config, teacher_store
+
+
+def _print_card(card: dict) -> None:
+    rows = [("teacher", card["backbone"]), ("digest", card["digest"]), ("dataset", card["key"]["dataset"]),
+            ("image size", card["key"]["image_size"]), ("embed dim", card["key"]["embed_dim"]),
+            ("epochs", card["epochs"]), ("parameters", f"{card['parameters']:,}"),
+            ("val mAP", f"{card['val_mAP']:.2f}"), ("test mAP", f"{card['test_mAP']:.2f}"),
+            ("wall time", f"{card['wall_time_s']:.1f} s")]
+    for name, value in rows:
+        print(f"{name:<11} {value}")
+
+
+def _get_teacher(config, store, splits=None):
+    """Load ``config``'s teacher from the store, or train and store it with progress lines: (model, card, trained)."""
+    from l2d.run import get_teacher, resolve, teacher_key
+
+    config = resolve(config)
+    if store.card(teacher_key(config)) is None:
+        print(f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
+              f"{store.uri})", file=sys.stderr)
+    progress = Progress(f"teacher {config.teacher}", config.teacher_epochs)
+    return get_teacher(config, store, splits, progress.end_epoch, progress.batch)
+
+
+def teacher_command_config(args: argparse.Namespace):
+    """The run configuration ``l2d-sweep teacher`` trains (or finds) the teacher of."""
+    return run_config(args, teacher=args.backbone, teacher_epochs=args.epochs, teacher_lr=args.lr, method="bce")
+
+
+def train_command_config(args: argparse.Namespace):
+    """The run configuration of ``l2d-sweep train``."""
+    return run_config(args, teacher=args.teacher, student=args.student, method=args.method,
+                      hparams=_hparam_overrides(args), epochs=args.epochs, lr=args.lr,
+                      teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
+                      student_weights=args.student_pretrained)
+
+
+def _cmd_teacher(args: argparse.Namespace) -> int:
+    store = teacher_store(args)
+    config = teacher_command_config(args)
+    _, card, trained = _get_teacher(config, store)
+    print(("trained and stored" if trained else "loaded from the store") + f" ({store.uri})")
+    _print_card(card)
+    if args.json:
+        print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
+    return 0
+
+
+def _hparam_overrides(args: argparse.Namespace) -> dict[str, float]:
+    from l2d.losses import METHODS
+
+    names = {name for method in METHODS.values() for name in method.defaults}
+    return {name: getattr(args, name) for name in sorted(names) if getattr(args, name, None) is not None}
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import torch
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from l2d.losses import METHODS
+    from l2d.models import count_parameters
+    from l2d.run import build_run, build_splits, fit, resolve
+    from l2d.storage import Location
+
+    config = resolve(train_command_config(args))
+    out = Path(args.out or f"runs/{config.dataset}-{config.teacher}-to-{config.student}-{config.method}")
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out}: exists and is not a folder")
+    splits = build_splits(config)  # the data first: a bad dataset fails before any teacher is trained
+    teacher, teacher_card = None, None
+    if METHODS[config.method].needs_teacher:
+        teacher, teacher_card, _ = _get_teacher(config, teacher_store(args), splits)
+    run = build_run(config, splits=splits, teacher=teacher, teacher_card=teacher_card)
+    recorded = {**asdict(config), "recipe": asdict(config.student_recipe),
+                "teacher_digest": teacher_card["digest"] if teacher_card else None}
+    out.mkdir(parents=True, exist_ok=True)
+    Location.parse(out / "args.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    progress = Progress(f"student {config.student} ({config.method})", config.epochs)
+    start = time.time()
+    with SummaryWriter(str(out / "tensorboard")) as writer:
+
+        def on_epoch(metrics: dict) -> None:
+            for name, value in metrics.items():
+                if name != "epoch":
+                    writer.add_scalar(name.replace("_", "/", 1), value, int(metrics["epoch"]))
+            progress.end_epoch(metrics)
+
+        # Selection happens on val; test is reported once, at the end.
+        history = fit(run, on_epoch=on_epoch, batch_progress=progress.batch, test="last")
+    final = history[-1]
+    buffer = io.BytesIO()
+    torch.save(run.student.state_dict(), buffer)
+    Location.parse(out / "student.pt").write_bytes(buffer.getvalue())
+    result = {"config": recorded, "final": final, "history": history, "wall_time_s": time.time() - start,
+              "student_parameters": count_parameters(run.student),
+              "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None}
+    Location.parse(out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+
+    rows = [("student", config.student, count_parameters(run.student), final)]
+    if teacher_card:
+        rows.insert(0, ("teacher", config.teacher, teacher_card["parameters"],
+                        {"val_mAP": teacher_card["val_mAP"], "test_mAP": teacher_card["test_mAP"]}))
+    print(f"\n{'model':<8} {'backbone':<24} {'params':>11} {'val mAP':>8} {'test mAP':>9} {'test CF1':>9} "
+          f"{'test OF1':>9}")
+    for role, name, params, m in rows:
+        cf1 = f"{m['test_CF1']:.2f}" if "test_CF1" in m else "-"
+        of1 = f"{m['test_OF1']:.2f}" if "test_OF1" in m else "-"
+        print(f"{role:<8} {name:<24} {params:>11,} {m['val_mAP']:>8.2f} {m['test_mAP']:>9.2f} {cf1:>9} {of1:>9}")
+    chance = float(splits["test"].targets.mean() * 100)
+    weights = ", ".join(f"{k}={v:g}" for k, v in config.hparams.items()) or "no weights"
+    print(f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {chance:.2f} mAP; "
+          f"{time.time() - start:.0f} s")
+    print(f"wrote {out}/metrics.json, {out}/student.pt, TensorBoard logs in {out}/tensorboard")
+    return 0
+
+
+def _cmd_dataset(args: argparse.Namespace) -> int:
+    from l2d.data import build_dataset, dataset_stats
+
+    dataset = build_dataset(args.dataset, args.data_root, args.split, args.image_size, **dict(args.dataset_option))
+    stats = dataset_stats(dataset)
+    if args.json:
+        print(json.dumps(stats, indent=2))
+        return 0
+    print(f"{args.dataset}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
+          f"{stats['labels_per_image_mean']:.2f} labels per image")
+    histogram = ", ".join(f"{k}: {v}" for k, v in stats["labels_per_image_histogram"].items())
+    print(f"labels per image: {histogram}")
+    print(f"mean label frequency (the mAP of a random ranking): {100 * stats['mean_label_frequency']:.2f}%")
+    print("label frequency: " + ", ".join(f"{k} {100 * v:.1f}%" for k, v in stats["label_frequency"].items()))
+    print("most frequent pairs (count, lift = P(a,b) / P(a)P(b), 1 if independent):")
+    for a, b, count, lift in stats["top_pairs"]:
+        print(f"  {a} + {b}: {count} ({lift:.2f})")
+    return 0
+
+
+def _cmd_methods(args: argparse.Namespace) -> int:
+    from l2d.losses import METHODS, loss_parts
+
+    print(f"{'method':<7} {'losses':<16} {'default hyperparameters':<40} description")
+    for name, method in METHODS.items():
+        defaults = ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-"
+        print(f"{name:<7} {'+'.join(loss_parts(name)):<16} {defaults:<40} {method.description}")
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Add ``methods``, ``dataset``, ``teacher`` and ``train`` to the subparsers ``commands``."""
+    from l2d.losses import METHODS
+
+    methods = commands.add_parser("methods", help="list the distillation methods and their default weights",
+                                  description="List the distillation methods, their loss parts and defaults.")
+    methods.set_defaults(func=_cmd_methods)
+
+    dataset = commands.add_parser("dataset", help="print a dataset split's label statistics",
+                                  description="Print a split's size, label cardinality, label frequencies and the "
+                                              "most co-occurring label pairs.")
+    dataset.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (default: train)")
+    dataset.add_argument("--json", action="store_true", help="print JSON")
+    add_data_options(dataset)
+    dataset.set_defaults(func=_cmd_dataset)
+
+    teacher = commands.add_parser(
+        "teacher", help="train a teacher (or load it from the teacher store) and print its card",
+        description="Train a teacher with BCE, or load it when the store already holds one with the same key "
+                    "(dataset and options, backbone, image size, embed dim, recipe, seed), and print its card. "
+                    "`train --teacher B --teacher-epochs N --teacher-lr X` and a sweep with the same settings use "
+                    "the same teacher.")
+    teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
+    teacher.add_argument("--epochs", type=positive_int, help="epochs (default: the dataset's teacher epochs)")
+    teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
+    add_data_options(teacher)
+    add_recipe_options(teacher, "the teacher's OneCycle max learning rate (default: the dataset's)")
+    teacher.set_defaults(func=_cmd_teacher)
+
+    train = commands.add_parser(
+        "train", help="distill one student from one teacher",
+        description="Distill one student from one teacher (trained into, or loaded from, the teacher store) with one "
+                    "method; print a metrics table; write TensorBoard scalars, metrics.json, args.yaml and the "
+                    "student's weights into --out.")
+    train.add_argument("--teacher", help="teacher timm model name (default: the dataset's)")
+    train.add_argument("--student", help="student timm model name (default: the dataset's)")
+    train.add_argument("--method", default="l2d", choices=list(METHODS), help="distillation method (default: l2d)")
+    train.add_argument("--epochs", type=positive_int, help="student epochs (default: the dataset's)")
+    train.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs when it must be trained")
+    train.add_argument("--teacher-lr", type=positive_float,
+                       help="the teacher's max learning rate when it must be trained (default: the dataset's)")
+    train.add_argument("--student-pretrained", help="local weights file for the student's backbone")
+    train.add_argument("--out", help="output folder (default: runs/<dataset>-<teacher>-to-<student>-<method>)")
+    weights = train.add_argument_group("loss weights (defaults: the method's; see `l2d-sweep methods`)")
+    for name in sorted({n for m in METHODS.values() for n in m.defaults}):
+        weights.add_argument(f"--{name.replace('_', '-')}", dest=name, type=non_negative_float, metavar="X",
+                             help=f"{name} (methods: {', '.join(k for k, m in METHODS.items() if name in m.defaults)})")
+    add_data_options(train)
+    add_recipe_options(train, "the student's OneCycle max learning rate (default: the dataset's)")
+    train.set_defaults(func=_cmd_train)

@@ -1,0 +1,172 @@
+"""The commands about sweeps: ``run``, ``resume``, ``results`` and ``status``."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import sys
+
+from sweeps.cli._common import positive_int
+
+
+def _apply_overrides(args: argparse.Namespace):
+    from sweeps.spec import load_spec, parse_spec
+
+    spec = load_spec(args.spec)
+    overrides = {}
+    if args.num_samples is not None:
+        overrides["budget"] = {**spec.to_dict()["budget"], "num_samples": args.num_samples}
+    if args.max_epochs is not None:
+        budget = overrides.get("budget", spec.to_dict()["budget"])
+        overrides["budget"] = {**budget, "max_epochs": args.max_epochs,
+                               "grace_period": min(budget["grace_period"], args.max_epochs)}
+    if args.storage is not None:
+        overrides["storage"] = args.storage
+    if args.name is not None:
+        overrides["name"] = args.name
+    if not overrides:
+        return spec
+    data = spec.to_dict()
+    data.update(overrides)
+    return parse_spec(data, f"{args.spec} (with command-line overrides)")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.runner import print_leaderboard, resume_sweep, run_sweep, sweep_exists
+
+    spec = _apply_overrides(args)
+    if args.or_resume and args.new:
+        raise ValueError("--or-resume and --new contradict each other; pass one")
+    if args.or_resume and sweep_exists(spec.sweep_dir):
+        print(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
+        results = resume_sweep(spec.sweep_dir)
+    else:
+        results = run_sweep(spec, new=args.new)
+    print(f"\nleaderboard of {spec.sweep_dir} (best val mAP per trial; test mAP at that epoch):")
+    print_leaderboard(results)
+    return 0
+
+
+def _cmd_resume(args: argparse.Namespace) -> int:
+    from sweeps.runner import print_leaderboard, resume_sweep
+
+    results = resume_sweep(args.path)
+    print(f"\nleaderboard of {results.sweep_dir}:")
+    print_leaderboard(results)
+    return 0
+
+
+def _cmd_results(args: argparse.Namespace) -> int:
+    from sweeps.results import SweepResults, format_table
+
+    results = SweepResults(args.path)
+    if args.sql:
+        try:
+            table = results.sql(args.sql)
+        except Exception as error:  # duckdb raises its own exception types for bad SQL
+            raise ValueError(f"SQL error: {str(error).splitlines()[0]}") from None
+        print(format_table(table, args.format))
+        return 0
+    if args.pareto:
+        table = results.pareto()
+        print(format_table(table, args.format))
+        plot = _pareto_plot(results)
+        if plot:
+            print(f"plot: {plot}")
+        return 0
+    print(format_table(results.leaderboard(args.limit), args.format))
+    return 0
+
+
+def _pareto_plot(results) -> str | None:
+    """Write pareto.png beside the results (val mAP vs student parameters, the front highlighted)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
+        return None
+    everything = results.sql("SELECT student_params, best_val_mAP FROM trials WHERE best_val_mAP IS NOT NULL")
+    front = results.pareto()
+    figure, axes = plt.subplots(figsize=(6, 4))
+    axes.scatter(everything["student_params"].to_pylist(), everything["best_val_mAP"].to_pylist(), c="0.6",
+                 label="trials")
+    axes.plot(front["student_params"].to_pylist(), front["val_mAP"].to_pylist(), "o-", c="C1", label="Pareto front")
+    axes.set_xscale("log")
+    axes.set_xlabel("student parameters")
+    axes.set_ylabel("best val mAP")
+    axes.legend()
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120)
+    plt.close(figure)
+    target = results.sweep_dir / "results" / "pareto.png"
+    target.write_bytes(buffer.getvalue())
+    return str(target)
+
+
+def _cmd_status(args: argparse.Namespace) -> int:
+    from sweeps.results import SweepResults, format_table
+
+    results = SweepResults(args.path)
+    counts = results.sql("SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status")
+    print("trials by state: " + ", ".join(f"{r['status']} {r['trials']}" for r in counts.to_pylist()))
+    best = results.leaderboard(1).to_pylist()
+    if best:
+        b = best[0]
+        print(f"best so far: {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: val mAP {b['val_mAP']}, "
+              f"test mAP {b['test_mAP']} (epoch {b['best_epoch']})")
+    running = results.sql("SELECT t.trial_id, t.student, t.method, t.epochs_run AS epoch, "
+                          "round(t.last_val_mAP, 2) AS last_val_mAP FROM trials t WHERE status = 'running' "
+                          "ORDER BY trial_id")
+    if running.num_rows:
+        print("running:")
+        print(format_table(running))
+    return 0
+
+
+def add_commands(commands) -> None:
+    """Add ``run``, ``resume``, ``results`` and ``status`` to the subparsers ``commands``."""
+    run = commands.add_parser(
+        "run", help="run a sweep from a YAML spec",
+        description="Run a sweep: the teacher phase, then student trials (Tune + Optuna TPE + ASHA), with live "
+                    "progress and the leaderboard at the end. Refuses a sweep that already exists (resume it, "
+                    "or pass --new).")
+    run.add_argument("spec", help="the sweep's YAML file (see search_spaces/)")
+    run.add_argument("--new", action="store_true", help="delete an existing sweep of the same name and start over")
+    run.add_argument("--or-resume", action="store_true",
+                     help="resume the sweep when it already exists (an idempotent entry point for job submission)")
+    run.add_argument("--num-samples", type=positive_int, help="override budget.num_samples")
+    run.add_argument("--max-epochs", type=positive_int, help="override budget.max_epochs")
+    run.add_argument("--storage", help="override storage (a folder or s3:// / gs:// URI)")
+    run.add_argument("--name", help="override the sweep's name")
+    run.set_defaults(func=_cmd_run)
+
+    resume = commands.add_parser(
+        "resume", help="continue a sweep that was stopped or killed",
+        description="Continue a sweep: finished trials are not re-run, interrupted ones continue from their last "
+                    "epoch checkpoint, the Optuna study and ASHA's rungs carry on.")
+    resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
+    resume.set_defaults(func=_cmd_resume)
+
+    results = commands.add_parser(
+        "results", help="the leaderboard, SQL over the results, the Pareto front",
+        description="Query a sweep's results: by default the leaderboard (top trials by val mAP, test mAP "
+                    "beside it); --sql runs DuckDB SQL over the views `trials` and `epochs`.")
+    results.add_argument("path", help="the sweep folder")
+    results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
+                                       'max(best_val_mAP) FROM trials GROUP BY method"')
+    results.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    results.add_argument("--limit", type=positive_int, default=10, help="leaderboard rows (default: 10)")
+    results.add_argument("--pareto", action="store_true",
+                         help="the val mAP vs student size Pareto front; also writes results/pareto.png")
+    results.set_defaults(func=_cmd_results)
+
+    status = commands.add_parser("status", help="trials by state, the best so far, running trials",
+                                 description="A sweep's trials by state, the best trial so far and the running "
+                                             "trials with their epochs (from the results tables, refreshed "
+                                             "while the sweep runs).")
+    status.add_argument("path", help="the sweep folder")
+    status.set_defaults(func=_cmd_status)

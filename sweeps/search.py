@@ -1,0 +1,112 @@
+"""The search space of a sweep, encoded for Optuna and decoded for a trial, in one place.
+
+Optuna sees a define-by-run space (:class:`DefineByRunSpace`): ``pairing`` (the teacher), ``student@<teacher>``
+(conditional on the pairing), ``method``, then the searched hyperparameters of that method and ``lr``; fixed
+values come back as constants merged into the trial's config. :func:`decode` turns such a config back into plain
+``teacher`` / ``student`` / ``method`` / hyperparameters, and :func:`trial_run` into the trial's
+:class:`~l2d.run.RunConfig`. The searcher itself (TPE or random, seeded, with the official L2D weights first) is
+built by :func:`build_searcher`.
+
+A new searcher goes in :func:`build_searcher` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new kind of
+choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+from l2d.run import RunConfig
+from sweeps.spec import Range, SweepSpec
+
+#: Keys of a decoded config that are not hyperparameters of the run.
+STRUCTURE_KEYS = ("teacher", "student", "method")
+
+
+class DefineByRunSpace:
+    """Optuna define-by-run space: pairing -> student, method -> that method's weights (a picklable callable).
+
+    Param names: ``pairing`` (the teacher), ``student@<teacher>`` (conditional on the pairing), ``method``, and
+    the searched hyperparameters of the chosen method (and ``lr``). Fixed values come back as constants.
+    """
+
+    def __init__(self, spec: SweepSpec):
+        self.pairings = [(p.teacher, list(p.students)) for p in spec.pairings]
+        self.methods = list(spec.methods)
+        self.search_space = {k: asdict(v) if isinstance(v, Range) else v for k, v in spec.search_space.items()}
+
+    def __call__(self, trial) -> dict:
+        from l2d.losses import METHODS
+
+        teacher = trial.suggest_categorical("pairing", [t for t, _ in self.pairings])
+        trial.suggest_categorical(f"student@{teacher}", dict(self.pairings)[teacher])
+        method = trial.suggest_categorical("method", self.methods)
+        constants = {}
+        for name in ("lr", *METHODS[method].defaults):
+            value = self.search_space.get(name)
+            if isinstance(value, dict):
+                trial.suggest_float(name, value["low"], value["high"], log=value["log"])
+            elif value is not None:
+                constants[name] = value
+            elif name != "lr":
+                constants[name] = METHODS[method].defaults[name]
+        return constants
+
+
+def first_points(spec: SweepSpec) -> list[dict]:
+    """The official L2D weights (or the first method's defaults) on the first pairing, evaluated first."""
+    from l2d.losses import METHODS
+
+    method = "l2d" if "l2d" in spec.methods else spec.methods[0]
+    teacher, students = spec.pairings[0].teacher, spec.pairings[0].students
+    point = {"pairing": teacher, f"student@{teacher}": students[0], "method": method}
+    for name, value in METHODS[method].defaults.items():
+        searched = spec.search_space.get(name)
+        if isinstance(searched, Range) and searched.low <= value <= searched.high:
+            point[name] = value
+    return [point]
+
+
+def decode(config: dict[str, Any]) -> dict[str, Any]:
+    """A Tune config (define-by-run names such as ``student@resnet34``) as plain teacher/student/method/weights."""
+    result = {k: v for k, v in config.items() if not k.startswith("student@") and k != "pairing"}
+    if "pairing" in config:
+        result["teacher"] = config["pairing"]
+        result["student"] = config[f"student@{config['pairing']}"]
+    return result
+
+
+def trial_hparams(config: dict) -> tuple[dict, float | None]:
+    """Split a decoded config into the method's loss hyperparameters and the learning rate (None: the default)."""
+    from l2d.losses import METHODS
+
+    method = METHODS[config["method"]]
+    hparams = {name: float(config[name]) for name in method.defaults if name in config}
+    lr = config.get("lr")
+    return hparams, float(lr) if lr is not None else None
+
+
+def trial_run(base: RunConfig, config: dict) -> RunConfig:
+    """The run of one trial: the sweep's base run with the trial's pairing, method, weights and learning rate."""
+    decoded = decode(config)
+    hparams, lr = trial_hparams(decoded)
+    return base.replace(teacher=decoded["teacher"], student=decoded["student"], method=decoded["method"],
+                        hparams=hparams, lr=lr)
+
+
+def build_searcher(spec: SweepSpec):
+    """Ray Tune's OptunaSearch for ``spec``: TPE (multivariate, grouped, constant liar, seeded; the official
+    weights first) or random search (seeded)."""
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    if spec.budget.searcher == "random":
+        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
+        points = []
+    else:
+        startup = max(2, min(10, spec.budget.num_samples // 3))
+        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
+                                             n_startup_trials=startup)
+        points = first_points(spec)
+    return OptunaSearch(space=DefineByRunSpace(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
+                        points_to_evaluate=points)
