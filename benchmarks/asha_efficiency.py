@@ -39,7 +39,7 @@ def run_arm(spec, arm: str, seed: int) -> dict:
     spec = dataclasses.replace(spec, name=f"asha-{searcher}-{scheduler}-seed{seed}", seed=seed,
                                budget=dataclasses.replace(spec.budget, searcher=searcher, scheduler=scheduler))
     start = time.perf_counter()
-    results = run_sweep(spec, new=True, quiet=True)
+    results = run_sweep(spec, new=True, quiet=True).results
     wall = time.perf_counter() - start
     best = results.sql("SELECT trial_id, method, student, best_val_mAP, test_mAP_at_best FROM trials "
                        "WHERE best_val_mAP IS NOT NULL ORDER BY best_val_mAP DESC LIMIT 1").to_pylist()[0]

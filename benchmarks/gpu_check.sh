@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# One script for a machine with a GPU, under 5 minutes: a 2-trial sweep with use_gpu, then the images/s of the
-# distillation step for resnet101 -> resnet34 at 224 px (B = 64, C = 80) and the share of the step spent in
-# the L2D loss. Writes benchmarks/results/gpu_step.json and prints both results.
+# One script for a machine with a GPU, a few minutes in all (each part has its own time limit):
+#   1. a 2-trial sweep on the GPU whose backbones start from weights files given in the spec (written first);
+#   2. the distillation step resnet101 -> resnet34 at 224 px (B = 64, C = 80), both models built from ImageNet-shaped
+#      weights files through l2d's loader: images/s, the share of the step in the L2D loss, peak GPU memory;
+#   3. the same step from random initialisation, for comparison.
+# Writes benchmarks/results/gpu_step.json (the step from weights files) and prints every result.
 #   bash benchmarks/gpu_check.sh        (after `make install`, or with PYTHON pointing at an environment)
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,11 +15,20 @@ if ! "$PYTHON" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() el
 fi
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
 start=$(date +%s)
-echo "== 1. a 2-trial sweep on the GPU =="
-"$PYTHON" -m sweeps.cli run benchmarks/gpu_check.yaml --new
+echo "== 1. a 2-trial sweep on the GPU, backbones initialised from weights files =="
+mkdir -p /tmp/l2d-gpu-check/weights
+"$PYTHON" - <<'PY'
+import timm, torch
+for name in ("resnet14t", "resnet10t"):
+    torch.save(timm.create_model(name, pretrained=False).state_dict(), f"/tmp/l2d-gpu-check/weights/{name}.pth")
+PY
+timeout 240 "$PYTHON" -m sweeps.cli run benchmarks/gpu_check.yaml --new
 "$PYTHON" -m sweeps.cli results /tmp/l2d-gpu-check/gpu-check --sql \
     "SELECT trial_id, status, epochs_run, round(best_val_mAP, 2) AS val_mAP, round(images_per_s) AS img_s FROM trials"
-echo "== 2. the distillation step: resnet101 -> resnet34, 224 px, B = 64, C = 80 =="
-"$PYTHON" benchmarks/gpu_step.py --device cuda --teacher resnet101 --student resnet34 --image-size 224 \
-    --batch-size 64 --classes 80
+echo "== 2. the distillation step: resnet101 -> resnet34, 224 px, B = 64, C = 80, from weights files =="
+timeout 150 "$PYTHON" benchmarks/gpu_step.py --device cuda --teacher resnet101 --student resnet34 --image-size 224 \
+    --batch-size 64 --classes 80 --weights files
+echo "== 3. the same step from random initialisation =="
+timeout 150 "$PYTHON" benchmarks/gpu_step.py --device cuda --teacher resnet101 --student resnet34 --image-size 224 \
+    --batch-size 64 --classes 80 --out /tmp/l2d-gpu-check/gpu_step_random.json
 echo "gpu_check: done in $(( $(date +%s) - start )) s"

@@ -227,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
         from sweeps.runner import run_sweep
 
         print(f"tuning L2D's weights: a {args.tune_trials}-trial sweep on the val split", flush=True)
-        results = run_sweep(spec, new=True, quiet=True)
+        results = run_sweep(spec, new=True, quiet=True).results
         full = results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
                            f"ORDER BY last_val_mAP DESC").to_pylist()
         if not full:

@@ -42,17 +42,18 @@ def plain_trial(config: dict, context, trials: list[dict]) -> None:
     from ray import tune
 
     from l2d.losses import METHODS
-    from l2d.run import build_run, teacher_key
+    from l2d.run import build_run, build_splits, splits_key
     from l2d.teachers import TeacherStore
     from sweeps.search import trial_run
 
     trial = trials[config["index"]]
     torch.set_num_threads(max(1, round(context.cpus_per_worker)))
     run_config = trial_run(context.base, trial).replace(device="cpu")
+    splits = build_splits(run_config)
     teacher = None
     if METHODS[run_config.method].needs_teacher:
-        teacher, _ = TeacherStore(context.teacher_store).load(teacher_key(run_config), 0)
-    run = build_run(run_config, teacher=teacher)
+        teacher, _ = TeacherStore(context.teacher_store).load(splits_key(run_config, splits), 0)
+    run = build_run(run_config, splits=splits, teacher=teacher)
     for _ in range(trial["epochs"]):
         tune.report(run.distiller.run_epoch())
 
@@ -85,7 +86,7 @@ def run_ours(spec) -> tuple[float, float, list[dict]]:
     from sweeps.runner import run_sweep
 
     start = time.perf_counter()
-    results = run_sweep(spec, new=True, quiet=True)
+    results = run_sweep(spec, new=True, quiet=True).results
     wall = time.perf_counter() - start
     training = results.sql("SELECT sum(epoch_seconds) AS s FROM epochs").column("s")[0].as_py()
     trials = results.sql("SELECT * FROM trials ORDER BY trial_id").to_pylist()

@@ -48,6 +48,8 @@ class Recipe:
         pct_start: share of the schedule spent warming up.
         num_workers: DataLoader worker processes per rank.
         amp: mixed precision on CUDA (ignored on CPU, which always runs float32).
+        schedule_epochs: the length of the OneCycle schedule when it differs from ``epochs`` (the official L2D
+            teachers follow an 80-epoch schedule and stop after 30); None: ``epochs``.
     """
 
     epochs: int = 80
@@ -57,11 +59,15 @@ class Recipe:
     pct_start: float = 0.2
     num_workers: int = 0
     amp: bool = True
+    schedule_epochs: int | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
+        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
+            raise ValueError(f"recipe.schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): a run "
+                             f"may stop before its schedule ends, not run past it")
         if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
             raise ValueError(f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, "
                              f"num_workers >= 0")
@@ -97,7 +103,20 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=recipe.epochs,
+    """OneCycle over ``(recipe.schedule_epochs or recipe.epochs) * steps_per_epoch`` optimizer steps.
+
+    Raises:
+        ValueError: a schedule whose warm-up ends exactly on its first step (``pct_start * steps == 1``), where
+            PyTorch's OneCycle divides by zero.
+    """
+    epochs = recipe.schedule_epochs or recipe.epochs
+    total = epochs * steps_per_epoch
+    if abs(recipe.pct_start * total - 1) < 1e-9:
+        raise ValueError(f"the OneCycle schedule has {total} optimizer steps ({epochs} epoch(s) x "
+                         f"{steps_per_epoch} batch(es)) and pct_start {recipe.pct_start:g}: a warm-up of exactly one "
+                         f"step, which OneCycle cannot compute; change the batch size, the epochs, pct_start or the "
+                         f"dataset size")
+    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs,
                                                steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start)
 
 

@@ -219,13 +219,15 @@ def ps_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, targets:
 def rkd_loss(
     student_features: torch.Tensor,
     teacher_features: torch.Tensor,
-    distance_weight: float = 25.0,
-    angle_weight: float = 50.0,
+    distance_weight: float = 10.0,
+    angle_weight: float = 10.0,
 ) -> torch.Tensor:
-    """Relational KD (Park et al., 2019) on pooled features: distance-wise + angle-wise Huber losses.
+    """Relational KD (Park et al., 2019) on pooled features: distance-wise + angle-wise Huber losses, as the
+    official L2D code computes them.
 
-    The distance term compares mean-normalized pairwise distances, the angle term the cosines of the angles
-    formed by every triplet; both are averaged over their entries. Weights 25 and 50 are the RKD paper's.
+    The distance term compares mean-normalized pairwise distances (``sum_ab Huber / B``, the official reduction);
+    the angle term the cosines of the angles formed by every triplet (averaged over its ``B^3`` entries). Weights 10
+    and 10 are the official L2D code's (the RKD paper used 25 and 50).
     """
     with _no_autocast(student_features.device):
         student = student_features.float()
@@ -239,7 +241,7 @@ def rkd_loss(
         with torch.no_grad():
             teacher_structure = _distance_structure(teacher.unsqueeze(0), pairs, sizes)
         student_structure = _distance_structure(student.unsqueeze(0), pairs, sizes)
-        distance = F.smooth_l1_loss(student_structure, teacher_structure)
+        distance = F.smooth_l1_loss(student_structure, teacher_structure, reduction="sum") / batch
 
         def cosines(x: torch.Tensor) -> torch.Tensor:
             directions = F.normalize(x.unsqueeze(0) - x.unsqueeze(1), p=2, dim=2)
@@ -304,6 +306,72 @@ def hint_loss(student_map: torch.Tensor, teacher_map: torch.Tensor, connector: n
         return F.mse_loss(projected, target)
 
 
+class AttentionFusion(nn.Module):
+    """ReviewKD's attention-based fusion (ABF, Chen et al. 2021): a student feature reduced to ``mid`` channels and,
+    but for the deepest, fused with the residual from the deeper level (upsampled) through two attention maps; the
+    result mapped to the teacher's channels. Returns ``(output, residual for the next, shallower level)``."""
+
+    def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
+        super().__init__()
+        self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
+        self.output = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
+                                    nn.BatchNorm2d(out_channels))
+        self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
+        nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
+        nn.init.kaiming_uniform_(self.output[0].weight, a=1)
+
+    def forward(self, feature: torch.Tensor, residual: torch.Tensor | None = None):
+        reduced = self.reduce(feature)
+        if self.attention is not None:
+            residual = F.interpolate(residual, size=reduced.shape[-2:], mode="nearest")
+            maps = self.attention(torch.cat([reduced, residual], dim=1))
+            reduced = reduced * maps[:, :1] + residual * maps[:, 1:]
+        return self.output(reduced), reduced
+
+
+class ReviewConnector(nn.Module):
+    """ReviewKD's review path over the student's features (shallow to deep, the pooled features last, as 1 x 1
+    maps): from the deepest, each :class:`AttentionFusion` passes its residual to the next shallower one."""
+
+    def __init__(self, student_channels: list[int], teacher_channels: list[int], mid_channels: int = 256):
+        super().__init__()
+        count = len(student_channels)
+        self.fusions = nn.ModuleList(AttentionFusion(s, mid_channels, t, fuse=i < count - 1)
+                                     for i, (s, t) in enumerate(zip(student_channels, teacher_channels)))
+
+    def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
+        outputs: list[torch.Tensor] = [None] * len(features)  # type: ignore[list-item]
+        residual = None
+        for index in range(len(features) - 1, -1, -1):
+            outputs[index], residual = self.fusions[index](features[index], residual)
+        return outputs
+
+
+def hcl_loss(student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
+    """ReviewKD's hierarchical context loss, summed over feature pairs: for each, the MSE of the maps plus the MSEs of
+    their 4 x 4, 2 x 2 and 1 x 1 average pools (only pools smaller than the map), weighted 1, 1/2, 1/4, 1/8 and
+    normalized by the weights used. A pair of different sizes is compared at the smaller one."""
+    total = None
+    with _no_autocast(student_features[0].device):
+        for student, teacher in zip(student_features, teacher_features):
+            student, teacher = student.float(), teacher.detach().float()
+            size = (min(student.shape[-2], teacher.shape[-2]), min(student.shape[-1], teacher.shape[-1]))
+            if student.shape[-2:] != size:
+                student = F.adaptive_avg_pool2d(student, size)
+            if teacher.shape[-2:] != size:
+                teacher = F.adaptive_avg_pool2d(teacher, size)
+            loss, weight, normalizer = F.mse_loss(student, teacher), 1.0, 1.0
+            for level in (4, 2, 1):
+                if level >= size[0]:
+                    continue
+                weight /= 2.0
+                loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(student, level),
+                                                  F.adaptive_avg_pool2d(teacher, level))
+                normalizer += weight
+            total = loss / normalizer if total is None else total + loss / normalizer
+    return total
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # Method registry: a method is BCE on the student plus weighted distillation terms.
 
@@ -312,7 +380,8 @@ class TermInputs:
     """What a term sees besides the two outputs: the stage maps it asked for, and its own trainable modules.
 
     Attributes:
-        student_stages: the student's maps of the stages :attr:`Term.stages` selected, in that order.
+        student_stages: the student's maps of the stages :attr:`Term.stages` selected, in that order (and its
+            pooled features last, as ``[B, F, 1, 1]``, when :attr:`Term.pooled`).
         teacher_stages: the teacher's, likewise.
         module: the term's connectors (what :attr:`Term.connectors` built), or None.
     """
@@ -343,10 +412,16 @@ class Term:
     fn: TermFn
     stages: StageSelector | None = None
     connectors: ConnectorBuilder | None = None
+    pooled: bool = False
 
 
 def last_stage(count: int) -> tuple[int, ...]:
     return (count - 1,)
+
+
+def last_stages(number: int) -> StageSelector:
+    """The last ``number`` stages of a backbone (fewer when it has no more beyond its stem, stage 0)."""
+    return lambda count: tuple(range(max(1 if count > 1 else 0, count - number), count))
 
 
 def _led(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams, inputs) -> dict[str, torch.Tensor]:
@@ -356,6 +431,17 @@ def _led(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hpar
 
 def _hint(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams, inputs: TermInputs):
     return {"hint": hint_loss(inputs.student_stages[0], inputs.teacher_stages[0], inputs.module)}
+
+
+def _reviewkd(student: ModelOutput, teacher: ModelOutput, targets: torch.Tensor, hparams, inputs: TermInputs):
+    count = min(len(inputs.student_stages), len(inputs.teacher_stages))
+    reviewed = inputs.module(list(inputs.student_stages[-count:]))
+    return {"reviewkd": hcl_loss(reviewed, list(inputs.teacher_stages[-count:]))}
+
+
+def _review_connectors(student: list[int], teacher: list[int], hparams) -> nn.Module:
+    count = min(len(student), len(teacher))  # the deepest levels of each, paired
+    return ReviewConnector(student[-count:], teacher[-count:])
 
 
 TERMS: dict[str, Term] = {
@@ -369,6 +455,8 @@ TERMS: dict[str, Term] = {
     "pkt": Term({"pkt": "lambda_pkt"}, lambda s, t, y, hp, x: {"pkt": pkt_loss(s.features, t.features)}),
     "hint": Term({"hint": "lambda_hint"}, _hint, stages=last_stage,
                  connectors=lambda student, teacher, hp: HintConnector(student[0], teacher[0])),
+    "reviewkd": Term({"reviewkd": "lambda_reviewkd"}, _reviewkd, stages=last_stages(4),
+                     connectors=_review_connectors, pooled=True),
 }
 
 #: The official L2D weights (MS-COCO), the starting point of every L2D sweep.
@@ -394,13 +482,16 @@ METHODS: dict[str, Method] = {
     "kd": Method(("kd",), {"lambda_kd": 10.0, "kd_temperature": 4.0}, "vanilla KD with sigmoids (soft-target BCE)"),
     "mse": Method(("mse",), {"lambda_mse": 1.0}, "MSE between logits"),
     "ps": Method(("ps",), {"lambda_ps": 10.0}, "partial softmax KD"),
-    "rkd": Method(("rkd",), {"lambda_rkd": 1.0}, "relational KD on pooled features (distance 25, angle 50)"),
+    "rkd": Method(("rkd",), {"lambda_rkd": 1.0}, "relational KD on pooled features (distance 10, angle 10)"),
     "pkt": Method(("pkt",), {"lambda_pkt": 30000.0}, "probabilistic knowledge transfer on pooled features"),
     "mld": Method(("mld",), {"lambda_mld": 10.0}, "L2D's multi-label logits distillation alone"),
     "led": Method(("led",), {"lambda_cd": 100.0, "lambda_id": 1000.0}, "L2D's CD + ID embedding losses alone"),
     "l2d": Method(("mld", "led"), dict(OFFICIAL_WEIGHTS), "L2D: MLD + CD + ID"),
     "hint": Method(("hint",), {"lambda_hint": 100.0}, "FitNet-style hint on the last backbone stage (trainable "
                                                       "1x1 conv + BN connector)"),
+    "reviewkd": Method(("reviewkd",), {"lambda_reviewkd": 20.0}, "ReviewKD: attention-based fusion of the last 4 "
+                                                                 "stages and the pooled features, hierarchical "
+                                                                 "context loss"),
 }
 
 
@@ -422,6 +513,11 @@ def method_hparams(method: str, overrides: Mapping[str, float] | None = None) ->
             raise ValueError(f"{name} must be a finite number >= 0 (> 0 for a temperature), got {value}")
         hparams[name] = value
     return hparams
+
+
+def _pooled_features(model: nn.Module) -> int:
+    backbone = getattr(model, "backbone", model)
+    return int(backbone.num_features)
 
 
 class DistillationCriterion(nn.Module):
@@ -462,8 +558,10 @@ class DistillationCriterion(nn.Module):
             selected = (term.stages(len(student_channels)), term.stages(len(teacher_channels)))
             self._term_stages[name] = selected
             if term.connectors is not None:
-                self.connectors[name] = term.connectors([student_channels[i] for i in selected[0]],
-                                                        [teacher_channels[i] for i in selected[1]], self.hparams)
+                pooled = ([_pooled_features(student)], [_pooled_features(teacher)]) if term.pooled else ([], [])
+                self.connectors[name] = term.connectors([student_channels[i] for i in selected[0]] + pooled[0],
+                                                        [teacher_channels[i] for i in selected[1]] + pooled[1],
+                                                        self.hparams)
         self.student_stages = tuple(sorted({i for s, _ in self._term_stages.values() for i in s}))
         self.teacher_stages = tuple(sorted({i for _, t in self._term_stages.values() for i in t}))
 
@@ -476,9 +574,12 @@ class DistillationCriterion(nn.Module):
         if len(student_maps) != len(self.student_stages) or len(teacher_maps) != len(self.teacher_stages):
             raise ValueError(f"method {self.method!r} needs stages {self.student_stages} of the student and "
                              f"{self.teacher_stages} of the teacher; call the models with stages=...")
-        return TermInputs(tuple(student_maps[i] for i in student_indices),
-                          tuple(teacher_maps[i] for i in teacher_indices),
-                          self.connectors[name] if name in self.connectors else None)
+        student_stages = tuple(student_maps[i] for i in student_indices)
+        teacher_stages = tuple(teacher_maps[i] for i in teacher_indices)
+        if TERMS[name].pooled:
+            student_stages += (student.features[:, :, None, None],)
+            teacher_stages += (teacher.features[:, :, None, None],)
+        return TermInputs(student_stages, teacher_stages, self.connectors[name] if name in self.connectors else None)
 
     def forward(self, student: ModelOutput, teacher: ModelOutput | None,
                 targets: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -6,7 +6,12 @@
 - CP, CR, CF1: per-class precision and recall averaged over all classes (a class with no predicted or no
   true positive counts 0), CF1 the harmonic mean of CP and CR; OP, OR, OF1: the same pooled over all
   image-label pairs. Reported three ways: at ``p >= 0.5``, for the top-3 scores of each image, and for the
-  top-k scores with k = the image's true label count (the official L2D code's variant, ``topk_true``).
+  top-k scores with k = the image's true label count (``topk_true``; CF1 there is still the harmonic mean of CP
+  and CR).
+- paper_CF1, paper_OF1: the official L2D code's F1, the numbers its paper reports: each image predicts the labels
+  scoring strictly above its (k+1)-th highest score, k = its true label count (none for an image without labels,
+  all for one with every label), then scikit-learn's ``f1_score`` on those predictions, ``average="macro"``
+  (the mean of per-class F1, 0 for a class never predicted nor present) and ``average="micro"``.
 """
 
 from __future__ import annotations
@@ -93,6 +98,25 @@ def _top_k_mask(scores: np.ndarray, k: np.ndarray) -> np.ndarray:
     return ranks < k[:, None]
 
 
+def paper_f1(scores: ArrayLike, targets: ArrayLike) -> dict[str, float]:
+    """``paper_CF1`` and ``paper_OF1`` in percent (see the module docstring): the official code's definition."""
+    scores, targets = _check(scores, targets)
+    count, classes = scores.shape
+    k = targets.sum(1).astype(np.int64)
+    descending = -np.sort(-scores, axis=1)
+    threshold = np.full(count, -np.inf)
+    below_all = k < classes
+    threshold[below_all] = descending[np.arange(count)[below_all], k[below_all]]
+    predicted = scores > threshold[:, None]
+    true_positive = (predicted & targets).sum(0).astype(np.float64)
+    errors = (predicted ^ targets).sum(0).astype(np.float64)  # false positives + false negatives
+    denominator = 2 * true_positive + errors
+    per_class = np.divide(2 * true_positive, denominator, out=np.zeros(classes), where=denominator > 0)
+    total = 2 * true_positive.sum() + errors.sum()
+    return {"paper_CF1": float(per_class.mean()) * 100.0 if classes else 0.0,
+            "paper_OF1": float(2 * true_positive.sum() / total) * 100.0 if total else 0.0}
+
+
 def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> dict:
     """All metrics of a set of predictions.
 
@@ -103,8 +127,8 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, threshold: float =
 
     Returns:
         ``mAP`` and ``AP`` (per-class array, NaN for classes without positives); ``CP, CR, CF1, OP, OR, OF1``
-        at the threshold; the same prefixed ``top3_``; and prefixed ``topk_true_`` for the official code's
-        top-k with k = each image's true label count. All in percent.
+        at the threshold; the same prefixed ``top3_``; and prefixed ``topk_true_`` for the top-k with k = each
+        image's true label count; ``paper_CF1`` and ``paper_OF1``, the official code's F1. All in percent.
     """
     scores, targets = _check(scores, targets)
     ap = average_precision_per_class(scores, targets)
@@ -113,4 +137,5 @@ def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, threshold: float =
     top3 = np.full(scores.shape[0], min(3, scores.shape[1]))
     result.update(_precision_recall(_top_k_mask(scores, top3), targets, "top3_"))
     result.update(_precision_recall(_top_k_mask(scores, targets.sum(1)), targets, "topk_true_"))
+    result.update(paper_f1(scores, targets))
     return result

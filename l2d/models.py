@@ -190,29 +190,71 @@ def build_model(
     num_classes: int,
     embed_dim: int = 768,
     pretrained: str | os.PathLike | None = None,
+    weights: str | None = None,
     **backbone_kwargs,
 ) -> MultiLabelModel:
     """Build a multi-label model: timm ``backbone`` + label-wise embedding head.
 
     Args:
-        backbone: any timm model name (``timm.list_models()``); created with ``pretrained=False``.
+        backbone: any timm model name (``timm.list_models()``).
         num_classes: C, the number of labels.
         embed_dim: D, the size of the label-wise embeddings (teacher and student must agree for CD/ID).
-        pretrained: a local checkpoint: a timm/torchvision state dict of the backbone, or a state dict of
-            a whole model saved by this project. Nothing is downloaded.
+        pretrained: a local checkpoint (kept for callers of the first version; same as ``weights``).
+        weights: initial weights (:mod:`l2d.weights`): a local file (a timm/torchvision state dict of the backbone,
+            loaded timm's way with its classifier dropped, or a whole model saved by this project), or ``timm``,
+            ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache. Nothing is downloaded;
+            without weights the backbone starts from timm's random initialisation.
         **backbone_kwargs: passed to ``timm.create_model`` (for example ``img_size=64`` for a ViT or Swin).
 
     Returns:
         The model; its forward returns a :class:`ModelOutput`.
+
+    Raises:
+        WeightsError: the weights cannot be found or read, or do not fit ``backbone``.
     """
+    from l2d import weights as weight_sources
+
     check_backbone_name(backbone)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    source = weights if weights is not None else (os.fspath(pretrained) if pretrained is not None else None)
+    path = weight_sources.resolve(source, backbone) if source else None
+    state = weight_sources.read_state_dict(path) if path is not None else None
+    if path is not None and not _is_whole_model_or_wrapped(state):
+        try:
+            # timm's own loader: the classifier dropped (num_classes=0), checkpoint filters applied, strict shapes.
+            net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
+                                    **backbone_kwargs)
+        except RuntimeError as error:
+            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line
+                             or "Missing key" in line or "Unexpected key" in line), str(error).splitlines()[0])
+            raise weight_sources.WeightsError(f"{path}: weights do not fit {backbone} (tensors with the wrong shape "
+                                              f"for {backbone}, or missing: {mismatch[:300]})") from None
+        # timm loads non-strictly once it drops a classifier, so a file of another model would load nothing,
+        # silently: every tensor of the backbone must be in the file.
+        missing = [k for k in net.state_dict() if k not in state and not k.endswith("num_batches_tracked")]
+        if missing:
+            raise weight_sources.WeightsError(f"{path}: weights do not fit {backbone}: the file lacks {len(missing)} of "
+                                              f"its {len(net.state_dict())} tensors (e.g. {', '.join(missing[:3])})")
+        return MultiLabelModel(net, backbone, num_classes, embed_dim)
     net = timm.create_model(backbone, pretrained=False, num_classes=0, **backbone_kwargs)
     model = MultiLabelModel(net, backbone, num_classes, embed_dim)
-    if pretrained is not None:
-        load_pretrained(model, pretrained)
+    if path is not None:
+        load_pretrained(model, path)
     return model
+
+
+def _is_whole_model_or_wrapped(state: object) -> bool:
+    """Whether a weights file's content is a whole model of ours, or a state dict nested or prefixed by a trainer,
+    which :func:`load_pretrained` unwraps (a plain backbone state dict goes to timm's loader instead)."""
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        return True  # nested, or not a state dict at all: load_pretrained unwraps it or names the problem
+    if any(key in state and isinstance(state[key], dict) for key in _STATE_DICT_KEYS):
+        return True
+    keys = [k for k in state if isinstance(k, str)]
+    if any(k.startswith(("module.", "_orig_mod.")) for k in keys):
+        return True
+    return any(k.startswith("head.") for k in keys) and any(k.startswith("backbone.") for k in keys)
 
 
 def _unwrap_state_dict(checkpoint: object, path: str) -> dict[str, torch.Tensor]:
@@ -234,10 +276,12 @@ def load_pretrained(model: MultiLabelModel, path: str | os.PathLike) -> None:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a state dict, or its tensors do not fit the model.
     """
+    from l2d.weights import read_state_dict
+
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights {path!r} not found (give a local file path)")
-    state_dict = _unwrap_state_dict(torch.load(path, map_location="cpu", weights_only=True), path)
+    state_dict = _unwrap_state_dict(read_state_dict(path), path)
     if any(k.startswith("head.") for k in state_dict) and any(k.startswith("backbone.") for k in state_dict):
         try:
             model.load_state_dict(state_dict)

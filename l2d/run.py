@@ -42,10 +42,13 @@ class RunConfig:
         method / hparams: the distillation method and overrides of its default weights.
         epochs / lr: the student's epochs and OneCycle max learning rate.
         teacher_epochs / teacher_lr: the same for training the teacher (when the store lacks it).
+        teacher_schedule_epochs: the length of the teacher's OneCycle schedule when it stops before its end (the
+            official teachers: an 80-epoch schedule stopped at epoch 30); None: ``teacher_epochs``.
         batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
         seed: seeds the models' initialisation and the data order.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
-        student_weights: a local file of initial weights for the student (see :func:`l2d.models.load_pretrained`).
+        student_weights / teacher_weights: initial weights of each backbone (:mod:`l2d.weights`: a local file, or
+            ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache); None: random.
     """
 
     dataset: str = "mosaic-digits"
@@ -61,6 +64,7 @@ class RunConfig:
     lr: float | None = None
     teacher_epochs: int | None = None
     teacher_lr: float | None = None
+    teacher_schedule_epochs: int | None = None
     batch_size: int = 64
     weight_decay: float = 1e-4
     pct_start: float = 0.2
@@ -69,6 +73,7 @@ class RunConfig:
     seed: int = 0
     device: str | None = None
     student_weights: str | None = None
+    teacher_weights: str | None = None
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -82,7 +87,7 @@ class RunConfig:
     def teacher_recipe(self) -> Recipe:
         return Recipe(epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.teacher_lr,
                       weight_decay=self.weight_decay, pct_start=self.pct_start, num_workers=self.num_workers,
-                      amp=self.amp)
+                      amp=self.amp, schedule_epochs=self.teacher_schedule_epochs)
 
 
 def resolve(config: RunConfig) -> RunConfig:
@@ -92,7 +97,7 @@ def resolve(config: RunConfig) -> RunConfig:
         ValueError: an unknown dataset, backbone or method, a weight the method does not have, a bad recipe value;
             the message names the field and what is allowed.
     """
-    from l2d.data import DATASETS, dataset_options
+    from l2d.data import DATASETS, MAX_SEED, check_dataset_options
     from l2d.losses import method_hparams
     from l2d.models import check_backbone_name
 
@@ -101,10 +106,9 @@ def resolve(config: RunConfig) -> RunConfig:
     info = DATASETS[config.dataset]
     if info.needs_root and not config.data_root:
         raise ValueError(f"dataset {config.dataset!r} needs a root folder (the folder of its files)")
-    allowed = dataset_options(config.dataset)
-    unknown = sorted(set(config.dataset_options) - set(allowed))
-    if unknown:
-        raise ValueError(f"unknown {config.dataset} option {unknown[0]!r}; allowed: {', '.join(allowed)}")
+    check_dataset_options(config.dataset, config.dataset_options)
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ValueError(f"seed {config.seed} is out of range; allowed: 0 to {MAX_SEED}")
     resolved = config.replace(
         image_size=config.image_size or info.image_size, embed_dim=config.embed_dim or info.embed_dim,
         teacher=config.teacher or info.teacher, student=config.student or info.student,
@@ -113,8 +117,8 @@ def resolve(config: RunConfig) -> RunConfig:
         hparams=method_hparams(config.method, config.hparams), dataset_options=dict(config.dataset_options))
     for name in (resolved.teacher, resolved.student):
         check_backbone_name(name)
-    if resolved.image_size < 8:
-        raise ValueError(f"image_size must be >= 8, got {resolved.image_size}")
+    if not 8 <= resolved.image_size <= 4096:
+        raise ValueError(f"image_size must be between 8 and 4096, got {resolved.image_size}")
     if resolved.embed_dim < 8 or resolved.embed_dim % 8:
         raise ValueError(f"embed_dim must be a multiple of 8 (the attention heads), got {resolved.embed_dim}")
     resolved.student_recipe, resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
@@ -144,21 +148,49 @@ def resolve_device(name: str | None) -> torch.device:
     return device
 
 
+def check_weights(config: RunConfig, num_classes: int = 2) -> None:
+    """Build each backbone that has initial weights, with them, on the CPU: a missing file or cache entry, an
+    unreadable file or weights that do not fit fail here, before any data is read or any training starts.
+
+    Raises:
+        WeightsError: naming the file or source and what is wrong.
+    """
+    from l2d.models import build_model
+
+    config = resolve(config)
+    for backbone, source in ((config.teacher, config.teacher_weights), (config.student, config.student_weights)):
+        if source:
+            build_model(backbone, num_classes, config.embed_dim, weights=source)
+
+
 def teacher_config(config: RunConfig) -> RunConfig:
     """The run that trains ``config``'s teacher: its backbone with BCE alone, the teacher's epochs and lr."""
     config = resolve(config)
     return config.replace(student=config.teacher, method="bce", hparams={}, epochs=config.teacher_epochs,
-                          lr=config.teacher_lr, student_weights=None)
+                          lr=config.teacher_lr, student_weights=config.teacher_weights)
 
 
-def teacher_key(config: RunConfig) -> TeacherKey:
-    """The teacher store's key of ``config``'s teacher (the same settings give the same key everywhere)."""
+def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
+    """The teacher store's key of ``config``'s teacher over data of ``data_fingerprint``
+    (:func:`l2d.data.data_fingerprint` of its splits): the same settings and data give the same key everywhere."""
+    from l2d.weights import identity
+
     config = resolve(config)
     recipe = {"epochs": config.teacher_epochs, "batch_size": config.batch_size, "lr": config.teacher_lr,
               "weight_decay": config.weight_decay, "pct_start": config.pct_start}
+    if config.teacher_schedule_epochs is not None:
+        recipe["schedule_epochs"] = config.teacher_schedule_epochs
     return TeacherKey(dataset=config.dataset, backbone=config.teacher, image_size=config.image_size,
                       embed_dim=config.embed_dim, recipe=recipe, seed=config.seed,
-                      dataset_options=dict(config.dataset_options))
+                      dataset_options=dict(config.dataset_options), data_fingerprint=data_fingerprint,
+                      weights=identity(config.teacher_weights, config.teacher) or "")
+
+
+def splits_key(config: RunConfig, splits: Mapping) -> TeacherKey:
+    """:func:`teacher_key` of ``config`` over ``splits`` (their fingerprint computed here)."""
+    from l2d.data import data_fingerprint
+
+    return teacher_key(config, data_fingerprint(splits))
 
 
 def build_splits(config: RunConfig) -> dict[str, torch.utils.data.Dataset]:
@@ -189,9 +221,12 @@ class Run:
 
 def get_teacher(config: RunConfig, store: TeacherStore, splits: Mapping | None = None,
                 on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None):
-    """``config``'s teacher from the store, trained into it first when missing: ``(model, card, trained)``."""
+    """``config``'s teacher from the store, trained into it first when missing or unreadable:
+    ``(model, card, trained)``."""
     config = resolve(config)
-    return store.get_or_train(teacher_key(config), 0, lambda: train_teacher(config, splits, on_epoch, batch_progress))
+    splits = splits if splits is not None else build_splits(config)
+    return store.get_or_train(splits_key(config, splits), 0,
+                              lambda: train_teacher(config, splits, on_epoch, batch_progress))
 
 
 def train_teacher(config: RunConfig, splits: Mapping | None = None, on_epoch: EpochFn | None = None,
@@ -235,7 +270,7 @@ def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torc
         teacher, teacher_card = None, None
     torch.manual_seed(config.seed)
     student = build_model(config.student, len(splits["train"].class_names), config.embed_dim,
-                          pretrained=config.student_weights)
+                          weights=config.student_weights)
     distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], config.method,
                           config.hparams, config.student_recipe, resolve_device(config.device), config.seed)
     return Run(config, splits, teacher, teacher_card, student, distiller)

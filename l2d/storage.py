@@ -233,7 +233,8 @@ class Location:
         self.write_bytes(text.encode())
 
     def move(self, target: Location) -> None:
-        """Rename this file or folder to ``target`` (same filesystem)."""
+        """Rename this file to ``target`` (same filesystem; the target's folder is created when missing)."""
+        target.parent.makedirs()
         self.filesystem.move(self.path, target.path)
 
     def delete(self) -> None:

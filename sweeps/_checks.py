@@ -33,19 +33,27 @@ class Checker:
                 raise self.fail(f"{where}.{key}" if where else key, "is required")
         return value
 
-    def integer(self, value: Any, where: str, minimum: int | None = None) -> int:
+    def integer(self, value: Any, where: str, minimum: int | None = None, maximum: int | None = None) -> int:
         if isinstance(value, bool) or not isinstance(value, int):
             raise self.fail(where, f"expected an integer, got {show(value)}")
         if minimum is not None and value < minimum:
-            raise self.fail(where, f"{value} is too small; allowed: an integer >= {minimum}")
+            bound = f">= {minimum}" + (f" and <= {maximum:,}" if maximum is not None else "")
+            raise self.fail(where, f"{value} is too small; allowed: an integer {bound}")
+        if maximum is not None and value > maximum:
+            bound = (f">= {minimum} and " if minimum is not None else "") + f"<= {maximum:,}"
+            raise self.fail(where, f"{value:,} is too large; allowed: an integer {bound}")
         return value
 
-    def number(self, value: Any, where: str, minimum: float | None = None, exclusive: bool = False) -> float:
+    def number(self, value: Any, where: str, minimum: float | None = None, exclusive: bool = False,
+               maximum: float | None = None) -> float:
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise self.fail(where, f"expected a finite number, got {show(value)}")
-        if minimum is not None and (value <= minimum if exclusive else value < minimum):
-            raise self.fail(where, f"{value} is out of range; allowed: a number {'>' if exclusive else '>='} "
-                                   f"{minimum:g}")
+        out_of_range = (minimum is not None and (value <= minimum if exclusive else value < minimum)) \
+            or (maximum is not None and value > maximum)
+        if out_of_range:
+            bounds = [f"{'>' if exclusive else '>='} {minimum:g}"] if minimum is not None else []
+            bounds += [f"<= {maximum:g}"] if maximum is not None else []
+            raise self.fail(where, f"{value} is out of range; allowed: a number {' and '.join(bounds)}")
         return float(value)
 
     def string(self, value: Any, where: str) -> str:

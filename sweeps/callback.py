@@ -2,7 +2,9 @@
 TensorBoard, and prints one progress line per event.
 
 Every epoch report is written to ``results/`` (atomically) before its line is printed, so a driver killed at any
-moment loses no row it announced. TensorBoard event files are written locally (under the sweep folder, or under
+moment loses no row it announced; before each write the driver checks that it still holds the sweep's lease. On
+its first step it reconciles the tables with Tune's trial states, and it never drops a recorded row: an unfinished
+trial that no experiment continued ends as ``interrupted``. TensorBoard event files are written locally (under the sweep folder, or under
 the cache for a remote sweep, uploaded at the end). A new result column goes in :mod:`sweeps.results`; a new
 per-trial side effect of the driver (a tracker, a lease renewal) goes here.
 """
@@ -19,6 +21,7 @@ import time
 from ray.tune import Callback
 
 from l2d.storage import Location, cache_dir
+from sweeps._faults import failpoint
 from sweeps.results import ResultsWriter
 from sweeps.search import decode
 from sweeps.trial import HISTORY_KEY
@@ -74,11 +77,16 @@ class SweepCallback(Callback):
         self.quiet = quiet
         self._writer = None
         self._boards: dict = {}
+        self.guard = None  # called before every write (the lease check); not pickled
+        self._reconciled = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_writer"], state["_boards"] = None, {}
+        state["_writer"], state["_boards"], state["guard"], state["_reconciled"] = None, {}, None, False
         return state
+
+    def __setstate__(self, state):
+        self.__dict__.update({"guard": None, "_reconciled": False, **state})
 
     @property
     def location(self) -> Location:
@@ -114,8 +122,27 @@ class SweepCallback(Callback):
         return (f"{state}; best val mAP {best['best_val_mAP']:.2f} (test {best['test_mAP_at_best']:.2f}) by "
                 f"{best['trial_id']} {best['student']} {best['method']}")
 
+    def on_step_begin(self, iteration, trials, **info):
+        self._reconcile(trials)
+
+    def _reconcile(self, trials) -> None:
+        if self._reconciled:
+            return
+        self._reconciled = True
+        added = self.writer.reconcile(trials)
+        if added:
+            self._say(f"rebuilt the rows of {len(added)} trial(s) from Tune's state: {', '.join(added)}")
+            self._write()
+
     def on_trial_start(self, iteration, trials, trial, **info):
         config = decode(trial.config)
+        record = self.writer.trials.get(trial.trial_id)
+        if record is not None and record.config and record.status in ("running", "pending", "interrupted") \
+                and not _same_config(record.config, config):
+            # A trial lost in a crash whose id a resumed search gave to another configuration: keep its rows aside.
+            moved = self.writer.set_aside_trial(trial.trial_id)
+            self._say(f"trial {trial.trial_id}: the run lost in the crash had another configuration; its rows are "
+                      f"kept as {moved} (interrupted)")
         self.writer.trial(trial.trial_id, config).status = "running"
         self._write()
         self._say(f"trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
@@ -142,6 +169,7 @@ class SweepCallback(Callback):
         self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
                   f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s | "
                   f"{self._summary()}")
+        failpoint(f"epoch-{epoch}")
 
     def _end(self, trial, error: str | None) -> None:
         config = decode(trial.config)
@@ -156,8 +184,9 @@ class SweepCallback(Callback):
                               run_name=".")
             board.flush()
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
-        self._say(f"{message} | {self._summary()}")
         self._write()
+        self._say(f"{message} | {self._summary()}")
+        failpoint("trial-end")
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)
@@ -166,11 +195,14 @@ class SweepCallback(Callback):
         self._end(trial, error_message(trial))
 
     def on_experiment_end(self, trials, **info):
-        # A trial started moments before a crash, after Tune's last save of its state, is unknown to the resumed
-        # experiment (which ran another in its place): drop its rows so every row is a trial Tune ran.
-        ghosts = self.writer.forget_except({trial.trial_id for trial in trials})
-        if ghosts:
-            self._say(f"dropped {len(ghosts)} trial(s) lost in the crash before Tune saved them: {', '.join(ghosts)}")
+        # Trial ids are deterministic (sweeps.search.SweepSearchGenerator), so a trial lost in a crash is re-created
+        # under its own id by the resumed experiment; one that was not (another experiment's, after Tune's state was
+        # lost) keeps its rows, marked interrupted.
+        self._reconcile(trials)  # a restored experiment with nothing left to run takes no step
+        lost = self.writer.interrupt_unknown({trial.trial_id for trial in trials})
+        if lost:
+            self._say(f"{len(lost)} unfinished trial(s) from before a crash were not continued (kept, interrupted): "
+                      f"{', '.join(lost)}")
         self._write()
         for board in self._boards.values():
             board.close()
@@ -178,4 +210,19 @@ class SweepCallback(Callback):
         upload_tensorboard(self.location)
 
     def _write(self) -> None:
+        if self.guard is not None:
+            self.guard()
         self.writer.write()
+
+
+def _same_config(recorded: dict, config: dict) -> bool:
+    """Whether a recorded trial's config is ``config`` (floats compared loosely: the tables store float64)."""
+    keys = set(recorded) | set(config)
+    for key in keys:
+        a, b = recorded.get(key), config.get(key)
+        if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+            if not math.isclose(float(a), float(b), rel_tol=1e-9, abs_tol=1e-12):
+                return False
+        elif a != b:
+            return False
+    return True

@@ -5,7 +5,7 @@
 | column | type | meaning |
 |---|---|---|
 | trial_id | string | Tune's trial id |
-| status | string | completed (all epochs), stopped (by ASHA), failed, running, pending |
+| status | string | completed (all epochs), stopped (by ASHA), failed, running, pending, interrupted (its run was lost in a crash and not continued) |
 | error | string | the failure's message (null unless failed) |
 | teacher, student, method | string | the sampled pairing and method |
 | lr, lambda_mld, lambda_cd, lambda_id, lambda_kd, kd_temperature, lambda_mse, lambda_ps, lambda_rkd, lambda_pkt, lambda_hint (every weight of every method) | double | sampled or fixed hyperparameters (null when the method has none) |
@@ -18,25 +18,37 @@
 | latency_ms | double | median forward latency of one image on the trial's device |
 | images_per_s | double | mean training throughput |
 | wall_time_s | double | sum of the epochs' train + eval time |
+| test_CF1_at_best, test_OF1_at_best | double | test CF1 / OF1 (threshold 0.5) at the best epoch |
+| test_paper_CF1_at_best, test_paper_OF1_at_best | double | the official code's CF1 / OF1 (l2d.metrics.paper_f1), test split, best epoch: the F1 the paper reports |
 
 ``<sweep>/results/epochs.parquet``: one row per trial and epoch: ``trial_id``, ``epoch`` and every metric the
 workers report (``val_mAP``, ``val_loss``, ``val_<part>``, ``train_total``, ``train_<part>``, ``test_mAP``,
 ``test_CF1``, ``test_OF1``, ``images_per_s``, ``lr``, ...).
 
-Both files are written to a temporary name and moved into place, so a reader never sees half a file.
+Both files are written to a temporary name and moved into place, so a reader never sees half a file. A file that
+cannot be read anyway (a disk fault, a hand edit) is set aside as ``<name>.corrupt-<time>`` when a driver opens
+the sweep: the epochs are rebuilt from the trials' checkpoint histories, and the trial rows from the epochs and
+Tune's own trial states (:meth:`ResultsWriter.reconcile`). Readers (``results``, ``status``) refuse it with a
+one-line error naming the file.
 """
 
 from __future__ import annotations
 
 import io
+import json
+import logging
 import math
+import time
 from dataclasses import dataclass
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
 from l2d.storage import Location
+from sweeps._faults import failpoint
 from sweeps.spec import SEARCHABLE
+
+logger = logging.getLogger(__name__)
 
 HPARAM_COLUMNS = SEARCHABLE
 TRIAL_SCHEMA = pa.schema(
@@ -47,7 +59,8 @@ TRIAL_SCHEMA = pa.schema(
        ("best_epoch", pa.int64()), ("test_mAP_at_best", pa.float64()), ("last_val_mAP", pa.float64()),
        ("last_test_mAP", pa.float64()), ("best_val_CF1", pa.float64()), ("best_val_OF1", pa.float64()),
        ("student_params", pa.int64()), ("latency_ms", pa.float64()), ("images_per_s", pa.float64()),
-       ("wall_time_s", pa.float64())]
+       ("wall_time_s", pa.float64()), ("test_CF1_at_best", pa.float64()), ("test_OF1_at_best", pa.float64()),
+       ("test_paper_CF1_at_best", pa.float64()), ("test_paper_OF1_at_best", pa.float64())]
 )
 #: Epoch-table columns that are not floats.
 _EPOCH_FIXED = [("trial_id", pa.string()), ("epoch", pa.int64())]
@@ -60,11 +73,52 @@ def write_table(table: pa.Table, location: Location) -> None:
     location.write_bytes(buffer.getvalue())
 
 
+class CorruptResultsError(RuntimeError):
+    """A results file cannot be read; the message names it and how to repair it."""
+
+
 def read_table(location: Location) -> pa.Table | None:
-    """A Parquet file as a table, or None when it does not exist."""
+    """A Parquet file as a table, or None when it does not exist.
+
+    Raises:
+        CorruptResultsError: the file exists but is not a readable Parquet file.
+    """
     if not location.is_file():
         return None
-    return pq.read_table(io.BytesIO(location.read_bytes()))
+    try:
+        return pq.read_table(io.BytesIO(location.read_bytes()))
+    except (pa.ArrowException, OSError) as error:
+        raise CorruptResultsError(f"{location}: unreadable Parquet file ({str(error).splitlines()[0][:200]}); "
+                                  f"`l2d-sweep resume` rebuilds it from the checkpoints and Tune's state") from None
+
+
+def _set_aside(location: Location) -> Location:
+    aside = location.parent / f"{location.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
+    location.move(aside)
+    return aside
+
+
+def epochs_from_checkpoints(sweep_dir: Location) -> dict[str, dict[int, dict]]:
+    """Every epoch row that the trials' newest readable checkpoints remember (their history files)."""
+    from sweeps.checkpoints import HISTORY_FILE, checkpoint_folders
+
+    epochs: dict[str, dict[int, dict]] = {}
+    for run_dir in (sweep_dir / "train").list():
+        if not run_dir.name.startswith("trial-"):
+            continue
+        trial_id = run_dir.name.removeprefix("trial-")
+        for folder in checkpoint_folders(run_dir):
+            try:
+                history = json.loads((folder / HISTORY_FILE).read_text())
+            except (ValueError, OSError):
+                continue
+            for row in history:
+                epoch = int(row["epoch"])
+                epochs.setdefault(trial_id, {})[epoch] = {
+                    "trial_id": trial_id, "epoch": epoch,
+                    **{k: float(v) for k, v in row.items() if k != "epoch" and isinstance(v, (int, float))}}
+            break
+    return epochs
 
 
 @dataclass
@@ -84,12 +138,25 @@ class ResultsWriter:
         self.max_epochs = max_epochs
         self.trials: dict[str, TrialRecord] = {}
         self.epochs: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> row
-        existing_epochs = read_table(self.epochs_file)
+        try:
+            existing_epochs = read_table(self.epochs_file)
+        except CorruptResultsError as error:
+            aside = _set_aside(self.epochs_file)
+            existing_epochs = None
+            self.epochs = epochs_from_checkpoints(self.sweep_dir)
+            logger.warning("%s; set it aside as %s and rebuilt %d epoch rows from the trials' checkpoints", error,
+                           aside.name, sum(len(rows) for rows in self.epochs.values()))
         if existing_epochs is not None:
             for row in existing_epochs.to_pylist():
                 self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {
                     k: v for k, v in row.items() if v is not None}
-        existing_trials = read_table(self.trials_file)
+        try:
+            existing_trials = read_table(self.trials_file)
+        except CorruptResultsError as error:
+            aside = _set_aside(self.trials_file)
+            existing_trials = None
+            logger.warning("%s; set it aside as %s; the trial rows are rebuilt from the epochs and Tune's trial "
+                           "states", error, aside.name)
         if existing_trials is not None:
             for row in existing_trials.to_pylist():
                 # .get: a table written before a column existed (a method added since) lacks it.
@@ -131,13 +198,49 @@ class ResultsWriter:
         last = max(self.epochs.get(trial_id, {}), default=0)
         record.status = "completed" if last >= self.max_epochs else "stopped"
 
-    def forget_except(self, trial_ids: set[str]) -> list[str]:
-        """Drop the trials (and their epochs) not in ``trial_ids``; return the dropped ids."""
-        dropped = [t for t in self.trials if t not in trial_ids]
-        for trial_id in dropped:
-            del self.trials[trial_id]
-        self.epochs = {trial_id: rows for trial_id, rows in self.epochs.items() if trial_id in self.trials}
-        return dropped
+    def interrupt_unknown(self, trial_ids: set[str]) -> list[str]:
+        """Mark ``interrupted`` every unfinished trial not in ``trial_ids`` (a run lost in a crash that no experiment
+        continued); its rows are kept. Returns their ids."""
+        lost = [t for t, record in self.trials.items()
+                if t not in trial_ids and record.status in ("running", "pending")]
+        for trial_id in lost:
+            self.trials[trial_id].status = "interrupted"
+        return lost
+
+    def set_aside_trial(self, trial_id: str) -> str:
+        """Keep an unfinished trial's rows under ``<id>-lost`` (status ``interrupted``), freeing its id; returns the new
+        id. For a trial whose id a resumed experiment gave to another configuration."""
+        new_id = f"{trial_id}-lost"
+        record = self.trials.pop(trial_id)
+        record.trial_id, record.status = new_id, "interrupted"
+        self.trials[new_id] = record
+        rows = self.epochs.pop(trial_id, {})
+        self.epochs[new_id] = {epoch: {**row, "trial_id": new_id} for epoch, row in rows.items()}
+        return new_id
+
+    def reconcile(self, tune_trials) -> list[str]:
+        """Add the trials Tune knows and the tables lack (a file lost or set aside, a kill between Tune's save and
+        ours), with their states; returns their ids."""
+        from sweeps.search import decode
+
+        added = []
+        for trial in tune_trials:
+            record = self.trials.get(trial.trial_id)
+            if record is not None and record.config:
+                continue
+            config = decode(trial.config)
+            record = self.trial(trial.trial_id, config)
+            record.config = dict(config)
+            added.append(trial.trial_id)
+            if trial.status == "TERMINATED":
+                self.finish(trial.trial_id, config)
+            elif trial.status == "ERROR":
+                from sweeps.callback import error_message
+
+                self.finish(trial.trial_id, config, error_message(trial))
+            elif trial.status == "RUNNING" or self.epochs.get(trial.trial_id):
+                record.status = "running"
+        return added
 
     def trial_rows(self) -> list[dict]:
         rows = []
@@ -151,7 +254,8 @@ class ResultsWriter:
             row["stopped_early"] = record.status == "stopped"
             row.update(dict.fromkeys(("best_val_mAP", "best_epoch", "test_mAP_at_best", "last_val_mAP", "last_test_mAP",
                                       "best_val_CF1", "best_val_OF1", "student_params", "latency_ms", "images_per_s",
-                                      "wall_time_s")))
+                                      "wall_time_s", "test_CF1_at_best", "test_OF1_at_best", "test_paper_CF1_at_best",
+                                      "test_paper_OF1_at_best")))
             if history:
                 best = max(history, key=lambda r: r.get("val_mAP", -math.inf))
                 last = history[-1]
@@ -162,7 +266,10 @@ class ResultsWriter:
                            student_params=int(last["student_params"]) if "student_params" in last else None,
                            latency_ms=last.get("latency_ms"),
                            images_per_s=sum(r.get("images_per_s", 0.0) for r in history) / len(history),
-                           wall_time_s=sum(r.get("epoch_seconds", 0.0) for r in history))
+                           wall_time_s=sum(r.get("epoch_seconds", 0.0) for r in history),
+                           test_CF1_at_best=best.get("test_CF1"), test_OF1_at_best=best.get("test_OF1"),
+                           test_paper_CF1_at_best=best.get("test_paper_CF1"),
+                           test_paper_OF1_at_best=best.get("test_paper_OF1"))
             rows.append(row)
         return rows
 
@@ -177,6 +284,7 @@ class ResultsWriter:
     def write(self) -> None:
         trials, epochs = self.tables()
         write_table(epochs, self.epochs_file)
+        failpoint("results-write")
         write_table(trials, self.trials_file)
 
 
@@ -203,6 +311,8 @@ class SweepResults:
 
     def __init__(self, sweep_dir: str | Location):
         self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
+        if not self.sweep_dir.is_dir():
+            raise FileNotFoundError(f"{self.sweep_dir}: no such sweep folder")
         trials = read_table(self.sweep_dir / "results" / "trials.parquet")
         epochs = read_table(self.sweep_dir / "results" / "epochs.parquet")
         if trials is None or epochs is None:
@@ -212,18 +322,30 @@ class SweepResults:
         self.epochs = epochs
 
     def sql(self, query: str) -> pa.Table:
-        """Run DuckDB SQL with the views ``trials`` and ``epochs``."""
+        """Run DuckDB SQL over the views ``trials`` and ``epochs``, read-only: the two tables are registered from
+        memory, then DuckDB's access to files, extensions and the network is switched off and its configuration
+        locked, so a query cannot read or write anything else (``COPY ... TO``, ``read_csv``, ``ATTACH`` fail).
+
+        Raises:
+            ValueError: a statement that returns no rows, or one DuckDB refuses (the first line of its message).
+        """
         import duckdb
 
-        connection = duckdb.connect()
+        connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                        "autoload_known_extensions": False})
         try:
             connection.register("trials", self.trials)
             connection.register("epochs", self.epochs)
-            relation = connection.sql(query)
-            if relation is None:
-                raise ValueError("the SQL statement returns no rows; use a SELECT")
-            # DuckDB renamed arrow() to to_arrow_table() in 1.4.
-            return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
+            try:
+                relation = connection.sql(query)
+                if relation is None:
+                    raise ValueError("the SQL statement returns no rows; use a SELECT")
+                # DuckDB renamed arrow() to to_arrow_table() in 1.4.
+                return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+            except duckdb.Error as error:
+                raise ValueError(f"SQL error: {str(error).splitlines()[0]}") from None
         finally:
             connection.close()
 

@@ -2,6 +2,8 @@
 
 Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``)::
 
+    .l2d-sweep             the marker: only this tool writes it (sweeps.folder)
+    lease.json             who drives the sweep now (sweeps.folder)
     spec.yaml              the validated spec, as run
     tune/                  Ray Tune's experiment (trial states, the Optuna searcher's state)
     train/trial-<id>/      each trial's epoch checkpoints (sweeps.checkpoints)
@@ -11,6 +13,11 @@ Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``):
 
 Teachers live beside the sweeps, in ``<storage>/teachers`` (shared by every sweep of that storage). The search
 space is :mod:`sweeps.search`, the trial :mod:`sweeps.trial`, the driver's bookkeeping :mod:`sweeps.callback`.
+
+Every state file can be lost or damaged without losing a recorded result: Tune's experiment is restored when it
+can be, and otherwise the sweep continues from its results tables and checkpoints in a new experiment (the trials
+still to run, under new ids); a damaged results table, rung file, checkpoint or teacher is rebuilt or set aside
+where it is read, with a warning naming it.
 """
 
 from __future__ import annotations
@@ -18,46 +25,110 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
+from dataclasses import dataclass, replace
 from typing import Callable
 
 import yaml
 
 from l2d.storage import Location
-from sweeps.results import SweepResults, format_table
-from sweeps.spec import SweepSpec, parse_spec
-
 # Tune pickles the searcher and the callbacks into the experiment; sweeps written before these moved to their own
 # modules name them here, so both names must keep resolving.
 from sweeps.callback import SweepCallback  # noqa: F401
+from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401
+from sweeps.results import SweepResults, format_table
 from sweeps.search import DefineByRunSpace  # noqa: F401
+from sweeps.spec import SpecError, SweepSpec, parse_spec
 
 logger = logging.getLogger(__name__)
 
-
-class SweepExistsError(ValueError):
-    """``run`` was asked to start a sweep whose folder already holds one."""
-
-
-class SweepNotFoundError(FileNotFoundError):
-    """``resume`` was given a folder without a sweep."""
+#: Trial states that end a trial.
+FINISHED = ("completed", "stopped", "failed")
 
 
-def init_ray(num_cpus: int | None = None):
-    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one (dashboard on 127.0.0.1).
+@dataclass
+class SweepOutcome:
+    """What a driver leaves behind: the results and, in words, whether the sweep did its job."""
 
-    Returns Ray's context (None when Ray was already initialized). Token authentication is Ray's default for
-    local clusters since 2.59 and is left on.
+    results: SweepResults | None
+    counts: dict[str, int]
+
+    @property
+    def succeeded(self) -> bool:
+        """At least one trial that did not fail (the exit status 0 of ``run``/``resume``)."""
+        return any(n for status, n in self.counts.items() if status != "failed")
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "no trial ran"
+        states = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
+        return states if self.succeeded else f"every trial failed ({states})"
+
+
+def _outcome(sweep_dir: Location) -> SweepOutcome:
+    try:
+        results = SweepResults(sweep_dir)
+    except FileNotFoundError:
+        return SweepOutcome(None, {})
+    counts: dict[str, int] = {}
+    for status in results.trials.column("status").to_pylist():
+        counts[status] = counts.get(status, 0) + 1
+    return SweepOutcome(results, counts)
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """Before Ray starts: a local cluster (no ``RAY_ADDRESS``) must hold one trial and the teacher phase, and every
+    backbone's initial weights must be there and fit it (on a cluster, the teacher phase checks them on the nodes).
+
+    Raises:
+        SpecError: the trial needs more CPUs or GPUs than this machine has.
+        WeightsError: weights missing, unreadable or not fitting their backbone (named).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    from l2d.models import build_model
+    from l2d.run import resolve
+
+    embed_dim = resolve(spec.base_run()).embed_dim
+    for backbone, source in spec.weights.items():
+        build_model(backbone, 2, embed_dim, weights=source)  # found, readable, fitting; then dropped
+    cores = os.cpu_count() or 1
+    needed = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    if needed > cores:
+        raise SpecError(f"resources: a trial needs {needed:g} CPUs (workers_per_trial {spec.resources.workers_per_trial}"
+                        f" x cpus_per_worker {spec.resources.cpus_per_worker:g}) but this machine has {cores} and no "
+                        f"RAY_ADDRESS is set (a local cluster); lower them, or run on a cluster")
+    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
+    if gpus:
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus > available:
+            raise SpecError(f"resources: a trial needs {gpus:g} GPUs (workers_per_trial x gpus_per_worker) but this "
+                            f"machine has {available} and no RAY_ADDRESS is set (a local cluster); set "
+                            f"gpus_per_worker: 0, or run on a GPU cluster")
+
+
+def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
+    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one.
+
+    A local cluster keeps what it can on loopback: the dashboard on 127.0.0.1 and no metrics exporter
+    (``RAY_enable_metrics_collection=false`` unless set). Ray 2.60 itself binds its GCS, raylet and worker gRPC
+    servers on every interface and its agents on the node's address (it maps 127.0.0.1 to it); token
+    authentication, Ray's default since 2.59, is left on. Returns Ray's context (None when Ray was already
+    initialized). ``log_to_driver`` shows the workers' logs (``--verbose``).
     """
     import ray
 
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+    os.environ.setdefault("RAY_enable_metrics_collection", "false")
     # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
     # workers, and without the headroom a worker asking for every core could never be placed beside it.
     cpus = (num_cpus or os.cpu_count() or 1) + 1
-    return ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=False)
+    return ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
 
 
 def _trainable(spec: SweepSpec):
@@ -76,15 +147,17 @@ def _trainable(spec: SweepSpec):
     return tune.with_resources(trainable, {"cpu": 0.01})
 
 
-def _callbacks(spec: SweepSpec, quiet: bool) -> list:
-    return [SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)]
+def _callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None) -> list:
+    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)
+    callback.guard = lease.verify if lease is not None else None
+    return [callback]
 
 
-def _tuner(spec: SweepSpec, quiet: bool):
+def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0):
     from ray import tune
 
     from sweeps.scheduler import PersistentASHA
-    from sweeps.search import build_searcher
+    from sweeps.search import build_search
 
     if spec.budget.scheduler == "asha":
         scheduler = PersistentASHA(spec.sweep_dir / "asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
@@ -103,13 +176,12 @@ def _tuner(spec: SweepSpec, quiet: bool):
     storage_path, filesystem = spec.sweep_dir.ray_storage
     return tune.Tuner(
         _trainable(spec),
-        tune_config=tune.TuneConfig(search_alg=build_searcher(spec), scheduler=scheduler,
-                                    num_samples=spec.budget.num_samples,
-                                    max_concurrent_trials=spec.resources.max_concurrent_trials, metric=spec.metric,
-                                    mode=spec.mode, reuse_actors=spec.trainer == "in-process"),
+        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment), scheduler=scheduler,
+                                    num_samples=spec.budget.num_samples, metric=spec.metric, mode=spec.mode,
+                                    reuse_actors=spec.trainer == "in-process"),
         run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=_callbacks(spec, quiet)),
+                                  callbacks=_callbacks(spec, quiet, lease)),
     )
 
 
@@ -118,67 +190,153 @@ def _say(quiet: bool) -> Callable[[str], None]:
 
 
 def sweep_exists(sweep_dir: str | Location) -> bool:
-    """Whether ``sweep_dir`` holds a sweep (its spec.yaml)."""
-    return (Location.parse(sweep_dir) / "spec.yaml").is_file()
+    """Whether ``sweep_dir`` holds a sweep (its marker, or a spec.yaml from before markers)."""
+    from sweeps.folder import is_sweep
+
+    return is_sweep(Location.parse(sweep_dir))
 
 
-def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus: int | None = None) -> SweepResults:
-    """Start the sweep of ``spec``. Refuses when its folder already holds a sweep, unless ``new`` (start over)."""
+def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus: int | None = None,
+              force: bool = False, verbose: bool = False) -> SweepOutcome:
+    """Start the sweep of ``spec``. Refuses when its folder already holds a sweep, unless ``new`` (start over), and
+    a folder that is not a sweep. Nothing is written before every check has passed; a sweep that fails before its
+    first trial (a dataset it cannot read, say) leaves no folder behind."""
+    from sweeps.folder import prepare_new, write_marker
     from sweeps.teacher_phase import teacher_phase
 
     say = _say(quiet)
-    if sweep_exists(spec.sweep_dir):
-        if not new:
-            raise SweepExistsError(f"a sweep already exists at {spec.sweep_dir}; continue it with "
-                                   f"`l2d-sweep resume {spec.sweep_dir}`, or pass --new to delete it and start over")
-        say(f"--new: deleting the previous sweep at {spec.sweep_dir}")
-        spec.sweep_dir.delete()
-    init_ray(num_cpus)
-    (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
-    teacher_phase(spec, say)
-    say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
-        f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
-    _tuner(spec, quiet).fit()
-    return SweepResults(spec.sweep_dir)
+    check_local_resources(spec)
+    prepare_new(spec.sweep_dir, new, say, force)
+    marker = write_marker(spec.sweep_dir)
+    lease = LeaseKeeper(spec.sweep_dir, force, say).acquire()
+    before_first_trial = True
+    try:
+        (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        init_ray(num_cpus, verbose)
+        teacher_phase(spec, say)
+        say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
+            f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
+        before_first_trial = False
+        _tuner(spec, quiet, lease, marker["sweep_id"]).fit()
+    except BaseException:
+        lease.release()
+        if before_first_trial:
+            spec.sweep_dir.delete()  # it holds only what this call wrote: the marker, the spec (and the lease)
+        raise
+    lease.release()
+    return _outcome(spec.sweep_dir)
 
 
 def load_sweep_spec(sweep_dir: str | Location) -> SweepSpec:
-    """The spec stored in a sweep folder (following the folder when it moved)."""
+    """The spec stored in a sweep folder (following the folder when it moved).
+
+    Raises:
+        SweepNotFoundError: no sweep there; SpecError: its spec.yaml is unreadable or invalid (named).
+    """
+    from sweeps.folder import is_sweep
+
     sweep_dir = Location.parse(sweep_dir, "sweep folder")
     path = sweep_dir / "spec.yaml"
-    if not path.is_file():
-        raise SweepNotFoundError(f"{sweep_dir}: no sweep here (spec.yaml missing); start one with `l2d-sweep run SPEC`")
-    spec = parse_spec(yaml.safe_load(path.read_text()), str(path))
+    if not is_sweep(sweep_dir) or not path.is_file():
+        raise SweepNotFoundError(f"{sweep_dir}: no sweep here (no spec.yaml); start one with `l2d-sweep run SPEC`")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: not valid YAML ({str(error).splitlines()[0]}); the sweep's stored spec is damaged"
+                        ) from None
+    spec = parse_spec(data, str(path))
     if spec.sweep_dir != sweep_dir:  # the folder moved: follow it
         spec = parse_spec({**spec.to_dict(), "storage": str(sweep_dir.parent)}, str(path))
     return spec
 
 
-def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int | None = None) -> SweepResults:
-    """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
-    last epoch checkpoint, the Optuna study and ASHA's rungs carry on."""
+def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper):
+    """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be."""
     from ray import tune
 
+    storage_path, filesystem = (spec.sweep_dir / "tune").ray_storage
+    if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
+        return None, "no experiment state"
+    try:
+        tuner = tune.Tuner.restore(storage_path, trainable=_trainable(spec), resume_unfinished=True,
+                                   resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
+    except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
+        return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
+    # The restored experiment brings the callbacks pickled when it started; use this version's.
+    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, quiet, lease)
+    return tuner, None
+
+
+def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int | None = None,
+                 force: bool = False, verbose: bool = False) -> SweepOutcome:
+    """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
+    last epoch checkpoint, the Optuna study and ASHA's rungs carry on. When Tune's experiment cannot be restored,
+    the sweep continues from its recorded results in a new experiment, running only the trials still missing."""
+    from sweeps.folder import adopt, write_marker
     from sweeps.teacher_phase import teacher_phase
 
     say = _say(quiet)
     spec = load_sweep_spec(sweep_dir)
-    init_ray(num_cpus)
-    tune_dir = spec.sweep_dir / "tune"
-    storage_path, filesystem = tune_dir.ray_storage
-    if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
-        say(f"{spec.sweep_dir}: the sweep stopped before its first trial; starting its trials now")
+    check_local_resources(spec)
+    marker = adopt(spec.sweep_dir)
+    with LeaseKeeper(spec.sweep_dir, force, say) as lease:
+        init_ray(num_cpus, verbose)
         teacher_phase(spec, say)
-        _tuner(spec, quiet).fit()
-        return SweepResults(spec.sweep_dir)
-    teacher_phase(spec, say)
-    say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
-    tuner = tune.Tuner.restore(storage_path, trainable=_trainable(spec), resume_unfinished=True,
-                               resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
-    # The restored experiment brings the callbacks pickled when it started; use this version's.
-    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, quiet)
-    tuner.fit()
-    return SweepResults(spec.sweep_dir)
+        tuner, why = _restore(spec, quiet, lease)
+        if tuner is not None:
+            say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
+            tuner.fit()
+            return _outcome(spec.sweep_dir)
+        recorded = _outcome(spec.sweep_dir)
+        finished = sum(n for status, n in recorded.counts.items() if status in FINISHED)
+        remaining = spec.budget.num_samples - finished
+        if not recorded.counts:
+            say(f"{spec.sweep_dir}: the sweep stopped before its first trial; starting its trials now")
+        else:
+            say(f"{spec.sweep_dir}: Tune's experiment cannot be restored ({why}); continuing from the {finished} "
+                f"finished trial(s) in the results: {max(remaining, 0)} more in a new experiment")
+        tune_dir = spec.sweep_dir / "tune"
+        if tune_dir.exists():
+            aside = spec.sweep_dir / f"tune.unrestorable-{time.strftime('%Y%m%d-%H%M%S')}"
+            for entry in tune_dir.list():
+                _move_tree(entry, aside / entry.name)
+            tune_dir.delete()
+        experiment = int(marker.get("experiment", 0)) + (1 if recorded.counts else 0)
+        write_marker(spec.sweep_dir, marker["sweep_id"])
+        _set_marker_experiment(spec.sweep_dir, experiment)
+        if remaining > 0:
+            budget = replace(spec.budget, num_samples=remaining)
+            _tuner(replace(spec, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
+        else:
+            _close_unfinished(spec)
+    return _outcome(spec.sweep_dir)
+
+
+def _move_tree(source: Location, target: Location) -> None:
+    if source.is_dir():
+        for entry in source.list():
+            _move_tree(entry, target / entry.name)
+        source.delete()
+    else:
+        source.move(target)
+
+
+def _set_marker_experiment(sweep_dir: Location, experiment: int) -> None:
+    import json
+
+    from sweeps.folder import MARKER, read_marker
+
+    marker = read_marker(sweep_dir) or {}
+    (sweep_dir / MARKER).write_text(json.dumps({**marker, "experiment": experiment}, indent=2))
+
+
+def _close_unfinished(spec: SweepSpec) -> None:
+    """With nothing left to run, the trials still marked running were lost: mark them interrupted."""
+    from sweeps.results import ResultsWriter
+
+    writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs)
+    if writer.interrupt_unknown(set()):
+        writer.write()
 
 
 def print_leaderboard(results: SweepResults, out=sys.stdout, limit: int = 10) -> None:

@@ -16,7 +16,11 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import Any
 
+from ray.tune.experiment.trial import Trial
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
 from l2d.run import RunConfig
+from sweeps.folder import trial_id
 from sweeps.spec import Range, SweepSpec
 
 #: Keys of a decoded config that are not hyperparameters of the run.
@@ -86,12 +90,43 @@ def trial_hparams(config: dict) -> tuple[dict, float | None]:
     return hparams, float(lr) if lr is not None else None
 
 
-def trial_run(base: RunConfig, config: dict) -> RunConfig:
-    """The run of one trial: the sweep's base run with the trial's pairing, method, weights and learning rate."""
+def trial_run(base: RunConfig, config: dict, weights: dict | None = None) -> RunConfig:
+    """The run of one trial: the sweep's base run with the trial's pairing, method, loss weights and learning rate,
+    and each backbone's initial weights from ``weights`` (the spec's)."""
     decoded = decode(config)
     hparams, lr = trial_hparams(decoded)
+    weights = weights or {}
     return base.replace(teacher=decoded["teacher"], student=decoded["student"], method=decoded["method"],
-                        hparams=hparams, lr=lr)
+                        hparams=hparams, lr=lr, teacher_weights=weights.get(decoded["teacher"]),
+                        student_weights=weights.get(decoded["student"]))
+
+
+class SweepSearchGenerator(SearchGenerator):
+    """Tune's search generator, but trial ids derive from the sweep id, the experiment and Tune's trial counter
+    (saved with the experiment): a trial started after Tune's last save and re-created by a resume keeps its id,
+    so it finds its own checkpoints and result rows instead of leaving a ghost beside a copy of itself."""
+
+    def __init__(self, searcher, sweep_id: str, experiment: int):
+        super().__init__(searcher)
+        self.sweep_id = sweep_id
+        self.experiment = experiment
+
+    def create_trial_if_possible(self, experiment_spec):
+        planned = trial_id(self.sweep_id, self.experiment, self._counter + 1)
+        original = Trial.__dict__["generate_id"]
+        # Tune's controller creates trials in one thread; the id source is swapped only for this call.
+        Trial.generate_id = classmethod(lambda cls: planned)
+        try:
+            return super().create_trial_if_possible(experiment_spec)
+        finally:
+            Trial.generate_id = original
+
+
+def build_search(spec: SweepSpec, sweep_id: str, experiment: int = 0):
+    """The search algorithm of a sweep: :func:`build_searcher` under Tune's concurrency limit, with deterministic
+    trial ids (see ``SweepSearchGenerator``)."""
+    limited = ConcurrencyLimiter(build_searcher(spec), max_concurrent=spec.resources.max_concurrent_trials)
+    return SweepSearchGenerator(limited, sweep_id, experiment)
 
 
 def build_searcher(spec: SweepSpec):

@@ -73,6 +73,7 @@ class Budget:
     grace_period: int = 1
     reduction_factor: float = 2.0
     teacher_epochs: int | None = None
+    teacher_schedule_epochs: int | None = None  # the teachers' OneCycle length when they stop early (official: 80/30)
     searcher: str = "tpe"           # tpe (Optuna TPE) or random (Optuna's random sampler)
     scheduler: str = "asha"         # asha (early stopping) or none (every trial runs max_epochs)
 
@@ -116,6 +117,7 @@ class SweepSpec:
     mode: str = "max"
     seed: int = 0
     max_student_params: int | None = None
+    weights: dict = field(default_factory=dict)  # backbone name -> initial weights (l2d.weights source)
 
     @property
     def trainer(self) -> str:
@@ -144,9 +146,15 @@ class SweepSpec:
         return RunConfig(dataset=self.dataset.name, data_root=self.dataset.root,
                          dataset_options=dict(self.dataset.options), image_size=self.dataset.image_size,
                          embed_dim=self.recipe.embed_dim, epochs=self.budget.max_epochs,
-                         teacher_epochs=self.budget.teacher_epochs, batch_size=self.recipe.batch_size,
+                         teacher_epochs=self.budget.teacher_epochs,
+                         teacher_schedule_epochs=self.budget.teacher_schedule_epochs, batch_size=self.recipe.batch_size,
                          weight_decay=self.recipe.weight_decay, pct_start=self.recipe.pct_start,
                          num_workers=self.recipe.num_workers, seed=self.seed)
+
+    def run_for(self, teacher: str, student: str | None = None) -> RunConfig:
+        """:meth:`base_run` for one pairing, with each backbone's initial weights from ``weights``."""
+        return self.base_run().replace(teacher=teacher, student=student, teacher_weights=self.weights.get(teacher),
+                                       student_weights=self.weights.get(student) if student else None)
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -158,13 +166,15 @@ class SweepSpec:
 
 # --- validation -------------------------------------------------------------------------------------------------
 
+MAX_IMAGE_SIZE = 4096
+
 TOP_LEVEL = ("name", "dataset", "metric", "mode", "pairings", "methods", "search_space", "budget", "resources",
-             "recipe", "storage", "seed", "max_student_params")
+             "recipe", "storage", "seed", "max_student_params", "weights")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     """Validate a spec given as a parsed YAML mapping; see the module docstring for the format."""
-    from l2d.data import DATASETS, dataset_options
+    from l2d.data import DATASETS, MAX_SEED, dataset_options
     from l2d.models import check_backbone_name
 
     check = Checker(source)
@@ -173,6 +183,11 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     name = check.string(data["name"], "name")
     if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
         raise check.fail("name", f"{name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    from sweeps.folder import RESERVED
+
+    if name in RESERVED:
+        raise check.fail("name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); "
+                                 f"choose another name")
 
     raw_dataset = data.get("dataset", {"name": "mosaic-digits"})
     if isinstance(raw_dataset, str):
@@ -185,11 +200,17 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         raise check.fail("dataset.root", f"dataset {dataset_name!r} needs root (the folder of its files)")
     options = raw_dataset.get("options") or {}
     check.mapping(options, "dataset.options", tuple(dataset_options(dataset_name)))
+    for key, value in options.items():
+        try:
+            DATASETS[dataset_name].options[key].check(value)
+        except ValueError as error:
+            raise check.fail(f"dataset.options.{key}", str(error)) from None
     image_size = raw_dataset.get("image_size")
     dataset = DatasetSpec(
         name=dataset_name,
         root=check.string(raw_dataset["root"], "dataset.root") if raw_dataset.get("root") else None,
-        image_size=check.integer(image_size, "dataset.image_size", 8) if image_size is not None else None,
+        image_size=check.integer(image_size, "dataset.image_size", 8, MAX_IMAGE_SIZE) if image_size is not None
+        else None,
         options=dict(options),
     )
 
@@ -254,8 +275,8 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 
     raw_budget = check.mapping(data.get("budget") or {}, "budget", dataclass_fields(Budget))
     budget = Budget(**{**asdict(Budget()), **raw_budget})
-    check.integer(budget.num_samples, "budget.num_samples", 1)
-    check.integer(budget.max_epochs, "budget.max_epochs", 1)
+    check.integer(budget.num_samples, "budget.num_samples", 1, 1_000_000)
+    check.integer(budget.max_epochs, "budget.max_epochs", 1, 100_000)
     check.integer(budget.grace_period, "budget.grace_period", 1)
     if budget.grace_period > budget.max_epochs:
         raise check.fail("budget.grace_period", f"{budget.grace_period} exceeds budget.max_epochs "
@@ -263,17 +284,23 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     if check.number(budget.reduction_factor, "budget.reduction_factor") <= 1:
         raise check.fail("budget.reduction_factor", f"{budget.reduction_factor} is not allowed; allowed: > 1")
     if budget.teacher_epochs is not None:
-        check.integer(budget.teacher_epochs, "budget.teacher_epochs", 1)
+        check.integer(budget.teacher_epochs, "budget.teacher_epochs", 1, 100_000)
+    if budget.teacher_schedule_epochs is not None:
+        check.integer(budget.teacher_schedule_epochs, "budget.teacher_schedule_epochs", 1, 100_000)
+        if budget.teacher_epochs is None or budget.teacher_schedule_epochs < budget.teacher_epochs:
+            raise check.fail("budget.teacher_schedule_epochs", f"{budget.teacher_schedule_epochs} needs "
+                                                               f"budget.teacher_epochs, at most as many (the teachers "
+                                                               f"stop at teacher_epochs of a schedule this long)")
     check.choice(budget.searcher, "budget.searcher", SEARCHERS)
     check.choice(budget.scheduler, "budget.scheduler", SCHEDULERS)
 
     raw_resources = check.mapping(data.get("resources") or {}, "resources", dataclass_fields(Resources))
     resources = Resources(**{**asdict(Resources()), **raw_resources})
-    check.integer(resources.workers_per_trial, "resources.workers_per_trial", 1)
-    check.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, exclusive=True)
-    check.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0)
-    check.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1)
-    check.integer(resources.max_failures, "resources.max_failures", 0)
+    check.integer(resources.workers_per_trial, "resources.workers_per_trial", 1, 4096)
+    check.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, exclusive=True, maximum=1024)
+    check.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0, maximum=64)
+    check.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1, 100_000)
+    check.integer(resources.max_failures, "resources.max_failures", 0, 1000)
     check.choice(resources.trainer, "resources.trainer", TRAINERS)
     if resources.trainer == "in-process" and resources.workers_per_trial != 1:
         raise check.fail("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
@@ -281,13 +308,16 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 
     raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", dataclass_fields(RecipeSpec))
     recipe = RecipeSpec(**{**asdict(RecipeSpec()), **raw_recipe})
-    check.integer(recipe.batch_size, "recipe.batch_size", 1)
+    check.integer(recipe.batch_size, "recipe.batch_size", 1, 65_536)
     check.number(recipe.weight_decay, "recipe.weight_decay", 0.0)
     if not 0 < check.number(recipe.pct_start, "recipe.pct_start") < 1:
         raise check.fail("recipe.pct_start", f"{recipe.pct_start} is out of range; allowed: 0 < pct_start < 1")
     if recipe.embed_dim is not None:
-        check.integer(recipe.embed_dim, "recipe.embed_dim", 8)
-    check.integer(recipe.num_workers, "recipe.num_workers", 0)
+        check.integer(recipe.embed_dim, "recipe.embed_dim", 8, 8192)
+        if recipe.embed_dim % 8:
+            raise check.fail("recipe.embed_dim", f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the "
+                                                 f"decoder's 8 attention heads)")
+    check.integer(recipe.num_workers, "recipe.num_workers", 0, 256)
 
     storage = check.string(data.get("storage", "./runs"), "storage")
     try:
@@ -295,16 +325,35 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     except StorageError as error:
         raise check.fail("storage", str(error).removeprefix("storage: ")) from None
 
-    seed = check.integer(data.get("seed", 0), "seed", 0)
+    seed = check.integer(data.get("seed", 0), "seed", 0, MAX_SEED)
     max_params = data.get("max_student_params")
     if max_params is not None:
         max_params = check.integer(int(max_params) if isinstance(max_params, float) and max_params.is_integer()
                                    else max_params, "max_student_params", 1)
         _check_student_sizes(check, pairings, max_params, dataset, recipe)
 
+    weights = _check_weights(check, data.get("weights") or {}, pairings)
     return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
                      search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
-                     metric=metric, mode=mode, seed=seed, max_student_params=max_params)
+                     metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights)
+
+
+def _check_weights(check: Checker, raw: Any, pairings) -> dict:
+    """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
+    file is looked for before Ray starts, see sweeps.runner.check_local_resources)."""
+    named = {p.teacher for p in pairings} | {s for p in pairings for s in p.students}
+    raw = check.mapping(raw, "weights", tuple(sorted(named)))
+    weights = {}
+    for backbone, source in raw.items():
+        where = f"weights.{backbone}"
+        source = check.string(source, where)
+        if source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
+            raise check.fail(where, f"{source!r} is not allowed; allowed: hf-hub:<org>/<repo>")
+        if source.startswith("timm:") and not source.removeprefix("timm:"):
+            raise check.fail(where, f"{source!r} is not allowed; allowed: timm, timm:<tag>, hf-hub:<org>/<repo> or a "
+                                    f"local file")
+        weights[backbone] = source
+    return weights
 
 
 def _check_student_sizes(check: Checker, pairings, max_params: int, dataset: DatasetSpec, recipe: RecipeSpec):
@@ -331,6 +380,10 @@ def load_spec(path: str) -> SweepSpec:
             data = yaml.safe_load(stream)
     except FileNotFoundError:
         raise SpecError(f"{path}: spec file not found") from None
+    except IsADirectoryError:
+        raise SpecError(f"{path}: is a folder; expected a sweep spec (a YAML file, see search_spaces/)") from None
+    except (PermissionError, UnicodeDecodeError) as error:
+        raise SpecError(f"{path}: cannot be read as a YAML file ({type(error).__name__})") from None
     except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML ({error})") from None
+        raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
     return parse_spec(data, path)

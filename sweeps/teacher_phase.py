@@ -14,22 +14,18 @@ from l2d.storage import Location
 
 
 def teacher_runs(spec) -> dict[str, RunConfig]:
-    """The base run of each teacher of ``spec`` (by teacher name)."""
-    base = spec.base_run()
-    return {pairing.teacher: base.replace(teacher=pairing.teacher) for pairing in spec.pairings}
+    """The base run of each teacher of ``spec`` (by teacher name), with its initial weights."""
+    return {pairing.teacher: spec.run_for(pairing.teacher) for pairing in spec.pairings}
 
 
 def _ensure_teacher(config: RunConfig, store: Location) -> dict:
-    """Ray task: load ``config``'s teacher from the store, or train and store it. Returns its card."""
-    from l2d.run import get_teacher, teacher_key
+    """Ray task: load ``config``'s teacher from the store (which checks that it is readable; an unreadable one is set
+    aside), or train and store it. Returns its card."""
+    from l2d.run import get_teacher
     from l2d.teachers import TeacherStore
 
-    teacher_store = TeacherStore(store)
-    card = teacher_store.card(teacher_key(config))
-    if card is not None:
-        return {**card, "trained_now": False}
-    _, card, trained = get_teacher(config, teacher_store)
-    return {**card, "trained_now": trained}
+    _, card, trained = get_teacher(config, TeacherStore(store))
+    return {**{k: v for k, v in card.items() if k != "history"}, "trained_now": trained}
 
 
 def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:

@@ -22,7 +22,8 @@ from typing import Any
 
 from l2d.run import RunConfig
 from l2d.storage import Location
-from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, latest_checkpoint, read_checkpoint, write_checkpoint
+from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, UnreadableCheckpointError, checkpoint_folders, \
+    load_checkpoint, restore_newest, set_aside, write_checkpoint
 from sweeps.search import trial_run
 
 logger = logging.getLogger(__name__)
@@ -43,6 +44,7 @@ class TrialContext:
         workers_per_trial / cpus_per_worker / gpus_per_worker: a trial's resources.
         max_failures: retries of a trial whose worker or node died.
         trainer: ``in-process`` or ``torch-trainer`` (``auto`` already resolved).
+        weights: each backbone's initial weights (the spec's ``weights``).
     """
 
     sweep_dir: Location
@@ -54,6 +56,7 @@ class TrialContext:
     gpus_per_worker: float = 0.0
     max_failures: int = 0
     trainer: str = "in-process"
+    weights: dict | None = None
 
     @classmethod
     def from_spec(cls, spec) -> TrialContext:
@@ -62,7 +65,7 @@ class TrialContext:
         return cls(sweep_dir=spec.sweep_dir, base=resolve(spec.base_run()), teacher_store=spec.teacher_store,
                    max_epochs=spec.budget.max_epochs, workers_per_trial=spec.resources.workers_per_trial,
                    cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
-                   max_failures=spec.resources.max_failures, trainer=spec.trainer)
+                   max_failures=spec.resources.max_failures, trainer=spec.trainer, weights=dict(spec.weights))
 
     def run_dir(self, trial_id: str) -> Location:
         return self.sweep_dir / "train" / f"trial-{trial_id}"
@@ -99,39 +102,45 @@ def _splits(config: RunConfig) -> dict:
     return _SPLITS[key]
 
 
-def _teacher(config: RunConfig, store: Location):
-    from l2d.run import teacher_key
+def _teacher(config: RunConfig, store: Location, splits: dict):
+    """The trial's teacher: from this process's cache, else from the store (the teacher phase put it there; one
+    found unreadable since is set aside and trained again)."""
+    from l2d.run import get_teacher, splits_key
     from l2d.teachers import TeacherStore
 
-    key = teacher_key(config)
-    cache_key = f"{store}|{key.digest()}"
+    cache_key = f"{store}|{splits_key(config, splits).digest()}"
     if cache_key not in _TEACHERS:
         while len(_TEACHERS) >= _MAX_TEACHERS:
             _TEACHERS.pop(next(iter(_TEACHERS)))
-        _TEACHERS[cache_key], _ = TeacherStore(store).load(key, 0)
+        _TEACHERS[cache_key], _, _ = get_teacher(config, TeacherStore(store), splits)
     return _TEACHERS[cache_key]
 
 
 class _RayTrainSession:
     """A Ray Train worker's view of the run: rank, device, its checkpoint, and where it reports."""
 
-    def __init__(self, resume_from: Location | None):
+    def __init__(self, run_dir: Location):
         import ray.train
         import ray.train.torch
 
         self.device = ray.train.torch.get_device()
         self.rank = ray.train.get_context().get_world_rank()
-        self.resume_from = resume_from
+        self.run_dir = run_dir
 
     def restore(self) -> tuple[dict, list[dict]] | None:
-        """Ray Train's own checkpoint of this run, else the latest one on storage (a snapshot the driver lost)."""
+        """Ray Train's own checkpoint of this run, else the newest readable one on storage (a snapshot the driver
+        lost, or Ray Train's checkpoint unreadable)."""
         import ray.train
 
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
-            with checkpoint.as_directory() as folder:
-                return read_checkpoint(Location.parse(folder))
-        return read_checkpoint(self.resume_from) if self.resume_from is not None else None
+            try:
+                with checkpoint.as_directory() as folder:
+                    return load_checkpoint(Location.parse(folder))
+            except UnreadableCheckpointError as error:
+                logger.warning("%s; falling back to the newest readable checkpoint on storage", error)
+        # Every rank loads the state; only rank 0 moves an unreadable checkpoint aside.
+        return restore_newest(self.run_dir, set_aside_unreadable=self.rank == 0)
 
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
         import ray.train
@@ -159,8 +168,7 @@ class _InProcessSession:
         self.rank = 0
 
     def restore(self) -> tuple[dict, list[dict]] | None:
-        folder = latest_checkpoint(self.run_dir)
-        return read_checkpoint(folder) if folder is not None else None
+        return restore_newest(self.run_dir)
 
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
         import ray.tune
@@ -179,41 +187,69 @@ def _run(context: TrialContext, config: dict, session) -> None:
     from l2d.run import build_run, fit, measure_latency
 
     torch.set_num_threads(max(1, round(context.cpus_per_worker)))
-    run_config = trial_run(context.base, config).replace(device=str(session.device))
-    teacher = _teacher(run_config, context.teacher_store) if METHODS[run_config.method].needs_teacher else None
-    run = build_run(run_config, splits=_splits(run_config), teacher=teacher)
+    run_config = trial_run(context.base, config, context.weights).replace(device=str(session.device))
+    splits = _splits(run_config)
+    teacher = _teacher(run_config, context.teacher_store, splits) if METHODS[run_config.method].needs_teacher \
+        else None
+    run = build_run(run_config, splits=splits, teacher=teacher)
     restored = session.restore()
     if restored is not None:
         state, run.history = restored
-        run.distiller.load_state_dict(state)
-        logger.info("resumed %s from its epoch %d checkpoint", run_config.student, run.distiller.epoch)
+        try:
+            run.distiller.load_state_dict(state)
+            logger.info("resumed %s from its epoch %d checkpoint", run_config.student, run.distiller.epoch)
+        except (ValueError, RuntimeError) as error:
+            # Another configuration's checkpoint under this trial's id (a crash lost the trial it belonged to, and
+            # the resumed search gave its id to another config): keep it aside and start afresh.
+            logger.warning("trial checkpoint of another configuration (%s); setting it aside, starting from epoch 1",
+                           str(error).splitlines()[0][:200])
+            if session.rank == 0:
+                for folder in checkpoint_folders(session.run_dir):
+                    set_aside(folder, "foreign")
+            restored, run = None, build_run(run_config, splits=splits, teacher=teacher)
     extra = {"student_params": count_parameters(run.student), "resumed_from": float(restored is not None),
              "latency_ms": measure_latency(run.student, run_config.image_size, session.device),
              "worker_nodes": _count_worker_nodes()}
 
-    # The first report after a resume carries the epochs before it, so that a driver that died before
-    # recording them can still fill its tables (see sweeps.callback.SweepCallback).
-    replay = [json.dumps(run.history)] if run.history else []
-    if run.history and run.distiller.epoch >= context.max_epochs:
-        # Every epoch was done before the crash: report the last one again, to close the trial.
+    if run.history:
+        # A resumed trial first reports its last checkpointed epoch again, with every epoch before it: ASHA decides on
+        # it as it would have (a driver that died before seeing that report never did), and a driver that died
+        # before recording the earlier epochs fills its tables from them (see sweeps.callback.SweepCallback).
         last = run.history[-1]
-        session.report({**last, HISTORY_KEY: replay[0]}, int(last["epoch"]), None, run.history)
-        return
+        session.report({**last, HISTORY_KEY: json.dumps(run.history)}, int(last["epoch"]), None, run.history)
+        if run.distiller.epoch >= context.max_epochs:
+            return
 
     def report(metrics: dict) -> None:
         metrics.update(extra)  # kept in the history too
-        payload = dict(metrics)
-        if replay:
-            payload[HISTORY_KEY] = replay.pop()
         state = run.distiller.state_dict() if session.rank == 0 else None
-        session.report(payload, int(metrics["epoch"]), state, run.history)
+        session.report(dict(metrics), int(metrics["epoch"]), state, run.history)
 
     fit(run, on_epoch=report)
 
 
 def train_worker(config: dict) -> None:
     """The per-worker loop of a TorchTrainer (Ray Train sets up the process group before calling it)."""
-    _run(config["context"], config["config"], _RayTrainSession(config["resume_from"]))
+    _run(config["context"], config["config"], _RayTrainSession(config["run_dir"]))
+
+
+def _close_if_stopped(context: TrialContext, trial_id: str, run_dir: Location) -> bool:
+    """A trial that ASHA stopped just before a crash (the decision saved, Tune's state not) is restored as running:
+    report its last epoch again from its checkpoint and end, instead of training on."""
+    import ray.tune
+
+    from sweeps.scheduler import stopped_at
+
+    stop = stopped_at(context.sweep_dir / "asha.json", trial_id)
+    if stop is None:
+        return False
+    restored = restore_newest(run_dir)
+    if restored is None or not restored[1] or int(restored[1][-1]["epoch"]) < stop:
+        return False
+    history = restored[1]
+    logger.info("trial %s was stopped by ASHA at epoch %d before a crash; closing it", trial_id, stop)
+    ray.tune.report({**history[-1], HISTORY_KEY: json.dumps(history)})
+    return True
 
 
 def run_trial(config: dict, context: TrialContext) -> None:
@@ -226,18 +262,21 @@ def run_trial(config: dict, context: TrialContext) -> None:
 
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = context.run_dir(trial_id)
+    if _close_if_stopped(context, trial_id, run_dir):
+        return
     if context.trainer == "in-process":
         _run(context, config, _InProcessSession(run_dir, bool(context.gpus_per_worker)))
         return
-    # Ray Train restores a run of the same name from its own snapshot; our latest checkpoint is the fallback
-    # when that snapshot is missing (a driver killed between the checkpoint upload and the snapshot write).
+    # Ray Train restores a run of the same name from its own snapshot; the newest readable checkpoint on storage is
+    # the fallback when that snapshot is missing (a driver killed between the checkpoint upload and the snapshot
+    # write) or unreadable.
     resources = {"CPU": context.cpus_per_worker}
     if context.gpus_per_worker:
         resources["GPU"] = context.gpus_per_worker
     storage_path, filesystem = run_dir.parent.ray_storage
     trainer = TorchTrainer(
         train_worker,
-        train_loop_config={"context": context, "config": config, "resume_from": latest_checkpoint(run_dir)},
+        train_loop_config={"context": context, "config": config, "run_dir": run_dir},
         scaling_config=ray.train.ScalingConfig(num_workers=context.workers_per_trial,
                                                use_gpu=bool(context.gpus_per_worker),
                                                resources_per_worker=resources),

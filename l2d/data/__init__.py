@@ -6,9 +6,8 @@ Every dataset has ``class_names``, ``targets`` (an ``[N, C]`` 0/1 array) and yie
 
 from __future__ import annotations
 
-import inspect
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -16,7 +15,83 @@ import torch
 from l2d.data.formats import DatasetError, build_coco2014, build_nuswide, build_voc2007
 from l2d.data.mosaic import build_mosaic
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "build_dataset", "dataset_stats"]
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "Option", "build_dataset", "check_dataset_options",
+           "data_fingerprint", "dataset_options", "dataset_stats"]
+
+MAX_SEED = 2**32 - 1
+
+
+@dataclass(frozen=True)
+class Option:
+    """One dataset option: its type and range (checked before anything is built or any Ray process starts).
+
+    Attributes:
+        kind: ``bool``, ``int``, ``float`` or ``str`` (an int is accepted where a float is expected).
+        low / high: inclusive bounds, or exclusive where ``low_open`` / ``high_open``.
+        help: what it does, for error messages and docs.
+    """
+
+    kind: type
+    low: float | None = None
+    high: float | None = None
+    low_open: bool = False
+    high_open: bool = False
+    help: str = ""
+
+    def allowed(self) -> str:
+        if self.kind is bool:
+            return "true or false"
+        if self.kind is str:
+            return "a string"
+        noun = "an integer" if self.kind is int else "a number"
+        show = (lambda v: f"{int(v):,}") if self.kind is int else (lambda v: f"{v:g}")
+        bounds = []
+        if self.low is not None:
+            bounds.append(f"{'>' if self.low_open else '>='} {show(self.low)}")
+        if self.high is not None:
+            bounds.append(f"{'<' if self.high_open else '<='} {show(self.high)}")
+        return f"{noun} {' and '.join(bounds)}".strip()
+
+    def check(self, value: Any) -> Any:
+        """``value`` if it fits, else ValueError saying what is allowed."""
+        shown = f"{value!r} ({type(value).__name__})"
+        if self.kind is bool:
+            ok = isinstance(value, bool)
+        elif self.kind is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.kind is float:
+            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+                and value not in (float("inf"), float("-inf"))
+        else:
+            ok = isinstance(value, str) and bool(value)
+        if ok and self.low is not None:
+            ok = value > self.low if self.low_open else value >= self.low
+        if ok and self.high is not None:
+            ok = value < self.high if self.high_open else value <= self.high
+        if not ok:
+            raise ValueError(f"{shown} is not allowed; allowed: {self.allowed()}")
+        return value
+
+
+_SPLIT_OPTIONS = {
+    "val_fraction": Option(float, 0, 1, low_open=True, high_open=True, help="share of train held out as val"),
+    "val_seed": Option(int, 0, MAX_SEED, help="seed of the val hold-out"),
+    "skip_corrupt": Option(bool, help="decode every image up front and drop unreadable ones"),
+    "train_transform": Option(bool, help="augment (default: only the train split)"),
+}
+_MOSAIC_OPTIONS = {
+    "size": Option(int, 1, 1_000_000, help="canvases in each split (default: 2000/500/1000 times scale)"),
+    "scale": Option(float, 0, 100, low_open=True, help="factor on the default split sizes"),
+    "grid": Option(int, 1, 8, help="cells per side"),
+    "cell_size": Option(int, 4, 256, help="pixels per cell side"),
+    "num_scenes": Option(int, 1, 1000, help="scene templates"),
+    "keep": Option(float, 0, 1, help="probability that each class of the scene appears"),
+    "noise": Option(float, 0, 1, help="probability of one class from outside the scene"),
+    "val_fraction": Option(float, 0, 1, low_open=True, high_open=True, help="share of source items for val"),
+    "seed": Option(int, 0, MAX_SEED, help="seed of templates, item split and canvases"),
+    "train_transform": Option(bool, help="augment (default: only the train split)"),
+    "cache_dir": Option(str, help="where canvases are cached (default: $L2D_SWEEP_CACHE/datasets)"),
+}
 
 
 @dataclass(frozen=True)
@@ -33,6 +108,7 @@ class DatasetInfo:
         epochs: default student epochs (80 in the paper).
         teacher_epochs: default teacher epochs.
         teacher / student: the default pairing of ``l2d-sweep train``.
+        options: the options ``builder`` accepts, with their types and ranges.
     """
 
     builder: Callable[..., torch.utils.data.Dataset]
@@ -44,6 +120,7 @@ class DatasetInfo:
     teacher_epochs: int = 80
     teacher: str = "resnet101"
     student: str = "resnet34"
+    options: dict[str, Option] = field(default_factory=dict)
 
 
 def _mosaic(source: str) -> Callable[..., torch.utils.data.Dataset]:
@@ -53,13 +130,16 @@ def _mosaic(source: str) -> Callable[..., torch.utils.data.Dataset]:
 # The mosaics are sized for a 2-core laptop CPU: 32 px canvases (2 x 2 cells of 16 px, their native size), a
 # small head, a higher learning rate for training from scratch, and models that learn in a few epochs.
 _MOSAIC_DEFAULTS = dict(image_size=32, lr=2e-3, embed_dim=128, epochs=4, teacher_epochs=3, teacher="resnet14t",
-                        student="resnet10t")
+                        student="resnet10t", options=_MOSAIC_OPTIONS)
+_KEEP_EMPTY = {"keep_empty": Option(bool, help="keep images without any label in every split"),
+               "keep_empty_test": Option(bool, help="keep images without any label in the test split")}
 DATASETS: dict[str, DatasetInfo] = {
     "mosaic-digits": DatasetInfo(_mosaic("digits"), False, **_MOSAIC_DEFAULTS),
     "mosaic-fashion": DatasetInfo(_mosaic("fashion"), False, **_MOSAIC_DEFAULTS),
-    "voc2007": DatasetInfo(build_voc2007, True),
-    "coco2014": DatasetInfo(build_coco2014, True),
-    "nuswide": DatasetInfo(build_nuswide, True),
+    "voc2007": DatasetInfo(build_voc2007, True, options={
+        "difficult_as_positive": Option(bool, help="count objects marked difficult as positives"), **_SPLIT_OPTIONS}),
+    "coco2014": DatasetInfo(build_coco2014, True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
+    "nuswide": DatasetInfo(build_nuswide, True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
 }
 
 
@@ -83,6 +163,7 @@ def build_dataset(name: str, root: str | None = None, split: str = "train", imag
     info = DATASETS[name]
     if info.needs_root and not root:
         raise ValueError(f"dataset {name!r} needs root= (the folder of its files)")
+    options = check_dataset_options(name, options)
     image_size = image_size or info.image_size
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
@@ -94,13 +175,35 @@ def build_dataset(name: str, root: str | None = None, split: str = "train", imag
 
 def dataset_options(name: str) -> list[str]:
     """Names of the options ``build_dataset(name, ...)`` accepts."""
-    info = DATASETS[name]
-    if name.startswith("mosaic-"):
-        from l2d.data.mosaic import MosaicConfig
+    return sorted(DATASETS[name].options)
 
-        return sorted(set(MosaicConfig.__dataclass_fields__) - {"source", "split", "root"}
-                      | {"train_transform", "cache_dir", "scale"})
-    return [p for p in inspect.signature(info.builder).parameters if p not in ("root", "split", "image_size")]
+
+def check_dataset_options(name: str, options: dict) -> dict:
+    """``options`` when every one is known to dataset ``name`` and in range.
+
+    Raises:
+        ValueError: ``"<option>: <value> is not allowed; allowed: ..."`` or an unknown option with the known ones.
+    """
+    known = DATASETS[name].options
+    for key, value in options.items():
+        if key not in known:
+            raise ValueError(f"unknown {name} option {key!r}; allowed: {', '.join(sorted(known))}")
+        try:
+            known[key].check(value)
+        except ValueError as error:
+            raise ValueError(f"{key}: {error}") from None
+    return dict(options)
+
+
+def data_fingerprint(splits: dict) -> str:
+    """A short hash of the data of every split (its images' identities and its labels): part of a teacher's key, so
+    that the same settings over other data never load the same teacher."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for split in sorted(splits):
+        digest.update(f"{split}:{splits[split].fingerprint()}\n".encode())
+    return digest.hexdigest()[:16]
 
 
 def dataset_stats(dataset) -> dict:

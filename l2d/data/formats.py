@@ -4,11 +4,13 @@
   ``difficult`` objects are ignored by default (the standard protocol); ``difficult_as_positive=True`` counts
   them, as the official L2D code does.
 - ``coco2014``: ``<root>/annotations/instances_{train,val}2014.json`` with images in ``<root>/{train,val}2014/``.
-  Class index = rank of the category id; images without labels are dropped unless ``keep_empty=True``.
+  Class index = rank of the category id; images without labels are dropped unless ``keep_empty=True`` (every split)
+  or ``keep_empty_test=True`` (the test split only).
   ``test`` is COCO's val2014 (the multi-label convention).
 - ``nuswide``: ``<root>/ImageList/{Train,Test}Imagelist.txt``, ``<root>/Concepts81.txt``,
   ``<root>/TrainTestLabels/Labels_<concept>_{Train,Test}.txt``, images under ``<root>/Flickr/``. Images without
-  labels are dropped unless ``keep_empty=True``.
+  labels are dropped unless ``keep_empty=True`` (every split) or ``keep_empty_test=True`` (the test split only, as
+  the official L2D code evaluates).
 
 For all three, ``val`` is a seeded hold-out of ``val_fraction`` (default 10%) of the training images
 (``val_seed``, default 0), and ``train`` is the rest; ``test`` is the official test split.
@@ -16,6 +18,7 @@ For all three, ``val`` is a seeded hold-out of ``val_fraction`` (default 10%) of
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -72,9 +75,22 @@ class ImageListDataset(torch.utils.data.Dataset):
         self.class_names = list(class_names)
         self.transform = build_transform(image_size, train)
         self.name = name
+        self._fingerprint: str | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    def fingerprint(self) -> str:
+        """SHA-256 of what identifies this split's data: each image's file name and size (not its folder, so a copy
+        of the dataset elsewhere has the same fingerprint) and the label matrix. Computed once (a stat per image)."""
+        if self._fingerprint is None:
+            digest = hashlib.sha256()
+            for path in self.paths:
+                digest.update(f"{os.path.basename(path)}\0{os.path.getsize(path)}\n".encode())
+            digest.update(np.ascontiguousarray(self.targets).tobytes())
+            digest.update(json.dumps(self.class_names).encode())
+            self._fingerprint = digest.hexdigest()
+        return self._fingerprint
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         path = self.paths[index]
@@ -152,7 +168,8 @@ def build_voc2007(root: str, split: str, image_size: int, difficult_as_positive:
     return ImageListDataset(paths, targets, VOC_CLASSES, image_size, train, skip_corrupt, f"voc2007/{split}")
 
 
-def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = False, val_fraction: float = 0.1,
+def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = False, keep_empty_test: bool = False,
+                  val_fraction: float = 0.1,
                    val_seed: int = 0, skip_corrupt: bool = False,
                    train_transform: bool | None = None) -> ImageListDataset:
     _check_split(split)
@@ -179,7 +196,7 @@ def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = Fa
                                f"{obj.get('image_id')!r}")
         targets[row_of[obj["image_id"]], class_index[obj["category_id"]]] = 1
     paths = [str(Path(root) / source / image["file_name"]) for image in images]
-    if not keep_empty:
+    if not (keep_empty or (keep_empty_test and split == "test")):
         labelled = np.flatnonzero(targets.any(1))
         paths, targets = [paths[i] for i in labelled], targets[labelled]
     paths, targets = _select(split, paths, targets, val_fraction, val_seed)
@@ -188,7 +205,8 @@ def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = Fa
                             f"coco2014/{split}")
 
 
-def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = False, val_fraction: float = 0.1,
+def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = False, keep_empty_test: bool = False,
+                  val_fraction: float = 0.1,
                   val_seed: int = 0, skip_corrupt: bool = False,
                   train_transform: bool | None = None) -> ImageListDataset:
     _check_split(split)
@@ -213,7 +231,7 @@ def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = Fal
             raise DatasetError(f"{label_path}: labels must be 0 or 1, found {sorted(set(column.tolist()) - {0, 1})}")
         targets[:, k] = column
     paths = [str(base / "Flickr" / name) for name in image_list]
-    if not keep_empty:
+    if not (keep_empty or (keep_empty_test and split == "test")):
         labelled = np.flatnonzero(targets.any(1))
         paths, targets = [paths[i] for i in labelled], targets[labelled]
     paths, targets = _select(split, paths, targets, val_fraction, val_seed)

@@ -228,6 +228,14 @@ class MosaicDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def fingerprint(self) -> str:
+        """SHA-256 of the canvases and their labels: what a model trained on this split has seen."""
+        digest = hashlib.sha256()
+        digest.update(np.ascontiguousarray(self.images).tobytes())
+        digest.update(np.ascontiguousarray(self.targets).tobytes())
+        digest.update(json.dumps(self.class_names).encode())
+        return digest.hexdigest()
+
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         image = torch.from_numpy(self.images[index]).unsqueeze(0).expand(3, -1, -1)
         return self.transform(image), torch.from_numpy(self.targets[index].astype(np.float32))

@@ -4,6 +4,11 @@ Commands about one run (``train``, ``teacher``, ``dataset``, ``methods``) are in
 about sweeps in :mod:`sweeps.cli.sweep`; a new command goes in one of them, with its ``add_commands`` entry. The
 parser needs the method and dataset registries (so torch); Ray, timm's models and the data are imported only by
 the commands that use them.
+
+Exit status: 0 when the command did its job (for ``run``/``resume``: at least one trial that did not fail), 1 when
+it could not (every trial failed, another driver holds the sweep, a damaged state file, a failure of Ray or the
+storage), 2 for bad input (a spec, a flag, a dataset, a path), 130 when interrupted. Every error is one line on
+stderr; ``--debug`` adds the traceback.
 """
 
 from __future__ import annotations
@@ -11,6 +16,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
+import traceback
 from typing import Callable, Sequence
 
 from sweeps.cli._common import Parser
@@ -25,7 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="l2d-sweep",
         description="Find the best multi-label knowledge-distillation recipe (L2D and baselines) for a dataset.",
     )
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument("-v", "--verbose", action="store_true",
+                        help="informational logging (caches, teachers...), and the Ray workers' logs in a sweep")
+    parser.add_argument("--debug", action="store_true", help="debug logging, and the traceback of an error")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     single.add_commands(commands)
@@ -36,15 +44,33 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
+    logging.basicConfig(level=level,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ValueError, FileNotFoundError) as error:
-        # Bad input (a dataset file, an option value, a model name): one line, no traceback.
-        print(f"l2d-sweep {args.command}: error: {error}", file=sys.stderr)
+    except KeyboardInterrupt:
+        print(f"l2d-sweep {args.command}: interrupted", file=sys.stderr)
+        return 130
+    except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
+        # Bad input (a spec, a dataset file, an option value, a model name, a path): one line, no traceback.
+        _report(args, f"error: {_first_line(error)}")
         return 2
+    except Exception as error:  # noqa: BLE001 - the command could not run: one line, status 1
+        _report(args, f"failed: {type(error).__name__ + ': ' if not str(error) else ''}{_first_line(error)}")
+        return 1
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _report(args: argparse.Namespace, message: str) -> None:
+    if getattr(args, "debug", False):
+        traceback.print_exc()
+    print(f"l2d-sweep {args.command}: {message}", file=sys.stderr)
 
 
 __all__ = ["build_parser", "main"]

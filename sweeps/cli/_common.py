@@ -39,7 +39,9 @@ def bounded(kind: type, minimum: float, exclusive: bool = False, maximum: float 
                 from None
         if value != value or value in (float("inf"), float("-inf")) or value < minimum or (exclusive and value == minimum) \
                 or (maximum is not None and value > maximum):
-            bound = f"{'>' if exclusive else '>='} {minimum:g}" + (f" and <= {maximum:g}" if maximum is not None else "")
+            show = (lambda v: f"{int(v):,}") if kind is int else (lambda v: f"{v:g}")
+            bound = f"{'>' if exclusive else '>='} {show(minimum)}" + (f" and <= {show(maximum)}" if maximum is not None
+                                                                      else "")
             raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}{bound}, got {value}")
         return value
 

@@ -27,10 +27,11 @@ def _print_card(card: dict) -> None:
 
 def _get_teacher(config, store, splits=None):
     """Load ``config``'s teacher from the store, or train and store it with progress lines: (model, card, trained)."""
-    from l2d.run import get_teacher, resolve, teacher_key
+    from l2d.run import build_splits, get_teacher, resolve, splits_key
 
     config = resolve(config)
-    if store.card(teacher_key(config)) is None:
+    splits = splits if splits is not None else build_splits(config)
+    if not store.has(splits_key(config, splits)):
         print(f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
               f"{store.uri})", file=sys.stderr)
     progress = Progress(f"teacher {config.teacher}", config.teacher_epochs)
@@ -39,7 +40,8 @@ def _get_teacher(config, store, splits=None):
 
 def teacher_command_config(args: argparse.Namespace):
     """The run configuration ``l2d-sweep teacher`` trains (or finds) the teacher of."""
-    return run_config(args, teacher=args.backbone, teacher_epochs=args.epochs, teacher_lr=args.lr, method="bce")
+    return run_config(args, teacher=args.backbone, teacher_epochs=args.epochs, teacher_lr=args.lr, method="bce",
+                      teacher_weights=args.weights, teacher_schedule_epochs=args.schedule_epochs)
 
 
 def train_command_config(args: argparse.Namespace):
@@ -47,12 +49,16 @@ def train_command_config(args: argparse.Namespace):
     return run_config(args, teacher=args.teacher, student=args.student, method=args.method,
                       hparams=_hparam_overrides(args), epochs=args.epochs, lr=args.lr,
                       teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
-                      student_weights=args.student_pretrained)
+                      teacher_schedule_epochs=args.teacher_schedule_epochs, teacher_weights=args.teacher_weights,
+                      student_weights=args.student_weights)
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
+    from l2d.run import check_weights
+
     store = teacher_store(args)
     config = teacher_command_config(args)
+    check_weights(config)
     _, card, trained = _get_teacher(config, store)
     print(("trained and stored" if trained else "loaded from the store") + f" ({store.uri})")
     _print_card(card)
@@ -78,10 +84,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from l2d.run import build_run, build_splits, fit, resolve
     from l2d.storage import Location
 
+    from l2d.run import check_weights
+
     config = resolve(train_command_config(args))
     out = Path(args.out or f"runs/{config.dataset}-{config.teacher}-to-{config.student}-{config.method}")
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out}: exists and is not a folder")
+    check_weights(config)  # before any data is read or any teacher trained
     splits = build_splits(config)  # the data first: a bad dataset fails before any teacher is trained
     teacher, teacher_card = None, None
     if METHODS[config.method].needs_teacher:
@@ -160,6 +169,10 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+WEIGHTS_HELP = ("a local file (.safetensors/.pth), or timm (the backbone's default pretrained weights), timm:<tag> or "
+                "hf-hub:<org>/<repo>, from the local Hugging Face cache; nothing is downloaded (default: random init)")
+
+
 def add_commands(commands) -> None:
     """Add ``methods``, ``dataset``, ``teacher`` and ``train`` to the subparsers ``commands``."""
     from l2d.losses import METHODS
@@ -185,6 +198,10 @@ def add_commands(commands) -> None:
     teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
     teacher.add_argument("--epochs", type=positive_int, help="epochs (default: the dataset's teacher epochs)")
     teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
+    teacher.add_argument("--weights", help=WEIGHTS_HELP)
+    teacher.add_argument("--schedule-epochs", type=positive_int,
+                         help="length of the OneCycle schedule when it is longer than --epochs (the official teachers: "
+                              "80, stopped at --epochs 30)")
     add_data_options(teacher)
     add_recipe_options(teacher, "the teacher's OneCycle max learning rate (default: the dataset's)")
     teacher.set_defaults(func=_cmd_teacher)
@@ -201,7 +218,11 @@ def add_commands(commands) -> None:
     train.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs when it must be trained")
     train.add_argument("--teacher-lr", type=positive_float,
                        help="the teacher's max learning rate when it must be trained (default: the dataset's)")
-    train.add_argument("--student-pretrained", help="local weights file for the student's backbone")
+    train.add_argument("--teacher-schedule-epochs", type=positive_int,
+                       help="the teacher's OneCycle length when it stops earlier (official: 80, with --teacher-epochs 30)")
+    train.add_argument("--teacher-weights", help="the teacher's initial weights: " + WEIGHTS_HELP)
+    train.add_argument("--student-weights", "--student-pretrained", dest="student_weights",
+                       help="the student's initial weights: " + WEIGHTS_HELP)
     train.add_argument("--out", help="output folder (default: runs/<dataset>-<teacher>-to-<student>-<method>)")
     weights = train.add_argument_group("loss weights (defaults: the method's; see `l2d-sweep methods`)")
     for name in sorted({n for m in METHODS.values() for n in m.defaults}):

@@ -31,29 +31,56 @@ def _apply_overrides(args: argparse.Namespace):
     return parse_spec(data, f"{args.spec} (with command-line overrides)")
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.runner import print_leaderboard, resume_sweep, run_sweep, sweep_exists
+def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
+    """``field: stored X, given Y`` for every leaf that differs between two spec dicts."""
+    lines = []
+    for key in sorted(set(stored) | set(given), key=str):
+        a, b = stored.get(key), given.get(key)
+        where = f"{prefix}{key}"
+        if isinstance(a, dict) and isinstance(b, dict):
+            lines += _differences(a, b, f"{where}.")
+        elif a != b:
+            lines.append(f"{where}: stored {a!r}, given {b!r}")
+    return lines
 
-    spec = _apply_overrides(args)
+
+def _finish(outcome, sweep_dir) -> int:
+    """Print the leaderboard and the outcome; the exit status (0: at least one trial that did not fail)."""
+    from sweeps.runner import print_leaderboard
+
+    if outcome.results is not None:
+        print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
+        print_leaderboard(outcome.results)
+    if not outcome.succeeded:
+        print(f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
+              file=sys.stderr)
+        return 1
+    print(f"sweep finished: {outcome.describe()}")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from sweeps.runner import load_sweep_spec, resume_sweep, run_sweep, sweep_exists
+
     if args.or_resume and args.new:
         raise ValueError("--or-resume and --new contradict each other; pass one")
+    spec = _apply_overrides(args)
     if args.or_resume and sweep_exists(spec.sweep_dir):
+        changed = _differences(load_sweep_spec(spec.sweep_dir).to_dict(), spec.to_dict())
+        if changed:
+            raise ValueError(f"--or-resume: {spec.sweep_dir} was started with another spec ({'; '.join(changed)}); "
+                             f"resume it as it is (without the changes), start another sweep (--name), or grow it "
+                             f"with `l2d-sweep extend`")
         print(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
-        results = resume_sweep(spec.sweep_dir)
-    else:
-        results = run_sweep(spec, new=args.new)
-    print(f"\nleaderboard of {spec.sweep_dir} (best val mAP per trial; test mAP at that epoch):")
-    print_leaderboard(results)
-    return 0
+        return _finish(resume_sweep(spec.sweep_dir, force=args.force, verbose=args.verbose), spec.sweep_dir)
+    return _finish(run_sweep(spec, new=args.new, force=args.force, verbose=args.verbose), spec.sweep_dir)
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from sweeps.runner import print_leaderboard, resume_sweep
+    from sweeps.runner import resume_sweep
 
-    results = resume_sweep(args.path)
-    print(f"\nleaderboard of {results.sweep_dir}:")
-    print_leaderboard(results)
-    return 0
+    outcome = resume_sweep(args.path, force=args.force, verbose=args.verbose)
+    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -61,11 +88,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     results = SweepResults(args.path)
     if args.sql:
-        try:
-            table = results.sql(args.sql)
-        except Exception as error:  # duckdb raises its own exception types for bad SQL
-            raise ValueError(f"SQL error: {str(error).splitlines()[0]}") from None
-        print(format_table(table, args.format))
+        print(format_table(results.sql(args.sql), args.format))
         return 0
     if args.pareto:
         table = results.pareto()
@@ -108,11 +131,22 @@ def _pareto_plot(results) -> str | None:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    from l2d.storage import Location
+    from sweeps.folder import read_lease
     from sweeps.results import SweepResults, format_table
+    from sweeps.runner import _outcome
 
     results = SweepResults(args.path)
     counts = results.sql("SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status")
     print("trials by state: " + ", ".join(f"{r['status']} {r['trials']}" for r in counts.to_pylist()))
+    lease = read_lease(Location.parse(args.path))
+    if lease is not None and lease.stale() is None:
+        print(f"driver: running, {lease.describe()}")
+    else:
+        outcome = _outcome(Location.parse(args.path))
+        verdict = "succeeded" if outcome.succeeded else "did not succeed (exit status 1)"
+        stale = f" (a stale lease: {lease.describe()})" if lease is not None else ""
+        print(f"driver: not running{stale}; the sweep {verdict}: {outcome.describe()}")
     best = results.leaderboard(1).to_pylist()
     if best:
         b = best[0]
@@ -142,6 +176,8 @@ def add_commands(commands) -> None:
     run.add_argument("--max-epochs", type=positive_int, help="override budget.max_epochs")
     run.add_argument("--storage", help="override storage (a folder or s3:// / gs:// URI)")
     run.add_argument("--name", help="override the sweep's name")
+    run.add_argument("--force", action="store_true",
+                     help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)")
     run.set_defaults(func=_cmd_run)
 
     resume = commands.add_parser(
@@ -149,6 +185,9 @@ def add_commands(commands) -> None:
         description="Continue a sweep: finished trials are not re-run, interrupted ones continue from their last "
                     "epoch checkpoint, the Optuna study and ASHA's rungs carry on.")
     resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
+    resume.add_argument("--force", action="store_true",
+                        help="take the sweep's lease even if another driver seems to hold it (when that driver is "
+                             "gone)")
     resume.set_defaults(func=_cmd_resume)
 
     results = commands.add_parser(

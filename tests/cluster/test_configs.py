@@ -129,9 +129,9 @@ def test_gpu_step_benchmark_runs_on_cpu(tmp_path):
     from benchmarks.gpu_step import main
 
     row = main(["--device", "cpu", "--teacher", "test_resnet", "--student", "test_efficientnet", "--image-size",
-                "32", "--batch-size", "8", "--classes", "10", "--embed-dim", "32", "--steps", "2",
+                "32", "--batch-size", "8", "--classes", "10", "--embed-dim", "32", "--steps", "2", "--weights", "files",
                 "--out", str(tmp_path / "gpu_step.json")])
-    assert row["images_per_s"] > 0 and 0 < row["l2d_loss_share"] < 1
+    assert row["images_per_s"] > 0 and 0 < row["l2d_loss_share"] < 1 and row["init"] == "files"
     assert (tmp_path / "gpu_step.json").is_file()
 
 
@@ -140,5 +140,7 @@ def test_gpu_check_script_and_spec():
 
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     assert "benchmarks/gpu_check.yaml" in script and "--image-size 224" in script and "--classes 80" in script
+    assert "--weights files" in script and script.count("timeout ") >= 3  # each part has a time limit
     spec = load_spec(str(ROOT / "benchmarks" / "gpu_check.yaml"))
     assert spec.budget.num_samples == 2 and spec.resources.gpus_per_worker == 1
+    assert set(spec.weights) == {"resnet14t", "resnet10t"} and all(w.endswith(".pth") for w in spec.weights.values())

@@ -71,3 +71,80 @@ def ps_loss_loop(student_logits: torch.Tensor, teacher_logits: torch.Tensor, tar
             log_pt = torch.log_softmax(teacher_logits[i, support].detach().float(), dim=0)
             loss = loss + (log_pt.exp() * (log_pt - log_ps)).sum()
     return loss / targets.shape[0]
+
+
+def _huber(difference: float) -> float:
+    return 0.5 * difference**2 if abs(difference) < 1 else abs(difference) - 0.5
+
+
+def rkd_loss_loop(student: torch.Tensor, teacher: torch.Tensor, distance_weight=10.0, angle_weight=10.0) -> float:
+    """RKD as the official L2D code computes it, one pair and one triplet at a time (float64, no autograd):
+    distances normalized by their off-diagonal mean, summed Huber over the B x B pairs divided by B; the cosine of
+    every angle (a, b, c) at b... averaged Huber over the B^3 triplets."""
+    s, t = student.double().tolist(), teacher.double().tolist()
+    n = len(s)
+
+    def distances(x):
+        return [[sum((x[a][d] - x[b][d]) ** 2 for d in range(len(x[a]))) ** 0.5 for b in range(n)] for a in range(n)]
+
+    def normalized(matrix):
+        off = [matrix[a][b] for a in range(n) for b in range(n) if a != b]
+        mean = sum(off) / len(off)
+        return [[matrix[a][b] / mean for b in range(n)] for a in range(n)]
+
+    ds, dt = normalized(distances(s)), normalized(distances(t))
+    distance = sum(_huber(ds[a][b] - dt[a][b]) for a in range(n) for b in range(n)) / n
+
+    def unit(x, a, b):
+        vector = [x[a][d] - x[b][d] for d in range(len(x[a]))]
+        norm = max(sum(v * v for v in vector) ** 0.5, 1e-12)
+        return [v / norm for v in vector]
+
+    def cosine(x, i, j, k):
+        u, v = unit(x, i, j), unit(x, k, j)
+        return sum(p * q for p, q in zip(u, v))
+
+    angles = [_huber(cosine(s, i, j, k) - cosine(t, i, j, k)) for i in range(n) for j in range(n) for k in range(n)]
+    return distance_weight * distance + angle_weight * sum(angles) / len(angles)
+
+
+def _pool(feature, size: int):
+    """Adaptive average pooling of one [C, H, W] nested list to size x size, window by window."""
+    channels, height, width = len(feature), len(feature[0]), len(feature[0][0])
+    out = []
+    for c in range(channels):
+        rows = []
+        for i in range(size):
+            top, bottom = (i * height) // size, -((-(i + 1) * height) // size)
+            cells = []
+            for j in range(size):
+                left, right = (j * width) // size, -((-(j + 1) * width) // size)
+                window = [feature[c][y][x] for y in range(top, bottom) for x in range(left, right)]
+                cells.append(sum(window) / len(window))
+            rows.append(cells)
+        out.append(rows)
+    return out
+
+
+def _mse(a, b) -> float:
+    values = [(x - y) ** 2 for image_a, image_b in zip(a, b) for ca, cb in zip(image_a, image_b)
+              for ra, rb in zip(ca, cb) for x, y in zip(ra, rb)]
+    return sum(values) / len(values)
+
+
+def hcl_loss_loop(student_features, teacher_features) -> float:
+    """ReviewKD's hierarchical context loss with explicit pooling windows (float64): per pair, the MSE plus the MSEs
+    at the 4, 2 and 1 pooled levels smaller than the map, weights 1, 1/2, 1/4, 1/8, normalized; summed over pairs."""
+    total = 0.0
+    for fs, ft in zip(student_features, teacher_features):
+        s, t = fs.double().tolist(), ft.double().tolist()
+        height = len(s[0][0])
+        loss, weight, normalizer = _mse(s, t), 1.0, 1.0
+        for level in (4, 2, 1):
+            if level >= height:
+                continue
+            weight /= 2
+            loss += weight * _mse([_pool(image, level) for image in s], [_pool(image, level) for image in t])
+            normalizer += weight
+        total += loss / normalizer
+    return total

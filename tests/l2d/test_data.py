@@ -100,7 +100,7 @@ def test_mosaic_item_shapes_and_transforms():
 
 
 def test_unknown_mosaic_option():
-    with pytest.raises(ValueError, match="unknown mosaic option.*'sizes'"):
+    with pytest.raises(ValueError, match="unknown mosaic-digits option 'sizes'"):
         build_dataset("mosaic-digits", split="train", sizes=10)
 
 

@@ -329,3 +329,45 @@ def test_hint_criterion_asks_for_the_last_stage_and_owns_a_connector():
     # An output-level method has no stages and no parameters.
     plain = losses.DistillationCriterion("l2d")
     assert plain.student_stages == () and not list(plain.parameters())
+
+
+def test_rkd_is_the_official_formulation():
+    from tests.l2d.reference_losses import rkd_loss_loop
+
+    generator = torch.Generator().manual_seed(3)
+    student, teacher = torch.randn(6, 5, generator=generator), torch.randn(6, 7, generator=generator)
+    assert losses.rkd_loss(student, teacher).item() == pytest.approx(rkd_loss_loop(student, teacher), rel=1e-5)
+    assert losses.rkd_loss(student, teacher, 25.0, 50.0).item() == pytest.approx(
+        rkd_loss_loop(student, teacher, 25.0, 50.0), rel=1e-5)
+
+
+def test_hcl_loss_equals_the_loop_formulation():
+    from tests.l2d.reference_losses import hcl_loss_loop
+
+    generator = torch.Generator().manual_seed(5)
+    # Sizes that exercise every pyramid level (8: 4, 2, 1; 3: 2, 1 with uneven windows; 1: none).
+    student = [torch.randn(2, 3, size, size, generator=generator) for size in (8, 3, 1)]
+    teacher = [torch.randn(2, 3, size, size, generator=generator) for size in (8, 3, 1)]
+    assert losses.hcl_loss(student, teacher).item() == pytest.approx(hcl_loss_loop(student, teacher), rel=1e-5)
+    assert losses.hcl_loss(teacher, teacher).item() == pytest.approx(0.0, abs=1e-12)
+
+
+def test_reviewkd_fuses_from_the_deepest_level_and_trains_its_connectors():
+    from l2d.models import build_model, stage_channels
+
+    student, teacher = build_model("test_resnet", 5, 16), build_model("test_efficientnet", 5, 16).eval()
+    criterion = losses.DistillationCriterion("reviewkd", None, student, teacher)
+    connector = criterion.connectors["reviewkd"]
+    levels = len(connector.fusions)
+    assert criterion.student_stages == tuple(range(len(stage_channels(student)) - levels + 1,
+                                                   len(stage_channels(student))))
+    # The deepest level (the pooled features) has no residual to fuse; every other level fuses one.
+    assert connector.fusions[-1].attention is None and all(f.attention is not None for f in connector.fusions[:-1])
+    assert connector.fusions[-1].output[0].out_channels == teacher.backbone.num_features
+    images = torch.rand(4, 3, 32, 32)
+    total, parts = criterion(student(images, stages=criterion.student_stages),
+                             teacher(images, stages=criterion.teacher_stages), (torch.rand(4, 5) < 0.5).float())
+    assert set(parts) == {"bce", "reviewkd"} and parts["reviewkd"] > 0
+    total.backward()
+    assert all(f.reduce[0].weight.grad is not None for f in connector.fusions)
+    assert all(f.attention[0].weight.grad.abs().sum() > 0 for f in connector.fusions[:-1])

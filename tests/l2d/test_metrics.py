@@ -98,3 +98,39 @@ def test_bad_input_is_rejected():
         mean_average_precision(np.zeros((3, 2)), np.full((3, 2), 0.5))
     with pytest.raises(ValueError, match="NaN"):
         mean_average_precision(np.full((3, 2), np.nan), np.zeros((3, 2)))
+
+
+def _official_f1(scores, targets):
+    """The official L2D evaluation, written out from its description: threshold at the (k+1)-th highest score,
+    then scikit-learn's macro and micro F1."""
+    from sklearn.metrics import f1_score
+
+    preds = np.zeros(scores.shape, dtype=np.int64)
+    for i in range(len(scores)):
+        k = int(targets[i].sum())
+        if k >= scores.shape[1]:
+            preds[i] = 1
+            continue
+        threshold = sorted(scores[i], reverse=True)[k]
+        preds[i] = scores[i] > threshold
+    return (100 * f1_score(targets, preds, average="macro", zero_division=0),
+            100 * f1_score(targets, preds, average="micro", zero_division=0))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_paper_f1_is_the_official_definition(seed):
+    from l2d.metrics import paper_f1
+
+    rng = np.random.default_rng(seed)
+    targets = (rng.random((60, 9)) < 0.3).astype(np.float64)
+    targets[0] = 0  # an image without labels (NUS-WIDE's test set keeps them): it predicts nothing
+    targets[1] = 1  # an image with every label: it predicts everything
+    targets[:, 4] = 0  # a class without positives
+    scores = rng.random((60, 9))
+    scores[2:10] = np.round(scores[2:10], 1)  # ties at the threshold
+    ours = paper_f1(scores, targets)
+    cf1, of1 = _official_f1(scores, targets)
+    assert ours["paper_CF1"] == pytest.approx(cf1, abs=1e-9)
+    assert ours["paper_OF1"] == pytest.approx(of1, abs=1e-9)
+    everything = multilabel_metrics(scores, targets)
+    assert everything["paper_CF1"] == ours["paper_CF1"] and everything["paper_OF1"] == ours["paper_OF1"]

@@ -16,16 +16,18 @@ TINY_RUN = RunConfig(dataset="mosaic-digits", dataset_options={"size": 64}, imag
 
 def _key(**changes) -> TeacherKey:
     fields = dict(dataset="mosaic-digits", backbone="test_resnet", image_size=16, embed_dim=32,
-                  recipe=dict(TINY_RECIPE), seed=0, dataset_options={"size": 64})
+                  recipe=dict(TINY_RECIPE), seed=0, dataset_options={"size": 64}, data_fingerprint="f")
     fields.update(changes)
     return TeacherKey(**fields)
 
 
 def test_the_run_config_gives_the_key():
-    assert teacher_key(TINY_RUN) == _key()
-    assert teacher_key(TINY_RUN.replace(seed=3)) == _key(seed=3)
+    assert teacher_key(TINY_RUN, "f") == _key()
+    assert teacher_key(TINY_RUN.replace(seed=3), "f") == _key(seed=3)
     # The student's settings are not the teacher's.
-    assert teacher_key(TINY_RUN.replace(student="resnet18", lr=0.5, epochs=9, method="kd")) == _key()
+    assert teacher_key(TINY_RUN.replace(student="resnet18", lr=0.5, epochs=9, method="kd"), "f") == _key()
+    # Other data under the same settings is another teacher.
+    assert _key(data_fingerprint="g").digest() != _key().digest()
 
 
 def test_trained_once_then_loaded(tmp_path):
@@ -98,3 +100,46 @@ def test_two_processes_asking_for_the_same_teacher(tmp_path, _isolated_cache):
     json.loads((folder / "card.json").read_text())
     model, _ = TeacherStore(store_path).load(_key(), 10)
     assert sum(p.numel() for p in model.parameters()) > 0
+
+
+@pytest.mark.parametrize("damaged", ["model.pt", "card.json"])
+def test_an_unreadable_teacher_is_set_aside_and_trained_again(tmp_path, damaged, caplog):
+    store = TeacherStore(str(tmp_path / "store"))
+    store.get_or_train(_key(), 10, lambda: train_teacher(TINY_RUN))
+    path = tmp_path / "store" / _key().digest() / damaged
+    path.write_bytes(path.read_bytes()[: len(path.read_bytes()) // 2])  # truncated
+    if damaged == "card.json":
+        from l2d.teachers import CorruptTeacherError
+
+        with pytest.raises(CorruptTeacherError, match=f"{damaged}: unreadable teacher card"):
+            store.card(_key())
+        assert not store.has(_key())
+    calls = []
+
+    def train():
+        calls.append(1)
+        return train_teacher(TINY_RUN)
+
+    with caplog.at_level("WARNING", logger="l2d.teachers"):
+        _, card, trained = store.get_or_train(_key(), 10, train)
+    assert trained and calls == [1]
+    assert f"{damaged}: unreadable teacher" in caplog.text and "training the teacher again" in caplog.text
+    aside = [p for p in (tmp_path / "store").iterdir() if ".corrupt-" in p.name]
+    assert len(aside) == 1 and (aside[0] / damaged).is_file()  # kept for inspection
+    loaded, _ = store.load(_key(), 10)  # readable again
+    assert store.get_or_train(_key(), 10, train)[2] is False and calls == [1]
+
+
+def test_the_same_settings_over_other_data_are_another_teacher(tmp_path):
+    from l2d.run import build_splits, get_teacher
+
+    store = TeacherStore(str(tmp_path / "store"))
+    _, first, trained = get_teacher(TINY_RUN, store)
+    assert trained
+    # Same options, another copy of the data whose labels differ: the fingerprint changes, so does the teacher.
+    splits = build_splits(TINY_RUN)
+    splits["train"].targets = splits["train"].targets.copy()
+    splits["train"].targets[0] = 1 - splits["train"].targets[0]
+    _, second, trained_again = get_teacher(TINY_RUN, store, splits)
+    assert trained_again and second["digest"] != first["digest"]
+    assert get_teacher(TINY_RUN, store)[2] is False  # the original data finds the original teacher

@@ -115,15 +115,42 @@ def test_teacher_train_and_a_sweep_share_one_teacher_key():
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec({**TINY_SPEC, "storage": "/tmp/unused"})
-    sweep_key = teacher_key(spec.base_run().replace(teacher="test_resnet"))
+    sweep_key = teacher_key(spec.base_run().replace(teacher="test_resnet"), "data")
     data = ["--dataset-option", "scale=0.05", "--image-size", "32", "--embed-dim", "32", "--batch-size", "16"]
     parser = build_parser()
     teacher_args = parser.parse_args(["teacher", "--backbone", "test_resnet", "--epochs", "1", *data])
     train_args = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student",
                                     "test_convnext", "--lr", "0.01", "--epochs", "7", "--method", "kd", *data])
-    assert teacher_key(teacher_command_config(teacher_args)) == sweep_key
-    assert teacher_key(train_command_config(train_args)) == sweep_key  # the student's lr and epochs are not the key
+    assert teacher_key(teacher_command_config(teacher_args), "data") == sweep_key
+    # The student's lr and epochs are not the key.
+    assert teacher_key(train_command_config(train_args), "data") == sweep_key
     # The teacher's own settings are.
     other = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--teacher-lr", "0.01",
                                *data])
-    assert teacher_key(train_command_config(other)) != sweep_key
+    assert teacher_key(train_command_config(other), "data") != sweep_key
+
+
+def test_train_and_teacher_accept_initial_weights(tmp_path, capsys):
+    import timm
+    import torch
+
+    from l2d.weights import identity
+
+    files = {}
+    for backbone in ("test_resnet", "test_efficientnet"):
+        files[backbone] = tmp_path / f"{backbone}.pth"
+        torch.save(timm.create_model(backbone, pretrained=False).state_dict(), files[backbone])
+    store = str(tmp_path / "store")
+    assert main(["teacher", "--backbone", "test_resnet", "--epochs", "1", "--weights", str(files["test_resnet"]),
+                 "--store", store, "--json", *DATA]) == 0
+    out = capsys.readouterr().out
+    card = json.loads(out[out.index("{"):])
+    assert card["key"]["weights"] == identity(str(files["test_resnet"]), "test_resnet")
+    # train with the same teacher weights finds that teacher; the student starts from its own file.
+    assert main(["train", "--teacher", "test_resnet", "--teacher-weights", str(files["test_resnet"]), "--student",
+                 "test_efficientnet", "--student-weights", str(files["test_efficientnet"]), "--method", "kd",
+                 "--epochs", "1", "--store", store, "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert "training teacher" not in capsys.readouterr().err
+    recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert recorded["config"]["student_weights"] == str(files["test_efficientnet"])
+    assert recorded["teacher"]["digest"] == card["digest"]

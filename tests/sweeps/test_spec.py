@@ -116,5 +116,14 @@ def test_shipped_specs_are_valid(name):
         # The official weights are the first point evaluated.
         assert first_points(spec)[0] == {"pairing": "resnet101", "student@resnet101": "resnet34", "method": "l2d",
                                          "lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+        # ImageNet weights for every backbone (each with weights on timm's hub), the official teacher schedule,
+        # and every baseline.
+        from l2d.weights import _hub_repo
+
+        backbones = {p.teacher for p in spec.pairings} | {s for p in spec.pairings for s in p.students}
+        assert spec.weights == {b: "timm" for b in backbones}
+        assert all(_hub_repo("timm", b).startswith("timm/") for b in backbones)
+        assert (spec.budget.teacher_epochs, spec.budget.teacher_schedule_epochs) == (30, 80)
+        assert {"reviewkd", "rkd", "pkt", "ps", "mse", "kd", "bce"} <= set(spec.methods)
     if name == "quickstart":
         assert spec.dataset.name == "mosaic-digits" and spec.resources.gpus_per_worker == 0

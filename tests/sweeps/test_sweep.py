@@ -160,3 +160,51 @@ def test_kill_and_resume(tiny_spec, tmp_path, trainer):
     assert "started: " in resumed.stdout or "resuming sweep" in resumed.stdout
     # The Optuna study went on without repeating a suggestion.
     assert len({_config_key(t) for t in trials}) == 3
+
+
+def test_a_sweep_whose_every_trial_failed_exits_1(tiny_spec, tmp_path):
+    path = tiny_spec(name="doomed", methods=["kd"], search_space={"lambda_kd": 1e39},
+                     budget={"num_samples": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
+                             "teacher_epochs": 1})
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
+    assert "the sweep did not succeed: every trial failed (2 failed)" in done.stderr
+    status = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", str(tmp_path / "sweeps" / "doomed")],
+                            capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0 and "driver: not running; the sweep did not succeed (exit status 1): every " \
+                                      "trial failed (2 failed)" in status.stdout
+
+
+def test_a_spec_with_initial_weights_trains_a_feature_level_method(tiny_spec, tmp_path):
+    import io
+
+    import timm
+    import torch
+
+    from l2d.weights import identity
+
+    files = {}
+    for backbone in ("test_resnet", "test_efficientnet"):
+        files[backbone] = str(tmp_path / f"{backbone}.safetensors")
+        from safetensors.torch import save_file
+
+        save_file(timm.create_model(backbone, pretrained=False).state_dict(), files[backbone])
+    path = tiny_spec(name="weighted", methods=["reviewkd"], search_space={"lr": 2e-3}, weights=files,
+                     pairings=[{"teacher": "test_resnet", "students": ["test_efficientnet"]}],
+                     budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
+                             "teacher_epochs": 1, "teacher_schedule_epochs": 3})
+    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True,
+                          timeout=600)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    sweep = tmp_path / "sweeps" / "weighted"
+    cards = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "teachers").glob("*/card.json")]
+    assert len(cards) == 1 and cards[0]["key"]["weights"] == identity(files["test_resnet"], "test_resnet")
+    assert cards[0]["key"]["recipe"]["schedule_epochs"] == 3 and cards[0]["epochs"] == 1
+    trial = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()[0]
+    assert (trial["method"], trial["status"], trial["epochs_run"]) == ("reviewkd", "completed", 2)
+    assert trial["test_paper_CF1_at_best"] is not None and trial["test_paper_OF1_at_best"] is not None
+    assert "val_paper_CF1" in pq.read_table(sweep / "results" / "epochs.parquet").schema.names
+    state = torch.load(io.BytesIO((sweep / "train" / f"trial-{trial['trial_id']}" / "epoch-0002" / "state.pt")
+                                  .read_bytes()), weights_only=True)
+    assert any(k.startswith("connectors.reviewkd.fusions.") for k in state["criterion"])
