@@ -95,7 +95,7 @@ class SweepCallback(Callback):
     @property
     def writer(self) -> ResultsWriter:
         if self._writer is None:
-            self._writer = ResultsWriter(self.location, self.max_epochs)
+            self._writer = ResultsWriter(self.location, self.max_epochs, self.metric, self.mode)
         return self._writer
 
     def _say(self, text: str) -> None:
@@ -110,17 +110,23 @@ class SweepCallback(Callback):
         return self._boards[trial_id]
 
     def _summary(self) -> str:
+        from sweeps.results import OBJECTIVE_COLUMNS
+
         counts: dict[str, int] = {}
         for record in self.writer.trials.values():
             counts[record.status] = counts.get(record.status, 0) + 1
         rows = self.writer.trial_rows()
-        scored = [r for r in rows if r["best_val_mAP"] is not None] if rows else []
-        best = max(scored, key=lambda r: r["best_val_mAP"], default=None)
+        column = OBJECTIVE_COLUMNS[self.metric]
+        scored = [r for r in rows if r[column] is not None] if rows else []
+        sign = 1.0 if self.mode == "max" else -1.0
+        best = max(scored, key=lambda r: sign * r[column], default=None)
         state = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if best is None:
             return state
-        return (f"{state}; best val mAP {best['best_val_mAP']:.2f} (test {best['test_mAP_at_best']:.2f}) by "
-                f"{best['trial_id']} {best['student']} {best['method']}")
+        name = self.metric.replace("_", " ")
+        test = f" (test mAP {best['test_mAP_at_best']:.2f})" if best.get("test_mAP_at_best") is not None else ""
+        value = f"{best[column]:.4g}" if self.metric == "val_loss" else f"{best[column]:.2f}"
+        return f"{state}; best {name} {value}{test} by {best['trial_id']} {best['student']} {best['method']}"
 
     def on_step_begin(self, iteration, trials, **info):
         self._reconcile(trials)

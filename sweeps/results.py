@@ -11,9 +11,9 @@
 | lr, lambda_mld, lambda_cd, lambda_id, lambda_kd, kd_temperature, lambda_mse, lambda_ps, lambda_rkd, lambda_pkt, lambda_hint (every weight of every method) | double | sampled or fixed hyperparameters (null when the method has none) |
 | epochs_run | int64 | epochs reported |
 | stopped_early | bool | ASHA stopped the trial before max_epochs |
-| best_val_mAP, best_epoch, test_mAP_at_best | double, int64, double | the epoch with the best val mAP, and its test mAP |
+| best_val_mAP, best_epoch, test_mAP_at_best | double, int64, double | the best epoch by the spec's metric (val mAP unless the spec says otherwise), its val mAP and test mAP |
 | last_val_mAP, last_test_mAP | double | the last reported epoch |
-| best_val_CF1, best_val_OF1 | double | at the best epoch |
+| best_val_CF1, best_val_OF1, best_val_loss | double | at the best epoch |
 | student_params | int64 | parameter count of the student |
 | latency_ms | double | median forward latency of one image on the trial's device |
 | images_per_s | double | mean training throughput |
@@ -60,8 +60,12 @@ TRIAL_SCHEMA = pa.schema(
        ("last_test_mAP", pa.float64()), ("best_val_CF1", pa.float64()), ("best_val_OF1", pa.float64()),
        ("student_params", pa.int64()), ("latency_ms", pa.float64()), ("images_per_s", pa.float64()),
        ("wall_time_s", pa.float64()), ("test_CF1_at_best", pa.float64()), ("test_OF1_at_best", pa.float64()),
-       ("test_paper_CF1_at_best", pa.float64()), ("test_paper_OF1_at_best", pa.float64())]
+       ("test_paper_CF1_at_best", pa.float64()), ("test_paper_OF1_at_best", pa.float64()),
+       ("best_val_loss", pa.float64())]
 )
+#: Each objective a spec may name, and the trials-table column holding it at a trial's best epoch.
+OBJECTIVE_COLUMNS = {"val_mAP": "best_val_mAP", "val_CF1": "best_val_CF1", "val_OF1": "best_val_OF1",
+                     "val_loss": "best_val_loss", "latency_ms": "latency_ms", "student_params": "student_params"}
 #: Epoch-table columns that are not floats.
 _EPOCH_FIXED = [("trial_id", pa.string()), ("epoch", pa.int64())]
 
@@ -133,9 +137,10 @@ class ResultsWriter:
     """Accumulates trial states and epoch reports; writes both tables. Seeds itself from existing files, so a
     resumed sweep keeps the rows of trials that finished before the crash."""
 
-    def __init__(self, sweep_dir: str | Location, max_epochs: int):
+    def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str = "val_mAP", mode: str = "max"):
         self.sweep_dir = Location.parse(sweep_dir)
         self.max_epochs = max_epochs
+        self.metric, self.mode = metric, mode
         self.trials: dict[str, TrialRecord] = {}
         self.epochs: dict[str, dict[int, dict]] = {}  # trial id -> epoch -> row
         try:
@@ -255,9 +260,10 @@ class ResultsWriter:
             row.update(dict.fromkeys(("best_val_mAP", "best_epoch", "test_mAP_at_best", "last_val_mAP", "last_test_mAP",
                                       "best_val_CF1", "best_val_OF1", "student_params", "latency_ms", "images_per_s",
                                       "wall_time_s", "test_CF1_at_best", "test_OF1_at_best", "test_paper_CF1_at_best",
-                                      "test_paper_OF1_at_best")))
+                                      "test_paper_OF1_at_best", "best_val_loss")))
             if history:
-                best = max(history, key=lambda r: r.get("val_mAP", -math.inf))
+                sign = 1.0 if self.mode == "max" else -1.0
+                best = max(history, key=lambda r: sign * r.get(self.metric, -sign * math.inf))
                 last = history[-1]
                 row.update(best_val_mAP=best.get("val_mAP"), best_epoch=best["epoch"],
                            test_mAP_at_best=best.get("test_mAP"), last_val_mAP=last.get("val_mAP"),
@@ -269,7 +275,7 @@ class ResultsWriter:
                            wall_time_s=sum(r.get("epoch_seconds", 0.0) for r in history),
                            test_CF1_at_best=best.get("test_CF1"), test_OF1_at_best=best.get("test_OF1"),
                            test_paper_CF1_at_best=best.get("test_paper_CF1"),
-                           test_paper_OF1_at_best=best.get("test_paper_OF1"))
+                           test_paper_OF1_at_best=best.get("test_paper_OF1"), best_val_loss=best.get("val_loss"))
             rows.append(row)
         return rows
 
@@ -320,6 +326,7 @@ class SweepResults:
                                     f"(is this a sweep folder? a sweep writes them after its first trial ends)")
         self.trials = trials
         self.epochs = epochs
+        self._objectives: list[tuple[str, str]] | None = None
 
     def sql(self, query: str) -> pa.Table:
         """Run DuckDB SQL over the views ``trials`` and ``epochs``, read-only: the two tables are registered from
@@ -349,23 +356,77 @@ class SweepResults:
         finally:
             connection.close()
 
-    def leaderboard(self, limit: int = 10, metric: str = "best_val_mAP") -> pa.Table:
-        """Trials by best val mAP, with the test mAP of that epoch beside it."""
-        return self.sql(
-            f"SELECT trial_id, status, teacher, student, method, round(best_val_mAP, 2) AS val_mAP, "
-            f"round(test_mAP_at_best, 2) AS test_mAP, best_epoch, epochs_run, student_params, "
-            f"round(lr, 6) AS lr, round(lambda_mld, 3) AS lambda_mld, round(lambda_cd, 3) AS lambda_cd, "
-            f"round(lambda_id, 3) AS lambda_id, round(lambda_kd, 3) AS lambda_kd "
-            f"FROM trials WHERE {metric} IS NOT NULL ORDER BY {metric} DESC LIMIT {int(limit)}")
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """The sweep's objectives from its stored spec (val mAP, max, for a folder without one)."""
+        if self._objectives is None:
+            import yaml
+
+            spec = self.sweep_dir / "spec.yaml"
+            data = yaml.safe_load(spec.read_text()) if spec.is_file() else {}
+            data = data if isinstance(data, dict) else {}
+            raw = data.get("objectives") or [{"metric": data.get("metric", "val_mAP"),
+                                               "mode": data.get("mode", "min" if data.get("metric") == "val_loss"
+                                                                else "max")}]
+            self._objectives = [(o["metric"], o.get("mode", "max")) for o in raw]
+        return self._objectives
+
+    def leaderboard(self, limit: int = 10, columns: list[str] | None = None) -> pa.Table:
+        """Trials ranked by the spec's primary objective at their best epoch, with the test mAP of that epoch, the
+        other objectives, the paper's F1 where measured, and every hyperparameter the sweep's trials have (or
+        ``columns``, any of the trials table's)."""
+        metric, mode = self.objectives[0]
+        rank = OBJECTIVE_COLUMNS[metric]
+        present = {name for name in self.trials.column_names
+                   if self.trials.column(name).null_count < self.trials.num_rows}
+        if columns:
+            unknown = [c for c in columns if c not in self.trials.column_names]
+            if unknown:
+                raise ValueError(f"unknown column {unknown[0]!r}; the trials table has: "
+                                 f"{', '.join(self.trials.column_names)}")
+            chosen = list(dict.fromkeys(["trial_id", *columns]))
+        else:
+            objectives = [OBJECTIVE_COLUMNS[m] for m, _ in self.objectives]
+            chosen = ["trial_id", "status", "teacher", "student", "method", *objectives, "test_mAP_at_best",
+                      *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present],
+                      "best_epoch", "epochs_run", *[c for c in ("student_params",) if c not in objectives],
+                      *[c for c in HPARAM_COLUMNS if c in present]]
+            chosen = list(dict.fromkeys(chosen))
+
+        def shown(name: str) -> str:
+            if name in HPARAM_COLUMNS:
+                return f"round({name}, 6) AS {name}" if name == "lr" else f"round({name}, 3) AS {name}"
+            if name.startswith(("best_val_", "test_")):
+                alias = {"best_val_mAP": "val_mAP", "test_mAP_at_best": "test_mAP"}.get(name, name)
+                return f"round({name}, 2) AS {alias}"
+            return name
+
+        order = "DESC" if mode == "max" else "ASC"
+        return self.sql(f"SELECT {', '.join(shown(c) for c in chosen)} FROM trials WHERE {rank} IS NOT NULL "
+                        f"ORDER BY {rank} {order}, trial_id LIMIT {int(limit)}")
 
     def pareto(self) -> pa.Table:
-        """Trials on the val mAP vs student size Pareto front (no other trial is smaller and at least as good)."""
-        return self.sql(
-            "SELECT a.trial_id, a.student, a.method, a.student_params, round(a.best_val_mAP, 2) AS val_mAP, "
-            "round(a.test_mAP_at_best, 2) AS test_mAP FROM trials a WHERE a.best_val_mAP IS NOT NULL AND NOT EXISTS "
-            "(SELECT 1 FROM trials b WHERE b.best_val_mAP IS NOT NULL AND b.student_params <= a.student_params "
-            "AND b.best_val_mAP >= a.best_val_mAP AND (b.student_params < a.student_params "
-            "OR b.best_val_mAP > a.best_val_mAP)) ORDER BY a.student_params")
+        """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
+        student size (no other trial is at least as good on every one and better on one)."""
+        objectives = self.objectives if len(self.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
+        columns = [OBJECTIVE_COLUMNS[m] for m, _ in objectives]
+        rows = [r for r in self.trials.to_pylist() if r["status"] in ("completed", "stopped")
+                and all(r.get(c) is not None for c in columns)]
+        signs = [1.0 if mode == "max" else -1.0 for _, mode in objectives]
+        points = {r["trial_id"]: [s * r[c] for s, c in zip(signs, columns)] for r in rows}
+
+        def dominated(point):
+            return any(all(o >= p for o, p in zip(other, point)) and any(o > p for o, p in zip(other, point))
+                       for other in points.values())
+
+        front = sorted(t for t, point in points.items() if not dominated(point))
+        if not front:
+            return self.sql("SELECT trial_id FROM trials LIMIT 0")
+        ids = ", ".join(f"'{t}'" for t in front)
+        shown = ", ".join(f"round({c}, 4) AS {c}" if c != "student_params" else c for c in columns)
+        extra = "" if "student_params" in columns else ", student_params"
+        return self.sql(f"SELECT trial_id, student, method, {shown}{extra}, round(test_mAP_at_best, 2) AS test_mAP "
+                        f"FROM trials WHERE trial_id IN ({ids}) ORDER BY {columns[-1]}")
 
 
 def format_table(table: pa.Table, fmt: str = "table") -> str:

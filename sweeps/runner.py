@@ -4,8 +4,9 @@ Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``):
 
     .l2d-sweep             the marker: only this tool writes it (sweeps.folder)
     lease.json             who drives the sweep now (sweeps.folder)
-    spec.yaml              the validated spec, as run
-    tune/                  Ray Tune's experiment (trial states, the Optuna searcher's state)
+    spec.yaml              the validated spec, as run (its budget grown by each extend)
+    study.db               the Optuna study (SQLite, unless the spec's study_storage names a database)
+    tune/, tune-<k>/       Ray Tune's experiments: the first run's, then one per extend (or lost state)
     train/trial-<id>/      each trial's epoch checkpoints (sweeps.checkpoints)
     asha.json              ASHA's rung records (Tune does not persist scheduler state)
     results/               trials.parquet and epochs.parquet (sweeps.results)
@@ -16,8 +17,9 @@ space is :mod:`sweeps.search`, the trial :mod:`sweeps.trial`, the driver's bookk
 
 Every state file can be lost or damaged without losing a recorded result: Tune's experiment is restored when it
 can be, and otherwise the sweep continues from its results tables and checkpoints in a new experiment (the trials
-still to run, under new ids); a damaged results table, rung file, checkpoint or teacher is rebuilt or set aside
-where it is read, with a warning naming it.
+still to run, under new ids); a damaged results table, rung file, checkpoint, teacher or study database is rebuilt
+or set aside where it is read, with a warning naming it. The study and the results tables are reconciled before
+and after every experiment (:func:`sweeps.study.reconcile`).
 """
 
 from __future__ import annotations
@@ -153,7 +155,13 @@ def _callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None) -> list:
     return [callback]
 
 
-def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0):
+def tune_dir_name(experiment: int) -> str:
+    """The folder of a sweep's ``experiment``-th Tune experiment: ``tune`` for the first, ``tune-<k>`` after."""
+    return "tune" if experiment == 0 else f"tune-{experiment}"
+
+
+def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0,
+           warm_started: bool = False):
     from ray import tune
 
     from sweeps.scheduler import PersistentASHA
@@ -176,10 +184,12 @@ def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: st
     storage_path, filesystem = spec.sweep_dir.ray_storage
     return tune.Tuner(
         _trainable(spec),
-        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment), scheduler=scheduler,
+        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment, warm_started),
+                                    scheduler=scheduler,
                                     num_samples=spec.budget.num_samples, metric=spec.metric, mode=spec.mode,
                                     reuse_actors=spec.trainer == "in-process"),
-        run_config=tune.RunConfig(name="tune", storage_path=storage_path, storage_filesystem=filesystem, verbose=0,
+        run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
+                                  storage_filesystem=filesystem, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=retries),
                                   callbacks=_callbacks(spec, quiet, lease)),
     )
@@ -212,12 +222,14 @@ def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus:
     before_first_trial = True
     try:
         (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
         init_ray(num_cpus, verbose)
         teacher_phase(spec, say)
         say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
         before_first_trial = False
-        _tuner(spec, quiet, lease, marker["sweep_id"]).fit()
+        _tuner(spec, quiet, lease, marker["sweep_id"], warm_started=warm > 0).fit()
+        _reconcile_study(spec, marker["sweep_id"], say, finished=True)
     except BaseException:
         lease.release()
         if before_first_trial:
@@ -250,11 +262,51 @@ def load_sweep_spec(sweep_dir: str | Location) -> SweepSpec:
     return spec
 
 
-def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper):
+def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
+    """Seed the new sweep's study with the finished trials of the sweep at ``spec.warm_start`` that fit this space;
+    returns how many. The other sweep must exist (a one-line error otherwise, before Ray starts)."""
+    from sweeps.study import StudyStore, add_recorded, build_sampler, open_study
+
+    source = SweepResults(spec.warm_start)
+    rows = [r for r in source.trials.to_pylist() if r["status"] in ("completed", "stopped")]
+    store = StudyStore(spec.sweep_dir, spec.study_storage)
+    study = open_study(spec, sweep_id, store, build_sampler(spec))
+    added, skipped = add_recorded(study, spec, rows, {"warm_start_from": spec.warm_start})
+    store.push()
+    reasons = ", ".join(f"{n} {why}" for why, n in skipped.items())
+    say(f"warm start: {added} finished trial(s) of {spec.warm_start} in the study"
+        + (f"; {sum(skipped.values())} skipped ({reasons})" if skipped else ""))
+    return added
+
+
+def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> None:
+    """Bring the study in step with the results tables (see :func:`sweeps.study.reconcile`); ``finished``: no trial
+    of the current experiment runs any more, so a study trial still running was lost."""
+    from sweeps.study import StudyStore, build_sampler, open_study, reconcile
+
+    from sweeps.results import CorruptResultsError
+
+    try:
+        rows = SweepResults(spec.sweep_dir).trials.to_pylist()
+    except FileNotFoundError:
+        rows = []
+    except CorruptResultsError as error:  # the driver's callback rebuilds the table; reconcile after the run
+        logger.warning("%s; the study is reconciled once the table is rebuilt", error)
+        return
+    store = StudyStore(spec.sweep_dir, spec.study_storage)
+    store.pull()
+    study = open_study(spec, sweep_id, store, build_sampler(spec))
+    fixed = reconcile(study, spec, rows, live=set(), fail_unknown=finished)
+    store.push()
+    if any(fixed.values()):
+        say("study reconciled with the results: " + ", ".join(f"{n} {what}" for what, n in fixed.items() if n))
+
+
+def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int):
     """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be."""
     from ray import tune
 
-    storage_path, filesystem = (spec.sweep_dir / "tune").ray_storage
+    storage_path, filesystem = (spec.sweep_dir / tune_dir_name(experiment)).ray_storage
     if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
         return None, "no experiment state"
     try:
@@ -272,20 +324,23 @@ def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int |
     """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
     last epoch checkpoint, the Optuna study and ASHA's rungs carry on. When Tune's experiment cannot be restored,
     the sweep continues from its recorded results in a new experiment, running only the trials still missing."""
-    from sweeps.folder import adopt, write_marker
+    from sweeps.folder import adopt
     from sweeps.teacher_phase import teacher_phase
 
     say = _say(quiet)
     spec = load_sweep_spec(sweep_dir)
     check_local_resources(spec)
     marker = adopt(spec.sweep_dir)
+    experiment = int(marker.get("experiment", 0))
     with LeaseKeeper(spec.sweep_dir, force, say) as lease:
         init_ray(num_cpus, verbose)
         teacher_phase(spec, say)
-        tuner, why = _restore(spec, quiet, lease)
+        _reconcile_study(spec, marker["sweep_id"], say, finished=False)
+        tuner, why = _restore(spec, quiet, lease, experiment)
         if tuner is not None:
             say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
             tuner.fit()
+            _reconcile_study(spec, marker["sweep_id"], say, finished=True)
             return _outcome(spec.sweep_dir)
         recorded = _outcome(spec.sweep_dir)
         finished = sum(n for status, n in recorded.counts.items() if status in FINISHED)
@@ -295,30 +350,65 @@ def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int |
         else:
             say(f"{spec.sweep_dir}: Tune's experiment cannot be restored ({why}); continuing from the {finished} "
                 f"finished trial(s) in the results: {max(remaining, 0)} more in a new experiment")
-        tune_dir = spec.sweep_dir / "tune"
-        if tune_dir.exists():
-            aside = spec.sweep_dir / f"tune.unrestorable-{time.strftime('%Y%m%d-%H%M%S')}"
-            for entry in tune_dir.list():
-                _move_tree(entry, aside / entry.name)
-            tune_dir.delete()
-        experiment = int(marker.get("experiment", 0)) + (1 if recorded.counts else 0)
-        write_marker(spec.sweep_dir, marker["sweep_id"])
-        _set_marker_experiment(spec.sweep_dir, experiment)
+            experiment = _next_experiment(spec, marker)
+        _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         if remaining > 0:
             budget = replace(spec.budget, num_samples=remaining)
             _tuner(replace(spec, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
+            _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         else:
             _close_unfinished(spec)
     return _outcome(spec.sweep_dir)
 
 
-def _move_tree(source: Location, target: Location) -> None:
-    if source.is_dir():
-        for entry in source.list():
-            _move_tree(entry, target / entry.name)
-        source.delete()
-    else:
-        source.move(target)
+def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | None = None, quiet: bool = False,
+                 num_cpus: int | None = None, force: bool = False, verbose: bool = False) -> SweepOutcome:
+    """Grow a finished sweep by ``num_samples`` trials (of up to ``max_epochs`` epochs, default: as before): a new
+    Tune experiment in the same folder, on the same study (the sampler sees every earlier trial), with ASHA's rungs
+    and the results tables carried on. Resumable like a run (``resume``).
+
+    Raises:
+        SweepFolderError: the sweep has not finished its budget yet (resume it first).
+    """
+    from sweeps.folder import adopt
+    from sweeps.teacher_phase import teacher_phase
+
+    say = _say(quiet)
+    spec = load_sweep_spec(sweep_dir)
+    recorded = _outcome(spec.sweep_dir)
+    unfinished = sum(n for status, n in recorded.counts.items() if status not in FINISHED + ("interrupted",))
+    finished = sum(n for status, n in recorded.counts.items() if status in FINISHED)
+    if unfinished or finished < spec.budget.num_samples:
+        raise SweepFolderError(f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
+                               f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then extend it")
+    epochs = max_epochs or spec.budget.max_epochs
+    grown = parse_spec({**spec.to_dict(), "budget": {**spec.to_dict()["budget"],
+                                                     "num_samples": spec.budget.num_samples + num_samples,
+                                                     "max_epochs": epochs,
+                                                     "grace_period": min(spec.budget.grace_period, epochs)}},
+                       f"{spec.sweep_dir / 'spec.yaml'} (extended)")
+    check_local_resources(grown)
+    marker = adopt(spec.sweep_dir)
+    with LeaseKeeper(spec.sweep_dir, force, say) as lease:
+        (grown.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(grown.to_dict(), sort_keys=False))
+        experiment = _next_experiment(grown, marker)
+        init_ray(num_cpus, verbose)
+        teacher_phase(grown, say)
+        _reconcile_study(grown, marker["sweep_id"], say, finished=True)
+        say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {epochs} epochs "
+            f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
+        budget = replace(grown.budget, num_samples=num_samples)
+        _tuner(replace(grown, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
+        _reconcile_study(grown, marker["sweep_id"], say, finished=True)
+    return _outcome(grown.sweep_dir)
+
+
+def _next_experiment(spec: SweepSpec, marker: dict) -> int:
+    """Number the sweep's next Tune experiment and record it in the marker (what resume restores)."""
+    experiment = int(marker.get("experiment", 0)) + 1
+    _set_marker_experiment(spec.sweep_dir, experiment)
+    marker["experiment"] = experiment
+    return experiment
 
 
 def _set_marker_experiment(sweep_dir: Location, experiment: int) -> None:

@@ -4,11 +4,11 @@ Optuna sees a define-by-run space (:class:`DefineByRunSpace`): ``pairing`` (the 
 (conditional on the pairing), ``method``, then the searched hyperparameters of that method and ``lr``; fixed
 values come back as constants merged into the trial's config. :func:`decode` turns such a config back into plain
 ``teacher`` / ``student`` / ``method`` / hyperparameters, and :func:`trial_run` into the trial's
-:class:`~l2d.run.RunConfig`. The searcher itself (TPE or random, seeded, with the official L2D weights first) is
-built by :func:`build_searcher`.
+:class:`~l2d.run.RunConfig`. The search algorithm is built by :func:`build_search`: the sweep's Optuna study and its
+sampler (TPE, NSGA-II or random, seeded, the official L2D weights first) live in :mod:`sweeps.study`.
 
-A new searcher goes in :func:`build_searcher` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new kind of
-choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
+A new sampler goes in :func:`sweeps.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new
+kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
 """
 
 from __future__ import annotations
@@ -122,26 +122,11 @@ class SweepSearchGenerator(SearchGenerator):
             Trial.generate_id = original
 
 
-def build_search(spec: SweepSpec, sweep_id: str, experiment: int = 0):
-    """The search algorithm of a sweep: :func:`build_searcher` under Tune's concurrency limit, with deterministic
-    trial ids (see ``SweepSearchGenerator``)."""
-    limited = ConcurrencyLimiter(build_searcher(spec), max_concurrent=spec.resources.max_concurrent_trials)
+def build_search(spec: SweepSpec, sweep_id: str, experiment: int = 0, warm_started: bool = False):
+    """The search algorithm of a sweep: a :class:`~sweeps.study.StudySearcher` over the sweep's study (in its
+    database) under Tune's concurrency limit, with deterministic trial ids (see ``SweepSearchGenerator``)."""
+    from sweeps.study import StudySearcher, StudyStore
+
+    searcher = StudySearcher(spec, sweep_id, StudyStore(spec.sweep_dir, spec.study_storage), warm_started)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
     return SweepSearchGenerator(limited, sweep_id, experiment)
-
-
-def build_searcher(spec: SweepSpec):
-    """Ray Tune's OptunaSearch for ``spec``: TPE (multivariate, grouped, constant liar, seeded; the official
-    weights first) or random search (seeded)."""
-    import optuna
-    from ray.tune.search.optuna import OptunaSearch
-
-    if spec.budget.searcher == "random":
-        sampler = optuna.samplers.RandomSampler(seed=spec.seed)
-        points = []
-    else:
-        startup = max(2, min(10, spec.budget.num_samples // 3))
-        sampler = optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
-                                             n_startup_trials=startup)
-        points = first_points(spec)
-    return OptunaSearch(space=DefineByRunSpace(spec), metric=spec.metric, mode=spec.mode, sampler=sampler,
-                        points_to_evaluate=points)

@@ -23,6 +23,7 @@ Example (``search_spaces/quickstart.yaml``)::
 
 from __future__ import annotations
 
+import re
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -38,7 +39,12 @@ __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
 #: Hyperparameters a search space may name: the learning rate and every method's weights.
 SEARCHABLE = ("lr", *sorted({name for method in METHODS.values() for name in method.defaults}))
 METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
-SEARCHERS = ("tpe", "random")
+#: What an objective may name: a val metric (per epoch; the first objective must be one, ASHA stops on it) or a
+#: property of the student (latency, size).
+OBJECTIVE_METRICS = (*METRICS, "latency_ms", "student_params")
+SEARCHERS = ("tpe", "random", "nsga2")
+#: SQLAlchemy dialects a study_storage URL may use.
+STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 SCHEDULERS = ("asha", "none")
 TRAINERS = ("auto", "torch-trainer", "in-process")
 
@@ -115,6 +121,9 @@ class SweepSpec:
     storage: str
     metric: str = "val_mAP"
     mode: str = "max"
+    objectives: tuple = ()          # ((metric, mode), ...) when several; empty: (metric, mode) alone
+    study_storage: str | None = None
+    warm_start: str | None = None
     seed: int = 0
     max_student_params: int | None = None
     weights: dict = field(default_factory=dict)  # backbone name -> initial weights (l2d.weights source)
@@ -125,6 +134,11 @@ class SweepSpec:
         if self.resources.trainer != "auto":
             return self.resources.trainer
         return "in-process" if self.resources.workers_per_trial == 1 else "torch-trainer"
+
+    @property
+    def objective_list(self) -> tuple[tuple[str, str], ...]:
+        """The objectives, the primary first (the one ASHA stops on and the leaderboard ranks by)."""
+        return tuple(tuple(o) for o in self.objectives) or ((self.metric, self.mode),)
 
     @property
     def storage_location(self) -> Location:
@@ -161,6 +175,14 @@ class SweepSpec:
         data["pairings"] = [{"teacher": p.teacher, "students": list(p.students)} for p in self.pairings]
         data["methods"] = list(self.methods)
         data["search_space"] = {k: asdict(v) if isinstance(v, Range) else v for k, v in self.search_space.items()}
+        data["objectives"] = [{"metric": m, "mode": mode} for m, mode in self.objectives]
+        if self.objectives:  # the first objective is the metric: the stored spec names it once
+            del data["metric"], data["mode"]
+        else:
+            del data["objectives"]
+        for key in ("study_storage", "warm_start"):
+            if data[key] is None:
+                del data[key]
         return data
 
 
@@ -168,8 +190,8 @@ class SweepSpec:
 
 MAX_IMAGE_SIZE = 4096
 
-TOP_LEVEL = ("name", "dataset", "metric", "mode", "pairings", "methods", "search_space", "budget", "resources",
-             "recipe", "storage", "seed", "max_student_params", "weights")
+TOP_LEVEL = ("name", "dataset", "metric", "mode", "objectives", "pairings", "methods", "search_space", "budget",
+             "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -214,12 +236,23 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         options=dict(options),
     )
 
-    metric = check.string(data.get("metric", "val_mAP"), "metric")
+    objectives = _check_objectives(check, data.get("objectives"))
+    if objectives and ("metric" in data or "mode" in data):
+        raise check.fail("objectives", "give either objectives or metric/mode, not both (the first objective is "
+                                       "the metric)")
+    metric = objectives[0][0] if objectives else check.string(data.get("metric", "val_mAP"), "metric")
     if metric not in METRICS:
         raise check.fail("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    mode = data.get("mode", "min" if metric == "val_loss" else "max")
+    mode = objectives[0][1] if objectives else data.get("mode", "min" if metric == "val_loss" else "max")
     if mode not in ("min", "max"):
         raise check.fail("mode", f"{mode!r} is not allowed; allowed: min, max")
+    study_storage = _check_study_storage(check, data.get("study_storage"))
+    warm_start = data.get("warm_start")
+    if warm_start is not None:
+        try:
+            warm_start = str(Location.parse(check.string(warm_start, "warm_start"), "warm_start"))
+        except StorageError as error:
+            raise check.fail("warm_start", str(error).removeprefix("warm_start: ")) from None
 
     raw_pairings = data["pairings"]
     if not isinstance(raw_pairings, list) or not raw_pairings:
@@ -335,7 +368,46 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     weights = _check_weights(check, data.get("weights") or {}, pairings)
     return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
                      search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
-                     metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights)
+                     metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights,
+                     objectives=objectives if len(objectives) > 1 else (), study_storage=study_storage,
+                     warm_start=warm_start)
+
+
+def _check_objectives(check: Checker, raw: Any) -> tuple:
+    """``objectives``: a list of ``{metric, mode}``; the first a val metric (ASHA stops on it), no metric twice."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise check.fail("objectives", f"expected a non-empty list of {{metric, mode}}, got {show(raw)}")
+    objectives = []
+    for i, item in enumerate(raw):
+        item = check.mapping(item, f"objectives[{i}]", ("metric", "mode"), required=("metric",))
+        metric = check.choice(item["metric"], f"objectives[{i}].metric", OBJECTIVE_METRICS)
+        default = "min" if metric in ("val_loss", "latency_ms", "student_params") else "max"
+        mode = check.choice(item.get("mode", default), f"objectives[{i}].mode", ("min", "max"))
+        objectives.append((metric, mode))
+    if objectives[0][0] not in METRICS:
+        raise check.fail("objectives[0].metric", f"{objectives[0][0]!r} is not allowed first; the first objective is "
+                                                 f"what ASHA stops on, a per-epoch metric: {', '.join(METRICS)}")
+    metrics = [m for m, _ in objectives]
+    if len(set(metrics)) != len(metrics):
+        raise check.fail("objectives", f"names a metric twice: {metrics}")
+    return tuple(objectives)
+
+
+def _check_study_storage(check: Checker, raw: Any) -> str | None:
+    """``study_storage``: a SQLAlchemy URL; the password never in it (PGPASSWORD / ~/.pgpass instead)."""
+    if raw is None:
+        return None
+    url = check.string(raw, "study_storage")
+    dialect = url.split("://", 1)[0] if "://" in url else ""
+    if dialect not in STUDY_DIALECTS:
+        raise check.fail("study_storage", f"{url.split('@')[-1]!r}: unsupported database; allowed: a SQLAlchemy URL "
+                                          f"of {', '.join(STUDY_DIALECTS)}")
+    if re.match(r"^[^:]+://[^/@]*:[^/@]*@", url):
+        raise check.fail("study_storage", "the URL carries a password; give it through the database's own means "
+                                          "(PGPASSWORD or ~/.pgpass for PostgreSQL), never in the spec")
+    return url
 
 
 def _check_weights(check: Checker, raw: Any, pairings) -> dict:

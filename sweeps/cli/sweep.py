@@ -6,7 +6,7 @@ import argparse
 import io
 import sys
 
-from sweeps.cli._common import positive_int
+from sweeps.cli._common import bounded, positive_int
 
 
 def _apply_overrides(args: argparse.Namespace):
@@ -22,6 +22,8 @@ def _apply_overrides(args: argparse.Namespace):
                                "grace_period": min(budget["grace_period"], args.max_epochs)}
     if args.storage is not None:
         overrides["storage"] = args.storage
+    if getattr(args, "warm_start", None) is not None:
+        overrides["warm_start"] = args.warm_start
     if args.name is not None:
         overrides["name"] = args.name
     if not overrides:
@@ -76,6 +78,42 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return _finish(run_sweep(spec, new=args.new, force=args.force, verbose=args.verbose), spec.sweep_dir)
 
 
+def _cmd_extend(args: argparse.Namespace) -> int:
+    from sweeps.runner import extend_sweep
+
+    outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, force=args.force, verbose=args.verbose)
+    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    import wsgiref.simple_server
+
+    from sweeps.study import load_sweep_study
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        raise RuntimeError("optuna-dashboard is not installed: pip install 'l2d-sweep[dashboard]'") from None
+    spec, study, store = load_sweep_study(args.path)
+
+    class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
+        def log_message(self, *arguments):  # one line per request would drown the URL
+            pass
+
+    app = optuna_dashboard.wsgi(store.storage())
+    server = wsgiref.simple_server.make_server("127.0.0.1", args.port, app, handler_class=QuietHandler)
+    port = server.server_address[1]
+    print(f"optuna-dashboard on the study {study.study_name!r} of {spec.sweep_dir} ({len(study.trials)} trials, "
+          f"{store.describe()}): http://127.0.0.1:{port}/dashboard/  (Ctrl-C stops it)", flush=True)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        print("dashboard stopped")
+    finally:
+        server.server_close()
+    return 0
+
+
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
@@ -92,17 +130,29 @@ def _cmd_results(args: argparse.Namespace) -> int:
         return 0
     if args.pareto:
         table = results.pareto()
+        if len(results.objectives) > 1:
+            from sweeps.study import load_sweep_study, search_front
+
+            names = " vs ".join(f"{m} ({mode})" for m, mode in results.objectives)
+            front = search_front(load_sweep_study(args.path)[1])
+            same = front == sorted(table.column("trial_id").to_pylist())
+            print(f"Pareto front of {names}: {len(front)} trial(s) found by the search"
+                  + ("" if same else " (the results tables' non-dominated rows differ; shown below)"))
+            if not same:
+                print("search front: " + ", ".join(front))
         print(format_table(table, args.format))
         plot = _pareto_plot(results)
         if plot:
             print(f"plot: {plot}")
         return 0
-    print(format_table(results.leaderboard(args.limit), args.format))
+    columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
+    print(format_table(results.leaderboard(args.limit, columns), args.format))
     return 0
 
 
 def _pareto_plot(results) -> str | None:
-    """Write pareto.png beside the results (val mAP vs student parameters, the front highlighted)."""
+    """Write pareto.png beside the results (the first objective against the last, or val mAP against student
+    parameters; the front highlighted)."""
     try:
         import matplotlib
 
@@ -111,15 +161,19 @@ def _pareto_plot(results) -> str | None:
     except ImportError:
         print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
         return None
-    everything = results.sql("SELECT student_params, best_val_mAP FROM trials WHERE best_val_mAP IS NOT NULL")
+    from sweeps.results import OBJECTIVE_COLUMNS
+
+    objectives = results.objectives if len(results.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
+    y, x = OBJECTIVE_COLUMNS[objectives[0][0]], OBJECTIVE_COLUMNS[objectives[-1][0]]
+    everything = results.sql(f"SELECT {x}, {y} FROM trials WHERE {x} IS NOT NULL AND {y} IS NOT NULL")
     front = results.pareto()
     figure, axes = plt.subplots(figsize=(6, 4))
-    axes.scatter(everything["student_params"].to_pylist(), everything["best_val_mAP"].to_pylist(), c="0.6",
-                 label="trials")
-    axes.plot(front["student_params"].to_pylist(), front["val_mAP"].to_pylist(), "o-", c="C1", label="Pareto front")
-    axes.set_xscale("log")
-    axes.set_xlabel("student parameters")
-    axes.set_ylabel("best val mAP")
+    axes.scatter(everything[x].to_pylist(), everything[y].to_pylist(), c="0.6", label="trials")
+    axes.plot(front[x].to_pylist(), front[y].to_pylist(), "o-", c="C1", label="Pareto front")
+    if x == "student_params":
+        axes.set_xscale("log")
+    axes.set_xlabel(objectives[-1][0].replace("_", " "))
+    axes.set_ylabel(objectives[0][0].replace("_", " ") + " (best epoch)")
     axes.legend()
     figure.tight_layout()
     buffer = io.BytesIO()
@@ -147,11 +201,16 @@ def _cmd_status(args: argparse.Namespace) -> int:
         verdict = "succeeded" if outcome.succeeded else "did not succeed (exit status 1)"
         stale = f" (a stale lease: {lease.describe()})" if lease is not None else ""
         print(f"driver: not running{stale}; the sweep {verdict}: {outcome.describe()}")
-    best = results.leaderboard(1).to_pylist()
+    from sweeps.results import OBJECTIVE_COLUMNS
+
+    metric, _ = results.objectives[0]
+    column = OBJECTIVE_COLUMNS[metric]
+    best = results.leaderboard(1, ["teacher", "student", "method", column, "test_mAP_at_best", "best_epoch"]).to_pylist()
     if best:
         b = best[0]
-        print(f"best so far: {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: val mAP {b['val_mAP']}, "
-              f"test mAP {b['test_mAP']} (epoch {b['best_epoch']})")
+        test = f", test mAP {b['test_mAP']:.2f}" if b.get("test_mAP") is not None else ""
+        print(f"best so far (by {metric}): {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: "
+              f"{metric} {b[column] if column in b else b.get(metric)}{test} (epoch {b['best_epoch']})")
     running = results.sql("SELECT t.trial_id, t.student, t.method, t.epochs_run AS epoch, "
                           "round(t.last_val_mAP, 2) AS last_val_mAP FROM trials t WHERE status = 'running' "
                           "ORDER BY trial_id")
@@ -176,6 +235,8 @@ def add_commands(commands) -> None:
     run.add_argument("--max-epochs", type=positive_int, help="override budget.max_epochs")
     run.add_argument("--storage", help="override storage (a folder or s3:// / gs:// URI)")
     run.add_argument("--name", help="override the sweep's name")
+    run.add_argument("--warm-start", metavar="SWEEP",
+                     help="seed the study with the finished trials of another sweep (a folder or URI) that fit this space")
     run.add_argument("--force", action="store_true",
                      help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)")
     run.set_defaults(func=_cmd_run)
@@ -190,6 +251,26 @@ def add_commands(commands) -> None:
                              "gone)")
     resume.set_defaults(func=_cmd_resume)
 
+    extend = commands.add_parser(
+        "extend", help="grow a finished sweep by more trials",
+        description="Run N more trials in a finished sweep's folder: the same study (the sampler sees every earlier "
+                    "trial), ASHA's rungs and results tables carried on, a new Tune experiment (tune-<k>). "
+                    "Resumable like a run.")
+    extend.add_argument("path", help="the sweep folder")
+    extend.add_argument("--num-samples", type=positive_int, required=True, help="how many more trials")
+    extend.add_argument("--max-epochs", type=positive_int, help="epochs of the new trials (default: as before)")
+    extend.add_argument("--force", action="store_true", help="take the lease of a driver that is gone")
+    extend.set_defaults(func=_cmd_extend)
+
+    dashboard = commands.add_parser(
+        "dashboard", help="browse the sweep's Optuna study in optuna-dashboard",
+        description="Serve optuna-dashboard on 127.0.0.1 on the sweep's study (history, parameter importance, "
+                    "parallel coordinates, Pareto front); Ctrl-C stops it. Needs the [dashboard] extra.")
+    dashboard.add_argument("path", help="the sweep folder")
+    dashboard.add_argument("--port", type=bounded(int, 0, maximum=65535), default=8080,
+                           help="port on 127.0.0.1 (default: 8080; 0: any free one)")
+    dashboard.set_defaults(func=_cmd_dashboard)
+
     results = commands.add_parser(
         "results", help="the leaderboard, SQL over the results, the Pareto front",
         description="Query a sweep's results: by default the leaderboard (top trials by val mAP, test mAP "
@@ -199,6 +280,9 @@ def add_commands(commands) -> None:
                                        'max(best_val_mAP) FROM trials GROUP BY method"')
     results.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
     results.add_argument("--limit", type=positive_int, default=10, help="leaderboard rows (default: 10)")
+    results.add_argument("--columns", help="the leaderboard's columns, comma-separated (any of the trials table's; "
+                                           "default: the objectives, test mAP, and every hyperparameter the trials "
+                                           "have)")
     results.add_argument("--pareto", action="store_true",
                          help="the val mAP vs student size Pareto front; also writes results/pareto.png")
     results.set_defaults(func=_cmd_results)

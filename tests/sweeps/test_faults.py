@@ -145,8 +145,9 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     printed.append(_complete(["resume", str(sweep)]))
 
     trials, epochs = _rows(sweep)
+    story = "\n".join(f"--- {k}\n{out[-2500:]}" for k, out in zip(kills + ["final resume"], printed))
     # Every trial appears exactly once, and every one ended.
-    assert len(trials) == SPEC["budget"]["num_samples"] == len({t["trial_id"] for t in trials})
+    assert len(trials) == SPEC["budget"]["num_samples"] == len({t["trial_id"] for t in trials}), story
     assert all(t["status"] in ("completed", "stopped", "failed") for t in trials), trials
     # No reported epoch row is lost: every epoch line any driver printed is in the table, with its value.
     table = {(e["trial_id"], int(e["epoch"])): e["val_mAP"] for e in epochs}
@@ -158,6 +159,13 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     for e in epochs:
         epoch_numbers.setdefault(e["trial_id"], []).append(int(e["epoch"]))
     assert all(sorted(v) == list(range(1, len(v) + 1)) for v in epoch_numbers.values())  # no gaps, no duplicates
+    # The study carried on: each trial once, finished, as in the tables.
+    import optuna
+
+    storage = f"sqlite:///{sweep / 'study.db'}"
+    study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage)
+    assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(t["trial_id"] for t in trials), story
+    assert all(t.state.is_finished() for t in study.trials)
     # The search, ASHA and the training carried on as if nothing happened.
     assert _board(trials) == _board(ref_trials)
     assert _rungs(sweep, trials) == _rungs(ref_sweep, ref_trials)
