@@ -14,7 +14,14 @@ $(STAMP): pyproject.toml
 
 install: $(STAMP)
 
-test: $(STAMP)
+# An MLflow tracking server for the MLflow test, in a venv of its own: the full `mlflow` package pins an older
+# pyarrow than this project's. Optional: when it cannot be installed, that test is skipped with the reason.
+MLFLOW_VENV := .venv-mlflow
+$(MLFLOW_VENV)/.installed:
+	-test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	-$(MLFLOW_VENV)/bin/python -m pip install --quiet mlflow && touch $@
+
+test: $(STAMP) $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The main job: the quickstart sweep on the embedded default dataset (started over each time; SWEEP_ARGS= to
@@ -24,4 +31,4 @@ sweep: $(STAMP)
 	$(BIN)/l2d-sweep run search_spaces/quickstart.yaml $(SWEEP_ARGS)
 
 clean:
-	rm -rf $(VENV) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache

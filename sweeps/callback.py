@@ -78,15 +78,17 @@ class SweepCallback(Callback):
         self._writer = None
         self._boards: dict = {}
         self.guard = None  # called before every write (the lease check); not pickled
+        self.tracker = None  # an MLflow tracker (sweeps.tracking); not pickled
+        self.keep = "best+last"  # what a finished trial keeps of its checkpoints (sweeps.checkpoints.prune)
         self._reconciled = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state["_writer"], state["_boards"], state["guard"], state["_reconciled"] = None, {}, None, False
+        state.update(_writer=None, _boards={}, guard=None, tracker=None, _reconciled=False)
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"guard": None, "_reconciled": False, **state})
+        self.__dict__.update({"guard": None, "tracker": None, "keep": "best+last", "_reconciled": False, **state})
 
     @property
     def location(self) -> Location:
@@ -151,6 +153,8 @@ class SweepCallback(Callback):
                       f"kept as {moved} (interrupted)")
         self.writer.trial(trial.trial_id, config).status = "running"
         self._write()
+        if self.tracker is not None:
+            self.tracker.start(trial.trial_id, config)
         self._say(f"trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
                   + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
 
@@ -172,6 +176,8 @@ class SweepCallback(Callback):
                 if isinstance(value, (int, float)) and math.isfinite(value):
                     board.add_scalar(name.replace("_", "/", 1), value, epoch)
         board.flush()
+        if self.tracker is not None:
+            self.tracker.epoch(trial.trial_id, config, result)
         self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
                   f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s | "
                   f"{self._summary()}")
@@ -193,6 +199,15 @@ class SweepCallback(Callback):
         self._write()
         self._say(f"{message} | {self._summary()}")
         failpoint("trial-end")
+        from sweeps.checkpoints import prune
+
+        prune(self.location / "train" / f"trial-{trial.trial_id}", record.status, self.keep)
+        if self.tracker is not None:
+            from sweeps.export import export_trial
+
+            self.tracker.finish(trial.trial_id, config, record.status,
+                                lambda folder: export_trial(self.location, trial.trial_id, folder,
+                                                            progress=lambda text: None))
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)

@@ -5,6 +5,10 @@ the same one itself (:func:`write_checkpoint`), so the resume logic is shared. A
 only once its state file exists: the history is written first, the state last, each atomically. A checkpoint that
 cannot be read anyway is set aside (``corrupt-epoch-NNNN-<time>``) and the previous one is used
 (:func:`restore_newest`), with a warning naming it.
+
+Beside them, ``best/`` holds the trial's best epoch by the spec's metric (:class:`BestCheckpoint`: the student's
+weights, the history up to it, its metrics and what an export needs to rebuild the model); when a trial ends, the
+driver prunes its folder by the spec's ``keep`` (:func:`prune`).
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ logger = logging.getLogger(__name__)
 
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
+BEST = "best"
 
 
 def checkpoint_folders(run_dir: Location) -> list[Location]:
@@ -97,3 +102,79 @@ def restore_newest(run_dir: Location, set_aside_unreadable: bool = True) -> tupl
             else:
                 logger.warning("%s; falling back to the previous checkpoint", error)
     return None
+
+
+class BestCheckpoint:
+    """The trial's best epoch by ``metric`` (``mode``), kept in ``<run>/best/``: ``model.pt`` (the student's state
+    dict), ``history.json`` (every epoch up to it) and ``best.json`` (its epoch, metrics, the model's shape and
+    labels). Written by the trial's rank 0 each time an epoch beats the best so far."""
+
+    def __init__(self, run_dir: Location, metric: str, mode: str):
+        self.folder = run_dir / BEST
+        self.metric, self.mode = metric, mode
+        self.value = None
+        info = self.folder / "best.json"
+        if info.is_file():  # a resumed trial: the best before the crash still counts
+            try:
+                self.value = json.loads(info.read_text())["metrics"].get(metric)
+            except (ValueError, KeyError, AttributeError, UnicodeDecodeError):
+                self.value = None
+
+    def _better(self, value: float) -> bool:
+        if self.value is None:
+            return True
+        return value > self.value if self.mode == "max" else value < self.value
+
+    def offer(self, metrics: dict, run, run_config) -> bool:
+        """Keep this epoch when it is the best so far; returns whether it was."""
+        import torch
+
+        value = metrics.get(self.metric)
+        if value is None or not self._better(float(value)):
+            return False
+        buffer = io.BytesIO()
+        torch.save(run.student.state_dict(), buffer)
+        (self.folder / "model.pt").write_bytes(buffer.getvalue())
+        (self.folder / HISTORY_FILE).write_text(json.dumps(run.history))
+        info = {"epoch": int(metrics["epoch"]), "metric": self.metric, "mode": self.mode, "metrics": metrics,
+                "backbone": run_config.student, "num_classes": len(run.splits["train"].class_names),
+                "class_names": list(run.splits["train"].class_names), "embed_dim": run_config.embed_dim,
+                "image_size": run_config.image_size, "device": device_name(run_config.device)}
+        (self.folder / "best.json").write_text(json.dumps(info))  # last: a best/ with best.json is complete
+        self.value = float(value)
+        return True
+
+    @staticmethod
+    def history(run_dir: Location) -> list[dict]:
+        """The history saved with the best epoch (empty when there is none, or it is unreadable)."""
+        try:
+            return json.loads((run_dir / BEST / HISTORY_FILE).read_text())
+        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return []
+
+
+def device_name(device: str | None) -> str:
+    """``cuda:0 (NVIDIA H100 80GB HBM3)``, or ``cpu (<processor>, N threads)``: where a latency was measured."""
+    import platform
+
+    import torch
+
+    if device and device.startswith("cuda") and torch.cuda.is_available():
+        return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def prune(run_dir: Location, status: str, keep: str) -> int:
+    """What a finished trial keeps: ``all`` everything; ``best+last`` its best epoch and, when it completed, its
+    last checkpoint (a stopped or failed trial keeps only its best); ``best`` only its best epoch. A trial with no
+    best (it failed in its first epoch) keeps its checkpoints. Returns the bytes freed."""
+    if keep == "all" or not (run_dir / BEST / "best.json").is_file():
+        return 0
+    folders = checkpoint_folders(run_dir)
+    kept = folders[:1] if keep == "best+last" and status == "completed" else []
+    freed = 0
+    for folder in folders:
+        if folder not in kept:
+            freed += folder.size()
+            folder.delete()
+    return freed

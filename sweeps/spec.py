@@ -43,6 +43,8 @@ METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
 #: property of the student (latency, size).
 OBJECTIVE_METRICS = (*METRICS, "latency_ms", "student_params")
 SEARCHERS = ("tpe", "random", "nsga2")
+#: What a trial keeps of its checkpoints when it ends (see sweeps.checkpoints.prune).
+KEEP = ("best+last", "best", "all")
 #: SQLAlchemy dialects a study_storage URL may use.
 STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 SCHEDULERS = ("asha", "none")
@@ -124,6 +126,8 @@ class SweepSpec:
     objectives: tuple = ()          # ((metric, mode), ...) when several; empty: (metric, mode) alone
     study_storage: str | None = None
     warm_start: str | None = None
+    keep: str = "best+last"
+    tracking: dict = field(default_factory=dict)  # {"mlflow": {"tracking_uri": ..., "experiment": ...}}
     seed: int = 0
     max_student_params: int | None = None
     weights: dict = field(default_factory=dict)  # backbone name -> initial weights (l2d.weights source)
@@ -183,6 +187,8 @@ class SweepSpec:
         for key in ("study_storage", "warm_start"):
             if data[key] is None:
                 del data[key]
+        if not data["tracking"]:
+            del data["tracking"]
         return data
 
 
@@ -191,7 +197,8 @@ class SweepSpec:
 MAX_IMAGE_SIZE = 4096
 
 TOP_LEVEL = ("name", "dataset", "metric", "mode", "objectives", "pairings", "methods", "search_space", "budget",
-             "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start")
+             "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start",
+             "keep", "tracking")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -366,11 +373,28 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         _check_student_sizes(check, pairings, max_params, dataset, recipe)
 
     weights = _check_weights(check, data.get("weights") or {}, pairings)
+    keep = check.choice(data.get("keep", "best+last"), "keep", KEEP)
+    tracking = _check_tracking(check, data.get("tracking"))
     return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
                      search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
                      metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights,
                      objectives=objectives if len(objectives) > 1 else (), study_storage=study_storage,
-                     warm_start=warm_start)
+                     warm_start=warm_start, keep=keep, tracking=tracking)
+
+
+def _check_tracking(check: Checker, raw: Any) -> dict:
+    """``tracking``: ``{mlflow: {tracking_uri, experiment}}``; no password in the URI (MLFLOW_TRACKING_PASSWORD)."""
+    if not raw:
+        return {}
+    raw = check.mapping(raw, "tracking", ("mlflow",))
+    mlflow = check.mapping(raw["mlflow"], "tracking.mlflow", ("tracking_uri", "experiment"),
+                           required=("tracking_uri",))
+    uri = check.string(mlflow["tracking_uri"], "tracking.mlflow.tracking_uri")
+    if re.match(r"^[^:]+://[^/@]*:[^/@]*@", uri):
+        raise check.fail("tracking.mlflow.tracking_uri", "the URI carries a password; give it through "
+                                                         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+    experiment = check.string(mlflow.get("experiment", "l2d-sweep"), "tracking.mlflow.experiment")
+    return {"mlflow": {"tracking_uri": uri, "experiment": experiment}}
 
 
 def _check_objectives(check: Checker, raw: Any) -> tuple:

@@ -22,8 +22,8 @@ from typing import Any
 
 from l2d.run import RunConfig
 from l2d.storage import Location
-from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, UnreadableCheckpointError, checkpoint_folders, \
-    load_checkpoint, restore_newest, set_aside, write_checkpoint
+from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, BestCheckpoint, UnreadableCheckpointError, \
+    checkpoint_folders, load_checkpoint, restore_newest, set_aside, write_checkpoint
 from sweeps.search import trial_run
 
 logger = logging.getLogger(__name__)
@@ -45,6 +45,7 @@ class TrialContext:
         max_failures: retries of a trial whose worker or node died.
         trainer: ``in-process`` or ``torch-trainer`` (``auto`` already resolved).
         weights: each backbone's initial weights (the spec's ``weights``).
+        metric / mode: what makes an epoch the trial's best (its checkpoint is kept in ``best/``).
     """
 
     sweep_dir: Location
@@ -57,6 +58,8 @@ class TrialContext:
     max_failures: int = 0
     trainer: str = "in-process"
     weights: dict | None = None
+    metric: str = "val_mAP"
+    mode: str = "max"
 
     @classmethod
     def from_spec(cls, spec) -> TrialContext:
@@ -65,7 +68,8 @@ class TrialContext:
         return cls(sweep_dir=spec.sweep_dir, base=resolve(spec.base_run()), teacher_store=spec.teacher_store,
                    max_epochs=spec.budget.max_epochs, workers_per_trial=spec.resources.workers_per_trial,
                    cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
-                   max_failures=spec.resources.max_failures, trainer=spec.trainer, weights=dict(spec.weights))
+                   max_failures=spec.resources.max_failures, trainer=spec.trainer, weights=dict(spec.weights),
+                   metric=spec.metric, mode=spec.mode)
 
     def run_dir(self, trial_id: str) -> Location:
         return self.sweep_dir / "train" / f"trial-{trial_id}"
@@ -220,8 +224,12 @@ def _run(context: TrialContext, config: dict, session) -> None:
         if run.distiller.epoch >= context.max_epochs:
             return
 
+    best = BestCheckpoint(session.run_dir, context.metric, context.mode) if session.rank == 0 else None
+
     def report(metrics: dict) -> None:
         metrics.update(extra)  # kept in the history too
+        if best is not None:  # before the report: a trial stopped at this epoch has its best on disk already
+            best.offer(metrics, run, run_config)
         state = run.distiller.state_dict() if session.rank == 0 else None
         session.report(dict(metrics), int(metrics["epoch"]), state, run.history)
 
@@ -244,9 +252,9 @@ def _close_if_stopped(context: TrialContext, trial_id: str, run_dir: Location) -
     if stop is None:
         return False
     restored = restore_newest(run_dir)
-    if restored is None or not restored[1] or int(restored[1][-1]["epoch"]) < stop:
+    history = restored[1] if restored is not None else BestCheckpoint.history(run_dir)  # pruned: the best's
+    if not history or int(history[-1]["epoch"]) < stop and restored is not None:
         return False
-    history = restored[1]
     logger.info("trial %s was stopped by ASHA at epoch %d before a crash; closing it", trial_id, stop)
     ray.tune.report({**history[-1], HISTORY_KEY: json.dumps(history)})
     return True

@@ -31,6 +31,9 @@ def build_parser() -> argparse.ArgumentParser:
         prog="l2d-sweep",
         description="Find the best multi-label knowledge-distillation recipe (L2D and baselines) for a dataset.",
     )
+    parser.add_argument("--version", action="version", version=f"l2d-sweep {_version()}")
+    parser.add_argument("-q", "--quiet", action="store_true",
+                        help="only errors and each command's result (no progress lines)")
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="informational logging (caches, teachers...), and the Ray workers' logs in a sweep")
     parser.add_argument("--debug", action="store_true", help="debug logging, and the traceback of an error")
@@ -39,6 +42,17 @@ def build_parser() -> argparse.ArgumentParser:
     single.add_commands(commands)
     sweep.add_commands(commands)
     return parser
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("l2d-sweep")
+    except metadata.PackageNotFoundError:
+        from l2d import __version__
+
+        return __version__
 
 
 def main(argv: Sequence[str] | None = None) -> int:

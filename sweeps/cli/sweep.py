@@ -74,15 +74,28 @@ def _cmd_run(args: argparse.Namespace) -> int:
                              f"resume it as it is (without the changes), start another sweep (--name), or grow it "
                              f"with `l2d-sweep extend`")
         print(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
-        return _finish(resume_sweep(spec.sweep_dir, force=args.force, verbose=args.verbose), spec.sweep_dir)
-    return _finish(run_sweep(spec, new=args.new, force=args.force, verbose=args.verbose), spec.sweep_dir)
+        return _finish(resume_sweep(spec.sweep_dir, quiet=args.quiet, force=args.force, verbose=args.verbose),
+                       spec.sweep_dir)
+    return _finish(run_sweep(spec, new=args.new, quiet=args.quiet, force=args.force, verbose=args.verbose),
+                   spec.sweep_dir)
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
     from sweeps.runner import extend_sweep
 
-    outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, force=args.force, verbose=args.verbose)
+    outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, quiet=args.quiet, force=args.force,
+                           verbose=args.verbose)
     return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from sweeps.export import export_trial
+
+    formats = tuple(dict.fromkeys(["safetensors", *[f.strip() for f in args.format.split(",") if f.strip()]]))
+    card = export_trial(args.path, args.trial, args.out, formats, progress=(lambda text: None) if args.quiet else print)
+    print(f"exported trial {card['trial_id']} ({card['backbone']}, {card['parameters']:,} parameters) to {args.out}; "
+          f"load it with l2d.export.load_student({str(args.out)!r})")
+    return 0
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
@@ -117,7 +130,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
-    outcome = resume_sweep(args.path, force=args.force, verbose=args.verbose)
+    outcome = resume_sweep(args.path, quiet=args.quiet, force=args.force, verbose=args.verbose)
     return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
 
 
@@ -217,7 +230,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if running.num_rows:
         print("running:")
         print(format_table(running))
+    folder = Location.parse(args.path)
+    size, checkpoints = folder.size(), (folder / "train").size()
+    print(f"folder: {_megabytes(size)} ({_megabytes(checkpoints)} of checkpoints)")
     return 0
+
+
+def _megabytes(size: int) -> str:
+    return f"{size / 2**20:.1f} MiB" if size < 2**30 else f"{size / 2**30:.2f} GiB"
 
 
 def add_commands(commands) -> None:
@@ -261,6 +281,21 @@ def add_commands(commands) -> None:
     extend.add_argument("--max-epochs", type=positive_int, help="epochs of the new trials (default: as before)")
     extend.add_argument("--force", action="store_true", help="take the lease of a driver that is gone")
     extend.set_defaults(func=_cmd_extend)
+
+    export = commands.add_parser(
+        "export", help="take a trial's best student out of a sweep",
+        description="Write a trial's best epoch (by the spec's metric) as an export folder: student.safetensors, "
+                    "card.json and README.md (a model card: backbone, labels, teacher, method and weights, metrics "
+                    "at that epoch, latency, size, sweep and trial ids, versions, commit); optionally TorchScript "
+                    "and ONNX. Load it with l2d.export.load_student(DIR).")
+    export.add_argument("path", help="the sweep folder")
+    which = export.add_mutually_exclusive_group()
+    which.add_argument("--trial", help="the trial id (default: the best trial by the spec's primary objective)")
+    which.add_argument("--best", action="store_true", help="the best trial (the default)")
+    export.add_argument("--out", required=True, help="the export folder (a local folder or s3:// / gs:// URI)")
+    export.add_argument("--format", default="safetensors",
+                        help="comma-separated: safetensors (always), torchscript, onnx (needs the onnx package)")
+    export.set_defaults(func=_cmd_export)
 
     dashboard = commands.add_parser(
         "dashboard", help="browse the sweep's Optuna study in optuna-dashboard",

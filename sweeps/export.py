@@ -1,0 +1,85 @@
+"""Take a trial's best student out of a sweep: its ``best/`` checkpoint written as an export folder
+(:mod:`l2d.export`), with a model card that says what it is, how good it was and what produced it."""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import time
+
+from l2d.storage import Location
+
+logger = logging.getLogger(__name__)
+
+
+def choose_trial(sweep_dir: Location, trial_id: str | None):
+    """``(spec, row)``: the trial ``trial_id``, or the best finished trial by the spec's primary objective."""
+    from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
+    from sweeps.runner import load_sweep_spec
+
+    spec = load_sweep_spec(sweep_dir)
+    results = SweepResults(spec.sweep_dir)
+    rows = results.trials.to_pylist()
+    if trial_id is not None:
+        row = next((r for r in rows if r["trial_id"] == trial_id), None)
+        if row is None:
+            raise ValueError(f"--trial {trial_id}: no such trial in {spec.sweep_dir} (it has: "
+                             f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})")
+        return spec, row
+    column = OBJECTIVE_COLUMNS[spec.metric]
+    scored = [r for r in rows if r.get(column) is not None and r["status"] in ("completed", "stopped")]
+    if not scored:
+        raise ValueError(f"{spec.sweep_dir}: no finished trial with a {spec.metric} to export yet")
+    sign = 1.0 if spec.mode == "max" else -1.0
+    return spec, max(scored, key=lambda r: sign * r[column])
+
+
+def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Location,
+                 formats: tuple[str, ...] = ("safetensors",), progress=print) -> dict:
+    """Export trial ``trial_id`` (default: the best) of a sweep into ``out``; returns the card.
+
+    Raises:
+        ValueError: no such trial, or no best checkpoint (a trial that failed before its first epoch ended).
+    """
+    import torch
+
+    from l2d.export import check_formats, save_student
+    from l2d.models import build_model, count_parameters
+    from sweeps.checkpoints import BEST
+    from sweeps.folder import read_marker
+    from sweeps.provenance import git_commit, versions
+
+    check_formats(formats)
+    spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id)
+    best = spec.sweep_dir / "train" / f"trial-{row['trial_id']}" / BEST
+    if not (best / "best.json").is_file():
+        raise ValueError(f"trial {row['trial_id']} ({row['status']}) has no best checkpoint in {best} (a trial that "
+                         f"failed in its first epoch, or a sweep from before best checkpoints were kept)")
+    progress(f"exporting trial {row['trial_id']} of {spec.sweep_dir}: {row['teacher']} -> {row['student']}, "
+             f"{row['method']}, best epoch by {spec.metric}")
+    info = json.loads((best / "best.json").read_text())
+    state = torch.load(io.BytesIO((best / "model.pt").read_bytes()), map_location="cpu", weights_only=True)
+    model = build_model(info["backbone"], info["num_classes"], info["embed_dim"])
+    model.load_state_dict(state)
+    from l2d.losses import METHODS
+
+    hparams = {name: row[name] for name in METHODS[row["method"]].defaults if row.get(name) is not None}
+    marker = read_marker(spec.sweep_dir) or {}
+    metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}
+    card = {
+        "backbone": info["backbone"], "num_classes": info["num_classes"], "class_names": info["class_names"],
+        "embed_dim": info["embed_dim"], "image_size": info["image_size"], "parameters": count_parameters(model),
+        "teacher": row["teacher"], "method": row["method"], "hparams": hparams, "lr": row.get("lr"),
+        "dataset": {"name": spec.dataset.name, "root": spec.dataset.root, "options": dict(spec.dataset.options)},
+        "epoch": info["epoch"], "selected_by": f"{info['metric']} ({info['mode']})", "metrics": metrics,
+        "latency_ms": metrics.get("latency_ms"), "device": info.get("device", "the trial's device"),
+        "sweep": {"dir": str(spec.sweep_dir), "name": spec.name, "sweep_id": marker.get("sweep_id")},
+        "trial_id": row["trial_id"], "trial_status": row["status"], "versions": versions(),
+        "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+    }
+    save_student(model, card, out, formats, progress)
+    progress(f"  card: {Location.parse(out) / 'card.json'} and README.md (val mAP "
+             f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP', float('nan')):.2f} at "
+             f"epoch {info['epoch']})")
+    return card

@@ -1,0 +1,211 @@
+"""What a sweep gives back: each trial's best epoch kept, retention, `export`, `load_student`, one set of logs."""
+
+import json
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from l2d.export import evaluate_student, load_student, save_student
+from l2d.models import build_model
+from l2d.storage import Location
+from sweeps.checkpoints import BestCheckpoint, checkpoint_folders, prune
+from sweeps.cli import main
+
+
+def _run(model, history):
+    train = SimpleNamespace(class_names=[str(i) for i in range(10)])
+    return SimpleNamespace(student=model, history=history, splits={"train": train})
+
+
+def test_best_checkpoint_keeps_an_earlier_epoch(tmp_path):
+    """The best epoch is epoch 2 of 3: best/ holds epoch 2's weights and history, not the last epoch's."""
+    run_dir = Location.parse(tmp_path / "trial")
+    model = build_model("test_efficientnet", 10, 32)
+    config = SimpleNamespace(student="test_efficientnet", embed_dim=32, image_size=32, device="cpu")
+    best = BestCheckpoint(run_dir, "val_mAP", "max")
+    weights = {}
+    history = []
+    for epoch, value in enumerate([40.0, 55.0, 50.0], start=1):
+        with torch.no_grad():
+            for p in model.parameters():
+                p.add_(0.01 * epoch)
+        weights[epoch] = {k: v.clone() for k, v in model.state_dict().items()}
+        metrics = {"epoch": epoch, "val_mAP": value}
+        history.append(metrics)
+        assert best.offer(dict(metrics), _run(model, list(history)), config) == (epoch != 3)
+    info = json.loads((tmp_path / "trial" / "best" / "best.json").read_text())
+    assert info["epoch"] == 2 and info["metrics"]["val_mAP"] == 55.0 and info["backbone"] == "test_efficientnet"
+    saved = torch.load(tmp_path / "trial" / "best" / "model.pt", weights_only=True)
+    assert all(torch.equal(saved[k], weights[2][k]) for k in saved)
+    assert not all(torch.equal(saved[k], weights[3][k]) for k in saved)
+    assert [h["epoch"] for h in BestCheckpoint.history(run_dir)] == [1, 2]
+    # A resumed trial reads the best so far: a worse epoch 4 does not replace it, a better one does.
+    again = BestCheckpoint(run_dir, "val_mAP", "max")
+    assert not again.offer({"epoch": 4, "val_mAP": 54.0}, _run(model, history), config)
+    assert again.offer({"epoch": 5, "val_mAP": 56.0}, _run(model, history), config)
+    # mode min: the lowest value wins.
+    low = BestCheckpoint(Location.parse(tmp_path / "other"), "val_loss", "min")
+    assert low.offer({"epoch": 1, "val_loss": 2.0}, _run(model, history), config)
+    assert not low.offer({"epoch": 2, "val_loss": 3.0}, _run(model, history), config)
+    assert low.offer({"epoch": 3, "val_loss": 1.0}, _run(model, history), config)
+
+
+def _trial_folder(root, epochs=(1, 2, 3), best=True):
+    for epoch in epochs:
+        folder = root / f"epoch-{epoch:04d}"
+        folder.mkdir(parents=True)
+        (folder / "state.pt").write_bytes(b"x" * 1000)
+        (folder / "history.json").write_text("[]")
+    if best:
+        (root / "best").mkdir(parents=True)
+        (root / "best" / "best.json").write_text("{}")
+    return Location.parse(root)
+
+
+@pytest.mark.parametrize("keep, status, kept", [
+    ("best+last", "completed", ["epoch-0003"]),
+    ("best+last", "stopped", []),
+    ("best+last", "failed", []),
+    ("best", "completed", []),
+    ("all", "completed", ["epoch-0001", "epoch-0002", "epoch-0003"]),
+    ("all", "stopped", ["epoch-0001", "epoch-0002", "epoch-0003"]),
+])
+def test_prune_keeps_what_the_spec_says(tmp_path, keep, status, kept):
+    run_dir = _trial_folder(tmp_path / "trial")
+    freed = prune(run_dir, status, keep)
+    assert sorted(f.name for f in checkpoint_folders(run_dir)) == kept
+    assert (tmp_path / "trial" / "best" / "best.json").is_file()
+    assert freed >= 1000 * (3 - len(kept))
+
+
+def test_prune_keeps_everything_of_a_trial_without_a_best(tmp_path):
+    run_dir = _trial_folder(tmp_path / "trial", best=False)
+    assert prune(run_dir, "failed", "best") == 0 and len(checkpoint_folders(run_dir)) == 3
+
+
+def _card(model):
+    return {"backbone": "test_efficientnet", "num_classes": 10, "class_names": [str(i) for i in range(10)],
+            "embed_dim": 32, "image_size": 32, "method": "l2d", "teacher": "test_resnet", "parameters": 1,
+            "dataset": {"name": "mosaic-digits", "root": None, "options": {"scale": 0.05}}, "metrics": {}}
+
+
+def test_saved_student_loads_and_its_graphs_give_the_same_logits(tmp_path):
+    torch.manual_seed(0)
+    model = build_model("test_efficientnet", 10, 32).eval()
+    formats = ["safetensors", "torchscript"]
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime
+    except ImportError:
+        onnxruntime = None
+    else:
+        formats.append("onnx")
+    out = tmp_path / "export"
+    written = save_student(model, _card(model), out, tuple(formats), progress=lambda text: None)
+    assert sorted(p.name for p in out.iterdir()) == sorted(written)
+    images = torch.rand(3, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(images).logits
+    loaded, card = load_student(out)
+    with torch.no_grad():
+        assert torch.equal(loaded(images).logits, expected)
+        assert torch.allclose(torch.jit.load(str(out / "student.torchscript.pt"))(images), expected, atol=1e-5)
+    assert card["folder"] == str(out) and "test_efficientnet" in (out / "README.md").read_text()
+    if onnxruntime is not None:
+        session = onnxruntime.InferenceSession(str(out / "student.onnx"), providers=["CPUExecutionProvider"])
+        (logits,) = session.run(["logits"], {"images": images.numpy()})  # a batch of 3: the batch axis is dynamic
+        assert logits.shape == (3, 10) and abs(logits - expected.numpy()).max() < 1e-4
+
+    # Exporting again replaces the folder as a whole; a failed export leaves the old one and no scratch folder.
+    save_student(model, _card(model), out, ("safetensors",), progress=lambda text: None)
+    assert sorted(p.name for p in out.iterdir()) == ["README.md", "card.json", "student.safetensors"]
+    with pytest.raises(ValueError, match="unknown export format 'tflite'"):
+        save_student(model, _card(model), out, ("safetensors", "tflite"))
+    broken = dict(_card(model), image_size="large")  # fails while tracing, after the weights were written
+    with pytest.raises(Exception):
+        save_student(model, broken, out, ("safetensors", "torchscript"), progress=lambda text: None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
+    assert load_student(out)[1]["image_size"] == 32
+
+
+def test_load_student_names_what_is_missing(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no card.json"):
+        load_student(tmp_path)
+
+
+@pytest.fixture
+def ray_cleanup():
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_sweep_keeps_each_best_epoch_and_exports_the_best_student(tiny_spec, tmp_path, ray_cleanup, capsys):
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+
+    # Ranked by the *highest* val loss, the best epoch is an early one: the case where the last checkpoints alone
+    # would have lost it.
+    path = tiny_spec(metric="val_loss", mode="max", methods=["l2d"], budget={
+        "num_samples": 3, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1})
+    assert main(["run", str(path)]) == 0
+    sweep = tmp_path / "sweeps" / "tiny"
+    trials = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
+    epochs = pq.read_table(sweep / "results" / "epochs.parquet").to_pylist()
+    assert {t["status"] for t in trials} <= {"completed", "stopped"} and "completed" in {t["status"] for t in trials}
+
+    earlier = 0
+    for trial in trials:
+        run_dir = sweep / "train" / f"trial-{trial['trial_id']}"
+        history = [e for e in epochs if e["trial_id"] == trial["trial_id"]]
+        best_epoch = max(history, key=lambda e: e["val_loss"])
+        info = json.loads((run_dir / "best" / "best.json").read_text())
+        assert info["epoch"] == best_epoch["epoch"] and info["metrics"]["val_mAP"] == best_epoch["val_mAP"]
+        earlier += info["epoch"] < trial["epochs_run"]
+        # keep: best+last (the default): a completed trial keeps its last checkpoint, a stopped one none.
+        kept = sorted(p.name for p in run_dir.iterdir() if p.name.startswith("epoch-"))
+        assert kept == ([f"epoch-{trial['epochs_run']:04d}"] if trial["status"] == "completed" else [])
+    assert earlier, "no trial had its best epoch before its last: the test does not test what it should"
+
+    # export --best: the trial with the highest best_val_loss, at its best epoch.
+    out = tmp_path / "exports" / "best"
+    capsys.readouterr()
+    assert main(["export", str(sweep), "--best", "--out", str(out), "--format", "torchscript"]) == 0
+    printed = capsys.readouterr().out
+    chosen = max(trials, key=lambda t: t["best_val_loss"])
+    assert f"exported trial {chosen['trial_id']}" in printed and "load_student" in printed
+    model, card = load_student(out)
+    best_epoch = json.loads((sweep / "train" / f"trial-{chosen['trial_id']}" / "best" / "best.json").read_text())
+    assert card["trial_id"] == chosen["trial_id"] and card["epoch"] == best_epoch["epoch"]
+    assert {"torch", "ray", "optuna", "timm"} <= set(card["versions"])
+    assert card["hparams"]["lambda_mld"] == chosen["lambda_mld"] and card["teacher"] == "test_resnet"
+    again = evaluate_student(model, card, "val", device="cpu")
+    assert again["mAP"] == pytest.approx(card["metrics"]["val_mAP"], abs=1e-3)
+    test = evaluate_student(model, card, "test", device="cpu")
+    assert test["mAP"] == pytest.approx(card["metrics"]["test_mAP"], abs=1e-3)
+    # An explicit trial; one that does not exist is named.
+    other = next(t for t in trials if t["trial_id"] != chosen["trial_id"])
+    assert main(["-q", "export", str(sweep), "--trial", other["trial_id"], "--out", str(tmp_path / "other")]) == 0
+    assert load_student(tmp_path / "other")[1]["trial_id"] == other["trial_id"]
+    assert main(["export", str(sweep), "--trial", "nope", "--out", str(tmp_path / "none")]) == 2
+    assert "--trial nope: no such trial" in capsys.readouterr().err and not (tmp_path / "none").exists()
+
+    # One set of logs: Tune's own loggers are off, so TensorBoard over the whole storage finds each trial once.
+    multiplexer = EventMultiplexer()
+    multiplexer.AddRunsFromDirectory(str(tmp_path / "sweeps"))
+    runs = multiplexer.Runs()
+    assert sorted(runs) == sorted(f"tiny/tensorboard/{t['trial_id']}" for t in trials)
+    assert not list((sweep / "tune").rglob("events.out.tfevents*"))
+
+    # Run metadata: versions, command, devices, times.
+    record = json.loads((sweep / "run.json").read_text())["runs"]
+    assert len(record) == 1 and record[0]["action"] == "run" and record[0]["ended"] >= record[0]["started"]
+    assert {"torch", "ray", "optuna", "timm"} <= set(record[0]["versions"]) and record[0]["devices"]["local"]
+
+    assert main(["status", str(sweep)]) == 0
+    assert "of checkpoints)" in capsys.readouterr().out
