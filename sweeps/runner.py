@@ -24,6 +24,7 @@ and after every experiment (:func:`sweeps.study.reconcile`).
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import sys
@@ -38,6 +39,7 @@ from l2d.storage import Location
 # modules name them here, so both names must keep resolving.
 from sweeps.callback import SweepCallback  # noqa: F401
 from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401
+from sweeps.provenance import RunRecord
 from sweeps.results import SweepResults, format_table
 from sweeps.search import DefineByRunSpace  # noqa: F401
 from sweeps.spec import SpecError, SweepSpec, parse_spec
@@ -122,6 +124,8 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     """
     import ray
 
+    # One set of logs: the project's TensorBoard and tables; Tune's own CSV/JSON/TensorBoard loggers stay off.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
@@ -145,14 +149,37 @@ def _trainable(spec: SweepSpec):
         if spec.resources.gpus_per_worker:
             resources["gpu"] = spec.resources.gpus_per_worker
         return tune.with_resources(trainable, resources)
-    # The trial only drives a TorchTrainer: a sliver of a CPU, so that the workers get the real ones.
-    return tune.with_resources(trainable, {"cpu": 0.01})
+    return tune.with_resources(trainable, driver_resources())
 
 
-def _callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None) -> list:
+#: A custom resource a cluster's head node may declare (cluster/aws.yaml, gcp.yaml, kuberay/): where it exists, the
+#: driver of every TorchTrainer trial asks for one unit of it, so that drivers stay on the (on-demand) head and never
+#: land on a spot worker that may vanish with them.
+DRIVER_RESOURCE = "trial_driver"
+
+
+def driver_resources() -> dict:
+    """What the driver of a TorchTrainer trial holds: a unit of :data:`DRIVER_RESOURCE` where the cluster has it,
+    else a sliver of a CPU (the workers get the real ones). Its Train controller follows it to the same node."""
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    return {"cpu": 0.01}
+
+
+def _callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None) -> list:
+    from sweeps.tracking import tracker_for
+
     callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)
     callback.guard = lease.verify if lease is not None else None
-    return [callback]
+    callback.keep = spec.keep
+    callback.tracker = tracker_for(spec, sweep_id) if sweep_id else None
+    # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
+    # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [callback, JsonLoggerCallback()]
 
 
 def tune_dir_name(experiment: int) -> str:
@@ -175,9 +202,10 @@ def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: st
         from ray.tune.schedulers import FIFOScheduler
 
         scheduler = FIFOScheduler()
-    # An in-process trial retries through Tune (and resumes from its own checkpoint); a TorchTrainer retries its
-    # workers itself (ray.train.FailureConfig), so Tune must not retry it again.
-    retries = spec.resources.max_failures if spec.trainer == "in-process" else 0
+    # Tune restarts a failed trial up to max_failures times, from the trial's own latest checkpoint: an in-process
+    # trial whose process or node died, and a TorchTrainer trial whose Train run gave up (Ray Train first restarts
+    # lost workers itself, ray.train.FailureConfig) or whose driver was lost with its node.
+    retries = spec.resources.max_failures
     # An in-process trial's process is kept for the next trial (imports, dataset splits and teachers stay
     # loaded). A TorchTrainer trial's thread outlives its last report while the worker group shuts down, and
     # Tune fails a trial whose predecessor's thread does not end within 2 s: no reuse there.
@@ -191,7 +219,7 @@ def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: st
         run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
                                   storage_filesystem=filesystem, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=_callbacks(spec, quiet, lease)),
+                                  callbacks=_callbacks(spec, quiet, lease, sweep_id)),
     )
 
 
@@ -214,29 +242,39 @@ def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus:
     from sweeps.folder import prepare_new, write_marker
     from sweeps.teacher_phase import teacher_phase
 
+    from sweeps.tracking import check_tracking
+
     say = _say(quiet)
     check_local_resources(spec)
+    check_tracking(spec)
     prepare_new(spec.sweep_dir, new, say, force)
     marker = write_marker(spec.sweep_dir)
     lease = LeaseKeeper(spec.sweep_dir, force, say).acquire()
     before_first_trial = True
+    record = RunRecord(spec.sweep_dir, "run")
     try:
         (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+        record.start()
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
         init_ray(num_cpus, verbose)
+        record.ray_started()
         teacher_phase(spec, say)
         say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
         before_first_trial = False
         _tuner(spec, quiet, lease, marker["sweep_id"], warm_started=warm > 0).fit()
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
-    except BaseException:
+    except BaseException as error:
+        if not before_first_trial:
+            record.end(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
         lease.release()
         if before_first_trial:
             spec.sweep_dir.delete()  # it holds only what this call wrote: the marker, the spec (and the lease)
         raise
+    outcome = _outcome(spec.sweep_dir)
+    record.end(outcome.describe())
     lease.release()
-    return _outcome(spec.sweep_dir)
+    return outcome
 
 
 def load_sweep_spec(sweep_dir: str | Location) -> SweepSpec:
@@ -302,7 +340,7 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
         say("study reconciled with the results: " + ", ".join(f"{n} {what}" for what, n in fixed.items() if n))
 
 
-def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int):
+def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, sweep_id: str):
     """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be."""
     from ray import tune
 
@@ -315,7 +353,7 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int):
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     # The restored experiment brings the callbacks pickled when it started; use this version's.
-    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, quiet, lease)
+    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, quiet, lease, sweep_id)
     return tuner, None
 
 
@@ -332,11 +370,12 @@ def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int |
     check_local_resources(spec)
     marker = adopt(spec.sweep_dir)
     experiment = int(marker.get("experiment", 0))
-    with LeaseKeeper(spec.sweep_dir, force, say) as lease:
+    with LeaseKeeper(spec.sweep_dir, force, say) as lease, _recorded(spec.sweep_dir, "resume") as record:
         init_ray(num_cpus, verbose)
+        record.ray_started()
         teacher_phase(spec, say)
         _reconcile_study(spec, marker["sweep_id"], say, finished=False)
-        tuner, why = _restore(spec, quiet, lease, experiment)
+        tuner, why = _restore(spec, quiet, lease, experiment, marker["sweep_id"])
         if tuner is not None:
             say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
             tuner.fit()
@@ -389,10 +428,11 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
                        f"{spec.sweep_dir / 'spec.yaml'} (extended)")
     check_local_resources(grown)
     marker = adopt(spec.sweep_dir)
-    with LeaseKeeper(spec.sweep_dir, force, say) as lease:
+    with LeaseKeeper(spec.sweep_dir, force, say) as lease, _recorded(spec.sweep_dir, "extend") as record:
         (grown.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(grown.to_dict(), sort_keys=False))
         experiment = _next_experiment(grown, marker)
         init_ray(num_cpus, verbose)
+        record.ray_started()
         teacher_phase(grown, say)
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
         say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {epochs} epochs "
@@ -401,6 +441,19 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         _tuner(replace(grown, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
     return _outcome(grown.sweep_dir)
+
+
+@contextlib.contextmanager
+def _recorded(sweep_dir: Location, action: str):
+    """A :class:`~sweeps.provenance.RunRecord` for the block: started now, ended with the sweep's outcome (or the
+    error that stopped it)."""
+    record = RunRecord(sweep_dir, action).start()
+    try:
+        yield record
+    except BaseException as error:
+        record.end(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+        raise
+    record.end(_outcome(sweep_dir).describe())
 
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:

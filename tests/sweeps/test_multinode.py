@@ -21,9 +21,11 @@ def cluster():
 
     if ray.is_initialized():
         ray.shutdown()
-    # The head holds only the trial drivers (1 CPU); each worker node has 1 CPU, so a trial with 2 workers of
-    # 1 CPU each must span two worker nodes.
-    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1})
+    # As in the shipped cluster configs, the head has no CPU for Ray tasks and holds only the trial drivers (the
+    # `trial_driver` resource). Each worker node has 1 CPU, so a trial with 2 workers of 1 CPU each must span two
+    # worker nodes, and a driver that landed on a worker instead (0.01 CPU) would leave it too little for a worker:
+    # the trials only run if their drivers are on the head.
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 0, "resources": {"trial_driver": 4}})
     yield nodes
     ray.shutdown()
     nodes.shutdown()
@@ -73,6 +75,9 @@ def test_sweep_survives_losing_a_worker_node(cluster, tiny_spec, tmp_path):
     assert any(" epoch 1/4: " in line for line in lines), "".join(lines)[-4000:]
     workers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "RayTrainWorker" in a.class_name]
     assert workers, "no training worker found"
+    # The trial's driver and its Train controller hold the head's `trial_driver`, not a worker's CPU.
+    controllers = [a for a in list_actors(filters=[("state", "=", "ALIVE")]) if "TrainController" in a.class_name]
+    assert controllers and all(a.node_id == cluster.head_node.node_id for a in controllers), controllers
     by_id = {node.node_id: node for node in spare}
     hosts = [a.node_id for a in workers if a.node_id in by_id]
     assert hosts, ([(a.class_name, a.node_id) for a in workers], list(by_id))
