@@ -52,3 +52,49 @@ def sweep_storage(spec, storage: str | None):
         yield dataclasses.replace(spec, storage=storage or work)
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+README = ROOT / "README.md"
+
+
+def readme_block(name: str, lines: list[str], write: bool) -> str:
+    """The README block between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->``: ``lines`` fenced as
+    code; returns it and, with ``write``, puts it there (the markers must exist)."""
+    text = "```\n" + "\n".join(lines) + "\n```"
+    start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+    if write:
+        readme = README.read_text()
+        if start not in readme or end not in readme:
+            raise SystemExit(f"error: README.md has no {start} ... {end} block")
+        head, rest = readme.split(start, 1)
+        tail = rest.split(end, 1)[1]
+        README.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+        print(f"README.md: block {name} rewritten")
+    return text
+
+
+def add_report_arguments(parser, name: str) -> None:
+    """``--out`` (``benchmarks/results/<name>.json``), ``--summarize JSON`` and ``--readme``."""
+    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
+    parser.add_argument("--summarize", metavar="JSON", help="print the README block of a saved report")
+    parser.add_argument("--readme", action="store_true", help="with --summarize: write the block into README.md")
+
+
+def parse_report_args(parser, argv: list[str] | None, summarize):
+    """Parse ``argv`` (``args.argv`` keeps it for :func:`command_line`). With ``--summarize``: print
+    ``summarize(report, args.readme)`` of that saved report and return None."""
+    import sys
+
+    args = parser.parse_args(argv)
+    args.argv = sys.argv[1:] if argv is None else list(argv)
+    if args.summarize:
+        print(summarize(json.loads(Path(args.summarize).read_text()), args.readme))
+        return None
+    return args
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The command that made a report, as the README shows it above the report's table."""
+    import shlex
+
+    return shlex.join([".venv/bin/python", f"benchmarks/{script}", *argv])

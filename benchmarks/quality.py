@@ -1,27 +1,28 @@
-"""Distillation quality on mosaic-fashion: every method, 3 seeds, identical budgets; then L2D tuned by a sweep.
+"""Distillation quality on mosaic-fashion, fair and paired: every method tuned by the same sweep budget, then
+trained with 5 seeds; paired differences with bootstrap intervals.
 
-Setting (chosen to fit the whole run in well under 90 minutes on a 2-core CPU; see the README):
+1. **Teacher**: ``resnet14t`` (BCE, 10 epochs) through the teacher store; its test metrics are the gap's top.
+2. **Tuning**: for every method, baselines included, an l2d-sweep with the same budget (``--trials`` trials of up
+   to ``--epochs`` epochs, Optuna TPE, ASHA with grace period 2 and reduction factor 3, the val split only) over
+   the student's learning rate and the method's weights (the ranges in :data:`RANGES`). The chosen configuration
+   is the best trial that ran every epoch, by its last epoch's val mAP.
+3. **Seeds**: each method's chosen configuration trained with seeds 0-4 (``--seeds``) for ``--epochs`` epochs and
+   scored on the test split at its last epoch.
 
-- data: ``mosaic-fashion`` (real Fashion-MNIST items on 2 x 2 canvases, 10 classes) at 32 px, ``scale`` 0.75
-  (1,500 train / 375 val / 750 test canvases);
-- teacher: ``resnet14t`` (BCE, 10 epochs), trained once through the teacher store;
-- student: timm's ``test_resnet`` (a 4-stage ResNet with 8-32 channels: ~1M parameters, most of them in the
-  label-wise head), small enough that the teacher is clearly better and one epoch takes seconds;
-- every method with its default weights (L2D, MLD and LED with the official ones), the same recipe (5 epochs,
-  Adam, one-cycle lr 2e-3, batch 64, D = 128) and seeds 0, 1, 2; the metrics of the last epoch on the test split;
-- then an l2d-sweep (Optuna TPE + ASHA, on the val split) over lambda_mld, lambda_cd and lambda_id; its best
-  trial's weights are retrained with the same 3 seeds and reported like the rest.
+Reported per method: mean test mAP, CF1, OF1 (and the seed-to-seed std); the paired difference (per seed) to the
+student alone (``bce``) and to the best other method, each with a 95 % bootstrap interval over the seeds; the share
+of the teacher-student gap closed, (method - bce) / (teacher - bce) on mean test mAP. The student budget must make
+the student alone steady: the script stops when bce's seed-to-seed std exceeds ``--max-student-std`` (1 mAP).
 
-Reported per method: test mAP, CF1 and OF1 (mean +- sample std over seeds) and the share of the teacher-student
-gap closed, (method - student) / (teacher - student), where ``student`` is the BCE-only student (mean mAP).
-For the L2D family it also reports the share of each loss term in the last epoch's training loss.
-
-Fashion-MNIST comes from the Debian package ``dataset-fashion-mnist``; this script installs it when run as root
-and it is missing, else it says how.
+Every sweep resumes where it stopped and every seed run is cached (``<storage>/quality-runs.jsonl``), so the script
+can be killed and rerun, or run in pieces (``--methods``). ``--summarize JSON`` prints the README block from a
+saved report (``--readme`` writes it into README.md). Fashion-MNIST comes from the Debian package
+``dataset-fashion-mnist`` (installed here when run as root and missing).
 
 Usage:
-    python benchmarks/quality.py [--scale 0.75] [--epochs 5] [--seeds 0 1 2] [--tune-trials 12]
-        [--storage runs/benchmarks] [--out benchmarks/results/quality.json]
+    python benchmarks/quality.py [--scale 0.5] [--epochs 6] [--trials 8] [--seeds 0 1 2 3 4]
+        [--methods bce kd ...] [--storage runs/benchmarks] [--out benchmarks/results/quality.json]
+    python benchmarks/quality.py --summarize benchmarks/results/quality.json --readme
 """
 
 from __future__ import annotations
@@ -38,13 +39,19 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_report  # noqa: E402
+from benchmarks._report import (add_report_arguments, command_line, parse_report_args, readme_block,  # noqa: E402
+                                write_report)
+from benchmarks._stats import RunCache, paired, verdict  # noqa: E402
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
                  "t10k-labels-idx1-ubyte.gz")
-METHODS = ("bce", "kd", "mse", "ps", "rkd", "pkt", "mld", "led", "l2d")
-TUNED = ("lambda_mld", "lambda_cd", "lambda_id")
+METHODS = ("bce", "kd", "mse", "ps", "rkd", "pkt", "hint", "reviewkd", "mld", "led", "l2d")
+#: The search range of every weight (log-uniform), each around its method's default.
+RANGES = {"lambda_kd": (0.5, 50), "kd_temperature": (1, 8), "lambda_mse": (0.1, 10), "lambda_ps": (0.5, 50),
+          "lambda_rkd": (0.1, 10), "lambda_pkt": (1000, 100000), "lambda_hint": (1, 300),
+          "lambda_reviewkd": (1, 100), "lambda_mld": (0.1, 50), "lambda_cd": (0.1, 300), "lambda_id": (1, 3000)}
+LR_RANGE = (5e-4, 5e-3)
 
 
 def ensure_fashion_mnist(root: Path) -> None:
@@ -64,191 +71,176 @@ def ensure_fashion_mnist(root: Path) -> None:
              f"holding {', '.join(FASHION_FILES)}")
 
 
-def tuning_spec(args, storage: str):
-    """The sweep that tunes L2D's weights; its base run (``spec.base_run()``) is every student run of the table."""
+def tuning_spec(args, method: str):
+    """The sweep that tunes ``method``: the same budget for every method."""
+    from l2d.losses import METHODS as ALL
+
     from sweeps.spec import parse_spec
 
+    space = {"lr": {"low": LR_RANGE[0], "high": LR_RANGE[1]}}
+    space.update({name: {"low": RANGES[name][0], "high": RANGES[name][1]} for name in ALL[method].defaults})
     return parse_spec({
-        "name": "quality-l2d-tuning",
-        "dataset": {"name": "mosaic-fashion", "root": args.fashion_root,
-                    "options": {"scale": args.scale}},
+        "name": f"quality-tune-{method}",
+        "dataset": {"name": "mosaic-fashion", "root": args.fashion_root, "options": {"scale": args.scale}},
         "pairings": [{"teacher": args.teacher, "students": [args.student]}],
-        "methods": ["l2d"],
-        "search_space": {"lambda_mld": {"low": 0.5, "high": 50}, "lambda_cd": {"low": 1, "high": 300},
-                         "lambda_id": {"low": 10, "high": 3000}, "lr": args.lr},
-        "budget": {"num_samples": args.tune_trials, "max_epochs": args.epochs, "grace_period": min(2, args.epochs),
-                   "reduction_factor": 2, "teacher_epochs": args.teacher_epochs},
+        "methods": [method],
+        "search_space": space,
+        "budget": {"num_samples": args.trials, "max_epochs": args.epochs, "grace_period": min(2, args.epochs),
+                   "reduction_factor": 3, "teacher_epochs": args.teacher_epochs},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": os.cpu_count() or 1, "max_concurrent_trials": 1},
         "recipe": {"batch_size": args.batch_size, "embed_dim": args.embed_dim},
-        "storage": storage,
+        "storage": args.storage,
         "seed": 0,
     }, "benchmarks/quality.py")
 
 
-def train_student(base, splits, teacher, method: str, hparams: dict, seed: int) -> dict:
-    """One student run (the run builder of every entry point); the metrics of its last epoch."""
-    from l2d.run import build_run, fit
+def tune(args, method: str) -> dict:
+    """Run (or resume) ``method``'s sweep; its chosen configuration."""
+    from l2d.losses import METHODS as ALL
 
-    run = build_run(base.replace(method=method, hparams=hparams, seed=seed), splits=splits, teacher=teacher)
-    return fit(run, test="last")[-1]
+    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
 
-
-def mean_std(values: list[float]) -> tuple[float, float]:
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
-
-
-def weighted_parts(run: dict) -> dict[str, float]:
-    """A run's last-epoch training loss terms, each times its weight (BCE's is 1): what the optimizer saw."""
-    from l2d.losses import part_weights
-
-    weights = part_weights(run["loss"], run["hparams"])
-    return {name: value * weights[name] for name, value in run["train_parts"].items()}
-
-
-def summarize(runs: list[dict], teacher_test: dict, teacher: str) -> list[dict]:
-    """One row per method: mean and std over seeds, the share of the gap closed, the loss terms' shares."""
-    student_mean = mean_std([r["test_mAP"] for r in runs if r["method"] == "bce"])[0]
-    teacher_mAP = teacher_test["mAP"]
-    rows = [{"method": f"teacher {teacher}", "seeds": 1, "test_mAP": teacher_mAP, "test_mAP_std": 0.0,
-             "test_CF1": teacher_test["CF1"], "test_CF1_std": 0.0, "test_OF1": teacher_test["OF1"],
-             "test_OF1_std": 0.0, "gap_closed": 1.0}]
-    for label in dict.fromkeys(r["method"] for r in runs):
-        group = [r for r in runs if r["method"] == label]
-        row = {"method": label, "seeds": len(group), "hparams": group[0]["hparams"]}
-        for metric in ("test_mAP", "test_CF1", "test_OF1", "val_mAP"):
-            row[metric], row[f"{metric}_std"] = mean_std([r[metric] for r in group])
-        row["gap_closed"] = (row["test_mAP"] - student_mean) / (teacher_mAP - student_mean)
-        parts = [weighted_parts(r) for r in group]
-        means = {name: statistics.fmean(p[name] for p in parts) for name in parts[0]}
-        total = sum(means.values())
-        row["loss_shares"] = {name: value / total for name, value in means.items()} if total else {}
-        rows.append(row)
-    return rows
-
-
-def print_table(rows: list[dict], teacher: str, student: str, seeds: list[int]) -> None:
-    gap = rows[0]["test_mAP"] - next(r["test_mAP"] for r in rows if r["method"] == "bce")
-    print(f"\nteacher {teacher} vs student {student} on mosaic-fashion (test split, mean +- std over seeds "
-          f"{seeds}); gap = teacher - bce student = {gap:.2f} mAP points")
-    header = (f"{'method':<20}{'test mAP':>15}{'CF1':>15}{'OF1':>15}{'gap closed':>12}  "
-              f"weighted loss terms (last epoch)")
-    print(header)
-    print("-" * len(header))
-    for row in rows:
-        shares = ", ".join(f"{k} {v:.0%}" for k, v in row.get("loss_shares", {}).items())
-        print(f"{row['method']:<20}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
-              f"{row['test_CF1']:>8.2f} +- {row['test_CF1_std']:<4.2f}{row['test_OF1']:>8.2f} +- "
-              f"{row['test_OF1_std']:<4.2f}{row['gap_closed']:>12.0%}  {shares}")
-
-
-def resummarize(path: str) -> None:
-    """Rebuild a saved report's rows from its runs (same teacher, same runs) and print its table."""
-    import json
-
-    report = json.loads(Path(path).read_text())
-    teacher = report["rows"][0]
-    rows = summarize(report["runs"], {"mAP": teacher["test_mAP"], "CF1": teacher["test_CF1"],
-                                      "OF1": teacher["test_OF1"]}, report["teacher"])
-    print_table(rows, report["teacher"], report["student"], report["seeds"])
-    settings = {k: v for k, v in report.items()
-                if k not in ("benchmark", "rows", "torch", "threads", "cpu_count", "machine")}
-    write_report(path, "quality", rows, **settings)
+    spec = tuning_spec(args, method)
+    outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else \
+        run_sweep(spec, quiet=True)
+    full = outcome.results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
+                               f"ORDER BY last_val_mAP DESC").to_pylist()
+    if not full:
+        sys.exit(f"error: no trial of {spec.sweep_dir} ran all {args.epochs} epochs")
+    best = full[0]
+    return {"method": method, "sweep": str(spec.sweep_dir), "trials": outcome.results.trials.num_rows,
+            "full_budget": len(full), "trial": best["trial_id"], "val_mAP": best["last_val_mAP"], "lr": best["lr"],
+            "hparams": {name: best[name] for name in ALL[method].defaults},
+            "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"])}
 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scale", type=float, default=0.75, help="mosaic size factor (1.0: 2000/500/1000)")
-    parser.add_argument("--epochs", type=int, default=5, help="student epochs (every method, every seed)")
+    parser.add_argument("--scale", type=float, default=0.5, help="mosaic size factor (0.5: 1000/250/500 canvases)")
+    parser.add_argument("--epochs", type=int, default=6, help="student epochs (tuning and seeds, every method)")
+    parser.add_argument("--trials", type=int, default=8, help="trials of every method's tuning sweep")
     parser.add_argument("--teacher", default="resnet14t")
     parser.add_argument("--teacher-epochs", type=int, default=10)
     parser.add_argument("--student", default="test_resnet")
-    parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--embed-dim", type=int, default=128)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--tune-trials", type=int, default=12, help="trials of the L2D weight sweep (0: skip it)")
+    parser.add_argument("--max-student-std", type=float, default=1.0,
+                        help="stop when the student alone's seed-to-seed std of test mAP exceeds it")
     parser.add_argument("--fashion-root", default=str(FASHION_ROOT))
     parser.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks"),
-                        help="teacher store and tuning sweep folder (a teacher found there is reused)")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "quality.json"))
-    parser.add_argument("--summarize", metavar="JSON", help="recompute the table (and the rows of that file) from the "
-                                                             "runs a previous report holds, training nothing")
-    args = parser.parse_args(argv)
-    if args.summarize:
-        return resummarize(args.summarize)
+                        help="teacher store, tuning sweeps and the run cache (reused when rerun)")
+    add_report_arguments(parser, "quality")
+    args = parse_report_args(parser, argv, summarize)
+    if args is None:
+        return
     if "bce" not in args.methods:
-        parser.error("--methods must include bce: the student baseline of the gap")
+        parser.error("--methods must include bce: the student alone is what every method is compared with")
     ensure_fashion_mnist(Path(args.fashion_root))
 
     import torch
 
     from l2d.engine import evaluate, make_loader
-    from l2d.losses import loss_parts
-    from l2d.run import build_splits, get_teacher
+    from l2d.run import build_run, build_splits, fit, get_teacher
     from l2d.teachers import TeacherStore
 
     torch.set_num_threads(os.cpu_count() or 1)
     began = time.time()
-    spec = tuning_spec(args, args.storage)
-    # Every student run of the table: the sweep's base run with the benchmark's pairing, budget and lr.
-    base = spec.base_run().replace(teacher=args.teacher, student=args.student, lr=args.lr, device="cpu")
+    base = tuning_spec(args, "bce").base_run().replace(teacher=args.teacher, student=args.student, device="cpu",
+                                                       epochs=args.epochs)
     splits = build_splits(base)
     print(f"mosaic-fashion scale {args.scale}: {', '.join(str(len(s)) for s in splits.values())} train/val/test "
-          f"canvases", flush=True)
-    teacher, card, trained = get_teacher(
-        base, TeacherStore(spec.teacher_store), splits,
-        on_epoch=lambda m: print(f"  teacher epoch {int(m['epoch'])}: val mAP {m['val_mAP']:.2f}", flush=True))
+          f"canvases; {args.student} for {args.epochs} epochs", flush=True)
+    teacher, card, _ = get_teacher(base, TeacherStore(Path(args.storage) / "teachers"), splits)
     teacher.eval()
     teacher_test = evaluate(teacher, make_loader(splits["test"], args.batch_size, train=False), torch.device("cpu"))
-    print(f"teacher {args.teacher} ({'trained' if trained else 'loaded'}): test mAP {teacher_test['mAP']:.2f}",
-          flush=True)
+    print(f"teacher {args.teacher}: test mAP {teacher_test['mAP']:.2f}", flush=True)
+    cache = RunCache(Path(args.storage) / "quality-runs.jsonl")
 
-    runs: list[dict] = []
-
-    def run_method(label: str, method: str, hparams: dict) -> None:
-        for seed in args.seeds:
-            start = time.time()
-            metrics = train_student(base, splits, teacher, method, hparams, seed)
-            parts = {name: metrics[f"train_{name}"] for name in loss_parts(method) if f"train_{name}" in metrics}
-            runs.append({"method": label, "loss": method, "seed": seed, "hparams": hparams,
-                         "test_mAP": metrics["test_mAP"], "test_CF1": metrics["test_CF1"],
-                         "test_OF1": metrics["test_OF1"], "val_mAP": metrics["val_mAP"],
-                         "train_parts": parts, "seconds": time.time() - start})
-            print(f"  {label:<10} seed {seed}: test mAP {metrics['test_mAP']:.2f}, val mAP {metrics['val_mAP']:.2f} "
-                  f"({time.time() - start:.0f} s)", flush=True)
-
+    chosen, runs = {}, []
     for method in args.methods:
-        print(f"{method}: {args.student}, {args.epochs} epochs, seeds {args.seeds}", flush=True)
-        run_method(method, method, {})
+        print(f"{method}: tuning ({args.trials} trials x up to {args.epochs} epochs)", flush=True)
+        chosen[method] = tune(args, method)
+        pick = chosen[method]
+        print(f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
+              + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items()), flush=True)
+        for seed in args.seeds:
+            key = cache.key(scale=args.scale, teacher=args.teacher, student=args.student, epochs=args.epochs,
+                            method=method, lr=pick["lr"], hparams=pick["hparams"], seed=seed)
+            result = cache.get(key)
+            if result is None:
+                start = time.time()
+                run = build_run(base.replace(method=method, hparams=pick["hparams"], lr=pick["lr"], seed=seed),
+                                splits=splits, teacher=teacher)
+                last = fit(run, test="last")[-1]
+                result = {k: last[k] for k in ("test_mAP", "test_CF1", "test_OF1", "val_mAP")}
+                result["seconds"] = time.time() - start
+                cache.put(key, result)
+            runs.append({"method": method, "seed": seed, **result})
+            print(f"  seed {seed}: test mAP {result['test_mAP']:.2f} ({result['seconds']:.0f} s)", flush=True)
+        if method == "bce":
+            spread = statistics.stdev(r["test_mAP"] for r in runs if r["method"] == "bce")
+            if spread > args.max_student_std:
+                sys.exit(f"error: the student alone's test mAP varies by {spread:.2f} (std over seeds {args.seeds}), "
+                         f"more than {args.max_student_std}: a bigger budget (--epochs, --scale) is needed for the "
+                         f"differences to mean anything")
 
-    tuning = None
-    if args.tune_trials and "l2d" in args.methods:
-        from sweeps.runner import run_sweep
+    report = build_report(runs, chosen, teacher_test, args, (time.time() - began) / 60)
+    print(summarize(report, False))
+    write_report(args.out, "quality", report["rows"], **{k: v for k, v in report.items() if k != "rows"})
 
-        print(f"tuning L2D's weights: a {args.tune_trials}-trial sweep on the val split", flush=True)
-        results = run_sweep(spec, new=True, quiet=True).results
-        full = results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
-                           f"ORDER BY last_val_mAP DESC").to_pylist()
-        if not full:
-            sys.exit(f"error: no trial of the tuning sweep {spec.sweep_dir} ran all {args.epochs} epochs; see "
-                     f"`l2d-sweep status {spec.sweep_dir}`")
-        best = full[0]
-        weights = {name: best[name] for name in TUNED}
-        tuning = {"sweep": str(spec.sweep_dir), "trials": results.trials.num_rows, "full_budget_trials": len(full),
-                  "best_trial": best["trial_id"], "best_last_val_mAP": best["last_val_mAP"], "weights": weights}
-        print(f"  best of {len(full)} full-budget trials: {best['trial_id']} val mAP {best['last_val_mAP']:.2f} "
-              f"with " + ", ".join(f"{k}={v:.3g}" for k, v in weights.items()), flush=True)
-        run_method("l2d-tuned", "l2d", weights)
 
-    minutes = (time.time() - began) / 60
-    rows = summarize(runs, teacher_test, args.teacher)
-    print_table(rows, args.teacher, args.student, args.seeds)
-    print(f"whole run: {minutes:.1f} min")
-    write_report(args.out, "quality", rows, runs=runs, tuning=tuning, teacher=args.teacher, student=args.student,
-                 teacher_card={k: card.get(k) for k in ("val_mAP", "test_mAP", "epochs", "parameters")},
-                 scale=args.scale, epochs=args.epochs, lr=args.lr, batch_size=args.batch_size,
-                 embed_dim=args.embed_dim, seeds=args.seeds, minutes=minutes)
+def build_report(runs, chosen, teacher_test, args, minutes) -> dict:
+    by_method = {m: {r["seed"]: r["test_mAP"] for r in runs if r["method"] == m} for m in chosen}
+    means = {m: statistics.fmean(v.values()) for m, v in by_method.items()}
+    student = means["bce"]
+    rows = []
+    for method in chosen:
+        group = [r for r in runs if r["method"] == method]
+        row = {"method": method, "seeds": len(group), "lr": chosen[method]["lr"], "hparams": chosen[method]["hparams"]}
+        for metric in ("test_mAP", "test_CF1", "test_OF1"):
+            values = [r[metric] for r in group]
+            row[metric] = statistics.fmean(values)
+            row[f"{metric}_std"] = statistics.stdev(values) if len(values) > 1 else 0.0
+        row["gap_closed"] = (row["test_mAP"] - student) / (teacher_test["mAP"] - student)
+        row["vs_bce"] = paired(by_method[method], by_method["bce"]) if method != "bce" else None
+        others = [m for m in chosen if m != method]
+        if others:
+            best_other = max(others, key=lambda m: means[m])
+            row["best_other"] = best_other
+            row["vs_best_other"] = paired(by_method[method], by_method[best_other])
+        rows.append(row)
+    return {"rows": rows, "runs": runs, "tuning": chosen, "teacher": args.teacher, "student": args.student,
+            "teacher_test": {k: teacher_test[k] for k in ("mAP", "CF1", "OF1")}, "scale": args.scale,
+            "epochs": args.epochs, "trials": args.trials, "seeds": args.seeds,
+            "minutes": minutes, "command": command_line("quality.py", args.argv),
+            "student_std": statistics.stdev(by_method["bce"].values()) if len(by_method["bce"]) > 1 else 0.0}
+
+
+def summarize(report: dict, write: bool) -> str:
+    teacher = report["teacher_test"]
+    command = report.get("command") or command_line("quality.py", [])
+    lines = [f"$ {command}   # {report['minutes']:.0f} min on this 2-core CPU",
+             f"mosaic-fashion scale {report['scale']}: {report['teacher']} (test mAP {teacher['mAP']:.2f}) -> "
+             f"{report['student']}, {report['epochs']} epochs; every method tuned by {report['trials']} trials "
+             f"(TPE + ASHA, val split), then seeds {report['seeds']} on test",
+             f"{'method':<10}{'test mAP':>16}{'CF1':>8}{'OF1':>8}{'gap':>7}  {'vs bce [95% CI]':<25}"
+             f"{'vs best other [95% CI]':<36}", "-" * 112]
+    for row in sorted(report["rows"], key=lambda r: -r["test_mAP"]):
+        diff = row["vs_bce"]
+        versus_bce = f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]" if diff else "-"
+        other = row.get("vs_best_other")
+        versus_other = (f"{other['mean']:+.2f} [{other['low']:+.2f}, {other['high']:+.2f}] vs {row['best_other']}"
+                        if other else "-")
+        lines.append(f"{row['method']:<10}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
+                     f"{row['test_CF1']:>8.2f}{row['test_OF1']:>8.2f}{row['gap_closed']:>7.0%}  {versus_bce:<25}"
+                     f"{versus_other:<36}")
+    lines.append(f"teacher {report['teacher']}: test mAP {teacher['mAP']:.2f}, CF1 {teacher['CF1']:.2f}, OF1 "
+                 f"{teacher['OF1']:.2f}; student alone (bce) seed-to-seed std {report['student_std']:.2f} mAP")
+    settled = [verdict(r["vs_bce"], r["method"], "bce") for r in report["rows"] if r["vs_bce"]]
+    lines.append("vs bce: " + "; ".join(settled))
+    return readme_block("quality", lines, write)
 
 
 if __name__ == "__main__":

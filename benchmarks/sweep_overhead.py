@@ -60,6 +60,7 @@ def plain_trial(config: dict, context, trials: list[dict]) -> None:
 
 def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, float, int]:
     from ray import tune
+    from ray.tune.logger import JsonLoggerCallback
 
     from sweeps.trial import TrialContext
 
@@ -70,7 +71,10 @@ def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, floa
         tuner = tune.Tuner(trainable, param_space={"index": tune.grid_search(list(range(len(trials))))},
                            tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
                                                        reuse_actors=reuse_actors),
-                           run_config=tune.RunConfig(name="plain", storage_path=storage, verbose=0))
+                           run_config=tune.RunConfig(name="plain", storage_path=storage, verbose=0,
+                                                     # Ray 2.60 adds no result logger by itself; without one
+                                                     # metrics_dataframe is empty
+                                                     callbacks=[JsonLoggerCallback()]))
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start

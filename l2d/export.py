@@ -68,7 +68,7 @@ def _markdown(card: dict) -> str:
         f"{metric('test_paper_CF1')}, paper OF1 {metric('test_paper_OF1')} |",
         f"| latency | {card.get('latency_ms', float('nan')):.2f} ms per image on {card.get('device', '?')} |",
         f"| sweep | {card.get('sweep', {}).get('dir', '-')}, trial {card.get('trial_id', '-')} |",
-        f"| versions | " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
+        "| versions | " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
         + (f"; commit {card['git_commit']}" if card.get("git_commit") else "") + " |", "",
         "```python",
         "from l2d.export import load_student",
@@ -216,11 +216,15 @@ def load_student(folder: str | os.PathLike) -> tuple[MultiLabelModel, dict]:
     return model.eval(), card
 
 
-def evaluate_student(model: MultiLabelModel, card: dict, split: str = "val", batch_size: int = 64,
+def evaluate_student(model: MultiLabelModel, card: dict, split: str = "val", batch_size: int | None = None,
                      device: str | None = None) -> dict[str, float]:
     """The metrics of an exported student on ``split`` of the dataset its card names (rebuilt as the sweep built
     it: name, root, options, image size), as :func:`l2d.engine.evaluate` computes them (mAP, CF1, OF1... in
-    percent). Compare with ``card["metrics"]["val_mAP"]``: the same model on the same data gives the same number."""
+    percent). Compare with ``card["metrics"]["val_mAP"]``: the same model on the same data gives the same number.
+
+    ``batch_size`` defaults to the card's ``eval_batch_size`` (the sweep's), else 64. Float sums depend on the
+    batch and on the thread count (``torch.set_num_threads``): on a small split, a last-bit change that swaps two
+    near-equal scores moves the mAP slightly; with the trial's batch size and thread count the number is exact."""
     from l2d.data import build_dataset
     from l2d.engine import evaluate, make_loader
 
@@ -228,4 +232,5 @@ def evaluate_student(model: MultiLabelModel, card: dict, split: str = "val", bat
     data = build_dataset(dataset["name"], dataset.get("root"), split, card["image_size"],
                          **(dataset.get("options") or {}))
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    batch_size = batch_size or card.get("eval_batch_size") or 64
     return evaluate(model.to(target), make_loader(data, batch_size, train=False, device=target), target)

@@ -459,8 +459,36 @@ TERMS: dict[str, Term] = {
                      connectors=_review_connectors, pooled=True),
 }
 
-#: The official L2D weights (MS-COCO), the starting point of every L2D sweep.
+#: The official L2D weights (MS-COCO): the defaults, and an L2D sweep's first point, except where a dataset has its own.
 OFFICIAL_WEIGHTS = {"lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+#: The label count the official weights were tuned at (MS-COCO's 80 classes, a BCE summed over them).
+OFFICIAL_NUM_CLASSES = 80
+#: How ``official_weights`` carries the official weights to another dataset (benchmarks/defaults.py measures
+#: which of them transfer): ``official`` as they are; ``labels`` times C / 80 (the summed BCE grows with the label
+#: count C); ``balanced`` times the factor that makes the weighted distillation terms, at initialisation, as large
+#: as the supervised BCE (:func:`l2d.run.balanced_weights` measures it).
+WEIGHT_RULES = ("official", "labels", "balanced")
+
+
+def official_weights(method: str, rule: str = "official", num_classes: int = OFFICIAL_NUM_CLASSES,
+                     factor: float | None = None) -> dict[str, float]:
+    """The official weights of an L2D-family method (``mld``, ``led``, ``l2d``), carried over by ``rule``.
+
+    Args:
+        factor: the ``balanced`` rule's measured factor (:func:`l2d.run.balanced_weights`).
+
+    Raises:
+        ValueError: an unknown rule, a method without official weights, or ``balanced`` without its factor.
+    """
+    if rule not in WEIGHT_RULES:
+        raise ValueError(f"unknown weight rule {rule!r}; allowed: {', '.join(WEIGHT_RULES)}")
+    if method not in ("mld", "led", "l2d"):
+        raise ValueError(f"method {method!r} has no official weights (the L2D family has: mld, led, l2d)")
+    weights = {name: OFFICIAL_WEIGHTS[name] for name in METHODS[method].defaults}
+    scale = {"official": 1.0, "labels": num_classes / OFFICIAL_NUM_CLASSES}.get(rule, factor)
+    if scale is None:
+        raise ValueError("the balanced rule needs its measured factor (l2d.run.balanced_weights)")
+    return {name: value * scale for name, value in weights.items()}
 
 
 @dataclass(frozen=True)

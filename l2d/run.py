@@ -90,6 +90,16 @@ class RunConfig:
                       amp=self.amp, schedule_epochs=self.teacher_schedule_epochs)
 
 
+def default_hparams(dataset: str, method: str) -> dict[str, float]:
+    """``method``'s weights on ``dataset`` when nothing sets them: the method's own (:data:`l2d.losses.METHODS`,
+    the official values for L2D) updated with the dataset's ``method_weights`` (the mosaics' tuned L2D weights)."""
+    from l2d.data import DATASETS
+    from l2d.losses import method_hparams
+
+    info = DATASETS.get(dataset)
+    return method_hparams(method, info.method_weights.get(method, {}) if info else {})
+
+
 def resolve(config: RunConfig) -> RunConfig:
     """``config`` with every default filled in and every field checked (idempotent).
 
@@ -114,7 +124,8 @@ def resolve(config: RunConfig) -> RunConfig:
         teacher=config.teacher or info.teacher, student=config.student or info.student,
         epochs=config.epochs or info.epochs, lr=config.lr or info.lr,
         teacher_epochs=config.teacher_epochs or info.teacher_epochs, teacher_lr=config.teacher_lr or info.lr,
-        hparams=method_hparams(config.method, config.hparams), dataset_options=dict(config.dataset_options))
+        hparams=method_hparams(config.method, {**default_hparams(config.dataset, config.method), **config.hparams}),
+        dataset_options=dict(config.dataset_options))
     for name in (resolved.teacher, resolved.student):
         check_backbone_name(name)
     if not 8 <= resolved.image_size <= 4096:
@@ -274,6 +285,37 @@ def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torc
     distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], config.method,
                           config.hparams, config.student_recipe, resolve_device(config.device), config.seed)
     return Run(config, splits, teacher, teacher_card, student, distiller)
+
+
+def balanced_weights(config: RunConfig, splits: Mapping | None = None, teacher: torch.nn.Module | None = None,
+                     teacher_store: TeacherStore | None = None, batches: int = 4) -> tuple[dict[str, float], float]:
+    """The ``balanced`` rule of :func:`l2d.losses.official_weights`: the official weights of ``config.method``
+    times the factor that makes their weighted terms, on the untrained student (seeded by ``config.seed``) over
+    the first ``batches`` training batches, add up to the supervised BCE. Returns ``(weights, factor)``."""
+    from l2d.engine import _forward
+    from l2d.losses import official_weights
+
+    run = build_run(config.replace(hparams=official_weights(config.method)), splits=splits, teacher=teacher,
+                    teacher_store=teacher_store)
+    distiller = run.distiller
+    device = distiller.device
+    criterion, student, teacher_model = distiller.criterion, run.student.to(device), run.teacher.to(device)
+    student.eval()
+    teacher_model.eval()
+    weights = official_weights(config.method)
+    bce = distilled = 0.0
+    loader = torch.utils.data.DataLoader(run.splits["train"], batch_size=config.batch_size, shuffle=False)
+    for index, (images, targets) in enumerate(loader):
+        if index == batches:
+            break
+        images, targets = images.to(device), targets.to(device)
+        with torch.no_grad():
+            _, parts = criterion(_forward(student, images, criterion.student_stages),
+                                 _forward(teacher_model, images, criterion.teacher_stages), targets)
+        bce += float(parts["bce"])
+        distilled += sum(float(parts[name]) * weights[f"lambda_{name}"] for name in parts if name != "bce")
+    factor = bce / distilled if distilled > 0 else 1.0
+    return official_weights(config.method, "balanced", factor=factor), factor
 
 
 def fit(run: Run, on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None,

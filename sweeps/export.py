@@ -70,6 +70,7 @@ def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Loc
     card = {
         "backbone": info["backbone"], "num_classes": info["num_classes"], "class_names": info["class_names"],
         "embed_dim": info["embed_dim"], "image_size": info["image_size"], "parameters": count_parameters(model),
+        "eval_batch_size": spec.recipe.batch_size,
         "teacher": row["teacher"], "method": row["method"], "hparams": hparams, "lr": row.get("lr"),
         "dataset": {"name": spec.dataset.name, "root": spec.dataset.root, "options": dict(spec.dataset.options)},
         "epoch": info["epoch"], "selected_by": f"{info['metric']} ({info['mode']})", "metrics": metrics,

@@ -1,5 +1,8 @@
 """Sweep results as two Parquet tables, queryable with SQL (DuckDB).
 
+(Over 450 lines for one reason: the tables' schema, their writer and their reader are one contract, documented
+once below and kept in step in one file.)
+
 ``<sweep>/results/trials.parquet``: one row per trial.
 
 | column | type | meaning |

@@ -1,4 +1,5 @@
-"""Run and resume sweeps: the teacher phase, then student trials under Tune + Optuna (TPE) + ASHA.
+"""Run, resume and extend sweeps: the teacher phase, then student trials under Tune + Optuna (TPE) + ASHA (the
+experiment itself is built by :mod:`sweeps.experiment`).
 
 Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``)::
 
@@ -6,8 +7,10 @@ Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``):
     lease.json             who drives the sweep now (sweeps.folder)
     spec.yaml              the validated spec, as run (its budget grown by each extend)
     study.db               the Optuna study (SQLite, unless the spec's study_storage names a database)
+    searcher.pkl           the searcher's state, saved after every ask and tell (sweeps.searcher)
+    run.json               every run, resume and extend: versions, commit, host, devices, times (sweeps.provenance)
     tune/, tune-<k>/       Ray Tune's experiments: the first run's, then one per extend (or lost state)
-    train/trial-<id>/      each trial's epoch checkpoints (sweeps.checkpoints)
+    train/trial-<id>/      each trial's epoch checkpoints and best/, its best epoch (sweeps.checkpoints)
     asha.json              ASHA's rung records (Tune does not persist scheduler state)
     results/               trials.parquet and epochs.parquet (sweeps.results)
     tensorboard/           per-trial scalars and the HParams view (sweeps.callback)
@@ -26,9 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import sys
-import time
 from dataclasses import dataclass, replace
 from typing import Callable
 
@@ -38,6 +39,8 @@ from l2d.storage import Location
 # Tune pickles the searcher and the callbacks into the experiment; sweeps written before these moved to their own
 # modules name them here, so both names must keep resolving.
 from sweeps.callback import SweepCallback  # noqa: F401
+from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, \
+    tune_dir_name  # noqa: F401 - init_ray and check_local_resources are imported from here too
 from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401
 from sweeps.provenance import RunRecord
 from sweeps.results import SweepResults, format_table
@@ -80,149 +83,6 @@ def _outcome(sweep_dir: Location) -> SweepOutcome:
     return SweepOutcome(results, counts)
 
 
-def check_local_resources(spec: SweepSpec) -> None:
-    """Before Ray starts: a local cluster (no ``RAY_ADDRESS``) must hold one trial and the teacher phase, and every
-    backbone's initial weights must be there and fit it (on a cluster, the teacher phase checks them on the nodes).
-
-    Raises:
-        SpecError: the trial needs more CPUs or GPUs than this machine has.
-        WeightsError: weights missing, unreadable or not fitting their backbone (named).
-    """
-    if os.environ.get("RAY_ADDRESS"):
-        return
-    from l2d.models import build_model
-    from l2d.run import resolve
-
-    embed_dim = resolve(spec.base_run()).embed_dim
-    for backbone, source in spec.weights.items():
-        build_model(backbone, 2, embed_dim, weights=source)  # found, readable, fitting; then dropped
-    cores = os.cpu_count() or 1
-    needed = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
-    if needed > cores:
-        raise SpecError(f"resources: a trial needs {needed:g} CPUs (workers_per_trial {spec.resources.workers_per_trial}"
-                        f" x cpus_per_worker {spec.resources.cpus_per_worker:g}) but this machine has {cores} and no "
-                        f"RAY_ADDRESS is set (a local cluster); lower them, or run on a cluster")
-    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
-    if gpus:
-        import torch
-
-        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        if gpus > available:
-            raise SpecError(f"resources: a trial needs {gpus:g} GPUs (workers_per_trial x gpus_per_worker) but this "
-                            f"machine has {available} and no RAY_ADDRESS is set (a local cluster); set "
-                            f"gpus_per_worker: 0, or run on a GPU cluster")
-
-
-def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
-    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one.
-
-    A local cluster keeps what it can on loopback: the dashboard on 127.0.0.1 and no metrics exporter
-    (``RAY_enable_metrics_collection=false`` unless set). Ray 2.60 itself binds its GCS, raylet and worker gRPC
-    servers on every interface and its agents on the node's address (it maps 127.0.0.1 to it); token
-    authentication, Ray's default since 2.59, is left on. Returns Ray's context (None when Ray was already
-    initialized). ``log_to_driver`` shows the workers' logs (``--verbose``).
-    """
-    import ray
-
-    # One set of logs: the project's TensorBoard and tables; Tune's own CSV/JSON/TensorBoard loggers stay off.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
-    if ray.is_initialized():
-        return None
-    if os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
-    os.environ.setdefault("RAY_enable_metrics_collection", "false")
-    # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
-    # workers, and without the headroom a worker asking for every core could never be placed beside it.
-    cpus = (num_cpus or os.cpu_count() or 1) + 1
-    return ray.init(num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
-
-
-def _trainable(spec: SweepSpec):
-    from ray import tune
-
-    from sweeps.trial import TrialContext, run_trial
-
-    trainable = tune.with_parameters(run_trial, context=TrialContext.from_spec(spec))
-    if spec.trainer == "in-process":
-        # The trial trains itself: it holds the worker's resources.
-        resources = {"cpu": spec.resources.cpus_per_worker}
-        if spec.resources.gpus_per_worker:
-            resources["gpu"] = spec.resources.gpus_per_worker
-        return tune.with_resources(trainable, resources)
-    return tune.with_resources(trainable, driver_resources())
-
-
-#: A custom resource a cluster's head node may declare (cluster/aws.yaml, gcp.yaml, kuberay/): where it exists, the
-#: driver of every TorchTrainer trial asks for one unit of it, so that drivers stay on the (on-demand) head and never
-#: land on a spot worker that may vanish with them.
-DRIVER_RESOURCE = "trial_driver"
-
-
-def driver_resources() -> dict:
-    """What the driver of a TorchTrainer trial holds: a unit of :data:`DRIVER_RESOURCE` where the cluster has it,
-    else a sliver of a CPU (the workers get the real ones). Its Train controller follows it to the same node."""
-    import ray
-
-    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
-        return {"cpu": 0, DRIVER_RESOURCE: 1}
-    return {"cpu": 0.01}
-
-
-def _callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None) -> list:
-    from sweeps.tracking import tracker_for
-
-    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)
-    callback.guard = lease.verify if lease is not None else None
-    callback.keep = spec.keep
-    callback.tracker = tracker_for(spec, sweep_id) if sweep_id else None
-    # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
-    # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
-    from ray.tune.logger import JsonLoggerCallback
-
-    return [callback, JsonLoggerCallback()]
-
-
-def tune_dir_name(experiment: int) -> str:
-    """The folder of a sweep's ``experiment``-th Tune experiment: ``tune`` for the first, ``tune-<k>`` after."""
-    return "tune" if experiment == 0 else f"tune-{experiment}"
-
-
-def _tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0,
-           warm_started: bool = False):
-    from ray import tune
-
-    from sweeps.scheduler import PersistentASHA
-    from sweeps.search import build_search
-
-    if spec.budget.scheduler == "asha":
-        scheduler = PersistentASHA(spec.sweep_dir / "asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
-                                   grace_period=spec.budget.grace_period,
-                                   reduction_factor=spec.budget.reduction_factor)
-    else:
-        from ray.tune.schedulers import FIFOScheduler
-
-        scheduler = FIFOScheduler()
-    # Tune restarts a failed trial up to max_failures times, from the trial's own latest checkpoint: an in-process
-    # trial whose process or node died, and a TorchTrainer trial whose Train run gave up (Ray Train first restarts
-    # lost workers itself, ray.train.FailureConfig) or whose driver was lost with its node.
-    retries = spec.resources.max_failures
-    # An in-process trial's process is kept for the next trial (imports, dataset splits and teachers stay
-    # loaded). A TorchTrainer trial's thread outlives its last report while the worker group shuts down, and
-    # Tune fails a trial whose predecessor's thread does not end within 2 s: no reuse there.
-    storage_path, filesystem = spec.sweep_dir.ray_storage
-    return tune.Tuner(
-        _trainable(spec),
-        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment, warm_started),
-                                    scheduler=scheduler,
-                                    num_samples=spec.budget.num_samples, metric=spec.metric, mode=spec.mode,
-                                    reuse_actors=spec.trainer == "in-process"),
-        run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
-                                  storage_filesystem=filesystem, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=_callbacks(spec, quiet, lease, sweep_id)),
-    )
-
-
 def _say(quiet: bool) -> Callable[[str], None]:
     return (lambda text: None) if quiet else (lambda text: print(text, flush=True))
 
@@ -262,7 +122,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, quiet: bool = False, num_cpus:
         say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
         before_first_trial = False
-        _tuner(spec, quiet, lease, marker["sweep_id"], warm_started=warm > 0).fit()
+        build_tuner(spec, quiet, lease, marker["sweep_id"], warm_started=warm > 0).fit()
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
     except BaseException as error:
         if not before_first_trial:
@@ -348,12 +208,12 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
         return None, "no experiment state"
     try:
-        tuner = tune.Tuner.restore(storage_path, trainable=_trainable(spec), resume_unfinished=True,
+        tuner = tune.Tuner.restore(storage_path, trainable=trainable(spec), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     # The restored experiment brings the callbacks pickled when it started; use this version's.
-    tuner._local_tuner.get_run_config().callbacks = _callbacks(spec, quiet, lease, sweep_id)
+    tuner._local_tuner.get_run_config().callbacks = callbacks(spec, quiet, lease, sweep_id)
     return tuner, None
 
 
@@ -393,7 +253,7 @@ def resume_sweep(sweep_dir: str | Location, quiet: bool = False, num_cpus: int |
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         if remaining > 0:
             budget = replace(spec.budget, num_samples=remaining)
-            _tuner(replace(spec, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
+            build_tuner(replace(spec, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
             _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         else:
             _close_unfinished(spec)
@@ -438,7 +298,7 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {epochs} epochs "
             f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
         budget = replace(grown.budget, num_samples=num_samples)
-        _tuner(replace(grown, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
+        build_tuner(replace(grown, budget=budget), quiet, lease, marker["sweep_id"], experiment).fit()
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
     return _outcome(grown.sweep_dir)
 

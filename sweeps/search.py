@@ -5,7 +5,7 @@ Optuna sees a define-by-run space (:class:`DefineByRunSpace`): ``pairing`` (the 
 values come back as constants merged into the trial's config. :func:`decode` turns such a config back into plain
 ``teacher`` / ``student`` / ``method`` / hyperparameters, and :func:`trial_run` into the trial's
 :class:`~l2d.run.RunConfig`. The search algorithm is built by :func:`build_search`: the sweep's Optuna study and its
-sampler (TPE, NSGA-II or random, seeded, the official L2D weights first) live in :mod:`sweeps.study`.
+sampler (TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.study`.
 
 A new sampler goes in :func:`sweeps.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new
 kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
@@ -37,10 +37,12 @@ class DefineByRunSpace:
     def __init__(self, spec: SweepSpec):
         self.pairings = [(p.teacher, list(p.students)) for p in spec.pairings]
         self.methods = list(spec.methods)
+        self.dataset = spec.dataset.name
         self.search_space = {k: asdict(v) if isinstance(v, Range) else v for k, v in spec.search_space.items()}
 
     def __call__(self, trial) -> dict:
         from l2d.losses import METHODS
+        from l2d.run import default_hparams
 
         teacher = trial.suggest_categorical("pairing", [t for t, _ in self.pairings])
         trial.suggest_categorical(f"student@{teacher}", dict(self.pairings)[teacher])
@@ -52,19 +54,21 @@ class DefineByRunSpace:
                 trial.suggest_float(name, value["low"], value["high"], log=value["log"])
             elif value is not None:
                 constants[name] = value
-            elif name != "lr":
-                constants[name] = METHODS[method].defaults[name]
+            elif name != "lr":  # a searcher pickled before datasets had weights of their own has no .dataset
+                constants[name] = default_hparams(getattr(self, "dataset", ""), method)[name]
         return constants
 
 
 def first_points(spec: SweepSpec) -> list[dict]:
-    """The official L2D weights (or the first method's defaults) on the first pairing, evaluated first."""
-    from l2d.losses import METHODS
+    """L2D's default weights on the spec's dataset (the official ones, or the dataset's own: see
+    :func:`l2d.run.default_hparams`), or the first method's, on the first pairing: evaluated first. A weight whose
+    default lies outside its searched range is sampled instead."""
+    from l2d.run import default_hparams
 
     method = "l2d" if "l2d" in spec.methods else spec.methods[0]
     teacher, students = spec.pairings[0].teacher, spec.pairings[0].students
     point = {"pairing": teacher, f"student@{teacher}": students[0], "method": method}
-    for name, value in METHODS[method].defaults.items():
+    for name, value in default_hparams(spec.dataset.name, method).items():
         searched = spec.search_space.get(name)
         if isinstance(searched, Range) and searched.low <= value <= searched.high:
             point[name] = value
@@ -123,9 +127,10 @@ class SweepSearchGenerator(SearchGenerator):
 
 
 def build_search(spec: SweepSpec, sweep_id: str, experiment: int = 0, warm_started: bool = False):
-    """The search algorithm of a sweep: a :class:`~sweeps.study.StudySearcher` over the sweep's study (in its
+    """The search algorithm of a sweep: a :class:`~sweeps.searcher.StudySearcher` over the sweep's study (in its
     database) under Tune's concurrency limit, with deterministic trial ids (see ``SweepSearchGenerator``)."""
-    from sweeps.study import StudySearcher, StudyStore
+    from sweeps.searcher import StudySearcher
+    from sweeps.study import StudyStore
 
     searcher = StudySearcher(spec, sweep_id, StudyStore(spec.sweep_dir, spec.study_storage), warm_started)
     limited = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)

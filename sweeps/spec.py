@@ -3,6 +3,10 @@
 Every error names the file, the field, the bad value and what is allowed. The YAML is read with
 ``yaml.safe_load``: a spec cannot make the platform import or evaluate code.
 
+Why one module of nearly 500 lines: it is the whole spec language (its dataclasses, the parser and each section's
+rules) and reads top to bottom as its reference; split, a field and the rule that checks it would live apart. The
+generic checks (types, ranges, choices) are already in :mod:`sweeps._checks`.
+
 Example (``search_spaces/quickstart.yaml``)::
 
     name: quickstart

@@ -51,39 +51,77 @@ def test_sweep_overhead(tiny_spec_file, tmp_path):
 
 def test_asha_efficiency(tiny_spec_file, tmp_path):
     out = tmp_path / "asha.json"
-    printed = _run("asha_efficiency.py", "--spec", str(tiny_spec_file), "--seeds", "0", "--out", str(out))
+    args = ("--spec", str(tiny_spec_file), "--seeds", "0", "1", "--trials", "3", "--max-epochs", "3", "--storage",
+            str(tmp_path / "asha"), "--out", str(out))
+    printed = _run("asha_efficiency.py", *args)
     report = json.loads(out.read_text())
-    full, asha = report["rows"]
-    assert full["arm"] == "random, full budget" and asha["arm"] == "TPE + ASHA"
-    assert full["epochs"] == 2 * 2 and full["stopped_early"] == 0  # no early stopping: every trial, every epoch
-    assert asha["epochs"] <= full["epochs"] and asha["trials"] == 2
-    comparison = report["comparisons"][0]
-    assert comparison["epochs_ratio"] == pytest.approx(asha["epochs"] / full["epochs"])
-    assert comparison["val_mAP_diff"] == pytest.approx(asha["best_val_mAP"] - full["best_val_mAP"])
-    assert "ASHA used" in printed
+    rows = {(r["seed"], r["arm"]): r for r in report["rows"]}
+    assert set(rows) == {(s, a) for s in (0, 1) for a in ("random, full budget", "random + ASHA", "TPE + ASHA")}
+    for seed in (0, 1):
+        full = rows[(seed, "random, full budget")]
+        assert full["epochs"] == 3 * 3 and full["stopped_early"] == 0  # no early stopping: every trial, every epoch
+        for arm in ("random + ASHA", "TPE + ASHA"):
+            asha = rows[(seed, arm)]
+            assert asha["trials"] == 3 and asha["epochs"] <= full["epochs"]
+            comparison = next(c for c in report["comparisons"] if c["seed"] == seed and c["arm"] == arm)
+            assert comparison["epochs_ratio"] == pytest.approx(asha["epochs"] / full["epochs"])
+            assert comparison["regret_val"] == pytest.approx(full["best_val_mAP"] - asha["best_val_mAP"])
+    ratios = report["aggregate"]["TPE + ASHA"]["epochs_ratio"]
+    assert ratios["min"] <= ratios["mean"] <= ratios["max"] and len(ratios["values"]) == 2
+    assert set(report["tpe_vs_random"]["val"]["seeds"]) == {0, 1}
+    assert "regret" in printed
+    # A rerun resumes the finished sweeps: nothing is trained again, the same rows come back.
+    _run("asha_efficiency.py", *args)
+    again = json.loads(out.read_text())
+    assert [(r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in again["rows"]] == \
+        [(r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in report["rows"]]
+    assert "```" in _run("asha_efficiency.py", "--summarize", str(out))
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
 def test_quality(tmp_path):
     out = tmp_path / "quality.json"
-    printed = _run("quality.py", "--scale", "0.05", "--epochs", "2", "--teacher", "test_resnet", "--teacher-epochs",
-                   "1", "--student", "test_efficientnet", "--embed-dim", "32", "--batch-size", "16", "--seeds", "0",
-                   "1", "--methods", "bce", "l2d", "--tune-trials", "2", "--storage", str(tmp_path / "store"),
-                   "--out", str(out))
+    args = ("--scale", "0.05", "--epochs", "2", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student",
+            "test_efficientnet", "--embed-dim", "32", "--batch-size", "16", "--seeds", "0", "1", "--methods", "bce",
+            "kd", "l2d", "--trials", "2", "--max-student-std", "100", "--storage", str(tmp_path / "store"),
+            "--out", str(out))
+    printed = _run("quality.py", *args)
     report = json.loads(out.read_text())
     rows = {row["method"]: row for row in report["rows"]}
-    assert list(rows) == ["teacher test_resnet", "bce", "l2d", "l2d-tuned"]
-    assert rows["bce"]["gap_closed"] == pytest.approx(0.0, abs=1e-9)
-    assert rows["teacher test_resnet"]["gap_closed"] == 1.0
-    assert all(row["seeds"] == 2 for name, row in rows.items() if not name.startswith("teacher"))
-    assert all(0 <= row["test_mAP"] <= 100 for row in rows.values())
-    # The weighted loss terms: BCE alone for bce, BCE + MLD + CD + ID (shares summing to 1) for l2d.
-    assert rows["bce"]["loss_shares"] == {"bce": 1.0}
-    assert set(rows["l2d"]["loss_shares"]) == {"bce", "mld", "cd", "id"}
-    assert sum(rows["l2d"]["loss_shares"].values()) == pytest.approx(1.0)
-    assert report["tuning"]["trials"] == 2 and set(report["tuning"]["weights"]) == {"lambda_mld", "lambda_cd",
-                                                                                    "lambda_id"}
-    assert "gap closed" in printed
-    # --summarize rebuilds the same rows from the saved runs.
-    _run("quality.py", "--summarize", str(out))
-    assert json.loads(out.read_text())["rows"] == report["rows"]
+    assert list(rows) == ["bce", "kd", "l2d"]
+    assert rows["bce"]["gap_closed"] == pytest.approx(0.0, abs=1e-9) and rows["bce"]["vs_bce"] is None
+    runs = {(r["method"], r["seed"]): r["test_mAP"] for r in report["runs"]}
+    for method in ("kd", "l2d"):
+        assert rows[method]["seeds"] == 2
+        # Paired by seed: the mean of the per-seed differences.
+        diffs = [runs[(method, s)] - runs[("bce", s)] for s in (0, 1)]
+        assert rows[method]["vs_bce"]["diffs"] == pytest.approx(diffs)
+        assert rows[method]["vs_bce"]["low"] <= rows[method]["vs_bce"]["mean"] <= rows[method]["vs_bce"]["high"]
+        # Every method was tuned by the same budget, over lr and its own weights.
+        tuning = report["tuning"][method]
+        assert tuning["trials"] == 2 and tuning["lr"] > 0 and set(tuning["hparams"]) == set(rows[method]["hparams"])
+    assert set(report["tuning"]["l2d"]["hparams"]) == {"lambda_mld", "lambda_cd", "lambda_id"}
+    assert "vs bce" in printed
+    # A rerun takes every seed run from the cache and every sweep as it is: the same numbers.
+    _run("quality.py", *args)
+    assert json.loads(out.read_text())["runs"] == [dict(r) for r in report["runs"]]
+    assert "```" in _run("quality.py", "--summarize", str(out))
+    # The guard: a student alone that varies more than allowed stops the benchmark.
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args[:-2], "--max-student-std",
+                           "0", "--out", str(tmp_path / "no.json")], capture_output=True, text=True, timeout=850)
+    assert done.returncode != 0 and "a bigger budget" in done.stderr
+
+
+def test_defaults(tmp_path):
+    out = tmp_path / "defaults.json"
+    printed = _run("defaults.py", "--trials", "2", "--seeds", "0", "1", "--epochs", "1", "--teacher", "test_resnet",
+                   "--student", "test_efficientnet", "--teacher-epochs", "1", "--option", "scale=0.05", "--storage",
+                   str(tmp_path / "store"), "--out", str(out))
+    report = json.loads(out.read_text())
+    arms = {row["arm"]: row for row in report["rows"]}
+    assert list(arms) == ["bce", "official", "labels", "balanced", "tuned", "defaults"]
+    assert arms["official"]["hparams"] == {"lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+    assert arms["labels"]["hparams"] == {"lambda_mld": 1.25, "lambda_cd": 12.5, "lambda_id": 125.0}  # x 10 / 80
+    assert arms["balanced"]["factor"] > 0 and arms["tuned"]["hparams"] == report["search"]["weights"]
+    assert all(row["seeds"] == 2 for row in arms.values()) and arms["bce"]["vs_bce"] is None
+    assert "verdict" in printed

@@ -166,6 +166,12 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     for name, method in METHODS.items():
         defaults = ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-"
         print(f"{name:<7} {'+'.join(loss_parts(name)):<16} {defaults:<40} {method.description}")
+    from l2d.data import DATASETS
+
+    for dataset, info in DATASETS.items():
+        for name, weights in info.method_weights.items():
+            print(f"on {dataset}, {name} defaults to " + ", ".join(f"{k}={v:g}" for k, v in weights.items())
+                  + " (tuned by benchmarks/defaults.py)")
     return 0
 
 

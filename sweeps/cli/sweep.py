@@ -147,11 +147,14 @@ def _cmd_results(args: argparse.Namespace) -> int:
             from sweeps.study import load_sweep_study, search_front
 
             names = " vs ".join(f"{m} ({mode})" for m, mode in results.objectives)
-            front = search_front(load_sweep_study(args.path)[1])
+            study = load_sweep_study(args.path)[1]
+            front, warm = search_front(study), search_front(study, warm_start=True)
             same = front == sorted(table.column("trial_id").to_pylist())
             print(f"Pareto front of {names}: {len(front)} trial(s) found by the search"
-                  + ("" if same else " (the results tables' non-dominated rows differ; shown below)"))
-            if not same:
+                  + (f", beside {len(warm)} warm-start trial(s) of the sweep it started from "
+                     f"({', '.join(warm)}) that dominate the others" if warm else "")
+                  + ("" if same else "; the non-dominated rows of this sweep's own trials:"))
+            if front and not same:
                 print("search front: " + ", ".join(front))
         print(format_table(table, args.format))
         plot = _pareto_plot(results)

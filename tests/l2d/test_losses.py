@@ -371,3 +371,15 @@ def test_reviewkd_fuses_from_the_deepest_level_and_trains_its_connectors():
     total.backward()
     assert all(f.reduce[0].weight.grad is not None for f in connector.fusions)
     assert all(f.attention[0].weight.grad.abs().sum() > 0 for f in connector.fusions[:-1])
+
+
+def test_official_weights_carried_by_label_count_and_by_a_measured_factor():
+    assert losses.official_weights("l2d") == {"lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+    assert losses.official_weights("led", "labels", num_classes=20) == {"lambda_cd": 25.0, "lambda_id": 250.0}
+    assert losses.official_weights("mld", "balanced", factor=0.5) == {"lambda_mld": 5.0}
+    with pytest.raises(ValueError, match="needs its measured factor"):
+        losses.official_weights("l2d", "balanced")
+    with pytest.raises(ValueError, match="unknown weight rule 'x'; allowed: official, labels, balanced"):
+        losses.official_weights("l2d", "x")
+    with pytest.raises(ValueError, match="method 'kd' has no official weights"):
+        losses.official_weights("kd")

@@ -17,6 +17,7 @@ def test_methods_lists_every_method(capsys):
     for name in METHODS:
         assert f"\n{name} " in out
     assert "lambda_mld=10, lambda_cd=100, lambda_id=1000" in out
+    assert "on mosaic-digits, l2d defaults to lambda_mld=0.163, lambda_cd=0.14, lambda_id=23.3" in out
 
 
 def test_bad_command_is_a_one_line_error():
@@ -48,7 +49,8 @@ def test_train_end_to_end(tmp_path, capsys):
     assert "lambda_cd=50" in printed and "chance level" in printed
     metrics = json.loads((out / "metrics.json").read_text())
     assert [m["epoch"] for m in metrics["history"]] == [1, 2]
-    assert metrics["config"]["hparams"] == {"lambda_mld": 10.0, "lambda_cd": 50.0, "lambda_id": 1000.0}
+    # mosaic-digits' own L2D weights, the one given on the command line winning
+    assert metrics["config"]["hparams"] == {"lambda_mld": 0.163, "lambda_cd": 50.0, "lambda_id": 23.3}
     assert 0 <= metrics["final"]["test_mAP"] <= 100
     assert (out / "student.pt").is_file() and (out / "args.yaml").is_file()
     events = EventAccumulator(str(out / "tensorboard"))

@@ -7,6 +7,7 @@ from types import SimpleNamespace
 import optuna
 from ray.tune.search import Searcher
 
+from l2d.losses import METHODS
 from sweeps.search import DefineByRunSpace, decode, first_points
 from sweeps.scheduler import PersistentASHA
 from sweeps.spec import parse_spec
@@ -29,7 +30,8 @@ def test_space_is_conditional_and_fixed_values_are_constants():
         assert trial.params["student@test_resnet"] in ("test_efficientnet", "test_convnext")
         if method == "l2d":
             assert 1 <= trial.params["lambda_mld"] <= 100  # searched
-            assert constants == {"lambda_cd": 100.0, "lambda_id": 1000.0}  # not in the space: the defaults
+            # not in the space: mosaic-digits' defaults
+            assert constants == {"lambda_cd": 0.14, "lambda_id": 23.3}
         elif method == "kd":
             assert "lambda_mld" not in trial.params
             assert constants == {"lambda_kd": 3.0, "kd_temperature": 4.0}
@@ -43,8 +45,9 @@ def test_space_is_conditional_and_fixed_values_are_constants():
 
 
 def test_first_point_is_the_official_weights_within_the_ranges():
-    spec = parse_spec(_spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lambda_cd": {"low": 1, "high": 50}}))
-    point = first_points(spec)[0]
+    data = _spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lambda_cd": {"low": 1, "high": 50}})
+    data["dataset"] = {"name": "voc2007", "root": "/tmp/unused-voc"}  # a paper dataset: the official weights
+    point = first_points(parse_spec(data))[0]
     assert point == {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "l2d",
                      "lambda_mld": 10.0}  # lambda_cd 100 lies outside its range: sampled instead
 
@@ -151,3 +154,20 @@ def test_asha_stop_decisions_are_saved_for_a_trial_restored_after_a_crash(tmp_pa
     restored.on_trial_add(None, trials[2])
     assert restored._stopped == {"t2": 1}
     assert stopped_at(Location.parse(tmp_path / "missing.json"), "t2") is None
+
+
+def test_on_the_mosaics_the_first_point_and_the_constants_are_the_datasets_own_weights():
+    from l2d.data import DATASETS
+
+    tuned = DATASETS["mosaic-digits"].method_weights["l2d"]
+    assert tuned != METHODS["l2d"].defaults
+    spec = parse_spec(_spec(search_space={"lambda_mld": {"low": 0.01, "high": 100},
+                                          "lambda_id": {"low": 1, "high": 10}}))
+    assert spec.dataset.name == "mosaic-digits"
+    point = first_points(spec)[0]
+    assert point["lambda_mld"] == tuned["lambda_mld"] and "lambda_id" not in point  # 23.3 is outside [1, 10]
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    trial = study.ask()
+    constants = DefineByRunSpace(spec)(trial)
+    if trial.params["method"] == "l2d":
+        assert constants == {"lambda_cd": tuned["lambda_cd"]}  # not searched: the dataset's default, not 100

@@ -100,7 +100,7 @@ def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsy
     assert not (tmp_path / "storage").exists()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "voc2007", "coco2014", "nuswide", "pairings"])
+@pytest.mark.parametrize("name", ["quickstart", "fashion", "voc2007", "coco2014", "nuswide", "pairings"])
 def test_shipped_specs_are_valid(name):
     from pathlib import Path
 

@@ -1,0 +1,158 @@
+"""The Tune experiment of a sweep, and the Ray cluster it runs on: a local cluster (checked against this machine)
+or the one in ``RAY_ADDRESS``; the trainable and the resources its trials hold; the driver's callbacks; the Tuner
+with its searcher, scheduler and retries. :mod:`sweeps.runner` runs, resumes and extends sweeps with it.
+"""
+
+from __future__ import annotations
+
+import os
+
+from sweeps.callback import SweepCallback
+from sweeps.folder import LeaseKeeper
+from sweeps.spec import SpecError, SweepSpec
+
+
+def check_local_resources(spec: SweepSpec) -> None:
+    """Before Ray starts: a local cluster (no ``RAY_ADDRESS``) must hold one trial and the teacher phase, and every
+    backbone's initial weights must be there and fit it (on a cluster, the teacher phase checks them on the nodes).
+
+    Raises:
+        SpecError: the trial needs more CPUs or GPUs than this machine has.
+        WeightsError: weights missing, unreadable or not fitting their backbone (named).
+    """
+    if os.environ.get("RAY_ADDRESS"):
+        return
+    from l2d.models import build_model
+    from l2d.run import resolve
+
+    embed_dim = resolve(spec.base_run()).embed_dim
+    for backbone, source in spec.weights.items():
+        build_model(backbone, 2, embed_dim, weights=source)  # found, readable, fitting; then dropped
+    cores = os.cpu_count() or 1
+    needed = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
+    if needed > cores:
+        raise SpecError(f"resources: a trial needs {needed:g} CPUs (workers_per_trial {spec.resources.workers_per_trial}"
+                        f" x cpus_per_worker {spec.resources.cpus_per_worker:g}) but this machine has {cores} and no "
+                        f"RAY_ADDRESS is set (a local cluster); lower them, or run on a cluster")
+    gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
+    if gpus:
+        import torch
+
+        available = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if gpus > available:
+            raise SpecError(f"resources: a trial needs {gpus:g} GPUs (workers_per_trial x gpus_per_worker) but this "
+                            f"machine has {available} and no RAY_ADDRESS is set (a local cluster); set "
+                            f"gpus_per_worker: 0, or run on a GPU cluster")
+
+
+def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
+    """Connect to the cluster in ``RAY_ADDRESS`` when set, else start a local one.
+
+    A local cluster keeps what it can on loopback: the dashboard on 127.0.0.1 and no metrics exporter
+    (``RAY_enable_metrics_collection=false`` unless set). Ray 2.60 itself binds its GCS, raylet and worker gRPC
+    servers on every interface and its agents on the node's address (it maps 127.0.0.1 to it); token
+    authentication, Ray's default since 2.59, is left on. Returns Ray's context (None when Ray was already
+    initialized). ``log_to_driver`` shows the workers' logs (``--verbose``).
+    """
+    import ray
+
+    # One set of logs: the project's TensorBoard and tables; Tune's automatic loggers stay off (its JSON log is
+    # added back by _callbacks: Tune reads it for its result grid).
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    if ray.is_initialized():
+        return None
+    if os.environ.get("RAY_ADDRESS"):
+        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+    os.environ.setdefault("RAY_enable_metrics_collection", "false")
+    # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
+    # workers, and without the headroom a worker asking for every core could never be placed beside it.
+    cpus = (num_cpus or os.cpu_count() or 1) + 1
+    # address="local": always a new local cluster. Without it ray.init joins a cluster that `ray start` left on
+    # this machine (even a dead one's address file), which is not what "no RAY_ADDRESS" means.
+    return ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
+
+
+def trainable(spec: SweepSpec):
+    from ray import tune
+
+    from sweeps.trial import TrialContext, run_trial
+
+    trainable = tune.with_parameters(run_trial, context=TrialContext.from_spec(spec))
+    if spec.trainer == "in-process":
+        # The trial trains itself: it holds the worker's resources.
+        resources = {"cpu": spec.resources.cpus_per_worker}
+        if spec.resources.gpus_per_worker:
+            resources["gpu"] = spec.resources.gpus_per_worker
+        return tune.with_resources(trainable, resources)
+    return tune.with_resources(trainable, driver_resources())
+
+
+#: A custom resource a cluster's head node may declare (cluster/aws.yaml, gcp.yaml, kuberay/): where it exists, the
+#: driver of every TorchTrainer trial asks for one unit of it, so that drivers stay on the (on-demand) head and never
+#: land on a spot worker that may vanish with them.
+DRIVER_RESOURCE = "trial_driver"
+
+
+def driver_resources() -> dict:
+    """What the driver of a TorchTrainer trial holds: a unit of :data:`DRIVER_RESOURCE` where the cluster has it,
+    else a sliver of a CPU (the workers get the real ones). Its Train controller follows it to the same node."""
+    import ray
+
+    if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
+        return {"cpu": 0, DRIVER_RESOURCE: 1}
+    return {"cpu": 0.01}
+
+
+def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None) -> list:
+    from sweeps.tracking import tracker_for
+
+    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)
+    callback.guard = lease.verify if lease is not None else None
+    callback.keep = spec.keep
+    callback.tracker = tracker_for(spec, sweep_id) if sweep_id else None
+    # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
+    # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
+    from ray.tune.logger import JsonLoggerCallback
+
+    return [callback, JsonLoggerCallback()]
+
+
+def tune_dir_name(experiment: int) -> str:
+    """The folder of a sweep's ``experiment``-th Tune experiment: ``tune`` for the first, ``tune-<k>`` after."""
+    return "tune" if experiment == 0 else f"tune-{experiment}"
+
+
+def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0,
+           warm_started: bool = False):
+    from ray import tune
+
+    from sweeps.scheduler import PersistentASHA
+    from sweeps.search import build_search
+
+    if spec.budget.scheduler == "asha":
+        scheduler = PersistentASHA(spec.sweep_dir / "asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
+                                   grace_period=spec.budget.grace_period,
+                                   reduction_factor=spec.budget.reduction_factor)
+    else:
+        from ray.tune.schedulers import FIFOScheduler
+
+        scheduler = FIFOScheduler()
+    # Tune restarts a failed trial up to max_failures times, from the trial's own latest checkpoint: an in-process
+    # trial whose process or node died, and a TorchTrainer trial whose Train run gave up (Ray Train first restarts
+    # lost workers itself, ray.train.FailureConfig) or whose driver was lost with its node.
+    retries = spec.resources.max_failures
+    # An in-process trial's process is kept for the next trial (imports, dataset splits and teachers stay
+    # loaded). A TorchTrainer trial's thread outlives its last report while the worker group shuts down, and
+    # Tune fails a trial whose predecessor's thread does not end within 2 s: no reuse there.
+    storage_path, filesystem = spec.sweep_dir.ray_storage
+    return tune.Tuner(
+        trainable(spec),
+        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment, warm_started),
+                                    scheduler=scheduler,
+                                    num_samples=spec.budget.num_samples, metric=spec.metric, mode=spec.mode,
+                                    reuse_actors=spec.trainer == "in-process"),
+        run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
+                                  storage_filesystem=filesystem, verbose=0,
+                                  failure_config=tune.FailureConfig(max_failures=retries),
+                                  callbacks=callbacks(spec, quiet, lease, sweep_id)),
+    )

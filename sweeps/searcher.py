@@ -1,0 +1,181 @@
+"""Ray Tune's searcher over a sweep's Optuna study (:mod:`sweeps.study`): Tune asks for a configuration, the study
+samples it (define-by-run, :mod:`sweeps.search`) and remembers every trial's outcome; the searcher's state (the
+sampler with its random state, Tune ids to Optuna trials) travels in Tune's experiment and is also saved beside it
+after every ask and tell (``searcher.pkl``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+
+import optuna
+from ray.tune.search import Searcher
+
+from l2d.storage import Location
+from sweeps.search import DefineByRunSpace, decode, first_points
+from sweeps.study import HISTORY_KEY, StudyStore, build_sampler, open_study, tell
+
+logger = logging.getLogger(__name__)
+
+class StudySearcher(Searcher):
+    """Ray Tune's searcher over the sweep's study: Tune asks, the study answers and remembers (see the module
+    docstring). Picklable: the study is reopened from its store when needed; the sampler (with its random state)
+    and the map of Tune trial ids to Optuna trials travel with Tune's searcher state."""
+
+    def __init__(self, spec, sweep_id: str, store: StudyStore, warm_started: bool = False):
+        super().__init__(metric=spec.metric, mode=spec.mode)
+        self.spec = spec
+        self.sweep_id = sweep_id
+        self.store = store
+        self.space = DefineByRunSpace(spec)
+        self.objectives = list(spec.objective_list)
+        self.max_epochs = spec.budget.max_epochs
+        self.sampler = build_sampler(spec)
+        self.numbers: dict[str, int] = {}  # Tune trial id -> Optuna trial number
+        self.best: dict[str, dict] = {}  # Tune trial id -> {"epoch", "values"} at its best epoch so far
+        self.reported: dict[str, list[int]] = {}
+        self.warm_started = warm_started
+        self._study: optuna.Study | None = None
+
+    @property
+    def state_file(self) -> Location:
+        """``<sweep>/searcher.pkl``: the sampler (its random state included) and the trial maps, written after every
+        ask and tell, so that a resume continues the exact draw sequence (Tune's own copy is only saved every few
+        seconds)."""
+        return self.store.sweep_dir / "searcher.pkl"
+
+    def _state(self) -> dict:
+        return {"numbers": self.numbers, "best": self.best, "reported": self.reported, "sampler": self.sampler}
+
+    def _persist(self) -> None:
+        self.state_file.write_bytes(pickle.dumps(self._state()))
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_study"] = None
+        return state
+
+    @property
+    def study(self) -> optuna.Study:
+        if self._study is None:
+            self.store.pull()
+            self._study = open_study(self.spec, self.sweep_id, self.store, self.sampler)
+            if not self._study.get_trials(deepcopy=False) and not self.warm_started:
+                for point in first_points(self.spec):
+                    self._study.enqueue_trial(point)
+        return self._study
+
+    def set_search_properties(self, metric, mode, config, **spec) -> bool:
+        return True
+
+    def _trial_of(self, trial_id: str):
+        """The study's trial of a Tune trial id (any state; warm-start trials are another sweep's)."""
+        for trial in self.study.get_trials(deepcopy=False):
+            if trial.user_attrs.get("tune_trial_id") == trial_id and "warm_start_from" not in trial.user_attrs:
+                return trial
+        return None
+
+    def suggest(self, trial_id: str) -> dict | None:
+        study = self.study
+        existing = self._trial_of(trial_id)
+        if existing is not None:
+            # Tune re-created a trial its last saved state did not hold yet (same deterministic id): the same
+            # parameters, the same Optuna trial; a finished one closes at once from its checkpoint.
+            params, number = dict(existing.params), existing.number
+        else:
+            trial = study.ask()
+            self.space(trial)
+            params, number = dict(trial.params), trial.number
+            decoded = decode(params)
+            for key, value in {"tune_trial_id": trial_id, "teacher": decoded["teacher"],
+                               "student": decoded["student"], "method": decoded["method"], "status": "running",
+                               "sweep_id": self.sweep_id}.items():
+                trial.set_user_attr(key, value)
+        constants = self.space(optuna.trial.FixedTrial(params))
+        self.numbers[trial_id] = number
+        self._persist()
+        return {**params, **constants}
+
+    def _number(self, trial_id: str) -> int | None:
+        if trial_id not in self.numbers:
+            found = self._trial_of(trial_id)
+            if found is not None:
+                self.numbers[trial_id] = found.number
+        return self.numbers.get(trial_id)
+
+    def _observe(self, trial_id: str, result: dict) -> None:
+        """Update the trial's best epoch from a result (and the epochs a resumed trial replays)."""
+        rows = json.loads(result.get(HISTORY_KEY) or "[]") + [result]
+        primary, mode = self.objectives[0]
+        for row in rows:
+            if "epoch" not in row or any(row.get(metric) is None for metric, _ in self.objectives):
+                continue
+            values = [float(row[metric]) for metric, _ in self.objectives]
+            best = self.best.get(trial_id)
+            better = best is None or (values[0] > best["values"][0] if mode == "max" else values[0] < best["values"][0])
+            if better:
+                self.best[trial_id] = {"epoch": int(row["epoch"]), "values": values}
+
+    def _report(self, trial_id: str, number: int, result: dict) -> None:
+        """Record the epoch's value as an intermediate value of the Optuna trial (one objective only: Optuna keeps
+        none for several)."""
+        metric = self.objectives[0][0]
+        if len(self.objectives) != 1 or result.get(metric) is None or "epoch" not in result:
+            return
+        epoch = int(result["epoch"])
+        steps = self.reported.setdefault(trial_id, [])
+        if epoch in steps:
+            return
+        storage = self.study._storage
+        stored_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
+        frozen = storage.get_trial(stored_id)
+        if frozen.state == optuna.trial.TrialState.RUNNING and epoch not in frozen.intermediate_values:
+            storage.set_trial_intermediate_value(stored_id, epoch, float(result[metric]))
+        steps.append(epoch)
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        number = self._number(trial_id)
+        if number is None or "epoch" not in result:
+            return
+        self._observe(trial_id, result)
+        self._report(trial_id, number, result)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        number = self._number(trial_id)
+        if number is None:
+            return
+        if result:
+            # Tune hands the result that made ASHA stop a trial to on_trial_complete only: report it here.
+            self._observe(trial_id, result)
+            self._report(trial_id, number, result)
+        best = self.best.get(trial_id)
+        epochs = int(result["epoch"]) if result and "epoch" in result else 0
+        status = "failed" if error or best is None else "completed" if epochs >= self.max_epochs else "stopped"
+        row = {"epochs_run": epochs, "best_epoch": best["epoch"] if best else None}
+        tell(self.study, number, self.spec, status, best["values"] if best else None, row)
+        self._persist()
+        self.store.push()
+
+    def save(self, checkpoint_path: str) -> None:
+        """Tune's searcher state: the map of trials and the sampler (with its random state); the study is in its
+        database already."""
+        with open(checkpoint_path, "wb") as stream:
+            pickle.dump(self._state(), stream)
+
+    def restore(self, checkpoint_path: str) -> None:
+        """Tune's saved state, or the newer ``searcher.pkl`` of the sweep folder when it is readable."""
+        with open(checkpoint_path, "rb") as stream:
+            state = pickle.load(stream)
+        if self.state_file.is_file():
+            try:
+                newer = pickle.loads(self.state_file.read_bytes())
+                if len(newer["numbers"]) >= len(state["numbers"]):
+                    state = newer
+            except Exception as error:  # noqa: BLE001 - a damaged pickle: Tune's copy is the fallback
+                logger.warning("%s: unreadable searcher state (%s); using Tune's saved copy", self.state_file,
+                               str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+        self.numbers, self.best, self.reported = state["numbers"], state["best"], state["reported"]
+        self.sampler = state["sampler"]
+        self._study = None
