@@ -127,6 +127,7 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
     ``spec``'s space; None when it does not fit that space (another pairing or method, a value outside a range,
     a weight fixed to another value)."""
     from l2d.losses import METHODS
+    from l2d.run import default_hparams
     from sweeps.spec import Range
 
     teachers = [p.teacher for p in spec.pairings]
@@ -147,7 +148,7 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
             params[name] = float(value)
             dists[name] = optuna.distributions.FloatDistribution(searched.low, searched.high, log=searched.log)
         else:
-            expected = searched if searched is not None else METHODS[method].defaults.get(name)
+            expected = searched if searched is not None else default_hparams(spec.dataset.name, method).get(name)
             if (expected is None) != (value is None) or (expected is not None and not math.isclose(
                     float(expected), float(value), rel_tol=1e-9)):
                 return None

@@ -41,8 +41,10 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     assert [entry.name for entry in root.list()] == ["on-s3", "teachers"]
     trial_dirs = (sweep / "train").list()
     assert len(trial_dirs) == 1
+    # Checkpoints live in the bucket; the completed trial keeps its last epoch and its best (keep: best+last).
     checkpoints = [folder for folder in trial_dirs[0].list() if folder.name.startswith("epoch-")]
-    assert [folder.name for folder in checkpoints] == ["epoch-0001", "epoch-0002"]  # checkpoints live in the bucket
+    assert [folder.name for folder in checkpoints] == ["epoch-0002"]
+    assert (trial_dirs[0] / "best" / "best.json").is_file() and (trial_dirs[0] / "best" / "model.pt").is_file()
     state = torch.load(io.BytesIO((checkpoints[-1] / "state.pt").read_bytes()), weights_only=True)
     assert state["method"] == "hint" and "connectors.hint.conv.weight" in state["criterion"]
 

@@ -34,7 +34,7 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # Any kd trial gets an infinite weight: its loss overflows, and it must be recorded as failed.
-    path = tiny_spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3},
+    path = tiny_spec(search_space={"lambda_mld": {"low": 0.1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3},
                                    "lambda_kd": 1e39})
     # The teacher, trained first by `l2d-sweep teacher` with the spec's settings, is the one the sweep uses.
     assert main(["teacher", "--backbone", "test_resnet", "--epochs", "1", "--store", str(tmp_path / "sweeps" / "teachers"),
@@ -62,8 +62,8 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
             assert row["stopped_early"] == (row["status"] == "stopped")
             assert (row["epochs_run"] == 3) == (row["status"] == "completed")
     assert len({_config_key(r) for r in rows}) == 5
-    # The official weights are evaluated first.
-    first = [r for r in rows if r["lambda_mld"] == 10.0 and r["method"] == "l2d"]
+    # The dataset's default L2D weights (mosaic-digits' own, not the official COCO ones) are evaluated first.
+    first = [r for r in rows if r["lambda_mld"] == 0.163 and r["method"] == "l2d"]
     assert first and first[0]["student"] == "test_efficientnet"
 
     epoch_rows = epochs.to_pylist()
@@ -84,12 +84,15 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert main(["results", str(sweep), "--pareto"]) == 0
     assert (sweep / "results" / "pareto.png").stat().st_size > 1000
 
-    # Every trial checkpointed each epoch into its own folder, keeping the last two.
+    # Every trial checkpointed each epoch into its own folder; when it ended, keep: best+last (the default) left a
+    # completed trial its last checkpoint and a stopped one none, and each its best epoch.
     for row in rows:
         if row["status"] != "failed":
-            kept = sorted(p.name for p in (sweep / "train" / f"trial-{row['trial_id']}").glob("epoch-*"))
-            assert kept == [f"epoch-{e:04d}" for e in range(max(1, row["epochs_run"] - 1), row["epochs_run"] + 1)]
-            assert all((sweep / "train" / f"trial-{row['trial_id']}" / k / "state.pt").is_file() for k in kept)
+            run_dir = sweep / "train" / f"trial-{row['trial_id']}"
+            kept = sorted(p.name for p in run_dir.glob("epoch-*"))
+            assert kept == ([f"epoch-{row['epochs_run']:04d}"] if row["status"] == "completed" else [])
+            assert all((run_dir / k / "state.pt").is_file() for k in kept)
+            assert json.loads((run_dir / "best" / "best.json").read_text())["epoch"] == row["best_epoch"]
 
     asha = json.loads((sweep / "asha.json").read_text())
     assert sum(len(recorded) for bracket in asha["brackets"] for _, recorded in bracket) >= 3
