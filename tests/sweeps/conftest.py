@@ -27,3 +27,13 @@ def tiny_spec(tmp_path):
         return path
 
     return make
+
+
+@pytest.fixture
+def ray_cleanup():
+    """Shut down the Ray cluster a test started in this process."""
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

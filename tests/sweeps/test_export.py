@@ -135,15 +135,6 @@ def test_load_student_names_what_is_missing(tmp_path):
         load_student(tmp_path)
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_sweep_keeps_each_best_epoch_and_exports_the_best_student(tiny_spec, tmp_path, ray_cleanup, capsys):

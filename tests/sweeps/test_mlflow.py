@@ -59,15 +59,6 @@ def mlflow_server(tmp_path):
     log.close()
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 @pytest.mark.ray
 @pytest.mark.timeout(900)
 def test_sweep_reports_every_trial_to_mlflow(tiny_spec, tmp_path, mlflow_server, ray_cleanup, capsys):

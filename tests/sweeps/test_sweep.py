@@ -17,15 +17,6 @@ from tests.sweeps.conftest import TINY_SPEC
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 
-@pytest.fixture
-def ray_cleanup():
-    yield
-    import ray
-
-    if ray.is_initialized():
-        ray.shutdown()
-
-
 def _config_key(row):
     return (row["student"], row["method"], row["lr"], row["lambda_mld"], row["lambda_kd"])
 
