@@ -12,6 +12,7 @@ supported, else fp16 with a gradient scaler), float32 on CPU. The teacher runs i
 from __future__ import annotations
 
 import logging
+import math
 import time
 from dataclasses import asdict, dataclass
 from typing import Callable, Iterator, Mapping
@@ -30,6 +31,9 @@ from l2d.models import ModelOutput
 logger = logging.getLogger(__name__)
 
 ProgressFn = Callable[[int, int, Mapping[str, float]], None]
+#: Default sampling of the gradient-share diagnostics: one optimizer step in this many (about 5 % more time for L2D's
+#: four parts: one extra backward pass per part on the sampled step).
+GRAD_SHARE_EVERY = 50
 
 
 class NonFiniteLossError(RuntimeError):
@@ -50,6 +54,9 @@ class Recipe:
         amp: mixed precision on CUDA (ignored on CPU, which always runs float32).
         schedule_epochs: the length of the OneCycle schedule when it differs from ``epochs`` (the official L2D
             teachers follow an 80-epoch schedule and stop after 30); None: ``epochs``.
+        channels_last: images and models in the channels-last memory layout (faster convolutions under AMP on CUDA,
+            and for depthwise convolutions, EfficientNet's, on CPU too); None: on CUDA only. Changes no result
+            beyond float rounding.
     """
 
     epochs: int = 80
@@ -60,6 +67,7 @@ class Recipe:
     num_workers: int = 0
     amp: bool = True
     schedule_epochs: int | None = None
+    channels_last: bool | None = None
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -78,7 +86,8 @@ def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:
     and the DataLoader's worker count, which changes nothing that is learned, is ignored."""
     defaults = asdict(Recipe())
     mine = asdict(recipe)
-    return all(saved.get(name, defaults[name]) == value for name, value in mine.items() if name != "num_workers")
+    return all(saved.get(name, defaults[name]) == value for name, value in mine.items()
+               if name not in ("num_workers", "channels_last"))
 
 
 def world() -> tuple[int, int]:
@@ -178,9 +187,14 @@ def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
     return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
 
 
-def _to_device(images: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """Images on ``device``; channels_last on CUDA, where convolutions run faster in that layout under AMP."""
-    if device.type == "cuda":
+def use_channels_last(device: torch.device, setting: bool | None) -> bool:
+    """:attr:`Recipe.channels_last` resolved: the setting, or CUDA when it is None."""
+    return device.type == "cuda" if setting is None else bool(setting)
+
+
+def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool | None = None) -> torch.Tensor:
+    """Images on ``device``, channels-last where :func:`use_channels_last` says so."""
+    if use_channels_last(device, channels_last) and images.ndim == 4:
         return images.to(device, non_blocking=True, memory_format=torch.channels_last)
     return images.to(device, non_blocking=True)
 
@@ -207,9 +221,33 @@ class TrainStep(nn.Module):
         self.student = student
         self.criterion = criterion
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None):
+    def forward(self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None,
+                live: dict | None = None):
         output = _forward(self.student, images, self.criterion.student_stages)
-        return self.criterion(output, teacher_output, targets)
+        return self.criterion(output, teacher_output, targets, live=live)
+
+
+def gradient_shares(live: Mapping[str, torch.Tensor], parameters: list[torch.Tensor],
+                    scale: float = 1.0) -> dict[str, float] | None:
+    """Each weighted loss part's gradient norm over ``parameters`` (the student's), and its share of their sum:
+    ``{"grad_norm_<part>": ||d(w_p L_p)/d theta||, "grad_share_<part>": that / sum over parts}`` (the shares add up
+    to 1). ``live`` maps each part to its weighted, differentiable value; the graph is kept for the step's own
+    backward, and no ``.grad`` is touched, so training is the same with or without this. ``scale``: a gradient
+    scaler's factor (the norms are divided by it). None when a gradient is not finite (an fp16 overflow)."""
+    norms = {}
+    for part, value in live.items():
+        if not value.requires_grad:
+            norms[part] = 0.0
+            continue
+        grads = torch.autograd.grad(value * scale, parameters, retain_graph=True, allow_unused=True)
+        squared = sum((g.float().pow(2).sum() for g in grads if g is not None), torch.zeros((), device=value.device))
+        norms[part] = float(squared.sqrt()) / scale
+    if not all(math.isfinite(n) for n in norms.values()):
+        return None
+    total = sum(norms.values())
+    result = {f"grad_norm_{part}": norm for part, norm in norms.items()}
+    result.update({f"grad_share_{part}": norm / total if total > 0 else 0.0 for part, norm in norms.items()})
+    return result
 
 
 def _all_reduce_max(value: torch.Tensor) -> torch.Tensor:
@@ -230,12 +268,20 @@ def train_epoch(
     scaler: torch.amp.GradScaler | None = None,
     dtype: torch.dtype | None = None,
     progress: ProgressFn | None = None,
+    channels_last: bool | None = None,
+    grad_share_every: int = 0,
+    step_offset: int = 0,
 ) -> dict[str, float]:
     """Train one epoch of ``step`` (a :class:`TrainStep`, maybe DDP-wrapped); return the loss parts (``train_total``,
     ``train_bce``, ...) and ``images_per_s`` (all ranks together).
 
     Loss parts are means over batches of each batch's value, exactly as the optimizer saw them (BCE is summed
     over the batch's images and labels, MLD averaged over images, CD and ID summed over the batch's sets).
+
+    With ``grad_share_every`` N > 0 and a method of several loss parts, every N-th optimizer step (counted from
+    ``step_offset``, the steps of the epochs before) also measures each part's share of the student's gradient
+    norm (:func:`gradient_shares`): ``train_grad_share_<part>`` and ``train_grad_norm_<part>`` are their means over
+    the sampled steps (and over ranks), ``train_grad_samples`` how many there were.
 
     Raises:
         NonFiniteLossError: the loss was NaN or inf (checked every batch, on every rank together).
@@ -249,22 +295,33 @@ def train_epoch(
         loader.generator.manual_seed(getattr(loader, "base_seed", 0) + epoch)
     names = ("total", *loss_parts(criterion.method))
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
+    diagnosed = names[1:] if grad_share_every > 0 and len(names) > 2 else ()
+    # [samples, norm sums..., share sums...] of the gradient diagnostics.
+    diagnostics = torch.zeros(1 + 2 * len(diagnosed), dtype=torch.float64, device=device)
+    student_parameters = [p for p in unwrap(step).student.parameters() if p.requires_grad] if diagnosed else []
     seen = 0
     start = time.perf_counter()
     num_batches = len(loader)
     for batch_index, (images, targets) in enumerate(loader):
-        images = _to_device(images, device)
+        images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         teacher_output = _teacher_forward(teacher, images, dtype, criterion.teacher_stages) \
             if teacher is not None else None
+        live = {} if diagnosed and (step_offset + batch_index) % grad_share_every == 0 else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            loss, parts = step(images, targets, teacher_output)
+            loss, parts = step(images, targets, teacher_output, live=live)
         bad = _all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
         if bad.item():
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
             raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, batch {batch_index + 1}/{num_batches} "
                                      f"(on this rank: total={loss.item():.4g}, {values}); lower the learning rate "
                                      f"or the loss weights")
+        if live:
+            shares = gradient_shares(live, student_parameters, scaler.get_scale() if scaler is not None else 1.0)
+            if shares is not None:
+                diagnostics += torch.tensor([1.0, *(shares[f"grad_norm_{p}"] for p in diagnosed),
+                                             *(shares[f"grad_share_{p}"] for p in diagnosed)], dtype=torch.float64,
+                                            device=device)
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -279,14 +336,22 @@ def train_epoch(
         if progress is not None:
             progress(batch_index + 1, num_batches, {"loss": loss.item()})
     elapsed = time.perf_counter() - start
-    # One all-reduce for all counters: [batches, images/s of this rank, part sums...].
+    # One all-reduce for all counters: [batches, images/s of this rank, part sums..., gradient diagnostics...].
     totals = torch.cat([torch.tensor([num_batches, seen / max(elapsed, 1e-9)], dtype=torch.float64, device=device),
-                        sums])
+                        sums, diagnostics])
     if world()[1] > 1:
         dist.all_reduce(totals)
-    result = {f"train_{name}": value / max(totals[0].item(), 1) for name, value in zip(names, totals[2:].tolist())}
-    result["images_per_s"] = totals[1].item()
+    values = totals.tolist()
+    result = {f"train_{name}": value / max(values[0], 1) for name, value in zip(names, values[2:2 + len(names)])}
+    result["images_per_s"] = values[1]
     result["train_seconds"] = elapsed
+    if diagnosed:
+        samples, rest = values[2 + len(names)], values[3 + len(names):]
+        result["train_grad_samples"] = samples
+        if samples:
+            for index, part in enumerate(diagnosed):
+                result[f"train_grad_norm_{part}"] = rest[index] / samples
+                result[f"train_grad_share_{part}"] = rest[len(diagnosed) + index] / samples
     return result
 
 
@@ -308,6 +373,7 @@ def evaluate(
     criterion: DistillationCriterion | None = None,
     dtype: torch.dtype | None = None,
     prefix: str = "",
+    channels_last: bool | None = None,
 ) -> dict[str, float]:
     """Metrics of ``model`` on ``loader`` (built by :func:`make_loader` with ``train=False``).
 
@@ -327,7 +393,7 @@ def evaluate(
     sums = np.zeros(len(names) + 1)  # [batches, part sums...]
     scores, targets_all, indices = [], [], []
     for images, targets, index in loader:
-        images = _to_device(images, device)
+        images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             output = _forward(model, images, criterion.student_stages if with_losses else ())
@@ -373,17 +439,22 @@ class Distiller:
         recipe: the optimization settings.
         device: where to train.
         seed: seeds the data order.
+        grad_share_every: measure each loss part's share of the student's gradient norm every this many optimizer
+            steps (:func:`train_epoch`; 0: never). A diagnostic: it changes nothing that is learned.
     """
 
     def __init__(self, student: nn.Module, teacher: nn.Module | None, train_set: Dataset, val_set: Dataset,
                  test_set: Dataset | None, method: str = "l2d", hparams: Mapping[str, float] | None = None,
-                 recipe: Recipe | None = None, device: torch.device | str = "cpu", seed: int = 0):
+                 recipe: Recipe | None = None, device: torch.device | str = "cpu", seed: int = 0,
+                 grad_share_every: int = GRAD_SHARE_EVERY):
         self.recipe = recipe or Recipe()
+        self.grad_share_every = grad_share_every
         self.device = torch.device(device)
         self.method = method
         self.dtype = amp_dtype(self.device, self.recipe.amp)
+        self.channels_last = use_channels_last(self.device, self.recipe.channels_last)
         self.teacher = teacher.to(self.device).eval() if teacher is not None else None
-        if self.teacher is not None and self.device.type == "cuda":
+        if self.teacher is not None and self.channels_last:
             self.teacher = self.teacher.to(memory_format=torch.channels_last)
         if self.teacher is not None:
             for parameter in self.teacher.parameters():
@@ -392,7 +463,7 @@ class Distiller:
         self.hparams = self.criterion.hparams
         self.student: nn.Module = student.to(self.device)
         self.criterion.to(self.device)
-        if self.device.type == "cuda":
+        if self.channels_last:
             self.student = self.student.to(memory_format=torch.channels_last)
             self.criterion.to(memory_format=torch.channels_last)
         step = TrainStep(self.student, self.criterion)
@@ -427,12 +498,14 @@ class Distiller:
         start = time.perf_counter()
         metrics: dict[str, float] = {"epoch": epoch}
         metrics.update(train_epoch(self.model, self.teacher, self.train_loader, self.optimizer, self.scheduler,
-                                   self.criterion, self.device, epoch, self.scaler, self.dtype, progress))
+                                   self.criterion, self.device, epoch, self.scaler, self.dtype, progress,
+                                   self.channels_last, self.grad_share_every, self.epoch * len(self.train_loader)))
         metrics["lr"] = self.scheduler.get_last_lr()[0]
         metrics.update(evaluate(self.student, self.val_loader, self.device, self.teacher, self.criterion,
-                                self.dtype, prefix="val_"))
+                                self.dtype, prefix="val_", channels_last=self.channels_last))
         if evaluate_test and self.test_loader is not None:
-            metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_"))
+            metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_",
+                                    channels_last=self.channels_last))
         metrics["epoch_seconds"] = time.perf_counter() - start
         self.epoch = epoch
         return metrics

@@ -122,11 +122,51 @@ class LabelWiseHead(nn.Module):
         return logits, label_embeddings
 
 
+class InputNorm(nn.Module):
+    """``(images - mean) / std`` per channel: the normalisation a backbone's initial weights expect, kept inside the
+    model (so a checkpoint, an export and a traced graph all take images in [0, 1]).
+
+    The identity (mean 0, std 1) unless weights that need one set it (:mod:`l2d.weights`). Its two buffers are in the
+    state dict; a checkpoint written before they existed loads as the identity.
+    """
+
+    def __init__(self, mean: tuple[float, ...] = (0.0, 0.0, 0.0), std: tuple[float, ...] = (1.0, 1.0, 1.0)):
+        super().__init__()
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.active = self._differs(mean, std)  # a Python flag: no device sync in forward
+
+    @staticmethod
+    def _differs(mean, std) -> bool:
+        return any(float(m) != 0.0 for m in mean) or any(float(s) != 1.0 for s in std)
+
+    def set(self, mean: tuple[float, ...], std: tuple[float, ...]) -> None:
+        self.mean.copy_(torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1))
+        self.std.copy_(torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1))
+        self.active = self._differs(mean, std)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        if not self.active:  # bit-identical to no normalisation, and no extra work
+            return images
+        return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                              error_msgs):
+        for name in ("mean", "std"):  # a checkpoint from before the buffers existed: the identity
+            if prefix + name not in state_dict:
+                state_dict[prefix + name] = InputNorm().get_buffer(name)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
+                                      error_msgs)
+        self.active = self._differs(state_dict[prefix + "mean"].flatten().tolist(),
+                                    state_dict[prefix + "std"].flatten().tolist())
+
+
 class MultiLabelModel(nn.Module):
-    """A timm backbone without its classifier, followed by :class:`LabelWiseHead`."""
+    """A timm backbone without its classifier, followed by :class:`LabelWiseHead`; :class:`InputNorm` in front."""
 
     def __init__(self, backbone: nn.Module, backbone_name: str, num_classes: int, embed_dim: int = 768):
         super().__init__()
+        self.input_norm = InputNorm()
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.num_classes = num_classes
@@ -151,6 +191,7 @@ class MultiLabelModel(nn.Module):
         a method that needs them costs no second forward.
         """
         intermediates: list[torch.Tensor] = []
+        images = self.input_norm(images)
         if stages:
             feature_map, intermediates = self.backbone.forward_intermediates(images, indices=list(stages),
                                                                               output_fmt="NCHW")
@@ -201,9 +242,10 @@ def build_model(
         embed_dim: D, the size of the label-wise embeddings (teacher and student must agree for CD/ID).
         pretrained: a local checkpoint (kept for callers of the first version; same as ``weights``).
         weights: initial weights (:mod:`l2d.weights`): a local file (a timm/torchvision state dict of the backbone,
-            loaded timm's way with its classifier dropped, or a whole model saved by this project), or ``timm``,
-            ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache. Nothing is downloaded;
-            without weights the backbone starts from timm's random initialisation.
+            loaded timm's way with its classifier dropped, or a whole model saved by this project), ``timm``,
+            ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, or ``offline`` (an installed
+            weight package, which also sets the model's input normalisation). Nothing is downloaded; without weights
+            (or ``random``) the backbone starts from timm's random initialisation.
         **backbone_kwargs: passed to ``timm.create_model`` (for example ``img_size=64`` for a ViT or Swin).
 
     Returns:
@@ -218,6 +260,13 @@ def build_model(
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
     source = weights if weights is not None else (os.fspath(pretrained) if pretrained is not None else None)
+    if weight_sources.is_random(source):
+        source = None
+    if weight_sources.is_offline(source):
+        net, entry = weight_sources.offline_model(backbone, source, num_classes=0, **backbone_kwargs)
+        model = MultiLabelModel(net, backbone, num_classes, embed_dim)
+        model.input_norm.set(entry.mean, entry.std)
+        return model
     path = weight_sources.resolve(source, backbone) if source else None
     state = weight_sources.read_state_dict(path) if path is not None else None
     if path is not None and not _is_whole_model_or_wrapped(state):

@@ -47,8 +47,12 @@ class RunConfig:
         batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
         seed: seeds the models' initialisation and the data order.
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
-        student_weights / teacher_weights: initial weights of each backbone (:mod:`l2d.weights`: a local file, or
-            ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache); None: random.
+        student_weights / teacher_weights: initial weights of each backbone (:mod:`l2d.weights`: a local file,
+            ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, ``offline`` from an
+            installed weight package, ``random``); None: the dataset's default for that backbone (random for most).
+        channels_last: the memory layout (:attr:`l2d.engine.Recipe.channels_last`); None: the dataset's default.
+        grad_share_every: sampling of the gradient-share diagnostics (:class:`l2d.engine.Distiller`); None: the
+            engine's default, 0: off. Changes nothing that is learned.
     """
 
     dataset: str = "mosaic-digits"
@@ -74,6 +78,8 @@ class RunConfig:
     device: str | None = None
     student_weights: str | None = None
     teacher_weights: str | None = None
+    channels_last: bool | None = None
+    grad_share_every: int | None = None
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -81,13 +87,14 @@ class RunConfig:
     @property
     def student_recipe(self) -> Recipe:
         return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                      pct_start=self.pct_start, num_workers=self.num_workers, amp=self.amp)
+                      pct_start=self.pct_start, num_workers=self.num_workers, amp=self.amp,
+                      channels_last=self.channels_last)
 
     @property
     def teacher_recipe(self) -> Recipe:
         return Recipe(epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.teacher_lr,
                       weight_decay=self.weight_decay, pct_start=self.pct_start, num_workers=self.num_workers,
-                      amp=self.amp, schedule_epochs=self.teacher_schedule_epochs)
+                      amp=self.amp, schedule_epochs=self.teacher_schedule_epochs, channels_last=self.channels_last)
 
 
 def default_hparams(dataset: str, method: str) -> dict[str, float]:
@@ -119,9 +126,13 @@ def resolve(config: RunConfig) -> RunConfig:
     check_dataset_options(config.dataset, config.dataset_options)
     if not 0 <= config.seed <= MAX_SEED:
         raise ValueError(f"seed {config.seed} is out of range; allowed: 0 to {MAX_SEED}")
+    teacher, student = config.teacher or info.teacher, config.student or info.student
     resolved = config.replace(
         image_size=config.image_size or info.image_size, embed_dim=config.embed_dim or info.embed_dim,
-        teacher=config.teacher or info.teacher, student=config.student or info.student,
+        teacher=teacher, student=student,
+        teacher_weights=config.teacher_weights or info.weights.get(teacher),
+        student_weights=config.student_weights or info.weights.get(student),
+        channels_last=config.channels_last if config.channels_last is not None else info.channels_last,
         epochs=config.epochs or info.epochs, lr=config.lr or info.lr,
         teacher_epochs=config.teacher_epochs or info.teacher_epochs, teacher_lr=config.teacher_lr or info.lr,
         hparams=method_hparams(config.method, {**default_hparams(config.dataset, config.method), **config.hparams}),
@@ -282,8 +293,10 @@ def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torc
     torch.manual_seed(config.seed)
     student = build_model(config.student, len(splits["train"].class_names), config.embed_dim,
                           weights=config.student_weights)
+    diagnostics = {} if config.grad_share_every is None else {"grad_share_every": config.grad_share_every}
     distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], config.method,
-                          config.hparams, config.student_recipe, resolve_device(config.device), config.seed)
+                          config.hparams, config.student_recipe, resolve_device(config.device), config.seed,
+                          **diagnostics)
     return Run(config, splits, teacher, teacher_card, student, distiller)
 
 

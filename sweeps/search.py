@@ -60,11 +60,15 @@ class DefineByRunSpace:
 
 
 def first_points(spec: SweepSpec) -> list[dict]:
-    """L2D's default weights on the spec's dataset (the official ones, or the dataset's own: see
-    :func:`l2d.run.default_hparams`), or the first method's, on the first pairing: evaluated first. A weight whose
-    default lies outside its searched range is sampled instead."""
+    """The spec's ``first_points``; without them, L2D's default weights on the spec's dataset (the official ones, or
+    the dataset's own: see :func:`l2d.run.default_hparams`), or the first method's, on the first pairing: evaluated
+    first. A weight whose default lies outside its searched range is sampled instead."""
     from l2d.run import default_hparams
 
+    if spec.first_points:  # the spec's own, checked against its space when it was parsed
+        return [{"pairing": p["teacher"], f"student@{p['teacher']}": p["student"], "method": p["method"],
+                 **{k: v for k, v in p.items() if k not in ("teacher", "student", "method")}}
+                for p in spec.first_points]
     method = "l2d" if "l2d" in spec.methods else spec.methods[0]
     teacher, students = spec.pairings[0].teacher, spec.pairings[0].students
     point = {"pairing": teacher, f"student@{teacher}": students[0], "method": method}

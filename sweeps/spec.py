@@ -110,6 +110,8 @@ class RecipeSpec:
     pct_start: float = 0.2
     embed_dim: int | None = None
     num_workers: int = 0
+    channels_last: bool | None = None   # None: the dataset's default (on CUDA, and for mosaic-scenes on CPU)
+    grad_share_every: int | None = None  # gradient-share diagnostics every N steps (None: the engine's 50; 0: off)
 
 
 @dataclass(frozen=True)
@@ -135,6 +137,9 @@ class SweepSpec:
     seed: int = 0
     max_student_params: int | None = None
     weights: dict = field(default_factory=dict)  # backbone name -> initial weights (l2d.weights source)
+    # Configurations the search evaluates first (instead of the default first point): each a mapping of teacher,
+    # student, method and searched hyperparameters; what it leaves out is sampled.
+    first_points: tuple = ()
 
     @property
     def trainer(self) -> str:
@@ -171,7 +176,8 @@ class SweepSpec:
                          teacher_epochs=self.budget.teacher_epochs,
                          teacher_schedule_epochs=self.budget.teacher_schedule_epochs, batch_size=self.recipe.batch_size,
                          weight_decay=self.recipe.weight_decay, pct_start=self.recipe.pct_start,
-                         num_workers=self.recipe.num_workers, seed=self.seed)
+                         num_workers=self.recipe.num_workers, seed=self.seed,
+                         channels_last=self.recipe.channels_last, grad_share_every=self.recipe.grad_share_every)
 
     def run_for(self, teacher: str, student: str | None = None) -> RunConfig:
         """:meth:`base_run` for one pairing, with each backbone's initial weights from ``weights``."""
@@ -191,8 +197,15 @@ class SweepSpec:
         for key in ("study_storage", "warm_start"):
             if data[key] is None:
                 del data[key]
+        for key in ("channels_last", "grad_share_every"):  # unset: left out, as in specs written before they existed
+            if data["recipe"][key] is None:
+                del data["recipe"][key]
         if not data["tracking"]:
             del data["tracking"]
+        if data["first_points"]:
+            data["first_points"] = [dict(point) for point in self.first_points]
+        else:
+            del data["first_points"]
         return data
 
 
@@ -202,7 +215,7 @@ MAX_IMAGE_SIZE = 4096
 
 TOP_LEVEL = ("name", "dataset", "metric", "mode", "objectives", "pairings", "methods", "search_space", "budget",
              "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start",
-             "keep", "tracking")
+             "keep", "tracking", "first_points")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -362,6 +375,10 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
             raise check.fail("recipe.embed_dim", f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the "
                                                  f"decoder's 8 attention heads)")
     check.integer(recipe.num_workers, "recipe.num_workers", 0, 256)
+    if recipe.channels_last is not None and not isinstance(recipe.channels_last, bool):
+        raise check.fail("recipe.channels_last", f"{show(recipe.channels_last)} is not allowed; allowed: true, false")
+    if recipe.grad_share_every is not None:
+        check.integer(recipe.grad_share_every, "recipe.grad_share_every", 0, 1_000_000)
 
     storage = check.string(data.get("storage", "./runs"), "storage")
     try:
@@ -379,11 +396,47 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     weights = _check_weights(check, data.get("weights") or {}, pairings)
     keep = check.choice(data.get("keep", "best+last"), "keep", KEEP)
     tracking = _check_tracking(check, data.get("tracking"))
-    return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
+    first = _check_first_points(check, data.get("first_points"), pairings, methods, search_space)
+    return SweepSpec(first_points=first, name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
                      search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
                      metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights,
                      objectives=objectives if len(objectives) > 1 else (), study_storage=study_storage,
                      warm_start=warm_start, keep=keep, tracking=tracking)
+
+
+def _check_first_points(check: Checker, raw: Any, pairings, methods, search_space) -> tuple:
+    """``first_points``: configurations to evaluate first; each names a method of the spec (and optionally a pairing
+    of it) and values inside the searched ranges of that method's hyperparameters."""
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        raise check.fail("first_points", f"expected a non-empty list of mappings, got {show(raw)}")
+    points = []
+    for i, point in enumerate(raw):
+        where = f"first_points[{i}]"
+        point = check.mapping(point, where, ("teacher", "student", "method", *SEARCHABLE), required=("method",))
+        method = check.choice(point["method"], f"{where}.method", tuple(methods))
+        teacher = check.choice(point.get("teacher", pairings[0].teacher), f"{where}.teacher",
+                               tuple(p.teacher for p in pairings))
+        students = next(p.students for p in pairings if p.teacher == teacher)
+        student = check.choice(point.get("student", students[0]), f"{where}.student", tuple(students))
+        values = {}
+        for name, value in point.items():
+            if name in ("teacher", "student", "method"):
+                continue
+            searched = search_space.get(name)
+            if name != "lr" and name not in METHODS[method].defaults:
+                raise check.fail(f"{where}.{name}", f"is not a hyperparameter of {method}; allowed: lr, "
+                                                    f"{', '.join(METHODS[method].defaults)}")
+            if not isinstance(searched, Range):
+                raise check.fail(f"{where}.{name}", "is not searched (a first point sets searched values only)")
+            value = check.number(value, f"{where}.{name}")
+            if not searched.low <= value <= searched.high:
+                raise check.fail(f"{where}.{name}", f"{value:g} is outside its range; allowed: {searched.low:g} to "
+                                                    f"{searched.high:g}")
+            values[name] = value
+        points.append({"teacher": teacher, "student": student, "method": method, **values})
+    return tuple(points)
 
 
 def _check_tracking(check: Checker, raw: Any) -> dict:

@@ -34,6 +34,8 @@ from l2d.storage import cache_dir as project_cache_dir
 logger = logging.getLogger(__name__)
 
 _CACHE_VERSION = 1
+#: MosaicConfig fields added after the first cache keys, with their defaults (left out of a key when at them).
+_LATER_FIELDS = {"min_scene": 2, "max_scene": 3, "min_labels": 1}
 FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
                    "ankle-boot"]
 DIGIT_CLASSES = [str(d) for d in range(10)]
@@ -61,6 +63,8 @@ class MosaicConfig:
         val_fraction: share of the source's training items reserved for val canvases.
         seed: seeds the templates, the item split and the canvases.
         root: folder of the Fashion-MNIST IDX files (ignored for digits).
+        min_scene / max_scene: classes per scene template (drawn uniformly in this range).
+        min_labels: labels every canvas has at least (classes of its scene first, then others, added until it has).
     """
 
     source: str
@@ -74,10 +78,16 @@ class MosaicConfig:
     val_fraction: float = 0.2
     seed: int = 0
     root: str | None = None
+    min_scene: int = 2
+    max_scene: int = 3
+    min_labels: int = 1
 
     def cache_key(self) -> str:
         fields = asdict(self)
         fields.pop("root")  # the same files anywhere give the same canvases
+        for name, default in _LATER_FIELDS.items():  # fields added since: at their default, the key of before
+            if fields[name] == default:
+                del fields[name]
         fields["version"] = _CACHE_VERSION
         return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -129,10 +139,12 @@ def load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]
     raise ValueError(f"unknown mosaic source {config.source!r} (allowed: digits, fashion)")
 
 
-def scene_templates(num_classes: int, num_scenes: int, seed: int) -> tuple[list[np.ndarray], np.ndarray]:
-    """The scene templates: ``num_scenes`` sets of 2-3 classes, and their (unequal) popularity weights."""
+def scene_templates(num_classes: int, num_scenes: int, seed: int, min_scene: int = 2,
+                    max_scene: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
+    """The scene templates: ``num_scenes`` sets of ``min_scene``-``max_scene`` classes, and their (unequal)
+    popularity weights."""
     rng = np.random.default_rng([seed, 7])
-    scenes = [np.sort(rng.choice(num_classes, size=int(rng.integers(2, 4)), replace=False))
+    scenes = [np.sort(rng.choice(num_classes, size=int(rng.integers(min_scene, max_scene + 1)), replace=False))
               for _ in range(num_scenes)]
     weights = rng.dirichlet(np.full(num_scenes, 2.0))
     return scenes, weights
@@ -158,6 +170,12 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
     if config.size < 1 or config.grid < 1 or config.cell_size < 4:
         raise ValueError(f"mosaic size, grid and cell_size must be positive (got {config.size}, {config.grid}, "
                          f"{config.cell_size})")
+    if not 1 <= config.min_scene <= config.max_scene <= 10:
+        raise ValueError(f"mosaic scenes need 1 <= min_scene <= max_scene <= 10 classes (got {config.min_scene}, "
+                         f"{config.max_scene})")
+    if config.min_labels > min(10, config.grid * config.grid):
+        raise ValueError(f"min_labels {config.min_labels} exceeds what a {config.grid}x{config.grid} canvas of 10 "
+                         f"classes holds ({min(10, config.grid * config.grid)})")
     source = load_source(config)
     source_split = "test" if config.split == "test" else "train"
     _, chosen = item_pool(config, len(source[source_split][0]))
@@ -171,7 +189,7 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
     if missing:
         raise ValueError(f"{config.source} {config.split} items have no example of classes {missing}")
 
-    scenes, weights = scene_templates(num_classes, config.num_scenes, config.seed)
+    scenes, weights = scene_templates(num_classes, config.num_scenes, config.seed, config.min_scene, config.max_scene)
     rng = np.random.default_rng([config.seed, SPLITS.index(config.split), 13])
     cells = config.grid * config.grid
     side = config.grid * config.cell_size
@@ -185,6 +203,11 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
             labels.append(int(rng.choice(outside)))
         if not labels:
             labels = [int(rng.choice(scene))]
+        if len(labels) < config.min_labels:  # the scene's missing classes first, then any other (no draw otherwise)
+            missing = [int(k) for k in scene if k not in labels]
+            others = [k for k in range(num_classes) if k not in labels and k not in missing]
+            extra = list(rng.permutation(missing)) + list(rng.permutation(others))
+            labels += [int(k) for k in extra[:config.min_labels - len(labels)]]
         if len(labels) > cells:
             labels = [int(k) for k in rng.choice(labels, size=cells, replace=False)]
         positions = rng.choice(cells, size=len(labels), replace=False)

