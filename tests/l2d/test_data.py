@@ -73,8 +73,12 @@ def test_mosaic_labels_co_occur_like_scenes():
 
 
 def test_mosaic_cache_is_reused(_isolated_cache):
+    def cache_files():  # the session's cache holds other tests' splits too
+        return set((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))
+
+    before = cache_files()
     build_dataset("mosaic-digits", split="test", size=300, seed=9)
-    files = list((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))
+    files = list(cache_files() - before)
     assert len(files) == 1 and not list((_isolated_cache / "datasets").glob("*.tmp"))
     fresh, targets = generate_mosaic(MosaicConfig("digits", "test", 300, seed=9))
     with np.load(files[0]) as cached:
@@ -87,7 +91,7 @@ def test_mosaic_cache_is_reused(_isolated_cache):
     assert (again.images[0] == 255).all()
     other = build_dataset("mosaic-digits", split="test", size=300, seed=10)  # another key, another file
     assert not (other.images[0] == 255).all()
-    assert len(list((_isolated_cache / "datasets").glob("mosaic-digits-test-*.npz"))) == 2
+    assert len(cache_files() - before) == 2
 
 
 def test_mosaic_item_shapes_and_transforms():
@@ -330,3 +334,34 @@ def test_train_transform_applies_cutout_and_randaugment():
     outputs = [train(image) for _ in range(8)]
     assert any(not torch.equal(outputs[0], o) for o in outputs[1:])
     assert torch.equal(test(image), test(image)) and test(image).shape == (3, 32, 32)
+
+
+def test_mosaic_scene_sizes_and_label_floor():
+    from l2d.data.mosaic import MosaicConfig
+
+    data = build_dataset("mosaic-digits", split="train", size=300, grid=3, cell_size=8, min_scene=3, max_scene=4,
+                         min_labels=3, image_size=24)
+    counts = np.asarray(data.targets).sum(1)
+    assert counts.min() >= 3 and counts.max() <= 6  # a scene of <= 4, one class from outside, never past 9 cells
+    # The options added since the first cache keys leave the old keys (and so the cached canvases) unchanged.
+    assert MosaicConfig("digits", "train", 10).cache_key() == MosaicConfig("digits", "train", 10, min_scene=2,
+                                                                           max_scene=3, min_labels=1).cache_key()
+    assert MosaicConfig("digits", "train", 10, min_labels=2).cache_key() != MosaicConfig("digits", "train",
+                                                                                         10).cache_key()
+    with pytest.raises(ValueError, match="min_labels 5 exceeds what a 2x2 canvas"):
+        build_dataset("mosaic-digits", split="train", size=10, min_labels=5)
+
+
+@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+def test_mosaic_scenes_is_the_papers_regime():
+    from l2d.data import DATASETS, dataset_stats
+
+    data = build_dataset("mosaic-scenes", split="train", scale=0.2)
+    stats = dataset_stats(data)
+    assert data[0][0].shape == (3, 96, 96) and DATASETS["mosaic-scenes"].image_size == 96
+    share = sum(v for k, v in stats["labels_per_image_histogram"].items() if k >= 3) / stats["images"]
+    assert share >= 0.8 and min(stats["labels_per_image_histogram"]) >= 2
+    # Its defaults: pretrained EfficientNet-Lite teacher and student, 96 / 32 = 3 x 3 tokens at their last stage.
+    info = DATASETS["mosaic-scenes"]
+    assert info.weights[info.teacher] == "offline" and info.weights[info.student] == "offline"

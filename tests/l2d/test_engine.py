@@ -130,6 +130,9 @@ def test_one_ddp_epoch_with_two_gloo_processes(_isolated_cache):
     assert first["metrics"]["val_mAP"] == second["metrics"]["val_mAP"]
     assert first["val_size"] + second["val_size"] == 37
     assert first["metrics"]["images_per_s"] == pytest.approx(second["metrics"]["images_per_s"])
+    # The gradient diagnostics ran on the first step, on both ranks, and were averaged over them.
+    shares = [first["metrics"][f"train_grad_share_{p}"] for p in ("bce", "mld", "cd", "id")]
+    assert first["metrics"]["train_grad_samples"] == 2 and sum(shares) == pytest.approx(1.0)
 
 
 def test_a_methods_connectors_are_trained_and_checkpointed():
@@ -158,3 +161,38 @@ def test_a_methods_connectors_are_trained_and_checkpointed():
     without = {k: v for k, v in state.items() if k != "criterion"}
     with pytest.raises(ValueError, match="lacks the trainable modules of method 'hint'"):
         Distiller(_model(50), teacher, train, val, test, "hint", recipe=recipe, seed=2).load_state_dict(without)
+
+
+def test_gradient_shares_are_a_diagnostic_that_changes_nothing():
+    train, val, test = _splits()
+    runs = {}
+    for every in (0, 1):
+        distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "l2d", seed=3,
+                              recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), grad_share_every=every)
+        runs[every] = (distiller.run_epoch(), [p.detach().clone() for p in distiller.student.parameters()])
+    (plain, plain_weights), (diagnosed, diagnosed_weights) = runs[0], runs[1]
+    assert all(torch.equal(a, b) for a, b in zip(plain_weights, diagnosed_weights))
+    assert plain["train_total"] == diagnosed["train_total"]
+    assert not any(k.startswith("train_grad_") for k in plain)
+    assert diagnosed["train_grad_samples"] == len(train) // 16  # every step
+    shares = {p: diagnosed[f"train_grad_share_{p}"] for p in ("bce", "mld", "cd", "id")}
+    assert sum(shares.values()) == pytest.approx(1.0) and all(0 <= v <= 1 for v in shares.values())
+    assert all(diagnosed[f"train_grad_norm_{p}"] > 0 for p in shares)
+    # BCE alone has one part: nothing to share out.
+    alone = Distiller(_model(1), None, train, val, test, "bce", recipe=Recipe(epochs=1, batch_size=16, lr=1e-3),
+                      grad_share_every=1).run_epoch()
+    assert "train_grad_samples" not in alone
+
+
+def test_channels_last_on_cpu():
+    train, val, test = _splits()
+    distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "mld",
+                          recipe=Recipe(epochs=1, batch_size=16, lr=1e-3, channels_last=True))
+    conv = next(m for m in distiller.student.modules() if isinstance(m, nn.Conv2d))
+    assert conv.weight.is_contiguous(memory_format=torch.channels_last)
+    metrics = distiller.run_epoch()
+    assert np.isfinite(metrics["val_mAP"])
+    # A checkpoint of a channels-last run resumes under the default layout (the layout is not part of the recipe).
+    other = Distiller(_model(1), _model(2).eval(), train, val, test, "mld",
+                      recipe=Recipe(epochs=1, batch_size=16, lr=1e-3))
+    other.load_state_dict(distiller.state_dict())

@@ -100,7 +100,7 @@ def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsy
     assert not (tmp_path / "storage").exists()
 
 
-@pytest.mark.parametrize("name", ["quickstart", "fashion", "voc2007", "coco2014", "nuswide", "pairings"])
+@pytest.mark.parametrize("name", ["quickstart", "fashion", "voc2007", "coco2014", "nuswide", "pairings", "scenes"])
 def test_shipped_specs_are_valid(name):
     from pathlib import Path
 
@@ -125,5 +125,14 @@ def test_shipped_specs_are_valid(name):
         assert all(_hub_repo("timm", b).startswith("timm/") for b in backbones)
         assert (spec.budget.teacher_epochs, spec.budget.teacher_schedule_epochs) == (30, 80)
         assert {"reviewkd", "rkd", "pkt", "ps", "mse", "kd", "bce"} <= set(spec.methods)
+    if name == "scenes":  # the paper's regime: pretrained EfficientNet-Lite pairings, every weight down to ~off
+        from l2d.losses import METHODS
+
+        assert spec.dataset.name == "mosaic-scenes" and set(spec.weights.values()) == {"offline"}
+        assert all(b.startswith("tf_efficientnet_lite") for p in spec.pairings for b in (p.teacher, *p.students))
+        for name_, value in spec.search_space.items():
+            defaults = [m.defaults[name_] for m in METHODS.values() if name_ in m.defaults]
+            if defaults:
+                assert value.low <= 1e-3 * defaults[0] * 1.0001 and value.high >= defaults[0], name_
     if name == "quickstart":
         assert spec.dataset.name == "mosaic-digits" and spec.resources.gpus_per_worker == 0
