@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Callable, Iterator, Mapping
 
 import numpy as np
@@ -25,6 +25,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from l2d.losses import DistillationCriterion, loss_parts
+from l2d.recipe import Recipe, recipe_matches  # noqa: F401 - part of this module's interface
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
 
@@ -38,56 +39,6 @@ GRAD_SHARE_EVERY = 50
 
 class NonFiniteLossError(RuntimeError):
     """The training loss became NaN or inf; the message names the epoch and the batch."""
-
-
-@dataclass
-class Recipe:
-    """Optimization settings of one run (the official L2D recipe by default).
-
-    Attributes:
-        epochs: number of epochs (OneCycle spans all of them).
-        batch_size: global batch size, split evenly across DDP ranks.
-        lr: OneCycle's max learning rate.
-        weight_decay: Adam's L2 penalty on weights (not biases or other 1-D parameters).
-        pct_start: share of the schedule spent warming up.
-        num_workers: DataLoader worker processes per rank.
-        amp: mixed precision on CUDA (ignored on CPU, which always runs float32).
-        schedule_epochs: the length of the OneCycle schedule when it differs from ``epochs`` (the official L2D
-            teachers follow an 80-epoch schedule and stop after 30); None: ``epochs``.
-        channels_last: images and models in the channels-last memory layout (faster convolutions under AMP on CUDA,
-            and for depthwise convolutions, EfficientNet's, on CPU too); None: on CUDA only. Changes no result
-            beyond float rounding.
-    """
-
-    epochs: int = 80
-    batch_size: int = 64
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
-    pct_start: float = 0.2
-    num_workers: int = 0
-    amp: bool = True
-    schedule_epochs: int | None = None
-    channels_last: bool | None = None
-
-    def __post_init__(self):
-        for name in ("epochs", "batch_size"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
-        if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
-            raise ValueError(f"recipe.schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): a run "
-                             f"may stop before its schedule ends, not run past it")
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
-            raise ValueError(f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, "
-                             f"num_workers >= 0")
-
-
-def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:
-    """Whether a checkpoint's recipe (a dict) is ``recipe``: fields it lacks (added since) count as their defaults,
-    and the DataLoader's worker count, which changes nothing that is learned, is ignored."""
-    defaults = asdict(Recipe())
-    mine = asdict(recipe)
-    return all(saved.get(name, defaults[name]) == value for name, value in mine.items()
-               if name not in ("num_workers", "channels_last"))
 
 
 def world() -> tuple[int, int]:

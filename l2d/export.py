@@ -104,10 +104,10 @@ def save_student(model: MultiLabelModel, card: dict, out: str | os.PathLike, for
     Raises:
         ValueError: an unknown format, or ``onnx`` without the ``onnx`` package.
     """
+    from l2d.storage import check_output
+
     check_formats(formats)
-    folder = Location.parse(out, "--out")
-    if folder.exists() and not folder.is_dir():
-        raise ValueError(f"--out {folder}: exists and is not a folder")
+    folder = check_output(out, "--out")  # new, empty, or an export of ours: nothing else is replaced
     import shutil
     import tempfile
 
@@ -161,7 +161,10 @@ def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
         progress("  ONNX: student.onnx (input images [batch, 3, H, W], output logits)")
     (scratch / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
     (scratch / "README.md").write_text(_markdown(card))
-    return written + [CARD_FILE, "README.md"]
+    from l2d.storage import OUTPUT_MARKER
+
+    (scratch / OUTPUT_MARKER).write_text(json.dumps({"tool": "l2d-sweep", "kind": "export"}))
+    return written + [CARD_FILE, "README.md", OUTPUT_MARKER]
 
 
 def _scratch_parent(folder: Location) -> str | None:

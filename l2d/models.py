@@ -8,7 +8,6 @@ each query comes out as the label-wise embedding ``E_k`` of class k. The classif
 
 from __future__ import annotations
 
-import difflib
 import logging
 import os
 from typing import NamedTuple
@@ -16,6 +15,8 @@ from typing import NamedTuple
 import timm
 import torch
 from torch import nn
+
+from l2d.backbones import UnknownModelError, check_backbone_name  # noqa: F401 - part of this module's interface
 
 logger = logging.getLogger(__name__)
 
@@ -47,10 +48,6 @@ class ModelOutput(NamedTuple):
         inference-mode ones; ``output.map(lambda t: t.detach().requires_grad_())`` gives leaves)."""
         return ModelOutput(function(self.logits), function(self.label_embeddings), function(self.features),
                            tuple(function(t) for t in self.stages))
-
-
-class UnknownModelError(ValueError):
-    """Raised for a backbone name timm does not know."""
 
 
 class DecoderLayer(nn.Module):
@@ -209,16 +206,6 @@ def stage_channels(model: nn.Module) -> list[int]:
     if not info:
         raise ValueError(f"{type(backbone).__name__} declares no feature stages (timm feature_info)")
     return [int(stage["num_chs"]) for stage in info]
-
-
-def check_backbone_name(backbone: str) -> None:
-    """Raise :class:`UnknownModelError` naming close matches when timm does not know ``backbone``."""
-    if timm.is_model(backbone):
-        return
-    known = timm.list_models()
-    close = difflib.get_close_matches(backbone, known, n=5, cutoff=0.6)
-    hint = f" Did you mean: {', '.join(close)}?" if close else " See timm.list_models() for the names."
-    raise UnknownModelError(f"unknown backbone {backbone!r}: timm has no model of that name.{hint}")
 
 
 def count_parameters(model: nn.Module) -> int:

@@ -18,12 +18,14 @@ import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import Callable, Mapping
+from typing import TYPE_CHECKING, Callable, Mapping
 
-import torch
+if TYPE_CHECKING:  # torch and the engine are imported by the functions that build and train, not by the config
+    import torch
 
-from l2d.engine import Distiller, ProgressFn, Recipe
-from l2d.teachers import TeacherKey, TeacherStore
+    from l2d.engine import Distiller, ProgressFn
+    from l2d.recipe import Recipe
+    from l2d.teachers import TeacherKey, TeacherStore
 
 logger = logging.getLogger(__name__)
 
@@ -86,12 +88,16 @@ class RunConfig:
 
     @property
     def student_recipe(self) -> Recipe:
+        from l2d.recipe import Recipe
+
         return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
                       pct_start=self.pct_start, num_workers=self.num_workers, amp=self.amp,
                       channels_last=self.channels_last)
 
     @property
     def teacher_recipe(self) -> Recipe:
+        from l2d.recipe import Recipe
+
         return Recipe(epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.teacher_lr,
                       weight_decay=self.weight_decay, pct_start=self.pct_start, num_workers=self.num_workers,
                       amp=self.amp, schedule_epochs=self.teacher_schedule_epochs, channels_last=self.channels_last)
@@ -114,9 +120,9 @@ def resolve(config: RunConfig) -> RunConfig:
         ValueError: an unknown dataset, backbone or method, a weight the method does not have, a bad recipe value;
             the message names the field and what is allowed.
     """
+    from l2d.backbones import check_backbone_name
     from l2d.data import DATASETS, MAX_SEED, check_dataset_options
     from l2d.losses import method_hparams
-    from l2d.models import check_backbone_name
 
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; allowed: {', '.join(DATASETS)}")
@@ -144,7 +150,8 @@ def resolve(config: RunConfig) -> RunConfig:
     if resolved.embed_dim < 8 or resolved.embed_dim % 8:
         raise ValueError(f"embed_dim must be a multiple of 8 (the attention heads), got {resolved.embed_dim}")
     resolved.student_recipe, resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
-    resolve_device(resolved.device)
+    if resolved.device is not None:  # the default (cuda when available) is decided where the run is built
+        resolve_device(resolved.device)
     return resolved
 
 
@@ -154,6 +161,8 @@ def resolve_device(name: str | None) -> torch.device:
     Raises:
         ValueError: a name torch does not know, or a CUDA device on a machine without one.
     """
+    import torch
+
     if name is None:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     try:
@@ -195,6 +204,7 @@ def teacher_config(config: RunConfig) -> RunConfig:
 def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
     """The teacher store's key of ``config``'s teacher over data of ``data_fingerprint``
     (:func:`l2d.data.data_fingerprint` of its splits): the same settings and data give the same key everywhere."""
+    from l2d.teachers import TeacherKey
     from l2d.weights import identity
 
     config = resolve(config)
@@ -279,6 +289,9 @@ def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torc
     Raises:
         ValueError: the method needs a teacher and neither ``teacher`` nor ``teacher_store`` was given.
     """
+    import torch
+
+    from l2d.engine import Distiller
     from l2d.losses import METHODS
     from l2d.models import build_model
 
@@ -305,6 +318,8 @@ def balanced_weights(config: RunConfig, splits: Mapping | None = None, teacher: 
     """The ``balanced`` rule of :func:`l2d.losses.official_weights`: the official weights of ``config.method``
     times the factor that makes their weighted terms, on the untrained student (seeded by ``config.seed``) over
     the first ``batches`` training batches, add up to the supervised BCE. Returns ``(weights, factor)``."""
+    import torch
+
     from l2d.engine import _forward
     from l2d.losses import official_weights
 
@@ -356,6 +371,8 @@ def fit(run: Run, on_epoch: EpochFn | None = None, batch_progress: ProgressFn | 
 
 def measure_latency(model: torch.nn.Module, image_size: int, device: torch.device, repeats: int = 10) -> float:
     """Median milliseconds of one forward pass on one image (eval mode, no grad)."""
+    import torch
+
     model.eval()
     images = torch.rand(1, 3, image_size, image_size, device=device)
     times = []
@@ -370,3 +387,70 @@ def measure_latency(model: torch.nn.Module, image_size: int, device: torch.devic
             if i >= 2:
                 times.append(time.perf_counter() - start)
     return 1000 * sorted(times)[len(times) // 2]
+
+
+def default_out(config: RunConfig) -> str:
+    """Where ``l2d-sweep train`` writes by default: ``runs/<dataset>-<teacher>-to-<student>-<method>``."""
+    config = resolve(config)
+    return f"runs/{config.dataset}-{config.teacher}-to-{config.student}-{config.method}"
+
+
+def train_to_folder(config: RunConfig, out: str, store: TeacherStore, on_epoch: EpochFn | None = None,
+                    batch_progress: ProgressFn | None = None, teacher_progress=None) -> dict:
+    """``l2d-sweep train``: the run of ``config`` (its teacher from ``store``, trained there when missing), written
+    into the folder ``out``: ``args.yaml`` (the resolved configuration), TensorBoard scalars, ``student.pt`` and
+    ``metrics.json``. Selection happens on val; test is scored once, at the end.
+
+    Args:
+        out: a new or empty folder, or one this tool wrote before (:func:`l2d.storage.prepare_output`).
+        teacher_progress: ``(on_epoch, batch_progress)`` for the teacher, when it has to be trained.
+
+    Returns:
+        What ``metrics.json`` holds: the configuration, the last epoch, the history, the student's size, the
+        teacher's card, the wall time, and the test split's chance level (its mean label frequency).
+    """
+    import io
+    import json
+    from dataclasses import asdict
+
+    import torch
+    import yaml
+    from torch.utils.tensorboard import SummaryWriter
+
+    from l2d.losses import METHODS
+    from l2d.models import count_parameters
+    from l2d.storage import Location, check_output, prepare_output
+
+    config = resolve(config)
+    check_output(out, "--out")  # refused before anything is read; created only once the run is built
+    check_weights(config)  # before any data is read or any teacher trained
+    splits = build_splits(config)  # the data first: a bad dataset fails before any teacher is trained
+    teacher, teacher_card = None, None
+    if METHODS[config.method].needs_teacher:
+        teacher_epoch, teacher_batch = teacher_progress or (None, None)
+        teacher, teacher_card, _ = get_teacher(config, store, splits, teacher_epoch, teacher_batch)
+    run = build_run(config, splits=splits, teacher=teacher, teacher_card=teacher_card)
+    folder = prepare_output(out, "--out", kind="train")
+    recorded = {**asdict(config), "recipe": asdict(config.student_recipe),
+                "teacher_digest": teacher_card["digest"] if teacher_card else None}
+    (folder / "args.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    start = time.time()
+    with SummaryWriter(str(Location.parse(folder) / "tensorboard")) as writer:
+
+        def record(metrics: dict) -> None:
+            for name, value in metrics.items():
+                if name != "epoch":
+                    writer.add_scalar(name.replace("_", "/", 1), value, int(metrics["epoch"]))
+            if on_epoch is not None:
+                on_epoch(metrics)
+
+        history = fit(run, on_epoch=record, batch_progress=batch_progress, test="last")
+    buffer = io.BytesIO()
+    torch.save(run.student.state_dict(), buffer)
+    (folder / "student.pt").write_bytes(buffer.getvalue())
+    result = {"config": recorded, "final": history[-1], "history": history, "wall_time_s": time.time() - start,
+              "student_parameters": count_parameters(run.student),
+              "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None,
+              "chance_mAP": float(splits["test"].targets.mean() * 100)}
+    (folder / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
+    return result

@@ -29,8 +29,27 @@ import pyarrow.fs as pafs
 
 #: URI schemes a location may have (``gcs`` is an alias of ``gs``; ``file`` is a local path).
 SCHEMES = ("s3", "gs", "gcs", "file")
-#: Query parameters that would put a credential in a URI.
-_SECRET_PARAMETERS = ("access_key", "secret_key", "session_token", "password", "token", "credentials")
+#: Words that make a URI query parameter a credential (``password``, ``sslpassword``, ``secret_access_key``,
+#: ``token``, ``api_key``...): such a parameter is refused wherever a URI is given.
+_SECRET_WORDS = ("password", "passwd", "secret", "token", "access_key", "accesskey", "credential", "private_key",
+                 "api_key", "apikey", "sslkey")
+
+
+def credentials_in_uri(uri: str) -> list[str]:
+    """What in ``uri`` is a credential: ``password`` for a ``user:password@`` user-info, and every query parameter
+    whose name holds a secret word (:data:`_SECRET_WORDS`); empty when there is none."""
+    if "://" not in uri:
+        return []
+    found = []
+    rest = uri.split("://", 1)[1]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
+        found.append("password")
+    query = rest.split("?", 1)[1] if "?" in rest else ""
+    for key, _ in parse_qsl(query, keep_blank_values=True):
+        if any(word in key.lower() for word in _SECRET_WORDS):
+            found.append(key)
+    return found
 
 
 class StorageError(ValueError):
@@ -42,7 +61,7 @@ def cache_dir() -> Path:
     return Path(os.environ.get("L2D_SWEEP_CACHE", Path.home() / ".cache" / "l2d-sweep"))
 
 
-def _redact(text: str) -> str:
+def redact(text: str) -> str:
     """``text`` with any ``user:secret@`` part and every query value of a URI masked, for error messages."""
     if "://" not in text:
         return text
@@ -95,22 +114,23 @@ class Location:
             return cls("", os.path.abspath(os.path.expanduser(text)))
         scheme = text.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
-            raise StorageError(f"{what}: {_redact(text)!r}: unsupported scheme {scheme!r}; allowed: a local path, "
+            raise StorageError(f"{what}: {redact(text)!r}: unsupported scheme {scheme!r}; allowed: a local path, "
                                f"s3://, gs://, file://")
         parts = urlsplit(text)
         if "@" in parts.netloc:
-            raise StorageError(f"{what}: {_redact(text)!r} carries credentials in the URI; remove them and give them "
+            raise StorageError(f"{what}: {redact(text)!r} carries credentials in the URI; remove them and give them "
                                f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
                                f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain")
         options = parse_qsl(parts.query, keep_blank_values=True)
-        secret = [key for key, _ in options if key.lower() in _SECRET_PARAMETERS]
+        secret = credentials_in_uri(text)
         if secret:
-            raise StorageError(f"{what}: {_redact(text)!r} carries a credential parameter ({secret[0]}) in the URI; "
-                               f"give credentials through the environment or the cloud's credential chain")
+            raise StorageError(f"{what}: {redact(text)!r} carries a credential parameter ({secret[0]}) in the URI; "
+                               f"give credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                               f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain")
         if scheme == "file":
             return cls("", os.path.abspath(os.path.expanduser(parts.netloc + parts.path)))
         if not parts.netloc:
-            raise StorageError(f"{what}: {_redact(text)!r} has no bucket (expected {scheme}://BUCKET/PREFIX)")
+            raise StorageError(f"{what}: {redact(text)!r} has no bucket (expected {scheme}://BUCKET/PREFIX)")
         path = "/".join(p for p in f"{parts.netloc}/{parts.path}".split("/") if p)
         return cls("gs" if scheme == "gcs" else scheme, path, "&".join(f"{k}={v}" for k, v in sorted(options)))
 
@@ -210,21 +230,21 @@ class Location:
         self.filesystem.create_dir(self.path, recursive=True)
 
     def write_bytes(self, data: bytes) -> None:
-        """Write atomically: to a temporary name beside the target, then moved into place, so that a reader (or
-        a crash) never sees half a file. The folder is created when missing."""
+        """Write atomically, so that a reader (or a crash) never sees half a file: locally to a temporary name beside
+        the target, then renamed into place (the folder created when missing); on an object store with one upload,
+        which the store makes visible whole or not at all (S3's and GCS's PUT), one request."""
+        if not self.is_local:
+            with self.filesystem.open_output_stream(self.path) as stream:
+                stream.write(data)
+            return
         self.parent.makedirs()
         tmp = Location(self.scheme, f"{self.path}.{uuid.uuid4().hex[:12]}.tmp", self.query)
         try:
-            if self.is_local:
-                with open(tmp.path, "wb") as stream:
-                    stream.write(data)
-                    stream.flush()
-                    os.fsync(stream.fileno())
-                os.replace(tmp.path, self.path)
-            else:
-                with self.filesystem.open_output_stream(tmp.path) as stream:
-                    stream.write(data)
-                self.filesystem.move(tmp.path, self.path)
+            with open(tmp.path, "wb") as stream:
+                stream.write(data)
+                stream.flush()
+                os.fsync(stream.fileno())
+            os.replace(tmp.path, self.path)
         except BaseException:
             tmp.delete()
             raise
@@ -247,3 +267,53 @@ class Location:
                 self.filesystem.delete_file(self.path)
         except FileNotFoundError:
             pass
+
+
+# --- where a command may write outside a sweep ----------------------------------------------------------------------
+
+#: The marker of a folder this tool wrote outside a sweep (an export, a ``train --out`` folder): only such a folder,
+#: a new one or an empty one is ever written into or replaced.
+OUTPUT_MARKER = ".l2d-output"
+#: A sweep folder's marker (:mod:`sweeps.folder` writes it); a sweep folder is never an output target.
+SWEEP_MARKER = ".l2d-sweep"
+
+
+def check_output(target: str | os.PathLike | Location, what: str = "--out") -> Location:
+    """The write-target rule of every command that writes outside a sweep: ``target`` must be a new folder, an empty
+    one, or one that carries :data:`OUTPUT_MARKER` (this tool wrote it); never the current directory, a file, a
+    sweep folder or a folder inside one. Returns it parsed; nothing is touched.
+
+    Raises:
+        StorageError: naming the target and why it is refused.
+    """
+    location = Location.parse(target, what)
+    shown = redact(str(location))
+    if location.is_local:
+        path = Path(location.path)
+        if path == Path.cwd() or Path.cwd().is_relative_to(path):
+            raise StorageError(f"{what} {shown}: is the current directory (or holds it); give a new or empty folder")
+        for folder in (path, *path.parents):
+            if (folder / SWEEP_MARKER).is_file():
+                where = "a sweep folder" if folder == path else f"inside the sweep folder {folder}"
+                raise StorageError(f"{what} {shown}: is {where}; a sweep's own files are never an output target: give "
+                                   f"a folder outside it")
+    if not location.exists():
+        return location
+    if not location.is_dir():
+        raise StorageError(f"{what} {shown}: exists and is not a folder")
+    entries = location.list()
+    if not entries or (location / OUTPUT_MARKER).is_file():
+        return location
+    raise StorageError(f"{what} {shown}: exists, is not empty and was not written by l2d-sweep (no {OUTPUT_MARKER}); "
+                       f"refusing to write into it or replace it: give a new or empty folder")
+
+
+def prepare_output(target: str | os.PathLike | Location, what: str = "--out", kind: str = "output") -> Location:
+    """:func:`check_output`, then the folder created and marked as this tool's (``kind``: what it holds)."""
+    import json
+    import time
+
+    location = check_output(target, what)
+    (location / OUTPUT_MARKER).write_text(json.dumps({"tool": "l2d-sweep", "kind": kind,
+                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    return location

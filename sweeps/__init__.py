@@ -1,1 +1,36 @@
-"""sweeps: the platform around l2d (command line; Ray Tune + Ray Train sweeps, results in Parquet)."""
+"""sweeps: the platform around :mod:`l2d`: sweeps on Ray Tune + Ray Train + Optuna + ASHA, results in Parquet, the CLI.
+
+Floors, bottom first; a module imports only from the floors below it (and, within a floor, from the modules listed
+before it). ``tests/test_layers.py`` holds this, imports inside functions included; the only edges up are the aliases
+that pickles written by older versions name (each marked ``# layer: pickle alias``).
+
+- leaves: ``vocab`` (modes, trial states), ``_checks`` (typed rules, gathered errors, the YAML reader), ``_faults``
+  (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json)
+- spec: ``spec`` (the typed YAML spec)
+- search space: ``search`` (define-by-run space, encode/decode; no Ray)
+- records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status), ``plots``,
+  ``export``
+- study: ``study`` (the Optuna study; Optuna only)
+- Tune adapters (where Ray lives): ``_fences`` (every private Ray/Optuna API, in one place), ``tracking``,
+  ``scheduler``, ``searcher``, ``trial``, ``teacher_phase``, ``callback``
+- experiment: ``experiment`` (wires one Tune experiment; hands the callback its collaborators)
+- drivers: ``runner`` (run / resume / extend / run-or-resume: one lifecycle)
+- cli: ``cli`` (parse and print)
+"""
+
+#: The layer map (see the docstring); ``tests/test_layers.py`` checks every import against it.
+LAYERS = [
+    ["sweeps", "sweeps.vocab", "sweeps._checks", "sweeps._faults", "sweeps.folder", "sweeps.checkpoints",
+     "sweeps.provenance"],
+    ["sweeps.spec"],
+    ["sweeps.search"],
+    ["sweeps.stored", "sweeps.results.schema", "sweeps.results.store", "sweeps.results.writer", "sweeps.results.reader",
+     "sweeps.results", "sweeps.plots", "sweeps.export"],
+    ["sweeps.study"],
+    ["sweeps._fences", "sweeps.tracking", "sweeps.scheduler", "sweeps.searcher", "sweeps.trial", "sweeps.teacher_phase",
+     "sweeps.callback"],
+    ["sweeps.experiment"],
+    ["sweeps.runner"],
+    ["sweeps.cli._common", "sweeps.cli.single", "sweeps.cli.sweep", "sweeps.cli.specs", "sweeps.cli.weights",
+     "sweeps.cli", "sweeps.cli.__main__"],
+]

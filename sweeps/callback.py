@@ -22,9 +22,10 @@ from ray.tune import Callback
 
 from l2d.storage import Location, cache_dir
 from sweeps._faults import failpoint
-from sweeps.results import ResultsWriter
+from sweeps.checkpoints import HISTORY_KEY, prune
+from sweeps.results import OBJECTIVE_COLUMNS, KnownTrial, ResultsWriter
 from sweeps.search import decode
-from sweeps.trial import HISTORY_KEY
+
 
 logger = logging.getLogger(__name__)
 
@@ -69,7 +70,8 @@ def error_message(trial) -> str:
 class SweepCallback(Callback):
     """Records every epoch report and trial end into the results tables and TensorBoard, and prints progress."""
 
-    def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False):
+    def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False,
+                 guard=None, tracker=None, exporter=None, keep: str = "best+last"):
         self.sweep_dir = str(sweep_dir)
         self.max_epochs = max_epochs
         self.metric = metric
@@ -77,18 +79,21 @@ class SweepCallback(Callback):
         self.quiet = quiet
         self._writer = None
         self._boards: dict = {}
-        self.guard = None  # called before every write (the lease check); not pickled
-        self.tracker = None  # an MLflow tracker (sweeps.tracking); not pickled
-        self.keep = "best+last"  # what a finished trial keeps of its checkpoints (sweeps.checkpoints.prune)
+        # The collaborators the experiment hands over (sweeps.experiment); none of them is pickled.
+        self.guard = guard  # called before every write (the lease check)
+        self.tracker = tracker  # an MLflow tracker (sweeps.tracking)
+        self.exporter = exporter  # (trial id, folder) -> writes the trial's best student there (sweeps.export)
+        self.keep = keep  # what a finished trial keeps of its checkpoints (sweeps.checkpoints.prune)
         self._reconciled = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_writer=None, _boards={}, guard=None, tracker=None, _reconciled=False)
+        state.update(_writer=None, _boards={}, guard=None, tracker=None, exporter=None, _reconciled=False)
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"guard": None, "tracker": None, "keep": "best+last", "_reconciled": False, **state})
+        self.__dict__.update({"guard": None, "tracker": None, "exporter": None, "keep": "best+last",
+                              "_reconciled": False, **state})
 
     @property
     def location(self) -> Location:
@@ -112,16 +117,9 @@ class SweepCallback(Callback):
         return self._boards[trial_id]
 
     def _summary(self) -> str:
-        from sweeps.results import OBJECTIVE_COLUMNS
-
-        counts: dict[str, int] = {}
-        for record in self.writer.trials.values():
-            counts[record.status] = counts.get(record.status, 0) + 1
-        rows = self.writer.trial_rows()
+        counts = self.writer.counts()
         column = OBJECTIVE_COLUMNS[self.metric]
-        scored = [r for r in rows if r[column] is not None] if rows else []
-        sign = 1.0 if self.mode == "max" else -1.0
-        best = max(scored, key=lambda r: sign * r[column], default=None)
+        best = self.writer.leader()
         state = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
         if best is None:
             return state
@@ -137,7 +135,7 @@ class SweepCallback(Callback):
         if self._reconciled:
             return
         self._reconciled = True
-        added = self.writer.reconcile(trials)
+        added = self.writer.reconcile([known_trial(trial) for trial in trials])
         if added:
             self._say(f"rebuilt the rows of {len(added)} trial(s) from Tune's state: {', '.join(added)}")
             self._write()
@@ -151,7 +149,8 @@ class SweepCallback(Callback):
             moved = self.writer.set_aside_trial(trial.trial_id)
             self._say(f"trial {trial.trial_id}: the run lost in the crash had another configuration; its rows are "
                       f"kept as {moved} (interrupted)")
-        self.writer.trial(trial.trial_id, config).status = "running"
+        self.writer.trial(trial.trial_id, config)
+        self.writer.set_status(trial.trial_id, "running")
         self._write()
         if self.tracker is not None:
             self.tracker.start(trial.trial_id, config)
@@ -187,7 +186,7 @@ class SweepCallback(Callback):
         config = decode(trial.config)
         self.writer.finish(trial.trial_id, config, error)
         record = self.writer.trials[trial.trial_id]
-        row = next(r for r in self.writer.trial_rows() if r["trial_id"] == trial.trial_id)
+        row = self.writer.row(trial.trial_id)
         if row.get("best_val_mAP") is not None:
             hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and v is not None}
             board = self._board(trial.trial_id)
@@ -198,16 +197,15 @@ class SweepCallback(Callback):
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
         self._write()
         self._say(f"{message} | {self._summary()}")
+        board = self._boards.pop(trial.trial_id, None)  # a finished trial writes no more events: close its files
+        if board is not None:
+            board.close()
         failpoint("trial-end")
-        from sweeps.checkpoints import prune
-
         prune(self.location / "train" / f"trial-{trial.trial_id}", record.status, self.keep)
         if self.tracker is not None:
-            from sweeps.export import export_trial
-
+            exporter = self.exporter
             self.tracker.finish(trial.trial_id, config, record.status,
-                                lambda folder: export_trial(self.location, trial.trial_id, folder,
-                                                            progress=lambda text: None))
+                                (lambda folder: exporter(trial.trial_id, folder)) if exporter else None)
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)
@@ -225,6 +223,9 @@ class SweepCallback(Callback):
             self._say(f"{len(lost)} unfinished trial(s) from before a crash were not continued (kept, interrupted): "
                       f"{', '.join(lost)}")
         self._write()
+        if self.guard is not None:
+            self.guard()
+        self.writer.publish()  # the compacted tables, whole, at every experiment's end
         for board in self._boards.values():
             board.close()
         self._boards = {}
@@ -234,6 +235,13 @@ class SweepCallback(Callback):
         if self.guard is not None:
             self.guard()
         self.writer.write()
+
+
+def known_trial(trial) -> KnownTrial:
+    """A Tune trial as the results tables know trials: its decoded config, state and error."""
+    state = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running"}.get(trial.status, "pending")
+    return KnownTrial(trial.trial_id, decode(trial.config), state,
+                      error_message(trial) if state == "failed" else None)
 
 
 def _same_config(recorded: dict, config: dict) -> bool:

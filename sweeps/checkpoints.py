@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 STATE_FILE = "state.pt"
 HISTORY_FILE = "history.json"
 BEST = "best"
+#: Result key under which a resumed trial replays its epochs before the resume (a JSON list of metric dicts).
+HISTORY_KEY = "history_before_resume"
 
 
 def checkpoint_folders(run_dir: Location) -> list[Location]:
@@ -121,9 +123,9 @@ class BestCheckpoint:
                 self.value = None
 
     def _better(self, value: float) -> bool:
-        if self.value is None:
-            return True
-        return value > self.value if self.mode == "max" else value < self.value
+        from sweeps.vocab import better
+
+        return better(value, self.value, self.mode)
 
     def offer(self, metrics: dict, run, run_config) -> bool:
         """Keep this epoch when it is the best so far; returns whether it was."""

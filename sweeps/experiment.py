@@ -104,12 +104,18 @@ def driver_resources() -> dict:
 
 
 def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None) -> list:
+    """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
+    the tracker, and the exporter the tracker logs a finished trial's student with."""
+    from sweeps.export import export_trial
     from sweeps.tracking import tracker_for
 
-    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet)
-    callback.guard = lease.verify if lease is not None else None
-    callback.keep = spec.keep
-    callback.tracker = tracker_for(spec, sweep_id) if sweep_id else None
+    def exporter(trial_id: str, folder: str):
+        return export_trial(spec.sweep_dir, trial_id, folder, progress=lambda text: None)
+
+    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet,
+                             guard=lease.verify if lease is not None else None,
+                             tracker=tracker_for(spec, sweep_id) if sweep_id else None, exporter=exporter,
+                             keep=spec.keep)
     # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
     # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
     from ray.tune.logger import JsonLoggerCallback
@@ -127,7 +133,7 @@ def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_i
     from ray import tune
 
     from sweeps.scheduler import PersistentASHA
-    from sweeps.search import build_search
+    from sweeps.searcher import build_search
 
     if spec.budget.scheduler == "asha":
         scheduler = PersistentASHA(spec.sweep_dir / "asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,

@@ -16,7 +16,8 @@ logger = logging.getLogger(__name__)
 def choose_trial(sweep_dir: Location, trial_id: str | None):
     """``(spec, row)``: the trial ``trial_id``, or the best finished trial by the spec's primary objective."""
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
-    from sweeps.runner import load_sweep_spec
+    from sweeps.stored import load_sweep_spec
+    from sweeps.vocab import SCORED, sign
 
     spec = load_sweep_spec(sweep_dir)
     results = SweepResults(spec.sweep_dir)
@@ -28,11 +29,10 @@ def choose_trial(sweep_dir: Location, trial_id: str | None):
                              f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})")
         return spec, row
     column = OBJECTIVE_COLUMNS[spec.metric]
-    scored = [r for r in rows if r.get(column) is not None and r["status"] in ("completed", "stopped")]
+    scored = [r for r in rows if r.get(column) is not None and r["status"] in SCORED]
     if not scored:
         raise ValueError(f"{spec.sweep_dir}: no finished trial with a {spec.metric} to export yet")
-    sign = 1.0 if spec.mode == "max" else -1.0
-    return spec, max(scored, key=lambda r: sign * r[column])
+    return spec, max(scored, key=lambda r: sign(spec.mode) * r[column])
 
 
 def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Location,

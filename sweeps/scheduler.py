@@ -16,11 +16,11 @@ from __future__ import annotations
 import json
 import logging
 import time
-from types import SimpleNamespace
 
 from ray.tune.schedulers import ASHAScheduler
 
 from l2d.storage import Location
+from sweeps import _fences
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,8 @@ class PersistentASHA(ASHAScheduler):
             return
         try:
             state = json.loads(location.read_text())
-            for bracket, saved in zip(self._brackets, state["brackets"]):
-                rungs = {float(milestone): dict(recorded) for milestone, recorded in saved}
-                bracket._rungs = [(milestone, rungs.get(float(milestone), {})) for milestone, _ in bracket._rungs]
-            self._num_stopped = int(state.get("num_stopped", 0))
+            _fences.set_asha_rungs(self, state["brackets"])
+            _fences.set_asha_stopped(self, int(state.get("num_stopped", 0)))
             self._stopped = {str(k): int(v) for k, v in state.get("stopped", {}).items()}
         except (ValueError, KeyError, TypeError, UnicodeDecodeError) as error:
             aside = location.parent / f"{location.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -66,32 +64,24 @@ class PersistentASHA(ASHAScheduler):
 
     def _rebuild(self) -> None:
         """The rungs as ASHA filled them: each trial's epochs, in order, through the bracket's own bookkeeping."""
-        from sweeps.results import CorruptResultsError, read_table
+        from sweeps.results import read_epochs
 
-        for bracket in self._brackets:
-            bracket._rungs = [(milestone, {}) for milestone, _ in bracket._rungs]
-        try:
-            table = read_table(Location.parse(self.state_uri).parent / "results" / "epochs.parquet")
-        except CorruptResultsError:
-            table = None
-        if table is None or self._metric not in table.column_names:
-            return
-        rows = sorted((r for r in table.to_pylist() if r.get(self._metric) is not None),
-                      key=lambda r: (r["trial_id"], r["epoch"]))
-        for row in rows:
-            bracket = self._trial_info.get(row["trial_id"], self._brackets[0])
-            bracket.on_result(SimpleNamespace(trial_id=row["trial_id"]), row["epoch"],
-                              self._metric_op * row[self._metric])
+        _fences.set_asha_rungs(self, [[] for _ in self.rungs()])
+        settings = _fences.asha_settings(self)
+        rows = read_epochs(Location.parse(self.state_uri).parent, settings["metric"])
+        for row in sorted(rows, key=lambda r: (r["trial_id"], r["epoch"])):
+            _fences.asha_record(self, row["trial_id"], row["epoch"], settings["sign"] * row[settings["metric"]])
 
     def num_records(self) -> int:
-        return sum(len(recorded) for bracket in self._brackets for _, recorded in bracket._rungs)
+        return sum(len(recorded) for bracket in self.rungs() for _, recorded in bracket)
 
     def rungs(self) -> list[list[tuple[float, dict]]]:
         """Per bracket, ``(milestone, {trial id: metric * mode sign})`` from the highest milestone down."""
-        return [[(float(m), dict(r)) for m, r in bracket._rungs] for bracket in self._brackets]
+        return _fences.asha_rungs(self)
 
     def _save(self) -> None:
-        Location.parse(self.state_uri).write_text(json.dumps({"brackets": self.rungs(), "num_stopped": self._num_stopped,
+        Location.parse(self.state_uri).write_text(json.dumps({"brackets": self.rungs(),
+                                                               "num_stopped": _fences.asha_stopped(self),
                                                                "stopped": self._stopped}))
 
     def on_trial_add(self, tune_controller, trial):
@@ -100,12 +90,12 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_result(self, tune_controller, trial, result):
         self._ensure_loaded()
-        if trial.trial_id not in self._trial_info:  # a trial restored without on_trial_add
-            self._trial_info[trial.trial_id] = self._brackets[0]
+        _fences.asha_bracket_of(self, trial.trial_id)  # a trial restored without on_trial_add gets the first one
         before = self.num_records()
         action = super().on_trial_result(tune_controller, trial, result)
-        if action == self.STOP and result.get(self._time_attr, self._max_t) < self._max_t:
-            self._stopped[trial.trial_id] = int(result[self._time_attr])
+        settings = _fences.asha_settings(self)
+        if action == self.STOP and result.get(settings["time_attr"], settings["max_t"]) < settings["max_t"]:
+            self._stopped[trial.trial_id] = int(result[settings["time_attr"]])
             self._save()
         elif self.num_records() != before:
             self._save()
@@ -113,15 +103,14 @@ class PersistentASHA(ASHAScheduler):
 
     def on_trial_complete(self, tune_controller, trial, result):
         self._ensure_loaded()
-        if trial.trial_id not in self._trial_info:
-            self._trial_info[trial.trial_id] = self._brackets[0]
+        _fences.asha_bracket_of(self, trial.trial_id)
         before = self.num_records()
         super().on_trial_complete(tune_controller, trial, result)
         if self.num_records() != before:
             self._save()
 
     def on_trial_remove(self, tune_controller, trial):
-        self._trial_info.pop(trial.trial_id, None)
+        _fences.forget_asha_trial(self, trial.trial_id)
 
 
 def stopped_at(state_file: Location, trial_id: str) -> int | None:

@@ -3,9 +3,10 @@
 Optuna sees a define-by-run space (:class:`DefineByRunSpace`): ``pairing`` (the teacher), ``student@<teacher>``
 (conditional on the pairing), ``method``, then the searched hyperparameters of that method and ``lr``; fixed
 values come back as constants merged into the trial's config. :func:`decode` turns such a config back into plain
-``teacher`` / ``student`` / ``method`` / hyperparameters, and :func:`trial_run` into the trial's
-:class:`~l2d.run.RunConfig`. The search algorithm is built by :func:`build_search`: the sweep's Optuna study and its
-sampler (TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.study`.
+``teacher`` / ``student`` / ``method`` / hyperparameters, :func:`encode` a recorded trial back into Optuna's
+parameters (warm starts, reconciling the study), and :func:`trial_run` into the trial's :class:`~l2d.run.RunConfig`.
+No Ray here: Tune's search algorithm over this space is built in :mod:`sweeps.searcher`; the study and its sampler
+(TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.study`.
 
 A new sampler goes in :func:`sweeps.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new
 kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
@@ -14,14 +15,12 @@ kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`
 from __future__ import annotations
 
 from dataclasses import asdict
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ray.tune.experiment.trial import Trial
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator
-
-from l2d.run import RunConfig
-from sweeps.folder import trial_id
 from sweeps.spec import Range, SweepSpec
+
+if TYPE_CHECKING:
+    from l2d.run import RunConfig
 
 #: Keys of a decoded config that are not hyperparameters of the run.
 STRUCTURE_KEYS = ("teacher", "student", "method")
@@ -109,33 +108,46 @@ def trial_run(base: RunConfig, config: dict, weights: dict | None = None) -> Run
                         student_weights=weights.get(decoded["student"]))
 
 
-class SweepSearchGenerator(SearchGenerator):
-    """Tune's search generator, but trial ids derive from the sweep id, the experiment and Tune's trial counter
-    (saved with the experiment): a trial started after Tune's last save and re-created by a resume keeps its id,
-    so it finds its own checkpoints and result rows instead of leaving a ghost beside a copy of itself."""
+def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
+    """A decoded trial config (teacher, student, method, weights, lr) as Optuna parameters and distributions of
+    ``spec``'s space; None when it does not fit that space (another pairing or method, a value outside a range,
+    a weight fixed to another value)."""
+    import math
 
-    def __init__(self, searcher, sweep_id: str, experiment: int):
-        super().__init__(searcher)
-        self.sweep_id = sweep_id
-        self.experiment = experiment
+    import optuna
 
-    def create_trial_if_possible(self, experiment_spec):
-        planned = trial_id(self.sweep_id, self.experiment, self._counter + 1)
-        original = Trial.__dict__["generate_id"]
-        # Tune's controller creates trials in one thread; the id source is swapped only for this call.
-        Trial.generate_id = classmethod(lambda cls: planned)
-        try:
-            return super().create_trial_if_possible(experiment_spec)
-        finally:
-            Trial.generate_id = original
+    from l2d.losses import METHODS
+    from l2d.run import default_hparams
+
+    teachers = [p.teacher for p in spec.pairings]
+    students = {p.teacher: list(p.students) for p in spec.pairings}
+    teacher, student, method = decoded.get("teacher"), decoded.get("student"), decoded.get("method")
+    if teacher not in teachers or student not in students[teacher] or method not in spec.methods:
+        return None
+    params = {"pairing": teacher, f"student@{teacher}": student, "method": method}
+    dists = {"pairing": optuna.distributions.CategoricalDistribution(teachers),
+             f"student@{teacher}": optuna.distributions.CategoricalDistribution(students[teacher]),
+             "method": optuna.distributions.CategoricalDistribution(list(spec.methods))}
+    for name in ("lr", *METHODS[method].defaults):
+        searched = spec.search_space.get(name)
+        value = decoded.get(name)
+        if isinstance(searched, Range):
+            if value is None or not searched.low <= float(value) <= searched.high:
+                return None
+            params[name] = float(value)
+            dists[name] = optuna.distributions.FloatDistribution(searched.low, searched.high, log=searched.log)
+        else:
+            expected = searched if searched is not None else default_hparams(spec.dataset.name, method).get(name)
+            if (expected is None) != (value is None) or (expected is not None and not math.isclose(
+                    float(expected), float(value), rel_tol=1e-9)):
+                return None
+    return params, dists
 
 
-def build_search(spec: SweepSpec, sweep_id: str, experiment: int = 0, warm_started: bool = False):
-    """The search algorithm of a sweep: a :class:`~sweeps.searcher.StudySearcher` over the sweep's study (in its
-    database) under Tune's concurrency limit, with deterministic trial ids (see ``SweepSearchGenerator``)."""
-    from sweeps.searcher import StudySearcher
-    from sweeps.study import StudyStore
+def __getattr__(name: str):
+    # Sweeps written before the search generator moved to the Tune adapters pickled it under this module.
+    if name in ("SweepSearchGenerator", "build_search"):
+        from sweeps import searcher  # layer: pickle alias
 
-    searcher = StudySearcher(spec, sweep_id, StudyStore(spec.sweep_dir, spec.study_storage), warm_started)
-    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
-    return SweepSearchGenerator(limited, sweep_id, experiment)
+        return getattr(searcher, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -11,11 +11,15 @@ import logging
 import pickle
 
 import optuna
-from ray.tune.search import Searcher
+from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from l2d.storage import Location
+from sweeps import _fences
+from sweeps.checkpoints import HISTORY_KEY
+from sweeps.folder import trial_id as planned_trial_id
 from sweeps.search import DefineByRunSpace, decode, first_points
-from sweeps.study import HISTORY_KEY, StudyStore, build_sampler, open_study, tell
+from sweeps.study import StudyStore, build_sampler, open_study, tell
+from sweeps.vocab import better
 
 logger = logging.getLogger(__name__)
 
@@ -114,8 +118,7 @@ class StudySearcher(Searcher):
                 continue
             values = [float(row[metric]) for metric, _ in self.objectives]
             best = self.best.get(trial_id)
-            better = best is None or (values[0] > best["values"][0] if mode == "max" else values[0] < best["values"][0])
-            if better:
+            if better(values[0], best["values"][0] if best else None, mode):
                 self.best[trial_id] = {"epoch": int(row["epoch"]), "values": values}
 
     def _report(self, trial_id: str, number: int, result: dict) -> None:
@@ -128,11 +131,7 @@ class StudySearcher(Searcher):
         steps = self.reported.setdefault(trial_id, [])
         if epoch in steps:
             return
-        storage = self.study._storage
-        stored_id = storage.get_trial_id_from_study_id_trial_number(self.study._study_id, number)
-        frozen = storage.get_trial(stored_id)
-        if frozen.state == optuna.trial.TrialState.RUNNING and epoch not in frozen.intermediate_values:
-            storage.set_trial_intermediate_value(stored_id, epoch, float(result[metric]))
+        self.store.report(self.study, number, epoch, float(result[metric]))
         steps.append(epoch)
 
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -154,7 +153,7 @@ class StudySearcher(Searcher):
         epochs = int(result["epoch"]) if result and "epoch" in result else 0
         status = "failed" if error or best is None else "completed" if epochs >= self.max_epochs else "stopped"
         row = {"epochs_run": epochs, "best_epoch": best["epoch"] if best else None}
-        tell(self.study, number, self.spec, status, best["values"] if best else None, row)
+        tell(self.study, self.store, number, self.spec, status, best["values"] if best else None, row)
         self._persist()
         self.store.push()
 
@@ -179,3 +178,27 @@ class StudySearcher(Searcher):
         self.numbers, self.best, self.reported = state["numbers"], state["best"], state["reported"]
         self.sampler = state["sampler"]
         self._study = None
+
+
+class SweepSearchGenerator(SearchGenerator):
+    """Tune's search generator, but trial ids derive from the sweep id, the experiment and Tune's trial counter
+    (saved with the experiment): a trial started after Tune's last save and re-created by a resume keeps its id,
+    so it finds its own checkpoints and result rows instead of leaving a ghost beside a copy of itself."""
+
+    def __init__(self, searcher, sweep_id: str, experiment: int):
+        super().__init__(searcher)
+        self.sweep_id = sweep_id
+        self.experiment = experiment
+
+    def create_trial_if_possible(self, experiment_spec):
+        planned = planned_trial_id(self.sweep_id, self.experiment, _fences.trials_created(self) + 1)
+        with _fences.trial_id_source(planned):
+            return super().create_trial_if_possible(experiment_spec)
+
+
+def build_search(spec, sweep_id: str, experiment: int = 0, warm_started: bool = False) -> SweepSearchGenerator:
+    """The search algorithm of a sweep: a :class:`StudySearcher` over the sweep's study (in its database) under
+    Tune's concurrency limit, with deterministic trial ids (see :class:`SweepSearchGenerator`)."""
+    searcher = StudySearcher(spec, sweep_id, StudyStore(spec.sweep_dir, spec.study_storage), warm_started)
+    limited = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
+    return SweepSearchGenerator(limited, sweep_id, experiment)

@@ -1,11 +1,13 @@
-"""The sweep spec: one YAML file that defines a sweep, validated before Ray starts.
+"""The sweep spec: one YAML file that defines a sweep, as typed models, validated before Ray starts.
 
-Every error names the file, the field, the bad value and what is allowed. The YAML is read with
-``yaml.safe_load``: a spec cannot make the platform import or evaluate code.
+(About 500 lines for one reason: this is the whole spec language, its typed models and each section's rules, read top
+to bottom as its reference; the generic checks and the error formatting are in :mod:`sweeps._checks`.)
 
-Why one module of nearly 500 lines: it is the whole spec language (its dataclasses, the parser and each section's
-rules) and reads top to bottom as its reference; split, a field and the rule that checks it would live apart. The
-generic checks (types, ranges, choices) are already in :mod:`sweeps._checks`.
+The models are frozen dataclasses whose field types carry their rules (pydantic validates them and writes the JSON
+Schema, ``l2d-sweep spec --schema``); the rules between fields and against the registries (methods, datasets, timm's
+models) follow. Every error of a file is reported at once, one line each: the file, the field, the bad value and what
+is allowed. The YAML is read with a safe loader (no Python objects), ``1e-4`` is a number (YAML 1.1 would read a
+string), and a key given twice is an error.
 
 Example (``search_spaces/quickstart.yaml``)::
 
@@ -25,23 +27,21 @@ Example (``search_spaces/quickstart.yaml``)::
     seed: 0
 """
 
-from __future__ import annotations
-
-import re
+import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import yaml
+from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
+from l2d.storage import Location, StorageError, credentials_in_uri
+from sweeps._checks import Errors, SpecError, choice, flag, integer, number, show, text, validate_section
 
-from l2d.losses import METHODS
-from l2d.run import RunConfig
-from l2d.storage import Location, StorageError
-from sweeps._checks import Checker, SpecError, dataclass_fields, show
+if TYPE_CHECKING:
+    from l2d.run import RunConfig
 
-__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec"]
+__all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "json_schema", "with_overrides"]
 
 #: Hyperparameters a search space may name: the learning rate and every method's weights.
-SEARCHABLE = ("lr", *sorted({name for method in METHODS.values() for name in method.defaults}))
+SEARCHABLE = ("lr", *HYPERPARAMETERS)
 METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
 #: What an objective may name: a val metric (per epoch; the first objective must be one, ASHA stops on it) or a
 #: property of the student (latency, size).
@@ -53,6 +53,8 @@ KEEP = ("best+last", "best", "all")
 STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 SCHEDULERS = ("asha", "none")
 TRAINERS = ("auto", "torch-trainer", "in-process")
+MAX_IMAGE_SIZE = 4096
+MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -66,9 +68,9 @@ class Range:
 
 @dataclass(frozen=True)
 class DatasetSpec:
-    name: str = "mosaic-digits"
-    root: str | None = None
-    image_size: int | None = None
+    name: text("a dataset of l2d.data (l2d-sweep dataset --help lists them)") = "mosaic-digits"
+    root: text("the dataset's folder (required for voc2007, coco2014, nuswide)", optional=True) = None
+    image_size: integer(8, MAX_IMAGE_SIZE, optional=True, help="network input side (default: the dataset's)") = None
     options: dict = field(default_factory=dict)
 
 
@@ -80,38 +82,41 @@ class Pairing:
 
 @dataclass(frozen=True)
 class Budget:
-    num_samples: int = 8
-    max_epochs: int = 3
-    grace_period: int = 1
-    reduction_factor: float = 2.0
-    teacher_epochs: int | None = None
-    teacher_schedule_epochs: int | None = None  # the teachers' OneCycle length when they stop early (official: 80/30)
-    searcher: str = "tpe"           # tpe (Optuna TPE) or random (Optuna's random sampler)
-    scheduler: str = "asha"         # asha (early stopping) or none (every trial runs max_epochs)
+    num_samples: integer(1, 1_000_000, help="trials of the sweep") = 8
+    max_epochs: integer(1, 100_000, help="epochs of a trial ASHA never stops") = 3
+    grace_period: integer(1, help="epochs before ASHA may stop a trial") = 1
+    reduction_factor: number(1.0, exclusive=True, help="ASHA's reduction factor (> 1)") = 2.0
+    teacher_epochs: integer(1, 100_000, optional=True, help="epochs of each teacher (default: the dataset's)") = None
+    # the teachers' OneCycle length when they stop early (official: 80, stopped at 30)
+    teacher_schedule_epochs: integer(1, 100_000, optional=True, help="the teachers' OneCycle length when longer "
+                                                                     "than teacher_epochs") = None
+    searcher: choice(SEARCHERS, help="Optuna's TPE, random search, or NSGA-II (several objectives)") = "tpe"
+    scheduler: choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)") = "asha"
 
 
 @dataclass(frozen=True)
 class Resources:
-    workers_per_trial: int = 1
-    cpus_per_worker: float = 1.0
-    gpus_per_worker: float = 0.0
-    max_concurrent_trials: int = 1
-    max_failures: int = 0
+    workers_per_trial: integer(1, 4096, help="DDP workers of one trial") = 1
+    cpus_per_worker: number(0.0, exclusive=True, maximum=1024, help="CPUs each worker holds") = 1.0
+    gpus_per_worker: number(0.0, maximum=64, help="GPUs each worker holds") = 0.0
+    max_concurrent_trials: integer(1, 100_000, help="trials at once") = 1
+    max_failures: integer(0, 1000, help="retries of a trial whose worker or node died") = 0
     # Where a trial trains: torch-trainer (a Ray Train TorchTrainer, DDP over workers_per_trial workers),
     # in-process (in the Tune trial's own reused process: no worker group to start, single worker only), or
     # auto (in-process for a single worker, torch-trainer for several).
-    trainer: str = "auto"
+    trainer: choice(TRAINERS, help="auto: in-process for one worker, torch-trainer (DDP) for several") = "auto"
 
 
 @dataclass(frozen=True)
 class RecipeSpec:
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    pct_start: float = 0.2
-    embed_dim: int | None = None
-    num_workers: int = 0
-    channels_last: bool | None = None   # None: the dataset's default (on CUDA, and for mosaic-scenes on CPU)
-    grad_share_every: int | None = None  # gradient-share diagnostics every N steps (None: the engine's 50; 0: off)
+    batch_size: integer(1, 65_536, help="global batch size") = 64
+    weight_decay: number(0.0, help="Adam's L2 decay on weights") = 1e-4
+    pct_start: number(0.0, exclusive=True, maximum=0.999, help="share of OneCycle spent warming up") = 0.2
+    embed_dim: integer(8, 8192, optional=True, help="label-wise embedding size D, a multiple of 8") = None
+    num_workers: integer(0, 256, help="DataLoader workers per rank") = 0
+    channels_last: flag("channels-last memory layout (default: the dataset's; on CUDA)", optional=True) = None
+    grad_share_every: integer(0, 1_000_000, optional=True, help="gradient-share diagnostics every N steps (0: off; "
+                                                               "default 50)") = None
 
 
 @dataclass(frozen=True)
@@ -167,9 +172,11 @@ class SweepSpec:
         """``<storage>/teachers``: shared by every sweep of this storage."""
         return self.storage_location / "teachers"
 
-    def base_run(self) -> RunConfig:
+    def base_run(self) -> "RunConfig":
         """The run every trial of this sweep starts from (a trial sets the pairing, the method, its weights and
         the learning rate): the dataset, the recipe, the teachers' budget, the seed."""
+        from l2d.run import RunConfig
+
         return RunConfig(dataset=self.dataset.name, data_root=self.dataset.root,
                          dataset_options=dict(self.dataset.options), image_size=self.dataset.image_size,
                          embed_dim=self.recipe.embed_dim, epochs=self.budget.max_epochs,
@@ -179,7 +186,7 @@ class SweepSpec:
                          num_workers=self.recipe.num_workers, seed=self.seed,
                          channels_last=self.recipe.channels_last, grad_share_every=self.recipe.grad_share_every)
 
-    def run_for(self, teacher: str, student: str | None = None) -> RunConfig:
+    def run_for(self, teacher: str, student: str | None = None) -> "RunConfig":
         """:meth:`base_run` for one pairing, with each backbone's initial weights from ``weights``."""
         return self.base_run().replace(teacher=teacher, student=student, teacher_weights=self.weights.get(teacher),
                                        student_weights=self.weights.get(student) if student else None)
@@ -194,7 +201,7 @@ class SweepSpec:
             del data["metric"], data["mode"]
         else:
             del data["objectives"]
-        for key in ("study_storage", "warm_start"):
+        for key in ("study_storage", "warm_start", "max_student_params"):
             if data[key] is None:
                 del data[key]
         for key in ("channels_last", "grad_share_every"):  # unset: left out, as in specs written before they existed
@@ -208,308 +215,384 @@ class SweepSpec:
             del data["first_points"]
         return data
 
+    def describe(self) -> dict:
+        """:meth:`to_dict` for showing: the values of credential-looking URI parts masked."""
+        from l2d.storage import redact
+
+        data = self.to_dict()
+        for key in ("storage", "study_storage", "warm_start"):
+            if data.get(key):
+                data[key] = redact(data[key])
+        if data.get("tracking", {}).get("mlflow"):
+            data["tracking"]["mlflow"]["tracking_uri"] = redact(data["tracking"]["mlflow"]["tracking_uri"])
+        return data
+
 
 # --- validation -------------------------------------------------------------------------------------------------
 
-MAX_IMAGE_SIZE = 4096
-
+#: Top-level keys, in the order errors are reported.
 TOP_LEVEL = ("name", "dataset", "metric", "mode", "objectives", "pairings", "methods", "search_space", "budget",
              "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start",
              "keep", "tracking", "first_points")
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
-    """Validate a spec given as a parsed YAML mapping; see the module docstring for the format."""
-    from l2d.data import DATASETS, MAX_SEED, dataset_options
-    from l2d.models import check_backbone_name
+    """Validate a spec given as a parsed YAML mapping; see the module docstring for the format.
 
-    check = Checker(source)
-    data = check.mapping(data, "", TOP_LEVEL, required=("name", "pairings", "methods"))
+    Raises:
+        SpecError: every error of the spec, one line each (``str(error)``; ``error.errors`` is the list).
+    """
+    errors = Errors(source)
+    if not isinstance(data, dict):
+        errors.add("", f"expected a mapping with keys {', '.join(TOP_LEVEL)}, got {show(data)}")
+        errors.raise_if_any()
+    for key in data:
+        if key not in TOP_LEVEL:
+            errors.add(str(key), f"unknown key; allowed keys: {', '.join(TOP_LEVEL)}" + errors.suggest(key, TOP_LEVEL))
+    for key in ("name", "pairings", "methods"):
+        if key not in data:
+            errors.add(key, "is required")
 
-    name = check.string(data["name"], "name")
-    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        raise check.fail("name", f"{name!r} is not allowed; use letters, digits, '-', '_' and '.'")
-    from sweeps.folder import RESERVED
-
-    if name in RESERVED:
-        raise check.fail("name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); "
-                                 f"choose another name")
-
-    raw_dataset = data.get("dataset", {"name": "mosaic-digits"})
-    if isinstance(raw_dataset, str):
-        raw_dataset = {"name": raw_dataset}
-    raw_dataset = check.mapping(raw_dataset, "dataset", dataclass_fields(DatasetSpec), required=("name",))
-    dataset_name = check.string(raw_dataset["name"], "dataset.name")
-    if dataset_name not in DATASETS:
-        raise check.fail("dataset.name", f"unknown dataset {dataset_name!r}; allowed: {', '.join(DATASETS)}")
-    if DATASETS[dataset_name].needs_root and not raw_dataset.get("root"):
-        raise check.fail("dataset.root", f"dataset {dataset_name!r} needs root (the folder of its files)")
-    options = raw_dataset.get("options") or {}
-    check.mapping(options, "dataset.options", tuple(dataset_options(dataset_name)))
-    for key, value in options.items():
-        try:
-            DATASETS[dataset_name].options[key].check(value)
-        except ValueError as error:
-            raise check.fail(f"dataset.options.{key}", str(error)) from None
-    image_size = raw_dataset.get("image_size")
-    dataset = DatasetSpec(
-        name=dataset_name,
-        root=check.string(raw_dataset["root"], "dataset.root") if raw_dataset.get("root") else None,
-        image_size=check.integer(image_size, "dataset.image_size", 8, MAX_IMAGE_SIZE) if image_size is not None
-        else None,
-        options=dict(options),
-    )
-
-    objectives = _check_objectives(check, data.get("objectives"))
-    if objectives and ("metric" in data or "mode" in data):
-        raise check.fail("objectives", "give either objectives or metric/mode, not both (the first objective is "
-                                       "the metric)")
-    metric = objectives[0][0] if objectives else check.string(data.get("metric", "val_mAP"), "metric")
-    if metric not in METRICS:
-        raise check.fail("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}")
-    mode = objectives[0][1] if objectives else data.get("mode", "min" if metric == "val_loss" else "max")
-    if mode not in ("min", "max"):
-        raise check.fail("mode", f"{mode!r} is not allowed; allowed: min, max")
-    study_storage = _check_study_storage(check, data.get("study_storage"))
-    warm_start = data.get("warm_start")
-    if warm_start is not None:
-        try:
-            warm_start = str(Location.parse(check.string(warm_start, "warm_start"), "warm_start"))
-        except StorageError as error:
-            raise check.fail("warm_start", str(error).removeprefix("warm_start: ")) from None
-
-    raw_pairings = data["pairings"]
-    if not isinstance(raw_pairings, list) or not raw_pairings:
-        raise check.fail("pairings", f"expected a non-empty list of {{teacher, students}}, got {show(raw_pairings)}")
-    pairings = []
-    for i, raw in enumerate(raw_pairings):
-        raw = check.mapping(raw, f"pairings[{i}]", ("teacher", "students"), required=("teacher", "students"))
-        teacher = check.string(raw["teacher"], f"pairings[{i}].teacher")
-        students = check.string_list(raw["students"], f"pairings[{i}].students")
-        for where, model in [(f"pairings[{i}].teacher", teacher)] + [
-                (f"pairings[{i}].students[{j}]", s) for j, s in enumerate(students)]:
-            try:
-                check_backbone_name(model)
-            except ValueError as error:
-                raise check.fail(where, str(error)) from None
-        if len(set(students)) != len(students):
-            raise check.fail(f"pairings[{i}].students", f"lists a student twice: {list(students)}")
-        pairings.append(Pairing(teacher, students))
-    teachers = [p.teacher for p in pairings]
-    if len(set(teachers)) != len(teachers):
-        raise check.fail("pairings", f"names a teacher twice ({teachers}); merge its students into one entry")
-
-    methods = check.string_list(data["methods"], "methods")
-    for i, method in enumerate(methods):
-        if method not in METHODS:
-            raise check.fail(f"methods[{i}]", f"unknown method {method!r}; allowed: {', '.join(METHODS)}")
-    if len(set(methods)) != len(methods):
-        raise check.fail("methods", f"lists a method twice: {list(methods)}")
-
-    search_space: dict[str, Range | float] = {}
-    raw_space = check.mapping(data.get("search_space") or {}, "search_space", SEARCHABLE)
-    used = {"lr"} | {name for m in methods for name in METHODS[m].defaults}
-    for key, value in raw_space.items():
-        where = f"search_space.{key}"
-        if key not in used:
-            raise check.fail(where, f"is not a hyperparameter of the chosen methods ({', '.join(methods)}); "
-                                    f"allowed here: {', '.join(sorted(used))}")
-        positive = key in ("lr", "kd_temperature")
-        if isinstance(value, dict):
-            value = check.mapping(value, where, ("low", "high", "log"), required=("low", "high"))
-            low = check.number(value["low"], f"{where}.low", 0.0, exclusive=positive)
-            high = check.number(value["high"], f"{where}.high", 0.0, exclusive=positive)
-            log = value.get("log", True)
-            if not isinstance(log, bool):
-                raise check.fail(f"{where}.log", f"expected true or false, got {show(log)}")
-            if low >= high:
-                raise check.fail(where, f"empty range: low {low:g} >= high {high:g}; allowed: low < high")
-            if log and low <= 0:
-                raise check.fail(f"{where}.low", f"{low:g} is not allowed on a log scale; allowed: low > 0")
-            search_space[key] = Range(low, high, log)
-        else:
-            search_space[key] = check.number(value, where, 0.0, exclusive=positive)
-
-    raw_budget = check.mapping(data.get("budget") or {}, "budget", dataclass_fields(Budget))
-    budget = Budget(**{**asdict(Budget()), **raw_budget})
-    check.integer(budget.num_samples, "budget.num_samples", 1, 1_000_000)
-    check.integer(budget.max_epochs, "budget.max_epochs", 1, 100_000)
-    check.integer(budget.grace_period, "budget.grace_period", 1)
-    if budget.grace_period > budget.max_epochs:
-        raise check.fail("budget.grace_period", f"{budget.grace_period} exceeds budget.max_epochs "
-                                                f"({budget.max_epochs}); allowed: 1 to max_epochs")
-    if check.number(budget.reduction_factor, "budget.reduction_factor") <= 1:
-        raise check.fail("budget.reduction_factor", f"{budget.reduction_factor} is not allowed; allowed: > 1")
-    if budget.teacher_epochs is not None:
-        check.integer(budget.teacher_epochs, "budget.teacher_epochs", 1, 100_000)
-    if budget.teacher_schedule_epochs is not None:
-        check.integer(budget.teacher_schedule_epochs, "budget.teacher_schedule_epochs", 1, 100_000)
-        if budget.teacher_epochs is None or budget.teacher_schedule_epochs < budget.teacher_epochs:
-            raise check.fail("budget.teacher_schedule_epochs", f"{budget.teacher_schedule_epochs} needs "
-                                                               f"budget.teacher_epochs, at most as many (the teachers "
-                                                               f"stop at teacher_epochs of a schedule this long)")
-    check.choice(budget.searcher, "budget.searcher", SEARCHERS)
-    check.choice(budget.scheduler, "budget.scheduler", SCHEDULERS)
-
-    raw_resources = check.mapping(data.get("resources") or {}, "resources", dataclass_fields(Resources))
-    resources = Resources(**{**asdict(Resources()), **raw_resources})
-    check.integer(resources.workers_per_trial, "resources.workers_per_trial", 1, 4096)
-    check.number(resources.cpus_per_worker, "resources.cpus_per_worker", 0.0, exclusive=True, maximum=1024)
-    check.number(resources.gpus_per_worker, "resources.gpus_per_worker", 0.0, maximum=64)
-    check.integer(resources.max_concurrent_trials, "resources.max_concurrent_trials", 1, 100_000)
-    check.integer(resources.max_failures, "resources.max_failures", 0, 1000)
-    check.choice(resources.trainer, "resources.trainer", TRAINERS)
-    if resources.trainer == "in-process" and resources.workers_per_trial != 1:
-        raise check.fail("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
-                                              f"{resources.workers_per_trial}; allowed: torch-trainer or auto")
-
-    raw_recipe = check.mapping(data.get("recipe") or {}, "recipe", dataclass_fields(RecipeSpec))
-    recipe = RecipeSpec(**{**asdict(RecipeSpec()), **raw_recipe})
-    check.integer(recipe.batch_size, "recipe.batch_size", 1, 65_536)
-    check.number(recipe.weight_decay, "recipe.weight_decay", 0.0)
-    if not 0 < check.number(recipe.pct_start, "recipe.pct_start") < 1:
-        raise check.fail("recipe.pct_start", f"{recipe.pct_start} is out of range; allowed: 0 < pct_start < 1")
-    if recipe.embed_dim is not None:
-        check.integer(recipe.embed_dim, "recipe.embed_dim", 8, 8192)
-        if recipe.embed_dim % 8:
-            raise check.fail("recipe.embed_dim", f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the "
-                                                 f"decoder's 8 attention heads)")
-    check.integer(recipe.num_workers, "recipe.num_workers", 0, 256)
-    if recipe.channels_last is not None and not isinstance(recipe.channels_last, bool):
-        raise check.fail("recipe.channels_last", f"{show(recipe.channels_last)} is not allowed; allowed: true, false")
-    if recipe.grad_share_every is not None:
-        check.integer(recipe.grad_share_every, "recipe.grad_share_every", 0, 1_000_000)
-
-    storage = check.string(data.get("storage", "./runs"), "storage")
-    try:
-        storage = str(Location.parse(storage, "storage"))
-    except StorageError as error:
-        raise check.fail("storage", str(error).removeprefix("storage: ")) from None
-
-    seed = check.integer(data.get("seed", 0), "seed", 0, MAX_SEED)
+    name = _name(errors, data.get("name")) if "name" in data else None
+    dataset = _dataset(errors, data.get("dataset", {"name": "mosaic-digits"}))
+    objectives = _objectives(errors, data.get("objectives"))
+    metric, mode = _metric_mode(errors, data, objectives)
+    study_storage = _study_storage(errors, data.get("study_storage"))
+    warm_start = _location(errors, data.get("warm_start"), "warm_start")
+    pairings = _pairings(errors, data["pairings"]) if "pairings" in data else ()
+    methods = _methods(errors, data["methods"]) if "methods" in data else ()
+    search_space = _search_space(errors, data.get("search_space") or {}, methods)
+    budget = validate_section(errors, Budget, data.get("budget") or {}, "budget")
+    if budget is not None:
+        _budget_rules(errors, budget)
+    resources = validate_section(errors, Resources, data.get("resources") or {}, "resources")
+    if resources is not None and resources.trainer == "in-process" and resources.workers_per_trial != 1:
+        errors.add("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
+                                        f"{resources.workers_per_trial}; allowed: torch-trainer or auto")
+    recipe = validate_section(errors, RecipeSpec, data.get("recipe") or {}, "recipe")
+    if recipe is not None and recipe.embed_dim is not None and recipe.embed_dim % 8:
+        errors.add("recipe.embed_dim", f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the decoder's 8 "
+                                       f"attention heads)")
+    storage = _location(errors, data.get("storage", "./runs"), "storage")
+    seed = errors.value(integer(0, MAX_SEED), data.get("seed", 0), "seed")
     max_params = data.get("max_student_params")
     if max_params is not None:
-        max_params = check.integer(int(max_params) if isinstance(max_params, float) and max_params.is_integer()
-                                   else max_params, "max_student_params", 1)
-        _check_student_sizes(check, pairings, max_params, dataset, recipe)
-
-    weights = _check_weights(check, data.get("weights") or {}, pairings)
-    keep = check.choice(data.get("keep", "best+last"), "keep", KEEP)
-    tracking = _check_tracking(check, data.get("tracking"))
-    first = _check_first_points(check, data.get("first_points"), pairings, methods, search_space)
-    return SweepSpec(first_points=first, name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
+        if isinstance(max_params, float) and max_params.is_integer():
+            max_params = int(max_params)
+        max_params = errors.value(integer(1), max_params, "max_student_params")
+    weights = _weights(errors, data.get("weights") or {}, pairings)
+    keep = errors.value(choice(KEEP), data.get("keep", "best+last"), "keep")
+    tracking = _tracking(errors, data.get("tracking"))
+    first = _first_points(errors, data.get("first_points"), pairings, methods, search_space)
+    errors.raise_if_any()
+    if max_params is not None:  # counts parameters: needs torch; only once everything else is right
+        _student_sizes(errors, pairings, max_params, dataset, recipe)
+        errors.raise_if_any()
+    return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
                      search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
                      metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights,
                      objectives=objectives if len(objectives) > 1 else (), study_storage=study_storage,
-                     warm_start=warm_start, keep=keep, tracking=tracking)
+                     warm_start=warm_start, keep=keep, tracking=tracking, first_points=first)
 
 
-def _check_first_points(check: Checker, raw: Any, pairings, methods, search_space) -> tuple:
+def _name(errors: Errors, raw: Any) -> str | None:
+    from sweeps.folder import RESERVED
+
+    name = errors.value(text(), raw, "name")
+    if name is None:
+        return None
+    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
+        errors.add("name", f"{name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    elif name in RESERVED:
+        errors.add("name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); choose another "
+                           f"name")
+    return name
+
+
+def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
+    from l2d.data import DATASETS
+
+    if isinstance(raw, str):
+        raw = {"name": raw}
+    spec = validate_section(errors, DatasetSpec, raw, "dataset", required=("name",))
+    if spec is None:
+        return None
+    if spec.name not in DATASETS:
+        errors.add("dataset.name", f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}"
+                   + errors.suggest(spec.name, DATASETS))
+        return None
+    info = DATASETS[spec.name]
+    if info.needs_root and not spec.root:
+        errors.add("dataset.root", f"dataset {spec.name!r} needs root (the folder of its files)")
+    if not isinstance(spec.options, dict):
+        errors.add("dataset.options", f"expected a mapping of options, got {show(spec.options)}")
+        return None
+    for key, value in spec.options.items():
+        if key not in info.options:
+            errors.add(f"dataset.options.{key}", f"unknown key; allowed keys: {', '.join(sorted(info.options))}"
+                       + errors.suggest(key, info.options))
+            continue
+        try:
+            info.options[key].check(value)  # the dataset's own rule (l2d.data), the one build_dataset applies
+        except ValueError as error:
+            errors.add(f"dataset.options.{key}", str(error))
+    return spec
+
+
+def _objectives(errors: Errors, raw: Any) -> tuple:
+    """``objectives``: a list of ``{metric, mode}``; the first a val metric (ASHA stops on it), no metric twice."""
+    from sweeps.vocab import default_mode
+
+    if raw is None:
+        return ()
+    if not isinstance(raw, list) or not raw:
+        errors.add("objectives", f"expected a non-empty list of {{metric, mode}}, got {show(raw)}")
+        return ()
+    objectives = []
+    for i, item in enumerate(raw):
+        where = f"objectives[{i}]"
+        if not errors.mapping(item, where, ("metric", "mode"), required=("metric",)):
+            continue
+        metric = errors.value(choice(OBJECTIVE_METRICS), item["metric"], f"{where}.metric")
+        if metric is None:
+            continue
+        mode = errors.value(choice(("min", "max")), item.get("mode", default_mode(metric)), f"{where}.mode")
+        objectives.append((metric, mode))
+    if objectives and objectives[0][0] not in METRICS:
+        errors.add("objectives[0].metric", f"{objectives[0][0]!r} is not allowed first; the first objective is what "
+                                           f"ASHA stops on, a per-epoch metric: {', '.join(METRICS)}")
+    metrics = [m for m, _ in objectives]
+    if len(set(metrics)) != len(metrics):
+        errors.add("objectives", f"names a metric twice: {metrics}")
+    return tuple(objectives)
+
+
+def _metric_mode(errors: Errors, data: dict, objectives: tuple) -> tuple[str, str]:
+    from sweeps.vocab import default_mode
+
+    if objectives and ("metric" in data or "mode" in data):
+        errors.add("objectives", "give either objectives or metric/mode, not both (the first objective is the metric)")
+    if objectives:
+        return objectives[0]
+    metric = errors.value(text(), data.get("metric", "val_mAP"), "metric") or "val_mAP"
+    if metric not in METRICS:
+        errors.add("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}" + errors.suggest(metric,
+                                                                                                        METRICS))
+    mode = data.get("mode", default_mode(metric))
+    if mode not in ("min", "max"):
+        errors.add("mode", f"{mode!r} is not allowed; allowed: min, max")
+    return metric, mode
+
+
+def _location(errors: Errors, raw: Any, where: str) -> str | None:
+    if raw is None:
+        return None
+    value = errors.value(text(), raw, where)
+    if value is None:
+        return None
+    try:
+        return str(Location.parse(value, where))
+    except StorageError as error:
+        errors.add(where, str(error).removeprefix(f"{where}: "))
+        return None
+
+
+def _study_storage(errors: Errors, raw: Any) -> str | None:
+    """``study_storage``: a SQLAlchemy URL; no credential in it (PGPASSWORD / ~/.pgpass instead)."""
+    if raw is None:
+        return None
+    url = errors.value(text(), raw, "study_storage")
+    if url is None:
+        return None
+    dialect = url.split("://", 1)[0] if "://" in url else ""
+    if dialect not in STUDY_DIALECTS:
+        errors.add("study_storage", f"{url.split('@')[-1]!r}: unsupported database; allowed: a SQLAlchemy URL of "
+                                    f"{', '.join(STUDY_DIALECTS)}")
+        return None
+    secret = credentials_in_uri(url)
+    if secret:
+        where = "a password" if secret[0] == "password" else f"a credential ({secret[0]})"
+        remedy = ("PGPASSWORD, PGSSLKEY or ~/.pgpass for PostgreSQL" if dialect.startswith("postgresql") else
+                  "MYSQL_PWD or ~/.my.cnf for MySQL" if dialect.startswith("mysql") else "the database's own means")
+        errors.add("study_storage", f"the URL carries {where}; give it through the database's own means ({remedy}), "
+                                    f"never in the spec")
+        return None
+    return url
+
+
+def _pairings(errors: Errors, raw: Any) -> list[Pairing]:
+    from l2d.backbones import check_backbone_name
+
+    if not isinstance(raw, list) or not raw:
+        errors.add("pairings", f"expected a non-empty list of {{teacher, students}}, got {show(raw)}")
+        return []
+    pairings = []
+    for i, item in enumerate(raw):
+        where = f"pairings[{i}]"
+        if not errors.mapping(item, where, ("teacher", "students"), required=("teacher", "students")):
+            continue
+        teacher = errors.value(text(), item["teacher"], f"{where}.teacher")
+        students = errors.string_list(item["students"], f"{where}.students")
+        if teacher is None or students is None:
+            continue
+        for at, model in [(f"{where}.teacher", teacher)] + [(f"{where}.students[{j}]", s) for j, s in
+                                                             enumerate(students)]:
+            try:
+                check_backbone_name(model)
+            except ValueError as error:
+                errors.add(at, str(error))
+        if len(set(students)) != len(students):
+            errors.add(f"{where}.students", f"lists a student twice: {list(students)}")
+        pairings.append(Pairing(teacher, students))
+    teachers = [p.teacher for p in pairings]
+    if len(set(teachers)) != len(teachers):
+        errors.add("pairings", f"names a teacher twice ({teachers}); merge its students into one entry")
+    return pairings
+
+
+def _methods(errors: Errors, raw: Any) -> tuple[str, ...]:
+    methods = errors.string_list(raw, "methods") or ()
+    for i, method in enumerate(methods):
+        if method not in METHODS:
+            errors.add(f"methods[{i}]", f"unknown method {method!r}; allowed: {', '.join(METHODS)}"
+                       + errors.suggest(method, METHODS))
+    if len(set(methods)) != len(methods):
+        errors.add("methods", f"lists a method twice: {list(methods)}")
+    return tuple(m for m in methods if m in METHODS)
+
+
+def _search_space(errors: Errors, raw: Any, methods: tuple[str, ...]) -> dict[str, Range | float]:
+    if not errors.mapping(raw, "search_space", SEARCHABLE):
+        return {}
+    used = {"lr"} | {name for m in methods for name in METHODS[m].defaults}
+    space: dict[str, Range | float] = {}
+    for key, value in raw.items():
+        where = f"search_space.{key}"
+        if key not in SEARCHABLE:
+            continue  # reported by errors.mapping
+        if methods and key not in used:
+            errors.add(where, f"is not a hyperparameter of the chosen methods ({', '.join(methods)}); allowed here: "
+                              f"{', '.join(sorted(used))}")
+            continue
+        positive = key == "lr" or is_temperature(key)
+        bound = number(0.0, exclusive=positive)
+        if isinstance(value, dict):
+            if not errors.mapping(value, where, ("low", "high", "log"), required=("low", "high")):
+                continue
+            low = errors.value(bound, value["low"], f"{where}.low")
+            high = errors.value(bound, value["high"], f"{where}.high")
+            log = errors.value(flag(), value.get("log", True), f"{where}.log")
+            if low is None or high is None or log is None:
+                continue
+            if low >= high:
+                errors.add(where, f"empty range: low {low:g} >= high {high:g}; allowed: low < high")
+            elif log and low <= 0:
+                errors.add(f"{where}.low", f"{low:g} is not allowed on a log scale; allowed: low > 0")
+            else:
+                space[key] = Range(low, high, log)
+        else:
+            fixed = errors.value(bound, value, where)
+            if fixed is not None:
+                space[key] = fixed
+    return space
+
+
+def _budget_rules(errors: Errors, budget: Budget) -> None:
+    if budget.grace_period > budget.max_epochs:
+        errors.add("budget.grace_period", f"{budget.grace_period} exceeds budget.max_epochs ({budget.max_epochs}); "
+                                          f"allowed: 1 to max_epochs")
+    if budget.teacher_schedule_epochs is not None and (budget.teacher_epochs is None or
+                                                       budget.teacher_schedule_epochs < budget.teacher_epochs):
+        errors.add("budget.teacher_schedule_epochs", f"{budget.teacher_schedule_epochs} needs budget.teacher_epochs, "
+                                                     f"at most as many (the teachers stop at teacher_epochs of a "
+                                                     f"schedule this long)")
+
+
+def _weights(errors: Errors, raw: Any, pairings) -> dict:
+    """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
+    file is looked for before Ray starts, see sweeps.experiment.check_local_resources)."""
+    named = tuple(sorted({p.teacher for p in pairings} | {s for p in pairings for s in p.students}))
+    if not errors.mapping(raw, "weights", named if pairings else None):
+        return {}
+    weights = {}
+    for backbone, source in raw.items():
+        where = f"weights.{backbone}"
+        source = errors.value(text(), source, where)
+        if source is None:
+            continue
+        if source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
+            errors.add(where, f"{source!r} is not allowed; allowed: hf-hub:<org>/<repo>")
+        elif source.startswith("timm:") and not source.removeprefix("timm:"):
+            errors.add(where, f"{source!r} is not allowed; allowed: timm, timm:<tag>, hf-hub:<org>/<repo>, offline, "
+                              f"random or a local file")
+        else:
+            weights[backbone] = source
+    return weights
+
+
+def _tracking(errors: Errors, raw: Any) -> dict:
+    """``tracking``: ``{mlflow: {tracking_uri, experiment}}``; no credential in the URI (MLflow's environment)."""
+    if not raw:
+        return {}
+    if not errors.mapping(raw, "tracking", ("mlflow",)) or "mlflow" not in raw or not errors.mapping(
+            raw["mlflow"], "tracking.mlflow", ("tracking_uri", "experiment"), required=("tracking_uri",)):
+        return {}
+    mlflow = raw["mlflow"]
+    uri = errors.value(text(), mlflow["tracking_uri"], "tracking.mlflow.tracking_uri")
+    experiment = errors.value(text(), mlflow.get("experiment", "l2d-sweep"), "tracking.mlflow.experiment")
+    if uri is None or experiment is None:
+        return {}
+    secret = credentials_in_uri(uri)
+    if secret:
+        where = "a password" if secret[0] == "password" else f"a credential ({secret[0]})"
+        errors.add("tracking.mlflow.tracking_uri", f"the URI carries {where}; give it through MLFLOW_TRACKING_TOKEN, or "
+                                                   f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+        return {}
+    return {"mlflow": {"tracking_uri": uri, "experiment": experiment}}
+
+
+def _first_points(errors: Errors, raw: Any, pairings, methods, search_space) -> tuple:
     """``first_points``: configurations to evaluate first; each names a method of the spec (and optionally a pairing
     of it) and values inside the searched ranges of that method's hyperparameters."""
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
-        raise check.fail("first_points", f"expected a non-empty list of mappings, got {show(raw)}")
+        errors.add("first_points", f"expected a non-empty list of mappings, got {show(raw)}")
+        return ()
     points = []
     for i, point in enumerate(raw):
         where = f"first_points[{i}]"
-        point = check.mapping(point, where, ("teacher", "student", "method", *SEARCHABLE), required=("method",))
-        method = check.choice(point["method"], f"{where}.method", tuple(methods))
-        teacher = check.choice(point.get("teacher", pairings[0].teacher), f"{where}.teacher",
-                               tuple(p.teacher for p in pairings))
+        if not errors.mapping(point, where, ("teacher", "student", "method", *SEARCHABLE), required=("method",)):
+            continue
+        method = errors.value(choice(tuple(methods)), point["method"], f"{where}.method")
+        teacher = errors.value(choice(tuple(p.teacher for p in pairings)),
+                               point.get("teacher", pairings[0].teacher if pairings else None), f"{where}.teacher")
+        if method is None or teacher is None:
+            continue
         students = next(p.students for p in pairings if p.teacher == teacher)
-        student = check.choice(point.get("student", students[0]), f"{where}.student", tuple(students))
+        student = errors.value(choice(tuple(students)), point.get("student", students[0]), f"{where}.student")
         values = {}
         for name, value in point.items():
             if name in ("teacher", "student", "method"):
                 continue
             searched = search_space.get(name)
             if name != "lr" and name not in METHODS[method].defaults:
-                raise check.fail(f"{where}.{name}", f"is not a hyperparameter of {method}; allowed: lr, "
-                                                    f"{', '.join(METHODS[method].defaults)}")
-            if not isinstance(searched, Range):
-                raise check.fail(f"{where}.{name}", "is not searched (a first point sets searched values only)")
-            value = check.number(value, f"{where}.{name}")
-            if not searched.low <= value <= searched.high:
-                raise check.fail(f"{where}.{name}", f"{value:g} is outside its range; allowed: {searched.low:g} to "
-                                                    f"{searched.high:g}")
-            values[name] = value
+                errors.add(f"{where}.{name}", f"is not a hyperparameter of {method}; allowed: lr, "
+                                              f"{', '.join(METHODS[method].defaults)}")
+            elif not isinstance(searched, Range):
+                errors.add(f"{where}.{name}", "is not searched (a first point sets searched values only)")
+            else:
+                value = errors.value(number(), value, f"{where}.{name}")
+                if value is not None and not searched.low <= value <= searched.high:
+                    errors.add(f"{where}.{name}", f"{value:g} is outside its range; allowed: {searched.low:g} to "
+                                                  f"{searched.high:g}")
+                elif value is not None:
+                    values[name] = value
         points.append({"teacher": teacher, "student": student, "method": method, **values})
     return tuple(points)
 
 
-def _check_tracking(check: Checker, raw: Any) -> dict:
-    """``tracking``: ``{mlflow: {tracking_uri, experiment}}``; no password in the URI (MLFLOW_TRACKING_PASSWORD)."""
-    if not raw:
-        return {}
-    raw = check.mapping(raw, "tracking", ("mlflow",))
-    mlflow = check.mapping(raw["mlflow"], "tracking.mlflow", ("tracking_uri", "experiment"),
-                           required=("tracking_uri",))
-    uri = check.string(mlflow["tracking_uri"], "tracking.mlflow.tracking_uri")
-    if re.match(r"^[^:]+://[^/@]*:[^/@]*@", uri):
-        raise check.fail("tracking.mlflow.tracking_uri", "the URI carries a password; give it through "
-                                                         "MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
-    experiment = check.string(mlflow.get("experiment", "l2d-sweep"), "tracking.mlflow.experiment")
-    return {"mlflow": {"tracking_uri": uri, "experiment": experiment}}
-
-
-def _check_objectives(check: Checker, raw: Any) -> tuple:
-    """``objectives``: a list of ``{metric, mode}``; the first a val metric (ASHA stops on it), no metric twice."""
-    if raw is None:
-        return ()
-    if not isinstance(raw, list) or not raw:
-        raise check.fail("objectives", f"expected a non-empty list of {{metric, mode}}, got {show(raw)}")
-    objectives = []
-    for i, item in enumerate(raw):
-        item = check.mapping(item, f"objectives[{i}]", ("metric", "mode"), required=("metric",))
-        metric = check.choice(item["metric"], f"objectives[{i}].metric", OBJECTIVE_METRICS)
-        default = "min" if metric in ("val_loss", "latency_ms", "student_params") else "max"
-        mode = check.choice(item.get("mode", default), f"objectives[{i}].mode", ("min", "max"))
-        objectives.append((metric, mode))
-    if objectives[0][0] not in METRICS:
-        raise check.fail("objectives[0].metric", f"{objectives[0][0]!r} is not allowed first; the first objective is "
-                                                 f"what ASHA stops on, a per-epoch metric: {', '.join(METRICS)}")
-    metrics = [m for m, _ in objectives]
-    if len(set(metrics)) != len(metrics):
-        raise check.fail("objectives", f"names a metric twice: {metrics}")
-    return tuple(objectives)
-
-
-def _check_study_storage(check: Checker, raw: Any) -> str | None:
-    """``study_storage``: a SQLAlchemy URL; the password never in it (PGPASSWORD / ~/.pgpass instead)."""
-    if raw is None:
-        return None
-    url = check.string(raw, "study_storage")
-    dialect = url.split("://", 1)[0] if "://" in url else ""
-    if dialect not in STUDY_DIALECTS:
-        raise check.fail("study_storage", f"{url.split('@')[-1]!r}: unsupported database; allowed: a SQLAlchemy URL "
-                                          f"of {', '.join(STUDY_DIALECTS)}")
-    if re.match(r"^[^:]+://[^/@]*:[^/@]*@", url):
-        raise check.fail("study_storage", "the URL carries a password; give it through the database's own means "
-                                          "(PGPASSWORD or ~/.pgpass for PostgreSQL), never in the spec")
-    return url
-
-
-def _check_weights(check: Checker, raw: Any, pairings) -> dict:
-    """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
-    file is looked for before Ray starts, see sweeps.runner.check_local_resources)."""
-    named = {p.teacher for p in pairings} | {s for p in pairings for s in p.students}
-    raw = check.mapping(raw, "weights", tuple(sorted(named)))
-    weights = {}
-    for backbone, source in raw.items():
-        where = f"weights.{backbone}"
-        source = check.string(source, where)
-        if source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
-            raise check.fail(where, f"{source!r} is not allowed; allowed: hf-hub:<org>/<repo>")
-        if source.startswith("timm:") and not source.removeprefix("timm:"):
-            raise check.fail(where, f"{source!r} is not allowed; allowed: timm, timm:<tag>, hf-hub:<org>/<repo> or a "
-                                    f"local file")
-        weights[backbone] = source
-    return weights
-
-
-def _check_student_sizes(check: Checker, pairings, max_params: int, dataset: DatasetSpec, recipe: RecipeSpec):
+def _student_sizes(errors: Errors, pairings, max_params: int, dataset: "DatasetSpec", recipe: "RecipeSpec"):
     """Count each student's parameters on the meta device (no memory, no weights) against the plan's limit."""
     import torch
 
@@ -522,21 +605,98 @@ def _check_student_sizes(check: Checker, pairings, max_params: int, dataset: Dat
             with torch.device("meta"):
                 size = count_parameters(build_model(student, 10, embed_dim))
             if size > max_params:
-                raise check.fail(f"pairings[{i}].students[{j}]", f"{student} has {size:,} parameters, more than "
-                                                                 f"max_student_params ({max_params:,})")
+                errors.add(f"pairings[{i}].students[{j}]", f"{student} has {size:,} parameters, more than "
+                                                           f"max_student_params ({max_params:,})")
 
+
+# --- files, overrides, schema ------------------------------------------------------------------------------------
 
 def load_spec(path: str) -> SweepSpec:
-    """Read and validate a spec file (``yaml.safe_load``)."""
-    try:
-        with open(path) as stream:
-            data = yaml.safe_load(stream)
-    except FileNotFoundError:
-        raise SpecError(f"{path}: spec file not found") from None
-    except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder; expected a sweep spec (a YAML file, see search_spaces/)") from None
-    except (PermissionError, UnicodeDecodeError) as error:
-        raise SpecError(f"{path}: cannot be read as a YAML file ({type(error).__name__})") from None
-    except yaml.YAMLError as error:
-        raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
-    return parse_spec(data, path)
+    """Read and validate a spec file (a safe YAML loader: no Python objects, duplicate keys refused)."""
+    from sweeps._checks import read_yaml
+
+    return parse_spec(read_yaml(path, "spec file"), path)
+
+
+def with_overrides(spec: SweepSpec, source: str, **changes: Any) -> SweepSpec:
+    """``spec`` with ``changes`` applied (``budget.num_samples=50``, ``name="other"``; dotted keys reach into a
+    section), validated again as a whole: the one way a command line, ``extend`` or a benchmark changes a spec.
+    ``budget.max_epochs`` also lowers the grace period to fit it."""
+    data = spec.to_dict()
+    for key, value in changes.items():
+        if value is None:
+            continue
+        section, _, inner = key.partition(".")
+        if inner:
+            data[section] = {**(data.get(section) or {}), inner: value}
+        else:
+            data[key] = value
+    if changes.get("budget.max_epochs") is not None:
+        data["budget"]["grace_period"] = min(data["budget"]["grace_period"], data["budget"]["max_epochs"])
+    return parse_spec(data, source)
+
+
+def json_schema() -> dict:
+    """The JSON Schema of a spec file (draft 2020-12), for editors with a YAML language server."""
+    from sweeps._checks import section_schema
+
+    range_schema = {"type": "object", "additionalProperties": False, "required": ["low", "high"],
+                    "properties": {"low": {"type": "number"}, "high": {"type": "number"},
+                                   "log": {"type": "boolean", "default": True}},
+                    "description": "searched: uniform on [low, high], log-uniform unless log: false"}
+    string_list = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
+    objective = {"type": "object", "additionalProperties": False, "required": ["metric"],
+                 "properties": {"metric": {"enum": list(OBJECTIVE_METRICS)}, "mode": {"enum": ["min", "max"]}}}
+    properties = {
+        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$",
+                 "description": "the sweep folder is <storage>/<name>"},
+        "dataset": {"anyOf": [{"type": "string"}, section_schema(DatasetSpec)],
+                    "description": "a dataset of l2d.data (name, root, image_size, options)"},
+        "metric": {"enum": list(METRICS), "description": "what trials are ranked by (on the val split)"},
+        "mode": {"enum": ["min", "max"]},
+        "objectives": {"type": "array", "items": objective, "minItems": 1,
+                       "description": "several objectives: a Pareto search (the first is what ASHA stops on)"},
+        "pairings": {"type": "array", "minItems": 1, "description": "teacher -> allowed students (timm names)",
+                     "items": {"type": "object", "additionalProperties": False, "required": ["teacher", "students"],
+                               "properties": {"teacher": {"type": "string"}, "students": string_list}}},
+        "methods": {"type": "array", "items": {"enum": list(METHODS)}, "minItems": 1, "uniqueItems": True},
+        "search_space": {"type": "object", "additionalProperties": False,
+                         "properties": {name: {"anyOf": [range_schema, {"type": "number", "minimum": 0}],
+                                               "description": "a number is fixed; {low, high} is searched"}
+                                        for name in SEARCHABLE}},
+        "budget": section_schema(Budget),
+        "resources": section_schema(Resources),
+        "recipe": section_schema(RecipeSpec),
+        "storage": {"type": "string", "description": "a folder, or s3:// / gs:// (no credentials in the URI)"},
+        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        "max_student_params": {"type": "integer", "minimum": 1},
+        "weights": {"type": "object", "additionalProperties": {"type": "string"},
+                    "description": "backbone -> initial weights: offline, timm, timm:<tag>, hf-hub:<org>/<repo>, "
+                                   "random, or a local file"},
+        "study_storage": {"type": "string", "description": "a SQLAlchemy URL (no password: PGPASSWORD / ~/.pgpass)"},
+        "warm_start": {"type": "string", "description": "another sweep whose finished trials seed the study"},
+        "keep": {"enum": list(KEEP)},
+        "tracking": {"type": "object", "additionalProperties": False, "properties": {"mlflow": {
+            "type": "object", "additionalProperties": False, "required": ["tracking_uri"],
+            "properties": {"tracking_uri": {"type": "string"}, "experiment": {"type": "string"}}}}},
+        "first_points": {"type": "array", "minItems": 1, "items": {
+            "type": "object", "required": ["method"], "additionalProperties": False,
+            "properties": {"teacher": {"type": "string"}, "student": {"type": "string"},
+                           "method": {"enum": list(METHODS)}, **{n: {"type": "number"} for n in SEARCHABLE}}}},
+    }
+    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "l2d-sweep sweep spec",
+            "type": "object", "additionalProperties": False, "required": ["name", "pairings", "methods"],
+            "properties": properties}
+
+
+def replace(spec: SweepSpec, **changes) -> SweepSpec:
+    """``dataclasses.replace`` for a spec (no validation: for values already validated)."""
+    return dataclasses.replace(spec, **changes)
+
+
+def _sections() -> dict:  # for tests: the typed sections and their field names
+    return {cls.__name__: [f.name for f in dataclasses.fields(cls)] for cls in (DatasetSpec, Budget, Resources,
+                                                                              RecipeSpec)}
+
+
+__all__ += ["Range", "DatasetSpec", "Pairing", "Budget", "Resources", "RecipeSpec"]

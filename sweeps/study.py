@@ -27,14 +27,13 @@ from typing import Any
 import optuna
 
 from l2d.storage import Location, cache_dir
+from sweeps.results import OBJECTIVE_COLUMNS
+from sweeps.search import encode
+from sweeps.vocab import FINISHED, direction
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
-#: Metrics an objective may name, and the trials-table column holding each at a trial's best epoch.
-OBJECTIVE_COLUMNS = {"val_mAP": "best_val_mAP", "val_CF1": "best_val_CF1", "val_OF1": "best_val_OF1",
-                     "val_loss": "best_val_loss", "latency_ms": "latency_ms", "student_params": "student_params"}
-HISTORY_KEY = "history_before_resume"
 
 
 class StudyStore:
@@ -68,10 +67,39 @@ class StudyStore:
             self.remote_file.write_bytes(self.local_file.read_bytes())
 
     def storage(self) -> optuna.storages.RDBStorage:
-        if self.local_file is not None:
-            self.local_file.parent.mkdir(parents=True, exist_ok=True)
-            return optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 60}})
-        return optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+        """The study's storage (one per store object: every call returns the same connection pool)."""
+        if getattr(self, "_rdb", None) is None:
+            if self.local_file is not None:
+                self.local_file.parent.mkdir(parents=True, exist_ok=True)
+                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 60}})
+            else:
+                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+        return self._rdb
+
+    def __getstate__(self):  # pickled with the searcher: the connection pool stays behind
+        state = dict(self.__dict__)
+        state.pop("_rdb", None)
+        return state
+
+    def _stored_id(self, study: optuna.Study, number: int) -> int:
+        storage = self.storage()
+        return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
+                                                               number)
+
+    def set_user_attr(self, study: optuna.Study, number: int, key: str, value: Any) -> None:
+        """A user attribute of trial ``number``, finished or not (Optuna's public storage API)."""
+        self.storage().set_trial_user_attr(self._stored_id(study, number), key, value)
+
+    def report(self, study: optuna.Study, number: int, step: int, value: float) -> bool:
+        """Trial ``number``'s intermediate value at ``step`` when it is still running and has none there; whether
+        it was recorded."""
+        storage = self.storage()
+        trial_id = self._stored_id(study, number)
+        frozen = storage.get_trial(trial_id)
+        if frozen.state != optuna.trial.TrialState.RUNNING or step in frozen.intermediate_values:
+            return False
+        storage.set_trial_intermediate_value(trial_id, step, value)
+        return True
 
     def describe(self) -> str:
         """The URL without a password (for messages)."""
@@ -83,7 +111,7 @@ def study_name(spec, sweep_id: str) -> str:
 
 
 def directions(spec) -> list[str]:
-    return ["maximize" if mode == "max" else "minimize" for _, mode in spec.objective_list]
+    return [direction(mode) for _, mode in spec.objective_list]
 
 
 def build_sampler(spec):
@@ -122,39 +150,6 @@ def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.S
     return study
 
 
-def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
-    """A decoded trial config (teacher, student, method, weights, lr) as Optuna parameters and distributions of
-    ``spec``'s space; None when it does not fit that space (another pairing or method, a value outside a range,
-    a weight fixed to another value)."""
-    from l2d.losses import METHODS
-    from l2d.run import default_hparams
-    from sweeps.spec import Range
-
-    teachers = [p.teacher for p in spec.pairings]
-    students = {p.teacher: list(p.students) for p in spec.pairings}
-    teacher, student, method = decoded.get("teacher"), decoded.get("student"), decoded.get("method")
-    if teacher not in teachers or student not in students[teacher] or method not in spec.methods:
-        return None
-    params = {"pairing": teacher, f"student@{teacher}": student, "method": method}
-    dists = {"pairing": optuna.distributions.CategoricalDistribution(teachers),
-             f"student@{teacher}": optuna.distributions.CategoricalDistribution(students[teacher]),
-             "method": optuna.distributions.CategoricalDistribution(list(spec.methods))}
-    for name in ("lr", *METHODS[method].defaults):
-        searched = spec.search_space.get(name)
-        value = decoded.get(name)
-        if isinstance(searched, Range):
-            if value is None or not searched.low <= float(value) <= searched.high:
-                return None
-            params[name] = float(value)
-            dists[name] = optuna.distributions.FloatDistribution(searched.low, searched.high, log=searched.log)
-        else:
-            expected = searched if searched is not None else default_hparams(spec.dataset.name, method).get(name)
-            if (expected is None) != (value is None) or (expected is not None and not math.isclose(
-                    float(expected), float(value), rel_tol=1e-9)):
-                return None
-    return params, dists
-
-
 def row_values(spec, row: dict) -> list[float] | None:
     """A trials-table row's objective values (None when one is missing)."""
     values = [row.get(OBJECTIVE_COLUMNS[metric]) for metric, _ in spec.objective_list]
@@ -173,7 +168,7 @@ def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None
     for row in rows:
         state = _trial_state(row)
         values = row_values(spec, row)
-        encoded = encode(spec, {k: v for k, v in row.items() if v is not None})
+        encoded = encode(spec, {k: v for k, v in row.items() if v is not None})  # sweeps.search
         reason = ("not finished" if state is None else "no value" if values is None and state !=
                   optuna.trial.TrialState.FAIL else "does not fit this space" if encoded is None else None)
         if reason:
@@ -190,7 +185,7 @@ def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None
     return added, skipped
 
 
-def reconcile(study: optuna.Study, spec, rows: list[dict], live: set[str] = frozenset(),
+def reconcile(study: optuna.Study, store: StudyStore, spec, rows: list[dict], live: set[str] = frozenset(),
               fail_unknown: bool = True) -> dict[str, int]:
     """Bring the study in step with the results tables after a crash: a trial finished in the tables but still
     running in the study is told its outcome; one missing from the study is added; with ``fail_unknown``, a running
@@ -207,28 +202,24 @@ def reconcile(study: optuna.Study, spec, rows: list[dict], live: set[str] = froz
     for tune_id, row in recorded.items():
         trial = by_tune.get(tune_id)
         if trial is None:
-            if row["status"] in ("completed", "stopped", "failed"):
+            if row["status"] in FINISHED:
                 missing.append(row)
             continue
-        if trial.state == optuna.trial.TrialState.RUNNING and row["status"] in ("completed", "stopped", "failed"):
-            tell(study, trial.number, spec, row["status"], row_values(spec, row), row)
+        if trial.state == optuna.trial.TrialState.RUNNING and row["status"] in FINISHED:
+            tell(study, store, trial.number, spec, row["status"], row_values(spec, row), row)
             fixed["told"] += 1
     fixed["added"], _ = add_recorded(study, spec, missing)
     for tune_id, trial in by_tune.items():
         if fail_unknown and trial.state == optuna.trial.TrialState.RUNNING and tune_id not in live and \
-                recorded.get(tune_id, {}).get("status") not in ("completed", "stopped", "failed"):
-            _set_attr(study, trial.number, "status", "interrupted")
+                recorded.get(tune_id, {}).get("status") not in FINISHED:
+            store.set_user_attr(study, trial.number, "status", "interrupted")
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             fixed["interrupted"] += 1
     return fixed
 
 
-def _set_attr(study: optuna.Study, number: int, key: str, value: Any) -> None:
-    trial_id = study._storage.get_trial_id_from_study_id_trial_number(study._study_id, number)
-    study._storage.set_trial_user_attr(trial_id, key, value)
-
-
-def tell(study: optuna.Study, number: int, spec, status: str, values: list[float] | None, row: dict | None = None):
+def tell(study: optuna.Study, store: StudyStore, number: int, spec, status: str, values: list[float] | None,
+         row: dict | None = None):
     """Finish Optuna trial ``number``: completed -> COMPLETE with its values; stopped -> PRUNED with its last
     reported value (one objective) or COMPLETE with its values (several); failed -> FAIL."""
     frozen = study.get_trials(deepcopy=False)[number] if number < len(study.get_trials(deepcopy=False)) else None
@@ -237,7 +228,7 @@ def tell(study: optuna.Study, number: int, spec, status: str, values: list[float
     for key, value in {"status": status, **({k: row.get(k) for k in ("epochs_run", "best_epoch")} if row else {})
                        }.items():
         if value is not None:
-            _set_attr(study, number, key if key != "epochs_run" else "epochs", value)
+            store.set_user_attr(study, number, key if key != "epochs_run" else "epochs", value)
     single = len(spec.objective_list) == 1
     if status == "failed" or values is None:
         study.tell(number, state=optuna.trial.TrialState.FAIL)
@@ -250,7 +241,7 @@ def tell(study: optuna.Study, number: int, spec, status: str, values: list[float
 def load_sweep_study(sweep_dir) -> tuple[Any, optuna.Study, StudyStore]:
     """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep)."""
     from sweeps.folder import adopt
-    from sweeps.runner import load_sweep_spec
+    from sweeps.stored import load_sweep_spec
 
     spec = load_sweep_spec(sweep_dir)
     store = StudyStore(spec.sweep_dir, spec.study_storage)
@@ -274,7 +265,7 @@ def search_front(study: optuna.Study, warm_start: bool = False) -> list[str]:
 def __getattr__(name: str):
     # Sweeps written before the searcher got its own module pickled it as sweeps.study.StudySearcher.
     if name == "StudySearcher":
-        from sweeps.searcher import StudySearcher
+        from sweeps.searcher import StudySearcher  # layer: pickle alias
 
         return StudySearcher
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

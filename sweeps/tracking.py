@@ -89,7 +89,7 @@ class MlflowTracker:
         def close():
             run_id = self._run_id(trial_id, config)
             self.client.set_tag(run_id, "l2d.status", status)
-            if status != "failed":
+            if status != "failed" and export is not None:
                 with tempfile.TemporaryDirectory() as folder:
                     try:
                         export(folder)

@@ -20,16 +20,17 @@ import tempfile
 from dataclasses import dataclass
 from typing import Any
 
-from l2d.run import RunConfig
+from typing import TYPE_CHECKING
+
 from l2d.storage import Location
-from sweeps.checkpoints import HISTORY_FILE, STATE_FILE, BestCheckpoint, UnreadableCheckpointError, \
+from sweeps.checkpoints import HISTORY_FILE, HISTORY_KEY, STATE_FILE, BestCheckpoint, UnreadableCheckpointError, \
     checkpoint_folders, load_checkpoint, restore_newest, set_aside, write_checkpoint
 from sweeps.search import trial_run
 
-logger = logging.getLogger(__name__)
+if TYPE_CHECKING:
+    from l2d.run import RunConfig
 
-#: Result key of the epochs before a resume (a JSON list of metric dicts).
-HISTORY_KEY = "history_before_resume"
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -77,12 +78,13 @@ class TrialContext:
 
 def _count_worker_nodes() -> int:
     """How many distinct Ray nodes this trial's workers run on (gathered over the process group)."""
-    import ray
     import torch.distributed as dist
 
-    node = ray.get_runtime_context().get_node_id()
     if not (dist.is_available() and dist.is_initialized()):
-        return 1
+        return 1  # one worker: one node
+    import ray
+
+    node = ray.get_runtime_context().get_node_id()
     nodes: list = [None] * dist.get_world_size()
     dist.all_gather_object(nodes, node)
     return len(set(nodes))

@@ -61,6 +61,14 @@ def _live_lease(tmp: Path) -> Path:
     return sweep
 
 
+def _damaged_segment(tmp: Path) -> Path:
+    """A sweep whose newest trials segment (named by the manifest) is damaged."""
+    sweep = _sweep(tmp)
+    manifest = json.loads((sweep / "results" / "manifest.json").read_text())
+    (sweep / "results" / manifest["segments"][-1]["trials"]).write_text("PAR1 not really")
+    return sweep
+
+
 def _damaged(tmp: Path, relative: str, content: str) -> Path:
     sweep = _sweep(tmp)
     (sweep / relative).write_text(content)
@@ -143,9 +151,8 @@ CASES = [
     ("`results --sql \"SELECT * FROM read_csv('/etc/passwd')\"`",
      lambda t: ["results", str(_sweep(t)), "--sql", "SELECT * FROM read_csv('/etc/passwd')"], 2,
      "file system operations are disabled"),
-    ("`results` with a damaged `trials.parquet`",
-     lambda t: ["results", str(_damaged(t, "results/trials.parquet", "PAR1 not really"))], 1,
-     "trials.parquet: unreadable Parquet file"),
+    ("`results` with a damaged results segment",
+     lambda t: ["results", str(_damaged_segment(t))], 1, "-trials.parquet: unreadable Parquet file"),
     ("`status` of a missing folder", lambda t: ["status", str(t / "nowhere")], 2, "no such sweep folder"),
     ("`train --device bogus`", lambda t: [*TRAIN, "--device", "bogus"], 2, "unknown device 'bogus'"),
     ("`train --out` a file", lambda t: [*TRAIN, "--out", str(_write(t, "x", "f.txt"))], 2,

@@ -30,16 +30,13 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from l2d.data.registry import DatasetError
 from l2d.data.transforms import build_transform
 
 logger = logging.getLogger(__name__)
 
 VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
                "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
-
-
-class DatasetError(ValueError):
-    """A dataset on disk is missing a file or holds bad content; the message names the file."""
 
 
 class ImageListDataset(torch.utils.data.Dataset):

@@ -287,3 +287,13 @@ def build_mosaic(source: str, split: str, image_size: int, root: str | None = No
     class_names = DIGIT_CLASSES if source == "digits" else FASHION_CLASSES
     train = split == "train" if train_transform is None else train_transform
     return MosaicDataset(images, targets, list(class_names), image_size, train)
+
+
+def build_mosaic_digits(root: str | None, split: str, image_size: int, **options) -> MosaicDataset:
+    """``mosaic-digits``: scikit-learn's digits (``root`` is ignored)."""
+    return build_mosaic("digits", split, image_size, root, **options)
+
+
+def build_mosaic_fashion(root: str | None, split: str, image_size: int, **options) -> MosaicDataset:
+    """``mosaic-fashion`` and ``mosaic-scenes``: Fashion-MNIST items from the IDX files in ``root``."""
+    return build_mosaic("fashion", split, image_size, root, **options)

@@ -20,8 +20,8 @@ from __future__ import annotations
 import importlib
 
 from l2d.losses.registry import (HYPERPARAMETERS, METHODS, OFFICIAL_NUM_CLASSES, OFFICIAL_WEIGHTS, TERMS,
-                                 WEIGHT_RULES, Method, Term, last_stage, last_stages, loss_parts, method_hparams,
-                                 official_weights, part_weights)
+                                 WEIGHT_RULES, Method, Term, is_temperature, last_stage, last_stages, loss_parts,
+                                 method_hparams, official_weights, part_weights)
 
 #: Public names of the torch modules, loaded when first asked for (``from l2d.losses import mld_loss`` imports torch;
 #: ``from l2d.losses import METHODS`` does not).
@@ -36,6 +36,7 @@ _LAZY = {
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
 __all__ = ["HYPERPARAMETERS", "METHODS", "OFFICIAL_NUM_CLASSES", "OFFICIAL_WEIGHTS", "TERMS", "WEIGHT_RULES", "Method",
+           "is_temperature",
            "Term", "last_stage", "last_stages", "loss_parts", "method_hparams", "official_weights", "part_weights",
            *_WHERE]
 

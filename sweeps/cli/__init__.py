@@ -19,13 +19,14 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
+from sweeps._checks import SpecError
 from sweeps.cli._common import Parser
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.cli import single, sweep, weights
+    from sweeps.cli import single, specs, sweep, weights
 
     parser = Parser(
         prog="l2d-sweep",
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     single.add_commands(commands)
     sweep.add_commands(commands)
+    specs.add_commands(commands)
     weights.add_commands(commands)
     return parser
 
@@ -68,6 +70,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"l2d-sweep {args.command}: interrupted", file=sys.stderr)
         return 130
+    except SpecError as error:  # every error of the spec, one line each
+        for line in error.errors:
+            _report(args, f"error: {line}")
+        return 2
     except (ValueError, FileNotFoundError, NotADirectoryError, IsADirectoryError) as error:
         # Bad input (a spec, a dataset file, an option value, a model name, a path): one line, no traceback.
         _report(args, f"error: {_first_line(error)}")

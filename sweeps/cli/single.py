@@ -4,12 +4,8 @@
 from __future__ import annotations
 
 import argparse
-import io
 import json
 import sys
-import time
-from dataclasses import asdict
-from pathlib import Path
 
 from sweeps.cli._common import Progress, add_data_options, add_recipe_options, non_negative_float, positive_float, \
     positive_int, run_config, teacher_store
@@ -75,53 +71,16 @@ def _hparam_overrides(args: argparse.Namespace) -> dict[str, float]:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import torch
-    import yaml
-    from torch.utils.tensorboard import SummaryWriter
-
-    from l2d.losses import METHODS
-    from l2d.models import count_parameters
-    from l2d.run import build_run, build_splits, fit, resolve
-    from l2d.storage import Location
-
-    from l2d.run import check_weights
+    from l2d.run import default_out, resolve, train_to_folder
 
     config = resolve(train_command_config(args))
-    out = Path(args.out or f"runs/{config.dataset}-{config.teacher}-to-{config.student}-{config.method}")
-    if out.exists() and not out.is_dir():
-        raise ValueError(f"--out {out}: exists and is not a folder")
-    check_weights(config)  # before any data is read or any teacher trained
-    splits = build_splits(config)  # the data first: a bad dataset fails before any teacher is trained
-    teacher, teacher_card = None, None
-    if METHODS[config.method].needs_teacher:
-        teacher, teacher_card, _ = _get_teacher(config, teacher_store(args), splits)
-    run = build_run(config, splits=splits, teacher=teacher, teacher_card=teacher_card)
-    recorded = {**asdict(config), "recipe": asdict(config.student_recipe),
-                "teacher_digest": teacher_card["digest"] if teacher_card else None}
-    out.mkdir(parents=True, exist_ok=True)
-    Location.parse(out / "args.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
+    out = args.out or default_out(config)
     progress = Progress(f"student {config.student} ({config.method})", config.epochs)
-    start = time.time()
-    with SummaryWriter(str(out / "tensorboard")) as writer:
-
-        def on_epoch(metrics: dict) -> None:
-            for name, value in metrics.items():
-                if name != "epoch":
-                    writer.add_scalar(name.replace("_", "/", 1), value, int(metrics["epoch"]))
-            progress.end_epoch(metrics)
-
-        # Selection happens on val; test is reported once, at the end.
-        history = fit(run, on_epoch=on_epoch, batch_progress=progress.batch, test="last")
-    final = history[-1]
-    buffer = io.BytesIO()
-    torch.save(run.student.state_dict(), buffer)
-    Location.parse(out / "student.pt").write_bytes(buffer.getvalue())
-    result = {"config": recorded, "final": final, "history": history, "wall_time_s": time.time() - start,
-              "student_parameters": count_parameters(run.student),
-              "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None}
-    Location.parse(out / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
-
-    rows = [("student", config.student, count_parameters(run.student), final)]
+    teacher = Progress(f"teacher {config.teacher}", config.teacher_epochs)
+    result = train_to_folder(config, out, teacher_store(args), progress.end_epoch, progress.batch,
+                             (teacher.end_epoch, teacher.batch))
+    final, teacher_card = result["final"], result["teacher"]
+    rows = [("student", config.student, result["student_parameters"], final)]
     if teacher_card:
         rows.insert(0, ("teacher", config.teacher, teacher_card["parameters"],
                         {"val_mAP": teacher_card["val_mAP"], "test_mAP": teacher_card["test_mAP"]}))
@@ -131,10 +90,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
         cf1 = f"{m['test_CF1']:.2f}" if "test_CF1" in m else "-"
         of1 = f"{m['test_OF1']:.2f}" if "test_OF1" in m else "-"
         print(f"{role:<8} {name:<24} {params:>11,} {m['val_mAP']:>8.2f} {m['test_mAP']:>9.2f} {cf1:>9} {of1:>9}")
-    chance = float(splits["test"].targets.mean() * 100)
     weights = ", ".join(f"{k}={v:g}" for k, v in config.hparams.items()) or "no weights"
-    print(f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {chance:.2f} mAP; "
-          f"{time.time() - start:.0f} s")
+    print(f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {result['chance_mAP']:.2f} mAP; "
+          f"{result['wall_time_s']:.0f} s")
     print(f"wrote {out}/metrics.json, {out}/student.pt, TensorBoard logs in {out}/tensorboard")
     return 0
 

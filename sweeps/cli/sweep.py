@@ -3,56 +3,34 @@
 from __future__ import annotations
 
 import argparse
-import io
 import sys
 
 from sweeps.cli._common import bounded, positive_int
 
 
-def _apply_overrides(args: argparse.Namespace):
-    from sweeps.spec import load_spec, parse_spec
+def _spec_from_args(args: argparse.Namespace):
+    """The spec file with the command line's overrides (the one override path: :func:`sweeps.spec.with_overrides`)."""
+    from sweeps.spec import load_spec, with_overrides
 
     spec = load_spec(args.spec)
-    overrides = {}
-    if args.num_samples is not None:
-        overrides["budget"] = {**spec.to_dict()["budget"], "num_samples": args.num_samples}
-    if args.max_epochs is not None:
-        budget = overrides.get("budget", spec.to_dict()["budget"])
-        overrides["budget"] = {**budget, "max_epochs": args.max_epochs,
-                               "grace_period": min(budget["grace_period"], args.max_epochs)}
-    if args.storage is not None:
-        overrides["storage"] = args.storage
-    if getattr(args, "warm_start", None) is not None:
-        overrides["warm_start"] = args.warm_start
-    if args.name is not None:
-        overrides["name"] = args.name
-    if not overrides:
+    changes = {"budget.num_samples": args.num_samples, "budget.max_epochs": args.max_epochs, "storage": args.storage,
+               "warm_start": getattr(args, "warm_start", None), "name": args.name}
+    if not any(v is not None for v in changes.values()):
         return spec
-    data = spec.to_dict()
-    data.update(overrides)
-    return parse_spec(data, f"{args.spec} (with command-line overrides)")
+    return with_overrides(spec, f"{args.spec} (with command-line overrides)", **changes)
 
 
-def _differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
-    """``field: stored X, given Y`` for every leaf that differs between two spec dicts."""
-    lines = []
-    for key in sorted(set(stored) | set(given), key=str):
-        a, b = stored.get(key), given.get(key)
-        where = f"{prefix}{key}"
-        if isinstance(a, dict) and isinstance(b, dict):
-            lines += _differences(a, b, f"{where}.")
-        elif a != b:
-            lines.append(f"{where}: stored {a!r}, given {b!r}")
-    return lines
+def _options(args: argparse.Namespace) -> dict:
+    return {"quiet": args.quiet, "force": getattr(args, "force", False), "verbose": args.verbose}
 
 
 def _finish(outcome, sweep_dir) -> int:
     """Print the leaderboard and the outcome; the exit status (0: at least one trial that did not fail)."""
-    from sweeps.runner import print_leaderboard
+    from sweeps.results import format_table
 
     if outcome.results is not None:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
-        print_leaderboard(outcome.results)
+        print(format_table(outcome.results.leaderboard(10)))
     if not outcome.succeeded:
         print(f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
               file=sys.stderr)
@@ -62,29 +40,20 @@ def _finish(outcome, sweep_dir) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.runner import load_sweep_spec, resume_sweep, run_sweep, sweep_exists
+    from sweeps.runner import run_or_resume, run_sweep
 
     if args.or_resume and args.new:
         raise ValueError("--or-resume and --new contradict each other; pass one")
-    spec = _apply_overrides(args)
-    if args.or_resume and sweep_exists(spec.sweep_dir):
-        changed = _differences(load_sweep_spec(spec.sweep_dir).to_dict(), spec.to_dict())
-        if changed:
-            raise ValueError(f"--or-resume: {spec.sweep_dir} was started with another spec ({'; '.join(changed)}); "
-                             f"resume it as it is (without the changes), start another sweep (--name), or grow it "
-                             f"with `l2d-sweep extend`")
-        print(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
-        return _finish(resume_sweep(spec.sweep_dir, quiet=args.quiet, force=args.force, verbose=args.verbose),
-                       spec.sweep_dir)
-    return _finish(run_sweep(spec, new=args.new, quiet=args.quiet, force=args.force, verbose=args.verbose),
-                   spec.sweep_dir)
+    spec = _spec_from_args(args)
+    if args.or_resume:
+        return _finish(run_or_resume(spec, **_options(args)), spec.sweep_dir)
+    return _finish(run_sweep(spec, new=args.new, **_options(args)), spec.sweep_dir)
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
     from sweeps.runner import extend_sweep
 
-    outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, quiet=args.quiet, force=args.force,
-                           verbose=args.verbose)
+    outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, **_options(args))
     return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
 
 
@@ -130,7 +99,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
-    outcome = resume_sweep(args.path, quiet=args.quiet, force=args.force, verbose=args.verbose)
+    outcome = resume_sweep(args.path, **_options(args))
     return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
 
 
@@ -157,85 +126,34 @@ def _cmd_results(args: argparse.Namespace) -> int:
             if front and not same:
                 print("search front: " + ", ".join(front))
         print(format_table(table, args.format))
-        plot = _pareto_plot(results)
-        if plot:
-            print(f"plot: {plot}")
         return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     print(format_table(results.leaderboard(args.limit, columns), args.format))
     return 0
 
 
-def _pareto_plot(results) -> str | None:
-    """Write pareto.png beside the results (the first objective against the last, or val mAP against student
-    parameters; the front highlighted)."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        print("matplotlib is not installed: no plot (pip install matplotlib)", file=sys.stderr)
-        return None
-    from sweeps.results import OBJECTIVE_COLUMNS
-
-    objectives = results.objectives if len(results.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
-    y, x = OBJECTIVE_COLUMNS[objectives[0][0]], OBJECTIVE_COLUMNS[objectives[-1][0]]
-    everything = results.sql(f"SELECT {x}, {y} FROM trials WHERE {x} IS NOT NULL AND {y} IS NOT NULL")
-    front = results.pareto()
-    figure, axes = plt.subplots(figsize=(6, 4))
-    axes.scatter(everything[x].to_pylist(), everything[y].to_pylist(), c="0.6", label="trials")
-    axes.plot(front[x].to_pylist(), front[y].to_pylist(), "o-", c="C1", label="Pareto front")
-    if x == "student_params":
-        axes.set_xscale("log")
-    axes.set_xlabel(objectives[-1][0].replace("_", " "))
-    axes.set_ylabel(objectives[0][0].replace("_", " ") + " (best epoch)")
-    axes.legend()
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    target = results.sweep_dir / "results" / "pareto.png"
-    target.write_bytes(buffer.getvalue())
-    return str(target)
-
-
 def _cmd_status(args: argparse.Namespace) -> int:
-    from l2d.storage import Location
-    from sweeps.folder import read_lease
-    from sweeps.results import SweepResults, format_table
-    from sweeps.runner import _outcome
+    from sweeps.results import format_table, sweep_status
 
-    results = SweepResults(args.path)
-    counts = results.sql("SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status")
-    print("trials by state: " + ", ".join(f"{r['status']} {r['trials']}" for r in counts.to_pylist()))
-    lease = read_lease(Location.parse(args.path))
-    if lease is not None and lease.stale() is None:
-        print(f"driver: running, {lease.describe()}")
+    status = sweep_status(args.path)
+    print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items()))
+    if status.driver:
+        print(f"driver: running, {status.driver}")
     else:
-        outcome = _outcome(Location.parse(args.path))
-        verdict = "succeeded" if outcome.succeeded else "did not succeed (exit status 1)"
-        stale = f" (a stale lease: {lease.describe()})" if lease is not None else ""
-        print(f"driver: not running{stale}; the sweep {verdict}: {outcome.describe()}")
-    from sweeps.results import OBJECTIVE_COLUMNS
-
-    metric, _ = results.objectives[0]
-    column = OBJECTIVE_COLUMNS[metric]
-    best = results.leaderboard(1, ["teacher", "student", "method", column, "test_mAP_at_best", "best_epoch"]).to_pylist()
-    if best:
-        b = best[0]
+        verdict = "succeeded" if status.outcome.succeeded else "did not succeed (exit status 1)"
+        stale = f" (a stale lease: {status.stale_lease})" if status.stale_lease else ""
+        print(f"driver: not running{stale}; the sweep {verdict}: {status.outcome.describe()}")
+    if status.best:
+        b = status.best
         test = f", test mAP {b['test_mAP']:.2f}" if b.get("test_mAP") is not None else ""
-        print(f"best so far (by {metric}): {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: "
-              f"{metric} {b[column] if column in b else b.get(metric)}{test} (epoch {b['best_epoch']})")
-    running = results.sql("SELECT t.trial_id, t.student, t.method, t.epochs_run AS epoch, "
-                          "round(t.last_val_mAP, 2) AS last_val_mAP FROM trials t WHERE status = 'running' "
-                          "ORDER BY trial_id")
-    if running.num_rows:
+        print(f"best so far (by {status.metric}): {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: "
+              f"{status.metric} {b['value']:.4g}{test} (epoch {b['best_epoch']})")
+    if status.running:
+        import pyarrow as pa
+
         print("running:")
-        print(format_table(running))
-    folder = Location.parse(args.path)
-    size, checkpoints = folder.size(), (folder / "train").size()
-    print(f"folder: {_megabytes(size)} ({_megabytes(checkpoints)} of checkpoints)")
+        print(format_table(pa.Table.from_pylist(status.running)))
+    print(f"folder: {_megabytes(status.size_bytes)} ({_megabytes(status.checkpoint_bytes)} of checkpoints)")
     return 0
 
 
@@ -322,7 +240,7 @@ def add_commands(commands) -> None:
                                            "default: the objectives, test mAP, and every hyperparameter the trials "
                                            "have)")
     results.add_argument("--pareto", action="store_true",
-                         help="the val mAP vs student size Pareto front; also writes results/pareto.png")
+                         help="the Pareto front of the objectives (val mAP vs student size for one objective)")
     results.set_defaults(func=_cmd_results)
 
     status = commands.add_parser("status", help="trials by state, the best so far, running trials",

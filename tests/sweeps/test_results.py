@@ -1,12 +1,16 @@
-"""The results tables: statuses, best/last metrics, reseeding from disk after a crash, SQL, formats."""
+"""The results tables: statuses and best/last metrics, segments and their manifest, a writer that continues from the
+files, readers that never see two generations mixed, rebuilds that lose no value a source still holds, SQL, formats."""
 
 import json
-from types import SimpleNamespace
+import subprocess
+import sys
+import time
 
 import pyarrow.parquet as pq
 import pytest
 
-from sweeps.results import TRIAL_SCHEMA, CorruptResultsError, ResultsWriter, SweepResults, format_table
+from sweeps.results import TRIAL_SCHEMA, CorruptResultsError, KnownTrial, ResultsWriter, SweepResults, format_table
+from sweeps.results.store import FANOUT, MAX_LEVEL
 
 CONFIG = {"teacher": "resnet14t", "student": "resnet10t", "method": "l2d", "lr": 0.002, "lambda_mld": 10.0}
 
@@ -16,6 +20,7 @@ def _fill(sweep):
     for epoch, (val, test) in enumerate([(30.0, 29.0), (42.0, 40.0), (41.0, 41.5)], start=1):
         writer.record_epoch("done", CONFIG, {"epoch": epoch, "val_mAP": val, "test_mAP": test,
                                              "student_params": 100.0, "epoch_seconds": 2.0, "time_total_s": 9})
+        writer.write()
     writer.finish("done", CONFIG)
     writer.record_epoch("cut", {**CONFIG, "method": "kd", "lambda_kd": 5.0}, {"epoch": 1, "val_mAP": 20.0})
     writer.finish("cut", {})
@@ -25,29 +30,37 @@ def _fill(sweep):
     return writer
 
 
+def _rows(sweep):
+    return {row["trial_id"]: row for row in SweepResults(str(sweep)).trials.to_pylist()}
+
+
 def test_rows_statuses_and_best_epoch(tmp_path):
-    _fill(tmp_path)
-    trials = {row["trial_id"]: row for row in pq.read_table(tmp_path / "results" / "trials.parquet").to_pylist()}
-    assert pq.read_table(tmp_path / "results" / "trials.parquet").schema == TRIAL_SCHEMA
+    _fill(tmp_path).publish()
+    trials = _rows(tmp_path)
+    assert SweepResults(str(tmp_path)).trials.schema == TRIAL_SCHEMA
     done, cut, bad = trials["done"], trials["cut"], trials["bad"]
     assert (done["status"], done["epochs_run"], done["stopped_early"]) == ("completed", 3, False)
     assert (done["best_val_mAP"], done["best_epoch"], done["test_mAP_at_best"]) == (42.0, 2, 40.0)
     assert (done["last_val_mAP"], done["last_test_mAP"], done["wall_time_s"]) == (41.0, 41.5, 6.0)
     assert (cut["status"], cut["stopped_early"], cut["lambda_kd"], cut["lambda_mld"]) == ("stopped", True, 5.0, 10.0)
     assert bad["status"] == "failed" and bad["error"].startswith("NonFiniteLossError") and bad["epochs_run"] == 0
-    epochs = pq.read_table(tmp_path / "results" / "epochs.parquet")
+    epochs = SweepResults(str(tmp_path)).epochs
     assert epochs.num_rows == 4 and "time_total_s" not in epochs.schema.names  # Tune's own keys are left out
+    # The compacted pair, for tools that read Parquet themselves, holds the same rows.
+    published = {r["trial_id"]: r for r in pq.read_table(tmp_path / "results" / "trials.parquet").to_pylist()}
+    assert published == trials
 
 
 def test_a_new_writer_continues_from_the_files(tmp_path):
     _fill(tmp_path)
     again = ResultsWriter(str(tmp_path), max_epochs=3)
+    assert again.rebuilt is None
     assert again.has_epoch("done", 3) and again.trials["bad"].error.startswith("NonFiniteLossError")
     again.record_epoch("lost", CONFIG, {"epoch": 1, "val_mAP": 5.0})
     # An unfinished trial no experiment continued keeps its rows, marked interrupted; finished ones are untouched.
     assert again.interrupt_unknown({"done", "cut"}) == ["lost"]
     again.write()
-    rows = {r["trial_id"]: r for r in pq.read_table(tmp_path / "results" / "trials.parquet").to_pylist()}
+    rows = _rows(tmp_path)
     assert set(rows) == {"done", "cut", "bad", "lost"} and rows["lost"]["status"] == "interrupted"
     assert rows["lost"]["best_val_mAP"] == 5.0
 
@@ -55,44 +68,203 @@ def test_a_new_writer_continues_from_the_files(tmp_path):
 def test_a_trial_id_given_to_another_config_keeps_the_old_rows_aside(tmp_path):
     writer = ResultsWriter(str(tmp_path), max_epochs=3)
     writer.record_epoch("t1", CONFIG, {"epoch": 1, "val_mAP": 7.0})
+    writer.write()
     assert writer.set_aside_trial("t1") == "t1-lost"
     assert writer.trials["t1-lost"].status == "interrupted" and writer.has_epoch("t1-lost", 1)
     assert "t1" not in writer.trials and not writer.has_epoch("t1", 1)
-
-
-def test_damaged_tables_are_set_aside_and_rebuilt(tmp_path, caplog):
-    import json
-
-    _fill(tmp_path)
-    # A trial's checkpoint remembers its epochs: the epochs table can be rebuilt from it.
-    checkpoint = tmp_path / "train" / "trial-done" / "epoch-0003"
-    checkpoint.mkdir(parents=True)
-    (checkpoint / "history.json").write_text(json.dumps([{"epoch": e, "val_mAP": v} for e, v in
-                                                         [(1, 30.0), (2, 42.0), (3, 41.0)]]))
-    (checkpoint / "state.pt").write_bytes(b"x")
-    for name in ("trials.parquet", "epochs.parquet"):
-        path = tmp_path / "results" / name
-        path.write_bytes(path.read_bytes()[:40])
-    with pytest.raises(CorruptResultsError, match=r"trials\.parquet: unreadable Parquet file"):
-        SweepResults(str(tmp_path))
-    with caplog.at_level("WARNING"):
-        writer = ResultsWriter(str(tmp_path), max_epochs=3)
-    assert "epochs.parquet: unreadable Parquet file" in caplog.text and "rebuilt 3 epoch rows" in caplog.text
-    assert [writer.epochs["done"][e]["val_mAP"] for e in (1, 2, 3)] == [30.0, 42.0, 41.0]
-    aside = sorted(p.name for p in (tmp_path / "results").iterdir() if ".corrupt-" in p.name)
-    assert [name.split(".corrupt-")[0] for name in aside] == ["epochs.parquet", "trials.parquet"]
-    # Tune still knows the trials: their rows come back with their configs and states.
-    tune_trials = [SimpleNamespace(trial_id="done", status="TERMINATED", config={**CONFIG, "pairing": "resnet14t",
-                                                                                 "student@resnet14t": "resnet10t"}),
-                   SimpleNamespace(trial_id="new", status="PENDING", config={"pairing": "resnet14t",
-                                                                             "student@resnet14t": "resnet10t",
-                                                                             "method": "bce"})]
-    assert writer.reconcile(tune_trials) == ["done", "new"]
     writer.write()
-    rows = {r["trial_id"]: r for r in SweepResults(str(tmp_path)).trials.to_pylist()}
-    assert rows["done"]["status"] == "completed" and rows["done"]["best_val_mAP"] == 42.0
-    assert rows["done"]["student"] == "resnet10t" and rows["new"]["status"] == "pending"
+    rows = _rows(tmp_path)
+    assert set(rows) == {"t1-lost"}  # the old id's rows are gone from the tables too, not only from memory
+    assert SweepResults(str(tmp_path)).epochs.column("trial_id").to_pylist() == ["t1-lost"]
 
+
+def test_a_report_writes_a_few_small_files_whatever_the_size(tmp_path):
+    writer = ResultsWriter(str(tmp_path), max_epochs=10)
+    windows = []
+    for trial in range(300):
+        before = writer.store.writes
+        for epoch in range(1, 11):
+            writer.record_epoch(f"t{trial}", CONFIG, {"epoch": epoch, "val_mAP": float(epoch)})
+            writer.write()
+        windows.append(writer.store.writes - before)
+    manifest = json.loads((tmp_path / "results" / "manifest.json").read_text())
+    assert len(manifest["segments"]) <= FANOUT * (MAX_LEVEL + 1)
+    # Files written per trial's 10 reports: the same early and late (merges and the occasional compacted pair aside:
+    # the medians of the first and last 50 trials, not their means).
+    early, late = sorted(windows[:50])[25], sorted(windows[-50:])[25]
+    assert early == late <= 10 * 3 + 4, (early, late)
+    results = SweepResults(str(tmp_path))
+    assert results.trials.num_rows == 300 and results.epochs.num_rows == 3000 and results.generation >= 3000
+
+
+def test_readers_never_see_two_generations_mixed(tmp_path):
+    """A writer appends in a loop in another process while this one reads in a loop: in every read, each trial's
+    epochs_run equals its epoch rows (the two tables of one generation) and rows never go missing."""
+    script = f"""
+import sys, time
+sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[2])!r})
+from sweeps.results import ResultsWriter
+writer = ResultsWriter({str(tmp_path)!r}, max_epochs=1000)
+for epoch in range(1, 100000):
+    for trial in range(5):
+        writer.record_epoch(f"t{{trial}}", {{"method": "bce"}}, {{"epoch": epoch, "val_mAP": float(epoch)}})
+        writer.write()
+    if epoch == 2:
+        open({str(tmp_path / 'started')!r}, "w").close()
+"""
+    writer = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not (tmp_path / "started").exists():
+            assert writer.poll() is None, writer.stderr.read()
+            assert time.time() < deadline
+            time.sleep(0.1)
+        reads, mixed, previous = 0, 0, 0
+        end = time.time() + 10
+        while time.time() < end:
+            results = SweepResults(str(tmp_path))
+            counts = {}
+            for trial_id in results.epochs.column("trial_id").to_pylist():
+                counts[trial_id] = counts.get(trial_id, 0) + 1
+            rows = {r["trial_id"]: r["epochs_run"] for r in results.trials.to_pylist()}
+            mixed += any(rows.get(t) != n for t, n in counts.items()) or set(rows) != set(counts)
+            total = sum(counts.values())
+            assert total >= previous  # a later generation never has fewer rows
+            previous, reads = total, reads + 1
+        assert writer.poll() is None, writer.stderr.read()
+    finally:
+        writer.kill()
+        writer.wait()
+    assert reads >= 20 and mixed == 0, (reads, mixed)
+
+
+# --- rebuilds ----------------------------------------------------------------------------------------------------
+
+def _finished_sweep(tmp_path):
+    """Results as a finished sweep with ``keep: best+last`` leaves them: a completed trial (its last checkpoint and
+    best kept), a stopped one (only its best kept), a failed one, and Tune's per-trial logs."""
+    sweep = tmp_path / "sweep"
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    values = {"full": [30.0, 42.0, 41.0], "cut": [25.0, 27.0]}
+    for trial_id, series in values.items():
+        for epoch, value in enumerate(series, start=1):
+            writer.record_epoch(trial_id, CONFIG, {"epoch": epoch, "val_mAP": value, "test_mAP": value - 1})
+            writer.write()
+        writer.finish(trial_id, CONFIG)
+        writer.write()
+        best = max(range(len(series)), key=lambda i: series[i]) + 1
+        history = [{"epoch": e, "val_mAP": v, "test_mAP": v - 1} for e, v in enumerate(series, start=1)]
+        folder = sweep / "train" / f"trial-{trial_id}" / "best"
+        folder.mkdir(parents=True)
+        (folder / "history.json").write_text(json.dumps(history[:best]))
+        if trial_id == "full":
+            last = sweep / "train" / f"trial-{trial_id}" / "epoch-0003"
+            last.mkdir()
+            (last / "history.json").write_text(json.dumps(history))
+            (last / "state.pt").write_bytes(b"x")
+        tune = sweep / "tune" / f"run_trial_{trial_id}"
+        tune.mkdir(parents=True)
+        (tune / "result.json").write_text("".join(json.dumps({**row, "trial_id": trial_id}) + "\n" for row in history))
+    writer.trial("bad", {**CONFIG, "method": "mld"})
+    writer.finish("bad", {}, error="NonFiniteLossError: at epoch 1")
+    writer.write()
+    writer.publish()
+    return sweep, _summaries(sweep)
+
+
+def _summaries(sweep):
+    return {t: (r["status"], r["best_val_mAP"], r["best_epoch"], r["epochs_run"]) for t, r in _rows(sweep).items()}
+
+
+def _damage(sweep, target: str, how: str):
+    import pyarrow as pa
+
+    manifest = json.loads((sweep / "results" / "manifest.json").read_text())
+    files = {"manifest": "manifest.json", "trials": "trials.parquet", "epochs": "epochs.parquet",
+             "trials segment": manifest["segments"][0]["trials"], "epochs segment": manifest["segments"][0]["epochs"]}
+    path = sweep / "results" / files[target]
+    if how == "delete":
+        path.unlink()
+    elif how == "truncate":
+        path.write_bytes(path.read_bytes()[:40])
+    elif target == "manifest":  # "drop a column" of the JSON: its segment list
+        data = json.loads(path.read_text())
+        del data["segments"]
+        path.write_text(json.dumps(data))
+    else:
+        table = pq.read_table(path)
+        column = "best_val_mAP" if "status" in table.column_names else "val_mAP"
+        pq.write_table(table.drop([column]), path)
+        assert isinstance(table, pa.Table)
+
+
+@pytest.mark.parametrize("target", ["manifest", "trials", "epochs", "trials segment", "epochs segment"])
+@pytest.mark.parametrize("how", ["delete", "truncate", "drop a column"])
+def test_a_rebuild_loses_no_value_any_source_holds(tmp_path, target, how):
+    sweep, before = _finished_sweep(tmp_path)
+    _damage(sweep, target, how)
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    assert writer.rebuilt and ("rebuilt the results" in writer.rebuilt or "rewrote" in writer.rebuilt), writer.rebuilt
+    writer.write()
+    writer.publish()
+    assert _summaries(sweep) == before
+    published = {r["trial_id"]: r for r in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()}
+    assert {t: (r["status"], r["best_val_mAP"], r["best_epoch"], r["epochs_run"]) for t, r in
+            published.items()} == before
+
+
+def test_a_rebuild_that_finds_less_keeps_the_recorded_values_and_says_so(tmp_path):
+    sweep, before = _finished_sweep(tmp_path)
+    # Every epoch source of the stopped trial gone (its best history, Tune's log) and the epochs files damaged:
+    # only its recorded trial row says what it reached.
+    (sweep / "train" / "trial-cut" / "best" / "history.json").unlink()
+    (sweep / "tune" / "run_trial_cut" / "result.json").unlink()
+    for path in (sweep / "results" / "segments").glob("*-epochs.parquet"):  # named by the manifest or kept in grace
+        path.write_bytes(b"PAR1 no")
+    (sweep / "results" / "epochs.parquet").write_bytes(b"PAR1 no")
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    assert "kept the recorded summaries of 1 trial(s)" in writer.rebuilt and "(cut)" in writer.rebuilt
+    writer.write()
+    assert _summaries(sweep) == before
+
+
+def test_an_unfinished_trial_found_only_in_the_checkpoints_comes_back_and_tune_names_it(tmp_path):
+    sweep, _ = _finished_sweep(tmp_path)
+    folder = sweep / "train" / "trial-extra" / "epoch-0001"
+    folder.mkdir(parents=True)
+    (folder / "history.json").write_text(json.dumps([{"epoch": 1, "val_mAP": 11.0}]))
+    (folder / "state.pt").write_bytes(b"x")
+    (sweep / "results" / "manifest.json").unlink()
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    assert writer.has_epoch("extra", 1) and writer.trials["extra"].status == "running"
+    writer.reconcile([KnownTrial("extra", {"teacher": "resnet14t", "student": "resnet10t", "method": "bce"}, "ended")])
+    writer.write()
+    assert _rows(sweep)["extra"]["status"] == "stopped" and _rows(sweep)["extra"]["student"] == "resnet10t"
+
+
+def test_readers_name_the_damaged_file(tmp_path):
+    sweep, _ = _finished_sweep(tmp_path)
+    manifest = json.loads((sweep / "results" / "manifest.json").read_text())
+    (sweep / "results" / manifest["segments"][0]["trials"]).write_bytes(b"PAR1 no")
+    with pytest.raises(CorruptResultsError, match=r"-trials\.parquet: unreadable Parquet file"):
+        SweepResults(str(sweep))
+    (sweep / "results" / "manifest.json").write_text("{")
+    with pytest.raises(CorruptResultsError, match=r"manifest\.json: unreadable results manifest"):
+        SweepResults(str(sweep))
+
+
+def test_a_sweep_from_before_manifests_is_read_and_migrated(tmp_path):
+    sweep, before = _finished_sweep(tmp_path)
+    (sweep / "results" / "manifest.json").unlink()
+    for path in (sweep / "results" / "segments").iterdir():
+        path.unlink()
+    assert _summaries(sweep) == before  # the two tables alone, as an older version wrote them
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    assert writer.rebuilt is None and (sweep / "results" / "manifest.json").is_file()
+    assert _summaries(sweep) == before
+
+
+# --- SQL and formats ---------------------------------------------------------------------------------------------
 
 @pytest.mark.parametrize("query", [
     "COPY trials TO '{sweep}/results/trials.parquet'",
@@ -103,7 +275,7 @@ def test_damaged_tables_are_set_aside_and_rebuilt(tmp_path, caplog):
     "SELECT * FROM glob('/etc/*')",
 ])
 def test_sql_is_read_only(tmp_path, query):
-    _fill(tmp_path)
+    _fill(tmp_path).publish()
     before = (tmp_path / "results" / "trials.parquet").read_bytes()
     with pytest.raises(ValueError, match="SQL error: "):
         SweepResults(str(tmp_path)).sql(query.format(sweep=tmp_path))
@@ -121,3 +293,4 @@ def test_sql_leaderboard_pareto_and_formats(tmp_path):
     assert format_table(table, "csv").splitlines() == ["trial_id,best_val_mAP", "cut,20.0", "done,42.0"]
     assert [json.loads(line)["trial_id"] for line in format_table(table, "json").splitlines()] == ["cut", "done"]
     assert format_table(table).endswith("(2 rows)")
+    assert [r["trial_id"] for r in results.pareto().to_pylist()] == ["done"]  # best val mAP, same size

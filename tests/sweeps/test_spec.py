@@ -50,7 +50,7 @@ def test_trainer_resolution(workers, trainer, resolved):
     ({"max_student_params": 300000}, "pairings[0].students[1]: test_convnext has 347,426 parameters, more than "
                                      "max_student_params (300,000)"),
     ({"budget.grace_period": 5}, "budget.grace_period: 5 exceeds budget.max_epochs (3)"),
-    ({"budget.reduction_factor": 1}, "budget.reduction_factor: 1 is not allowed; allowed: > 1"),
+    ({"budget.reduction_factor": 1}, "budget.reduction_factor: 1 is out of range; allowed: a number > 1"),
     ({"search_space": {"lambda_cd": {"low": 1, "high": 10}}, "methods": ["kd"]},
      "search_space.lambda_cd: is not a hyperparameter of the chosen methods (kd)"),
     ({"dataset": {"name": "coco2014"}}, "dataset.root: dataset 'coco2014' needs root"),
@@ -136,3 +136,64 @@ def test_shipped_specs_are_valid(name):
                 assert value.low <= 1e-3 * defaults[0] * 1.0001 and value.high >= defaults[0], name_
     if name == "quickstart":
         assert spec.dataset.name == "mosaic-digits" and spec.resources.gpus_per_worker == 0
+
+
+def test_every_error_of_a_file_at_once(tmp_path, capsys):
+    data = _spec(**{"methods": ["l2d", "fitnet"], "budget.num_samples": 0, "recipe.pct_start": 2})
+    with pytest.raises(SpecError) as error:
+        parse_spec(data, "bad.yaml")
+    assert len(error.value.errors) == 3, error.value.errors
+    assert all(line.startswith("bad.yaml: ") for line in error.value.errors)
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(data))
+    for command in (["validate", str(path)], ["run", str(path)]):
+        assert main(command) == 2
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 3 and all(": error: " in line for line in err), err
+    assert not (tmp_path / "storage").exists()
+
+
+def test_yaml_numbers_in_exponent_notation_and_keys_given_twice(tmp_path):
+    path = tmp_path / "spec.yaml"
+    text = yaml.safe_dump(_spec(search_space={"lr": {"low": 0.0005, "high": 0.005}}))
+    path.write_text(text.replace("0.0005", "5e-4").replace("0.005", "5E-3"))
+    assert load_spec(str(path)).search_space["lr"] == Range(5e-4, 5e-3, True)
+    path.write_text(text + "seed: 3\n")
+    with pytest.raises(SpecError, match="the key 'seed' is given twice"):
+        load_spec(str(path))
+
+
+def test_the_json_schema_validates_every_shipped_spec_and_refuses_mistakes(tmp_path, capsys):
+    import json
+    from pathlib import Path
+
+    import jsonschema
+
+    assert main(["spec", "--schema"]) == 0
+    schema = json.loads(capsys.readouterr().out)
+    jsonschema.Draft202012Validator.check_schema(schema)
+    validator = jsonschema.Draft202012Validator(schema)
+    shipped = sorted((Path(__file__).resolve().parents[2] / "search_spaces").glob("*.yaml"))
+    assert len(shipped) >= 7
+    for path in shipped:
+        errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
+        assert not errors, (path.name, [e.message for e in errors])
+    for bad in ({**_spec(), "colour": "red"}, _spec(**{"budget.searcher": "grid"}), _spec(**{"budget.num_samples": 0}),
+                _spec(methods=["fitnet"]), {k: v for k, v in _spec().items() if k != "pairings"}):
+        assert list(validator.iter_errors(bad)), bad
+    assert main(["spec", "--schema", "--out", str(tmp_path / "schema.json")]) == 0
+    assert json.loads((tmp_path / "schema.json").read_text()) == schema
+
+
+@pytest.mark.parametrize("field,uri,hint", [
+    ("study_storage", "postgresql://u@h/db?password=s3cr3t", "PGPASSWORD"),
+    ("study_storage", "postgresql://u@h/db?sslpassword=s3cr3t", "PGPASSWORD"),
+    ("study_storage", "postgresql://u:s3cr3t@h/db", "PGPASSWORD"),
+    ("tracking", {"mlflow": {"tracking_uri": "http://h:5000?token=s3cr3t"}}, "MLFLOW_TRACKING_TOKEN"),
+    ("storage", "s3://bucket/runs?secret_access_key=s3cr3t", "AWS_SECRET_ACCESS_KEY"),
+    ("warm_start", "gs://bucket/runs/other?access_token=s3cr3t", "GOOGLE_APPLICATION_CREDENTIALS"),
+])
+def test_credentials_in_uris_are_refused(field, uri, hint):
+    with pytest.raises(SpecError) as error:
+        parse_spec(_spec(**{field: uri}), "bad.yaml")
+    assert hint in str(error.value) and "s3cr3t" not in str(error.value)

@@ -1,0 +1,274 @@
+"""Reading a sweep's results: both tables of one generation, SQL over them (DuckDB, sandboxed), the leaderboard, the
+Pareto front, text renderings, and a sweep's outcome and status."""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass
+
+import pyarrow as pa
+
+from l2d.storage import Location
+from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS
+from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, ResultsStore
+from sweeps.vocab import FINISHED, SCORED, sign, sql_order
+
+#: Columns a trials table must have to be read at all (older tables may lack newer hyperparameter columns).
+REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "teacher", "student", "method", "epochs_run", "best_val_mAP",
+                          "best_epoch")
+
+
+class SweepResults:
+    """The results of a sweep folder: ``trials`` and ``epochs`` as Arrow tables, and SQL over them."""
+
+    def __init__(self, sweep_dir: str | Location):
+        from sweeps.folder import is_sweep
+
+        self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
+        if self.sweep_dir.is_file() and self.sweep_dir.name.endswith((".yaml", ".yml")):
+            raise FileNotFoundError(f"{self.sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
+                                    f"<storage>/<name> (start the sweep with `l2d-sweep run {self.sweep_dir}`)")
+        if not self.sweep_dir.is_dir():
+            raise FileNotFoundError(f"{self.sweep_dir}: no such sweep folder")
+        store = ResultsStore(self.sweep_dir)
+        generation = store.read()
+        if generation.trials is None and generation.epochs is None:
+            what = "a sweep that has not recorded a trial yet" if is_sweep(self.sweep_dir) else \
+                "not a sweep folder (no .l2d-sweep marker)"
+            raise FileNotFoundError(f"{self.sweep_dir}: no results yet ({what})")
+        for table, name in ((generation.trials, TRIALS_FILE), (generation.epochs, EPOCHS_FILE)):
+            if table is None:
+                raise CorruptResultsError(f"{store.folder / name}: missing beside its sibling; `l2d-sweep resume` "
+                                          f"rebuilds it from the other results files, the checkpoints and Tune's state")
+        missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in generation.trials.column_names]
+        if missing:
+            raise CorruptResultsError(f"{store.folder / TRIALS_FILE}: lacks the column(s) {', '.join(missing)}; "
+                                      f"`l2d-sweep resume` rebuilds it")
+        self.generation = generation.generation
+        self.trials = generation.trials
+        self.epochs = generation.epochs
+        self._objectives: list[tuple[str, str]] | None = None
+
+    def dataframes(self):
+        """``(trials, epochs)`` as pandas DataFrames (one generation)."""
+        return self.trials.to_pandas(), self.epochs.to_pandas()
+
+    def sql(self, query: str, parameters: list | None = None) -> pa.Table:
+        """Run DuckDB SQL over the views ``trials`` and ``epochs``, read-only: the two tables are registered from
+        memory, then DuckDB's access to files, extensions and the network is switched off and its configuration
+        locked, so a query cannot read or write anything else (``COPY ... TO``, ``read_csv``, ``ATTACH`` fail).
+
+        Raises:
+            ValueError: a statement that returns no rows, or one DuckDB refuses (the first line of its message).
+        """
+        import duckdb
+
+        connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
+                                                        "autoload_known_extensions": False})
+        try:
+            connection.register("trials", self.trials)
+            connection.register("epochs", self.epochs)
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
+            try:
+                relation = connection.sql(query, params=parameters) if parameters else connection.sql(query)
+                if relation is None:
+                    raise ValueError("the SQL statement returns no rows; use a SELECT")
+                # DuckDB renamed arrow() to to_arrow_table() in 1.4.
+                return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+            except duckdb.Error as error:
+                raise ValueError(f"SQL error: {str(error).splitlines()[0]}") from None
+        finally:
+            connection.close()
+
+    @property
+    def objectives(self) -> list[tuple[str, str]]:
+        """The sweep's objectives from its stored spec (val mAP, max, for a folder without one)."""
+        if self._objectives is None:
+            import yaml
+
+            spec = self.sweep_dir / "spec.yaml"
+            data = yaml.safe_load(spec.read_text()) if spec.is_file() else {}
+            data = data if isinstance(data, dict) else {}
+            raw = data.get("objectives") or [{"metric": data.get("metric", "val_mAP"),
+                                               "mode": data.get("mode", "min" if data.get("metric") == "val_loss"
+                                                                else "max")}]
+            self._objectives = [(o["metric"], o.get("mode", "max")) for o in raw]
+        return self._objectives
+
+    def leaderboard(self, limit: int = 10, columns: list[str] | None = None) -> pa.Table:
+        """Trials ranked by the spec's primary objective at their best epoch, with the test mAP of that epoch, the
+        other objectives, the paper's F1 where measured, and every hyperparameter the sweep's trials have (or
+        ``columns``, any of the trials table's)."""
+        metric, mode = self.objectives[0]
+        rank = OBJECTIVE_COLUMNS[metric]
+        present = {name for name in self.trials.column_names
+                   if self.trials.column(name).null_count < self.trials.num_rows}
+        if columns:
+            unknown = [c for c in columns if c not in self.trials.column_names]
+            if unknown:
+                raise ValueError(f"unknown column {unknown[0]!r}; the trials table has: "
+                                 f"{', '.join(self.trials.column_names)}")
+            chosen = list(dict.fromkeys(["trial_id", *columns]))
+        else:
+            objectives = [OBJECTIVE_COLUMNS[m] for m, _ in self.objectives]
+            chosen = ["trial_id", "status", "teacher", "student", "method", *objectives, "test_mAP_at_best",
+                      *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present],
+                      "best_epoch", "epochs_run", *[c for c in ("student_params",) if c not in objectives],
+                      *[c for c in HPARAM_COLUMNS if c in present]]
+            chosen = list(dict.fromkeys(chosen))
+
+        def shown(name: str) -> str:
+            if name in HPARAM_COLUMNS:
+                return f"round({name}, 6) AS {name}" if name == "lr" else f"round({name}, 3) AS {name}"
+            if name.startswith(("best_val_", "test_")):
+                alias = {"best_val_mAP": "val_mAP", "test_mAP_at_best": "test_mAP"}.get(name, name)
+                return f"round({name}, 2) AS {alias}"
+            return name
+
+        order = sql_order(mode)
+        return self.sql(f"SELECT {', '.join(shown(c) for c in chosen)} FROM trials WHERE {rank} IS NOT NULL "
+                        f"ORDER BY {rank} {order}, trial_id LIMIT {int(limit)}")
+
+    def pareto(self) -> pa.Table:
+        """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
+        student size (no other trial is at least as good on every one and better on one)."""
+        objectives = self.objectives if len(self.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
+        columns = [OBJECTIVE_COLUMNS[m] for m, _ in objectives]
+        rows = [r for r in self.trials.to_pylist() if r["status"] in SCORED
+                and all(r.get(c) is not None for c in columns)]
+        signs = [sign(mode) for _, mode in objectives]
+        points = {r["trial_id"]: [s * r[c] for s, c in zip(signs, columns)] for r in rows}
+
+        def dominated(point):
+            return any(all(o >= p for o, p in zip(other, point)) and any(o > p for o, p in zip(other, point))
+                       for other in points.values())
+
+        front = sorted(t for t, point in points.items() if not dominated(point))
+        shown = ", ".join(f"round({c}, 4) AS {c}" if c != "student_params" else c for c in columns)
+        extra = "" if "student_params" in columns else ", student_params"
+        # The ids as a parameter, never pasted into the SQL.
+        return self.sql(f"SELECT trial_id, student, method, {shown}{extra}, round(test_mAP_at_best, 2) AS test_mAP "
+                        f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}", [front])
+
+
+def format_table(table: pa.Table, fmt: str = "table") -> str:
+    """Render an Arrow table as an aligned text table, CSV or JSON lines."""
+    rows = table.to_pylist()
+    if fmt == "json":
+        import json
+
+        return "\n".join(json.dumps(row, default=str) for row in rows)
+    names = table.column_names
+    if fmt == "csv":
+        import csv
+
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(names)
+        for row in rows:
+            writer.writerow(["" if row[n] is None else row[n] for n in names])
+        return out.getvalue().rstrip("\n")
+
+    def show(value) -> str:
+        if value is None:
+            return "-"
+        if isinstance(value, float):
+            return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.2f}".rstrip("0").rstrip(".")
+        return str(value)
+
+    cells = [[show(row[n]) for n in names] for row in rows]
+    widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
+    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
+    return "\n".join(lines) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+
+
+@dataclass
+class SweepOutcome:
+    """What a driver leaves behind: the results and, in words, whether the sweep did its job."""
+
+    results: SweepResults | None
+    counts: dict[str, int]
+
+    @property
+    def succeeded(self) -> bool:
+        """At least one trial that did not fail (the exit status 0 of ``run``/``resume``)."""
+        return any(n for status, n in self.counts.items() if status != "failed")
+
+    @property
+    def finished(self) -> int:
+        return sum(n for status, n in self.counts.items() if status in FINISHED)
+
+    @property
+    def unfinished(self) -> int:
+        """Trials neither finished nor interrupted (still running or pending in the tables)."""
+        return sum(n for status, n in self.counts.items() if status not in FINISHED + ("interrupted",))
+
+    def describe(self) -> str:
+        if not self.counts:
+            return "no trial ran"
+        states = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
+        return states if self.succeeded else f"every trial failed ({states})"
+
+
+def outcome(sweep_dir: str | Location) -> SweepOutcome:
+    """The sweep's results and its trials counted by state (none yet: no results)."""
+    try:
+        results = SweepResults(sweep_dir)
+    except FileNotFoundError:
+        return SweepOutcome(None, {})
+    counts: dict[str, int] = {}
+    for status in results.trials.column("status").to_pylist():
+        counts[status] = counts.get(status, 0) + 1
+    return SweepOutcome(results, counts)
+
+
+@dataclass
+class SweepStatus:
+    """``l2d-sweep status`` as data: trials by state, who drives the sweep, the best trial, the running ones, the
+    folder's size."""
+
+    counts: dict[str, int]
+    driver: str | None          # the live lease's holder, or None
+    stale_lease: str | None     # a lease whose driver is gone
+    outcome: SweepOutcome
+    metric: str
+    best: dict | None
+    running: list[dict]
+    size_bytes: int
+    checkpoint_bytes: int
+
+
+def sweep_status(sweep_dir: str | Location) -> SweepStatus:
+    from sweeps.folder import read_lease
+
+    results = SweepResults(sweep_dir)
+    folder = results.sweep_dir
+    counts = {r["status"]: r["trials"] for r in results.sql(
+        "SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status").to_pylist()}
+    lease = read_lease(folder)
+    live = lease is not None and lease.stale() is None
+    metric, mode = results.objectives[0]
+    column = OBJECTIVE_COLUMNS[metric]
+    best = results.sql(f"SELECT trial_id, teacher, student, method, {column} AS value, test_mAP_at_best AS test_mAP, "
+                       f"best_epoch FROM trials WHERE {column} IS NOT NULL ORDER BY {column} {sql_order(mode)}, "
+                       f"trial_id LIMIT 1").to_pylist()
+    running = results.sql("SELECT trial_id, student, method, epochs_run AS epoch, round(last_val_mAP, 2) AS "
+                          "last_val_mAP FROM trials WHERE status = 'running' ORDER BY trial_id").to_pylist()
+    return SweepStatus(counts=counts, driver=lease.describe() if live else None,
+                       stale_lease=lease.describe() if lease is not None and not live else None,
+                       outcome=outcome(folder), metric=metric, best=best[0] if best else None, running=running,
+                       size_bytes=folder.size(), checkpoint_bytes=(folder / "train").size())
+
+
+def read_epochs(sweep_dir: str | Location, metric: str | None = None) -> list[dict]:
+    """The sweep's epoch rows (only those with ``metric`` when given); empty when there are none or they cannot be
+    read (a reader that can do without them: ASHA rebuilding its rungs)."""
+    try:
+        table = ResultsStore(Location.parse(sweep_dir)).read().epochs
+    except CorruptResultsError:
+        return []
+    if table is None or (metric is not None and metric not in table.column_names):
+        return []
+    return [row for row in table.to_pylist() if metric is None or row.get(metric) is not None]

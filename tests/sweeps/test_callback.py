@@ -1,0 +1,113 @@
+"""The driver's callback on its own: what it writes for each event of a trial (results tables, TensorBoard, progress
+lines), its collaborators (lease guard, tracker, exporter) as handed over, and what it rebuilds from Tune's trials.
+Trials are plain stand-ins with the attributes Tune's Trial has that the callback reads."""
+
+import json
+from types import SimpleNamespace
+
+import pyarrow.parquet as pq
+
+from l2d.storage import Location
+from sweeps.callback import SweepCallback, known_trial
+from sweeps.checkpoints import HISTORY_KEY
+from sweeps.results import SweepResults
+
+
+def _epochs(folder):
+    return SweepResults(folder).epochs.to_pylist()
+
+
+def _trials(folder):
+    return SweepResults(folder).trials.to_pylist()
+
+CONFIG = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "mld", "lr": 1e-3,
+          "lambda_mld": 2.0}
+
+
+def _trial(trial_id="t1", status="RUNNING", error=None):
+    return SimpleNamespace(trial_id=trial_id, config=dict(CONFIG), status=status, error_file=None,
+                           get_error=lambda: error)
+
+
+def _callback(tmp_path, **collaborators):
+    folder = tmp_path / "sweep"
+    folder.mkdir()
+    return SweepCallback(Location.parse(folder), 3, "val_mAP", "max", quiet=False, **collaborators), folder
+
+
+def test_every_epoch_is_written_before_its_line_is_printed(tmp_path, capsys):
+    guarded = []
+    callback, folder = _callback(tmp_path, guard=lambda: guarded.append(1))
+    trial = _trial()
+    callback.on_trial_start(0, [trial], trial)
+    for epoch in (1, 2):
+        callback.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_mAP": 40.0 + epoch, "test_mAP": 39.0,
+                                                     "train_grad_share_mld": 0.3, "images_per_s": 10.0})
+        rows = _epochs(folder)  # the current generation: written before the line was printed
+        assert [r["epoch"] for r in rows] == list(range(1, epoch + 1))
+    trial.status = "TERMINATED"
+    callback.on_trial_complete(0, [trial], trial)
+    callback.on_experiment_end([trial])
+    out = capsys.readouterr().out
+    assert "trial t1 started: test_resnet -> test_efficientnet, mld" in out
+    assert out.index("epoch 1/3") < out.index("epoch 2/3") < out.index("trial t1 stopped")
+    [row] = _trials(folder)
+    assert (row["status"], row["epochs_run"], row["best_epoch"], row["best_val_mAP"]) == ("stopped", 2, 2, 42.0)
+    # At the experiment's end the compacted pair holds the same, for tools that read the Parquet files themselves.
+    assert pq.read_table(folder / "results" / "trials.parquet").to_pylist() == [row]
+    assert len(guarded) >= 4  # before every write: start, two epochs, the end
+    # TensorBoard got the epoch scalars, the gradient share among them.
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(folder / "tensorboard" / "t1"))
+    events.Reload()
+    assert {"val/mAP", "train/grad_share_mld"} <= set(events.Tags()["scalars"])
+
+
+def test_a_replayed_history_fills_the_epochs_a_dead_driver_never_wrote(tmp_path):
+    callback, folder = _callback(tmp_path)
+    trial = _trial()
+    history = [{"epoch": 1, "val_mAP": 41.0}, {"epoch": 2, "val_mAP": 43.0}]
+    callback.on_trial_result(0, [trial], trial, {**history[-1], HISTORY_KEY: json.dumps(history)})
+    rows = _epochs(folder)
+    assert [(r["epoch"], r["val_mAP"]) for r in rows] == [(1, 41.0), (2, 43.0)]
+
+
+def test_the_tracker_gets_the_exporter_it_was_handed(tmp_path):
+    calls = []
+
+    class Tracker:
+        def start(self, trial_id, config):
+            calls.append(("start", trial_id))
+
+        def epoch(self, trial_id, config, result):
+            calls.append(("epoch", trial_id))
+
+        def finish(self, trial_id, config, status, export):
+            calls.append(("finish", trial_id, status))
+            export("somewhere")
+
+    callback, _ = _callback(tmp_path, tracker=Tracker(), exporter=lambda trial_id, folder: calls.append(
+        ("export", trial_id, folder)))
+    trial = _trial()
+    callback.on_trial_start(0, [trial], trial)
+    callback.on_trial_result(0, [trial], trial, {"epoch": 3, "val_mAP": 50.0})
+    trial.status = "TERMINATED"
+    callback.on_trial_complete(0, [trial], trial)
+    assert calls == [("start", "t1"), ("epoch", "t1"), ("finish", "t1", "completed"), ("export", "t1", "somewhere")]
+    # The collaborators are not pickled with the callback (Tune pickles it into the experiment).
+    import pickle
+
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored.tracker is None and restored.exporter is None and restored.guard is None
+
+
+def test_tunes_trials_become_known_trials_and_rebuild_lost_rows(tmp_path):
+    failed = _trial("t2", "ERROR", error=RuntimeError("NonFiniteLossError: non-finite loss at epoch 1"))
+    assert known_trial(failed).state == "failed" and "non-finite" in known_trial(failed).error
+    assert known_trial(_trial("t3", "PENDING")).state == "pending"
+    callback, folder = _callback(tmp_path)
+    callback.on_step_begin(0, [_trial("t1", "TERMINATED"), failed])
+    rows = {r["trial_id"]: r for r in _trials(folder)}
+    assert rows["t2"]["status"] == "failed" and "non-finite" in rows["t2"]["error"]
+    assert rows["t1"]["student"] == "test_efficientnet"

@@ -1,0 +1,81 @@
+"""One trial's loop (sweeps.trial._run) with a session of its own: the engine's epochs reported, checkpointed and the
+best kept; a resumed trial replays its history first. The Ray sessions are exercised by the sweep tests."""
+
+import json
+
+import pytest
+
+from l2d.storage import Location
+from sweeps.checkpoints import HISTORY_KEY, BestCheckpoint, restore_newest, write_checkpoint
+from sweeps.spec import parse_spec
+from sweeps.trial import TrialContext, _run
+from tests.sweeps.conftest import TINY_SPEC
+
+
+class RecordingSession:
+    """The session protocol of sweeps.trial (device, rank, run_dir, restore, report), recording what it is told."""
+
+    def __init__(self, run_dir: Location):
+        import torch
+
+        self.device, self.rank, self.run_dir = torch.device("cpu"), 0, run_dir
+        self.reports = []
+
+    def restore(self):
+        return restore_newest(self.run_dir)
+
+    def report(self, metrics, epoch, state, history):
+        if state is not None:
+            write_checkpoint(self.run_dir, epoch, state, history)
+        self.reports.append(dict(metrics))
+
+
+def _context(tmp_path, **changes):
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "sweeps"), **changes})
+    return TrialContext.from_spec(spec)
+
+
+CONFIG = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "mld", "lr": 2e-3,
+          "lambda_mld": 1.0}
+
+
+def test_a_trial_reports_every_epoch_and_keeps_its_best(tmp_path):
+    context = _context(tmp_path, methods=["mld"], search_space={"lr": {"low": 1e-3, "high": 5e-3}})
+    assert context.trainer == "in-process" and context.base.dataset == "mosaic-digits"
+    run_dir = context.run_dir("t1")
+    session = RecordingSession(run_dir)
+    _run(context, CONFIG, session)
+    epochs = [int(r["epoch"]) for r in session.reports]
+    assert epochs == [1, 2, 3]
+    for report in session.reports:
+        assert {"val_mAP", "test_mAP", "student_params", "latency_ms", "images_per_s"} <= set(report)
+        assert report["worker_nodes"] == 1 and report["resumed_from"] == 0.0
+    best = json.loads((run_dir / "best" / "best.json").read_text())
+    assert best["metrics"]["val_mAP"] == max(r["val_mAP"] for r in session.reports)
+    assert len(BestCheckpoint.history(run_dir)) == best["epoch"]
+
+
+def test_a_resumed_trial_replays_its_history_then_goes_on(tmp_path):
+    context = _context(tmp_path, methods=["mld"], search_space={"lr": {"low": 1e-3, "high": 5e-3}})
+    run_dir = context.run_dir("t2")
+    first = RecordingSession(run_dir)
+
+    class Stop(Exception):
+        pass
+
+    def stop_after_two(metrics, epoch, state, history):
+        RecordingSession.report(first, metrics, epoch, state, history)
+        if epoch == 2:
+            raise Stop
+
+    first.report = stop_after_two
+    with pytest.raises(Stop):
+        _run(context, CONFIG, first)
+    again = RecordingSession(run_dir)
+    _run(context, CONFIG, again)
+    replay = again.reports[0]
+    assert int(replay["epoch"]) == 2 and [int(r["epoch"]) for r in json.loads(replay[HISTORY_KEY])] == [1, 2]
+    assert [int(r["epoch"]) for r in again.reports[1:]] == [3]
+    assert again.reports[1]["resumed_from"] == 1.0
+    # The epochs before the crash are the same numbers the first run reported.
+    assert json.loads(replay[HISTORY_KEY])[0]["val_mAP"] == first.reports[0]["val_mAP"]

@@ -1,0 +1,184 @@
+"""The floors of the code base hold: every import of ``l2d/`` and ``sweeps/`` (inside functions too) goes down the
+layer map of ``sweeps/__init__.py`` and ``l2d/__init__.py``, never up or sideways; the read-only commands start
+without torch, timm or Ray."""
+
+from __future__ import annotations
+
+import ast
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import l2d
+import sweeps
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(ROOT).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _imports(path: Path) -> list[tuple[int, str, bool]]:
+    """``(line, imported module, allowed back-edge)`` of every import in a file, at any depth. An import whose line
+    carries ``# layer: pickle alias`` is one of the documented back-edges."""
+    text = path.read_text()
+    lines = text.splitlines()
+    tree = ast.parse(text)
+    package = _module_name(path) if path.name == "__init__.py" else _module_name(path).rpartition(".")[0]
+    found = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - node.level + 1]
+                module = ".".join(base + ([node.module] if node.module else []))
+            else:
+                module = node.module or ""
+            # ``from sweeps import results`` imports the module sweeps.results.
+            names = [f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module
+                     for alias in node.names]
+        else:
+            continue
+        allowed = "layer: pickle alias" in lines[node.lineno - 1]
+        found += [(node.lineno, name, allowed) for name in names]
+    return found
+
+
+def _is_module(name: str) -> bool:
+    path = ROOT / Path(*name.split("."))
+    return path.with_suffix(".py").is_file() or (path / "__init__.py").is_file()
+
+
+def _owner(name: str, rank: dict[str, int]) -> str | None:
+    """The module of the map an imported name belongs to (its longest mapped prefix)."""
+    parts = name.split(".")
+    for end in range(len(parts), 0, -1):
+        candidate = ".".join(parts[:end])
+        if candidate in rank:
+            return candidate
+    return None
+
+
+def _rank(layers: list[list[str]]) -> dict[str, int]:
+    """Each module's position in the map: floors bottom first, modules within a floor in order."""
+    order = [module for floor in layers for module in floor]
+    assert len(order) == len(set(order)), "a module is in the layer map twice"
+    return {module: index for index, module in enumerate(order)}
+
+
+def violations(package, layers: list[list[str]]) -> list[str]:
+    rank = _rank(layers)
+    root = ROOT / package.__name__
+    problems = []
+    for path in sorted(root.rglob("*.py")):
+        module = _module_name(path)
+        if module not in rank:
+            problems.append(f"{module}: not in the layer map of {package.__name__}/__init__.py")
+            continue
+        for line, name, allowed in _imports(path):
+            if name.split(".")[0] not in ("l2d", "sweeps"):
+                continue
+            target = _owner(name, rank)
+            if target is None or target == module or allowed:
+                continue
+            if rank[target] > rank[module]:
+                problems.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}, which is above it "
+                                f"(or beside it) in the layer map")
+    return problems
+
+
+@pytest.mark.parametrize("package", [l2d, sweeps], ids=["l2d", "sweeps"])
+def test_every_import_goes_down_the_layer_map(package):
+    problems = violations(package, package.LAYERS)
+    assert not problems, "\n".join(problems)
+
+
+def test_l2d_never_imports_sweeps_or_ray():
+    for path in (ROOT / "l2d").rglob("*.py"):
+        for line, name, _ in _imports(path):
+            assert name.split(".")[0] not in ("sweeps", "ray"), f"{path}:{line} imports {name}"
+
+
+def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
+    """The check itself: an import from a lower floor to a higher one is reported, naming both."""
+    layers = [list(floor) for floor in sweeps.LAYERS]
+    # Pretend sweeps.results (records) imports the drivers (sweeps.runner): that edge must be named.
+    original = _imports
+
+    def with_upward_edge(path):
+        found = original(path)
+        if _module_name(path) == "sweeps.results":
+            found.append((1, "sweeps.runner", False))
+        return found
+
+    monkeypatch.setattr(sys.modules[__name__], "_imports", with_upward_edge)
+    problems = violations(sweeps, layers)
+    assert any("sweeps.results imports sweeps.runner" in p for p in problems), problems
+
+
+HEAVY = ("torch", "timm", "ray")
+
+
+def _imported_by(argv: list[str]) -> list[str]:
+    code = ("import sys, runpy\n"
+            f"sys.argv = {['l2d-sweep', *argv]!r}\n"
+            "try:\n"
+            "    from sweeps.cli import main\n"
+            "    main(sys.argv[1:])\n"
+            "except SystemExit:\n"
+            "    pass\n"
+            "import json\n"
+            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_help_imports_no_torch_timm_or_ray():
+    assert _imported_by(["--help"]) == []
+    assert _imported_by(["run", "--help"]) == []
+    assert _imported_by(["train", "--help"]) == []
+
+
+def _small_sweep(tmp_path) -> Path:
+    """A finished sweep folder made without Ray: marker, spec and results tables, as a driver leaves them."""
+    import yaml
+
+    from l2d.storage import Location
+    from sweeps.folder import write_marker
+    from sweeps.results import ResultsWriter
+    from tests.sweeps.conftest import TINY_SPEC
+
+    folder = tmp_path / "sweeps" / "tiny"
+    folder.mkdir(parents=True)
+    write_marker(Location.parse(folder))
+    (folder / "spec.yaml").write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path / "sweeps")}))
+    writer = ResultsWriter(Location.parse(folder), 3)
+    for index, status in enumerate(("completed", "stopped")):
+        config = {"teacher": "test_resnet", "student": "test_efficientnet", "method": "l2d", "lr": 1e-3,
+                  "lambda_mld": 1.0 + index}
+        for epoch in range(1, 4 - 2 * index):
+            writer.record_epoch(f"t{index}", config, {"epoch": epoch, "val_mAP": 40.0 + epoch + index,
+                                                      "test_mAP": 39.0 + epoch, "student_params": 1000.0})
+        writer.finish(f"t{index}", config)
+    writer.write()
+    return folder
+
+
+def test_read_commands_import_no_torch_timm_or_ray(tmp_path, monkeypatch):
+    from sweeps.cli import main
+
+    folder = _small_sweep(tmp_path)
+    main(["validate", str(ROOT / "search_spaces" / "quickstart.yaml")])  # fills timm's name index in the cache
+    assert _imported_by(["status", str(folder)]) == []
+    assert _imported_by(["results", str(folder)]) == []
+    assert _imported_by(["results", str(folder), "--sql", "SELECT count(*) FROM epochs"]) == []
+    assert _imported_by(["validate", str(ROOT / "search_spaces" / "quickstart.yaml")]) == []
