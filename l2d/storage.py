@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import functools
 import os
+import signal
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,6 +51,35 @@ def credentials_in_uri(uri: str) -> list[str]:
         if any(word in key.lower() for word in _SECRET_WORDS):
             found.append(key)
     return found
+
+
+_PASSED: dict[str, int] = {}
+
+
+_PASSED: dict[str, int] = {}
+
+
+def failpoint(name: str) -> None:
+    """Nothing, unless ``L2D_SWEEP_FAILPOINTS`` names the point: ``name=N`` kills the process (SIGKILL) the N-th time
+    it passes, ``name=error`` raises OSError every time (a storage failure), ``name=sleep:S`` waits S seconds (a slow
+    store)."""
+    spec = os.environ.get("L2D_SWEEP_FAILPOINTS")
+    if not spec:
+        return
+    _PASSED[name] = _PASSED.get(name, 0) + 1
+    for item in spec.split(","):
+        point, _, action = item.partition("=")
+        if point.strip() != name:
+            continue
+        action = action.strip()
+        if action == "error":
+            raise OSError(f"failpoint {name}: a storage failure")
+        if action.startswith("sleep:"):
+            import time
+
+            time.sleep(float(action.removeprefix("sleep:")))
+        elif _PASSED[name] == int(action or 1):
+            os.kill(os.getpid(), signal.SIGKILL)
 
 
 class StorageError(ValueError):
@@ -244,6 +274,7 @@ class Location:
                 stream.write(data)
                 stream.flush()
                 os.fsync(stream.fileno())
+            failpoint("write-window")  # the fault tests kill here: between the temporary file and its rename
             os.replace(tmp.path, self.path)
         except BaseException:
             tmp.delete()

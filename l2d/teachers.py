@@ -77,7 +77,7 @@ class TeacherKey:
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
 
 
-class CorruptTeacherError(ValueError):
+class CorruptTeacherError(RuntimeError):
     """A stored teacher's file cannot be read; the message names the file."""
 
 

@@ -5,7 +5,8 @@ before it). ``tests/test_layers.py`` holds this, imports inside functions includ
 that pickles written by older versions name (each marked ``# layer: pickle alias``).
 
 - leaves: ``vocab`` (modes, trial states), ``_checks`` (typed rules, gathered errors, the YAML reader), ``_faults``
-  (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json)
+  (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json), ``trust`` (the
+  pickles' signatures)
 - spec: ``spec`` (the typed YAML spec)
 - search space: ``search`` (define-by-run space, encode/decode; no Ray)
 - records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status), ``plots``,
@@ -20,8 +21,8 @@ that pickles written by older versions name (each marked ``# layer: pickle alias
 
 #: The layer map (see the docstring); ``tests/test_layers.py`` checks every import against it.
 LAYERS = [
-    ["sweeps", "sweeps.vocab", "sweeps._checks", "sweeps._faults", "sweeps.folder", "sweeps.checkpoints",
-     "sweeps.provenance"],
+    ["sweeps", "sweeps.vocab", "sweeps._checks", "sweeps._faults", "sweeps.lease", "sweeps.folder", "sweeps.checkpoints",
+     "sweeps.provenance", "sweeps.trust"],
     ["sweeps.spec"],
     ["sweeps.search"],
     ["sweeps.stored", "sweeps.results.schema", "sweeps.results.store", "sweeps.results.writer", "sweeps.results.reader",
@@ -32,5 +33,6 @@ LAYERS = [
     ["sweeps.experiment"],
     ["sweeps.runner"],
     ["sweeps.cli._common", "sweeps.cli.single", "sweeps.cli.sweep", "sweeps.cli.specs", "sweeps.cli.weights",
+     "sweeps.cli.analysis",
      "sweeps.cli", "sweeps.cli.__main__"],
 ]

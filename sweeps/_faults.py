@@ -1,26 +1,16 @@
-"""Failpoints for the fault-injection tests: with ``L2D_SWEEP_FAILPOINTS="results-write=3"`` the driver kills
-itself with SIGKILL the 3rd time it passes the point ``results-write`` (several points: comma-separated). Unset,
+"""Failpoints for the fault-injection tests: with ``L2D_SWEEP_FAILPOINTS="manifest-swap=3"`` the driver kills
+itself with SIGKILL the 3rd time it passes the point ``manifest-swap`` (several points: comma-separated). Unset,
 as it always is outside those tests, every point is a dictionary lookup that does nothing.
 
-Points: ``results-write`` (between writing ``epochs.parquet`` and ``trials.parquet``), ``epoch-<n>`` (after a
+Points: ``segment-write`` (after each file of a results segment), ``manifest-swap`` (a segment written, the manifest
+not yet replaced), ``compaction`` (a merged segment written, the manifest not yet naming it), ``publish`` (between the
+two compacted tables), ``lease-swap`` (a lease read, not yet swapped: a slow store), ``lease-renew`` (each renewal),
+``write-window`` (inside every atomic write of l2d.storage, between the temporary file and its rename), ``epoch-<n>``
+(after a
 trial's epoch ``n`` is recorded and printed, while the trial waits for the driver), ``trial-end`` (after a trial's
 end is recorded).
 """
 
 from __future__ import annotations
 
-import os
-import signal
-
-_PASSED: dict[str, int] = {}
-
-
-def failpoint(name: str) -> None:
-    spec = os.environ.get("L2D_SWEEP_FAILPOINTS")
-    if not spec:
-        return
-    _PASSED[name] = _PASSED.get(name, 0) + 1
-    for item in spec.split(","):
-        point, _, count = item.partition("=")
-        if point.strip() == name and _PASSED[name] == int(count or 1):
-            os.kill(os.getpid(), signal.SIGKILL)
+from l2d.storage import failpoint  # noqa: F401 - the one implementation (l2d's writes have a point too)

@@ -71,7 +71,7 @@ class SweepCallback(Callback):
     """Records every epoch report and trial end into the results tables and TensorBoard, and prints progress."""
 
     def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False,
-                 guard=None, tracker=None, exporter=None, keep: str = "best+last"):
+                 guard=None, tracker=None, exporter=None, keep: str = "best+last", tune_folder: str = "tune"):
         self.sweep_dir = str(sweep_dir)
         self.max_epochs = max_epochs
         self.metric = metric
@@ -84,16 +84,20 @@ class SweepCallback(Callback):
         self.tracker = tracker  # an MLflow tracker (sweeps.tracking)
         self.exporter = exporter  # (trial id, folder) -> writes the trial's best student there (sweeps.export)
         self.keep = keep  # what a finished trial keeps of its checkpoints (sweeps.checkpoints.prune)
+        self.tune_folder = tune_folder  # Tune's state of this experiment: signed as Tune saves it (sweeps.trust)
+        self._signatures = None
         self._reconciled = False
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_writer=None, _boards={}, guard=None, tracker=None, exporter=None, _reconciled=False)
+        state.update(_writer=None, _boards={}, guard=None, tracker=None, exporter=None, _reconciled=False,
+                     _signatures=None)
         return state
 
     def __setstate__(self, state):
         self.__dict__.update({"guard": None, "tracker": None, "exporter": None, "keep": "best+last",
-                              "_reconciled": False, **state})
+                              "tune_folder": "tune", "_reconciled": False, **state})
+        self._signatures = None
 
     @property
     def location(self) -> Location:
@@ -130,6 +134,15 @@ class SweepCallback(Callback):
 
     def on_step_begin(self, iteration, trials, **info):
         self._reconcile(trials)
+
+    def on_step_end(self, iteration, trials, **info):
+        # Tune saved its state (if it did) just before this: sign what changed, so that a resume may load it.
+        if self.location.is_local:
+            from sweeps.trust import Signatures
+
+            if self._signatures is None:
+                self._signatures = Signatures(self.location)
+            self._signatures.sign_folder(self.tune_folder)
 
     def _reconcile(self, trials) -> None:
         if self._reconciled:
@@ -222,6 +235,11 @@ class SweepCallback(Callback):
         if lost:
             self._say(f"{len(lost)} unfinished trial(s) from before a crash were not continued (kept, interrupted): "
                       f"{', '.join(lost)}")
+        if self.tracker is not None:  # a trial the experiment left unfinished (Ctrl-C, a lost lease): its run KILLED
+            for trial in trials:
+                record = self.writer.trials.get(trial.trial_id)
+                if record is not None and record.status in ("running", "pending"):
+                    self.tracker.finish(trial.trial_id, decode(trial.config), "interrupted", None)
         self._write()
         if self.guard is not None:
             self.guard()

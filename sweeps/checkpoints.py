@@ -64,7 +64,7 @@ def read_checkpoint(folder: Location) -> tuple[dict, list[dict]]:
     return state, json.loads((folder / HISTORY_FILE).read_text())
 
 
-class UnreadableCheckpointError(ValueError):
+class UnreadableCheckpointError(RuntimeError):
     """A checkpoint's files cannot be read; the message names the folder."""
 
 
@@ -107,9 +107,11 @@ def restore_newest(run_dir: Location, set_aside_unreadable: bool = True) -> tupl
 
 
 class BestCheckpoint:
-    """The trial's best epoch by ``metric`` (``mode``), kept in ``<run>/best/``: ``model.pt`` (the student's state
-    dict), ``history.json`` (every epoch up to it) and ``best.json`` (its epoch, metrics, the model's shape and
-    labels). Written by the trial's rank 0 each time an epoch beats the best so far."""
+    """The trial's best epoch by ``metric`` (``mode``), kept in ``<run>/best/`` as one unit: ``model-<epoch>.pt``
+    (the student's state dict), ``history-<epoch>.json`` (every epoch up to it), then ``best.json`` (its epoch,
+    metrics, the model's shape and labels, and the names and SHA-256 of the two files), written last: a crash
+    between the writes leaves the previous best whole, and a reader never pairs one epoch's weights with another's
+    metrics. Written by the trial's rank 0 each time an epoch beats the best so far; older files are removed after."""
 
     def __init__(self, run_dir: Location, metric: str, mode: str):
         self.folder = run_dir / BEST
@@ -134,15 +136,24 @@ class BestCheckpoint:
         value = metrics.get(self.metric)
         if value is None or not self._better(float(value)):
             return False
+        import hashlib
+
         buffer = io.BytesIO()
         torch.save(run.student.state_dict(), buffer)
-        (self.folder / "model.pt").write_bytes(buffer.getvalue())
-        (self.folder / HISTORY_FILE).write_text(json.dumps(run.history))
-        info = {"epoch": int(metrics["epoch"]), "metric": self.metric, "mode": self.mode, "metrics": metrics,
+        epoch = int(metrics["epoch"])
+        model, history = buffer.getvalue(), json.dumps(run.history).encode()
+        names = {"model": f"model-{epoch:04d}.pt", "history": f"history-{epoch:04d}.json"}
+        (self.folder / names["model"]).write_bytes(model)
+        (self.folder / names["history"]).write_bytes(history)
+        info = {"epoch": epoch, "metric": self.metric, "mode": self.mode, "metrics": metrics,
                 "backbone": run_config.student, "num_classes": len(run.splits["train"].class_names),
                 "class_names": list(run.splits["train"].class_names), "embed_dim": run_config.embed_dim,
-                "image_size": run_config.image_size, "device": device_name(run_config.device)}
-        (self.folder / "best.json").write_text(json.dumps(info))  # last: a best/ with best.json is complete
+                "image_size": run_config.image_size, "device": device_name(run_config.device), "files": names,
+                "sha256": {"model": hashlib.sha256(model).hexdigest(), "history": hashlib.sha256(history).hexdigest()}}
+        (self.folder / "best.json").write_text(json.dumps(info))  # last: it names the files that make the unit
+        for entry in self.folder.list():  # the previous best's files, no longer named
+            if entry.name.startswith(("model", "history")) and entry.name not in names.values():
+                entry.delete()
         self.value = float(value)
         return True
 
@@ -150,9 +161,49 @@ class BestCheckpoint:
     def history(run_dir: Location) -> list[dict]:
         """The history saved with the best epoch (empty when there is none, or it is unreadable)."""
         try:
-            return json.loads((run_dir / BEST / HISTORY_FILE).read_text())
-        except (FileNotFoundError, ValueError, UnicodeDecodeError):
+            return read_best(run_dir)[2]
+        except (FileNotFoundError, UnreadableCheckpointError):
             return []
+
+
+def read_best(run_dir: Location) -> tuple[dict, bytes, list[dict]]:
+    """``(best.json, the model's bytes, the history)`` of a trial's best epoch, each file checked against the digest
+    ``best.json`` gives it (a ``best/`` from before digests: its ``model.pt`` and ``history.json``).
+
+    Raises:
+        FileNotFoundError: the trial has no best epoch (no ``best.json``).
+        UnreadableCheckpointError: a file is missing, unreadable, or not the one ``best.json`` describes (named).
+    """
+    import hashlib
+
+    folder = run_dir / BEST
+    info_file = folder / "best.json"
+    try:
+        text = info_file.read_text()
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{info_file}: no best checkpoint") from None
+    try:
+        info = json.loads(text)
+        if not isinstance(info, dict) or "epoch" not in info or "backbone" not in info:
+            raise ValueError("not a best checkpoint's description")
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UnreadableCheckpointError(f"{info_file}: unreadable ({error})") from None
+    names = info.get("files") or {"model": "model.pt", "history": HISTORY_FILE}
+    data = {}
+    for kind, name in names.items():
+        try:
+            data[kind] = (folder / name).read_bytes()
+        except FileNotFoundError:
+            raise UnreadableCheckpointError(f"{folder / name}: missing (best.json names it)") from None
+        expected = (info.get("sha256") or {}).get(kind)
+        if expected and hashlib.sha256(data[kind]).hexdigest() != expected:
+            raise UnreadableCheckpointError(f"{folder / name}: not the file best.json describes (its digest differs): "
+                                            f"best/ is damaged")
+    try:
+        history = json.loads(data["history"])
+    except (ValueError, UnicodeDecodeError) as error:
+        raise UnreadableCheckpointError(f"{folder / names['history']}: unreadable ({error})") from None
+    return info, data["model"], history
 
 
 def device_name(device: str | None) -> str:

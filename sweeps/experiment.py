@@ -103,9 +103,11 @@ def driver_resources() -> dict:
     return {"cpu": 0.01}
 
 
-def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None) -> list:
+def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None,
+              experiment: int = 0) -> list:
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
-    the tracker, and the exporter the tracker logs a finished trial's student with."""
+    the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
+    signs as Tune saves it (``experiment``)."""
     from sweeps.export import export_trial
     from sweeps.tracking import tracker_for
 
@@ -115,7 +117,7 @@ def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id:
     callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet,
                              guard=lease.verify if lease is not None else None,
                              tracker=tracker_for(spec, sweep_id) if sweep_id else None, exporter=exporter,
-                             keep=spec.keep)
+                             keep=spec.keep, tune_folder=tune_dir_name(experiment))
     # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
     # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
     from ray.tune.logger import JsonLoggerCallback
@@ -160,5 +162,5 @@ def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_i
         run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
                                   storage_filesystem=filesystem, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=callbacks(spec, quiet, lease, sweep_id)),
+                                  callbacks=callbacks(spec, quiet, lease, sweep_id, experiment)),
     )

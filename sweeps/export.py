@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import io
-import json
 import logging
 import time
 
@@ -46,22 +45,28 @@ def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Loc
 
     from l2d.export import check_formats, save_student
     from l2d.models import build_model, count_parameters
-    from sweeps.checkpoints import BEST
+    from sweeps.checkpoints import BEST, UnreadableCheckpointError, read_best
     from sweeps.folder import read_marker
     from sweeps.provenance import git_commit, versions
 
     check_formats(formats)
     spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id)
-    best = spec.sweep_dir / "train" / f"trial-{row['trial_id']}" / BEST
-    if not (best / "best.json").is_file():
-        raise ValueError(f"trial {row['trial_id']} ({row['status']}) has no best checkpoint in {best} (a trial that "
-                         f"failed in its first epoch, or a sweep from before best checkpoints were kept)")
+    run_dir = spec.sweep_dir / "train" / f"trial-{row['trial_id']}"
+    try:
+        info, weights, _ = read_best(run_dir)
+    except FileNotFoundError:
+        raise ValueError(f"trial {row['trial_id']} ({row['status']}) has no best checkpoint in {run_dir / BEST} (a "
+                         f"trial that failed in its first epoch, or a sweep from before best checkpoints were "
+                         f"kept)") from None
     progress(f"exporting trial {row['trial_id']} of {spec.sweep_dir}: {row['teacher']} -> {row['student']}, "
              f"{row['method']}, best epoch by {spec.metric}")
-    info = json.loads((best / "best.json").read_text())
-    state = torch.load(io.BytesIO((best / "model.pt").read_bytes()), map_location="cpu", weights_only=True)
-    model = build_model(info["backbone"], info["num_classes"], info["embed_dim"])
-    model.load_state_dict(state)
+    try:
+        state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
+        model = build_model(info["backbone"], info["num_classes"], info["embed_dim"])
+        model.load_state_dict(state)
+    except Exception as error:  # noqa: BLE001 - torch.load and load_state_dict raise many kinds for a bad file
+        raise UnreadableCheckpointError(f"{run_dir / BEST / (info.get('files') or {}).get('model', 'model.pt')}: "
+                                        f"unreadable weights ({str(error).splitlines()[0][:200]})") from None
     from l2d.losses import METHODS
 
     hparams = {name: row[name] for name in METHODS[row["method"]].defaults if row.get(name) is not None}

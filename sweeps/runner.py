@@ -38,6 +38,7 @@ from sweeps.callback import SweepCallback  # noqa: F401
 from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, \
     tune_dir_name  # noqa: F401 - init_ray and check_local_resources are imported from here too
 from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401
+from sweeps.lease import LeaseError
 from sweeps.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
 from sweeps.search import DefineByRunSpace  # noqa: F401
@@ -57,12 +58,15 @@ class DriverOptions:
         verbose: Ray workers' logs and Tune's own output.
         num_cpus: the CPUs of a local cluster (default: this machine's).
         force: take a lease another driver seems to hold (when that driver is gone).
+        trust: load Tune's state and the searcher's pickles even when this user's key did not sign them (a folder the
+            user vouches for); without it such a sweep continues from its results and checkpoints.
     """
 
     quiet: bool = False
     verbose: bool = False
     num_cpus: int | None = None
     force: bool = False
+    trust: bool = False  # load the folder's pickles even when this user's key did not sign them (sweeps.trust)
 
     def say(self) -> Callable[[str], None]:
         return (lambda text: None) if self.quiet else (lambda text: print(text, flush=True))
@@ -73,6 +77,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
     a folder that is not a sweep. Nothing is written before every check has passed; a sweep that fails before its
     first trial (a dataset it cannot read, say) leaves no folder behind."""
     from sweeps.folder import prepare_new, write_marker
+    from sweeps.stored import spec_digest
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -81,7 +86,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
 
     def prepare():
         prepare_new(spec.sweep_dir, new, say, driver.force)
-        return write_marker(spec.sweep_dir)
+        return write_marker(spec.sweep_dir, spec_digest=spec_digest(spec))
 
     def body(lease, marker):
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
@@ -96,16 +101,16 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
     last epoch checkpoint, the Optuna study and ASHA's rungs carry on. When Tune's experiment cannot be restored,
     the sweep continues from its recorded results in a new experiment, running only the trials still missing."""
-    from sweeps.folder import adopt
+    from sweeps.study import sweep_identity
 
     driver = DriverOptions(**options)
     say = driver.say()
-    spec = load_sweep_spec(sweep_dir)
+    spec = load_sweep_spec(sweep_dir, driver=True)
 
     def body(lease, marker):
         experiment = int(marker.get("experiment", 0))
         _reconcile_study(spec, marker["sweep_id"], say, finished=False)
-        tuner, why = _restore(spec, driver.quiet, lease, experiment, marker["sweep_id"])
+        tuner, why = _restore(spec, driver.quiet, lease, experiment, marker["sweep_id"], driver.trust)
         if tuner is not None:
             say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
             tuner.fit()
@@ -115,7 +120,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         if not recorded.counts:
             say(f"{spec.sweep_dir}: the sweep stopped before its first trial; starting its trials now")
         else:
-            say(f"{spec.sweep_dir}: Tune's experiment cannot be restored ({why}); continuing from the "
+            say(f"{spec.sweep_dir}: Tune's experiment is not restored ({why}); continuing from the "
                 f"{recorded.finished} finished trial(s) in the results: {max(remaining, 0)} more in a new experiment")
             experiment = _next_experiment(spec, marker)
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
@@ -125,7 +130,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         else:
             _close_unfinished(spec)
 
-    return _drive(spec, "resume", driver, lambda: adopt(spec.sweep_dir), body)
+    return _drive(spec, "resume", driver, lambda: sweep_identity(spec, repair=True), body)
 
 
 def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | None = None,
@@ -137,11 +142,13 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
     Raises:
         SweepFolderError: the sweep has not finished its budget yet (resume it first).
     """
-    from sweeps.folder import adopt
+    from sweeps.folder import update_marker
+    from sweeps.stored import spec_digest
+    from sweeps.study import sweep_identity
 
     driver = DriverOptions(**options)
     say = driver.say()
-    spec = load_sweep_spec(sweep_dir)
+    spec = load_sweep_spec(sweep_dir, driver=True)
     recorded = outcome(spec.sweep_dir)
     if recorded.unfinished or recorded.finished < spec.budget.num_samples:
         raise SweepFolderError(f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
@@ -151,6 +158,7 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
                               "budget.max_epochs": max_epochs})
 
     def body(lease, marker):
+        update_marker(grown.sweep_dir, spec_digest=spec_digest(grown))  # its spec grows by this tool's hand
         experiment = _next_experiment(grown, marker)
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
         say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
@@ -158,7 +166,7 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         budget = replace(grown.budget, num_samples=num_samples)
         build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment).fit()
 
-    return _drive(grown, "extend", driver, lambda: adopt(spec.sweep_dir), body, write_spec=True)
+    return _drive(grown, "extend", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
 
 
 def run_or_resume(spec: SweepSpec, **options) -> SweepOutcome:
@@ -218,7 +226,10 @@ def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callabl
         teacher_phase(spec, say)
         started = True
         body(lease, marker)
+        if lease.failure:  # Tune stopped on the SIGINT the lease's renewal sent it: this driver did not finish
+            raise LeaseError(lease.failure)
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
+        _sign_tune_state(spec)
     except BaseException as error:
         if started or not new_folder:
             record.end(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
@@ -271,33 +282,53 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
         say("study reconciled with the results: " + ", ".join(f"{n} {what}" for what, n in fixed.items() if n))
 
 
-def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, sweep_id: str):
-    """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be."""
+def _sign_tune_state(spec: SweepSpec) -> None:
+    """Sign the state every Tune experiment of the sweep left (its last save happens after the callbacks' last
+    step), so that the next resume may load it."""
+    from sweeps.trust import Signatures
+
+    signatures = Signatures(spec.sweep_dir)
+    for entry in spec.sweep_dir.list():
+        if entry.name == "tune" or entry.name.startswith("tune-"):
+            signatures.sign_folder(entry.name)
+
+
+def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, sweep_id: str, trust: bool = False):
+    """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be,
+    or when its files are not signed by this user's key (unless ``trust``): loading them would run any code a
+    planted pickle names."""
+    import os
+
     from ray import tune
 
     from sweeps._fences import set_restored_callbacks
+    from sweeps.trust import Signatures
 
-    storage_path, filesystem = (spec.sweep_dir / tune_dir_name(experiment)).ray_storage
+    folder = tune_dir_name(experiment)
+    storage_path, filesystem = (spec.sweep_dir / folder).ray_storage
     if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
         return None, "no experiment state"
+    unsigned = Signatures(spec.sweep_dir).unsigned(folder)
+    if unsigned and not trust:
+        return None, (f"{len(unsigned)} of its files are not signed by this user's key ({unsigned[0]}...): they could "
+                      f"run any code; pass --trust to load them if you vouch for this folder")
+    if trust:
+        os.environ["L2D_SWEEP_TRUST"] = "1"  # the searcher, unpickled by Tune inside restore, loads its own state too
     try:
         tuner = tune.Tuner.restore(storage_path, trainable=trainable(spec), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-    set_restored_callbacks(tuner, callbacks(spec, quiet, lease, sweep_id))
+    set_restored_callbacks(tuner, callbacks(spec, quiet, lease, sweep_id, experiment))
     return tuner, None
 
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:
     """Number the sweep's next Tune experiment and record it in the marker (what resume restores)."""
-    import json
-
-    from sweeps.folder import MARKER, read_marker
+    from sweeps.folder import update_marker
 
     experiment = int(marker.get("experiment", 0)) + 1
-    stored = read_marker(spec.sweep_dir) or {}
-    (spec.sweep_dir / MARKER).write_text(json.dumps({**stored, "experiment": experiment}, indent=2))
+    update_marker(spec.sweep_dir, experiment=experiment, sweep_id=marker["sweep_id"])
     marker["experiment"] = experiment
     return experiment
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import pickle
 
 import optuna
@@ -54,7 +55,11 @@ class StudySearcher(Searcher):
         return {"numbers": self.numbers, "best": self.best, "reported": self.reported, "sampler": self.sampler}
 
     def _persist(self) -> None:
-        self.state_file.write_bytes(pickle.dumps(self._state()))
+        from sweeps.trust import Signatures
+
+        data = pickle.dumps(self._state())
+        self.state_file.write_bytes(data)
+        Signatures(self.store.sweep_dir).sign(self.state_file.name, data)  # what resume may load back
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -167,9 +172,17 @@ class StudySearcher(Searcher):
         """Tune's saved state, or the newer ``searcher.pkl`` of the sweep folder when it is readable."""
         with open(checkpoint_path, "rb") as stream:
             state = pickle.load(stream)
-        if self.state_file.is_file():
+        from sweeps.trust import Signatures
+
+        data = self.state_file.read_bytes() if self.state_file.is_file() else None
+        trusted = os.environ.get("L2D_SWEEP_TRUST") == "1"
+        if data is not None and not trusted and not Signatures(self.store.sweep_dir).check(self.state_file.name, data):
+            logger.warning("%s: not signed by this user's key; not loaded (Tune's copy, checked with the experiment, "
+                           "is used)", self.state_file)
+            data = None
+        if data is not None:
             try:
-                newer = pickle.loads(self.state_file.read_bytes())
+                newer = pickle.loads(data)
                 if len(newer["numbers"]) >= len(state["numbers"]):
                     state = newer
             except Exception as error:  # noqa: BLE001 - a damaged pickle: Tune's copy is the fallback

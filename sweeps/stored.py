@@ -2,11 +2,29 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import logging
+
 from l2d.storage import Location
-from sweeps.folder import SweepNotFoundError, is_sweep
+from sweeps.folder import SweepNotFoundError, is_sweep, read_marker
 from sweeps.spec import SpecError, SweepSpec, parse_spec
 
+logger = logging.getLogger(__name__)
+
 SPEC_FILE = "spec.yaml"
+
+
+class SweepStateError(RuntimeError):
+    """A sweep folder's own state is damaged or was changed by hand (not bad input: exit status 1); the message names
+    the file."""
+
+
+def spec_digest(spec: SweepSpec) -> str:
+    """A digest of what a sweep runs (its spec, the storage left out: a folder may move): kept in the marker, so a
+    ``spec.yaml`` edited by hand is found."""
+    data = {k: v for k, v in spec.to_dict().items() if k != "storage"}
+    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def sweep_exists(sweep_dir: str | Location) -> bool:
@@ -14,12 +32,13 @@ def sweep_exists(sweep_dir: str | Location) -> bool:
     return is_sweep(Location.parse(sweep_dir))
 
 
-def load_sweep_spec(sweep_dir: str | Location) -> SweepSpec:
-    """The spec stored in a sweep folder (following the folder when it moved).
+def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpec:
+    """The spec stored in a sweep folder (following the folder when it moved). A spec that differs from the one the
+    sweep was started with (its digest in the marker) is reported, or refused for a ``driver``.
 
     Raises:
         SweepNotFoundError: no sweep there (a spec file given instead is named as such); SpecError: its spec.yaml
-            is unreadable or invalid (named).
+            is unreadable or invalid (named); SweepStateError: a driver, and the spec was edited by hand.
     """
     from sweeps._checks import safe_yaml
 
@@ -38,4 +57,12 @@ def load_sweep_spec(sweep_dir: str | Location) -> SweepSpec:
     spec = parse_spec(data, str(path))
     if spec.sweep_dir != sweep_dir:  # the folder moved: follow it
         spec = parse_spec({**spec.to_dict(), "storage": str(sweep_dir.parent)}, str(path))
+    stored = (read_marker(sweep_dir) or {}).get("spec_digest")
+    if stored and stored != spec_digest(spec):
+        message = (f"{path}: differs from the spec this sweep was started with (its digest is not the marker's): it "
+                   f"was edited by hand; a sweep's spec changes only through `l2d-sweep extend`. Put it back, or start "
+                   f"another sweep with the new spec")
+        if driver:
+            raise SweepStateError(message)
+        logger.warning("%s", message)
     return spec

@@ -18,9 +18,13 @@ step after a crash (a trial finished in the tables but not yet told, a trial los
 
 from __future__ import annotations
 
+import atexit
 import logging
-import math
+import os
 import re
+import shutil
+import time
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -39,18 +43,24 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 class StudyStore:
     """Where a sweep's study lives (see the module docstring)."""
 
-    def __init__(self, sweep_dir: Location, url: str | None = None):
+    def __init__(self, sweep_dir: Location, url: str | None = None, reader: bool = False):
         self.sweep_dir = sweep_dir
         self.remote_file: Location | None = None
+        self.own = not url  # the sweep's own study.db (not a database the spec names)
+        self.timeout = 60.0  # seconds a SQLite study waits for another process's lock
         if url:
             self.url = url
         elif sweep_dir.is_local:
             self.url = f"sqlite:///{Path(sweep_dir.path) / 'study.db'}"
         else:
             safe = re.sub(r"[^A-Za-z0-9._-]+", "_", str(sweep_dir))
-            local = cache_dir() / "studies" / safe / "study.db"
+            # A reader's copy is its own (this process's): it never replaces the file a driver has open.
+            name = f"reader-{os.getpid()}-{uuid.uuid4().hex[:8]}" if reader else "driver"
+            local = cache_dir() / "studies" / safe / name / "study.db"
             self.url = f"sqlite:///{local}"
             self.remote_file = sweep_dir / "study.db"
+            if reader:
+                atexit.register(shutil.rmtree, str(local.parent), True)
 
     @property
     def local_file(self) -> Path | None:
@@ -71,7 +81,8 @@ class StudyStore:
         if getattr(self, "_rdb", None) is None:
             if self.local_file is not None:
                 self.local_file.parent.mkdir(parents=True, exist_ok=True)
-                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {"timeout": 60}})
+                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {
+                    "timeout": getattr(self, "timeout", 60.0)}})
             else:
                 self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
         return self._rdb
@@ -130,18 +141,95 @@ def build_sampler(spec):
                                       n_startup_trials=startup)
 
 
+class StudyStorageError(RuntimeError):
+    """The study's database cannot be used as it is (named, with what to do); nothing was changed."""
+
+
+def _sqlite_kind(path: Path) -> str:
+    """What a SQLite study path holds: ``missing``, ``empty``, ``optuna`` (an Optuna study database), ``foreign`` (a
+    SQLite database of something else), ``locked`` (another process holds it) or ``not-a-database``."""
+    if not path.exists():
+        return "missing"
+    if path.stat().st_size == 0:
+        return "empty"
+    with open(path, "rb") as stream:
+        if stream.read(16) != b"SQLite format 3\x00":
+            return "not-a-database"
+    import sqlite3
+
+    try:
+        connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
+        try:
+            tables = {r[0] for r in connection.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+        finally:
+            connection.close()
+    except sqlite3.OperationalError as error:
+        if "locked" in str(error) or "busy" in str(error):
+            return "locked"  # a healthy database another process holds: never "damaged"
+        return "not-a-database"
+    except sqlite3.DatabaseError:
+        return "not-a-database"
+    return "optuna" if {"studies", "alembic_version"} <= tables else "empty" if not tables else "foreign"
+
+
+def check_study_storage(store: StudyStore) -> None:
+    """Refuse, before anything is touched, a study path the spec names that holds something else.
+
+    Raises:
+        StudyStorageError: ``study_storage`` names an existing file that is not an Optuna study database.
+    """
+    if store.own or store.local_file is None:
+        return
+    kind = _sqlite_kind(store.local_file)
+    if kind in ("foreign", "not-a-database"):
+        what = "a SQLite database of something else" if kind == "foreign" else "not a SQLite database"
+        raise StudyStorageError(f"study_storage {store.describe()}: {store.local_file} exists and is {what}; refusing "
+                                f"to write a study into it: name a new file or an Optuna study database")
+
+
+def _upgrade(store: StudyStore, error: Exception) -> None:
+    """Optuna's own schema upgrade of the sweep's SQLite study, after a backup; another database: the command."""
+    command = f"optuna storage upgrade --storage {store.describe()}"
+    if not store.own or store.local_file is None:
+        raise StudyStorageError(f"study storage {store.describe()}: its schema is from another Optuna version "
+                                f"({str(error).splitlines()[0][:160]}); upgrade it with `{command}` (back it up first)")
+    backup = store.local_file.with_name(f"{store.local_file.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                        f"{uuid.uuid4().hex[:6]}")
+    shutil.copy2(store.local_file, backup)
+    optuna.storages.RDBStorage(store.url, skip_compatibility_check=True).upgrade()
+    logger.warning("%s: the study's schema was from another Optuna version; backed it up as %s and upgraded it "
+                   "(Optuna's own upgrade)", store.local_file, backup.name)
+
+
 def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.Study:
-    """The sweep's study, created when missing (an unreadable SQLite file is set aside first, named in the log)."""
+    """The sweep's study, created when missing. A schema from another Optuna version is upgraded (after a backup;
+    for a database the spec names, the command is given instead); only the sweep's own ``study.db`` that is not a
+    database at all is set aside (under a unique name) and started again from the results; a locked or unreadable
+    database is an error that changes nothing."""
+    check_study_storage(store)
     try:
         storage = store.storage()
-    except Exception as error:  # noqa: BLE001 - sqlalchemy raises DatabaseError and friends for a damaged file
-        if store.local_file is None or not store.local_file.exists():
-            raise RuntimeError(f"study storage {store.describe()}: {str(error).splitlines()[0]}") from None
-        aside = store.local_file.with_name(f"{store.local_file.name}.corrupt")
-        store.local_file.replace(aside)
-        logger.warning("%s: unreadable study database (%s); set it aside as %s and starting it again from the "
-                       "results", store.local_file, str(error).splitlines()[0][:200], aside.name)
-        storage = store.storage()
+    except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds: each is sorted out below
+        text = str(error)
+        if "pip install -U optuna" in text:  # written by a newer Optuna: this one must not touch it
+            raise StudyStorageError(f"study storage {store.describe()}: its schema is from a newer Optuna than this "
+                                    f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
+                                    f"changed") from None
+        if "optuna storage upgrade" in text:
+            _upgrade(store, error)
+            store._rdb = None
+            storage = store.storage()
+        elif store.own and store.local_file is not None and _sqlite_kind(store.local_file) == "not-a-database":
+            aside = store.local_file.with_name(f"{store.local_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-"
+                                               f"{uuid.uuid4().hex[:6]}")
+            store.local_file.replace(aside)
+            logger.warning("%s: not a database (%s); set it aside as %s and starting the study again from the "
+                           "results", store.local_file, text.splitlines()[0][:200], aside.name)
+            store._rdb = None
+            storage = store.storage()
+        else:
+            raise StudyStorageError(f"study storage {store.describe()}: {text.splitlines()[0][:200]} (nothing was "
+                                    f"changed; a locked database: is another process using it?)") from None
     study = optuna.create_study(storage=storage, study_name=study_name(spec, sweep_id), sampler=sampler,
                                 directions=directions(spec), load_if_exists=True)
     names = [metric for metric, _ in spec.objective_list]
@@ -238,15 +326,63 @@ def tell(study: optuna.Study, store: StudyStore, number: int, spec, status: str,
         study.tell(number, values if not single else values[0], state=optuna.trial.TrialState.COMPLETE)
 
 
-def load_sweep_study(sweep_dir) -> tuple[Any, optuna.Study, StudyStore]:
-    """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep)."""
-    from sweeps.folder import adopt
+def sweep_identity(spec, repair: bool = False) -> dict:
+    """The sweep's marker. One damaged or deleted is recovered: its id from the study (named ``<name>-<id>``),
+    confirmed by the results (trial ids derive from it); a sweep from before markers gets the id its study was named
+    by then. ``repair`` (a driver) writes the marker again, logged; a read command writes nothing.
+
+    Raises:
+        SweepStateError: the marker is damaged and nothing vouches for an id (named, with what to do).
+    """
+    from sweeps.folder import MARKER, legacy_id, read_marker, write_marker
+    from sweeps.results import SweepResults
+    from sweeps.stored import SweepStateError, spec_digest
+
+    marker = read_marker(spec.sweep_dir)
+    if marker is not None and not marker.get("damaged"):
+        return marker
+    candidates = []
+    store = StudyStore(spec.sweep_dir, spec.study_storage)
+    if store.local_file is None or store.local_file.is_file():
+        try:
+            store.pull()
+            candidates = [s.study_name.removeprefix(f"{spec.name}-") for s in
+                          optuna.get_all_study_summaries(store.storage(), include_best_trial=False)
+                          if s.study_name.startswith(f"{spec.name}-")]
+        except Exception as error:  # noqa: BLE001 - a missing or unreadable study: nothing to recover from there
+            logger.debug("no study to recover the sweep id from: %s", error)
+    if marker is None and not candidates:
+        candidates = [legacy_id(spec.sweep_dir)]  # a sweep from before markers
+    try:
+        ids = set(SweepResults(spec.sweep_dir).trials.column("trial_id").to_pylist())
+    except (FileNotFoundError, RuntimeError):
+        ids = set()
+    from sweeps.folder import trial_id
+
+    confirmed = [c for c in candidates if not ids or any(trial_id(c, k, 1) in ids for k in range(8))]
+    if len(confirmed) != 1:
+        raise SweepStateError(f"{spec.sweep_dir / MARKER}: {'damaged' if marker else 'missing'}, and "
+                              f"{'no study' if not confirmed else 'more than one study'} in {store.describe()} vouches "
+                              f"for the sweep's id ({', '.join(candidates) or 'none found'}); restore the marker from a "
+                              f"copy, or start the sweep again")
+    recovered = {"tool": "l2d-sweep", "format": 1, "sweep_id": confirmed[0], "spec_digest": spec_digest(spec)}
+    if repair:
+        write_marker(spec.sweep_dir, confirmed[0], spec_digest=recovered["spec_digest"], recovered=True)
+        logger.warning("%s: %s; its id %s recovered from the study and the results, and the marker written again",
+                       spec.sweep_dir / MARKER, "damaged" if marker else "missing", confirmed[0])
+    return recovered
+
+
+def load_sweep_study(sweep_dir, read_only: bool = False) -> tuple[Any, optuna.Study, StudyStore]:
+    """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep, into a
+    cache of this process's own for a read command). ``read_only``: for a read command (nothing is written)."""
     from sweeps.stored import load_sweep_spec
 
     spec = load_sweep_spec(sweep_dir)
-    store = StudyStore(spec.sweep_dir, spec.study_storage)
+    store = StudyStore(spec.sweep_dir, spec.study_storage, reader=read_only)
     store.pull()
-    name = study_name(spec, adopt(spec.sweep_dir)["sweep_id"])
+    marker = sweep_identity(spec, repair=not read_only)
+    name = study_name(spec, marker["sweep_id"])
     try:
         study = optuna.load_study(study_name=name, storage=store.storage())
     except KeyError:

@@ -89,14 +89,14 @@ class MlflowTracker:
         def close():
             run_id = self._run_id(trial_id, config)
             self.client.set_tag(run_id, "l2d.status", status)
-            if status != "failed" and export is not None:
+            if status not in ("failed", "interrupted") and export is not None:
                 with tempfile.TemporaryDirectory() as folder:
                     try:
                         export(folder)
                         self.client.log_artifacts(run_id, folder, artifact_path="student")
                     except ValueError as error:  # no best checkpoint (e.g. failed in its first epoch)
                         logger.info("trial %s: no student to log (%s)", trial_id, error)
-            self.client.set_terminated(run_id, "FAILED" if status == "failed" else "FINISHED")
+            self.client.set_terminated(run_id, {"failed": "FAILED", "interrupted": "KILLED"}.get(status, "FINISHED"))
 
         self._guard("closing a run", close)
 

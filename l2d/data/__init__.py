@@ -7,15 +7,20 @@ Every dataset has ``class_names``, ``targets`` (an ``[N, C]`` 0/1 array) and yie
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from l2d.data.registry import (DATASETS, MAX_SEED, DatasetError, DatasetInfo, Option, check_dataset_options,
                                dataset_options)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["DATASETS", "DatasetError", "DatasetInfo", "MAX_SEED", "Option", "build_dataset", "check_dataset_options",
            "data_fingerprint", "dataset_options", "dataset_stats"]
 
 
 def build_dataset(name: str, root: str | None = None, split: str = "train", image_size: int | None = None,
-                  **options) -> torch.utils.data.Dataset:
+                  **options) -> "torch.utils.data.Dataset":
     """Build one split of a dataset.
 
     Args:

@@ -143,27 +143,3 @@ def distillation_loss(
         unweighted, detached value.
     """
     return DistillationCriterion(method, hparams)(student, teacher, targets)
-
-
-def distillation_loss(
-    method: str,
-    student: ModelOutput,
-    teacher: ModelOutput | None,
-    targets: torch.Tensor,
-    hparams: Mapping[str, float] | None = None,
-) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """The training loss of ``method``: ``BCE + sum_term lambda_term * L_term`` (a :class:`DistillationCriterion`
-    built for this call; methods with trainable connectors need one built with the models instead).
-
-    Args:
-        method: a key of :data:`METHODS`.
-        student: the student's output (with gradients).
-        teacher: the teacher's output (detached here); may be None for ``bce``.
-        targets: ``[B, C]`` in {0, 1}.
-        hparams: overrides of the method's defaults (see :func:`method_hparams`).
-
-    Returns:
-        ``(total, parts)`` where ``parts`` maps ``"bce"`` and each loss (``mld``, ``cd``, ``id``, ``kd``...) to its
-        unweighted, detached value.
-    """
-    return DistillationCriterion(method, hparams)(student, teacher, targets)

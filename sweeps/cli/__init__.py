@@ -26,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.cli import single, specs, sweep, weights
+    from sweeps.cli import analysis, single, specs, sweep, weights
 
     parser = Parser(
         prog="l2d-sweep",
@@ -42,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands.required = True
     single.add_commands(commands)
     sweep.add_commands(commands)
+    analysis.add_commands(commands)
     specs.add_commands(commands)
     weights.add_commands(commands)
     return parser
@@ -68,6 +69,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt:
+        lease = sys.modules.get("sweeps.lease")
+        if lease is not None and lease.stopped_because:  # the driver stopped itself: its lease could not be renewed
+            _report(args, f"failed: {lease.stopped_because}")
+            return 1
         print(f"l2d-sweep {args.command}: interrupted", file=sys.stderr)
         return 130
     except SpecError as error:  # every error of the spec, one line each

@@ -21,7 +21,8 @@ def _spec_from_args(args: argparse.Namespace):
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {"quiet": args.quiet, "force": getattr(args, "force", False), "verbose": args.verbose}
+    return {"quiet": args.quiet, "force": getattr(args, "force", False), "verbose": args.verbose,
+            "trust": getattr(args, "trust", False)}
 
 
 def _finish(outcome, sweep_dir) -> int:
@@ -108,7 +109,8 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
     results = SweepResults(args.path)
     if args.sql:
-        print(format_table(results.sql(args.sql), args.format))
+        print(format_table(results.sql(args.sql, memory_limit=args.sql_memory, timeout_s=args.sql_timeout),
+                           args.format))
         return 0
     if args.pareto:
         table = results.pareto()
@@ -180,6 +182,8 @@ def add_commands(commands) -> None:
                      help="seed the study with the finished trials of another sweep (a folder or URI) that fit this space")
     run.add_argument("--force", action="store_true",
                      help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)")
+    run.add_argument("--trust", action="store_true",
+                     help="with --or-resume: load the folder's pickles even when your key did not sign them")
     run.set_defaults(func=_cmd_run)
 
     resume = commands.add_parser(
@@ -190,6 +194,9 @@ def add_commands(commands) -> None:
     resume.add_argument("--force", action="store_true",
                         help="take the sweep's lease even if another driver seems to hold it (when that driver is "
                              "gone)")
+    resume.add_argument("--trust", action="store_true",
+                        help="load the folder's pickles (Tune's state, the searcher's) even when your key did not sign "
+                             "them: only for a folder you vouch for (a pickle can run any code)")
     resume.set_defaults(func=_cmd_resume)
 
     extend = commands.add_parser(
@@ -235,6 +242,9 @@ def add_commands(commands) -> None:
     results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
                                        'max(best_val_mAP) FROM trials GROUP BY method"')
     results.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    results.add_argument("--sql-memory", default="1GB", help="the memory a --sql query may use (default: 1GB)")
+    results.add_argument("--sql-timeout", type=bounded(float, 0.0, exclusive=True), default=60.0,
+                         help="seconds a --sql query may run (default: 60)")
     results.add_argument("--limit", type=positive_int, default=10, help="leaderboard rows (default: 10)")
     results.add_argument("--columns", help="the leaderboard's columns, comma-separated (any of the trials table's; "
                                            "default: the objectives, test mAP, and every hyperparameter the trials "

@@ -13,6 +13,9 @@ from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS
 from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, ResultsStore
 from sweeps.vocab import FINISHED, SCORED, sign, sql_order
 
+#: What a query may use by default (``results --sql-memory`` / ``--sql-timeout`` change them).
+SQL_MEMORY = "1GB"
+SQL_TIMEOUT_S = 60.0
 #: Columns a trials table must have to be read at all (older tables may lack newer hyperparameter columns).
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "teacher", "student", "method", "epochs_run", "best_val_mAP",
                           "best_epoch")
@@ -53,33 +56,62 @@ class SweepResults:
         """``(trials, epochs)`` as pandas DataFrames (one generation)."""
         return self.trials.to_pandas(), self.epochs.to_pandas()
 
-    def sql(self, query: str, parameters: list | None = None) -> pa.Table:
-        """Run DuckDB SQL over the views ``trials`` and ``epochs``, read-only: the two tables are registered from
-        memory, then DuckDB's access to files, extensions and the network is switched off and its configuration
-        locked, so a query cannot read or write anything else (``COPY ... TO``, ``read_csv``, ``ATTACH`` fail).
+    def sql(self, query: str, parameters: list | None = None, memory_limit: str = SQL_MEMORY,
+            timeout_s: float = SQL_TIMEOUT_S) -> pa.Table:
+        """Run DuckDB SQL over the views ``trials`` and ``epochs``, sandboxed: the two tables are registered from
+        memory; DuckDB's temporary folder is a private one, deleted afterwards; its access to files (no allowed
+        directory), extensions and the network is switched off and its configuration locked, so a query cannot read
+        or write anything else (``COPY ... TO``, ``read_csv``, ``ATTACH`` fail); it may use ``memory_limit`` and run
+        ``timeout_s`` seconds. ``parameters`` fill the query's ``?`` placeholders (values are never pasted in).
 
         Raises:
-            ValueError: a statement that returns no rows, or one DuckDB refuses (the first line of its message).
+            ValueError: a statement that returns no rows, one DuckDB refuses (the first line of its message), or one
+                over its time.
         """
+        import shutil
+        import tempfile
+        import threading
+
         import duckdb
 
+        private = tempfile.mkdtemp(prefix="l2d-sql-")
         connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                                        "autoload_known_extensions": False})
-        try:
-            connection.register("trials", self.trials)
-            connection.register("epochs", self.epochs)
-            connection.execute("SET enable_external_access = false")
-            connection.execute("SET lock_configuration = true")
+                                                        "autoload_known_extensions": False, "temp_directory": private,
+                                                        "memory_limit": memory_limit, "enable_progress_bar": False})
+        outcome: dict = {}
+
+        def run():
             try:
                 relation = connection.sql(query, params=parameters) if parameters else connection.sql(query)
                 if relation is None:
-                    raise ValueError("the SQL statement returns no rows; use a SELECT")
+                    outcome["error"] = "the SQL statement returns no rows; use a SELECT"
+                    return
                 # DuckDB renamed arrow() to to_arrow_table() in 1.4.
-                return relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+                outcome["table"] = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else \
+                    relation.arrow()
             except duckdb.Error as error:
-                raise ValueError(f"SQL error: {str(error).splitlines()[0]}") from None
+                outcome["error"] = f"SQL error: {str(error).splitlines()[0]}"
+
+        try:
+            connection.register("trials", self.trials)
+            connection.register("epochs", self.epochs)
+            connection.execute("SET allowed_directories = []")
+            connection.execute("SET enable_external_access = false")
+            connection.execute("SET lock_configuration = true")
+            worker = threading.Thread(target=run, name="l2d-sql", daemon=True)
+            worker.start()
+            worker.join(timeout_s)
+            if worker.is_alive():
+                connection.interrupt()
+                worker.join(10)
+                raise ValueError(f"SQL error: the query ran longer than {timeout_s:g} s (--sql-timeout) and was "
+                                 f"stopped")
+            if "error" in outcome:
+                raise ValueError(outcome["error"])
+            return outcome["table"]
         finally:
             connection.close()
+            shutil.rmtree(private, ignore_errors=True)
 
     @property
     def objectives(self) -> list[tuple[str, str]]:

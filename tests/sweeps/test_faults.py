@@ -2,10 +2,11 @@
 uninterrupted sweep ends.
 
 The kill points are drawn by a seeded generator across the sweep's life: during the teacher phase, mid-epoch,
-between trials, and inside a results write (a failpoint, ``sweeps._faults``, makes the driver kill itself between
-writing ``epochs.parquet`` and ``trials.parquet``). Each kill takes the whole process group (driver and local Ray
-cluster, as a lost machine would); the next command resumes. The damage test truncates each kind of state file
-(the newest checkpoint, a teacher's model and card, ``asha.json``, ``trials.parquet``) and deletes Tune's state.
+between trials, and inside the results' writes (failpoints, ``sweeps._faults``, make the driver kill itself between a
+segment's two files, just before the manifest is swapped, inside a merge of segments, and between the two compacted
+tables). Each kill takes the whole process group (driver and local Ray cluster, as a lost machine would); the next
+command resumes. The damage test truncates each kind of state file (the newest checkpoint, a teacher's model and
+card, ``asha.json``, a results segment and the compacted ``trials.parquet``) and deletes Tune's state.
 
 Figures are printed at the end of each test (``pytest -m faults -s``) and quoted in README's Reliability section.
 """
@@ -89,8 +90,11 @@ def _fail_at(args: list[str], point: str, count: int) -> str:
 
 
 def _rows(sweep: Path) -> tuple[list[dict], list[dict]]:
-    return (pq.read_table(sweep / "results" / "trials.parquet").to_pylist(),
-            pq.read_table(sweep / "results" / "epochs.parquet").to_pylist())
+    """Both tables of the sweep's current generation (what every reader sees)."""
+    from sweeps.results import SweepResults
+
+    results = SweepResults(str(sweep))
+    return results.trials.to_pylist(), results.epochs.to_pylist()
 
 
 def _board(trials: list[dict]) -> list[tuple]:
@@ -129,13 +133,16 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
             ("mid-epoch", r" started: ", rng.randint(1, 2), rng.uniform(0.3, 1.5)),
             ("mid-epoch", r" epoch 1/3: ", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
             ("between trials", r"trial \w+ (completed|stopped) \|", rng.randint(1, 2), 0.0),
-            ("during a results write", "results-write", rng.randint(2, 6), 0.0)]
+            ("inside a segment write", "segment-write", rng.randint(2, 6), 0.0),
+            ("at the manifest swap", "manifest-swap", rng.randint(2, 6), 0.0),
+            ("inside a merge of segments", "compaction", 1, 0.0),
+            ("between the compacted tables", "publish", 1, 0.0)]
     rng.shuffle(plan)
     plan.insert(0, plan.pop(next(i for i, p in enumerate(plan) if p[0] == "teacher phase")))  # it comes first
     printed, kills = [], []
     for where, pattern, occurrence, delay in plan:
         args = ["run", str(spec)] if not sweep.exists() else ["resume", str(sweep)]
-        if where == "during a results write":
+        if where.startswith(("inside", "at the", "between the")):
             output = _fail_at(args, pattern, occurrence)
         else:
             output = _kill_when(args, pattern, occurrence, delay)
@@ -173,7 +180,10 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     reached = [k for k in kills if not k["ran_to_the_end"]]
     print(f"\nfaults: {len(reached)} kills survived ({', '.join(k['where'] for k in reached)}), "
           f"{len(epochs)} epoch rows, 0 lost, leaderboard equal to the uninterrupted run's; plan {kills}")
-    assert len(reached) >= 4, kills
+    assert len(reached) >= 6, kills
+    # The compacted pair, rewritten at the end, holds the same as the generation every reader sees.
+    assert sorted(pq.read_table(sweep / "results" / "trials.parquet").to_pylist(), key=lambda t: t["trial_id"]) == \
+        sorted(trials, key=lambda t: t["trial_id"])
 
 
 def test_damaged_state_files_heal_or_are_named(tmp_path):
@@ -211,15 +221,17 @@ def test_damaged_state_files_heal_or_are_named(tmp_path):
     # The card of a teacher, on a finished sweep: the next command that needs the teacher trains it again.
     truncate(next(p for p in (storage / "teachers").iterdir() if p.is_dir() and ".corrupt" not in p.name)
              / "card.json")
-    # trials.parquet: readers name it in one line; the next resume rebuilds it from the epochs and Tune's state.
+    # A results segment: readers name it in one line; the next resume rebuilds the results from every source.
+    manifest = json.loads((sweep / "results" / "manifest.json").read_text())
+    segment = sweep / "results" / manifest["segments"][0]["trials"]
+    truncate(segment)
     truncate(sweep / "results" / "trials.parquet")
     named = subprocess.run([sys.executable, "-m", "sweeps.cli", "results", str(sweep)], capture_output=True, text=True)
     assert named.returncode == 1 and named.stderr.count("\n") == 1
-    assert "trials.parquet: unreadable Parquet file" in named.stderr
+    assert f"{segment.name}: unreadable Parquet file" in named.stderr
     rebuilt = _complete(["--verbose", "resume", str(sweep)])
     recovered["teacher card"] = "card.json: unreadable teacher card" in rebuilt
-    recovered["trials.parquet"] = "trials.parquet: unreadable Parquet file" in rebuilt and \
-        _board(_rows(sweep)[0]) == _board(trials)
+    recovered["results segment"] = "rebuilt the results" in rebuilt and _board(_rows(sweep)[0]) == _board(trials)
 
     # Tune's state lost altogether: the sweep continues from its results, losing nothing, running nothing again.
     import shutil

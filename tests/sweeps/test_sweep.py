@@ -73,7 +73,14 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert main(["status", str(sweep)]) == 0
     assert "trials by state:" in capsys.readouterr().out
     assert main(["results", str(sweep), "--pareto"]) == 0
-    assert (sweep / "results" / "pareto.png").stat().st_size > 1000
+    assert not (sweep / "results" / "pareto.png").exists()  # a read command writes nothing into the sweep
+    for kind in ("history", "parallel", "importance", "pareto", "rungs"):
+        out = tmp_path / f"{kind}.png"
+        assert main(["plot", str(sweep), "--kind", kind, "--out", str(out)]) == 0, kind
+        assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    assert main(["plot", str(sweep), "--kind", "pareto", "--out", str(sweep / "x.png")]) == 2  # not into the sweep
+    assert main(["importance", str(sweep)]) == 0
+    assert "trials" in capsys.readouterr().out
 
     # Every trial checkpointed each epoch into its own folder; when it ended, keep: best+last (the default) left a
     # completed trial its last checkpoint and a stopped one none, and each its best epoch.

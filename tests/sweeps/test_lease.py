@@ -1,0 +1,121 @@
+"""The lease between drivers: refused while held, taken over when stale (clock skew included), a compare-and-swap
+that holds when two drivers race on a slow store (locally and on S3), a driver that lost it or cannot renew it
+stops."""
+
+import json
+import os
+import subprocess
+import sys
+import time
+
+import pytest
+
+from l2d.storage import Location
+from sweeps import folder
+from sweeps.lease import Lease, LeaseHeldError, LeaseKeeper
+
+
+def test_a_second_driver_is_refused_while_the_first_holds_the_lease(tmp_path):
+    sweep = Location.parse(tmp_path / "s")
+    first = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    try:
+        with pytest.raises(LeaseHeldError, match=r"is being driven by .*@.* pid \d+ .* since .* last heartbeat"):
+            LeaseKeeper(sweep, say=lambda text: None).acquire()
+        with pytest.raises(LeaseHeldError, match=r"refusing to delete it \(--new\) while it runs"):
+            folder.write_marker(sweep)
+            folder.prepare_new(sweep, delete_existing=True, say=lambda text: None)
+        assert sweep.exists()
+    finally:
+        first.release()
+    assert not (sweep / "lease.json").exists()  # released: the next driver gets it
+    LeaseKeeper(sweep, say=lambda text: None).acquire().release()
+
+
+def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_path):
+    sweep = Location.parse(tmp_path / "s")
+    sweep.makedirs()
+    said = []
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    lease = {**json.loads(json.dumps(Lease.mine().__dict__)), "pid": int(dead.stdout)}
+    cases = [({}, "is gone"), ({"host": "elsewhere", "heartbeat": time.time() - 10_000}, "no heartbeat for"),
+             ({"host": "elsewhere", "heartbeat": time.time() + 10_000}, "dated 10000 s in the future")]
+    for changes, reason in cases:
+        (sweep / "lease.json").write_text(json.dumps({**lease, **changes}))
+        LeaseKeeper(sweep, say=said.append).acquire().release()
+        assert reason in said[-1], said
+    # A live one elsewhere (its clock a little ahead: still live): only --force takes it.
+    (sweep / "lease.json").write_text(json.dumps({**lease, "host": "elsewhere", "heartbeat": time.time() + 20}))
+    with pytest.raises(LeaseHeldError):
+        LeaseKeeper(sweep, say=said.append).acquire()
+    LeaseKeeper(sweep, force=True, say=said.append).acquire().release()
+    assert said[-1].endswith("--force")
+    # A lease with fields of the wrong types holds nothing (and crashes nothing).
+    (sweep / "lease.json").write_text(json.dumps({**lease, "heartbeat": "soon", "pid": "x"}))
+    assert folder.read_lease(sweep) is None
+    LeaseKeeper(sweep, say=said.append).acquire().release()
+
+
+RACE = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper, LeaseHeldError\n"
+        "try:\n    k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+        "    print('held', flush=True); time.sleep(4); k.release()\n"
+        "except LeaseHeldError as e:\n    print('refused', flush=True)\n")
+
+
+def _race(sweep, slow_env: dict, fast_env: dict, delay: float = 0.4) -> list[str]:
+    """A slow driver (1.5 s between reading the lease and writing it, as on a slow store) and a fast one started just
+    after it: exactly one may hold the lease."""
+    slow = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **slow_env, "L2D_SWEEP_FAILPOINTS": "lease-swap=sleep:1.5"})
+    time.sleep(delay)
+    fast = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
+                            env={**os.environ, **fast_env})
+    return sorted(p.communicate(timeout=120)[0].strip() for p in (slow, fast))
+
+
+def test_two_drivers_racing_on_a_slow_store_never_both_hold_the_lease(tmp_path):
+    # The slow driver reads "no lease", then waits; the fast one takes it meanwhile. Without the compare-and-swap the
+    # slow one would write its lease over the fast one's and both would go on.
+    for attempt in range(3):
+        sweep = tmp_path / f"s{attempt}"
+        sweep.mkdir()
+        assert _race(sweep, {}, {}) == ["held", "refused"]
+
+
+def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
+    pytest.importorskip("boto3")
+    uri = f"s3://sweeps/lease-{tmp_path.name}?endpoint_override={s3_server}&scheme=http"
+    sweep = Location.parse(uri)
+    first = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    with pytest.raises(LeaseHeldError):
+        LeaseKeeper(sweep, say=lambda text: None).acquire()
+    first.release()
+    assert folder.read_lease(sweep) is None
+    assert _race(uri, {}, {}) == ["held", "refused"]
+
+
+def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
+    sweep = Location.parse(tmp_path / "s")
+    script = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+              "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+              "print('held', flush=True); time.sleep(1.5); k.verify(); print('still writing', flush=True)\n")
+    driver = subprocess.Popen([sys.executable, "-c", script, str(sweep)], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True)
+    assert driver.stdout.readline().strip() == "held"
+    LeaseKeeper(sweep, force=True, say=lambda text: None).acquire()  # another driver takes over
+    out, err = driver.communicate(timeout=60)
+    assert driver.returncode == 1 and "still writing" not in out
+    assert "lost the lease" in err and "without writing anything more" in err
+
+
+def test_a_driver_that_cannot_renew_its_lease_stops(tmp_path):
+    script = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+              "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+              "print('held', flush=True)\n"
+              "try:\n    time.sleep(60); print('never stopped', flush=True)\n"
+              "except KeyboardInterrupt:\n    print('stopped', flush=True)\n")
+    start = time.time()
+    driver = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s")], capture_output=True, text=True,
+                            timeout=60, env={**os.environ, "L2D_SWEEP_LEASE_TIMEOUT": "4",
+                                             "L2D_SWEEP_FAILPOINTS": "lease-renew=error"})
+    assert driver.stdout.split() == ["held", "stopped"], driver.stdout + driver.stderr
+    assert "could not renew the lease" in driver.stderr and time.time() - start < 30
