@@ -56,9 +56,6 @@ def credentials_in_uri(uri: str) -> list[str]:
 _PASSED: dict[str, int] = {}
 
 
-_PASSED: dict[str, int] = {}
-
-
 def failpoint(name: str) -> None:
     """Nothing, unless ``L2D_SWEEP_FAILPOINTS`` names the point: ``name=N`` kills the process (SIGKILL) the N-th time
     it passes, ``name=error`` raises OSError every time (a storage failure), ``name=sleep:S`` waits S seconds (a slow
@@ -323,11 +320,16 @@ def check_output(target: str | os.PathLike | Location, what: str = "--out") -> L
         path = Path(location.path)
         if path == Path.cwd() or Path.cwd().is_relative_to(path):
             raise StorageError(f"{what} {shown}: is the current directory (or holds it); give a new or empty folder")
-        for folder in (path, *path.parents):
-            if (folder / SWEEP_MARKER).is_file():
-                where = "a sweep folder" if folder == path else f"inside the sweep folder {folder}"
-                raise StorageError(f"{what} {shown}: is {where}; a sweep's own files are never an output target: give "
-                                   f"a folder outside it")
+    folder, depth = location, 0
+    while depth < 64:  # the target and every folder above it (a bucket's prefixes too)
+        if (folder / SWEEP_MARKER).is_file():
+            where = "a sweep folder" if folder == location else f"inside the sweep folder {redact(str(folder))}"
+            raise StorageError(f"{what} {shown}: is {where}; a sweep's own files are never an output target: give "
+                               f"a folder outside it")
+        above = folder.parent
+        if above == folder or (not above.is_local and "/" not in above.path):
+            break
+        folder, depth = above, depth + 1
     if not location.exists():
         return location
     if not location.is_dir():

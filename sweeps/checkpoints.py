@@ -107,8 +107,8 @@ def restore_newest(run_dir: Location, set_aside_unreadable: bool = True) -> tupl
 
 
 class BestCheckpoint:
-    """The trial's best epoch by ``metric`` (``mode``), kept in ``<run>/best/`` as one unit: ``model-<epoch>.pt``
-    (the student's state dict), ``history-<epoch>.json`` (every epoch up to it), then ``best.json`` (its epoch,
+    """The trial's best epoch by ``metric`` (``mode``), kept in ``<run>/best/`` as one unit: ``model-<epoch>-<tag>.pt``
+    (the student's state dict), ``history-<epoch>-<tag>.json`` (every epoch up to it), then ``best.json`` (its epoch,
     metrics, the model's shape and labels, and the names and SHA-256 of the two files), written last: a crash
     between the writes leaves the previous best whole, and a reader never pairs one epoch's weights with another's
     metrics. Written by the trial's rank 0 each time an epoch beats the best so far; older files are removed after."""
@@ -137,12 +137,16 @@ class BestCheckpoint:
         if value is None or not self._better(float(value)):
             return False
         import hashlib
+        import uuid
+
+        from l2d.storage import failpoint
 
         buffer = io.BytesIO()
         torch.save(run.student.state_dict(), buffer)
         epoch = int(metrics["epoch"])
         model, history = buffer.getvalue(), json.dumps(run.history).encode()
-        names = {"model": f"model-{epoch:04d}.pt", "history": f"history-{epoch:04d}.json"}
+        tag = f"{epoch:04d}-{uuid.uuid4().hex[:8]}"  # never a name best.json may still point at (a replayed epoch)
+        names = {"model": f"model-{tag}.pt", "history": f"history-{tag}.json"}
         (self.folder / names["model"]).write_bytes(model)
         (self.folder / names["history"]).write_bytes(history)
         info = {"epoch": epoch, "metric": self.metric, "mode": self.mode, "metrics": metrics,
@@ -150,6 +154,7 @@ class BestCheckpoint:
                 "class_names": list(run.splits["train"].class_names), "embed_dim": run_config.embed_dim,
                 "image_size": run_config.image_size, "device": device_name(run_config.device), "files": names,
                 "sha256": {"model": hashlib.sha256(model).hexdigest(), "history": hashlib.sha256(history).hexdigest()}}
+        failpoint("best-unit")  # the two files written, best.json not yet: the previous best stays whole
         (self.folder / "best.json").write_text(json.dumps(info))  # last: it names the files that make the unit
         for entry in self.folder.list():  # the previous best's files, no longer named
             if entry.name.startswith(("model", "history")) and entry.name not in names.values():

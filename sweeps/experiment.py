@@ -5,11 +5,14 @@ with its searcher, scheduler and retries. :mod:`sweeps.runner` runs, resumes and
 
 from __future__ import annotations
 
+import logging
 import os
 
 from sweeps.callback import SweepCallback
 from sweeps.folder import LeaseKeeper
 from sweeps.spec import SpecError, SweepSpec
+
+logger = logging.getLogger(__name__)
 
 
 def check_local_resources(spec: SweepSpec) -> None:
@@ -64,12 +67,46 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     if os.environ.get("RAY_ADDRESS"):
         return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
     os.environ.setdefault("RAY_enable_metrics_collection", "false")
+    # The training workers' gloo connections on loopback (all ranks of a local cluster share this machine); torch's
+    # rendezvous store has no such option (docs/security.md).
+    loopback = _loopback_interface()
+    if loopback:
+        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
     # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
     # workers, and without the headroom a worker asking for every core could never be placed beside it.
     cpus = (num_cpus or os.cpu_count() or 1) + 1
     # address="local": always a new local cluster. Without it ray.init joins a cluster that `ray start` left on
     # this machine (even a dead one's address file), which is not what "no RAY_ADDRESS" means.
-    return ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", log_to_driver=log_to_driver)
+    # The dashboard's port chosen here and named in the environment the cluster's processes inherit: Ray Train's
+    # clean-up of a trial's placement group asks the state API, which otherwise looks the cluster up among the Ray
+    # processes of this machine and fails when another sweep's local cluster runs beside this one (the group then
+    # leaks, and the next trial waits for its CPUs forever).
+    port = _free_port()
+    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    context = ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+                       log_to_driver=log_to_driver)
+    if context.dashboard_url and not context.dashboard_url.endswith(f":{port}"):
+        logger.warning("Ray's dashboard took %s instead of port %d (taken meanwhile); with another local Ray cluster "
+                       "on this machine, Ray Train may fail to release a trial's CPUs", context.dashboard_url, port)
+    return context
+
+
+def _loopback_interface() -> str | None:
+    import socket
+
+    try:
+        names = [name for _, name in socket.if_nameindex()]
+    except OSError:
+        return None
+    return next((name for name in ("lo", "lo0") if name in names), None)
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def trainable(spec: SweepSpec):

@@ -130,7 +130,19 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         else:
             _close_unfinished(spec)
 
-    return _drive(spec, "resume", driver, lambda: sweep_identity(spec, repair=True), body)
+    def settled(marker) -> bool:
+        """A sweep whose every trial has finished needs no Ray: its results are opened (rebuilt when damaged, said
+        so), the study reconciled, and that is all."""
+        from sweeps.results import ResultsWriter
+
+        ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)  # rebuilds damaged results
+        recorded = outcome(spec.sweep_dir)
+        if recorded.unfinished or recorded.finished < spec.budget.num_samples:
+            return False
+        say(f"{spec.sweep_dir}: every trial has finished ({recorded.describe()}); nothing to run")
+        return True
+
+    return _drive(spec, "resume", driver, lambda: sweep_identity(spec, repair=True), body, settled=settled)
 
 
 def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | None = None,
@@ -203,16 +215,22 @@ def spec_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
 # --- the lifecycle ---------------------------------------------------------------------------------------------------
 
 def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callable[[], dict], body,
-           write_spec: bool = False, new_folder: bool = False) -> SweepOutcome:
+           write_spec: bool = False, new_folder: bool = False,
+           settled: Callable[[dict], bool] | None = None) -> SweepOutcome:
     """One driver's life: checks, the folder (``prepare`` returns its marker), the lease, the record, Ray, the teacher
     phase, ``body(lease, marker)``, the study reconciled; the lease released and the record closed whatever happens.
+    ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
     A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote."""
+    from sweeps.study import StudyStore, check_study_storage, check_study_version
     from sweeps.teacher_phase import teacher_phase
     from sweeps.tracking import check_tracking
 
     say = driver.say()
     check_local_resources(spec)
     check_tracking(spec)
+    study_store = StudyStore(spec.sweep_dir, spec.study_storage, reader=True)
+    check_study_storage(study_store)  # a foreign file: refused, nothing touched
+    check_study_version(study_store)  # a newer Optuna's: refused, nothing touched
     marker = prepare()
     lease = LeaseKeeper(spec.sweep_dir, driver.force, say).acquire()
     record = RunRecord(spec.sweep_dir, action)
@@ -221,11 +239,14 @@ def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callabl
         if write_spec:
             (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
         record.start()
-        init_ray(driver.num_cpus, driver.verbose)
-        record.ray_started()
-        teacher_phase(spec, say)
-        started = True
-        body(lease, marker)
+        if settled is not None and settled(marker):
+            started = True
+        else:
+            init_ray(driver.num_cpus, driver.verbose)
+            record.ray_started()
+            teacher_phase(spec, say)
+            started = True
+            body(lease, marker)
         if lease.failure:  # Tune stopped on the SIGINT the lease's renewal sent it: this driver did not finish
             raise LeaseError(lease.failure)
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
@@ -267,16 +288,23 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
     from sweeps.study import StudyStore, build_sampler, open_study, reconcile
 
     try:
-        rows = SweepResults(spec.sweep_dir).trials.to_pylist()
+        results = SweepResults(spec.sweep_dir)
+        rows = results.trials.to_pylist()
+        metric = spec.objective_list[0][0]
+        epochs: dict[str, dict[int, float]] = {}
+        if metric in results.epochs.column_names:
+            for row in results.epochs.select(["trial_id", "epoch", metric]).to_pylist():
+                if row[metric] is not None:
+                    epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = float(row[metric])
     except FileNotFoundError:
-        rows = []
+        rows, epochs = [], {}
     except CorruptResultsError as error:  # the driver's callback rebuilds the table; reconcile after the run
         logger.warning("%s; the study is reconciled once the table is rebuilt", error)
         return
     store = StudyStore(spec.sweep_dir, spec.study_storage)
     store.pull()
     study = open_study(spec, sweep_id, store, build_sampler(spec))
-    fixed = reconcile(study, store, spec, rows, live=set(), fail_unknown=finished)
+    fixed = reconcile(study, store, spec, rows, live=set(), fail_unknown=finished, epochs=epochs)
     store.push()
     if any(fixed.values()):
         say("study reconciled with the results: " + ", ".join(f"{n} {what}" for what, n in fixed.items() if n))

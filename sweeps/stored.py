@@ -37,8 +37,8 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
     sweep was started with (its digest in the marker) is reported, or refused for a ``driver``.
 
     Raises:
-        SweepNotFoundError: no sweep there (a spec file given instead is named as such); SpecError: its spec.yaml
-            is unreadable or invalid (named); SweepStateError: a driver, and the spec was edited by hand.
+        SweepNotFoundError: no sweep there (a spec file given instead is named as such); SweepStateError: its
+            spec.yaml is unreadable or invalid (named), or, for a driver, was edited by hand.
     """
     from sweeps._checks import safe_yaml
 
@@ -53,10 +53,14 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
         data = safe_yaml(path.read_text())
     except Exception as error:  # noqa: BLE001 - yaml raises many kinds; decoding errors too
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
-        raise SpecError(f"{path}: not valid YAML ({first}); the sweep's stored spec is damaged") from None
-    spec = parse_spec(data, str(path))
-    if spec.sweep_dir != sweep_dir:  # the folder moved: follow it
-        spec = parse_spec({**spec.to_dict(), "storage": str(sweep_dir.parent)}, str(path))
+        raise SweepStateError(f"{path}: not valid YAML ({first}); the sweep's stored spec is damaged") from None
+    try:
+        spec = parse_spec(data, str(path))
+        if spec.sweep_dir != sweep_dir:  # the folder moved: follow it
+            spec = parse_spec({**spec.to_dict(), "storage": str(sweep_dir.parent)}, str(path))
+    except SpecError as error:  # the sweep's own file, not the user's input: a state error (exit 1), every line kept
+        raise SweepStateError("; ".join(error.errors) + " (the sweep's stored spec is damaged or from a newer "
+                              "version)") from None
     stored = (read_marker(sweep_dir) or {}).get("spec_digest")
     if stored and stored != spec_digest(spec):
         message = (f"{path}: differs from the spec this sweep was started with (its digest is not the marker's): it "

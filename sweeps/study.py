@@ -145,6 +145,10 @@ class StudyStorageError(RuntimeError):
     """The study's database cannot be used as it is (named, with what to do); nothing was changed."""
 
 
+class StudyPathError(StudyStorageError, ValueError):
+    """The spec's ``study_storage`` names a file that holds something else: bad input (exit status 2)."""
+
+
 def _sqlite_kind(path: Path) -> str:
     """What a SQLite study path holds: ``missing``, ``empty``, ``optuna`` (an Optuna study database), ``foreign`` (a
     SQLite database of something else), ``locked`` (another process holds it) or ``not-a-database``."""
@@ -176,15 +180,33 @@ def check_study_storage(store: StudyStore) -> None:
     """Refuse, before anything is touched, a study path the spec names that holds something else.
 
     Raises:
-        StudyStorageError: ``study_storage`` names an existing file that is not an Optuna study database.
+        StudyPathError: ``study_storage`` names an existing file that is not an Optuna study database.
     """
     if store.own or store.local_file is None:
         return
     kind = _sqlite_kind(store.local_file)
     if kind in ("foreign", "not-a-database"):
         what = "a SQLite database of something else" if kind == "foreign" else "not a SQLite database"
-        raise StudyStorageError(f"study_storage {store.describe()}: {store.local_file} exists and is {what}; refusing "
+        raise StudyPathError(f"study_storage {store.describe()}: {store.local_file} exists and is {what}; refusing "
                                 f"to write a study into it: name a new file or an Optuna study database")
+
+
+def check_study_version(store: StudyStore) -> None:
+    """Refuse, before anything is written, a local study database that a newer Optuna wrote (this one must not touch
+    it); an older schema is left for :func:`open_study` to upgrade.
+
+    Raises:
+        StudyStorageError: the schema is newer than this Optuna's.
+    """
+    if store.local_file is None or _sqlite_kind(store.local_file) != "optuna":
+        return
+    try:
+        optuna.storages.RDBStorage(store.url, engine_kwargs={"connect_args": {"timeout": store.timeout}})
+    except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds; open_study sorts the rest
+        if "pip install -U optuna" in str(error):
+            raise StudyStorageError(f"study storage {store.describe()}: its schema is from a newer Optuna than this "
+                                    f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
+                                    f"changed") from None
 
 
 def _upgrade(store: StudyStore, error: Exception) -> None:
@@ -249,13 +271,20 @@ def _trial_state(row: dict):
             "failed": optuna.trial.TrialState.FAIL}.get(row["status"])
 
 
-def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None = None) -> tuple[int, dict]:
+def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None = None,
+                 epochs: dict[str, dict[int, float]] | None = None) -> tuple[int, dict]:
     """Add finished trials-table rows to ``study`` as finished trials (those that fit ``spec``'s space); returns
-    ``(added, {reason: skipped})``."""
+    ``(added, {reason: skipped})``. ``epochs``: each trial's per-epoch value of the (single) objective, when known:
+    they become the trial's intermediate values, and a stopped trial is added PRUNED with its last one, as the
+    search told it when it ran."""
     added, skipped = 0, {}
+    single = len(spec.objective_list) == 1
     for row in rows:
         state = _trial_state(row)
         values = row_values(spec, row)
+        steps = (epochs or {}).get(row["trial_id"]) if single else None
+        if steps and row["status"] == "stopped":
+            state, values = optuna.trial.TrialState.PRUNED, [steps[max(steps)]]
         encoded = encode(spec, {k: v for k, v in row.items() if v is not None})  # sweeps.search
         reason = ("not finished" if state is None else "no value" if values is None and state !=
                   optuna.trial.TrialState.FAIL else "does not fit this space" if encoded is None else None)
@@ -264,8 +293,8 @@ def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None
             continue
         params, dists = encoded
         study.add_trial(optuna.trial.create_trial(
-            state=state, values=values if state == optuna.trial.TrialState.COMPLETE else None, params=params,
-            distributions=dists, user_attrs={"tune_trial_id": row["trial_id"], "status": row["status"],
+            state=state, values=values if state != optuna.trial.TrialState.FAIL else None, params=params,
+            distributions=dists, intermediate_values=dict(steps or {}), user_attrs={"tune_trial_id": row["trial_id"], "status": row["status"],
                                              "teacher": row["teacher"], "student": row["student"],
                                              "method": row["method"], "epochs": row.get("epochs_run"),
                                              "best_epoch": row.get("best_epoch"), **(attrs or {})}))
@@ -274,7 +303,7 @@ def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None
 
 
 def reconcile(study: optuna.Study, store: StudyStore, spec, rows: list[dict], live: set[str] = frozenset(),
-              fail_unknown: bool = True) -> dict[str, int]:
+              fail_unknown: bool = True, epochs: dict[str, dict[int, float]] | None = None) -> dict[str, int]:
     """Bring the study in step with the results tables after a crash: a trial finished in the tables but still
     running in the study is told its outcome; one missing from the study is added; with ``fail_unknown``, a running
     study trial whose Tune trial is not ``live`` and not finished in the tables is failed as interrupted (without
@@ -296,7 +325,7 @@ def reconcile(study: optuna.Study, store: StudyStore, spec, rows: list[dict], li
         if trial.state == optuna.trial.TrialState.RUNNING and row["status"] in FINISHED:
             tell(study, store, trial.number, spec, row["status"], row_values(spec, row), row)
             fixed["told"] += 1
-    fixed["added"], _ = add_recorded(study, spec, missing)
+    fixed["added"], _ = add_recorded(study, spec, missing, epochs=epochs)
     for tune_id, trial in by_tune.items():
         if fail_unknown and trial.state == optuna.trial.TrialState.RUNNING and tune_id not in live and \
                 recorded.get(tune_id, {}).get("status") not in FINISHED:
@@ -342,7 +371,7 @@ def sweep_identity(spec, repair: bool = False) -> dict:
     if marker is not None and not marker.get("damaged"):
         return marker
     candidates = []
-    store = StudyStore(spec.sweep_dir, spec.study_storage)
+    store = StudyStore(spec.sweep_dir, spec.study_storage, reader=not repair)  # a reader never replaces a file
     if store.local_file is None or store.local_file.is_file():
         try:
             store.pull()

@@ -1,5 +1,7 @@
 """Fixtures for the sweep tests: a tiny spec (toy timm models, 16-32 px, a few dozen canvases)."""
 
+import os
+
 import pytest
 import yaml
 
@@ -37,3 +39,18 @@ def ray_cleanup():
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+class _Payload:
+    def __init__(self, target):
+        self.target = target
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.target}",)
+
+
+def plant_payload(path, target) -> None:
+    """A pickle at ``path`` that, when loaded, creates ``target`` (what a planted pickle could do)."""
+    import pickle
+
+    path.write_bytes(pickle.dumps(_Payload(target)))

@@ -1,6 +1,8 @@
 """What a sweep gives back: each trial's best epoch kept, retention, `export`, `load_student`, one set of logs."""
 
+import io
 import json
+import re
 from types import SimpleNamespace
 
 import pyarrow.parquet as pq
@@ -10,7 +12,7 @@ import torch
 from l2d.export import evaluate_student, load_student, save_student
 from l2d.models import build_model
 from l2d.storage import Location
-from sweeps.checkpoints import BestCheckpoint, checkpoint_folders, prune
+from sweeps.checkpoints import BestCheckpoint, UnreadableCheckpointError, checkpoint_folders, prune, read_best
 from sweeps.cli import main
 
 
@@ -35,9 +37,13 @@ def test_best_checkpoint_keeps_an_earlier_epoch(tmp_path):
         metrics = {"epoch": epoch, "val_mAP": value}
         history.append(metrics)
         assert best.offer(dict(metrics), _run(model, list(history)), config) == (epoch != 3)
-    info = json.loads((tmp_path / "trial" / "best" / "best.json").read_text())
+    info, model_bytes, kept_history = read_best(run_dir)
     assert info["epoch"] == 2 and info["metrics"]["val_mAP"] == 55.0 and info["backbone"] == "test_efficientnet"
-    saved = torch.load(tmp_path / "trial" / "best" / "model.pt", weights_only=True)
+    assert [h["epoch"] for h in kept_history] == [1, 2]
+    # One unit: best.json, written last, names the epoch's own files with their digests; no other epoch's file stays.
+    assert sorted(p.name for p in (tmp_path / "trial" / "best").iterdir()) == \
+        sorted(["best.json", info["files"]["model"], info["files"]["history"]])
+    saved = torch.load(io.BytesIO(model_bytes), weights_only=True)
     assert all(torch.equal(saved[k], weights[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], weights[3][k]) for k in saved)
     assert [h["epoch"] for h in BestCheckpoint.history(run_dir)] == [1, 2]
@@ -45,6 +51,19 @@ def test_best_checkpoint_keeps_an_earlier_epoch(tmp_path):
     again = BestCheckpoint(run_dir, "val_mAP", "max")
     assert not again.offer({"epoch": 4, "val_mAP": 54.0}, _run(model, history), config)
     assert again.offer({"epoch": 5, "val_mAP": 56.0}, _run(model, history), config)
+    # A crash inside the write window (the new epoch's two files written, best.json not yet): the previous best is
+    # still whole; a damaged file is named, never paired with another epoch's metrics.
+    folder = tmp_path / "trial" / "best"
+    (folder / "model-0009-deadbeef.pt").write_bytes(b"half")
+    (folder / "history-0009-deadbeef.json").write_text("[")
+    assert read_best(run_dir)[0]["epoch"] == 5
+    model_file = folder / json.loads((folder / "best.json").read_text())["files"]["model"]
+    model_file.write_bytes(model_file.read_bytes()[:100])
+    with pytest.raises(UnreadableCheckpointError, match=re.escape(f"{model_file}: not the file best.json describes")):
+        read_best(run_dir)
+    (folder / "best.json").write_text('{"epoch": 5, "backb')
+    with pytest.raises(UnreadableCheckpointError, match=re.escape(f"{folder / 'best.json'}: unreadable")):
+        read_best(run_dir)
     # mode min: the lowest value wins.
     low = BestCheckpoint(Location.parse(tmp_path / "other"), "val_loss", "min")
     assert low.offer({"epoch": 1, "val_loss": 2.0}, _run(model, history), config)
@@ -120,7 +139,7 @@ def test_saved_student_loads_and_its_graphs_give_the_same_logits(tmp_path):
 
     # Exporting again replaces the folder as a whole; a failed export leaves the old one and no scratch folder.
     save_student(model, _card(model), out, ("safetensors",), progress=lambda text: None)
-    assert sorted(p.name for p in out.iterdir()) == ["README.md", "card.json", "student.safetensors"]
+    assert sorted(p.name for p in out.iterdir()) == [".l2d-output", "README.md", "card.json", "student.safetensors"]
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         save_student(model, _card(model), out, ("safetensors", "tflite"))
     broken = dict(_card(model), image_size="large")  # fails while tracing, after the weights were written

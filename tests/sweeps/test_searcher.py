@@ -9,7 +9,7 @@ from sweeps.folder import trial_id
 from sweeps.searcher import StudySearcher
 from sweeps.spec import parse_spec
 from sweeps.study import StudyStore
-from tests.sweeps.conftest import TINY_SPEC
+from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 
 def _searcher(tmp_path, **changes):
@@ -54,3 +54,23 @@ def test_a_recreated_trial_gets_its_own_parameters_back(tmp_path):
 def test_trial_ids_are_deterministic():
     assert trial_id("s", 0, 1) == trial_id("s", 0, 1) != trial_id("s", 0, 2) != trial_id("s", 1, 1)
     assert len(trial_id("s", 0, 1)) == 8
+
+
+def test_a_trusted_folder_is_loaded_and_an_untrusted_one_is_not(tmp_path, monkeypatch):
+    """`--trust` is what loads a pickle this user's key did not sign (the payload runs: that is what trusting
+    means); without it the searcher's and Tune's copies are never unpickled."""
+    monkeypatch.setenv("L2D_SWEEP_KEY_FILE", str(tmp_path / "key"))
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "storage")})
+    spec.sweep_dir.makedirs()
+    ran = tmp_path / "ran"
+    searcher = StudySearcher(spec, "abc", StudyStore(spec.sweep_dir))
+    searcher.numbers = {"t1": 0}
+    checkpoint = tmp_path / "tune-copy.pkl"
+    searcher.save(str(checkpoint))
+    plant_payload(spec.sweep_dir / "searcher.pkl", ran)
+    monkeypatch.delenv("L2D_SWEEP_TRUST", raising=False)
+    searcher.restore(str(checkpoint))
+    assert not ran.exists() and searcher.numbers == {"t1": 0}  # Tune's signed copy was used
+    monkeypatch.setenv("L2D_SWEEP_TRUST", "1")
+    searcher.restore(str(checkpoint))  # trusted: the planted pickle is loaded (and, being no state, falls back)
+    assert ran.exists() and searcher.numbers == {"t1": 0}
