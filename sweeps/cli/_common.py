@@ -8,6 +8,16 @@ import time
 from typing import Callable
 
 
+def render(table, fmt: str = "table") -> str:
+    """A results table for stdout: as text it fits the terminal's width (100 columns when stdout is not one; the
+    columns left out are named below it); csv, json and jsonl hold every column."""
+    import shutil
+
+    from sweeps.results import format_table
+
+    return format_table(table, fmt, width=shutil.get_terminal_size((100, 24)).columns if fmt == "table" else None)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line (``l2d-sweep train: error: ...``), exit status 2."""
 

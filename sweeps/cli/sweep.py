@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.cli._common import bounded, positive_int
+from sweeps.cli._common import bounded, positive_int, render
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -27,11 +27,9 @@ def _options(args: argparse.Namespace) -> dict:
 
 def _finish(outcome, sweep_dir) -> int:
     """Print the leaderboard and the outcome; the exit status (0: at least one trial that did not fail)."""
-    from sweeps.results import format_table
-
     if outcome.results is not None:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
-        print(format_table(outcome.results.leaderboard(10)))
+        print(render(outcome.results.leaderboard(10)))
     if not outcome.succeeded:
         print(f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
               file=sys.stderr)
@@ -105,12 +103,13 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from sweeps.results import SweepResults, format_table
+    from sweeps.results import SweepResults
 
+    if args.compact:
+        return _compact(args.path)
     results = SweepResults(args.path)
     if args.sql:
-        print(format_table(results.sql(args.sql, memory_limit=args.sql_memory, timeout_s=args.sql_timeout),
-                           args.format))
+        print(render(results.sql(args.sql, memory_limit=args.sql_memory, timeout_s=args.sql_timeout), args.format))
         return 0
     if args.pareto:
         table = results.pareto()
@@ -127,15 +126,34 @@ def _cmd_results(args: argparse.Namespace) -> int:
                   + ("" if same else "; the non-dominated rows of this sweep's own trials:"))
             if front and not same:
                 print("search front: " + ", ".join(front))
-        print(format_table(table, args.format))
+        print(render(table, args.format))
         return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    print(format_table(results.leaderboard(args.limit, columns), args.format))
+    print(render(results.leaderboard(args.limit, columns), args.format))
+    return 0
+
+
+def _compact(path: str) -> int:
+    """Rewrite the compacted trials.parquet / epochs.parquet from the newest generation, under the sweep's lease."""
+    from sweeps.lease import LeaseKeeper
+    from sweeps.results import ResultsWriter
+    from sweeps.stored import load_sweep_spec
+
+    spec = load_sweep_spec(path)
+    keeper = LeaseKeeper(spec.sweep_dir, say=lambda text: print(text, file=sys.stderr)).acquire()
+    try:
+        writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)
+        writer.publish()
+    finally:
+        keeper.release()
+    trials, epochs = writer.tables()
+    print(f"{writer.store.folder}: trials.parquet ({trials.num_rows} rows) and epochs.parquet ({epochs.num_rows} "
+          f"rows) rewritten from generation {writer.manifest.generation}")
     return 0
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.results import format_table, sweep_status
+    from sweeps.results import sweep_status
 
     status = sweep_status(args.path)
     print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items()))
@@ -154,7 +172,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         import pyarrow as pa
 
         print("running:")
-        print(format_table(pa.Table.from_pylist(status.running)))
+        print(render(pa.Table.from_pylist(status.running)))
     print(f"folder: {_megabytes(status.size_bytes)} ({_megabytes(status.checkpoint_bytes)} of checkpoints)")
     return 0
 
@@ -241,7 +259,9 @@ def add_commands(commands) -> None:
     results.add_argument("path", help="the sweep folder")
     results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
                                        'max(best_val_mAP) FROM trials GROUP BY method"')
-    results.add_argument("--format", choices=["table", "csv", "json"], default="table", help="output format")
+    results.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
+                         help="output format: table (fits the terminal), csv, json (one array), jsonl (one object a "
+                              "line); data only on stdout")
     results.add_argument("--sql-memory", default="1GB", help="the memory a --sql query may use (default: 1GB)")
     results.add_argument("--sql-timeout", type=bounded(float, 0.0, exclusive=True), default=60.0,
                          help="seconds a --sql query may run (default: 60)")
@@ -251,6 +271,9 @@ def add_commands(commands) -> None:
                                            "have)")
     results.add_argument("--pareto", action="store_true",
                          help="the Pareto front of the objectives (val mAP vs student size for one objective)")
+    results.add_argument("--compact", action="store_true",
+                         help="rewrite the compacted results/trials.parquet and epochs.parquet now, from the newest "
+                              "generation (for tools that read the Parquet files themselves; takes the sweep's lease)")
     results.set_defaults(func=_cmd_results)
 
     status = commands.add_parser("status", help="trials by state, the best so far, running trials",

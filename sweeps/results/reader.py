@@ -4,6 +4,7 @@ Pareto front, text renderings, and a sweep's outcome and status."""
 from __future__ import annotations
 
 import io
+import math
 from dataclasses import dataclass
 
 import pyarrow as pa
@@ -77,7 +78,7 @@ class SweepResults:
         private = tempfile.mkdtemp(prefix="l2d-sql-")
         connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
                                                         "autoload_known_extensions": False, "temp_directory": private,
-                                                        "memory_limit": memory_limit, "enable_progress_bar": False})
+                                                        "memory_limit": memory_limit})
         outcome: dict = {}
 
         def run():
@@ -95,6 +96,7 @@ class SweepResults:
         try:
             connection.register("trials", self.trials)
             connection.register("epochs", self.epochs)
+            connection.execute("SET enable_progress_bar = false")  # a session option: not in connect()'s config
             connection.execute("SET allowed_directories = []")
             connection.execute("SET enable_external_access = false")
             connection.execute("SET lock_configuration = true")
@@ -117,15 +119,12 @@ class SweepResults:
     def objectives(self) -> list[tuple[str, str]]:
         """The sweep's objectives from its stored spec (val mAP, max, for a folder without one)."""
         if self._objectives is None:
-            import yaml
+            from sweeps.stored import SPEC_FILE, load_sweep_spec
 
-            spec = self.sweep_dir / "spec.yaml"
-            data = yaml.safe_load(spec.read_text()) if spec.is_file() else {}
-            data = data if isinstance(data, dict) else {}
-            raw = data.get("objectives") or [{"metric": data.get("metric", "val_mAP"),
-                                               "mode": data.get("mode", "min" if data.get("metric") == "val_loss"
-                                                                else "max")}]
-            self._objectives = [(o["metric"], o.get("mode", "max")) for o in raw]
+            if (self.sweep_dir / SPEC_FILE).is_file():  # a damaged one is named; one edited by hand is reported
+                self._objectives = list(load_sweep_spec(self.sweep_dir).objective_list)
+            else:
+                self._objectives = [("val_mAP", "max")]
         return self._objectives
 
     def leaderboard(self, limit: int = 10, columns: list[str] | None = None) -> pa.Table:
@@ -184,13 +183,30 @@ class SweepResults:
                         f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}", [front])
 
 
-def format_table(table: pa.Table, fmt: str = "table") -> str:
-    """Render an Arrow table as an aligned text table, CSV or JSON lines."""
+def _plain(value):
+    """A value as JSON has it: non-finite floats become null (JSON has no NaN), anything else odd a string."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+FORMATS = ("table", "csv", "json", "jsonl")
+
+
+def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) -> str:
+    """Render an Arrow table: ``table`` (aligned text, numbers right-aligned, ``(N rows)`` below; with ``width``,
+    the columns that fit in it, the rest named in a last line), ``csv``, ``json`` (one array of objects: what
+    ``json.loads`` reads) or ``jsonl`` (one object per line)."""
     rows = table.to_pylist()
-    if fmt == "json":
+    if fmt in ("json", "jsonl"):
         import json
 
-        return "\n".join(json.dumps(row, default=str) for row in rows)
+        plain = [{k: _plain(v) for k, v in row.items()} for row in rows]
+        if fmt == "json":
+            return json.dumps(plain, indent=1)
+        return "\n".join(json.dumps(row) for row in plain)
     names = table.column_names
     if fmt == "csv":
         import csv
@@ -209,11 +225,28 @@ def format_table(table: pa.Table, fmt: str = "table") -> str:
             return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.2f}".rstrip("0").rstrip(".")
         return str(value)
 
+    numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
     cells = [[show(row[n]) for n in names] for row in rows]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
-    lines = ["  ".join(n.ljust(w) for n, w in zip(names, widths))]
-    lines += ["  ".join(c.ljust(w) for c, w in zip(cell, widths)) for cell in cells]
-    return "\n".join(lines) + f"\n({len(rows)} row{'s' if len(rows) != 1 else ''})"
+    shown = len(names)
+    if width is not None:
+        used = 0
+        for index, w in enumerate(widths):
+            used += w + (2 if index else 0)
+            if used > width and index > 0:
+                shown = index
+                break
+
+    def line(values) -> str:
+        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
+                         for i, (v, w) in enumerate(zip(values[:shown], widths[:shown]))).rstrip()
+
+    lines = [line(names)] + [line(cell) for cell in cells]
+    footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
+    if shown < len(names):
+        footer += f"; {len(names) - shown} more column(s) not shown: {', '.join(names[shown:])}; --columns to choose, " \
+                  f"--format csv or json for all"
+    return "\n".join(lines) + f"\n{footer})"
 
 
 @dataclass

@@ -178,6 +178,9 @@ class ResultsStore:
         self.manifest_file = self.folder / MANIFEST
         self.bytes_written = 0
         self.writes = 0
+        # The tables of the segments this writer wrote that a merge will read again (levels below MAX_LEVEL): kept in
+        # memory, so a merge reads nothing back from storage (a few thousand rows at most).
+        self._recent: dict[str, pa.Table] = {}
 
     # --- reading ------------------------------------------------------------------------------------------------------
 
@@ -277,6 +280,8 @@ class ResultsStore:
             if table is not None and table.num_rows:
                 names[kind] = f"{SEGMENTS}/{tag}-{kind}.parquet"
                 self._write(table, self.folder / names[kind], small=level == 0)
+                if level < MAX_LEVEL:
+                    self._recent[names[kind]] = table
                 columns[names[kind]] = columns_digest(table)
                 failpoint("segment-write")
         return Segment(names.get("trials"), names.get("epochs"), level, reports, columns)
@@ -316,13 +321,18 @@ class ResultsStore:
         while len(segments) >= FANOUT and len({s.level for s in segments[-FANOUT:]}) == 1 and \
                 segments[-1].level < MAX_LEVEL:
             group = segments[-FANOUT:]
-            trials = latest([read_table(self.folder / s.trials) for s in group if s.trials], ["trial_id"])
-            epochs = latest([read_table(self.folder / s.epochs) for s in group if s.epochs], ["trial_id", "epoch"])
+            trials = latest([self._read_segment(s.trials) for s in group if s.trials], ["trial_id"])
+            epochs = latest([self._read_segment(s.epochs) for s in group if s.epochs], ["trial_id", "epoch"])
             merged = self._new_segment(manifest, trials, epochs, group[0].level + 1, sum(s.reports for s in group))
             failpoint("compaction")
             segments[-FANOUT:] = [merged]
             manifest.garbage.append({"files": [f for s in group for f in s.files()],
                                      "after": manifest.generation + 1 + GRACE})
+
+    def _read_segment(self, name: str) -> pa.Table:
+        """A segment a merge folds: from memory when this writer wrote it, else from storage."""
+        table = self._recent.pop(name, None)
+        return table if table is not None else read_table(self.folder / name)
 
     def _collect(self, manifest: Manifest) -> None:
         """Delete the obsolete files whose grace has passed (the manifest that lists them as garbage is already out)."""

@@ -75,6 +75,9 @@ class ResultsWriter:
         self._leader: str | None = None  # the best trial by the metric (kept as reports come: no scan per report)
         self._rescan = True
         self._changed: set[str] = set()  # trials changed since the leader was last looked for
+        self._counts: dict[str, int] = {}  # trials by status, kept as trials change (None below: count them all)
+        self._counted: dict[str, str] = {}
+        self._count_dirty: set[str] | None = None
         self.manifest = self._open()
 
     # --- opening -----------------------------------------------------------------------------------------------------
@@ -126,6 +129,7 @@ class ResultsWriter:
                 record.kept = {k: row.get(k) for k in EPOCH_SUMMARY}
             self.trials[row["trial_id"]] = record
         self._rows = {}
+        self._count_dirty = None
 
     def _rebuild(self, why: str) -> Manifest:
         """Recover both tables from every source (see the module docstring), set damaged files aside, and make the
@@ -158,6 +162,7 @@ class ResultsWriter:
             record = self.trials.setdefault(trial_id, TrialRecord(trial_id, {}, "running"))
             if record.kept and len(rows) >= (record.kept.get("epochs_run") or 0):
                 record.kept = {}
+        self._count_dirty = None
         for location in damaged:
             aside = location.parent / f"{location.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
             location.move(aside)
@@ -236,6 +241,8 @@ class ResultsWriter:
     def _touch(self, trial_id: str) -> None:
         self._dirty_trials.add(trial_id)
         self._changed.add(trial_id)
+        if self._count_dirty is not None:
+            self._count_dirty.add(trial_id)
         self._rows.pop(trial_id, None)
         if trial_id == self._leader:
             self._rescan = True  # the leader changed: it may have fallen behind another (a rebuild, a set-aside)
@@ -295,6 +302,7 @@ class ResultsWriter:
         self._rows.pop(trial_id, None)
         self._rows.pop(new_id, None)
         self._replaced = True  # the old id's rows are in earlier segments: the next write replaces them all
+        self._count_dirty = None
         return new_id
 
     def reconcile(self, known: list[KnownTrial]) -> list[str]:
@@ -334,11 +342,24 @@ class ResultsWriter:
         return [self.row(trial_id) for trial_id in self.trials]
 
     def counts(self) -> dict[str, int]:
-        """Trials by status."""
-        counts: dict[str, int] = {}
-        for record in self.trials.values():
-            counts[record.status] = counts.get(record.status, 0) + 1
-        return counts
+        """Trials by status (kept up to date from the trials that changed: no scan of every trial per report)."""
+        if self._count_dirty is None:
+            self._counts, self._counted = {}, {}
+            dirty = list(self.trials)
+        else:
+            dirty = self._count_dirty
+        for trial_id in dirty:
+            old = self._counted.pop(trial_id, None)
+            if old is not None:
+                self._counts[old] -= 1
+                if not self._counts[old]:
+                    del self._counts[old]
+            record = self.trials.get(trial_id)
+            if record is not None:
+                self._counted[trial_id] = record.status
+                self._counts[record.status] = self._counts.get(record.status, 0) + 1
+        self._count_dirty = set()
+        return dict(self._counts)
 
     def leader(self) -> dict | None:
         """The row of the best trial by the writer's metric (None: no trial has a value yet). Kept up to date from

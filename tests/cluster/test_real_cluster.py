@@ -156,7 +156,7 @@ def test_a_sweep_submitted_to_a_token_cluster_runs_and_a_resubmission_resumes(re
     results = subprocess.run([str(BIN / "l2d-sweep"), "results", str(sweep), "--format", "json"], capture_output=True,
                              text=True, env=_env(real_cluster["homes"]["local"]), timeout=120)
     assert results.returncode == 0, results.stderr
-    rows = [json.loads(line) for line in results.stdout.splitlines()]
+    rows = json.loads(results.stdout)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
     trials = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
     epochs = pq.read_table(sweep / "results" / "epochs.parquet").to_pylist()

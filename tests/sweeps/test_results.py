@@ -291,6 +291,46 @@ def test_sql_leaderboard_pareto_and_formats(tmp_path):
     assert results.sql("SELECT count(*) AS n FROM epochs WHERE trial_id = 'done'").to_pylist() == [{"n": 3}]
     table = results.sql("SELECT trial_id, best_val_mAP FROM trials WHERE best_val_mAP IS NOT NULL ORDER BY 1")
     assert format_table(table, "csv").splitlines() == ["trial_id,best_val_mAP", "cut,20.0", "done,42.0"]
-    assert [json.loads(line)["trial_id"] for line in format_table(table, "json").splitlines()] == ["cut", "done"]
+    assert [row["trial_id"] for row in json.loads(format_table(table, "json"))] == ["cut", "done"]
+    assert [json.loads(line)["trial_id"] for line in format_table(table, "jsonl").splitlines()] == ["cut", "done"]
+    # As text: numbers right-aligned; a width that cannot hold every column shows those that fit and names the rest.
+    text = format_table(table)
+    assert text.splitlines()[2] == "done" + " " * 16 + "42"  # under the 12 letters of best_val_mAP
+    narrow = format_table(table, width=10).splitlines()
+    assert narrow[0] == "trial_id" and "1 more column(s) not shown: best_val_mAP" in narrow[-1]
     assert format_table(table).endswith("(2 rows)")
     assert [r["trial_id"] for r in results.pareto().to_pylist()] == ["done"]  # best val mAP, same size
+
+
+def test_compact_rewrites_the_compacted_pair_from_the_newest_generation(tmp_path, capsys):
+    """`results --compact`: the compacted pair lags the segments during a sweep; the command brings it up to the
+    newest generation under the sweep's lease (and refuses while a live driver holds it)."""
+    import yaml
+
+    from sweeps.cli import main
+    from sweeps.folder import write_marker
+    from sweeps.lease import LeaseKeeper
+    from sweeps.spec import parse_spec
+    from sweeps.stored import spec_digest
+    from tests.sweeps.conftest import TINY_SPEC
+
+    from l2d.storage import Location
+
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)}, "tiny.yaml")
+    sweep = tmp_path / "tiny"
+    sweep.mkdir()
+    (sweep / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_marker(Location.parse(sweep), spec_digest=spec_digest(spec))
+    _fill(sweep)  # segments only: fewer reports than the writer waits for before rewriting the pair
+    assert not (sweep / "results" / "trials.parquet").exists()
+    keeper = LeaseKeeper(Location.parse(sweep), say=lambda _: None).acquire()  # a live driver holds the sweep
+    try:
+        assert main(["results", str(sweep), "--compact"]) == 1
+        assert "being driven by" in capsys.readouterr().err and not (sweep / "results" / "trials.parquet").exists()
+    finally:
+        keeper.release()
+    assert main(["results", str(sweep), "--compact"]) == 0
+    assert "trials.parquet (3 rows) and epochs.parquet (4 rows) rewritten" in capsys.readouterr().out
+    published = {r["trial_id"]: r for r in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()}
+    assert published == _rows(sweep) and pq.read_table(sweep / "results" / "epochs.parquet").num_rows == 4
+    assert not (sweep / "lease.json").exists()

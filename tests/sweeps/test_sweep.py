@@ -68,7 +68,7 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert main(["results", str(sweep), "--sql",
                  "SELECT t.method, count(*) AS epochs FROM epochs e JOIN trials t USING (trial_id) GROUP BY t.method "
                  "ORDER BY t.method", "--format", "json"]) == 0
-    answer = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    answer = json.loads(capsys.readouterr().out)
     assert {a["method"] for a in answer} <= {"l2d", "kd"} and sum(a["epochs"] for a in answer) == len(epoch_rows)
     assert main(["status", str(sweep)]) == 0
     assert "trials by state:" in capsys.readouterr().out
