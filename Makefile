@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test sweep install clean
+.PHONY: test sweep install docs clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -30,5 +30,11 @@ SWEEP_ARGS ?= --new
 sweep: $(STAMP)
 	$(BIN)/l2d-sweep run search_spaces/quickstart.yaml $(SWEEP_ARGS)
 
+# The documentation site (MkDocs Material) into site/: the generated reference pages must be current, and any
+# warning (a broken link, a missing page) is an error.
+docs: $(STAMP)
+	$(BIN)/python docs/gen_reference.py --check
+	$(BIN)/python -m mkdocs build --strict --site-dir site
+
 clean:
-	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache
+	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache site

@@ -55,21 +55,31 @@ def sweep_storage(spec, storage: str | None):
 
 
 README = ROOT / "README.md"
+DOCS = ROOT / "docs"
+
+
+def _page_with(marker: str) -> Path:
+    """The page (README.md or a docs/ page) that holds ``marker``."""
+    for page in [README, *sorted(DOCS.glob("*.md"))]:
+        if page.is_file() and marker in page.read_text():
+            return page
+    raise SystemExit(f"error: neither README.md nor docs/*.md has a {marker} block")
 
 
 def readme_block(name: str, lines: list[str], write: bool) -> str:
-    """The README block between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->``: ``lines`` fenced as
-    code; returns it and, with ``write``, puts it there (the markers must exist)."""
+    """The block between ``<!-- bench:NAME:start -->`` and ``<!-- bench:NAME:end -->`` (in README.md or a page of
+    docs/): ``lines`` fenced as code; returns it and, with ``write``, puts it there (the markers must exist)."""
     text = "```\n" + "\n".join(lines) + "\n```"
     start, end = f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
     if write:
-        readme = README.read_text()
-        if start not in readme or end not in readme:
-            raise SystemExit(f"error: README.md has no {start} ... {end} block")
-        head, rest = readme.split(start, 1)
+        page = _page_with(start)
+        content = page.read_text()
+        if end not in content:
+            raise SystemExit(f"error: {page.relative_to(ROOT)} has {start} but no {end}")
+        head, rest = content.split(start, 1)
         tail = rest.split(end, 1)[1]
-        README.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
-        print(f"README.md: block {name} rewritten")
+        page.write_text(f"{head}{start}\n{text.strip()}\n{end}{tail}")
+        print(f"{page.relative_to(ROOT)}: block {name} rewritten")
     return text
 
 
@@ -77,7 +87,7 @@ def add_report_arguments(parser, name: str) -> None:
     """``--out`` (``benchmarks/results/<name>.json``), ``--summarize JSON`` and ``--readme``."""
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
     parser.add_argument("--summarize", metavar="JSON", help="print the README block of a saved report")
-    parser.add_argument("--readme", action="store_true", help="with --summarize: write the block into README.md")
+    parser.add_argument("--readme", action="store_true", help="with --summarize: write the block into its page (README.md or docs/)")
 
 
 def parse_report_args(parser, argv: list[str] | None, summarize):

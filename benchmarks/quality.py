@@ -16,7 +16,7 @@ the student alone steady: the script stops when bce's seed-to-seed std exceeds `
 
 Every sweep resumes where it stopped and every seed run is cached (``<storage>/quality-runs.jsonl``), so the script
 can be killed and rerun, or run in pieces (``--methods``). ``--summarize JSON`` prints the README block from a
-saved report (``--readme`` writes it into README.md). Fashion-MNIST comes from the Debian package
+saved report (``--readme`` writes it into its page of docs/). Fashion-MNIST comes from the Debian package
 ``dataset-fashion-mnist`` (installed here when run as root and missing).
 
 Usage:

@@ -25,7 +25,7 @@ Every epoch row carries each loss part's share of the student's gradient norm (t
 keeps each run's last-epoch shares, so a dead or dominating term shows in the table.
 
 Resumable: the sweeps resume, every run is cached (``<storage>/scenes-runs.jsonl``). ``--summarize JSON [--readme]``
-prints (and writes into README.md) the report's block.
+prints (and writes into its docs page) the report's block.
 
 Usage:
     python benchmarks/quality_scenes.py [--trials-per-dim 3] [--epochs 3] [--seeds 0 1 2 3 4] [--methods ...]

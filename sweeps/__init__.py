@@ -31,7 +31,7 @@ LAYERS = [
     ["sweeps._fences", "sweeps.tracking", "sweeps.scheduler", "sweeps.searcher", "sweeps.trial", "sweeps.teacher_phase",
      "sweeps.callback"],
     ["sweeps.experiment"],
-    ["sweeps.runner"],
+    ["sweeps.runner", "sweeps.api"],
     ["sweeps.cli._common", "sweeps.cli.single", "sweeps.cli.sweep", "sweeps.cli.specs", "sweeps.cli.weights",
      "sweeps.cli.analysis",
      "sweeps.cli", "sweeps.cli.__main__"],

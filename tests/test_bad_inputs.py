@@ -1,7 +1,7 @@
 """Every bad input a user can give: one line on stderr, the right exit status, nothing written.
 
-The cases double as README's table "What a bad input gets": ``test_readme_table_is_current`` renders the table from
-the messages the code prints and compares it with README's (set ``L2D_UPDATE_README=1`` to rewrite it), so the
+The cases double as the table "What a bad input gets" in docs/reliability.md: ``test_readme_table_is_current`` renders
+the table from the messages the code prints and compares it with the page's (set ``L2D_UPDATE_README=1`` to rewrite it), so the
 table cannot drift from the code. No case starts Ray: everything is checked before.
 """
 
@@ -21,7 +21,7 @@ from sweeps.cli import main
 from tests.sweeps.conftest import TINY_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
-README = ROOT / "README.md"
+README = ROOT / "docs" / "reliability.md"
 START, END = "<!-- bad-inputs:start -->", "<!-- bad-inputs:end -->"
 
 
@@ -312,10 +312,10 @@ def test_readme_table_is_current(tmp_path_factory, capsys):
         rows.append((case[0], code, message))
     table = _table(rows)
     text = README.read_text()
-    assert START in text and END in text, "README lacks the bad-input table markers"
+    assert START in text and END in text, f"{README} lacks the bad-input table markers"
     current = text.split(START, 1)[1].split(END, 1)[0].strip()
     if os.environ.get("L2D_UPDATE_README") == "1":
         README.write_text(text.replace(current, table) if current else text.replace(START + END, f"{START}\n{table}\n{END}"))
         return
-    assert current == table, "README's bad-input table is out of date: run L2D_UPDATE_README=1 pytest " \
+    assert current == table, "docs/reliability.md's bad-input table is out of date: run L2D_UPDATE_README=1 pytest " \
                              "tests/test_bad_inputs.py::test_readme_table_is_current"

@@ -1,0 +1,183 @@
+"""The notebook API: a sweep as a Python object, for what a notebook or a script does with one.
+
+>>> from sweeps.api import Sweep
+>>> sweep = Sweep.run("search_spaces/quickstart.yaml")         # or Sweep.open("runs/quickstart")
+>>> sweep.leaderboard()                                         # a pandas DataFrame, best first
+>>> sweep.sql("SELECT method, max(best_val_mAP) FROM trials GROUP BY method")
+>>> sweep.history("<trial id>")                                 # one trial's epochs
+>>> sweep.plot("history")                                       # a matplotlib Figure
+>>> sweep.export("exports/best")                                # the best student, safetensors + model card
+
+Every read goes through the same code as the command line (one generation of the results, the stored spec, the
+study read-only), so what a notebook shows is what ``l2d-sweep results`` prints. ``refresh()`` reads the newest
+generation of a sweep that is still running. Reading never writes into the sweep folder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from l2d.storage import Location
+
+
+@dataclass
+class Sweep:
+    """An existing sweep folder (:meth:`open`), or one a call ran (:meth:`run`, :meth:`resume`, :meth:`extend`)."""
+
+    path: Location
+
+    # --- getting one ------------------------------------------------------------------------------------------------
+
+    @classmethod
+    def open(cls, path: str | Location) -> Sweep:
+        """The sweep at ``path`` (``<storage>/<name>``; a local folder, ``s3://`` or ``gs://``).
+
+        Raises:
+            FileNotFoundError: no sweep there (a spec file given instead is named as such).
+        """
+        from sweeps.stored import load_sweep_spec
+
+        spec = load_sweep_spec(path)  # checks it is a sweep; a damaged stored spec is named
+        return cls(spec.sweep_dir)
+
+    @classmethod
+    def run(cls, spec: str | dict, new: bool = False, quiet: bool = True, **overrides) -> Sweep:
+        """Run the sweep a spec file (or a dict of its fields) describes, as ``l2d-sweep run`` does, and return it.
+        ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
+        exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
+        from sweeps.runner import run_sweep
+        from sweeps.spec import load_spec, parse_spec
+
+        if isinstance(spec, dict):
+            parsed = parse_spec({**spec, **overrides}, "<dict>")
+        else:
+            parsed = load_spec(spec)
+            if overrides:
+                parsed = parse_spec({**parsed.to_dict(), **overrides}, str(spec))
+        run_sweep(parsed, new=new, quiet=quiet)
+        return cls(parsed.sweep_dir)
+
+    def resume(self, quiet: bool = True) -> Sweep:
+        """Continue this sweep after a crash or a Ctrl-C (``l2d-sweep resume``)."""
+        from sweeps.runner import resume_sweep
+
+        resume_sweep(self.path, quiet=quiet)
+        return self
+
+    def extend(self, num_samples: int, max_epochs: int | None = None, quiet: bool = True) -> Sweep:
+        """Run ``num_samples`` more trials, the same study carried on (``l2d-sweep extend``)."""
+        from sweeps.runner import extend_sweep
+
+        extend_sweep(self.path, num_samples, max_epochs, quiet=quiet)
+        return self
+
+    # --- reading ----------------------------------------------------------------------------------------------------
+
+    def _results(self):
+        from sweeps.results import SweepResults
+
+        return SweepResults(self.path)
+
+    @property
+    def spec(self):
+        """The sweep's stored spec (a :class:`sweeps.spec.SweepSpec`)."""
+        from sweeps.stored import load_sweep_spec
+
+        return load_sweep_spec(self.path)
+
+    @property
+    def trials(self):
+        """The trials table (one row per trial), as a pandas DataFrame."""
+        return self._results().trials.to_pandas()
+
+    @property
+    def epochs(self):
+        """The epochs table (one row per trial and epoch), as a pandas DataFrame."""
+        return self._results().epochs.to_pandas()
+
+    def leaderboard(self, limit: int = 10, columns: list[str] | None = None):
+        """The best trials by the spec's metric (what ``l2d-sweep results`` prints), as a DataFrame."""
+        return self._results().leaderboard(limit, columns).to_pandas()
+
+    def best(self) -> dict[str, Any]:
+        """The best trial's row (raises ValueError when no trial has a value yet)."""
+        board = self._results().leaderboard(1).to_pylist()
+        if not board:
+            raise ValueError(f"{self.path}: no trial has a value yet")
+        trial_id = board[0]["trial_id"]
+        return next(row for row in self._results().trials.to_pylist() if row["trial_id"] == trial_id)
+
+    def history(self, trial_id: str):
+        """One trial's epoch rows, in order, as a DataFrame (raises ValueError for an unknown trial)."""
+        results = self._results()
+        if trial_id not in results.trials.column("trial_id").to_pylist():
+            raise ValueError(f"{self.path}: no trial {trial_id!r}")
+        return results.sql("SELECT * FROM epochs WHERE trial_id = ? ORDER BY epoch", [trial_id]).to_pandas()
+
+    def sql(self, query: str, parameters: list | None = None):
+        """DuckDB SQL over the views ``trials`` and ``epochs`` (read-only, sandboxed), as a DataFrame."""
+        return self._results().sql(query, parameters).to_pandas()
+
+    def pareto(self):
+        """The Pareto front of the spec's objectives (val mAP against student size for one objective)."""
+        return self._results().pareto().to_pandas()
+
+    def status(self):
+        """Trials by state, who drives the sweep, the best so far (a :class:`sweeps.results.SweepStatus`)."""
+        from sweeps.results import sweep_status
+
+        return sweep_status(self.path)
+
+    def refresh(self) -> Sweep:
+        """Nothing is cached: every read above reads the newest generation. Kept so a loop reads naturally."""
+        return self
+
+    # --- drawing and taking home ------------------------------------------------------------------------------------
+
+    def plot(self, kind: str, method: str | None = None, out: str | None = None):
+        """One plot of the sweep (``history``, ``parallel``, ``importance``, ``pareto``, ``rungs``: as ``l2d-sweep
+        plot``) as a matplotlib Figure; with ``out``, also written there as a PNG."""
+        from sweeps import plots
+        from sweeps.study import load_sweep_study
+
+        if kind not in plots.KINDS:
+            raise ValueError(f"plot kind {kind!r}: one of {', '.join(plots.KINDS)}")
+        if out is not None:
+            plots.check_png_target(out)
+        spec, results = self.spec, self._results()
+        if kind in ("history", "importance"):
+            try:
+                study = load_sweep_study(self.path, read_only=True)[1]
+            except FileNotFoundError:
+                study = None
+            if kind == "importance":
+                if study is None:
+                    raise ValueError(f"{self.path}: the importance plot needs the sweep's Optuna study")
+                figure = plots.importance_figure(study, spec, results, method)
+            else:
+                figure = plots.history_figure(results, study)
+        elif kind == "parallel":
+            figure = plots.parallel_figure(results, spec, method)
+        elif kind == "pareto":
+            figure = plots.pareto_figure(results)
+        else:
+            figure = plots.rungs_figure(results, spec)
+        if out is not None:
+            plots.save_figure(figure, out)
+        return figure
+
+    def export(self, out: str | Location, trial: str | None = None, formats: tuple[str, ...] = ("safetensors",),
+               quiet: bool = True) -> dict:
+        """Export a trial's best student (default: the best trial's) into ``out`` (``l2d-sweep export``); returns
+        its model card."""
+        from sweeps.export import export_trial
+
+        return export_trial(self.path, trial, out, formats, progress=(lambda _: None) if quiet else print)
+
+    def __repr__(self) -> str:
+        try:
+            counts = ", ".join(f"{n} {s}" for s, n in sorted(self.status().counts.items()))
+        except FileNotFoundError:
+            counts = "no results yet"
+        return f"Sweep({str(self.path)!r}: {counts})"
