@@ -33,6 +33,6 @@ LAYERS = [
     ["sweeps.experiment"],
     ["sweeps.runner", "sweeps.api"],
     ["sweeps.cli._common", "sweeps.cli.single", "sweeps.cli.sweep", "sweeps.cli.specs", "sweeps.cli.weights",
-     "sweeps.cli.analysis",
+     "sweeps.cli.analysis", "sweeps.cli.completion",
      "sweeps.cli", "sweeps.cli.__main__"],
 ]

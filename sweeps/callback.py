@@ -48,6 +48,35 @@ def upload_tensorboard(sweep_dir: Location) -> None:
     pafs.copy_files(local.path, (sweep_dir / "tensorboard").path, destination_filesystem=sweep_dir.filesystem)
 
 
+def write_hparams_config(spec) -> None:
+    """The sweep's HParams config at the top of its TensorBoard folder: every hyperparameter a trial can have, with
+    its domain (the searched range, the pairings' teachers and students, the methods), and the metrics each trial
+    logs when it ends; TensorBoard's HParams dashboard then filters and plots the trials by these. Rewritten by each
+    driver (a grown or edited search space); the trials' own event files are in their subfolders."""
+    from tensorboard.plugins.hparams import summary_v2 as hp
+    from torch.utils.tensorboard.writer import FileWriter
+
+    from sweeps.spec import Range
+
+    hparams = [hp.HParam("teacher", hp.Discrete(sorted({p.teacher for p in spec.pairings}))),
+               hp.HParam("student", hp.Discrete(sorted({s for p in spec.pairings for s in p.students}))),
+               hp.HParam("method", hp.Discrete(sorted(spec.methods)))]
+    for name, value in sorted(spec.search_space.items()):
+        domain = hp.RealInterval(float(value.low), float(value.high)) if isinstance(value, Range) else \
+            hp.Discrete([float(value)])
+        hparams.append(hp.HParam(name, domain))
+    metrics = [hp.Metric("hparam/best_val_mAP", display_name="best val mAP"),
+               hp.Metric("hparam/test_mAP_at_best", display_name="test mAP at the best epoch")]
+    folder = tensorboard_dir(Location.parse(spec.sweep_dir))
+    folder.makedirs()
+    for old in folder.list():  # the previous driver's config (each trial's events are in its own subfolder)
+        if old.name.startswith("events.out.tfevents.") and old.is_file():
+            old.delete()
+    writer = FileWriter(str(folder))
+    writer.add_summary(hp.hparams_config_pb(hparams, metrics))
+    writer.close()
+
+
 def error_message(trial) -> str:
     """The most useful line of a failed trial's error (the engine's own message when there is one)."""
     text = ""
@@ -71,7 +100,8 @@ class SweepCallback(Callback):
     """Records every epoch report and trial end into the results tables and TensorBoard, and prints progress."""
 
     def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False,
-                 guard=None, tracker=None, exporter=None, keep: str = "best+last", tune_folder: str = "tune"):
+                 guard=None, tracker=None, exporter=None, keep: str = "best+last", tune_folder: str = "tune",
+                 total: int | None = None, concurrency: int = 1):
         self.sweep_dir = str(sweep_dir)
         self.max_epochs = max_epochs
         self.metric = metric
@@ -87,6 +117,9 @@ class SweepCallback(Callback):
         self.tune_folder = tune_folder  # Tune's state of this experiment: signed as Tune saves it (sweeps.trust)
         self._signatures = None
         self._reconciled = False
+        self.total = total  # the sweep's trial budget: "(3/8)" and the time left in the progress lines
+        self.concurrency = max(1, concurrency)
+        self._epoch_seconds: list[float] = []  # the epochs this driver saw: what the time left is estimated from
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -96,7 +129,8 @@ class SweepCallback(Callback):
 
     def __setstate__(self, state):
         self.__dict__.update({"guard": None, "tracker": None, "exporter": None, "keep": "best+last",
-                              "tune_folder": "tune", "_reconciled": False, **state})
+                              "tune_folder": "tune", "_reconciled": False, "total": None, "concurrency": 1,
+                              "_epoch_seconds": [], **state})
         self._signatures = None
 
     @property
@@ -125,12 +159,29 @@ class SweepCallback(Callback):
         column = OBJECTIVE_COLUMNS[self.metric]
         best = self.writer.leader()
         state = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+        state += self._time_left(counts)
         if best is None:
             return state
         name = self.metric.replace("_", " ")
         test = f" (test mAP {best['test_mAP_at_best']:.2f})" if best.get("test_mAP_at_best") is not None else ""
         value = f"{best[column]:.4g}" if self.metric == "val_loss" else f"{best[column]:.2f}"
         return f"{state}; best {name} {value}{test} by {best['trial_id']} {best['student']} {best['method']}"
+
+    def _time_left(self, counts: dict[str, int]) -> str:
+        """``; at most ~N min left``: the epochs the budget still allows (trials not started run every epoch, running
+        ones their remaining epochs) at the mean epoch time seen, over the concurrency. An upper bound: ASHA stops
+        most trials early."""
+        if not self.total or not self._epoch_seconds:
+            return ""
+        writer = self.writer
+        remaining = max(0, self.total - len(writer.trials)) * self.max_epochs
+        for trial_id, record in writer.trials.items():
+            if record.status == "running":
+                remaining += max(0, self.max_epochs - max(writer.epochs.get(trial_id, {0: None})))
+        seconds = remaining * (sum(self._epoch_seconds[-50:]) / len(self._epoch_seconds[-50:])) / self.concurrency
+        if remaining == 0:
+            return ""
+        return f"; at most ~{seconds / 60:.0f} min left" if seconds >= 90 else f"; at most ~{seconds:.0f} s left"
 
     def on_step_begin(self, iteration, trials, **info):
         self._reconcile(trials)
@@ -167,7 +218,8 @@ class SweepCallback(Callback):
         self._write()
         if self.tracker is not None:
             self.tracker.start(trial.trial_id, config)
-        self._say(f"trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
+        count = f"({len(self.writer.trials)}/{self.total}) " if self.total else ""
+        self._say(f"{count}trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
                   + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -181,6 +233,8 @@ class SweepCallback(Callback):
         # Written at every report (a small table), before anything is printed: a driver killed at any moment
         # loses no epoch row that it announced.
         self._write()
+        if isinstance(result.get("epoch_seconds"), (int, float)) and math.isfinite(result["epoch_seconds"]):
+            self._epoch_seconds.append(float(result["epoch_seconds"]))
         board = self._board(trial.trial_id)
         epoch = int(result["epoch"])
         for name, value in result.items():

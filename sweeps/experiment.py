@@ -8,7 +8,7 @@ from __future__ import annotations
 import logging
 import os
 
-from sweeps.callback import SweepCallback
+from sweeps.callback import SweepCallback, write_hparams_config
 from sweeps.folder import LeaseKeeper
 from sweeps.spec import SpecError, SweepSpec
 
@@ -62,16 +62,23 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     # One set of logs: the project's TensorBoard and tables; Tune's automatic loggers stay off (its JSON log is
     # added back by _callbacks: Tune reads it for its result grid).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's own banner ("Configuration for experiment", "View detailed results here") only with --verbose: its
+    # newer output engine prints it whatever the verbosity; the classic reporter honours verbose=0.
+    if not log_to_driver:
+        os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
         return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
     os.environ.setdefault("RAY_enable_metrics_collection", "false")
+    # What the cluster's processes inherit from this one's environment when ray.init starts them, and this process
+    # itself does not keep (a later cluster in the same process, a test's, must not find them).
+    inherited = {}
     # The training workers' gloo connections on loopback (all ranks of a local cluster share this machine); torch's
     # rendezvous store has no such option (docs/security.md).
     loopback = _loopback_interface()
-    if loopback:
-        os.environ.setdefault("GLOO_SOCKET_IFNAME", loopback)
+    if loopback and "GLOO_SOCKET_IFNAME" not in os.environ:
+        inherited["GLOO_SOCKET_IFNAME"] = loopback
     # One logical CPU more than the cores: each trial's driver holds 0.01 CPU while it only waits on its
     # workers, and without the headroom a worker asking for every core could never be placed beside it.
     cpus = (num_cpus or os.cpu_count() or 1) + 1
@@ -82,9 +89,15 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     # processes of this machine and fails when another sweep's local cluster runs beside this one (the group then
     # leaks, and the next trial waits for its CPUs forever).
     port = _free_port()
-    os.environ["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
-    context = ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", dashboard_port=port,
-                       log_to_driver=log_to_driver)
+    if "RAY_API_SERVER_ADDRESS" not in os.environ:
+        inherited["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
+    os.environ.update(inherited)
+    try:
+        context = ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", dashboard_port=port,
+                           log_to_driver=log_to_driver)
+    finally:
+        for name in inherited:
+            os.environ.pop(name, None)
     if context.dashboard_url and not context.dashboard_url.endswith(f":{port}"):
         logger.warning("Ray's dashboard took %s instead of port %d (taken meanwhile); with another local Ray cluster "
                        "on this machine, Ray Train may fail to release a trial's CPUs", context.dashboard_url, port)
@@ -141,7 +154,7 @@ def driver_resources() -> dict:
 
 
 def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None,
-              experiment: int = 0) -> list:
+              experiment: int = 0, total_trials: int | None = None) -> list:
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
     the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
     signs as Tune saves it (``experiment``)."""
@@ -151,10 +164,13 @@ def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id:
     def exporter(trial_id: str, folder: str):
         return export_trial(spec.sweep_dir, trial_id, folder, progress=lambda text: None)
 
+    write_hparams_config(spec)
     callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet,
                              guard=lease.verify if lease is not None else None,
                              tracker=tracker_for(spec, sweep_id) if sweep_id else None, exporter=exporter,
-                             keep=spec.keep, tune_folder=tune_dir_name(experiment))
+                             keep=spec.keep, tune_folder=tune_dir_name(experiment),
+                             total=total_trials or spec.budget.num_samples,
+                             concurrency=spec.resources.max_concurrent_trials)
     # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
     # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
     from ray.tune.logger import JsonLoggerCallback
@@ -168,7 +184,7 @@ def tune_dir_name(experiment: int) -> str:
 
 
 def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0,
-           warm_started: bool = False):
+           warm_started: bool = False, total_trials: int | None = None):
     from ray import tune
 
     from sweeps.scheduler import PersistentASHA
@@ -199,5 +215,6 @@ def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_i
         run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
                                   storage_filesystem=filesystem, verbose=0,
                                   failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=callbacks(spec, quiet, lease, sweep_id, experiment)),
+                                  callbacks=callbacks(spec, quiet, lease, sweep_id, experiment,
+                                                      total_trials)),
     )

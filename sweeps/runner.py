@@ -126,7 +126,8 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         if remaining > 0:
             budget = replace(spec.budget, num_samples=remaining)
-            build_tuner(replace(spec, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment).fit()
+            build_tuner(replace(spec, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
+                        total_trials=spec.budget.num_samples).fit()
         else:
             _close_unfinished(spec)
 
@@ -135,10 +136,15 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         so), the study reconciled, and that is all."""
         from sweeps.results import ResultsWriter
 
-        ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)  # rebuilds damaged results
+        writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)  # rebuilds damage
         recorded = outcome(spec.sweep_dir)
         if recorded.unfinished or recorded.finished < spec.budget.num_samples:
             return False
+        # A driver killed before or inside its last rewrite of the compacted pair: it is written now, whole.
+        published = writer.manifest.published.get("generation")
+        if published != writer.manifest.generation or not (writer.trials_file.is_file() and
+                                                             writer.epochs_file.is_file()):
+            writer.publish()
         say(f"{spec.sweep_dir}: every trial has finished ({recorded.describe()}); nothing to run")
         return True
 
@@ -176,7 +182,8 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
             f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
         budget = replace(grown.budget, num_samples=num_samples)
-        build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment).fit()
+        build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
+                    total_trials=grown.budget.num_samples).fit()
 
     return _drive(grown, "extend", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
 

@@ -23,8 +23,20 @@ class SweepStateError(RuntimeError):
 def spec_digest(spec: SweepSpec) -> str:
     """A digest of what a sweep runs (its spec, the storage left out: a folder may move): kept in the marker, so a
     ``spec.yaml`` edited by hand is found."""
-    data = {k: v for k, v in spec.to_dict().items() if k != "storage"}
+    data = _canonical({k: v for k, v in spec.to_dict().items() if k != "storage"})
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _canonical(value):
+    """A spec's values as its stored YAML gives them back: every number a float (a spec built in code may hold
+    ``3`` where the file, once parsed, holds ``3.0``), tuples as lists."""
+    if isinstance(value, dict):
+        return {str(k): _canonical(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_canonical(v) for v in value]
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value)
+    return value
 
 
 def sweep_exists(sweep_dir: str | Location) -> bool:

@@ -182,3 +182,6 @@ def test_read_commands_import_no_torch_timm_or_ray(tmp_path, monkeypatch):
     assert _imported_by(["results", str(folder)]) == []
     assert _imported_by(["results", str(folder), "--sql", "SELECT count(*) FROM epochs"]) == []
     assert _imported_by(["validate", str(ROOT / "search_spaces" / "quickstart.yaml")]) == []
+    assert _imported_by(["list", str(folder.parent)]) == []
+    assert _imported_by(["compare", str(folder), str(folder)]) == []
+    assert _imported_by(["completion", "bash"]) == []

@@ -20,24 +20,20 @@ import traceback
 from typing import Callable, Sequence
 
 from sweeps._checks import SpecError
-from sweeps.cli._common import Parser
+from sweeps.cli._common import Parser, _parsers, add_global_flags
 
 logger = logging.getLogger(__name__)
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.cli import analysis, single, specs, sweep, weights
+    from sweeps.cli import analysis, completion, single, specs, sweep, weights
 
     parser = Parser(
         prog="l2d-sweep",
         description="Find the best multi-label knowledge-distillation recipe (L2D and baselines) for a dataset.",
     )
     parser.add_argument("--version", action="version", version=f"l2d-sweep {_version()}")
-    parser.add_argument("-q", "--quiet", action="store_true",
-                        help="only errors and each command's result (no progress lines)")
-    parser.add_argument("-v", "--verbose", action="store_true",
-                        help="informational logging (caches, teachers...), and the Ray workers' logs in a sweep")
-    parser.add_argument("--debug", action="store_true", help="debug logging, and the traceback of an error")
+    add_global_flags(parser)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
     commands.required = True
     single.add_commands(commands)
@@ -45,6 +41,10 @@ def build_parser() -> argparse.ArgumentParser:
     analysis.add_commands(commands)
     specs.add_commands(commands)
     weights.add_commands(commands)
+    completion.add_commands(commands)
+    for child in _parsers(parser)[1:]:  # the global flags after the command too
+        add_global_flags(child, anywhere=True)
+    parser.set_defaults(root_parser=parser)  # for `completion`, which describes the whole parser
     return parser
 
 
@@ -73,7 +73,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         if lease is not None and lease.stopped_because:  # the driver stopped itself: its lease could not be renewed
             _report(args, f"failed: {lease.stopped_because}")
             return 1
-        print(f"l2d-sweep {args.command}: interrupted", file=sys.stderr)
+        hint = f"; continue it with `l2d-sweep resume {args.sweep_dir}`" if getattr(args, "sweep_dir", None) else ""
+        print(f"l2d-sweep {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
     except SpecError as error:  # every error of the spec, one line each
         for line in error.errors:

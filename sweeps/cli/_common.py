@@ -19,10 +19,52 @@ def render(table, fmt: str = "table") -> str:
 
 
 class Parser(argparse.ArgumentParser):
-    """An ArgumentParser whose errors are one line (``l2d-sweep train: error: ...``), exit status 2."""
+    """An ArgumentParser whose errors are one line (``l2d-sweep train: error: ...``), exit status 2, with the
+    closest command or flag suggested for a misspelt one."""
 
     def error(self, message: str) -> None:  # type: ignore[override]
-        self.exit(2, f"{self.prog}: error: {message} (see --help)\n")
+        self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} (see --help)\n")
+
+    def _suggestion(self, message: str) -> str:
+        import difflib
+        import re
+
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
+            close = difflib.get_close_matches(choice.group(1), options, n=1, cutoff=0.6)
+            return f"; did you mean {close[0]!r}?" if close else ""
+        unknown = re.search(r"unrecognized arguments: (.*)", message)
+        if unknown:
+            flags = {o for parser in _parsers(self) for o in parser._option_string_actions}
+            for word in unknown.group(1).split():
+                close = difflib.get_close_matches(word.split("=", 1)[0], sorted(flags), n=1, cutoff=0.7)
+                if word.startswith("-") and close:
+                    return f"; did you mean {close[0]!r}?"
+        return ""
+
+
+def _parsers(parser: argparse.ArgumentParser) -> list[argparse.ArgumentParser]:
+    """A parser and every subcommand's parser below it."""
+    found = [parser]
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for child in action.choices.values():
+                found += _parsers(child)
+    return found
+
+
+def add_global_flags(parser: argparse.ArgumentParser, anywhere: bool = False) -> None:
+    """``-q``, ``-v``, ``--debug``: on the top parser, and (``anywhere``) again on each command's, where they do
+    not reset what was given before the command (``l2d-sweep -v results X`` and ``l2d-sweep results X -v`` agree)."""
+    default = argparse.SUPPRESS if anywhere else False
+    flags = [(("-q", "--quiet"), "only errors and each command's result (no progress lines)"),
+             (("-v", "--verbose"), "informational logging (caches, teachers...), and the Ray workers' logs in a sweep"),
+             (("--debug",), "debug logging, and the traceback of an error")]
+    for names, text in flags:
+        free = [n for n in names if n not in parser._option_string_actions]
+        if len(free) == len(names):
+            parser.add_argument(*names, action="store_true", default=default, help=text)
 
 
 def key_value(text: str) -> tuple[str, object]:

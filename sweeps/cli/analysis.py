@@ -70,8 +70,103 @@ def _cmd_importance(args: argparse.Namespace) -> int:
     return 0
 
 
+def _sweep_row(path) -> dict:
+    """One sweep as a row of ``list`` and ``compare``: its trials by state, who drives it, its best trial."""
+    from sweeps.results import sweep_status
+    from sweeps.stored import load_sweep_spec
+
+    spec = load_sweep_spec(path)
+    status = sweep_status(spec.sweep_dir)
+    best = status.best or {}
+    return {"sweep": spec.name, "trials": sum(status.counts.values()),
+            "finished": sum(n for state, n in status.counts.items() if state in ("completed", "stopped")),
+            "failed": status.counts.get("failed", 0), "driver": "running" if status.driver else "-",
+            "metric": status.metric, "best": best.get("value"), "test_mAP": best.get("test_mAP"),
+            "method": best.get("method"), "student": best.get("student"), "trial_id": best.get("trial_id"),
+            "path": str(spec.sweep_dir)}
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from l2d.storage import Location
+    from sweeps.cli._common import render
+    from sweeps.folder import is_sweep
+
+    storage = Location.parse(args.storage, "storage")
+    if not storage.is_dir():
+        raise FileNotFoundError(f"{storage}: no such storage folder")
+    rows, unreadable = [], []
+    for child in sorted(storage.list(), key=lambda c: c.name):
+        if child.is_dir() and is_sweep(child):
+            try:
+                row = _sweep_row(child)
+            except Exception as error:  # noqa: BLE001 - one damaged sweep does not hide the others: named on stderr
+                unreadable.append(f"{child}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+                continue
+            rows.append({k: v for k, v in row.items() if k not in ("trial_id", "path")})
+    for line in unreadable:
+        print(f"l2d-sweep list: {line}", file=sys.stderr)
+    if not rows:
+        print(f"{storage}: no sweep here", file=sys.stderr)
+        return 1 if unreadable else 0
+    print(render(pa.Table.from_pylist(rows), args.format))
+    return 0
+
+
+def _flatten(data, prefix: str = "") -> dict:
+    if isinstance(data, dict):
+        flat = {}
+        for key, value in data.items():
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        return flat
+    return {prefix.rstrip("."): data}
+
+
+def _cmd_compare(args: argparse.Namespace) -> int:
+    import pyarrow as pa
+
+    from sweeps.cli._common import render
+    from sweeps.results import SweepResults
+    from sweeps.stored import load_sweep_spec
+
+    specs = [load_sweep_spec(path) for path in args.sweeps]
+    names = [spec.name for spec in specs]
+    if len(set(names)) < len(names):  # sweeps of the same name in two storages: their paths tell them apart
+        names = [str(spec.sweep_dir) for spec in specs]
+    rows = [{**_sweep_row(spec.sweep_dir), "sweep": name} for spec, name in zip(specs, names)]
+    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "path"} for r in rows]), args.format))
+    if args.format != "table":
+        return 0
+    # The best value each method reached in each sweep (by the first sweep's metric column).
+    from sweeps.results.schema import OBJECTIVE_COLUMNS
+
+    column = OBJECTIVE_COLUMNS.get(specs[0].metric, "best_val_mAP")
+    best: dict[str, dict[str, float]] = {}
+    for spec, name in zip(specs, names):
+        table = SweepResults(spec.sweep_dir).sql(f'SELECT method, {"max" if specs[0].mode == "max" else "min"}'
+                                                 f'("{column}") AS v FROM trials GROUP BY method')
+        for row in table.to_pylist():
+            best.setdefault(row["method"], {})[name] = row["v"]
+    per_method = [{"method": method, **{name: values.get(name) for name in names}} for method, values in
+                  sorted(best.items())]
+    print(f"\nbest {column} per method:")
+    print(render(pa.Table.from_pylist(per_method)))
+    # What differs between the specs (the storage left out: the sweeps live where they live).
+    flat = [{k: v for k, v in _flatten(spec.to_dict()).items() if k != "storage" and k != "name"} for spec in specs]
+    keys = sorted(set().union(*flat))
+    differ = [{"field": key, **{name: str(f.get(key, "-")) for name, f in zip(names, flat)}} for key in keys
+              if len({str(f.get(key, "-")) for f in flat}) > 1]
+    if differ:
+        print("\nspec fields that differ:")
+        print(render(pa.Table.from_pylist(differ)))
+    else:
+        print("\nthe specs are the same (but for name and storage)")
+    return 0
+
+
 def add_commands(commands) -> None:
-    """Add ``plot`` and ``importance``."""
+    """Add ``plot``, ``importance``, ``list`` and ``compare``."""
     from sweeps.plots import KINDS
 
     plot = commands.add_parser(
@@ -96,3 +191,21 @@ def add_commands(commands) -> None:
     importance.add_argument("--evaluator", choices=["ped-anova", "fanova"], default="ped-anova",
                             help="Optuna's importance evaluator (default: ped-anova)")
     importance.set_defaults(func=_cmd_importance)
+
+    listing = commands.add_parser(
+        "list", help="the sweeps in a storage folder, each with its trials and best",
+        description="List the sweeps under a storage folder (a folder, s3:// or gs://): each one's trials by "
+                    "state, whether a driver runs it, its best trial. A damaged sweep is named on stderr.")
+    listing.add_argument("storage", help="the storage folder (the spec's `storage`)")
+    listing.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
+                         help="output format (default: table)")
+    listing.set_defaults(func=_cmd_list)
+
+    compare = commands.add_parser(
+        "compare", help="two or more sweeps side by side: best trials, best per method, spec differences",
+        description="Compare sweeps: each one's trials and best trial, the best value each method reached in "
+                    "each, and the spec fields that differ.")
+    compare.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (two or more)")
+    compare.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
+                         help="output format of the first table (default: table; the others are text only)")
+    compare.set_defaults(func=_cmd_compare)

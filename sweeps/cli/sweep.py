@@ -25,8 +25,9 @@ def _options(args: argparse.Namespace) -> dict:
             "trust": getattr(args, "trust", False)}
 
 
-def _finish(outcome, sweep_dir) -> int:
-    """Print the leaderboard and the outcome; the exit status (0: at least one trial that did not fail)."""
+def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
+    """Print the leaderboard and the outcome (and, on stderr, what to do next); the exit status (0: at least one
+    trial that did not fail)."""
     if outcome.results is not None:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
         print(render(outcome.results.leaderboard(10)))
@@ -35,6 +36,10 @@ def _finish(outcome, sweep_dir) -> int:
               file=sys.stderr)
         return 1
     print(f"sweep finished: {outcome.describe()}")
+    if not quiet:
+        print(f"next: `l2d-sweep export {sweep_dir} --best --out DIR` (the best student), `l2d-sweep plot {sweep_dir} "
+              f"--kind history --out history.png`, `l2d-sweep extend {sweep_dir} --num-samples N` (more trials)",
+              file=sys.stderr)
     return 0
 
 
@@ -44,16 +49,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.or_resume and args.new:
         raise ValueError("--or-resume and --new contradict each other; pass one")
     spec = _spec_from_args(args)
+    args.sweep_dir = spec.sweep_dir  # for the resume hint of an interrupted run (sweeps.cli.main)
     if args.or_resume:
-        return _finish(run_or_resume(spec, **_options(args)), spec.sweep_dir)
-    return _finish(run_sweep(spec, new=args.new, **_options(args)), spec.sweep_dir)
+        return _finish(run_or_resume(spec, **_options(args)), spec.sweep_dir, args.quiet)
+    return _finish(run_sweep(spec, new=args.new, **_options(args)), spec.sweep_dir, args.quiet)
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
     from sweeps.runner import extend_sweep
 
+    args.sweep_dir = args.path
     outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, **_options(args))
-    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
+    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path, args.quiet)
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -98,8 +105,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
 
+    args.sweep_dir = args.path
     outcome = resume_sweep(args.path, **_options(args))
-    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path)
+    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path, args.quiet)
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
@@ -153,9 +161,34 @@ def _compact(path: str) -> int:
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
+    if not args.watch:
+        _print_status(args.path)
+        return 0
+    import time
+
     from sweeps.results import sweep_status
 
-    status = sweep_status(args.path)
+    interactive = sys.stdout.isatty()
+    try:
+        while True:
+            if interactive:
+                print("\033[2J\033[H", end="")  # a fresh screen each time, as `watch` does
+            else:
+                print(f"--- {time.strftime('%H:%M:%S')}")
+            _print_status(args.path)
+            sys.stdout.flush()
+            if not sweep_status(args.path).driver:
+                print("(no driver runs this sweep: nothing more will change)")
+                return 0
+            time.sleep(args.watch)
+    except KeyboardInterrupt:
+        return 0
+
+
+def _print_status(path: str) -> None:
+    from sweeps.results import sweep_status
+
+    status = sweep_status(path)
     print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items()))
     if status.driver:
         print(f"driver: running, {status.driver}")
@@ -166,15 +199,14 @@ def _cmd_status(args: argparse.Namespace) -> int:
     if status.best:
         b = status.best
         test = f", test mAP {b['test_mAP']:.2f}" if b.get("test_mAP") is not None else ""
-        print(f"best so far (by {status.metric}): {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}: "
-              f"{status.metric} {b['value']:.4g}{test} (epoch {b['best_epoch']})")
+        print(f"best so far: {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}")
+        print(f"  {status.metric} {b['value']:.4g}{test} (epoch {b['best_epoch']})")
     if status.running:
         import pyarrow as pa
 
         print("running:")
         print(render(pa.Table.from_pylist(status.running)))
     print(f"folder: {_megabytes(status.size_bytes)} ({_megabytes(status.checkpoint_bytes)} of checkpoints)")
-    return 0
 
 
 def _megabytes(size: int) -> str:
@@ -281,4 +313,7 @@ def add_commands(commands) -> None:
                                              "trials with their epochs (from the results tables, refreshed "
                                              "while the sweep runs).")
     status.add_argument("path", help="the sweep folder")
+    status.add_argument("--watch", type=bounded(float, 0.0, exclusive=True), nargs="?", const=5.0, default=None,
+                        metavar="SECONDS", help="print it again every SECONDS (default 5) until no driver runs the "
+                                            "sweep; Ctrl-C stops watching, never the sweep")
     status.set_defaults(func=_cmd_status)

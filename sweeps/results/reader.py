@@ -96,7 +96,10 @@ class SweepResults:
         try:
             connection.register("trials", self.trials)
             connection.register("epochs", self.epochs)
-            connection.execute("SET enable_progress_bar = false")  # a session option: not in connect()'s config
+            try:  # a session option (not in connect()'s config); in Jupyter without ipywidgets DuckDB refuses it
+                connection.execute("SET enable_progress_bar = false")
+            except duckdb.Error:
+                pass
             connection.execute("SET allowed_directories = []")
             connection.execute("SET enable_external_access = false")
             connection.execute("SET lock_configuration = true")
@@ -227,6 +230,9 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
 
     numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
     cells = [[show(row[n]) for n in names] for row in rows]
+    if width is not None:  # one long value (a path, a list) does not push every other column out
+        cap = max(24, width // 2)
+        cells = [[c if len(c) <= cap else c[:cap - 3] + "..." for c in cell] for cell in cells]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
     shown = len(names)
     if width is not None:
@@ -246,7 +252,12 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
     if shown < len(names):
         footer += f"; {len(names) - shown} more column(s) not shown: {', '.join(names[shown:])}; --columns to choose, " \
                   f"--format csv or json for all"
-    return "\n".join(lines) + f"\n{footer})"
+    footer += ")"
+    if width is not None and len(footer) > width:
+        import textwrap
+
+        footer = textwrap.fill(footer, width)
+    return "\n".join(lines) + f"\n{footer}"
 
 
 @dataclass

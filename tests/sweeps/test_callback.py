@@ -111,3 +111,30 @@ def test_tunes_trials_become_known_trials_and_rebuild_lost_rows(tmp_path):
     rows = {r["trial_id"]: r for r in _trials(folder)}
     assert rows["t2"]["status"] == "failed" and "non-finite" in rows["t2"]["error"]
     assert rows["t1"]["student"] == "test_efficientnet"
+
+
+def test_the_sweep_level_hparams_config_declares_every_domain(tmp_path):
+    """TensorBoard's HParams dashboard reads the sweep's config at the top of its folder: each hyperparameter with
+    its domain (a searched range as an interval, teachers, students and methods as their values) and the metrics."""
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    from sweeps.callback import write_hparams_config
+    from sweeps.spec import parse_spec
+    from tests.sweeps.conftest import TINY_SPEC
+
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)}, "tiny.yaml")
+    write_hparams_config(spec)
+    write_hparams_config(spec)  # a second driver replaces the config, never adds a second one
+    folder = tmp_path / "tiny" / "tensorboard"
+    assert len(list(folder.glob("events.out.tfevents.*"))) == 1
+    events = EventMultiplexer().AddRunsFromDirectory(str(folder))
+    events.Reload()
+    content = events.PluginRunToTagToContent(metadata.PLUGIN_NAME)["."][metadata.EXPERIMENT_TAG]
+    experiment = metadata.parse_experiment_plugin_data(content)
+    infos = {info.name: info for info in experiment.hparam_infos}
+    assert sorted(infos) == ["lambda_mld", "lr", "method", "student", "teacher"]
+    assert (infos["lr"].domain_interval.min_value, infos["lr"].domain_interval.max_value) == (5e-4, 5e-3)
+    assert [v.string_value for v in infos["method"].domain_discrete.values] == ["kd", "l2d"]
+    assert [v.string_value for v in infos["student"].domain_discrete.values] == ["test_convnext", "test_efficientnet"]
+    assert [m.name.tag for m in experiment.metric_infos] == ["hparam/best_val_mAP", "hparam/test_mAP_at_best"]

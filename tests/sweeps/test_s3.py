@@ -7,6 +7,7 @@ uses the ``hint`` method, whose trainable connector must be checkpointed with th
 """
 
 import io
+import json
 import os
 import subprocess
 import sys
@@ -44,7 +45,8 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     # Checkpoints live in the bucket; the completed trial keeps its last epoch and its best (keep: best+last).
     checkpoints = [folder for folder in trial_dirs[0].list() if folder.name.startswith("epoch-")]
     assert [folder.name for folder in checkpoints] == ["epoch-0002"]
-    assert (trial_dirs[0] / "best" / "best.json").is_file() and (trial_dirs[0] / "best" / "model.pt").is_file()
+    best = json.loads((trial_dirs[0] / "best" / "best.json").read_text())  # one unit: best.json names its files
+    assert all((trial_dirs[0] / "best" / name).is_file() for name in best["files"].values()), best
     state = torch.load(io.BytesIO((checkpoints[-1] / "state.pt").read_bytes()), weights_only=True)
     assert state["method"] == "hint" and "connectors.hint.conv.weight" in state["criterion"]
 

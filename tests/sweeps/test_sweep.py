@@ -81,6 +81,15 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert main(["plot", str(sweep), "--kind", "pareto", "--out", str(sweep / "x.png")]) == 2  # not into the sweep
     assert main(["importance", str(sweep)]) == 0
     assert "trials" in capsys.readouterr().out
+    # list and compare on the real sweep (and the spec it was started from validates).
+    assert main(["list", str(sweep.parent), "--format", "json"]) == 0
+    listed = json.loads(capsys.readouterr().out)
+    assert [r["sweep"] for r in listed] == [sweep.name] and listed[0]["trials"] == len(rows)
+    assert main(["compare", str(sweep), str(sweep)]) == 0
+    assert "the specs are the same" in capsys.readouterr().out
+    assert main(["validate", str(sweep / "spec.yaml")]) == 0
+    # The sweep-level HParams config sits beside the trials' folders.
+    assert list((sweep / "tensorboard").glob("events.out.tfevents.*"))
 
     # Every trial checkpointed each epoch into its own folder; when it ended, keep: best+last (the default) left a
     # completed trial its last checkpoint and a stopped one none, and each its best epoch.
