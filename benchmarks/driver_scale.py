@@ -136,7 +136,11 @@ class S3Server:
 
     def stop(self) -> None:
         self.process.terminate()
-        self.process.wait(timeout=10)
+        try:
+            self.process.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # moto's server can be slow to stop after a large run
+            self.process.kill()
+            self.process.wait(timeout=30)
         self._stream.close()
 
 
@@ -274,10 +278,16 @@ def main(argv: list[str] | None = None) -> None:
                     name = f"{kind}-{trials}"
                     location = str(work / "local" / name) if store == "local" else server.uri(name)
                     rows.append(measure(kind, store, trials, window, location, counter, server))
+        report = _report(args, rows)
     finally:
         if server:
             server.stop()
         shutil.rmtree(work, ignore_errors=True)
+    for line in table(report):
+        print(line)
+
+
+def _report(args, rows: list[dict]) -> dict:
     verdicts = {}
     for store in args.stores:
         mine = {r["trials"]: r for r in rows if r["store"] == store and r["writer"] == "segments"}
@@ -288,8 +298,7 @@ def main(argv: list[str] | None = None) -> None:
                            "baseline_ratio": base[large]["ms_per_report"] / base[small]["ms_per_report"]}
     out = {"command": command_line("driver_scale.py", args.argv), "verdicts": verdicts}
     write_report(args.out, "driver_scale", rows, epochs=EPOCHS, window=args.window, **out)
-    for line in table({"rows": rows, **out}):
-        print(line)
+    return {"rows": rows, **out}
 
 
 if __name__ == "__main__":

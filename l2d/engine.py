@@ -1,5 +1,8 @@
 """The distillation engine: epochs of training and evaluation, in one process or under DDP.
 
+(Over 400 lines for one reason: the training loop, evaluation, checkpointing and the DDP plumbing share state per
+epoch; split apart they would pass it through every call.)
+
 The same code runs ``l2d-sweep train`` on a laptop, a unit test with a 2-process gloo group, and every worker of a
 sweep trial (Ray Train sets up the process group; this module never imports Ray).
 

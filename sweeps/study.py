@@ -1,6 +1,9 @@
 """The sweep's Optuna study, kept in a real database: the search's memory across every experiment of the sweep (run,
 resume, extend), seedable from other sweeps (warm start), browsable with optuna-dashboard.
 
+(Over 400 lines for one reason: the study's whole life is here, storage, schema checks, reconcile and identity, so every path that touches
+study.db is read in one place.)
+
 Where it lives (:class:`StudyStore`): the spec's ``study_storage`` (any SQLAlchemy URL, e.g.
 ``postgresql://user@host:5432/db``; the password comes from ``PGPASSWORD`` or ``~/.pgpass``, never from the spec),
 else a SQLite file: ``<sweep>/study.db`` for a local sweep; for an ``s3://`` / ``gs://`` sweep a SQLite file in the

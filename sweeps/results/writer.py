@@ -1,6 +1,9 @@
 """The driver's side of the results: trial records and epoch rows in memory, each report appended as a segment
 (:mod:`sweeps.results.store`), and a rebuild that loses no value any source still holds.
 
+(Over 400 lines for one reason: the rebuild reads every source of rows, and keeping it beside the writer it feeds
+keeps the one rule, no recorded value lost, in one file.)
+
 When a driver opens a sweep, it reads the current generation. If a results file is missing or damaged, it rebuilds
 from every source there is, keeping the most of each:
 
