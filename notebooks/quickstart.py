@@ -20,7 +20,7 @@
 import os
 import tempfile
 
-from sweeps.api import Sweep
+from sweeps import Sweep
 
 storage = os.environ.get("L2D_NOTEBOOK_STORAGE") or tempfile.mkdtemp(prefix="l2d-notebook-")
 spec = {
@@ -43,8 +43,8 @@ sweep
 
 # %%
 board = sweep.leaderboard()
-assert list(board["trial_id"]) and board["best_val_mAP"].is_monotonic_decreasing
-board[["trial_id", "method", "best_val_mAP", "test_mAP", "lr"]]
+assert list(board["trial_id"]) and board["val_mAP"].is_monotonic_decreasing  # the columns `l2d-sweep results` shows
+board[["trial_id", "method", "val_mAP", "test_mAP", "lr"]]
 
 # %% [markdown]
 # SQL over the `trials` and `epochs` views (DuckDB, read-only), and one trial's epochs.
@@ -56,6 +56,16 @@ best = sweep.best()
 history = sweep.history(best["trial_id"])
 assert list(history["epoch"]) == list(range(1, best["epochs_run"] + 1))
 per_method
+
+# %% [markdown]
+# The Optuna study behind the search, read-only: one study trial per sweep trial; and the best trial by another
+# metric than the spec's.
+
+# %%
+study = sweep.study()
+assert len(study.trials) == len(sweep.trials)
+lowest_loss = sweep.best("val_loss")
+(len(study.trials), lowest_loss["trial_id"], round(lowest_loss["best_val_loss"], 3))
 
 # %% [markdown]
 # A plot is a matplotlib Figure (`out=` also writes it as a PNG).

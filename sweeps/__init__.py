@@ -36,3 +36,13 @@ LAYERS = [
      "sweeps.cli.analysis", "sweeps.cli.completion",
      "sweeps.cli", "sweeps.cli.__main__"],
 ]
+
+
+def __getattr__(name: str):
+    """``from sweeps import Sweep``: the notebook API (:mod:`sweeps.api`), imported on first use, so that importing
+    the package stays light."""
+    if name == "Sweep":
+        from sweeps.api import Sweep  # layer: public API (a lazy re-export, not a dependency of the floor)
+
+        return Sweep
+    raise AttributeError(f"module 'sweeps' has no attribute {name!r}")

@@ -1,6 +1,6 @@
 """The notebook API: a sweep as a Python object, for what a notebook or a script does with one.
 
->>> from sweeps.api import Sweep
+>>> from sweeps import Sweep                                     # or: from sweeps.api import Sweep
 >>> sweep = Sweep.run("search_spaces/quickstart.yaml")         # or Sweep.open("runs/quickstart")
 >>> sweep.leaderboard()                                         # a pandas DataFrame, best first
 >>> sweep.sql("SELECT method, max(best_val_mAP) FROM trials GROUP BY method")
@@ -100,13 +100,36 @@ class Sweep:
         """The best trials by the spec's metric (what ``l2d-sweep results`` prints), as a DataFrame."""
         return self._results().leaderboard(limit, columns).to_pandas()
 
-    def best(self) -> dict[str, Any]:
-        """The best trial's row (raises ValueError when no trial has a value yet)."""
-        board = self._results().leaderboard(1).to_pylist()
-        if not board:
+    def best(self, metric: str | None = None) -> dict[str, Any]:
+        """The best trial's row: by the spec's metric, or by ``metric`` (any objective: val_mAP, val_CF1, val_OF1,
+        val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own). Raises
+        ValueError when no trial has a value yet, or for an unknown metric."""
+        from sweeps.results.schema import OBJECTIVE_COLUMNS
+        from sweeps.vocab import sql_order
+
+        results = self._results()
+        if metric is None:
+            board = results.leaderboard(1).to_pylist()
+            trial_id = board[0]["trial_id"] if board else None
+        else:
+            if metric not in OBJECTIVE_COLUMNS:
+                raise ValueError(f"metric {metric!r}: one of {', '.join(OBJECTIVE_COLUMNS)}")
+            modes = dict(results.objectives)
+            mode = modes.get(metric, "min" if metric in ("val_loss", "latency_ms", "student_params") else "max")
+            column = OBJECTIVE_COLUMNS[metric]
+            rows = results.sql(f'SELECT trial_id FROM trials WHERE "{column}" IS NOT NULL ORDER BY "{column}" '
+                               f"{sql_order(mode)} LIMIT 1").to_pylist()
+            trial_id = rows[0]["trial_id"] if rows else None
+        if trial_id is None:
             raise ValueError(f"{self.path}: no trial has a value yet")
-        trial_id = board[0]["trial_id"]
-        return next(row for row in self._results().trials.to_pylist() if row["trial_id"] == trial_id)
+        return next(row for row in results.trials.to_pylist() if row["trial_id"] == trial_id)
+
+    def study(self):
+        """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):
+        ``optuna.visualization`` and friends take it as it is."""
+        from sweeps.study import load_sweep_study
+
+        return load_sweep_study(self.path, read_only=True)[1]
 
     def history(self, trial_id: str):
         """One trial's epoch rows, in order, as a DataFrame (raises ValueError for an unknown trial)."""

@@ -83,7 +83,19 @@ def _sweep_row(path) -> dict:
             "failed": status.counts.get("failed", 0), "driver": "running" if status.driver else "-",
             "metric": status.metric, "best": best.get("value"), "test_mAP": best.get("test_mAP"),
             "method": best.get("method"), "student": best.get("student"), "trial_id": best.get("trial_id"),
-            "path": str(spec.sweep_dir)}
+            "updated": _last_change(spec.sweep_dir), "path": str(spec.sweep_dir)}
+
+
+def _last_change(sweep_dir) -> str | None:
+    """When the sweep's results last changed (its manifest's, or its trials table's, modification time)."""
+    for name in ("results/manifest.json", "results/trials.parquet"):
+        try:
+            info = (sweep_dir / name)._info()
+        except OSError:
+            continue
+        if info.mtime is not None:
+            return info.mtime.strftime("%Y-%m-%d %H:%M")
+    return None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:

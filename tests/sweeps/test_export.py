@@ -216,7 +216,8 @@ def test_sweep_keeps_each_best_epoch_and_exports_the_best_student(tiny_spec, tmp
     multiplexer = EventMultiplexer()
     multiplexer.AddRunsFromDirectory(str(tmp_path / "sweeps"))
     runs = multiplexer.Runs()
-    assert sorted(runs) == sorted(f"tiny/tensorboard/{t['trial_id']}" for t in trials)
+    # (and the sweep's HParams config at the top of its folder, the run "tiny/tensorboard")
+    assert sorted(runs) == sorted(["tiny/tensorboard", *(f"tiny/tensorboard/{t['trial_id']}" for t in trials)])
     assert not list((sweep / "tune").rglob("events.out.tfevents*"))
 
     # Run metadata: versions, command, devices, times.
