@@ -1,7 +1,8 @@
 """The full-rewrite results writer of commit ee4ade0 (before issue 21), kept as the baseline of
 ``benchmarks/driver_scale.py``: every report rebuilds both tables from Python dicts and rewrites ``trials.parquet`` and
 ``epochs.parquet`` whole, and the progress line scans every trial row (``counts``/``leader``/``row`` below do what
-that version's callback did at each report). Its recording methods are that version's, unchanged; it writes through
+that version's callback did at each report). Its recording methods are that version's (its metric filter and float
+conversion now the schema's own, which are the same code); it writes through
 today's storage layer (one PUT per file on S3), so the comparison isolates the writer's design.
 """
 
@@ -15,23 +16,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from l2d.storage import Location
-from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS, TRIAL_SCHEMA
-
-_EPOCH_FIXED = [("trial_id", pa.string()), ("epoch", pa.int64())]
-_TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid", "time_since_restore",
-              "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore", "done",
-              "date", "hostname", "node_ip", "config", "trial_id", "experiment_tag", "checkpoint_dir_name",
-              "should_checkpoint"}
-
-
-def _float(value) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        return float(value)
-    except (TypeError, ValueError):
-        return None
-
+from sweeps.results.schema import EPOCH_FIXED, HPARAM_COLUMNS, OBJECTIVE_COLUMNS, TRIAL_SCHEMA, epoch_metrics
+from sweeps.results.schema import as_float as _float
 
 def write_table(table: pa.Table, location: Location) -> None:
     buffer = io.BytesIO()
@@ -76,8 +62,7 @@ class FullRewriteWriter:
         record = self.trial(trial_id, config)
         if record.status == "pending":
             record.status = "running"
-        metrics = {k: float(v) for k, v in result.items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in _TUNE_KEYS}
+        metrics = epoch_metrics(result)  # that version's own filter, now shared with the schema
         epoch = int(metrics.pop("epoch"))
         self.epochs.setdefault(trial_id, {})[epoch] = {"trial_id": trial_id, "epoch": epoch, **metrics}
 
@@ -124,7 +109,7 @@ class FullRewriteWriter:
         trials = pa.Table.from_pylist(self.trial_rows(), schema=TRIAL_SCHEMA)
         epoch_rows = [row for trial_id in sorted(self.epochs) for _, row in sorted(self.epochs[trial_id].items())]
         metric_names = sorted({k for row in epoch_rows for k in row} - {"trial_id", "epoch"})
-        schema = pa.schema(_EPOCH_FIXED + [(name, pa.float64()) for name in metric_names])
+        schema = pa.schema(EPOCH_FIXED + [(name, pa.float64()) for name in metric_names])
         return trials, pa.Table.from_pylist(epoch_rows, schema=schema)
 
     def write(self) -> None:

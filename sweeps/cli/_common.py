@@ -8,6 +8,15 @@ import time
 from typing import Callable
 
 
+#: The output formats of every command that prints a results table (:func:`sweeps.results.format_table`).
+FORMATS = ("table", "csv", "json", "jsonl")
+
+
+def add_format_argument(parser: argparse.ArgumentParser, help: str) -> None:
+    """``--format`` of a command that prints a results table (default: table)."""
+    parser.add_argument("--format", choices=list(FORMATS), default="table", help=help)
+
+
 def render(table, fmt: str = "table") -> str:
     """A results table for stdout: as text it fits the terminal's width (100 columns when stdout is not one; the
     columns left out are named below it); csv, json and jsonl hold every column."""

@@ -179,6 +179,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     """Add ``plot``, ``importance``, ``list`` and ``compare``."""
+    from sweeps.cli._common import add_format_argument
     from sweeps.plots import KINDS
 
     plot = commands.add_parser(
@@ -209,8 +210,7 @@ def add_commands(commands) -> None:
         description="List the sweeps under a storage folder (a folder, s3:// or gs://): each one's trials by "
                     "state, whether a driver runs it, its best trial. A damaged sweep is named on stderr.")
     listing.add_argument("storage", help="the storage folder (the spec's `storage`)")
-    listing.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
-                         help="output format (default: table)")
+    add_format_argument(listing, "output format (default: table)")
     listing.set_defaults(func=_cmd_list)
 
     compare = commands.add_parser(
@@ -218,6 +218,5 @@ def add_commands(commands) -> None:
         description="Compare sweeps: each one's trials and best trial, the best value each method reached in "
                     "each, and the spec fields that differ.")
     compare.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (two or more)")
-    compare.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
-                         help="output format of the first table (default: table; the others are text only)")
+    add_format_argument(compare, "output format of the first table (default: table; the others are text only)")
     compare.set_defaults(func=_cmd_compare)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from sweeps.cli._common import bounded, positive_int, render
+from sweeps.cli._common import add_format_argument, bounded, positive_int, render
 
 
 def _spec_from_args(args: argparse.Namespace):
@@ -291,9 +291,8 @@ def add_commands(commands) -> None:
     results.add_argument("path", help="the sweep folder")
     results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
                                        'max(best_val_mAP) FROM trials GROUP BY method"')
-    results.add_argument("--format", choices=["table", "csv", "json", "jsonl"], default="table",
-                         help="output format: table (fits the terminal), csv, json (one array), jsonl (one object a "
-                              "line); data only on stdout")
+    add_format_argument(results, "output format: table (fits the terminal), csv, json (one array), jsonl (one "
+                                 "object a line); data only on stdout")
     results.add_argument("--sql-memory", default="1GB", help="the memory a --sql query may use (default: 1GB)")
     results.add_argument("--sql-timeout", type=bounded(float, 0.0, exclusive=True), default=60.0,
                          help="seconds a --sql query may run (default: 60)")

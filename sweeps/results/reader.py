@@ -195,9 +195,6 @@ def _plain(value):
     return str(value)
 
 
-FORMATS = ("table", "csv", "json", "jsonl")
-
-
 def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) -> str:
     """Render an Arrow table: ``table`` (aligned text, numbers right-aligned, ``(N rows)`` below; with ``width``,
     the columns that fit in it, the rest named in a last line), ``csv``, ``json`` (one array of objects: what
