@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: test sweep install docs clean
+.PHONY: test sweep install docs notebook clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ sweep: $(STAMP)
 docs: $(STAMP)
 	$(BIN)/python docs/gen_reference.py --check
 	$(BIN)/python -m mkdocs build --strict --site-dir site
+
+# The notebook page of the docs (docs/notebook.md and its figures): notebooks/quickstart.py executed in a Jupyter
+# kernel on a real 3-trial sweep (a minute or two), then rendered with nbconvert. CI executes it in tests/test_notebook.py.
+notebook: $(STAMP)
+	$(BIN)/python docs/render_notebook.py
 
 clean:
 	rm -rf $(VENV) $(MLFLOW_VENV) .pytest_cache site

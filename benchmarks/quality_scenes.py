@@ -24,7 +24,8 @@ to go on below it.
 Every epoch row carries each loss part's share of the student's gradient norm (the engine's diagnostics); the report
 keeps each run's last-epoch shares, so a dead or dominating term shows in the table.
 
-Resumable: the sweeps resume, every run is cached (``<storage>/scenes-runs.jsonl``). ``--summarize JSON [--readme]``
+Resumable: the sweeps resume, every run and every tuning choice is cached (``--cache``, default
+``<storage>/scenes-runs.jsonl``; keep it to finish a run on another machine). ``--summarize JSON [--readme]``
 prints (and writes into its docs page) the report's block.
 
 Usage:
@@ -121,11 +122,22 @@ def base_run(args):
                              device="cpu", seed=0))
 
 
-def tune(args, method: str, first_point: dict | None = None) -> dict:
-    """Run (or resume) ``method``'s sweep; its chosen configuration and what the search cost."""
+def tune_key(args, method: str, first_point: dict | None) -> str:
+    """What determines a tuning sweep's choice: its cache key (the choice survives the loss of the sweep's folder)."""
+    return RunCache.key(benchmark="scenes-tune", dataset=DATASET, options=dataset_options(args), teacher=args.teacher,
+                        student=args.student, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
+                        batch=args.batch_size, method=method, space=search_space(method),
+                        trials=args.trials_per_dim * searched_dims(method), first_point=first_point)
+
+
+def tune(args, method: str, first_point: dict | None = None, cache: RunCache | None = None) -> dict:
+    """Run (or resume) ``method``'s sweep; its chosen configuration and what the search cost (cached in ``cache``)."""
     from l2d.losses import METHODS as ALL
     from sweeps.runner import resume_sweep, run_sweep, sweep_exists
 
+    key = tune_key(args, method, first_point)
+    if cache is not None and cache.get(key) is not None:
+        return cache.get(key)
     spec = tuning_spec(args, method, first_point)
     outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else \
         run_sweep(spec, quiet=True)
@@ -136,12 +148,15 @@ def tune(args, method: str, first_point: dict | None = None) -> dict:
     best = full[0]
     lr_edge = math.log(best["lr"] / LR_RANGE[0]) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0]) or \
         math.log(LR_RANGE[1] / best["lr"]) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0])
-    return {"method": method, "sweep": str(spec.sweep_dir), "trials": outcome.results.trials.num_rows,
+    pick = {"method": method, "sweep": str(spec.sweep_dir), "trials": outcome.results.trials.num_rows,
             "searched_dims": searched_dims(method), "full_budget": len(full), "trial": best["trial_id"],
             "val_mAP": best["last_val_mAP"], "lr": best["lr"], "lr_at_edge": lr_edge,
             "hparams": {name: best[name] for name in ALL[method].defaults},
             "first_point": first_point,
             "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"])}
+    if cache is not None:
+        cache.put(key, pick)
+    return pick
 
 
 def _seed_run(job: dict) -> dict:
@@ -259,7 +274,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--parallel", type=int, default=2, help="runs (and sweep trials) at a time, one thread each")
     parser.add_argument("--fashion-root", default=str(FASHION_ROOT))
     parser.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks-scenes"),
-                        help="teacher store, tuning sweeps and the run cache (reused when rerun)")
+                        help="teacher store and tuning sweeps (reused when rerun)")
+    parser.add_argument("--cache", help="the cache of finished runs and tuning choices, JSON lines (default: "
+                                        "<storage>/scenes-runs.jsonl; a rerun skips what it holds)")
     add_report_arguments(parser, "quality_scenes")
     args = parse_report_args(parser, argv, summarize)
     if args is None:
@@ -292,7 +309,7 @@ def main(argv: list[str] | None = None) -> None:
     about = setting(args, base, splits, card)
     print(f"setting: tokens per image {about['tokens_per_image']}, labels >= 3 on "
           f"{about['labels']['train']['share_3_or_more']:.0%} of train", flush=True)
-    cache = RunCache(Path(args.storage) / "scenes-runs.jsonl")
+    cache = RunCache(args.cache or Path(args.storage) / "scenes-runs.jsonl")
 
     chosen: dict[str, dict] = {}
     results: dict[str, dict[int, dict]] = {}
@@ -308,7 +325,7 @@ def main(argv: list[str] | None = None) -> None:
                      "lambda_cd": weight_range(100.0)[0], "lambda_id": weight_range(1000.0)[0]}
         print(f"{method}: tuning ({tuning_spec(args, method, first).budget.num_samples} trials x up to "
               f"{args.epochs} epochs)", flush=True)
-        pick = chosen[method] = tune(args, method, first)
+        pick = chosen[method] = tune(args, method, first, cache)
         print(f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
               + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items())
               + (" (lr at an edge of its range)" if pick["lr_at_edge"] else ""), flush=True)

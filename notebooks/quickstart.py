@@ -68,11 +68,16 @@ lowest_loss = sweep.best("val_loss")
 (len(study.trials), lowest_loss["trial_id"], round(lowest_loss["best_val_loss"], 3))
 
 # %% [markdown]
-# A plot is a matplotlib Figure (`out=` also writes it as a PNG).
+# A plot is a matplotlib Figure (`out=` also writes it as a PNG): the optimisation history, then each trial's
+# configuration against its score (parallel coordinates).
 
 # %%
 figure = sweep.plot("history")
 assert figure.axes
+figure
+
+# %%
+sweep.plot("parallel")
 
 # %% [markdown]
 # The best student, exported with its model card.

@@ -22,7 +22,7 @@ that pickles written by older versions name (each marked ``# layer: pickle alias
 #: The layer map (see the docstring); ``tests/test_layers.py`` checks every import against it.
 LAYERS = [
     ["sweeps", "sweeps.vocab", "sweeps._checks", "sweeps._faults", "sweeps.lease", "sweeps.folder", "sweeps.checkpoints",
-     "sweeps.provenance", "sweeps.trust"],
+     "sweeps.provenance", "sweeps.trust", "sweeps.progress"],
     ["sweeps.spec"],
     ["sweeps.search"],
     ["sweeps.stored", "sweeps.results.schema", "sweeps.results.store", "sweeps.results.writer", "sweeps.results.reader",

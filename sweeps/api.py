@@ -188,6 +188,8 @@ class Sweep:
             figure = plots.rungs_figure(results, spec)
         if out is not None:
             plots.save_figure(figure, out)
+        else:  # out of pyplot's list of open figures: a loop of plots keeps no memory, a notebook shows it once
+            plots._pyplot().close(figure)
         return figure
 
     def export(self, out: str | Location, trial: str | None = None, formats: tuple[str, ...] = ("safetensors",),

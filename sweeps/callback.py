@@ -120,6 +120,9 @@ class SweepCallback(Callback):
         self.total = total  # the sweep's trial budget: "(3/8)" and the time left in the progress lines
         self.concurrency = max(1, concurrency)
         self._epoch_seconds: list[float] = []  # the epochs this driver saw: what the time left is estimated from
+        self._last_best = None  # (trial id, value) of the leader at the last report: a new best prints the state
+        self._trial_started: dict[str, float] = {}  # trial id -> when this driver started it
+        self._trial_walls: list[tuple[float, int]] = []  # (wall seconds, epochs) of the trials that ended here
 
     def __getstate__(self):
         state = dict(self.__dict__)
@@ -130,7 +133,8 @@ class SweepCallback(Callback):
     def __setstate__(self, state):
         self.__dict__.update({"guard": None, "tracker": None, "exporter": None, "keep": "best+last",
                               "tune_folder": "tune", "_reconciled": False, "total": None, "concurrency": 1,
-                              "_epoch_seconds": [], **state})
+                              "_epoch_seconds": [], "_last_best": None, "_trial_started": {},
+                              "_trial_walls": [], **state})
         self._signatures = None
 
     @property
@@ -145,7 +149,16 @@ class SweepCallback(Callback):
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            print(f"[{time.strftime('%H:%M:%S')}] {text}", flush=True)
+            from sweeps.progress import current
+
+            current().say(text)
+
+    def _status(self, changed: bool) -> None:
+        """The sweep's state line (live on a terminal; in a log printed only when ``changed``)."""
+        if not self.quiet:
+            from sweeps.progress import current
+
+            current().status(self._summary(), changed)
 
     def _board(self, trial_id: str):
         if trial_id not in self._boards:
@@ -154,34 +167,59 @@ class SweepCallback(Callback):
             self._boards[trial_id] = SummaryWriter(str(tensorboard_dir(self.location) / trial_id))
         return self._boards[trial_id]
 
-    def _summary(self) -> str:
-        counts = self.writer.counts()
-        column = OBJECTIVE_COLUMNS[self.metric]
+    def _best(self) -> str:
+        """``best val mAP 81.20 (test mAP 80.10) by <trial> <student> <method>``, or "" before the first score."""
         best = self.writer.leader()
-        state = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-        state += self._time_left(counts)
         if best is None:
-            return state
+            return ""
+        column = OBJECTIVE_COLUMNS[self.metric]
         name = self.metric.replace("_", " ")
         test = f" (test mAP {best['test_mAP_at_best']:.2f})" if best.get("test_mAP_at_best") is not None else ""
         value = f"{best[column]:.4g}" if self.metric == "val_loss" else f"{best[column]:.2f}"
-        return f"{state}; best {name} {value}{test} by {best['trial_id']} {best['student']} {best['method']}"
+        return f"best {name} {value}{test} by {best['trial_id']} {best['student']} {best['method']}"
 
-    def _time_left(self, counts: dict[str, int]) -> str:
-        """``; at most ~N min left``: the epochs the budget still allows (trials not started run every epoch, running
-        ones their remaining epochs) at the mean epoch time seen, over the concurrency. An upper bound: ASHA stops
-        most trials early."""
-        if not self.total or not self._epoch_seconds:
+    def _summary(self) -> str:
+        """The state of the sweep: ``trials 2 completed, 1 running of 8 | epochs 7/24 | ~4 min left | best ...``."""
+        counts = self.writer.counts()
+        state = "trials " + (", ".join(f"{n} {s}" for s, n in sorted(counts.items())) or "none yet")
+        if self.total:
+            state += f" of {self.total}"
+        done = sum(len(rows) for rows in self.writer.epochs.values())
+        state += f" | epochs {done}" + (f"/{self.total * self.max_epochs}" if self.total else "")
+        left = self._time_left()
+        best = self._best()
+        return " | ".join(part for part in (state, left, best) if part)
+
+    def _time_left(self) -> str:
+        """``~N min left``: the epochs still to run at the mean epoch time seen, over the concurrency. Trials not
+        started are expected to run as many epochs as the finished ones did on average (ASHA stops most early);
+        before any trial has finished that is every epoch, and the estimate says "at most"."""
+        if not self.total or not (self._epoch_seconds or self._trial_walls):
             return ""
         writer = self.writer
-        remaining = max(0, self.total - len(writer.trials)) * self.max_epochs
+        ended = [len(writer.epochs.get(t, {})) for t, r in writer.trials.items()
+                 if r.status not in ("running", "pending", "interrupted")]
+        per_trial = sum(ended) / len(ended) if ended else self.max_epochs
+        remaining = max(0, self.total - len(writer.trials)) * per_trial
         for trial_id, record in writer.trials.items():
             if record.status == "running":
-                remaining += max(0, self.max_epochs - max(writer.epochs.get(trial_id, {0: None})))
-        seconds = remaining * (sum(self._epoch_seconds[-50:]) / len(self._epoch_seconds[-50:])) / self.concurrency
-        if remaining == 0:
+                remaining += max(0.0, min(self.max_epochs, per_trial) - len(writer.epochs.get(trial_id, {})))
+        if remaining <= 0:
             return ""
-        return f"; at most ~{seconds / 60:.0f} min left" if seconds >= 90 else f"; at most ~{seconds:.0f} s left"
+        from sweeps.progress import about
+
+        # Seconds per epoch: from the trials that ended under this driver when there are some (their wall time holds
+        # what an epoch does not: a trial's start, its workers, its checkpoints), else from the epochs reported.
+        walls = [(w, n) for w, n in self._trial_walls[-50:] if n > 0]
+        recent = self._epoch_seconds[-50:]
+        if walls:
+            per_epoch = sum(w for w, _ in walls) / sum(n for _, n in walls)
+        elif recent:
+            per_epoch = sum(recent) / len(recent)
+        else:
+            return ""
+        seconds = remaining * per_epoch / self.concurrency
+        return f"{'' if ended else 'at most '}{about(seconds)} left"
 
     def on_step_begin(self, iteration, trials, **info):
         self._reconcile(trials)
@@ -215,6 +253,7 @@ class SweepCallback(Callback):
                       f"kept as {moved} (interrupted)")
         self.writer.trial(trial.trial_id, config)
         self.writer.set_status(trial.trial_id, "running")
+        self._trial_started[trial.trial_id] = time.time()
         self._write()
         if self.tracker is not None:
             self.tracker.start(trial.trial_id, config)
@@ -244,9 +283,14 @@ class SweepCallback(Callback):
         board.flush()
         if self.tracker is not None:
             self.tracker.epoch(trial.trial_id, config, result)
+        leader = self.writer.leader()
+        best = (leader["trial_id"], leader.get(OBJECTIVE_COLUMNS[self.metric])) if leader is not None else None
+        new_best = best is not None and best != self._last_best
+        self._last_best = best
         self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
-                  f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s | "
-                  f"{self._summary()}")
+                  f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s"
+                  + (" (new best)" if new_best and best[0] == trial.trial_id else ""))
+        self._status(changed=new_best)
         failpoint(f"epoch-{epoch}")
 
     def _end(self, trial, error: str | None) -> None:
@@ -262,8 +306,12 @@ class SweepCallback(Callback):
                               run_name=".")
             board.flush()
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
+        if trial.trial_id in self._trial_started:
+            self._trial_walls.append((time.time() - self._trial_started.pop(trial.trial_id),
+                                      len(self.writer.epochs.get(trial.trial_id, {}))))
         self._write()
-        self._say(f"{message} | {self._summary()}")
+        self._say(message)
+        self._status(changed=True)
         board = self._boards.pop(trial.trial_id, None)  # a finished trial writes no more events: close its files
         if board is not None:
             board.close()

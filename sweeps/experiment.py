@@ -66,6 +66,8 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     # newer output engine prints it whatever the verbosity; the classic reporter honours verbose=0.
     if not log_to_driver:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+        # and its "Wrote the latest version of all result files" at every experiment's end
+        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):

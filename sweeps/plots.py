@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import io
 import math
+import sys
 
 from l2d.storage import Location
 
@@ -28,7 +29,8 @@ def _pyplot():
     try:
         import matplotlib
 
-        matplotlib.use("Agg")
+        if "ipykernel" not in sys.modules:  # a notebook keeps its inline backend: figures display in their cells
+            matplotlib.use("Agg")
         import matplotlib.pyplot as plt
     except ImportError:
         raise ValueError("plots need matplotlib: pip install matplotlib") from None

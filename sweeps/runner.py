@@ -69,7 +69,11 @@ class DriverOptions:
     trust: bool = False  # load the folder's pickles even when this user's key did not sign them (sweeps.trust)
 
     def say(self) -> Callable[[str], None]:
-        return (lambda text: None) if self.quiet else (lambda text: print(text, flush=True))
+        """The driver's message lines: through the progress view (:mod:`sweeps.progress`), so that on a terminal
+        they scroll above its live line."""
+        from sweeps.progress import current
+
+        return (lambda text: None) if self.quiet else (lambda text: current().say(text, stamp=False))
 
 
 def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
@@ -227,7 +231,16 @@ def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callabl
     """One driver's life: checks, the folder (``prepare`` returns its marker), the lease, the record, Ray, the teacher
     phase, ``body(lease, marker)``, the study reconciled; the lease released and the record closed whatever happens.
     ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
-    A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote."""
+    A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote.
+    Everything it prints goes through one progress view (:mod:`sweeps.progress`), live on a terminal."""
+    from sweeps.progress import opened
+
+    with opened(driver.quiet):
+        return _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled)
+
+
+def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled) -> SweepOutcome:
+    from sweeps.progress import current
     from sweeps.study import StudyStore, check_study_storage, check_study_version
     from sweeps.teacher_phase import teacher_phase
     from sweeps.tracking import check_tracking
@@ -249,9 +262,13 @@ def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callabl
         if settled is not None and settled(marker):
             started = True
         else:
+            view = current()
+            view.status("starting Ray", changed=False)
             init_ray(driver.num_cpus, driver.verbose)
             record.ray_started()
+            view.status("teacher phase", changed=False)
             teacher_phase(spec, say)
+            view.status(f"trials: none started of {spec.budget.num_samples}", changed=False)
             started = True
             body(lease, marker)
         if lease.failure:  # Tune stopped on the SIGINT the lease's renewal sent it: this driver did not finish

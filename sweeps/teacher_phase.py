@@ -18,21 +18,49 @@ def teacher_runs(spec) -> dict[str, RunConfig]:
     return {pairing.teacher: spec.run_for(pairing.teacher) for pairing in spec.pairings}
 
 
-def _ensure_teacher(config: RunConfig, store: Location) -> dict:
+def _ensure_teacher(config: RunConfig, store: Location, events=None) -> dict:
     """Ray task: load ``config``'s teacher from the store (which checks that it is readable; an unreadable one is set
-    aside), or train and store it. Returns its card."""
-    from l2d.run import get_teacher
+    aside), or train and store it; each trained epoch is put on ``events`` (a Ray queue the driver reads) as it ends.
+    Returns its card."""
+    import time
+
+    from l2d.run import get_teacher, resolve
     from l2d.teachers import TeacherStore
 
-    _, card, trained = get_teacher(config, TeacherStore(store))
+    started = time.time()
+    epochs = resolve(config).teacher_epochs or 0
+
+    def on_epoch(metrics) -> None:
+        if events is not None:
+            try:
+                events.put_nowait({"teacher": config.teacher, "epoch": int(metrics["epoch"]),
+                                   "epochs": epochs, "val_mAP": float(metrics.get("val_mAP", "nan")),
+                                   "seconds": time.time() - started})
+            except Exception:  # noqa: BLE001 - progress is best effort: a full or gone queue never fails a teacher
+                pass
+
+    _, card, trained = get_teacher(config, TeacherStore(store), on_epoch=on_epoch)
     return {**{k: v for k, v in card.items() if k != "history"}, "trained_now": trained}
 
 
+def _epoch_line(event: dict) -> str:
+    """``teacher X epoch 3/8: val mAP 75.01 (~2 min left)``."""
+    from sweeps.progress import about
+
+    total, epoch = event["epochs"], event["epoch"]
+    left = event["seconds"] / epoch * (total - epoch) if epoch else 0.0
+    return (f"  teacher {event['teacher']} epoch {epoch}" + (f"/{total}" if total else "")
+            + f": val mAP {event['val_mAP']:.2f}" + (f" ({about(left)} left)" if epoch < total else ""))
+
+
 def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
-    """Fetch or train every teacher ``spec`` can pick (one Ray task each); returns their cards by name."""
+    """Fetch or train every teacher ``spec`` can pick (one Ray task each); returns their cards by name. Prints each
+    teacher's epochs as they end (a teacher trains for minutes here, hours on COCO) and what each ended as."""
     import ray
+    from ray.util.queue import Queue
 
     from l2d.losses import METHODS
+    from sweeps.progress import current
 
     if not any(METHODS[m].needs_teacher for m in spec.methods):
         return {}
@@ -40,11 +68,37 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
                                                 num_gpus=spec.resources.gpus_per_worker, max_retries=1)
     runs = teacher_runs(spec)
     say(f"teacher phase: {len(runs)} teacher(s) from the store {spec.teacher_store} (trained there when missing)")
-    refs = {teacher: task.remote(config, spec.teacher_store) for teacher, config in runs.items()}
-    cards = {}
-    for teacher, ref in refs.items():
-        card = ray.get(ref)
-        cards[teacher] = card
-        say(f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP {card['val_mAP']:.2f}, "
-            f"test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters")
-    return cards
+    events = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
+    refs = {task.remote(config, spec.teacher_store, events): teacher for teacher, config in runs.items()}
+    cards: dict[str, dict] = {}
+    pending = list(refs)
+    view = current()
+    try:
+        while pending:
+            done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
+            for event in _drain(events):
+                say(_epoch_line(event))
+                view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready; {event['teacher']} at "
+                            f"epoch {event['epoch']}/{event['epochs']}", changed=False)
+            for ref in done:
+                teacher = refs[ref]
+                card = cards[teacher] = ray.get(ref)
+                say(f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP "
+                    f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters")
+                view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready", changed=False)
+    finally:
+        for event in _drain(events):  # epochs that ended between the last read and the task's end
+            say(_epoch_line(event))
+        ray.kill(events.actor)
+    return {teacher: cards[teacher] for teacher in runs}
+
+
+def _drain(events) -> list[dict]:
+    from ray.util.queue import Empty
+
+    out = []
+    while True:
+        try:
+            out.append(events.get_nowait())
+        except Empty:
+            return out

@@ -164,32 +164,54 @@ def teacher_store(args: argparse.Namespace):
 
 
 class Progress:
-    """A one-line progress bar on stderr (redrawn in place on a terminal; one line per epoch otherwise)."""
+    """Training progress on stderr. On a terminal: a bar over the whole run (epoch, batch, loss, elapsed, the time
+    left for every epoch still to run), with one line per finished epoch above it (rich). Otherwise (a log, CI): one
+    line per finished epoch. ``close()`` removes the bar (also after an error)."""
 
-    def __init__(self, label: str, epochs: int):
+    def __init__(self, label: str, epochs: int | None):
         self.label = label
-        self.epochs = epochs
+        self.epochs = epochs or 0
         self.epoch = 1
         self.tty = sys.stderr.isatty()
         self.start = time.time()
+        self._bar = None
+        self._task = None
+
+    def _open(self, total: int) -> None:
+        from rich.console import Console
+        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
+            TimeRemainingColumn
+
+        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("left"),
+                        TimeRemainingColumn(), console=Console(file=sys.stderr, highlight=False), transient=True)
+        self._bar.start()
+        self._task = self._bar.add_task(self.label, total=max(1, self.epochs) * total, loss="-")
 
     def batch(self, done: int, total: int, values) -> None:
         if not self.tty:
             return
-        width = 24
-        filled = int(width * done / max(total, 1))
-        elapsed = time.time() - self.start
-        sys.stderr.write(f"\r{self.label} epoch {self.epoch}/{self.epochs} [{'#' * filled}{'.' * (width - filled)}] "
-                         f"{done}/{total} loss {values['loss']:.3g} {elapsed:.0f}s ")
-        sys.stderr.flush()
+        if self._bar is None:
+            self._open(total)
+        self._bar.update(self._task, completed=(self.epoch - 1) * total + done, loss=f"{values['loss']:.3g}",
+                         description=f"{self.label} epoch {self.epoch}/{self.epochs}")
 
     def end_epoch(self, metrics) -> None:
         epoch = int(metrics["epoch"])
-        if self.tty:
-            sys.stderr.write("\r\033[K")
         test = f"  test mAP {metrics['test_mAP']:.2f}" if "test_mAP" in metrics else ""
-        sys.stderr.write(f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
-                         f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
-                         f"{time.time() - self.start:.0f}s\n")
-        sys.stderr.flush()
+        line = (f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
+                f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
+                f"{time.time() - self.start:.0f}s")
+        if self._bar is not None:
+            self._bar.console.print(line, markup=False, highlight=False)
+        else:
+            sys.stderr.write(line + "\n")
+            sys.stderr.flush()
         self.epoch = epoch + 1
+        if self.epochs and epoch >= self.epochs:
+            self.close()
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+            self._bar = None

@@ -31,7 +31,10 @@ def _get_teacher(config, store, splits=None):
         print(f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
               f"{store.uri})", file=sys.stderr)
     progress = Progress(f"teacher {config.teacher}", config.teacher_epochs)
-    return get_teacher(config, store, splits, progress.end_epoch, progress.batch)
+    try:
+        return get_teacher(config, store, splits, progress.end_epoch, progress.batch)
+    finally:
+        progress.close()
 
 
 def teacher_command_config(args: argparse.Namespace):
@@ -77,8 +80,12 @@ def _cmd_train(args: argparse.Namespace) -> int:
     out = args.out or default_out(config)
     progress = Progress(f"student {config.student} ({config.method})", config.epochs)
     teacher = Progress(f"teacher {config.teacher}", config.teacher_epochs)
-    result = train_to_folder(config, out, teacher_store(args), progress.end_epoch, progress.batch,
-                             (teacher.end_epoch, teacher.batch))
+    try:
+        result = train_to_folder(config, out, teacher_store(args), progress.end_epoch, progress.batch,
+                                 (teacher.end_epoch, teacher.batch))
+    finally:
+        teacher.close()
+        progress.close()
     final, teacher_card = result["final"], result["teacher"]
     rows = [("student", config.student, result["student_parameters"], final)]
     if teacher_card:
