@@ -150,20 +150,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "path"} for r in rows]), args.format))
     if args.format != "table":
         return 0
-    # The best value each method reached in each sweep (by the first sweep's metric column).
     from sweeps.results.schema import OBJECTIVE_COLUMNS
 
     column = OBJECTIVE_COLUMNS.get(specs[0].metric, "best_val_mAP")
-    best: dict[str, dict[str, float]] = {}
-    for spec, name in zip(specs, names):
-        table = SweepResults(spec.sweep_dir).sql(f'SELECT method, {"max" if specs[0].mode == "max" else "min"}'
-                                                 f'("{column}") AS v FROM trials GROUP BY method')
-        for row in table.to_pylist():
-            best.setdefault(row["method"], {})[name] = row["v"]
-    per_method = [{"method": method, **{name: values.get(name) for name in names}} for method, values in
-                  sorted(best.items())]
-    print(f"\nbest {column} per method:")
-    print(render(pa.Table.from_pylist(per_method)))
+    tables = [SweepResults(spec.sweep_dir).trials.to_pylist() for spec in specs]
+    print(f"\nbest {column} per method and pairing" + (f" ({names[1]} - {names[0]} in diff):" if len(names) == 2
+                                                       else ":"))
+    print(render(pa.Table.from_pylist(best_per_pairing(tables, names, column, specs[0].mode))))
+    paired, why = paired_trials(tables, specs, names, column)
+    if paired:
+        diffs = [row["diff"] for row in paired]
+        better = sum((d > 0) == (specs[0].mode == "max") for d in diffs if d != 0)
+        print(f"\npaired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; {names[1]} - "
+              f"{names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better in {better} of {len(paired)}")
+        print(render(pa.Table.from_pylist(paired)))
+    elif why:
+        print(f"\nno paired comparison: {why}")
     # What differs between the specs (the storage left out: the sweeps live where they live).
     flat = [{k: v for k, v in _flatten(spec.to_dict()).items() if k != "storage" and k != "name"} for spec in specs]
     keys = sorted(set().union(*flat))
@@ -175,6 +177,62 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     else:
         print("\nthe specs are the same (but for name and storage)")
     return 0
+
+
+def best_per_pairing(tables: list[list[dict]], names: list[str], column: str, mode: str) -> list[dict]:
+    """One row per (method, teacher, student): the best ``column`` each sweep reached with it (None: not tried), and
+    with two sweeps their difference (second minus first)."""
+    pick = max if mode == "max" else min
+    best: dict[tuple, dict[str, float]] = {}
+    for rows, name in zip(tables, names):
+        for row in rows:
+            if row.get(column) is None:
+                continue
+            key = (row["method"], row["teacher"], row["student"])
+            values = best.setdefault(key, {})
+            values[name] = pick(values[name], row[column]) if name in values else row[column]
+    out = []
+    for (method, teacher, student), values in sorted(best.items()):
+        row = {"method": method, "teacher": teacher, "student": student, **{n: values.get(n) for n in names}}
+        if len(names) == 2:
+            a, b = values.get(names[0]), values.get(names[1])
+            row["diff"] = None if a is None or b is None else round(b - a, 4)
+        out.append(row)
+    return out
+
+
+def paired_trials(tables: list[list[dict]], specs, names: list[str], column: str) -> tuple[list[dict], str]:
+    """The configurations both of two sweeps ran (pairing, method, every hyperparameter equal) under the same seed:
+    their values side by side and the difference, a paired comparison. Also why there is none."""
+    import math
+
+    from sweeps.results.schema import HPARAM_COLUMNS
+
+    if len(specs) != 2:
+        return [], "" if len(specs) < 2 else "it compares two sweeps at a time"
+    if specs[0].seed != specs[1].seed:
+        return [], f"the sweeps' seeds differ ({specs[0].seed} and {specs[1].seed}): no trial can be paired"
+
+    def key(row):
+        values = tuple(None if row.get(c) is None else float(f"{float(row[c]):.9g}") for c in HPARAM_COLUMNS)
+        return row["teacher"], row["student"], row["method"], values
+
+    first = {}
+    for row in tables[0]:
+        if row.get(column) is not None:
+            first.setdefault(key(row), row)
+    out = []
+    for row in tables[1]:
+        match = first.get(key(row)) if row.get(column) is not None else None
+        if match is None:
+            continue
+        hparams = ", ".join(f"{c}={row[c]:.3g}" for c in HPARAM_COLUMNS if row.get(c) is not None
+                            and not (isinstance(row[c], float) and math.isnan(row[c])))
+        out.append({"method": row["method"], "student": row["student"], "hyperparameters": hparams,
+                    f"trial {names[0]}": match["trial_id"], names[0]: match[column],
+                    f"trial {names[1]}": row["trial_id"], names[1]: row[column],
+                    "diff": round(row[column] - match[column], 4)})
+    return out, "" if out else "no configuration was run by both (the same pairing, method and hyperparameters)"
 
 
 def add_commands(commands) -> None:
@@ -214,9 +272,11 @@ def add_commands(commands) -> None:
     listing.set_defaults(func=_cmd_list)
 
     compare = commands.add_parser(
-        "compare", help="two or more sweeps side by side: best trials, best per method, spec differences",
-        description="Compare sweeps: each one's trials and best trial, the best value each method reached in "
-                    "each, and the spec fields that differ.")
+        "compare", help="two or more sweeps side by side: best per method and pairing, paired trials, spec differences",
+        description="Compare sweeps: each one's trials and best trial; the best value each method and pairing "
+                    "(teacher, student) reached in each, with the difference for two sweeps; for two sweeps with the "
+                    "same seed, the configurations both ran (a paired comparison: the mean difference and how "
+                    "often the second is better); and the spec fields that differ.")
     compare.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (two or more)")
     add_format_argument(compare, "output format of the first table (default: table; the others are text only)")
     compare.set_defaults(func=_cmd_compare)

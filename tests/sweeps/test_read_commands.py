@@ -134,7 +134,25 @@ def test_list_and_compare_read_real_folders(sweeps, capsys):
     assert listed["alpha"]["trials"] == 4 and listed["alpha"]["best"] == 35.0 and listed["alpha"]["driver"] == "-"
     assert main(["compare", str(alpha), str(beta)]) == 0
     text = capsys.readouterr().out
-    assert "best best_val_mAP per method:" in text and "spec fields that differ:" in text
+    assert "best best_val_mAP per method and pairing (beta - alpha in diff):" in text and "spec fields that differ:" in text
+    # The one configuration both ran (kd, lr 4e-3, lambda_kd 5; seed 0 in both): alpha's 34.0, beta's 32.0.
+    assert "paired (seed 0): 1 configuration(s) run by both; beta - alpha: mean -2.00, beta better in 0 of 1" \
+        in text, text
+    from sweeps.cli.analysis import best_per_pairing, paired_trials
+    from sweeps.results import SweepResults
+    from sweeps.stored import load_sweep_spec
+
+    tables = [SweepResults(path).trials.to_pylist() for path in (alpha, beta)]
+    board = best_per_pairing(tables, ["alpha", "beta"], "best_val_mAP", "max")
+    assert [(r["method"], r["alpha"], r["beta"], r["diff"]) for r in board] == [("kd", 34.0, 34.0, 0.0),
+                                                                                  ("l2d", 35.0, 35.0, 0.0)]
+    specs = [load_sweep_spec(path) for path in (alpha, beta)]
+    [pair], _ = paired_trials(tables, specs, ["alpha", "beta"], "best_val_mAP")
+    assert (pair["trial alpha"], pair["trial beta"], pair["diff"]) == ("alp00003", "bet00001", -2.0)
+    import dataclasses
+
+    assert paired_trials(tables, [specs[0], dataclasses.replace(specs[1], seed=1)], ["alpha", "beta"],
+                         "best_val_mAP") == ([], "the sweeps' seeds differ (0 and 1): no trial can be paired")
     assert "search_space.lr.low" in text and "budget" not in text.split("spec fields that differ:")[1]
     # A damaged sweep is named on stderr; the others are still listed.
     broken = shutil.copytree(alpha, storage / "gamma")
