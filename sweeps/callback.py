@@ -77,6 +77,21 @@ def write_hparams_config(spec) -> None:
     writer.close()
 
 
+def write_trial_hparams(board, hparams: dict, metrics: dict) -> None:
+    """One trial's hyperparameters and final metrics as an HParams session in its own event files. Only the session
+    (its start and end) and the metrics' scalars: not an experiment config of its own, which torch's ``add_hparams``
+    also writes, and of which TensorBoard shows whichever it finds first, hiding every hyperparameter that trial did
+    not have. The one config is the sweep's (:func:`write_hparams_config`)."""
+    from torch.utils.tensorboard.summary import hparams as hparams_summaries
+
+    _, session_start, session_end = hparams_summaries(hparams, metrics)
+    board.file_writer.add_summary(session_start)
+    board.file_writer.add_summary(session_end)
+    for name, value in metrics.items():
+        board.add_scalar(name, value)
+    board.flush()
+
+
 def error_message(trial) -> str:
     """The most useful line of a failed trial's error (the engine's own message when there is one)."""
     text = ""
@@ -300,11 +315,9 @@ class SweepCallback(Callback):
         row = self.writer.row(trial.trial_id)
         if row.get("best_val_mAP") is not None:
             hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and v is not None}
-            board = self._board(trial.trial_id)
-            board.add_hparams(hparams, {"hparam/best_val_mAP": row["best_val_mAP"],
-                                        "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan},
-                              run_name=".")
-            board.flush()
+            write_trial_hparams(self._board(trial.trial_id), hparams,
+                                {"hparam/best_val_mAP": row["best_val_mAP"],
+                                 "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan})
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
         if trial.trial_id in self._trial_started:
             self._trial_walls.append((time.time() - self._trial_started.pop(trial.trial_id),

@@ -115,3 +115,13 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
     assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+
+
+def test_every_extra_is_listed_on_the_install_page():
+    import tomllib
+
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    page = (ROOT / "docs" / "getting-started.md").read_text()
+    listed = set(re.findall(r"^\| `([a-z0-9-]+)`(?:, `([a-z0-9-]+)`)? \|", page, flags=re.M))
+    names = {name for pair in listed for name in pair if name}
+    assert set(extras) == names, (sorted(set(extras) - names), sorted(names - set(extras)))

@@ -138,3 +138,66 @@ def test_the_sweep_level_hparams_config_declares_every_domain(tmp_path):
     assert [v.string_value for v in infos["method"].domain_discrete.values] == ["kd", "l2d"]
     assert [v.string_value for v in infos["student"].domain_discrete.values] == ["test_convnext", "test_efficientnet"]
     assert [m.name.tag for m in experiment.metric_infos] == ["hparam/best_val_mAP", "hparam/test_mAP_at_best"]
+
+
+def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path):
+    """What the HParams dashboard shows, asked of a real TensorBoard server the way its page asks: the sweep's one
+    config, never a trial's own (TensorBoard shows whichever experiment config it finds first, and a trial's lists
+    only that trial's hyperparameters: the l2d trials hid lambda_kd and kd_temperature); every trial a session."""
+    import socket
+    import subprocess
+    import sys
+    import time
+    import urllib.request
+
+    from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
+    from tensorboard.plugins.hparams import metadata
+
+    from sweeps.callback import write_hparams_config
+    from sweeps.spec import parse_spec
+    from tests.sweeps.conftest import TINY_SPEC
+
+    space = {**TINY_SPEC["search_space"], "lambda_kd": {"low": 0.5, "high": 50}, "kd_temperature": {"low": 1, "high": 8}}
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path), "search_space": space}, "tiny.yaml")
+    write_hparams_config(spec)
+    callback = SweepCallback(Location.parse(spec.sweep_dir), 3, "val_mAP", "max")
+    kd = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "kd", "lr": 2e-3,
+          "lambda_kd": 5.0, "kd_temperature": 4.0}
+    for trial, config in ((_trial("l2d1"), CONFIG), (SimpleNamespace(**{**vars(_trial("kd1")), "config": kd}), kd)):
+        callback.on_trial_start(0, [trial], trial)
+        callback.on_trial_result(0, [trial], trial, {"epoch": 1, "val_mAP": 40.0, "test_mAP": 39.0})
+        trial.status = "TERMINATED"
+        callback.on_trial_complete(0, [trial], trial)
+    folder = spec.sweep_dir.path + "/tensorboard"
+    events = EventMultiplexer().AddRunsFromDirectory(folder)
+    events.Reload()
+    tags = events.PluginRunToTagToContent(metadata.PLUGIN_NAME)
+    assert [run for run, t in tags.items() if metadata.EXPERIMENT_TAG in t] == ["."]
+    assert all(metadata.SESSION_START_INFO_TAG in tags[run] for run in ("l2d1", "kd1"))
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", "127.0.0.1",
+                               "--port", str(port), "--reload_interval", "0"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        answer = None
+        for _ in range(120):
+            try:
+                request = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                                                 data=b'{"experimentName": ""}', method="POST",
+                                                 headers={"Content-Type": "application/json"})
+                answer = json.loads(urllib.request.urlopen(request, timeout=5).read())
+                break
+            except OSError:
+                assert server.poll() is None, server.stderr.read().decode()[-2000:]
+                time.sleep(0.5)
+        assert answer is not None, "TensorBoard did not answer"
+        shown = sorted(info["name"] for info in answer["hparamInfos"])
+        assert shown == sorted([*space, "teacher", "student", "method"]), shown
+        assert sorted(m["name"]["tag"] for m in answer["metricInfos"]) == ["hparam/best_val_mAP",
+                                                                           "hparam/test_mAP_at_best"]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
