@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import traceback
 from typing import Callable, Sequence
@@ -76,6 +77,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         hint = f"; continue it with `l2d-sweep resume {args.sweep_dir}`" if getattr(args, "sweep_dir", None) else ""
         print(f"l2d-sweep {args.command}: interrupted{hint}", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `l2d-sweep results ... | head`: the reader has what it wanted. Quiet, as a Unix tool killed by SIGPIPE
+        # (status 141); stdout is pointed at /dev/null so that Python's flush at exit raises nothing more.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 141
     except SpecError as error:  # every error of the spec, one line each
         for line in error.errors:
             _report(args, f"error: {line}")

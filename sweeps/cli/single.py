@@ -125,18 +125,33 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    from l2d.losses import METHODS, loss_parts
+    import shutil
+    import textwrap
 
-    print(f"{'method':<7} {'losses':<16} {'default hyperparameters':<40} description")
-    for name, method in METHODS.items():
-        defaults = ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-"
-        print(f"{name:<7} {'+'.join(loss_parts(name)):<16} {defaults:<40} {method.description}")
+    import pyarrow as pa
+
     from l2d.data import DATASETS
+    from l2d.losses import METHODS, loss_parts
+    from sweeps.cli._common import render
 
+    rows = [{"method": name, "losses": "+".join(loss_parts(name)),
+             "default weights": ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-",
+             "description": method.description} for name, method in METHODS.items()]
+    if args.format != "table":  # every column, the descriptions included
+        print(render(pa.Table.from_pylist(rows), args.format))
+        return 0
+    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "description"} for r in rows])
+                 ).split("\n(")[0])  # the descriptions follow, so no "column not shown" note
+    width = shutil.get_terminal_size((100, 24)).columns
+    print()
+    for row in rows:
+        print(textwrap.fill(row["description"], width=width, initial_indent=f"{row['method']:<10}",
+                            subsequent_indent=" " * 10))
     for dataset, info in DATASETS.items():
         for name, weights in info.method_weights.items():
-            print(f"on {dataset}, {name} defaults to " + ", ".join(f"{k}={v:g}" for k, v in weights.items())
-                  + " (tuned by benchmarks/defaults.py)")
+            print(textwrap.fill(f"on {dataset}, {name} defaults to " + ", ".join(f"{k}={v:g}" for k, v in
+                                                                                  weights.items())
+                                + " (tuned by benchmarks/defaults.py)", width=width))
     return 0
 
 
@@ -149,7 +164,12 @@ def add_commands(commands) -> None:
     from l2d.losses import METHODS
 
     methods = commands.add_parser("methods", help="list the distillation methods and their default weights",
-                                  description="List the distillation methods, their loss parts and defaults.")
+                                  description="List the distillation methods, their loss parts, default weights "
+                                              "and what each is; then the datasets whose own defaults differ.")
+    from sweeps.cli._common import add_format_argument
+
+    add_format_argument(methods, "output format (default: table, then the descriptions; csv, json or jsonl: "
+                                 "every column)")
     methods.set_defaults(func=_cmd_methods)
 
     dataset = commands.add_parser("dataset", help="print a dataset split's label statistics",

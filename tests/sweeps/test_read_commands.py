@@ -202,3 +202,18 @@ def test_the_completion_script_is_valid_bash_and_completes(tmp_path):
     lines = done.stdout.splitlines()
     assert lines[0] == "resume results" and lines[1] == "--format" and lines[2] == "table csv json jsonl"
     assert lines[3].split()[:2] == ["list", "check"]
+
+
+def test_a_reader_that_stops_early_gets_no_error(sweeps):
+    """`l2d-sweep results ... | head -1`: the command ends quietly, like a Unix tool killed by SIGPIPE (141)."""
+    _, alpha, _ = sweeps
+    # More than a pipe's buffer holds (64 KiB), so that the writer is still writing when the reader goes.
+    many = "SELECT range AS n, 'x' AS filler FROM range(200000)"
+    for args in (["results", str(alpha), "--sql", many, "--format", "jsonl"],
+                 ["results", str(alpha), "--sql", many]):
+        process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
+                                   stderr=subprocess.PIPE, env=_env())
+        process.stdout.readline()
+        process.stdout.close()  # the reader is gone before the writer is done
+        err = process.stderr.read().decode()
+        assert process.wait(timeout=60) in (0, 141) and "Broken pipe" not in err and "Traceback" not in err, err
