@@ -39,6 +39,7 @@ def test_constraints_pin_every_dependency():
     pinned = {}
     for line in (CLUSTER / "constraints.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
+            assert "[" not in line, f"{line}: pip refuses a constraint with extras (pin the extra's packages)"
             name, version = line.split("==")
             pinned[re.sub(r"\[.*\]", "", name).lower()] = version
     text = (ROOT / "pyproject.toml").read_text()
