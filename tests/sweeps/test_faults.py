@@ -132,7 +132,7 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     plan = [("teacher phase", r"teacher phase: ", 1, rng.uniform(0.5, 3.0)),
             ("mid-epoch", r" started: ", rng.randint(1, 2), rng.uniform(0.3, 1.5)),
             ("mid-epoch", r" epoch 1/3: ", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
-            ("between trials", r"trial \w+ (completed|stopped) \|", rng.randint(1, 2), 0.0),
+            ("between trials", r"trial \w+ (completed|stopped)\s*$", rng.randint(1, 2), 0.0),
             ("inside a segment write", "segment-write", rng.randint(2, 6), 0.0),
             ("at the manifest swap", "manifest-swap", rng.randint(2, 6), 0.0),
             ("inside a merge of segments", "compaction", 1, 0.0),
