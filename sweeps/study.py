@@ -26,6 +26,7 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -128,6 +129,29 @@ def directions(spec) -> list[str]:
     return [direction(mode) for _, mode in spec.objective_list]
 
 
+_LOCK_TYPE = type(threading.Lock())
+
+
+class _PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
+    """NSGA-II that Tune can checkpoint. Optuna 5.1's genetic samplers hold a ``threading.Lock`` (``_thread_lock``),
+    and Tune pickles the searcher, sampler included, into the sweep's checkpoint: "cannot pickle '_thread.lock'
+    object". A lock only guards the sampler's caches within one process, so locks are left out of the pickle and
+    new ones made on load."""
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_picklable_locks"] = [key for key, value in state.items() if isinstance(value, _LOCK_TYPE)]
+        for key in state["_picklable_locks"]:
+            del state[key]
+        return state
+
+    def __setstate__(self, state):
+        state = dict(state)
+        for key in state.pop("_picklable_locks", []):
+            state[key] = threading.Lock()
+        self.__dict__.update(state)
+
+
 def build_sampler(spec):
     """TPE (multivariate, grouped, constant liar, seeded), NSGA-II (multi-objective) or random search."""
     import warnings
@@ -137,8 +161,7 @@ def build_sampler(spec):
     if searcher == "random":
         return optuna.samplers.RandomSampler(seed=spec.seed)
     if searcher == "nsga2":
-        return optuna.samplers.NSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.budget.num_samples
-                                                                                        // 2)))
+        return _PicklableNSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.budget.num_samples // 2)))
     startup = max(2, min(10, spec.budget.num_samples // 3))
     return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
                                       n_startup_trials=startup)

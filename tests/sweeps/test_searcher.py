@@ -74,3 +74,18 @@ def test_a_trusted_folder_is_loaded_and_an_untrusted_one_is_not(tmp_path, monkey
     monkeypatch.setenv("L2D_SWEEP_TRUST", "1")
     searcher.restore(str(checkpoint))  # trusted: the planted pickle is loaded (and, being no state, falls back)
     assert ran.exists() and searcher.numbers == {"t1": 0}
+
+
+def test_every_searcher_s_sampler_survives_the_state_file(tmp_path):
+    # The state file pickles the sampler. Optuna 5.1's NSGA-II holds a threading.Lock, which does not pickle: the
+    # sweep's sampler leaves it out and makes a new one on load, and the loaded sampler still proposes points.
+    from sweeps.study import build_sampler
+
+    for searcher in ("tpe", "random", "nsga2"):
+        spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "sweeps"),
+                           "budget": {**TINY_SPEC["budget"], "searcher": searcher}})
+        sampler = pickle.loads(pickle.dumps(build_sampler(spec)))
+        study = optuna.create_study(sampler=sampler, directions=["maximize"] * (2 if searcher == "nsga2" else 1))
+        study.optimize(lambda t: [t.suggest_float("x", 0, 1)] * len(study.directions), n_trials=3)
+        assert len(study.trials) == 3, searcher
+        pickle.loads(pickle.dumps(sampler))
