@@ -418,6 +418,20 @@ def _share_text(shares: dict[str, float]) -> str:
     return " ".join(parts) if parts else "-"
 
 
+def _kept_defaults(tuning: dict) -> list[str]:
+    """The methods whose chosen weights are their defaults on the dataset: every sweep's first trial (its lr TPE's
+    seeded first sample), so the search found nothing better and their rows measure the defaults at that lr."""
+    from l2d.run import default_hparams
+
+    kept = []
+    for method, choice in tuning.items():
+        weights = default_hparams(DATASET, method)
+        if weights and not choice.get("first_point") and \
+                all(math.isclose(choice["hparams"][k], v) for k, v in weights.items()):
+            kept.append(method)
+    return kept
+
+
 def summarize(report: dict, write: bool) -> str:
     about, teacher = report["setting"], report["teacher_test"]
     labels = about["labels"]["train"]
@@ -444,6 +458,16 @@ def summarize(report: dict, write: bool) -> str:
     ablation = [m for m in ABLATION if m in by_name]
     if ablation:
         lines.append("ablation (vs bce): " + "; ".join(f"{m} {_interval(by_name[m]['vs_bce'])}" for m in ablation))
+    if "l2d" in by_name and "mld" in by_name:  # the paper's claim: the embedding terms add to MLD
+        scores = {m: {int(s): r["test_mAP"] for s, r in report["runs"][m].items()} for m in ("l2d", "mld")}
+        lines.append(f"l2d vs mld (CD + ID on top of MLD, tuned together): "
+                     f"{_interval(paired(scores['l2d'], scores['mld']))}")
+    kept = _kept_defaults(tuning)
+    if kept:
+        lrs = sorted({f"{tuning[m]['lr']:.3g}" for m in kept + (["bce"] if "bce" in tuning else [])})
+        lines.append(f"chose their default weights, the first trial of their sweep: {len(kept)} of "
+                     f"{sum(1 for m in tuning if m != 'bce')} ({', '.join(kept)}); their lr and bce's: "
+                     + ", ".join(lrs))
     if report.get("dose"):
         lines.append("LED on top of tuned mld (lambda_cd, lambda_id = scale x (100, 1000)):")
         for row in report["dose"]:
