@@ -139,14 +139,18 @@ def test_a_local_sweep_listens_only_where_the_docs_say(tiny_spec, tmp_path):
     node_ip = get_node_ip_address()
     seen: dict[tuple[int, str, int], tuple[str, str]] = {}  # (pid, address, port) -> (role, where)
     connected_to: dict[int, set[int]] = {}  # pid -> remote ports of its established connections
+    # A process that is exiting has released its memory, and so its command line reads empty, before its files (and
+    # sockets) are closed: it is named by the command line it had when last read.
+    known: dict[int, str] = {}
     deadline = time.time() + 800
     while driver.poll() is None and time.time() < deadline:
         parents, commands, owners = _processes()
+        known.update((pid, command) for pid, command in commands.items() if command)
         listening, established = _sockets()
         for address, port, inode in listening:
             pid = owners.get(inode)
             if pid is not None and _descends(pid, driver.pid, parents):
-                seen[(pid, address, port)] = (_role(pid, commands.get(pid, ""), driver.pid),
+                seen[(pid, address, port)] = (_role(pid, known.get(pid, ""), driver.pid),
                                               _where(address, port, node_ip))
         for remote_port, inode in established:
             pid = owners.get(inode)
