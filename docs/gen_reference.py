@@ -1,6 +1,7 @@
 """Write the generated reference pages of the docs site from the code, so that they cannot drift from it:
 
-- ``docs/reference/cli.md``: every command and flag, from the argument parser;
+- ``docs/cli.md`` (the one command-line page): its table of commands and the reference of every command and flag
+  (between ``<!-- cli:commands/reference:start/end -->``), from the argument parser;
 - ``docs/reference/spec.md``: the sweep spec's fields, from its JSON Schema (``l2d-sweep spec --schema``);
 - the trials table's columns in ``docs/results.md`` (between ``<!-- schema:trials:start/end -->``), from
   :data:`sweeps.results.schema.TRIAL_COLUMNS`.
@@ -52,31 +53,42 @@ def _arguments(parser: argparse.ArgumentParser) -> list[str]:
     return lines
 
 
-def cli_page() -> str:
+def _commands(parser: argparse.ArgumentParser) -> argparse._SubParsersAction:
+    return next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+
+def commands_table() -> str:
+    """The overview at the top of ``docs/cli.md``: each command and its one-line help, from the parser."""
+    from sweeps.cli import build_parser
+
+    sub = _commands(build_parser())
+    lines = ["| command | what it does |", "|---|---|"]
+    lines += [f"| [`l2d-sweep {choice.dest}`](#l2d-sweep-{choice.dest}) | {_escape(choice.help or '')} |"
+              for choice in sub._choices_actions]
+    return "\n".join(lines)
+
+
+def cli_reference() -> str:
+    """Every command and flag (the second half of ``docs/cli.md``), from the parser."""
     from sweeps.cli import build_parser
 
     parser = build_parser()
-    lines = ["# Command line reference", "",
-             "Generated from the argument parser by `docs/gen_reference.py`: every command and flag that "
-             "`l2d-sweep` has. `l2d-sweep COMMAND --help` prints the same.", "",
-             "Exit status: 0 done, 1 could not (a damaged state file, a held lease, every trial failed, a Ray or "
-             "storage failure), 2 bad input, 130 interrupted; every error is one line on stderr.", "",
-             "## Global flags", "", "Given before the command: `l2d-sweep -q results runs/quickstart`.", "",
+    lines = ["### Global flags", "", "Given before or after the command: `l2d-sweep -q results runs/quickstart`.", "",
              *_arguments(parser), ""]
-    sub = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    sub = _commands(parser)
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
     for name, command in sub.choices.items():
-        lines += [f"## `l2d-sweep {name}`", "", _escape(command.description or helps.get(name) or ""), "",
+        lines += [f"### `l2d-sweep {name}`", "", _escape(command.description or helps.get(name) or ""), "",
                   "```text", command.format_usage().strip().replace("usage: ", ""), "```", ""]
         lines += _arguments(command)
         inner = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
         for group in inner:
             for child_name, child in group.choices.items():
-                lines += ["", f"### `l2d-sweep {name} {child_name}`", "", _escape(child.description or ""), "",
+                lines += ["", f"#### `l2d-sweep {name} {child_name}`", "", _escape(child.description or ""), "",
                           "```text", child.format_usage().strip().replace("usage: ", ""), "```", "",
                           *_arguments(child)]
         lines.append("")
-    return "\n".join(lines).rstrip() + "\n"
+    return "\n".join(lines).rstrip()
 
 
 def _type(schema: dict) -> str:
@@ -140,8 +152,9 @@ def _block(text: str, name: str, content: str) -> str:
 def pages() -> dict[Path, str]:
     from sweeps.results.schema import markdown_table
 
-    results = DOCS / "results.md"
-    return {DOCS / "reference" / "cli.md": cli_page(), DOCS / "reference" / "spec.md": spec_page(),
+    results, cli = DOCS / "results.md", DOCS / "cli.md"
+    return {cli: _block(_block(cli.read_text(), "cli:commands", commands_table()), "cli:reference", cli_reference()),
+            DOCS / "reference" / "spec.md": spec_page(),
             results: _block(results.read_text(), "schema:trials", markdown_table())}
 
 

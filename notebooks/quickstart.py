@@ -43,8 +43,8 @@ sweep
 
 # %%
 board = sweep.leaderboard()
-assert list(board["trial_id"]) and board["val_mAP"].is_monotonic_decreasing  # the columns `l2d-sweep results` shows
-board[["trial_id", "method", "val_mAP", "test_mAP", "lr"]]
+assert list(board["trial_id"]) and board["best_val_mAP"].is_monotonic_decreasing  # the trials table's own names
+board[["trial_id", "method", "best_val_mAP", "test_mAP_at_best", "lr"]]
 
 # %% [markdown]
 # SQL over the `trials` and `epochs` views (DuckDB, read-only), and one trial's epochs.

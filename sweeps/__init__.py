@@ -6,7 +6,7 @@ that pickles written by older versions name (each marked ``# layer: pickle alias
 
 - leaves: ``vocab`` (modes, trial states), ``_checks`` (typed rules, gathered errors, the YAML reader), ``_faults``
   (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json), ``trust`` (the
-  pickles' signatures)
+  pickles' signatures), ``interrupt`` (Ctrl-C and SIGTERM in a driver)
 - spec: ``spec`` (the typed YAML spec)
 - search space: ``search`` (define-by-run space, encode/decode; no Ray)
 - records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status), ``plots``,
@@ -22,7 +22,7 @@ that pickles written by older versions name (each marked ``# layer: pickle alias
 #: The layer map (see the docstring); ``tests/test_layers.py`` checks every import against it.
 LAYERS = [
     ["sweeps", "sweeps.vocab", "sweeps._checks", "sweeps._faults", "sweeps.lease", "sweeps.folder", "sweeps.checkpoints",
-     "sweeps.provenance", "sweeps.trust", "sweeps.progress"],
+     "sweeps.provenance", "sweeps.trust", "sweeps.progress", "sweeps.interrupt"],
     ["sweeps.spec"],
     ["sweeps.search"],
     ["sweeps.stored", "sweeps.results.schema", "sweeps.results.store", "sweeps.results.writer", "sweeps.results.reader",

@@ -24,6 +24,13 @@ def set_restored_callbacks(tuner, callbacks: list) -> None:
     tuner._local_tuner.get_run_config().callbacks = callbacks
 
 
+def restored_search_and_scheduler(tuner) -> tuple:
+    """The search algorithm and the scheduler a restored :class:`ray.tune.Tuner` unpickled (Tune saves them whole in
+    its ``tuner.pkl``, with whatever paths they held when the experiment started)."""
+    config = tuner._local_tuner._tune_config
+    return config.search_alg, config.scheduler
+
+
 # --- deterministic trial ids ------------------------------------------------------------------------------------
 # Tune names trials with Trial.generate_id() (uuid4 since ray PR 29900) and lets no searcher choose: a trial created
 # after Tune's last save and re-created by a resume would come back under a new id, beside a ghost of itself. The

@@ -96,8 +96,10 @@ class Sweep:
         """The epochs table (one row per trial and epoch), as a pandas DataFrame."""
         return self._results().epochs.to_pandas()
 
-    def leaderboard(self, limit: int = 10, columns: list[str] | None = None):
-        """The best trials by the spec's metric (what ``l2d-sweep results`` prints), as a DataFrame."""
+    def leaderboard(self, limit: int | None = 10, columns: list[str] | None = None):
+        """The best trials by the spec's metric, as a DataFrame at full precision (``l2d-sweep results`` shows the
+        same rows rounded): the columns of its table, or ``columns`` (the trials table's names, as in SQL);
+        ``limit=None`` for every trial with a value."""
         return self._results().leaderboard(limit, columns).to_pandas()
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
@@ -160,7 +162,12 @@ class Sweep:
 
     def plot(self, kind: str, method: str | None = None, out: str | None = None):
         """One plot of the sweep (``history``, ``parallel``, ``importance``, ``pareto``, ``rungs``: as ``l2d-sweep
-        plot``) as a matplotlib Figure; with ``out``, also written there as a PNG."""
+        plot``) as a matplotlib Figure; with ``out``, also written there as a PNG.
+
+        Raises:
+            sweeps.plots.NotEnoughData: the sweep has too little data for it yet (the words ``l2d-sweep plot`` prints
+                when it draws nothing and exits 0).
+        """
         from sweeps import plots
         from sweeps.study import load_sweep_study
 
@@ -176,7 +183,7 @@ class Sweep:
                 study = None
             if kind == "importance":
                 if study is None:
-                    raise ValueError(f"{self.path}: the importance plot needs the sweep's Optuna study")
+                    raise plots.NotEnoughData(f"{self.path}: the importance plot needs the sweep's Optuna study")
                 figure = plots.importance_figure(study, spec, results, method)
             else:
                 figure = plots.history_figure(results, study)

@@ -275,6 +275,7 @@ class SweepCallback(Callback):
         count = f"({len(self.writer.trials)}/{self.total}) " if self.total else ""
         self._say(f"{count}trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
                   + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
+        self._status(changed=False)  # the live line agrees with the event above it
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
         if "epoch" not in result:

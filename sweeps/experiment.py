@@ -67,7 +67,10 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     if not log_to_driver:
         os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
         # and its "Wrote the latest version of all result files" at every experiment's end
-        logging.getLogger("ray.tune.tune").setLevel(logging.WARNING)
+        tune_logger = logging.getLogger("ray.tune.tune")
+        tune_logger.setLevel(logging.WARNING)
+        if not any(isinstance(f, _TuneStopLines) for f in tune_logger.filters):
+            tune_logger.addFilter(_TuneStopLines())
     if ray.is_initialized():
         return None
     if os.environ.get("RAY_ADDRESS"):
@@ -104,6 +107,22 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
         logger.warning("Ray's dashboard took %s instead of port %d (taken meanwhile); with another local Ray cluster "
                        "on this machine, Ray Train may fail to release a trial's CPUs", context.dashboard_url, port)
     return context
+
+
+class _TuneStopLines(logging.Filter):
+    """Tune's lines about its own graceful stop speak of its API (``Tuner.restore(path=...)``, "press CTRL+C or
+    send SIGKILL"): the first becomes this tool's, the others go (the driver names ``l2d-sweep resume`` itself, see
+    :mod:`sweeps.interrupt`). Shown as they are with ``--verbose``."""
+
+    DROPPED = ("Experiment has been interrupted", "Training has been interrupted", "Trials did not complete")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = str(record.msg)
+        if message.startswith("Stop signal received"):
+            record.msg, record.args = ("stopping: the running trials are saved for `l2d-sweep resume` (Ctrl-C again "
+                                       "stops at once)"), ()
+            return True
+        return not message.startswith(self.DROPPED)
 
 
 def _loopback_interface() -> str | None:

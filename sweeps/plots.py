@@ -25,6 +25,11 @@ KINDS = ("history", "parallel", "importance", "pareto", "rungs")
 FEW_TRIALS = 20
 
 
+class NotEnoughData(Exception):
+    """A plot the sweep has too little data for (too few trials, no study): not bad input. ``l2d-sweep plot`` says
+    so and exits 0 without writing; :meth:`sweeps.api.Sweep.plot` raises it with the same words."""
+
+
 def _pyplot():
     try:
         import matplotlib
@@ -100,6 +105,7 @@ def history_figure(results, study=None):
             best = row[column]
         steps.append(best)
     axes.step(range(1, len(steps) + 1), steps, where="post", c="k", lw=1, label="best so far")
+    axes.xaxis.get_major_locator().set_params(integer=True)  # trials are counted: no tick at 2.5
     axes.set_xlabel("trial (in the order the search tried it)")
     axes.set_ylabel(f"{metric} at its best epoch")
     axes.set_title(f"optimisation history ({len(rows)} trials)")
@@ -129,7 +135,7 @@ def chosen_method(results, method: str | None) -> str:
     best = results.sql(f"SELECT method FROM trials WHERE {column} IS NOT NULL ORDER BY {column} "
                        f"{'DESC' if mode == 'max' else 'ASC'} LIMIT 1").to_pylist()
     if not best:
-        raise ValueError(f"{results.sweep_dir}: no scored trial yet")
+        raise NotEnoughData(f"{results.sweep_dir}: no scored trial yet")
     return best[0]["method"]
 
 
@@ -143,7 +149,8 @@ def parallel_figure(results, spec, method: str | None = None):
     names = searched_parameters(spec, method)
     rows = [r for r in results.trials.to_pylist() if r["method"] == method and r.get(column) is not None]
     if not names or not rows:
-        raise ValueError(f"{results.sweep_dir}: method {method!r} has no searched hyperparameter or no scored trial")
+        raise NotEnoughData(f"{results.sweep_dir}: method {method!r} has no searched hyperparameter or no scored "
+                            f"trial")
     axes_names = [*names, column]
     figure, axes = plt.subplots(figsize=(1.8 * len(axes_names) + 2, 4))
     values = {n: [r[n] for r in rows] for n in axes_names}
@@ -203,8 +210,8 @@ def importance_figure(study, spec, results, method: str | None = None):
     method = chosen_method(results, method)
     found, count = importances(study, spec, method)
     if not found:
-        raise ValueError(f"method {method!r} has {count} finished trial(s) with every searched hyperparameter: too "
-                         f"few for an importance")
+        raise NotEnoughData(f"method {method!r} has {count} finished trial(s) with every searched hyperparameter: too "
+                            f"few for an importance; grow the sweep with `l2d-sweep extend`")
     figure, axes = plt.subplots(figsize=(6, 0.5 * len(found) + 1.5))
     names = list(found)[::-1]
     axes.barh(names, [found[n] for n in names], color="C0")
@@ -277,7 +284,11 @@ def rungs_figure(results, spec):
     metric, _ = results.objectives[0]
     found = rung_correlations(results, spec)
     if not found:
-        raise ValueError("the sweep has no ASHA rung below max_epochs")
+        raise NotEnoughData("the sweep has no ASHA rung below max_epochs")
+    if all(rung["trials"] < 3 for rung in found):
+        raise NotEnoughData(f"a rung's correlation needs 3 trials that ran every epoch; "
+                            f"{max(rung['trials'] for rung in found)} did (ASHA stopped the others): grow the sweep "
+                            f"with `l2d-sweep extend`")
     figure, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 3.8), squeeze=False)
     for axis, rung in zip(axes[0], found):
         axis.scatter([p[0] for p in rung["pairs"]], [p[1] for p in rung["pairs"]], s=18)

@@ -3,7 +3,8 @@
 One :class:`ProgressView` per driver (:func:`sweeps.runner._drive` opens it; :func:`current` hands it to the teacher
 phase and to Tune's callback, which live in the same process). It has two outputs:
 
-- :meth:`ProgressView.say`: an event (a trial started, an epoch, a teacher's epoch), one timestamped line each;
+- :meth:`ProgressView.say`: an event (a trial started, an epoch, a teacher's epoch), one line each, stamped with the
+  time since the driver started (the one clock of the view; the live line counts the same way);
 - :meth:`ProgressView.status`: the state of the whole sweep (trials done / running / stopped of N, epochs done of the
   budget, elapsed, the time left, the best so far). On a terminal it is a live line at the bottom, redrawn in place
   (rich), so the best so far is shown once instead of on every line; in a log (not a terminal, ``CI``) it is printed
@@ -113,7 +114,7 @@ class ProgressView:
                     handler.setStream(stream)
                 self._handlers = []
                 if self._status:
-                    self._print(f"[{time.strftime('%H:%M:%S')}] {self._status}")
+                    self._print(f"[{self.elapsed()}] {self._status}")
 
     def __enter__(self) -> "ProgressView":
         if self.live:
@@ -135,7 +136,7 @@ class ProgressView:
         if self.quiet:
             return
         with self._lock:
-            self._print(f"[{time.strftime('%H:%M:%S')}] {text}" if stamp else text)
+            self._print(f"[{self.elapsed()}] {text}" if stamp else text)
 
     def status(self, text: str, changed: bool = True) -> None:
         """The sweep's state. Live: redrawn in place. Plain: printed when ``changed`` (the caller says whether
@@ -149,7 +150,11 @@ class ProgressView:
                 return
             if changed and text != self._said_status:
                 self._said_status = text
-                self._print(f"[{time.strftime('%H:%M:%S')}] {text}")
+                self._print(f"[{self.elapsed()}] {text}")
+
+    def elapsed(self) -> str:
+        """The one clock of a driver's lines: the time since it started (``run.json`` holds the wall times)."""
+        return clock(time.time() - self.started)
 
 
 def current() -> ProgressView:

@@ -111,6 +111,16 @@ class RunRecord:
         self._write()
 
 
+def last_run(sweep_dir: Location) -> dict | None:
+    """The newest entry of ``run.json`` (None when there is none or it cannot be read): read-only."""
+    path = sweep_dir / RUN_FILE
+    try:
+        runs = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    except (ValueError, AttributeError, UnicodeDecodeError, OSError):
+        return None
+    return runs[-1] if runs and isinstance(runs[-1], dict) else None
+
+
 def _now() -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%S%z")
 

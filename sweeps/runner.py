@@ -96,7 +96,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
         say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
-        build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0).fit()
+        _fit(build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0))
 
     return _drive(spec, "run", driver, prepare, body, write_spec=True, new_folder=True)
 
@@ -117,7 +117,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         tuner, why = _restore(spec, driver.quiet, lease, experiment, marker["sweep_id"], driver.trust)
         if tuner is not None:
             say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
-            tuner.fit()
+            _fit(tuner)
             return
         recorded = outcome(spec.sweep_dir)
         remaining = spec.budget.num_samples - recorded.finished
@@ -130,8 +130,8 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         if remaining > 0:
             budget = replace(spec.budget, num_samples=remaining)
-            build_tuner(replace(spec, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
-                        total_trials=spec.budget.num_samples).fit()
+            _fit(build_tuner(replace(spec, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
+                             total_trials=spec.budget.num_samples))
         else:
             _close_unfinished(spec)
 
@@ -186,8 +186,8 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
             f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
         budget = replace(grown.budget, num_samples=num_samples)
-        build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
-                    total_trials=grown.budget.num_samples).fit()
+        _fit(build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
+                         total_trials=grown.budget.num_samples))
 
     return _drive(grown, "extend", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
 
@@ -233,10 +233,20 @@ def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callabl
     ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
     A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote.
     Everything it prints goes through one progress view (:mod:`sweeps.progress`), live on a terminal."""
+    from sweeps.interrupt import Interrupts
     from sweeps.progress import opened
 
-    with opened(driver.quiet):
+    with opened(driver.quiet), Interrupts():
         return _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled)
+
+
+def _fit(tuner) -> None:
+    """``tuner.fit()``, and :class:`sweeps.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
+    normally after its graceful stop: without this a Ctrl-C would read as the sweep's end)."""
+    from sweeps.interrupt import after_fit
+
+    tuner.fit()
+    after_fit()
 
 
 def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled) -> SweepOutcome:
@@ -276,8 +286,12 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         _sign_tune_state(spec)
     except BaseException as error:
+        from sweeps.interrupt import SweepInterrupted
+
         if started or not new_folder:
-            record.end(f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}")
+            record.end(f"LeaseError: {lease.failure}" if lease.failure else _ended_by(error))
+        if started and isinstance(error, SweepInterrupted):
+            _sign_tune_state(spec)  # Tune saved its state on the way out, after the callback's last signature
         lease.release()
         if new_folder and not started:
             spec.sweep_dir.delete()
@@ -286,6 +300,18 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
     record.end(result.describe())
     lease.release()
     return result
+
+
+def _ended_by(error: BaseException) -> str:
+    """run.json's outcome of a driver that raised ``error``: ``interrupted (SIGINT)`` for a signal (what ``status``
+    and ``list`` read), else the error's type and first line."""
+    from sweeps.interrupt import SweepInterrupted
+
+    if isinstance(error, SweepInterrupted):
+        return str(error)
+    if isinstance(error, KeyboardInterrupt):
+        return "interrupted (a second signal: stopped at once)"
+    return f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
 
 
 def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
@@ -349,8 +375,6 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be,
     or when its files are not signed by this user's key (unless ``trust``): loading them would run any code a
     planted pickle names."""
-    import os
-
     from ray import tune
 
     from sweeps._fences import set_restored_callbacks
@@ -364,15 +388,31 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     if unsigned and not trust:
         return None, (f"{len(unsigned)} of its files are not signed by this user's key ({unsigned[0]}...): they could "
                       f"run any code; pass --trust to load them if you vouch for this folder")
-    if trust:
-        os.environ["L2D_SWEEP_TRUST"] = "1"  # the searcher, unpickled by Tune inside restore, loads its own state too
     try:
         tuner = tune.Tuner.restore(storage_path, trainable=trainable(spec), resume_unfinished=True,
                                    resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     set_restored_callbacks(tuner, callbacks(spec, quiet, lease, sweep_id, experiment))
+    _relocate(tuner, spec, trust)
     return tuner, None
+
+
+def _relocate(tuner, spec: SweepSpec, trust: bool) -> None:
+    """Point what Tune unpickled at this folder: the searcher's study and state, ASHA's rung file. They hold the
+    paths of the folder the experiment began in, and a copied or moved sweep must never write there."""
+    from sweeps._fences import restored_search_and_scheduler
+    from sweeps.scheduler import PersistentASHA
+    from sweeps.searcher import StudySearcher
+
+    search, scheduler = restored_search_and_scheduler(tuner)
+    while search is not None and not isinstance(search, StudySearcher):
+        search = getattr(search, "searcher", None)  # Tune's SearchGenerator and ConcurrencyLimiter wrap it
+    if search is None:
+        raise SweepFolderError(f"{spec.sweep_dir}: Tune's experiment holds no study searcher of this tool")
+    search.relocate(spec, trusted=trust)
+    if isinstance(scheduler, PersistentASHA):
+        scheduler.state_uri = str(spec.sweep_dir / "asha.json")
 
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:

@@ -76,6 +76,15 @@ class StudySearcher(Searcher):
                     self._study.enqueue_trial(point)
         return self._study
 
+    def relocate(self, spec, trusted: bool = False) -> None:
+        """After Tune unpickled this searcher from an experiment (resume): read and write the study and the state
+        of the sweep folder ``spec`` reads from, which may not be where the experiment began (a copied or moved
+        sweep); ``trusted``: load ``searcher.pkl`` even when this user's key did not sign it (``--trust``)."""
+        self.spec = spec
+        self.store = StudyStore(spec.sweep_dir, spec.study_storage)
+        self.trusted = trusted
+        self._study = None
+
     def set_search_properties(self, metric, mode, config, **spec) -> bool:
         return True
 
@@ -175,7 +184,7 @@ class StudySearcher(Searcher):
         from sweeps.trust import Signatures
 
         data = self.state_file.read_bytes() if self.state_file.is_file() else None
-        trusted = os.environ.get("L2D_SWEEP_TRUST") == "1"
+        trusted = getattr(self, "trusted", False)
         if data is not None and not trusted and not Signatures(self.store.sweep_dir).check(self.state_file.name, data):
             logger.warning("%s: not signed by this user's key; not loaded (Tune's copy, checked with the experiment, "
                            "is used)", self.state_file)

@@ -145,6 +145,9 @@ class SweepSpec:
     # Configurations the search evaluates first (instead of the default first point): each a mapping of teacher,
     # student, method and searched hyperparameters; what it leaves out is sampled.
     first_points: tuple = ()
+    # The folder this spec was read from (:func:`sweeps.stored.load_sweep_spec`): a sweep is its folder, so a copied,
+    # renamed or moved sweep reads and writes there, whatever name and storage its spec.yaml holds. Never stored.
+    folder: str | None = field(default=None, compare=False, repr=False)
 
     @property
     def trainer(self) -> str:
@@ -164,8 +167,16 @@ class SweepSpec:
 
     @property
     def sweep_dir(self) -> Location:
-        """``<storage>/<name>``, a local folder or a URI."""
-        return self.storage_location / self.name
+        """``<storage>/<name>``, a local folder or a URI; for a spec read from a sweep folder, that folder."""
+        return Location.parse(self.folder) if self.folder else self.storage_location / self.name
+
+    def in_folder(self, folder: "str | Location") -> "SweepSpec":
+        """This spec as the sweep stored at ``folder`` (which may have been copied, renamed or moved since it was
+        started): it reads and writes there, and its storage (where the shared teacher store is) is the folder's
+        parent unless the folder is still ``<storage>/<name>``."""
+        folder = Location.parse(folder)
+        storage = self.storage if self.storage_location / self.name == folder else str(folder.parent)
+        return replace(self, folder=str(folder), storage=storage)
 
     @property
     def teacher_store(self) -> Location:
@@ -193,6 +204,7 @@ class SweepSpec:
 
     def to_dict(self) -> dict:
         data = asdict(self)
+        del data["folder"]  # where it was read from, not what it runs
         data["pairings"] = [{"teacher": p.teacher, "students": list(p.students)} for p in self.pairings]
         data["methods"] = list(self.methods)
         data["search_space"] = {k: asdict(v) if isinstance(v, Range) else v for k, v in self.search_space.items()}
@@ -633,7 +645,9 @@ def with_overrides(spec: SweepSpec, source: str, **changes: Any) -> SweepSpec:
             data[key] = value
     if changes.get("budget.max_epochs") is not None:
         data["budget"]["grace_period"] = min(data["budget"]["grace_period"], data["budget"]["max_epochs"])
-    return parse_spec(data, source)
+    changed = parse_spec(data, source)
+    moved = any(changes.get(key) is not None for key in ("name", "storage"))
+    return changed if moved or not spec.folder else replace(changed, folder=spec.folder)
 
 
 def json_schema() -> dict:

@@ -45,8 +45,10 @@ def sweep_exists(sweep_dir: str | Location) -> bool:
 
 
 def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpec:
-    """The spec stored in a sweep folder (following the folder when it moved). A spec that differs from the one the
-    sweep was started with (its digest in the marker) is reported, or refused for a ``driver``.
+    """The spec stored in a sweep folder, as the sweep *in that folder*: copied, renamed or moved, it reads and
+    writes where it is (:meth:`sweeps.spec.SweepSpec.in_folder`), never at the ``<storage>/<name>`` its file names.
+    A spec that differs from the one the sweep was started with (its digest in the marker) is reported, or refused
+    for a ``driver``.
 
     Raises:
         SweepNotFoundError: no sweep there (a spec file given instead is named as such); SweepStateError: its
@@ -67,9 +69,7 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
         first = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise SweepStateError(f"{path}: not valid YAML ({first}); the sweep's stored spec is damaged") from None
     try:
-        spec = parse_spec(data, str(path))
-        if spec.sweep_dir != sweep_dir:  # the folder moved: follow it
-            spec = parse_spec({**spec.to_dict(), "storage": str(sweep_dir.parent)}, str(path))
+        spec = parse_spec(data, str(path)).in_folder(sweep_dir)  # a sweep is its folder: a copy reads as itself
     except SpecError as error:  # the sweep's own file, not the user's input: a state error (exit 1), every line kept
         raise SweepStateError("; ".join(error.errors) + " (the sweep's stored spec is damaged or from a newer "
                               "version)") from None

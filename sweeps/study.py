@@ -49,6 +49,7 @@ class StudyStore:
 
     def __init__(self, sweep_dir: Location, url: str | None = None, reader: bool = False):
         self.sweep_dir = sweep_dir
+        self.reader = reader
         self.remote_file: Location | None = None
         self.own = not url  # the sweep's own study.db (not a database the spec names)
         self.timeout = 60.0  # seconds a SQLite study waits for another process's lock
@@ -81,14 +82,28 @@ class StudyStore:
             self.remote_file.write_bytes(self.local_file.read_bytes())
 
     def storage(self) -> optuna.storages.RDBStorage:
-        """The study's storage (one per store object: every call returns the same connection pool)."""
+        """The study's storage (one per store object: every call returns the same connection pool).
+
+        A reader's is read-only: the sweep's own SQLite file through a read-only connection (``mode=ro``: any
+        write fails with "attempt to write a readonly database"), a remote sweep's study through this process's
+        own copy, a PostgreSQL study in read-only transactions, a MySQL one in a read-only session. A read command
+        and ``Sweep.study()`` cannot change the sweep's study."""
         if getattr(self, "_rdb", None) is None:
             if self.local_file is not None:
-                self.local_file.parent.mkdir(parents=True, exist_ok=True)
-                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"connect_args": {
-                    "timeout": getattr(self, "timeout", 60.0)}})
+                connect = {"timeout": getattr(self, "timeout", 60.0)}
+                if getattr(self, "reader", False) and self.remote_file is None:
+                    if not self.local_file.is_file():
+                        raise FileNotFoundError(f"{self.local_file}: no study database")
+                    url = f"sqlite:///file:{self.local_file}?mode=ro&uri=true"  # the sweep's real file: read-only
+                else:
+                    self.local_file.parent.mkdir(parents=True, exist_ok=True)
+                    url = self.url
+                self._rdb = optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": connect})
             else:
-                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs={"pool_pre_ping": True})
+                engine: dict[str, Any] = {"pool_pre_ping": True}
+                if getattr(self, "reader", False):
+                    engine["connect_args"] = _read_only_session(self.url)
+                self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
         return self._rdb
 
     def __getstate__(self):  # pickled with the searcher: the connection pool stays behind
@@ -119,6 +134,16 @@ class StudyStore:
     def describe(self) -> str:
         """The URL without a password (for messages)."""
         return re.sub(r"://([^:/@]+):[^@]*@", r"://\1:***@", self.url)
+
+
+def _read_only_session(url: str) -> dict:
+    """Connection arguments that make a database session read-only (for a reader): PostgreSQL's
+    ``default_transaction_read_only``, MySQL's ``SET SESSION TRANSACTION READ ONLY``."""
+    if url.startswith("postgresql"):
+        return {"options": "-c default_transaction_read_only=on"}
+    if url.startswith("mysql"):
+        return {"init_command": "SET SESSION TRANSACTION READ ONLY"}
+    return {}
 
 
 def study_name(spec, sweep_id: str) -> str:

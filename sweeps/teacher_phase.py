@@ -85,6 +85,10 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
                 card = cards[teacher] = ray.get(ref)
                 say(f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP "
                     f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters")
+                digest = card.get("digest")
+                if card["trained_now"] and digest:  # the store follows the storage: where it is, how to share it
+                    say(f"    stored as {spec.teacher_store / digest}; a sweep with another storage trains it again "
+                        f"unless that folder is copied into its <storage>/teachers/")
                 view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready", changed=False)
     finally:
         for event in _drain(events):  # epochs that ended between the last read and the task's end

@@ -108,6 +108,14 @@ def test_the_readme_is_short_and_links_resolve():
             assert (ROOT / target).exists(), target
 
 
+def test_the_readme_s_spec_is_the_shipped_quickstart():
+    # The README shows the spec `make sweep` runs: the file itself, comments included, not a version of it.
+    text = (ROOT / "README.md").read_text()
+    blocks = re.findall(r"```yaml\n(.*?)```", text, flags=re.S)
+    assert blocks, "the README has no yaml block"
+    assert blocks[0] == (ROOT / "search_spaces" / "quickstart.yaml").read_text(), "README spec != quickstart.yaml"
+
+
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs-material is in the docs extra: pip install -e '.[docs]'")
     pytest.importorskip("material", reason="mkdocs-material is in the docs extra: pip install -e '.[docs]'")

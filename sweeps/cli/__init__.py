@@ -7,7 +7,8 @@ the commands that use them.
 
 Exit status: 0 when the command did its job (for ``run``/``resume``: at least one trial that did not fail), 1 when
 it could not (every trial failed, another driver holds the sweep, a damaged state file, a failure of Ray or the
-storage), 2 for bad input (a spec, a flag, a dataset, a path), 130 when interrupted. Every error is one line on
+storage), 2 for bad input (a spec, a flag, a dataset, a path), 130 when interrupted (Ctrl-C), 143 when
+stopped by SIGTERM. Every error is one line on
 stderr; ``--debug`` adds the traceback.
 """
 
@@ -69,14 +70,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as error:
         lease = sys.modules.get("sweeps.lease")
         if lease is not None and lease.stopped_because:  # the driver stopped itself: its lease could not be renewed
             _report(args, f"failed: {lease.stopped_because}")
             return 1
+        status = getattr(error, "exit_status", 130)  # sweeps.interrupt.SweepInterrupted: 143 for SIGTERM
         hint = f"; continue it with `l2d-sweep resume {args.sweep_dir}`" if getattr(args, "sweep_dir", None) else ""
-        print(f"l2d-sweep {args.command}: interrupted{hint}", file=sys.stderr)
-        return 130
+        print(f"l2d-sweep {args.command}: {str(error) or 'interrupted'}{hint}", file=sys.stderr)
+        return status
     except BrokenPipeError:
         # `l2d-sweep results ... | head`: the reader has what it wanted. Quiet, as a Unix tool killed by SIGPIPE
         # (status 141); stdout is pointed at /dev/null so that Python's flush at exit raises nothing more.

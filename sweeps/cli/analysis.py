@@ -26,19 +26,23 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     plots.check_png_target(args.out)  # refused before anything is read
     spec = load_sweep_spec(args.path)
     results = SweepResults(spec.sweep_dir)
-    if args.kind == "history":
-        figure = plots.history_figure(results, _study_or_none(args.path))
-    elif args.kind == "parallel":
-        figure = plots.parallel_figure(results, spec, args.method)
-    elif args.kind == "importance":
-        study = _study_or_none(args.path)
-        if study is None:
-            raise ValueError(f"{spec.sweep_dir}: the importance plot needs the sweep's Optuna study")
-        figure = plots.importance_figure(study, spec, results, args.method)
-    elif args.kind == "pareto":
-        figure = plots.pareto_figure(results)
-    else:
-        figure = plots.rungs_figure(results, spec)
+    try:
+        if args.kind == "history":
+            figure = plots.history_figure(results, _study_or_none(args.path))
+        elif args.kind == "parallel":
+            figure = plots.parallel_figure(results, spec, args.method)
+        elif args.kind == "importance":
+            study = _study_or_none(args.path)
+            if study is None:
+                raise plots.NotEnoughData(f"{spec.sweep_dir}: the importance plot needs the sweep's Optuna study")
+            figure = plots.importance_figure(study, spec, results, args.method)
+        elif args.kind == "pareto":
+            figure = plots.pareto_figure(results)
+        else:
+            figure = plots.rungs_figure(results, spec)
+    except plots.NotEnoughData as reason:  # not bad input: the sweep cannot show it yet (exit 0, nothing written)
+        print(f"l2d-sweep plot: no {args.kind} plot drawn: {reason}", file=sys.stderr)
+        return 0
     where = plots.save_figure(figure, args.out)
     print(f"wrote the {args.kind} plot of {spec.sweep_dir} to {where}", file=sys.stderr)
     return 0
@@ -75,15 +79,39 @@ def _sweep_row(path) -> dict:
     from sweeps.results import sweep_status
     from sweeps.stored import load_sweep_spec
 
+    from sweeps.folder import read_marker
+
     spec = load_sweep_spec(path)
     status = sweep_status(spec.sweep_dir)
     best = status.best or {}
-    return {"sweep": spec.name, "trials": sum(status.counts.values()),
-            "finished": sum(n for state, n in status.counts.items() if state in ("completed", "stopped")),
-            "failed": status.counts.get("failed", 0), "driver": "running" if status.driver else "-",
+    return {"sweep": spec.sweep_dir.name, "state": status.state, "trials": sum(status.counts.values()),
+            "completed": status.counts.get("completed", 0), "stopped": status.counts.get("stopped", 0),
+            "failed": status.counts.get("failed", 0),
             "metric": status.metric, "best": best.get("value"), "test_mAP": best.get("test_mAP"),
             "method": best.get("method"), "student": best.get("student"), "trial_id": best.get("trial_id"),
-            "updated": _last_change(spec.sweep_dir), "path": str(spec.sweep_dir)}
+            "updated": _last_change(spec.sweep_dir), "path": str(spec.sweep_dir),
+            "sweep_id": (read_marker(spec.sweep_dir) or {}).get("sweep_id")}
+
+
+def _copies(rows: list[dict], key: str = "path") -> list[str]:
+    """One line per sweep id that more than one of ``rows`` carries: those folders are copies of one sweep (the same
+    trials up to the copy; each goes on on its own since). ``key``: what names a folder in the line."""
+    by_id: dict[str, list[str]] = {}
+    for row in rows:
+        if row.get("sweep_id"):
+            by_id.setdefault(row["sweep_id"], []).append(row[key])
+    return [f"{', '.join(paths)} are copies of one sweep (id {sweep_id}): the same trials up to the copy, each on its "
+            f"own since" for sweep_id, paths in by_id.items() if len(paths) > 1]
+
+
+def short_labels(paths: list) -> list[str]:
+    """Labels for sweep folders: their names, or as many trailing path parts as make them differ."""
+    parts = [str(p).rstrip("/").split("/") for p in paths]
+    for depth in range(1, max(len(p) for p in parts) + 1):
+        labels = ["/".join(p[-depth:]) for p in parts]
+        if len(set(labels)) == len(labels):
+            return labels
+    return [str(p) for p in paths]
 
 
 def _last_change(sweep_dir) -> str | None:
@@ -116,9 +144,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
             except Exception as error:  # noqa: BLE001 - one damaged sweep does not hide the others: named on stderr
                 unreadable.append(f"{child}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
                 continue
-            rows.append({k: v for k, v in row.items() if k not in ("trial_id", "path")})
+            rows.append(row)
     for line in unreadable:
         print(f"l2d-sweep list: {line}", file=sys.stderr)
+    for line in _copies(rows):
+        print(f"l2d-sweep list: {line}", file=sys.stderr)
+    shown = ("trial_id", "path") if args.format == "table" else ("trial_id",)
+    rows = [{k: v for k, v in row.items() if k not in shown} for row in rows]
     if not rows:
         print(f"{storage}: no sweep here", file=sys.stderr)
         return 1 if unreadable else 0
@@ -136,41 +168,67 @@ def _flatten(data, prefix: str = "") -> dict:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
+    import json
+
     import pyarrow as pa
 
     from sweeps.cli._common import render
     from sweeps.results import SweepResults
+    from sweeps.results.reader import _plain
+    from sweeps.results.schema import OBJECTIVE_COLUMNS
     from sweeps.stored import load_sweep_spec
 
+    if args.format == "csv":
+        raise ValueError("compare --format csv: compare prints four tables, which one CSV cannot hold; use json (one "
+                         "document with every table) or jsonl (one row a line, each with its table's name)")
     specs = [load_sweep_spec(path) for path in args.sweeps]
-    names = [spec.name for spec in specs]
-    if len(set(names)) < len(names):  # sweeps of the same name in two storages: their paths tell them apart
-        names = [str(spec.sweep_dir) for spec in specs]
-    rows = [{**_sweep_row(spec.sweep_dir), "sweep": name} for spec, name in zip(specs, names)]
-    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "path"} for r in rows]), args.format))
-    if args.format != "table":
-        return 0
-    from sweeps.results.schema import OBJECTIVE_COLUMNS
-
+    names = short_labels([spec.sweep_dir for spec in specs])  # the folders' names, longer only where they clash
+    sweeps = [{**_sweep_row(spec.sweep_dir), "sweep": name} for spec, name in zip(specs, names)]
+    copies = _copies(sweeps, key="sweep")
     column = OBJECTIVE_COLUMNS.get(specs[0].metric, "best_val_mAP")
     tables = [SweepResults(spec.sweep_dir).trials.to_pylist() for spec in specs]
-    print(f"\nbest {column} per method and pairing" + (f" ({names[1]} - {names[0]} in diff):" if len(names) == 2
-                                                       else ":"))
-    print(render(pa.Table.from_pylist(best_per_pairing(tables, names, column, specs[0].mode))))
+    best = best_per_pairing(tables, names, column, specs[0].mode)
     paired, why = paired_trials(tables, specs, names, column)
-    if paired:
-        diffs = [row["diff"] for row in paired]
-        better = sum((d > 0) == (specs[0].mode == "max") for d in diffs if d != 0)
-        print(f"\npaired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; {names[1]} - "
-              f"{names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better in {better} of {len(paired)}")
-        print(render(pa.Table.from_pylist(paired)))
-    elif why:
-        print(f"\nno paired comparison: {why}")
     # What differs between the specs (the storage left out: the sweeps live where they live).
     flat = [{k: v for k, v in _flatten(spec.to_dict()).items() if k != "storage" and k != "name"} for spec in specs]
     keys = sorted(set().union(*flat))
     differ = [{"field": key, **{name: str(f.get(key, "-")) for name, f in zip(names, flat)}} for key in keys
               if len({str(f.get(key, "-")) for f in flat}) > 1]
+    sections = {"sweeps": [{k: v for k, v in r.items() if k != "trial_id"} for r in sweeps],
+                "best_per_pairing": best, "paired": paired, "spec_differences": differ}
+    if args.format in ("json", "jsonl"):  # every table, whole: the data of what the text shows
+        if args.format == "json":
+            document = {name: [{k: _plain(v) for k, v in row.items()} for row in rows]
+                        for name, rows in sections.items()}
+            print(json.dumps({**document, "column": column, "copies": copies, "no_pairing": why or None}, indent=1))
+        else:
+            for name, rows in sections.items():
+                for row in rows:
+                    print(json.dumps({"table": name, **{k: _plain(v) for k, v in row.items()}}))
+        return 0
+    import textwrap
+
+    for line in copies:
+        print(textwrap.fill(f"note: {line}", 100, subsequent_indent="  "))
+    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k not in ("path", "sweep_id", "trial_id")}
+                                       for r in sweeps])))
+    print(f"\nbest {column} per method and pairing" + (f" ({names[1]} - {names[0]} in diff):" if len(names) == 2
+                                                       else ":"))
+    print(render(pa.Table.from_pylist(best)))
+    if paired:
+        diffs = [row["diff"] for row in paired]
+        better = sum((d > 0) == (specs[0].mode == "max") for d in diffs if d != 0)
+        print("\n" + textwrap.fill(f"paired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; "
+                                   f"{names[1]} - {names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better "
+                                   f"in {better} of {len(paired)}", 100, subsequent_indent="  "))
+        # The values and their difference first; each configuration's hyperparameters in a table of their own.
+        print(render(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hyperparameters"}
+                                           for row in paired])))
+        print("\nthe paired configurations' hyperparameters:")
+        print(render(pa.Table.from_pylist([{"config": row["config"], "hyperparameters": row["hyperparameters"]}
+                                           for row in paired])))
+    elif why:
+        print(f"\nno paired comparison: {why}")
     if differ:
         print("\nspec fields that differ:")
         print(render(pa.Table.from_pylist(differ)))
@@ -196,7 +254,7 @@ def best_per_pairing(tables: list[list[dict]], names: list[str], column: str, mo
         row = {"method": method, "teacher": teacher, "student": student, **{n: values.get(n) for n in names}}
         if len(names) == 2:
             a, b = values.get(names[0]), values.get(names[1])
-            row["diff"] = None if a is None or b is None else round(b - a, 4)
+            row["diff"] = None if a is None or b is None else b - a
         out.append(row)
     return out
 
@@ -228,10 +286,10 @@ def paired_trials(tables: list[list[dict]], specs, names: list[str], column: str
             continue
         hparams = ", ".join(f"{c}={row[c]:.3g}" for c in HPARAM_COLUMNS if row.get(c) is not None
                             and not (isinstance(row[c], float) and math.isnan(row[c])))
-        out.append({"method": row["method"], "student": row["student"], "hyperparameters": hparams,
+        out.append({"config": len(out) + 1, "method": row["method"], "student": row["student"],
                     f"trial {names[0]}": match["trial_id"], names[0]: match[column],
                     f"trial {names[1]}": row["trial_id"], names[1]: row[column],
-                    "diff": round(row[column] - match[column], 4)})
+                    "diff": row[column] - match[column], "hyperparameters": hparams})
     return out, "" if out else "no configuration was run by both (the same pairing, method and hyperparameters)"
 
 
@@ -278,5 +336,6 @@ def add_commands(commands) -> None:
                     "same seed, the configurations both ran (a paired comparison: the mean difference and how "
                     "often the second is better); and the spec fields that differ.")
     compare.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (two or more)")
-    add_format_argument(compare, "output format of the first table (default: table; the others are text only)")
+    add_format_argument(compare, "output format: table (text, default); json (one document holding every table); "
+                                 "jsonl (one row a line, with its table's name); csv is refused (four tables)")
     compare.set_defaults(func=_cmd_compare)

@@ -82,7 +82,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         import optuna_dashboard
     except ImportError:
         raise RuntimeError("optuna-dashboard is not installed: pip install 'l2d-sweep[dashboard]'") from None
-    spec, study, store = load_sweep_study(args.path)
+    spec, study, store = load_sweep_study(args.path, read_only=not args.writable)
+    if args.writable:
+        print(f"l2d-sweep dashboard: --writable: the dashboard can change and delete the study of {spec.sweep_dir} "
+              f"(its delete button removes the sweep's search history; the results tables keep the trials)",
+              file=sys.stderr)
 
     class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         def log_message(self, *arguments):  # one line per request would drown the URL
@@ -91,8 +95,9 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     app = optuna_dashboard.wsgi(store.storage())
     server = wsgiref.simple_server.make_server("127.0.0.1", args.port, app, handler_class=QuietHandler)
     port = server.server_address[1]
+    mode = "writable" if args.writable else "read-only"
     print(f"optuna-dashboard on the study {study.study_name!r} of {spec.sweep_dir} ({len(study.trials)} trials, "
-          f"{store.describe()}): http://127.0.0.1:{port}/dashboard/  (Ctrl-C stops it)", flush=True)
+          f"{store.describe()}, {mode}): http://127.0.0.1:{port}/dashboard/  (Ctrl-C stops it)", flush=True)
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -137,7 +142,10 @@ def _cmd_results(args: argparse.Namespace) -> int:
         print(render(table, args.format))
         return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
-    print(render(results.leaderboard(args.limit, columns), args.format))
+    if args.format == "table":  # for a person: the top rows, the columns that matter, rounded when shown
+        print(render(results.leaderboard(args.limit or 10, columns), args.format))
+    else:  # data: every row and every column at full precision, unless --limit / --columns choose
+        print(render(results.leaderboard(args.limit, columns, every_column=True), args.format))
     return 0
 
 
@@ -162,8 +170,10 @@ def _compact(path: str) -> int:
 
 def _cmd_status(args: argparse.Namespace) -> int:
     if not args.watch:
-        _print_status(args.path)
+        _print_status(args.path, args.format)
         return 0
+    if args.format != "table":
+        raise ValueError("--watch prints tables for a person; --format json reads the status once")
     import time
 
     from sweeps.results import sweep_status
@@ -185,17 +195,29 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
 
 
-def _print_status(path: str) -> None:
+def _print_status(path: str, fmt: str = "table") -> None:
     from sweeps.results import sweep_status
 
     status = sweep_status(path)
-    print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items()))
-    if status.driver:
+    if fmt == "json":
+        import json
+
+        print(json.dumps({**status.to_dict(), "path": str(status.outcome.results.sweep_dir
+                                                           if status.outcome.results else path)}, indent=1,
+                         default=str))
+        return
+    print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items())
+          + (f" (budget {status.budget})" if status.budget else ""))
+    stale = f" (a stale lease: {status.stale_lease})" if status.stale_lease else ""
+    if status.state == "running":
         print(f"driver: running, {status.driver}")
+    elif status.state in ("interrupted", "incomplete"):
+        print(f"driver: not running{stale}; the sweep is {status.state}: {status.detail}")
+        print(f"  continue it with `l2d-sweep resume {path}`")
+    elif status.state == "failed":
+        print(f"driver: not running{stale}; the sweep did not succeed (exit status 1): {status.detail}")
     else:
-        verdict = "succeeded" if status.outcome.succeeded else "did not succeed (exit status 1)"
-        stale = f" (a stale lease: {status.stale_lease})" if status.stale_lease else ""
-        print(f"driver: not running{stale}; the sweep {verdict}: {status.outcome.describe()}")
+        print(f"driver: not running{stale}; the sweep finished: {status.detail}")
     if status.best:
         b = status.best
         test = f", test mAP {b['test_mAP']:.2f}" if b.get("test_mAP") is not None else ""
@@ -278,10 +300,14 @@ def add_commands(commands) -> None:
     dashboard = commands.add_parser(
         "dashboard", help="browse the sweep's Optuna study in optuna-dashboard",
         description="Serve optuna-dashboard on 127.0.0.1 on the sweep's study (history, parameter importance, "
-                    "parallel coordinates, Pareto front); Ctrl-C stops it. Needs the [dashboard] extra.")
+                    "parallel coordinates, Pareto front), read-only unless --writable; Ctrl-C stops it. Needs the "
+                    "[dashboard] extra.")
     dashboard.add_argument("path", help="the sweep folder")
     dashboard.add_argument("--port", type=bounded(int, 0, maximum=65535), default=8080,
                            help="port on 127.0.0.1 (default: 8080; 0: any free one)")
+    dashboard.add_argument("--writable", action="store_true",
+                           help="let the dashboard write the study (notes, deleting trials or the study itself); by "
+                                "default it reads the study read-only and its changes fail")
     dashboard.set_defaults(func=_cmd_dashboard)
 
     results = commands.add_parser(
@@ -291,15 +317,18 @@ def add_commands(commands) -> None:
     results.add_argument("path", help="the sweep folder")
     results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
                                        'max(best_val_mAP) FROM trials GROUP BY method"')
-    add_format_argument(results, "output format: table (fits the terminal), csv, json (one array), jsonl (one "
-                                 "object a line); data only on stdout")
+    add_format_argument(results, "output format: table (fits the terminal, rounded for reading), csv, json (one "
+                                 "array), jsonl (one object a line): the data at full precision, every row and "
+                                 "column unless --limit / --columns; data only on stdout")
     results.add_argument("--sql-memory", default="1GB", help="the memory a --sql query may use (default: 1GB)")
     results.add_argument("--sql-timeout", type=bounded(float, 0.0, exclusive=True), default=60.0,
                          help="seconds a --sql query may run (default: 60)")
-    results.add_argument("--limit", type=positive_int, default=10, help="leaderboard rows (default: 10)")
-    results.add_argument("--columns", help="the leaderboard's columns, comma-separated (any of the trials table's; "
-                                           "default: the objectives, test mAP, and every hyperparameter the trials "
-                                           "have)")
+    results.add_argument("--limit", type=positive_int,
+                         help="leaderboard rows (default: 10 in a table; every row with --format csv/json/jsonl)")
+    results.add_argument("--columns", help="the leaderboard's columns, comma-separated, by the trials table's names "
+                                           "(best_val_mAP, test_mAP_at_best, lr...; default in a table: the objectives, "
+                                           "test mAP and every searched hyperparameter; with --format csv/json/jsonl: "
+                                           "every column)")
     results.add_argument("--pareto", action="store_true",
                          help="the Pareto front of the objectives (val mAP vs student size for one objective)")
     results.add_argument("--compact", action="store_true",
@@ -315,4 +344,7 @@ def add_commands(commands) -> None:
     status.add_argument("--watch", type=bounded(float, 0.0, exclusive=True), nargs="?", const=5.0, default=None,
                         metavar="SECONDS", help="print it again every SECONDS (default 5) until no driver runs the "
                                             "sweep; Ctrl-C stops watching, never the sweep")
+    status.add_argument("--format", choices=["table", "json"], default="table",
+                        help="json: the state, the trials by state, the best trial, the running trials and the last "
+                             "run.json entry as one JSON document")
     status.set_defaults(func=_cmd_status)

@@ -91,7 +91,10 @@ class SweepResults:
                 outcome["table"] = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else \
                     relation.arrow()
             except duckdb.Error as error:
-                outcome["error"] = f"SQL error: {str(error).splitlines()[0]}"
+                lines = str(error).splitlines()
+                hint = next((line.strip() for line in lines[1:] if line.strip().startswith(("Candidate", "Did you"))),
+                            "")  # DuckDB's own suggestion of the column meant
+                outcome["error"] = f"SQL error: {lines[0]}" + (f" ({hint})" if hint else "")
 
         try:
             connection.register("trials", self.trials)
@@ -118,6 +121,15 @@ class SweepResults:
             connection.close()
             shutil.rmtree(private, ignore_errors=True)
 
+    def _searched(self) -> set[str]:
+        """The hyperparameters the stored spec searches (empty without a readable spec)."""
+        from sweeps.stored import SPEC_FILE, load_sweep_spec
+
+        if not (self.sweep_dir / SPEC_FILE).is_file():
+            return set()
+        return {name for name, value in load_sweep_spec(self.sweep_dir).search_space.items()
+                if not isinstance(value, (int, float))}
+
     @property
     def objectives(self) -> list[tuple[str, str]]:
         """The sweep's objectives from its stored spec (val mAP, max, for a folder without one)."""
@@ -130,10 +142,13 @@ class SweepResults:
                 self._objectives = [("val_mAP", "max")]
         return self._objectives
 
-    def leaderboard(self, limit: int = 10, columns: list[str] | None = None) -> pa.Table:
-        """Trials ranked by the spec's primary objective at their best epoch, with the test mAP of that epoch, the
-        other objectives, the paper's F1 where measured, and every hyperparameter the sweep's trials have (or
-        ``columns``, any of the trials table's)."""
+    def leaderboard(self, limit: int | None = None, columns: list[str] | None = None,
+                    every_column: bool = False) -> pa.Table:
+        """Trials ranked by the spec's primary objective at their best epoch (trials without a value left out), at
+        full precision and under the trials table's own column names (what ``--columns``, ``--sql`` and the API
+        take). ``columns``: any of the trials table's; else ``every_column``: all of them; else the objectives, test
+        mAP at that epoch, every hyperparameter the sweep's trials have, then the rest of the summary. ``limit``:
+        the first rows only (None: all)."""
         metric, mode = self.objectives[0]
         rank = OBJECTIVE_COLUMNS[metric]
         present = {name for name in self.trials.column_names
@@ -141,28 +156,24 @@ class SweepResults:
         if columns:
             unknown = [c for c in columns if c not in self.trials.column_names]
             if unknown:
-                raise ValueError(f"unknown column {unknown[0]!r}; the trials table has: "
-                                 f"{', '.join(self.trials.column_names)}")
+                raise ValueError(f"unknown column {unknown[0]!r}{_suggest_column(unknown[0], self.trials.column_names)}"
+                                 f"; the trials table has: {', '.join(self.trials.column_names)}")
             chosen = list(dict.fromkeys(["trial_id", *columns]))
+        elif every_column:
+            chosen = list(self.trials.column_names)
         else:
             objectives = [OBJECTIVE_COLUMNS[m] for m, _ in self.objectives]
-            chosen = ["trial_id", "status", "teacher", "student", "method", *objectives, "test_mAP_at_best",
-                      *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present],
-                      "best_epoch", "epochs_run", *[c for c in ("student_params",) if c not in objectives],
-                      *[c for c in HPARAM_COLUMNS if c in present]]
+            searched = self._searched()
+            hparams = sorted((c for c in HPARAM_COLUMNS if c in present), key=lambda c: c not in searched)
+            chosen = ["trial_id", "method", "student", *objectives, "test_mAP_at_best", *hparams, "status", "teacher", "best_epoch", "epochs_run",
+                      *[c for c in ("student_params",) if c not in objectives],
+                      *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present]]
             chosen = list(dict.fromkeys(chosen))
-
-        def shown(name: str) -> str:
-            if name in HPARAM_COLUMNS:
-                return f"round({name}, 6) AS {name}" if name == "lr" else f"round({name}, 3) AS {name}"
-            if name.startswith(("best_val_", "test_")):
-                alias = {"best_val_mAP": "val_mAP", "test_mAP_at_best": "test_mAP"}.get(name, name)
-                return f"round({name}, 2) AS {alias}"
-            return name
-
         order = sql_order(mode)
-        return self.sql(f"SELECT {', '.join(shown(c) for c in chosen)} FROM trials WHERE {rank} IS NOT NULL "
-                        f"ORDER BY {rank} {order}, trial_id LIMIT {int(limit)}")
+        limited = f" LIMIT {int(limit)}" if limit is not None else ""
+        selected = ", ".join(f'"{c}"' for c in chosen)
+        return self.sql(f"SELECT {selected} FROM trials WHERE {rank} IS NOT NULL ORDER BY {rank} {order}, "
+                        f"trial_id{limited}")
 
     def pareto(self) -> pa.Table:
         """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
@@ -184,6 +195,16 @@ class SweepResults:
         # The ids as a parameter, never pasted into the SQL.
         return self.sql(f"SELECT trial_id, student, method, {shown}{extra}, round(test_mAP_at_best, 2) AS test_mAP "
                         f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}", [front])
+
+
+def _suggest_column(name: str, columns: list[str]) -> str:
+    """``; did you mean 'best_val_mAP'?`` for a metric's short name or a near miss."""
+    import difflib
+
+    if name in OBJECTIVE_COLUMNS and OBJECTIVE_COLUMNS[name] in columns:
+        return f"; did you mean {OBJECTIVE_COLUMNS[name]!r} (the trials table's name for it)?"
+    close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 def _plain(value):
@@ -221,8 +242,8 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
     def show(value) -> str:
         if value is None:
             return "-"
-        if isinstance(value, float):
-            return f"{value:.4g}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.2f}".rstrip("0").rstrip(".")
+        if isinstance(value, float):  # four significant digits: a metric to 0.01, a learning rate as 0.0011
+            return f"{value:,.0f}" if abs(value) >= 1e4 else f"{value:.4g}"
         return str(value)
 
     numeric = [pa.types.is_integer(f.type) or pa.types.is_floating(f.type) for f in table.schema]
@@ -311,10 +332,48 @@ class SweepStatus:
     running: list[dict]
     size_bytes: int
     checkpoint_bytes: int
+    state: str = "finished"     # running, interrupted, incomplete, failed, finished (see sweep_state)
+    detail: str = ""            # the state in words, for one line
+    budget: int | None = None   # the stored spec's num_samples (None: no readable spec)
+    last_run: dict | None = None  # the newest entry of run.json
+
+    def to_dict(self) -> dict:
+        """Everything above, JSON-ready (``status --format json``)."""
+        return {"path": None, "state": self.state, "detail": self.detail, "counts": self.counts,
+                "budget": self.budget, "metric": self.metric, "driver": self.driver, "stale_lease": self.stale_lease,
+                "best": self.best, "running": self.running, "size_bytes": self.size_bytes,
+                "checkpoint_bytes": self.checkpoint_bytes, "last_run": self.last_run}
+
+
+#: A sweep's states, as ``status``, ``list`` and the API name them.
+STATES = ("running", "interrupted", "incomplete", "failed", "finished")
+
+
+def sweep_state(counts: dict[str, int], live_driver: bool, last: dict | None, budget: int | None) -> tuple[str, str]:
+    """``(state, words)``: ``running`` (a driver holds the lease), ``interrupted`` (its last driver was stopped by a
+    signal), ``incomplete`` (its last driver died or failed before every trial ended: ``resume`` goes on),
+    ``failed`` (every trial failed), ``finished``."""
+    result = SweepOutcome(None, counts)
+    finished, unfinished = result.finished, result.unfinished
+    of = f" of {budget}" if budget else ""
+    if live_driver:
+        return "running", f"{finished}{of} trial(s) finished"
+    outcome = str((last or {}).get("outcome") or "")
+    short = budget is not None and finished < budget  # finished: completed, stopped or failed
+    if outcome.startswith("interrupted"):
+        return "interrupted", f"{outcome}: {finished}{of} trial(s) finished"
+    if unfinished or short or (last is not None and last.get("ended") is None):
+        why = "" if last is None else "its driver stopped without finishing: " if last.get("ended") is None else \
+            f"its driver ended with {outcome[:80]!r}: "
+        return "incomplete", f"{why}{finished}{of} trial(s) finished, {unfinished} unfinished"
+    if not result.succeeded:
+        return "failed", result.describe()
+    return "finished", result.describe()
 
 
 def sweep_status(sweep_dir: str | Location) -> SweepStatus:
     from sweeps.folder import read_lease
+    from sweeps.provenance import last_run
 
     results = SweepResults(sweep_dir)
     folder = results.sweep_dir
@@ -329,10 +388,20 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
                        f"trial_id LIMIT 1").to_pylist()
     running = results.sql("SELECT trial_id, student, method, epochs_run AS epoch, round(last_val_mAP, 2) AS "
                           "last_val_mAP FROM trials WHERE status = 'running' ORDER BY trial_id").to_pylist()
+    budget = None
+    try:
+        from sweeps.stored import load_sweep_spec
+
+        budget = load_sweep_spec(folder).budget.num_samples
+    except Exception:  # noqa: BLE001 - status still reads a sweep whose stored spec it cannot (the tables suffice)
+        pass
+    last = last_run(folder)
+    state, detail = sweep_state(counts, live, last, budget)
     return SweepStatus(counts=counts, driver=lease.describe() if live else None,
                        stale_lease=lease.describe() if lease is not None and not live else None,
                        outcome=outcome(folder), metric=metric, best=best[0] if best else None, running=running,
-                       size_bytes=folder.size(), checkpoint_bytes=(folder / "train").size())
+                       size_bytes=folder.size(), checkpoint_bytes=(folder / "train").size(), state=state,
+                       detail=detail, budget=budget, last_run=last)
 
 
 def read_epochs(sweep_dir: str | Location, metric: str | None = None) -> list[dict]:

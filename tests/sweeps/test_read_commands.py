@@ -114,6 +114,9 @@ def test_through_a_pipe_stdout_holds_the_data_only(sweeps):
                               text=True, env=_env())
         assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
         rows = json.loads(done.stdout)  # one document, every column
+        if args[0] == "compare":  # several tables: one document holding each
+            assert set(rows) >= {"sweeps", "best_per_pairing", "paired", "spec_differences"}, rows
+            rows = rows["sweeps"]
         assert isinstance(rows, list) and rows and isinstance(rows[0], dict), args
     board = json.loads(subprocess.run([sys.executable, "-m", "sweeps.cli", "results", str(alpha), "--format", "json"],
                                       capture_output=True, text=True, env=_env()).stdout)
@@ -131,7 +134,7 @@ def test_list_and_compare_read_real_folders(sweeps, capsys):
     assert main(["list", str(storage), "--format", "json"]) == 0
     listed = {r["sweep"]: r for r in json.loads(capsys.readouterr().out)}
     assert sorted(listed) == ["alpha", "beta"]  # the folder that is no sweep is not listed
-    assert listed["alpha"]["trials"] == 4 and listed["alpha"]["best"] == 35.0 and listed["alpha"]["driver"] == "-"
+    assert listed["alpha"]["trials"] == 4 and listed["alpha"]["best"] == 35.0 and listed["alpha"]["state"] == "incomplete"  # 4 trials of a budget of 5, no driver
     assert main(["compare", str(alpha), str(beta)]) == 0
     text = capsys.readouterr().out
     assert "best best_val_mAP per method and pairing (beta - alpha in diff):" in text and "spec fields that differ:" in text

@@ -52,7 +52,10 @@ def test_a_recreated_trial_gets_its_own_parameters_back(tmp_path):
 
 
 def test_trial_ids_are_deterministic():
-    assert trial_id("s", 0, 1) == trial_id("s", 0, 1) != trial_id("s", 0, 2) != trial_id("s", 1, 1)
+    # The value a resumed driver re-creates must be the one the first driver wrote (pinned: a change of the
+    # derivation would give every old sweep's trials new ids), and each input changes it.
+    assert trial_id("s", 0, 1) == "96d0e74c"
+    assert len({trial_id("s", 0, 1), trial_id("s", 0, 2), trial_id("s", 1, 1), trial_id("t", 0, 1)}) == 4
     assert len(trial_id("s", 0, 1)) == 8
 
 
@@ -68,12 +71,34 @@ def test_a_trusted_folder_is_loaded_and_an_untrusted_one_is_not(tmp_path, monkey
     checkpoint = tmp_path / "tune-copy.pkl"
     searcher.save(str(checkpoint))
     plant_payload(spec.sweep_dir / "searcher.pkl", ran)
-    monkeypatch.delenv("L2D_SWEEP_TRUST", raising=False)
     searcher.restore(str(checkpoint))
     assert not ran.exists() and searcher.numbers == {"t1": 0}  # Tune's signed copy was used
+    # Trust is an argument of this searcher (given by resume --trust), never the process's environment.
     monkeypatch.setenv("L2D_SWEEP_TRUST", "1")
+    searcher.restore(str(checkpoint))
+    assert not ran.exists()
+    searcher.relocate(spec, trusted=True)
     searcher.restore(str(checkpoint))  # trusted: the planted pickle is loaded (and, being no state, falls back)
     assert ran.exists() and searcher.numbers == {"t1": 0}
+
+
+def test_a_relocated_searcher_writes_into_its_new_folder_only(tmp_path):
+    """Tune unpickles the searcher with the paths of the folder its experiment began in; a resumed copy of the
+    sweep relocates it, and from then on the study and the state file it writes are the copy's."""
+    import shutil
+
+    searcher, _ = _searcher(tmp_path)
+    searcher.suggest("a1")
+    original = searcher.spec.sweep_dir
+    copy = tmp_path / "copy"
+    shutil.copytree(original.path, copy)
+    before = (original / "study.db").read_bytes()
+    restored = pickle.loads(pickle.dumps(searcher))
+    restored.relocate(searcher.spec.in_folder(str(copy)))
+    restored.suggest("a2")
+    assert (original / "study.db").read_bytes() == before
+    assert len(optuna.load_study(study_name=restored.study.study_name,
+                                 storage=f"sqlite:///{copy / 'study.db'}").trials) == 2
 
 
 def test_every_searcher_s_sampler_survives_the_state_file(tmp_path):
