@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 
 from sweeps.callback import SweepCallback, write_hparams_config
 from sweeps.folder import LeaseKeeper
@@ -73,8 +74,17 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
             tune_logger.addFilter(_TuneStopLines())
     if ray.is_initialized():
         return None
+    # Ray's own log lines (its token notice, "Started a local Ray instance", the controller's) only with --verbose;
+    # Tune's warnings (a trial that cannot be placed, say) stay.
+    quiet_ray = {} if log_to_driver else {"logging_level": logging.ERROR}
+    if not log_to_driver:
+        logging.getLogger("ray.tune").setLevel(logging.WARNING)
+        logging.getLogger("ray.tune.execution.tune_controller").setLevel(logging.ERROR)
+        # Tune's result grid (which the sweep does not read: its results are the Parquet tables) looks for a resumed
+        # trial's result.json under the folder the experiment began in, and warns when the sweep was moved since.
+        logging.getLogger("ray.tune.analysis.experiment_analysis").setLevel(logging.ERROR)
     if os.environ.get("RAY_ADDRESS"):
-        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver)
+        return ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=log_to_driver, **quiet_ray)
     os.environ.setdefault("RAY_enable_metrics_collection", "false")
     # What the cluster's processes inherit from this one's environment when ray.init starts them, and this process
     # itself does not keep (a later cluster in the same process, a test's, must not find them).
@@ -99,7 +109,7 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     os.environ.update(inherited)
     try:
         context = ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", dashboard_port=port,
-                           log_to_driver=log_to_driver)
+                           log_to_driver=log_to_driver, **quiet_ray)
     finally:
         for name in inherited:
             os.environ.pop(name, None)
@@ -118,10 +128,10 @@ class _TuneStopLines(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
-        if message.startswith("Stop signal received"):
-            record.msg, record.args = ("stopping: the running trials are saved for `l2d-sweep resume` (Ctrl-C again "
-                                       "stops at once)"), ()
-            return True
+        if message.startswith("Stop signal received"):  # in Tune's signal handler, on the main thread
+            print("l2d-sweep: stopping: the running trials are saved for `l2d-sweep resume` (Ctrl-C again stops at "
+                  "once)", file=sys.stderr, flush=True)
+            return False
         return not message.startswith(self.DROPPED)
 
 

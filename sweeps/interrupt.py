@@ -65,6 +65,12 @@ class Interrupts:
                 signal.signal(signum, handler)
             self._active = False
 
+    def reinstall(self) -> None:
+        """Take SIGTERM back after ``ray.init``: Ray's core worker installs a handler of its own (it prints a stack
+        and aborts the process), which would leave a sweep stopped by SIGTERM unrecorded."""
+        if self._active:
+            signal.signal(signal.SIGTERM, self._handle)
+
     def _handle(self, signum: int, frame) -> None:
         if self.received is None:
             self.received = signum

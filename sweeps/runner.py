@@ -94,7 +94,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
 
     def body(lease, marker):
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
-        say(f"sweep {spec.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
+        say(f"sweep {spec.sweep_dir.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
         _fit(build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0))
 
@@ -116,7 +116,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         _reconcile_study(spec, marker["sweep_id"], say, finished=False)
         tuner, why = _restore(spec, driver.quiet, lease, experiment, marker["sweep_id"], driver.trust)
         if tuner is not None:
-            say(f"resuming sweep {spec.name} from {spec.sweep_dir}")
+            say(f"resuming sweep {spec.sweep_dir.name} from {spec.sweep_dir}")
             _fit(tuner)
             return
         recorded = outcome(spec.sweep_dir)
@@ -183,7 +183,7 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         update_marker(grown.sweep_dir, spec_digest=spec_digest(grown))  # its spec grows by this tool's hand
         experiment = _next_experiment(grown, marker)
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
-        say(f"extending sweep {grown.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
+        say(f"extending sweep {grown.sweep_dir.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
             f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
         budget = replace(grown.budget, num_samples=num_samples)
         _fit(build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
@@ -250,6 +250,7 @@ def _fit(tuner) -> None:
 
 
 def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled) -> SweepOutcome:
+    from sweeps.interrupt import current as current_interrupts
     from sweeps.progress import current
     from sweeps.study import StudyStore, check_study_storage, check_study_version
     from sweeps.teacher_phase import teacher_phase
@@ -275,6 +276,9 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
             view = current()
             view.status("starting Ray", changed=False)
             init_ray(driver.num_cpus, driver.verbose)
+            interrupts = current_interrupts()
+            if interrupts is not None:
+                interrupts.reinstall()  # Ray's core worker took SIGTERM over
             record.ray_started()
             view.status("teacher phase", changed=False)
             teacher_phase(spec, say)

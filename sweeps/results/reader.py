@@ -361,7 +361,8 @@ def sweep_state(counts: dict[str, int], live_driver: bool, last: dict | None, bu
     outcome = str((last or {}).get("outcome") or "")
     short = budget is not None and finished < budget  # finished: completed, stopped or failed
     if outcome.startswith("interrupted"):
-        return "interrupted", f"{outcome}: {finished}{of} trial(s) finished"
+        by = outcome.removeprefix("interrupted").strip(" ()") or "a signal"
+        return "interrupted", f"by {by}: {finished}{of} trial(s) finished"
     if unfinished or short or (last is not None and last.get("ended") is None):
         why = "" if last is None else "its driver stopped without finishing: " if last.get("ended") is None else \
             f"its driver ended with {outcome[:80]!r}: "

@@ -78,6 +78,24 @@ def test_extend_grows_the_same_study_and_tables(grown):
     assert json.loads((sweep / ".l2d-sweep").read_text())["experiment"] == 1
 
 
+def test_extend_of_a_copy_grows_the_copy_and_never_the_original(grown, tmp_path):
+    import hashlib
+
+    _, sweep, _, _ = grown
+
+    def digests(folder):
+        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
+                if p.is_file()}
+
+    copy = Path(shutil.copytree(sweep, tmp_path / "grow-copy", symlinks=True))
+    before = digests(sweep)
+    output = _cli("extend", str(copy), "--num-samples", "1")
+    assert f"extending sweep grow-copy: 1 more trial(s)" in output and str(copy) in output
+    assert len(pq.read_table(copy / "results" / "trials.parquet")) == 6 and len(_study(copy).trials) == 6
+    assert digests(sweep) == before  # the original: 5 trials, not one byte changed
+    assert len(_study(sweep).trials) == 5
+
+
 def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     tmp, sweep, _, _ = grown
     path = _spec_file(tmp, name="warm", warm_start=str(sweep), budget={**TINY_SPEC["budget"], "num_samples": 1})

@@ -263,7 +263,7 @@ def test_status_says_interrupted_from_the_last_run_record(tmp_path, capsys):
     (sweep / "run.json").write_text(json.dumps(record))
     assert main(["status", str(sweep), "--format", "json"]) == 0
     status = json.loads(capsys.readouterr().out)
-    assert status["state"] == "interrupted" and status["detail"].startswith("interrupted (SIGINT)")
+    assert status["state"] == "interrupted" and status["detail"].startswith("by SIGINT: ")
     assert main(["status", str(sweep)]) == 0
     text = capsys.readouterr().out
     assert "the sweep is interrupted" in text and f"l2d-sweep resume {sweep}" in text
