@@ -1,28 +1,51 @@
-# `make test` and `make sweep` share one set-up: a .venv made from pyproject.toml, rebuilt when it changes.
+# `make test` and `make sweep` share one set-up: a .venv made from pyproject.toml with every version pinned by the
+# lock file (requirements/lock.txt), rebuilt when either changes. `make lock` re-resolves the lock (docs/development.md).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+LOCK := requirements/lock.txt
+MLFLOW_LOCK := requirements/mlflow-server.txt
 
-.PHONY: test sweep install docs notebook clean
+.PHONY: test test-quick sweep install docs notebook lock clean
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c $(LOCK) -e '.[dev]'
 	touch $(STAMP)
 
 install: $(STAMP)
 
 # An MLflow tracking server for the MLflow test, in a venv of its own: the full `mlflow` package pins an older
-# pyarrow than this project's. Optional: when it cannot be installed, that test is skipped with the reason.
+# pyarrow than this project's. Its versions are locked too (requirements/mlflow-server.txt).
 MLFLOW_VENV := .venv-mlflow
-$(MLFLOW_VENV)/.installed:
-	-test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
-	-$(MLFLOW_VENV)/bin/python -m pip install --quiet mlflow && touch $@
+$(MLFLOW_VENV)/.installed: $(MLFLOW_LOCK)
+	test -x $(MLFLOW_VENV)/bin/python || $(PYTHON) -m venv $(MLFLOW_VENV)
+	$(MLFLOW_VENV)/bin/python -m pip install --quiet -c $(MLFLOW_LOCK) mlflow
+	touch $@
+
+# Re-resolve both locks: the newest releases pyproject.toml allows (every extra the image or the tests use), in
+# scratch venvs; then `make test`, and commit the lock files with what the suite ran.
+lock:
+	rm -rf .venv-lock .venv-lock-mlflow
+	$(PYTHON) -m venv .venv-lock && .venv-lock/bin/python -m pip install --quiet --upgrade pip
+	.venv-lock/bin/python -m pip install --quiet -e '.[dev,gcs]'
+	{ echo "# Every package the dev, CI and image installs use, at the versions the suite ran with (make lock writes it;"; \
+	  echo "# make install, .ci/run and cluster/Dockerfile install with -c requirements/lock.txt). Python 3.11, Linux x86_64."; \
+	  .venv-lock/bin/python -m pip freeze --exclude-editable | grep -v '^l2d-sweep'; } > $(LOCK).new
+	$(PYTHON) -m venv .venv-lock-mlflow && .venv-lock-mlflow/bin/python -m pip install --quiet mlflow
+	{ echo "# The MLflow tracking server's venv for tests/sweeps/test_mlflow.py (make lock writes it)."; \
+	  .venv-lock-mlflow/bin/python -m pip freeze; } > $(MLFLOW_LOCK).new
+	mv $(LOCK).new $(LOCK) && mv $(MLFLOW_LOCK).new $(MLFLOW_LOCK)
+	rm -rf .venv-lock .venv-lock-mlflow
 
 test: $(STAMP) $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The edit loop: the tests that start no Ray cluster and train nothing slow (a few minutes on 2 cores).
+test-quick: $(STAMP)
+	$(BIN)/python -m pytest -m "not ray and not slow and not faults and not multinode" $(PYTEST_ARGS)
 
 # The main job: the quickstart sweep on the embedded default dataset (started over each time; SWEEP_ARGS= to
 # refuse instead when its folder exists).

@@ -122,7 +122,7 @@ def test_the_site_builds_with_warnings_as_errors(tmp_path):
     done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
                           capture_output=True, text=True, cwd=ROOT, timeout=300)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert (tmp_path / "site" / "reference" / "cli" / "index.html").is_file()
+    assert (tmp_path / "site" / "cli" / "index.html").is_file() and (tmp_path / "site" / "reference" / "spec" / "index.html").is_file()
 
 
 def test_every_extra_is_listed_on_the_install_page():

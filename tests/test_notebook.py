@@ -34,3 +34,37 @@ def test_the_notebook_runs_on_a_real_sweep(tmp_path):
     assert written and all(f.is_file() and f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for f in written)
     assert all(f"images/notebook/{f.name}" in text for f in written)
     assert "sweep.leaderboard()" in text and "Sweep(" in text
+
+
+def _api_page_block() -> str:
+    import re
+
+    text = (ROOT / "docs" / "python-api.md").read_text()
+    return re.findall(r"```python\n(.*?)```", text, flags=re.S)[0]
+
+
+@pytest.mark.ray
+@pytest.mark.timeout(900)
+def test_the_api_page_s_example_runs_on_a_real_sweep(tmp_path, monkeypatch):
+    """docs/python-api.md's first block, run as it is written on a real sweep (the notebook's spec, run here)."""
+    import pandas as pd
+
+    from sweeps.api import Sweep
+
+    code = _api_page_block()
+    assert 'Sweep.open("runs/quickstart")' in code and "exports/best" in code
+    spec = {"name": "api", "dataset": {"name": "mosaic-digits", "image_size": 32, "options": {"scale": 0.05}},
+            "pairings": [{"teacher": "test_resnet", "students": ["test_efficientnet"]}], "methods": ["l2d", "kd"],
+            "search_space": {"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3}},
+            "budget": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
+                       "teacher_epochs": 1},
+            "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+            "recipe": {"batch_size": 16, "embed_dim": 32}, "storage": str(tmp_path / "runs")}
+    Sweep.run(spec)
+    (tmp_path / "runs" / "api").rename(tmp_path / "runs" / "quickstart")  # the page's path: a moved sweep reads as itself
+    monkeypatch.chdir(tmp_path)
+    namespace: dict = {}
+    exec(compile(code, "docs/python-api.md", "exec"), namespace)
+    sweep = namespace["sweep"]
+    assert isinstance(sweep.leaderboard(), pd.DataFrame) and sweep.path.path == str(tmp_path / "runs" / "quickstart")
+    assert (tmp_path / "exports" / "best" / "card.json").is_file()

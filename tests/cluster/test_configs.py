@@ -35,16 +35,19 @@ def test_dockerfile_matches_pyproject():
     assert "chown ray:users /home/ray/l2d-sweep" in text and text.rstrip().splitlines().count("USER ray") >= 2
 
 
-def test_constraints_pin_every_dependency():
+def test_the_lock_pins_every_dependency():
+    # One lock for the dev install, CI and the image (requirements/lock.txt, written by `make lock`).
+    assert "-c $(LOCK)" in (ROOT / "Makefile").read_text() and "requirements/lock.txt" in \
+        (CLUSTER / "Dockerfile").read_text()
     pinned = {}
-    for line in (CLUSTER / "constraints.txt").read_text().splitlines():
+    for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
             assert "[" not in line, f"{line}: pip refuses a constraint with extras (pin the extra's packages)"
             name, version = line.split("==")
             pinned[re.sub(r"\[.*\]", "", name).lower()] = version
     text = (ROOT / "pyproject.toml").read_text()
     block = text.split("dependencies = [", 1)[1].split("]\n", 1)[0]
-    extras = text.split("[project.optional-dependencies]", 1)[1].split("\ndev = [", 1)[0]
+    extras = text.split("[project.optional-dependencies]", 1)[1].split("\n[project.scripts]", 1)[0]  # dev's too
     names = {re.match(r'"([A-Za-z0-9_.-]+)', item).group(1).lower()
              for item in re.findall(r'"[^"]+"', block + extras) if not item.startswith('"ray[')}
     assert names and names <= set(pinned), sorted(names - set(pinned))
