@@ -66,7 +66,7 @@ def _markdown(card: dict) -> str:
         f"| val | mAP {metric('val_mAP')}, CF1 {metric('val_CF1')}, OF1 {metric('val_OF1')} |",
         f"| test | mAP {metric('test_mAP')}, CF1 {metric('test_CF1')}, OF1 {metric('test_OF1')}, paper CF1 "
         f"{metric('test_paper_CF1')}, paper OF1 {metric('test_paper_OF1')} |",
-        f"| latency | {card.get('latency_ms', float('nan')):.2f} ms per image on {card.get('device', '?')} |",
+        f"| latency | {_number(card.get('latency_ms'))} ms per image on {card.get('device', '?')} |",
         f"| sweep | {card.get('sweep', {}).get('dir', '-')}, trial {card.get('trial_id', '-')} |",
         "| versions | " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
         + (f"; commit {card['git_commit']}" if card.get("git_commit") else "") + " |", "",
@@ -167,11 +167,22 @@ def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
     return written + [CARD_FILE, "README.md", OUTPUT_MARKER]
 
 
+def _local_target(folder: Location) -> Path:
+    """The local folder an export replaces: a symbolic link's target, never the link (it stays as the user made it)."""
+    target = Path(str(folder)).absolute()
+    return target.resolve() if target.is_symlink() else target
+
+
+def _number(value) -> str:
+    """A card's figure for the README: two decimals, or "not measured"."""
+    return "not measured" if value is None else f"{value:.2f}"
+
+
 def _scratch_parent(folder: Location) -> str | None:
     """A local export is assembled beside its target (one rename publishes it); a remote one in the temp dir."""
     if not folder.is_local:
         return None
-    parent = Path(str(folder)).absolute().parent
+    parent = _local_target(folder).parent
     parent.mkdir(parents=True, exist_ok=True)
     return str(parent)
 
@@ -183,7 +194,7 @@ def _publish(scratch: Path, folder: Location, written: list[str]) -> None:
         import shutil
         import uuid
 
-        target = Path(str(folder)).absolute()
+        target = _local_target(folder)
         old = None
         if target.exists():
             old = target.parent / f".old-{target.name}-{uuid.uuid4().hex[:8]}"

@@ -47,10 +47,19 @@ def credentials_in_uri(uri: str) -> list[str]:
     if "@" in netloc and ":" in netloc.rsplit("@", 1)[0]:
         found.append("password")
     query = rest.split("?", 1)[1] if "?" in rest else ""
-    for key, _ in parse_qsl(query, keep_blank_values=True):
+    for key, value in parse_qsl(query, keep_blank_values=True):
         if any(word in key.lower() for word in _SECRET_WORDS):
             found.append(key)
+        elif _userinfo_with_password(value):  # endpoint_override=alice:s3cr3t@host: a password inside a value
+            found.append(f"{key} (a user:password@ in its value)")
     return found
+
+
+def _userinfo_with_password(value: str) -> bool:
+    """``user:password@host`` (or ``scheme://user:password@host``) inside a query value."""
+    netloc = value.split("://", 1)[1] if "://" in value else value
+    netloc = netloc.split("/", 1)[0]
+    return "@" in netloc and ":" in netloc.rsplit("@", 1)[0]
 
 
 _PASSED: dict[str, int] = {}

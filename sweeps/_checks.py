@@ -22,7 +22,7 @@ class SpecError(ValueError):
 
 
 def show(value: Any) -> str:
-    return f"{value!r} ({type(value).__name__})"
+    return f"{shown(value)} ({type(value).__name__})"
 
 
 # --- typed field rules -------------------------------------------------------------------------------------------
@@ -132,6 +132,8 @@ class Errors:
     suggest = staticmethod(suggest)
 
     def add(self, where: str, message: str) -> None:
+        if len(message) > MAX_MESSAGE:  # a value echoed whole (a 10 MB name) would drown the terminal
+            message = f"{message[:MAX_MESSAGE]}... (cut: {len(message):,} characters)"
         line = f"{self.source}: {where}: {message}" if where else f"{self.source}: {message}"
         if line not in self.lines:
             self.lines.append(line)
@@ -246,15 +248,70 @@ def read_yaml(path: str, what: str = "YAML file") -> Any:
         raise SpecError(f"{path}: not valid YAML ({' '.join(str(error).split())})") from None
 
 
+#: The largest spec file, and the most values its document may hold once every alias (``*name``) is expanded: a
+#: document that expands an anchor exponentially (a "billion laughs" bomb) is refused as it is read, in well under
+#: a second (the expanded size is counted over the parsed graph, each shared node once).
+MAX_YAML_BYTES = 1_000_000
+MAX_YAML_NODES = 100_000
+#: The longest value an error message quotes, and the longest message (the rest is cut, with its length said).
+MAX_SHOWN = 80
+MAX_MESSAGE = 600
+
+
+def shown(value: Any, limit: int = MAX_SHOWN) -> str:
+    """``repr(value)`` cut to ``limit`` characters (``...`` and the full length after): an error never echoes a
+    10 MB string back."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text):,} characters)"
+
+
+def _expanded_size(root) -> int:
+    """How many values a YAML node graph holds with every alias expanded; each shared node is counted once and its
+    size reused, so a bomb is measured without being expanded (stops counting past :data:`MAX_YAML_NODES`)."""
+    sizes: dict[int, int] = {}
+    stack = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        if id(node) in sizes:
+            continue
+        value = node.value
+        if isinstance(value, str):
+            sizes[id(node)] = 1
+            continue
+        children = [child for pair in value for child in (pair if isinstance(pair, tuple) else (pair,))]
+        if not children_done:
+            stack.append((node, True))
+            stack.extend((child, False) for child in children if id(child) not in sizes)
+            continue
+        sizes[id(node)] = min(MAX_YAML_NODES + 1, 1 + sum(sizes.get(id(child), 1) for child in children))
+    return sizes[id(root)]
+
+
 def safe_yaml(stream) -> Any:
-    """``yaml.safe_load`` with two fixes: ``1e-4`` and ``5E+3`` are numbers (YAML 1.1 wants a dot in a float, so
-    they would be strings), and a key given twice in a mapping is an error (not the last one silently winning)."""
+    """``yaml.safe_load`` with three fixes: ``1e-4`` and ``5E+3`` are numbers (YAML 1.1 wants a dot in a float, so
+    they would be strings); a key given twice in a mapping is an error (not the last one silently winning); at most
+    :data:`MAX_YAML_BYTES` bytes and :data:`MAX_YAML_NODES` values with aliases expanded (a bomb is refused)."""
     import re
 
     import yaml
 
+    import io
+
+    text = stream if isinstance(stream, (str, bytes)) else stream.read(MAX_YAML_BYTES + 1)
+    if len(text) > MAX_YAML_BYTES:
+        raise yaml.YAMLError(f"larger than {MAX_YAML_BYTES:,} bytes; a spec is a short YAML file")
+    if isinstance(text, str) and hasattr(stream, "name"):  # YAML's messages name the file, as they did
+        named = io.StringIO(text)
+        named.name = stream.name
+        text = named
+
     class Loader(yaml.SafeLoader):
-        pass
+        def get_single_node(self):  # the document's node graph, before any value is built from it
+            node = super().get_single_node()
+            if node is not None and _expanded_size(node) > MAX_YAML_NODES:
+                raise yaml.YAMLError(f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded: "
+                                     f"refused (an anchor expanded again and again is a YAML bomb)")
+            return node
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
@@ -276,7 +333,7 @@ def safe_yaml(stream) -> Any:
         return loader.construct_mapping(node, deep=deep)
 
     Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, mapping)
-    return yaml.load(stream, Loader=Loader)  # noqa: S506 - a SafeLoader subclass: no Python objects
+    return yaml.load(text, Loader=Loader)  # noqa: S506 - a SafeLoader subclass: no Python objects
 
 
 def dataclass_fields(cls) -> tuple[str, ...]:

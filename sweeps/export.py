@@ -86,6 +86,6 @@ def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Loc
     }
     save_student(model, card, out, formats, progress)
     progress(f"  card: {Location.parse(out) / 'card.json'} and README.md (val mAP "
-             f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP', float('nan')):.2f} at "
+             f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP') or float('nan'):.2f} at "
              f"epoch {info['epoch']})")
     return card

@@ -72,8 +72,27 @@ def _path_id(sweep_dir: Location) -> str:
 
 
 def is_legacy_sweep(sweep_dir: Location) -> bool:
-    """A sweep written before markers existed: ``spec.yaml`` beside ``tune/`` or ``results/``."""
-    return (sweep_dir / "spec.yaml").is_file() and ((sweep_dir / "tune").is_dir() or (sweep_dir / "results").is_dir())
+    """A sweep written before markers existed, recognised by what only this tool wrote together: a ``spec.yaml``
+    that is a sweep spec *of this folder* (a mapping with ``pairings`` and ``methods`` whose ``name`` is the folder's),
+    beside a results table (``results/trials.parquet``) or Tune's experiment state (``tune/experiment_state-*.json``).
+    A user's folder that merely holds a ``spec.yaml`` and a ``results/`` folder is not one: ``run --new`` never
+    deletes it."""
+    spec_file = sweep_dir / "spec.yaml"
+    if not spec_file.is_file():
+        return False
+    try:
+        from sweeps._checks import safe_yaml
+
+        data = safe_yaml(spec_file.read_text())
+    except Exception:  # noqa: BLE001 - not YAML (or not readable): not provably a sweep's spec
+        return False
+    if not isinstance(data, dict) or data.get("name") != sweep_dir.name or not {"pairings", "methods"} <= set(data):
+        return False
+    if (sweep_dir / "results" / "trials.parquet").is_file():
+        return True
+    tune = sweep_dir / "tune"
+    return tune.is_dir() and any(entry.name.startswith("experiment_state-") and entry.name.endswith(".json")
+                                 for entry in tune.list())
 
 
 def is_sweep(sweep_dir: Location) -> bool:

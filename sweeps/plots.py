@@ -61,10 +61,30 @@ def check_png_target(out: str | Location) -> Location:
                 raise StorageError(f"--out {target}: is inside the sweep folder {folder}; read commands write nothing "
                                    f"into a sweep: give a path outside it")
     if target.exists():
-        if target.is_dir() or b"l2d-sweep" not in target.read_bytes()[:4096]:
+        if target.is_dir() or not written_by_this_tool(target.read_bytes()[:65536]):
             raise StorageError(f"--out {redact(str(target))}: exists and was not written by l2d-sweep; refusing to "
                                f"replace it: give a new file")
     return target
+
+
+def written_by_this_tool(head: bytes) -> bool:
+    """Whether ``head`` (a file's first bytes) is a PNG this tool wrote: the PNG signature, then a ``tEXt`` chunk
+    ``Software`` = ``l2d-sweep`` among its first chunks (what :func:`save_figure` writes). Any other file, one that
+    merely contains the words, is not."""
+    import struct
+
+    if not head.startswith(b"\x89PNG\r\n\x1a\n"):
+        return False
+    at = 8
+    while at + 8 <= len(head):
+        length, kind = struct.unpack(">I4s", head[at:at + 8])
+        data = head[at + 8:at + 8 + length]
+        if kind == b"tEXt" and data == b"Software\x00l2d-sweep":
+            return True
+        if kind == b"IDAT":  # matplotlib writes its text chunks before the image data
+            return False
+        at += 12 + length
+    return False
 
 
 def save_figure(figure, out: str | Location) -> str:

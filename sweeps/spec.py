@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING, Any
 
 from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
 from l2d.storage import Location, StorageError, credentials_in_uri
-from sweeps._checks import Errors, SpecError, choice, flag, integer, number, show, text, validate_section
+from sweeps._checks import Errors, SpecError, choice, flag, integer, number, show, shown, text, validate_section
 
 if TYPE_CHECKING:
     from l2d.run import RunConfig
@@ -54,6 +54,8 @@ STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psy
 SCHEDULERS = ("asha", "none")
 TRAINERS = ("auto", "torch-trainer", "in-process")
 MAX_IMAGE_SIZE = 4096
+#: The longest sweep name (it names a folder; file systems allow 255 bytes, and the folder holds longer names).
+MAX_NAME = 100
 MAX_SEED = 2**32 - 1
 
 
@@ -313,8 +315,10 @@ def _name(errors: Errors, raw: Any) -> str | None:
     name = errors.value(text(), raw, "name")
     if name is None:
         return None
-    if not all(c.isalnum() or c in "-_." for c in name) or name.startswith("."):
-        errors.add("name", f"{name!r} is not allowed; use letters, digits, '-', '_' and '.'")
+    if len(name) > MAX_NAME:
+        errors.add("name", f"{len(name):,} characters is too long; at most {MAX_NAME} (it names the sweep's folder)")
+    elif not name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) or name.startswith("."):
+        errors.add("name", f"{shown(name)} is not allowed; use letters, digits, '-', '_' and '.' (ASCII)")
     elif name in RESERVED:
         errors.add("name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); choose another "
                            f"name")

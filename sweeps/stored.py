@@ -7,7 +7,7 @@ import json
 import logging
 
 from l2d.storage import Location
-from sweeps.folder import SweepNotFoundError, is_sweep, read_marker
+from sweeps.folder import MARKER, SweepNotFoundError, is_sweep, read_marker
 from sweeps.spec import SpecError, SweepSpec, parse_spec
 
 logger = logging.getLogger(__name__)
@@ -61,6 +61,9 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
     if sweep_dir.is_file() and sweep_dir.name.endswith((".yaml", ".yml")):
         raise SweepNotFoundError(f"{sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
                                  f"<storage>/<name> (start the sweep with `l2d-sweep run {sweep_dir}`)")
+    if path.exists() and not path.is_file() and (sweep_dir / MARKER).is_file():
+        raise SweepStateError(f"{path}: is not a file (a folder?); the sweep's stored spec is damaged: put the file "
+                              f"back from a copy of the sweep")
     if not is_sweep(sweep_dir) or not path.is_file():
         raise SweepNotFoundError(f"{sweep_dir}: no sweep here (no spec.yaml); start one with `l2d-sweep run SPEC`")
     try:

@@ -227,8 +227,71 @@ CASES = [
      "no sweep here"),
     ("`teacher --dataset-option nonsense`", lambda t: ["teacher", "--dataset-option", "nonsense"], 2,
      "expected KEY=VALUE"),
+    ("`run --name proj --new` over a folder of yours with a `spec.yaml` and a `results/` (no marker)",
+     lambda t: ["run", _spec(t), "--name", "proj", "--new", "--storage", str(_project(t).parent)], 2,
+     "is not a sweep folder (no .l2d-sweep marker): refusing to write into it or delete it"),
+    ("`spec --schema --out` a sweep's own `spec.yaml`",
+     lambda t: ["spec", "--schema", "--out", str(_sweep(t) / "spec.yaml")], 2,
+     "is not a spec schema this tool wrote; refusing to replace it"),
+    ("`plot --out` a text file that mentions l2d-sweep",
+     lambda t: ["plot", str(_sweep(t)), "--kind", "history", "--out", _write(t, "notes on l2d-sweep", "notes.png")], 2,
+     "exists and was not written by l2d-sweep; refusing to replace it"),
+    ("spec: a password inside a storage URI's query value",
+     lambda t: ["validate", _spec(t, storage="s3://b/p?endpoint_override=alice:s3cr3t@host&scheme=http")], 2,
+     "carries a credential parameter (endpoint_override (a user:password@ in its value))"),
+    ("spec: a YAML alias bomb", lambda t: ["run", _write(t, _bomb())], 2,
+     "once its aliases (*name) are expanded: refused"),
+    ("spec: a file of 10 MB", lambda t: ["validate", _spec(t, methods=["m" * 10_000_000])], 2,
+     "not valid YAML (larger than 1,000,000 bytes; a spec is a short YAML file)"),
+    ("spec: a method name of 500,000 characters", lambda t: ["validate", _spec(t, methods=["m" * 500_000])], 2,
+     "... (cut: 500,"),
+    ("spec: a sweep name of 500,000 characters", lambda t: ["validate", _spec(t, name="n" * 500_000)], 2,
+     "name: 500,000 characters is too long; at most 100"),
+    ("`run --name` of 300 characters", lambda t: ["run", _spec(t), "--name", "n" * 300], 2,
+     "name: 300 characters is too long; at most 100"),
+    ("spec: a sweep name with a slash", lambda t: ["validate", _spec(t, name="a/b")], 2,
+     "name: 'a/b' is not allowed"),
+    ("spec: `lr: {low: .nan}`", lambda t: ["validate", _write(t, _yaml_with(t, "search_space:\n  lr: {low: .nan, high: 1}\n"))],
+     2, "search_space.lr.low: expected a finite number, got nan"),
+    ("spec: `lambda_mld: .inf`", lambda t: ["validate", _write(t, _yaml_with(t, "search_space:\n  lambda_mld: .inf\n"))],
+     2, "search_space.lambda_mld: expected a finite number, got inf"),
+    ("`status` of a sweep whose `spec.yaml` is a folder", lambda t: ["status", str(_spec_folder(t))], 1,
+     "spec.yaml: is not a file (a folder?); the sweep's stored spec is damaged"),
+    ("`results` of a sweep whose `spec.yaml` is a folder", lambda t: ["results", str(_spec_folder(t))], 1,
+     "spec.yaml: is not a file (a folder?)"),
+    ("`export` of a sweep whose `spec.yaml` is a folder",
+     lambda t: ["export", str(_spec_folder(t)), "--out", str(t / "out")], 1, "spec.yaml: is not a file (a folder?)"),
+    ("`resume` of a sweep whose `spec.yaml` is a folder", lambda t: ["resume", str(_spec_folder(t))], 1,
+     "spec.yaml: is not a file (a folder?)"),
     ("`l2d-sweep bogus`", lambda t: ["bogus"], 2, "invalid choice: 'bogus'"),
 ]
+
+
+def _project(tmp: Path) -> Path:
+    """A user's folder that looks a little like an old sweep (a spec.yaml and a results/ folder) but is not one."""
+    project = tmp / "work" / "proj"
+    (project / "results").mkdir(parents=True)
+    (project / "spec.yaml").write_text("# my notes for the project\ntitle: proj\n")
+    (project / "results" / "figures.csv").write_text("a,b\n1,2\n")
+    return project
+
+
+def _bomb() -> str:
+    lines = ["name: bomb", 'a0: &a0 ["x","x","x","x","x","x","x","x","x","x"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 10)}]" for i in range(1, 9)]
+    return "\n".join(lines + [f"methods: [{','.join(['*a8'] * 10)}]"]) + "\n"
+
+
+def _yaml_with(tmp: Path, extra: str) -> str:
+    base = {k: v for k, v in {**TINY_SPEC, "storage": str(tmp / "storage")}.items() if k != "search_space"}
+    return yaml.safe_dump(base) + extra
+
+
+def _spec_folder(tmp: Path) -> Path:
+    sweep = _sweep(tmp)
+    (sweep / "spec.yaml").unlink()
+    (sweep / "spec.yaml").mkdir()
+    return sweep
 
 
 def _weights_file(tmp: Path, backbone: str) -> str:
@@ -287,6 +350,7 @@ def test_bad_input_gets_one_line_and_its_exit_status(case, tmp_path, capsys):
     assert code == status, (shown, message)
     assert expected in message, (shown, message)
     assert "s3cr3t" not in message
+    assert len(message) < 1200, (shown, len(message))  # a value is never echoed whole
 
 
 def _table(rows: list[tuple[str, int, str]]) -> str:

@@ -31,11 +31,25 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 def _cmd_spec(args: argparse.Namespace) -> int:
     from sweeps.spec import json_schema
 
-    text = json.dumps(json_schema(), indent=2) + "\n"
+    schema = json_schema()
+    text = json.dumps(schema, indent=2) + "\n"
     if args.out:
-        from l2d.storage import Location
+        from l2d.storage import Location, StorageError, redact
 
-        Location.parse(args.out, "--out").write_text(text)
+        target = Location.parse(args.out, "--out")
+        # The output-target rule for one file: a new file, or a schema this tool wrote (its title says so).
+        if target.exists():
+            previous = None
+            if target.is_file():
+                try:
+                    previous = json.loads(target.read_bytes()[:10_000_000])
+                except (ValueError, UnicodeDecodeError):
+                    previous = None
+            if not (isinstance(previous, dict) and previous.get("title") == schema["title"]
+                    and "$schema" in previous):
+                raise StorageError(f"--out {redact(str(target))}: exists and is not a spec schema this tool wrote; "
+                                   f"refusing to replace it: give a new file")
+        target.write_text(text)
         print(f"wrote the spec's JSON Schema to {args.out}", file=sys.stderr)
     else:
         sys.stdout.write(text)
@@ -57,5 +71,5 @@ def add_commands(commands) -> None:
                     "`# yaml-language-server: $schema=l2d-sweep.schema.json` at the top of a spec) to get completion "
                     "and checks in an editor.")
     spec.add_argument("--schema", action="store_true", required=True, help="print the JSON Schema")
-    spec.add_argument("--out", help="write it to this file instead of stdout")
+    spec.add_argument("--out", help="write it to this file instead of stdout (a new file, or a schema this tool wrote)")
     spec.set_defaults(func=_cmd_spec)

@@ -125,7 +125,7 @@ class SweepResults:
         """The hyperparameters the stored spec searches (empty without a readable spec)."""
         from sweeps.stored import SPEC_FILE, load_sweep_spec
 
-        if not (self.sweep_dir / SPEC_FILE).is_file():
+        if not (self.sweep_dir / SPEC_FILE).exists():
             return set()
         return {name for name, value in load_sweep_spec(self.sweep_dir).search_space.items()
                 if not isinstance(value, (int, float))}
@@ -136,7 +136,7 @@ class SweepResults:
         if self._objectives is None:
             from sweeps.stored import SPEC_FILE, load_sweep_spec
 
-            if (self.sweep_dir / SPEC_FILE).is_file():  # a damaged one is named; one edited by hand is reported
+            if (self.sweep_dir / SPEC_FILE).exists():  # a damaged one is named; one edited by hand is reported
                 self._objectives = list(load_sweep_spec(self.sweep_dir).objective_list)
             else:
                 self._objectives = [("val_mAP", "max")]

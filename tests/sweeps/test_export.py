@@ -227,3 +227,48 @@ def test_sweep_keeps_each_best_epoch_and_exports_the_best_student(tiny_spec, tmp
 
     assert main(["status", str(sweep)]) == 0
     assert "of checkpoints)" in capsys.readouterr().out
+
+
+def _exportable_sweep(tmp_path):
+    """A sweep folder with one trial and its best checkpoint, written without Ray (the results writer, a real
+    study, BestCheckpoint)."""
+    from tests.sweeps.test_what_a_user_reads import _write_sweep
+
+    sweep = _write_sweep(tmp_path / "runs", "exp", 1)  # its one trial: exp00000
+    model = build_model("test_efficientnet", 10, 32)
+    config = SimpleNamespace(student="test_efficientnet", embed_dim=32, image_size=32, device="cpu")
+    metrics = {"epoch": 2, "val_mAP": 30.67}
+    BestCheckpoint(Location.parse(sweep / "train" / "trial-exp00000"), "val_mAP", "max").offer(
+        dict(metrics), _run(model, [metrics]), config)
+    return sweep
+
+
+def test_export_into_a_symlink_leaves_the_link_as_it_was(tmp_path, capsys):
+    import os
+
+    sweep = _exportable_sweep(tmp_path)
+    real = tmp_path / "real-exports"
+    real.mkdir()
+    link = tmp_path / "exports"
+    os.symlink(real, link)
+    assert main(["export", str(sweep), "--out", str(link)]) == 0, capsys.readouterr().err
+    assert link.is_symlink() and os.readlink(link) == str(real)  # the link is the user's: still a link, same target
+    assert (real / "card.json").is_file() and load_student(str(link))[1]["trial_id"] == "exp00000"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "real-exports", "runs"]  # nothing left over
+    # Exporting again through the link replaces this tool's export in the real folder, the link untouched.
+    assert main(["export", str(sweep), "--out", str(link)]) == 0
+    assert link.is_symlink() and (real / "card.json").is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["exports", "real-exports", "runs"]
+
+
+def test_export_checks_its_target_before_anything(tmp_path, capsys):
+    # The output-target rule, through the command: a folder of the user's with a file in it is refused, unchanged.
+    sweep = _exportable_sweep(tmp_path)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "thesis.tex").write_text("precious")
+    assert main(["export", str(sweep), "--out", str(mine)]) == 2
+    assert "was not written by l2d-sweep" in capsys.readouterr().err
+    assert sorted(p.name for p in mine.iterdir()) == ["thesis.tex"]
+    assert main(["export", str(sweep), "--out", str(sweep / "inside")]) == 2  # never into the sweep
+    assert not (sweep / "inside").exists()
