@@ -47,11 +47,24 @@ def _imports(path: Path) -> list[tuple[int, str, bool]]:
             # ``from sweeps import results`` imports the module sweeps.results.
             names = [f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module
                      for alias in node.names]
+        elif isinstance(node, ast.Call) and _dynamic_import(node) is not None:
+            names = [_dynamic_import(node)]  # importlib.import_module("sweeps.cli"), __import__("..."): an import too
         else:
             continue
         allowed = any(mark in lines[node.lineno - 1] for mark in ("layer: pickle alias", "layer: public API"))
         found += [(node.lineno, name, allowed) for name in names]
     return found
+
+
+def _dynamic_import(node: ast.Call) -> str | None:
+    """The module an ``importlib.import_module("x")`` / ``import_module("x")`` / ``__import__("x")`` call with a
+    constant name imports (None for any other call)."""
+    func = node.func
+    name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else None
+    if name not in ("import_module", "__import__") or not node.args:
+        return None
+    first = node.args[0]
+    return first.value if isinstance(first, ast.Constant) and isinstance(first.value, str) else None
 
 
 def _is_module(name: str) -> bool:
@@ -126,6 +139,25 @@ def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
     assert any("sweeps.results imports sweeps.runner" in p for p in problems), problems
 
 
+def test_an_import_through_importlib_is_an_import(tmp_path):
+    """``importlib.import_module("sweeps.cli")`` in a lower floor is found like an ``import`` statement."""
+    probe = tmp_path / "probe.py"
+    probe.write_text("import importlib\n\n\ndef late():\n    return importlib.import_module('sweeps.cli')\n\n\n"
+                     "def later():\n    return __import__('sweeps.runner')\n")
+    found = [name for _, name, _ in _imports_of_text(probe)]
+    assert "sweeps.cli" in found and "sweeps.runner" in found
+
+
+def _imports_of_text(path: Path) -> list[tuple[int, str, bool]]:
+    """:func:`_imports` of a file outside the package (its own package taken as ``sweeps``)."""
+    target = ROOT / "sweeps" / f"_probe_{path.stem}.py"
+    target.write_text(path.read_text())
+    try:
+        return _imports(target)
+    finally:
+        target.unlink()
+
+
 HEAVY = ("torch", "timm", "ray")
 
 
@@ -134,12 +166,17 @@ def _imported_by(argv: list[str]) -> list[str]:
             f"sys.argv = {['l2d-sweep', *argv]!r}\n"
             "try:\n"
             "    from sweeps.cli import main\n"
-            "    main(sys.argv[1:])\n"
-            "except SystemExit:\n"
-            "    pass\n"
+            "    code = main(sys.argv[1:])\n"
+            "except SystemExit as done:\n"
+            "    code = done.code\n"
+            "if code not in (0, None):\n"
+            "    print(f'l2d-sweep exited {code}', file=sys.stderr)\n"
+            "    sys.exit(3)\n"
             "import json\n"
             f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
+    # A command that crashed imports less: the check means something only when the command did its job.
+    assert result.returncode == 0, (argv, result.stderr[-2000:])
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 

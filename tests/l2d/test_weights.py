@@ -29,8 +29,14 @@ def test_a_local_file_loads_timms_way(tmp_path, suffix):
     model = build_model("test_resnet", 5, 16, weights=str(path))
     for name, value in model.backbone.state_dict().items():
         torch.testing.assert_close(value, source.state_dict()[name])  # every tensor, the classifier dropped
-    assert identity(str(path), "test_resnet") == identity(str(path), "test_resnet") and len(identity(str(path),
-                                                                                                     "x")) == 16
+    # The identity is the file's SHA-256 (16 hex digits): computed here independently, and it changes with a byte.
+    import hashlib
+
+    assert identity(str(path), "test_resnet") == hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+    changed = tmp_path / f"changed{suffix}"
+    changed.write_bytes(path.read_bytes()[:-1] + bytes([path.read_bytes()[-1] ^ 1]))
+    assert identity(str(changed), "test_resnet") != identity(str(path), "test_resnet")
+    assert identity(None, "test_resnet") is None
 
 
 def test_weights_of_another_model_are_refused(tmp_path):

@@ -39,11 +39,41 @@ def test_only_a_marked_sweep_is_deleted(tmp_path):
 
 def test_a_sweep_from_before_markers_is_recognised(tmp_path):
     sweep = Location.parse(tmp_path / "old")
-    (sweep / "spec.yaml").write_text("name: old")
-    (sweep / "tune" / "tuner.pkl").write_text("x")
+    (sweep / "spec.yaml").write_text("name: old\npairings: []\nmethods: [l2d]\n")
+    (sweep / "tune" / "experiment_state-2024-01-01_00-00-00.json").write_text("{}")
     assert folder.is_sweep(sweep) and folder.read_marker(sweep) is None
-    assert folder.legacy_id(sweep) == folder.legacy_id(Location.parse(tmp_path / "old"))
+    # Its id is the one its study was named by then: a digest of its path (pinned, so old studies keep being found).
+    import hashlib
+
+    assert folder.legacy_id(sweep) == hashlib.sha256(str(tmp_path / "old").encode()).hexdigest()[:16]
+    assert folder.legacy_id(sweep) != folder.legacy_id(Location.parse(tmp_path / "other"))
     assert not folder.is_sweep(Location.parse(tmp_path / "nothing"))
+    # Or its results table beside its spec.
+    other = Location.parse(tmp_path / "older")
+    (other / "spec.yaml").write_text("name: older\npairings: []\nmethods: [kd]\n")
+    (other / "results" / "trials.parquet").write_text("x")
+    assert folder.is_sweep(other)
+
+
+@pytest.mark.parametrize("layout", [
+    {"spec.yaml": "title: my project notes\n", "results/figures.csv": "a,b"},        # a user's spec and results
+    {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "results/figures.csv": "a,b"},  # no table
+    {"spec.yaml": "name: other\npairings: []\nmethods: [l2d]\n", "results/trials.parquet": "x"},  # another's name
+    {"spec.yaml": "name: proj\npairings: []\n", "results/trials.parquet": "x"},       # not a sweep spec
+    {"spec.yaml": "[not: a mapping", "tune/experiment_state-x.json": "{}"},             # not YAML
+    {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/tuner.pkl": "x"},  # no experiment state
+])
+def test_a_folder_that_merely_looks_like_an_old_sweep_is_not_one_and_is_never_deleted(tmp_path, layout):
+    project = tmp_path / "proj"
+    for name, text in layout.items():
+        (project / name).parent.mkdir(parents=True, exist_ok=True)
+        (project / name).write_text(text)
+    location = Location.parse(project)
+    assert not folder.is_sweep(location)
+    with pytest.raises(SweepFolderError, match="is not a sweep folder") as refused:
+        prepare_new(location, delete_existing=True, say=lambda text: None)
+    assert "--new" not in str(refused.value)  # never advised over a folder that is not provably a sweep
+    assert sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.is_file()) == sorted(layout)
 
 
 def test_a_damaged_marker_still_marks_a_sweep_and_is_not_rewritten_by_reading(tmp_path):
@@ -57,6 +87,6 @@ def test_a_damaged_marker_still_marks_a_sweep_and_is_not_rewritten_by_reading(tm
 
 def test_trial_ids_are_deterministic():
     ids = [folder.trial_id("abc", 0, n) for n in range(1, 50)]
-    assert ids == [folder.trial_id("abc", 0, n) for n in range(1, 50)]
+    assert ids[:2] == ["883f549a", "cc2ddb4f"]  # pinned: a resumed driver must re-create the ids the first wrote
     assert len(set(ids)) == 49 and all(len(i) == 8 for i in ids)
     assert folder.trial_id("abc", 1, 1) != ids[0] and folder.trial_id("abd", 0, 1) != ids[0]

@@ -56,29 +56,65 @@ def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_pat
 
 
 RACE = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper, LeaseHeldError\n"
+        "started = time.time()\n"
         "try:\n    k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
-        "    print('held', flush=True); time.sleep(4); k.release()\n"
-        "except LeaseHeldError as e:\n    print('refused', flush=True)\n")
+        "    print(f'held {time.time() - started:.1f}', flush=True); time.sleep(4); k.release()\n"
+        "except LeaseHeldError as e:\n    print(f'refused {time.time() - started:.1f}', flush=True)\n")
 
 
-def _race(sweep, slow_env: dict, fast_env: dict, delay: float = 0.4) -> list[str]:
+def _race(sweep, slow_env: dict, fast_env: dict, delay: float = 0.4) -> dict[str, tuple[str, float]]:
     """A slow driver (1.5 s between reading the lease and writing it, as on a slow store) and a fast one started just
-    after it: exactly one may hold the lease."""
+    after it: ``{"slow": (held|refused, seconds it took), "fast": ...}``."""
     slow = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, **slow_env, "L2D_SWEEP_FAILPOINTS": "lease-swap=sleep:1.5"})
     time.sleep(delay)
     fast = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
                             env={**os.environ, **fast_env})
-    return sorted(p.communicate(timeout=120)[0].strip() for p in (slow, fast))
+    answers = {}
+    for name, process in (("slow", slow), ("fast", fast)):
+        word, seconds = process.communicate(timeout=120)[0].strip().split()
+        answers[name] = (word, float(seconds))
+    return answers
+
+
+def _assert_the_fast_one_won(answers) -> None:
+    # The slow driver read "no lease", then slept in the gap (the failpoint: it took >= 1.5 s), and meanwhile the fast
+    # one took the lease; the slow one's compare-and-swap then failed. Were the store not slow, the slow one would
+    # simply have won, and the race would prove nothing.
+    assert answers["fast"][0] == "held" and answers["slow"][0] == "refused", answers
+    assert answers["slow"][1] >= 1.5, answers
 
 
 def test_two_drivers_racing_on_a_slow_store_never_both_hold_the_lease(tmp_path):
-    # The slow driver reads "no lease", then waits; the fast one takes it meanwhile. Without the compare-and-swap the
-    # slow one would write its lease over the fast one's and both would go on.
+    # Without the compare-and-swap the slow one would write its lease over the fast one's and both would go on.
     for attempt in range(3):
         sweep = tmp_path / f"s{attempt}"
         sweep.mkdir()
-        assert _race(sweep, {}, {}) == ["held", "refused"]
+        _assert_the_fast_one_won(_race(sweep, {}, {}))
+
+
+def _cas_contract(store) -> None:
+    """The compare-and-swap every lease store must keep, on creation, renewal, takeover and release."""
+    assert store.read() == (None, None)
+    first = store.swap("A", None)                      # creation when absent
+    assert first is not None and store.read()[0] == "A"
+    assert store.swap("B", None) is None               # creation when present: refused
+    renewed = store.swap("A2", first)                  # renewal with the token read
+    assert renewed is not None and store.read()[0] == "A2"
+    assert store.swap("A3", first) is None             # renewal with a stale token: refused
+    assert store.read()[0] == "A2"
+    _, current = store.read()
+    taken = store.swap("C", current)                   # a takeover of what was read
+    assert taken is not None and store.read()[0] == "C"
+    assert store.swap("D", renewed) is None            # the previous holder's renewal after the takeover: refused
+    assert store.delete(renewed) is False and store.read()[0] == "C"  # its release does not delete the new lease
+    assert store.delete(taken) is True and store.read() == (None, None)
+
+
+def test_the_local_lease_is_a_compare_and_swap(tmp_path):
+    from sweeps.lease import lease_store
+
+    _cas_contract(lease_store(Location.parse(tmp_path / "sweep")))
 
 
 def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
@@ -90,7 +126,11 @@ def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
         LeaseKeeper(sweep, say=lambda text: None).acquire()
     first.release()
     assert folder.read_lease(sweep) is None
-    assert _race(uri, {}, {}) == ["held", "refused"]
+    _assert_the_fast_one_won(_race(uri, {}, {}))
+    from sweeps.lease import lease_store
+
+    _cas_contract(lease_store(Location.parse(f"s3://sweeps/cas-{tmp_path.name}?endpoint_override={s3_server}"
+                                             f"&scheme=http")))
 
 
 def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):

@@ -335,3 +335,23 @@ def test_compact_rewrites_the_compacted_pair_from_the_newest_generation(tmp_path
     published = {r["trial_id"]: r for r in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()}
     assert published == _rows(sweep) and pq.read_table(sweep / "results" / "epochs.parquet").num_rows == 4
     assert not (sweep / "lease.json").exists()
+
+
+def test_sql_limits_each_hold(tmp_path, monkeypatch):
+    """The sandbox's three limits, each exercised: the configuration is locked (a query cannot raise its own memory
+    limit or re-open file access), the memory limit is enforced, and the timeout stops a query."""
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))  # nothing of DuckDB's may land in the user's home
+    _fill(tmp_path / "sweep").publish()
+    results = SweepResults(str(tmp_path / "sweep"))
+    with pytest.raises(ValueError, match="SQL error: .*lock"):
+        results.sql("SET memory_limit = '64GB'; SELECT current_setting('memory_limit') AS m")
+    with pytest.raises(ValueError, match="SQL error: .*lock"):
+        results.sql("SET allowed_directories = ['/']; SELECT 1 AS x")
+    limit = results.sql("SELECT current_setting('memory_limit') AS m", memory_limit="64MB").to_pylist()[0]["m"]
+    assert limit.replace(" ", "") in ("61.0MiB", "64.0MB", "64MB")
+    with pytest.raises(ValueError, match="SQL error: .*[Mm]emory"):
+        results.sql("SELECT sum(length(x)) AS n FROM (SELECT string_agg(range::VARCHAR, ',') AS x FROM range(20000000))",
+                    memory_limit="32MB")
+    with pytest.raises(ValueError, match=r"ran longer than 0.5 s \(--sql-timeout\) and was stopped"):
+        results.sql("SELECT count(*) AS n FROM range(100000000000) a WHERE a.range % 7 = 3", timeout_s=0.5)
+    assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*"))

@@ -153,6 +153,17 @@ def test_every_error_of_a_file_at_once(tmp_path, capsys):
     assert not (tmp_path / "storage").exists()
 
 
+def test_every_error_of_one_section_at_once():
+    # Two mistakes in each of budget, recipe and resources: six lines, none hidden behind its section's first.
+    data = _spec(**{"budget.num_samples": 0, "budget.reduction_factor": 1, "recipe.pct_start": 2,
+                    "recipe.batch_size": 0, "resources.cpus_per_worker": 0, "resources.max_concurrent_trials": 0})
+    with pytest.raises(SpecError) as error:
+        parse_spec(data, "bad.yaml")
+    fields = sorted(line.split(": ")[1] for line in error.value.errors)
+    assert fields == ["budget.num_samples", "budget.reduction_factor", "recipe.batch_size", "recipe.pct_start",
+                      "resources.cpus_per_worker", "resources.max_concurrent_trials"], error.value.errors
+
+
 def test_yaml_numbers_in_exponent_notation_and_keys_given_twice(tmp_path):
     path = tmp_path / "spec.yaml"
     text = yaml.safe_dump(_spec(search_space={"lr": {"low": 0.0005, "high": 0.005}}))
