@@ -355,3 +355,60 @@ def test_sql_limits_each_hold(tmp_path, monkeypatch):
     with pytest.raises(ValueError, match=r"ran longer than 0.5 s \(--sql-timeout\) and was stopped"):
         results.sql("SELECT count(*) AS n FROM range(100000000000) a WHERE a.range % 7 = 3", timeout_s=0.5)
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*"))
+
+
+def _epoch(epoch: int) -> dict:
+    """An epoch's full report: every kind of column a trial writes (val, test, loss parts, speed)."""
+    return {"epoch": epoch, "val_mAP": 30.0 + 5 * epoch, "test_mAP": 29.5 + 5 * epoch, "val_loss": 3.0 - epoch / 10,
+            "val_CF1": 20.0 + epoch, "test_paper_CF1": 19.0 + epoch, "train_bce": 1.5 / epoch, "train_mld": 0.25 * epoch,
+            "images_per_s": 100.0 + epoch, "epoch_seconds": 2.0 + epoch / 100}
+
+
+@pytest.mark.parametrize("source", ["checkpoints", "Tune's logs", "damaged results files"])
+def test_a_rebuild_takes_an_epoch_from_the_one_source_that_holds_it(tmp_path, source):
+    """One source alone holds epoch 3 of trial x: after the rebuild, epoch 3 is back with every column that source
+    had (test_* included), and the trial's summary follows it (its best epoch is 3); a damaged file is set aside."""
+    sweep = tmp_path / "sweep"
+    writer = ResultsWriter(str(sweep), max_epochs=3)
+    for epoch in (1, 2):
+        writer.record_epoch("x", CONFIG, _epoch(epoch))
+        writer.write()
+    history = [_epoch(e) for e in (1, 2, 3)]
+    if source == "checkpoints":
+        folder = sweep / "train" / "trial-x" / "epoch-0003"
+        folder.mkdir(parents=True)
+        (folder / "history.json").write_text(json.dumps(history))
+        (folder / "state.pt").write_bytes(b"x")
+    elif source == "Tune's logs":
+        log = sweep / "tune" / "run_trial_x"
+        log.mkdir(parents=True)
+        (log / "result.json").write_text("".join(json.dumps({**row, "trial_id": "x"}) + "\n" for row in history))
+    else:  # epoch 3 written, then its segment loses a column the other epochs' rows do not need
+        writer.record_epoch("x", CONFIG, _epoch(3))
+        writer.write()
+        manifest = json.loads((sweep / "results" / "manifest.json").read_text())
+        damaged = sweep / "results" / manifest["segments"][-1]["epochs"]
+        pq.write_table(pq.read_table(damaged).drop(["images_per_s"]), damaged)
+    writer.finish("x", CONFIG)
+    writer.write()
+    if source != "damaged results files":  # the tables lose their index: the rebuild reads every source
+        (sweep / "results" / "manifest.json").unlink()
+        for path in (sweep / "results").glob("*.parquet"):
+            path.unlink()
+    rebuilt = ResultsWriter(str(sweep), max_epochs=3)
+    assert rebuilt.rebuilt and source in rebuilt.rebuilt, rebuilt.rebuilt
+    rebuilt.write()
+    results = SweepResults(str(sweep))
+    rows = {row["epoch"]: row for row in results.epochs.to_pylist() if row["trial_id"] == "x"}
+    assert sorted(rows) == [1, 2, 3]
+    lost = {"images_per_s"} if source == "damaged results files" else set()
+    for name, value in _epoch(3).items():
+        if name not in lost:
+            assert rows[3][name] == pytest.approx(value), (source, name)  # every column, test_* included
+    [trial] = [row for row in results.trials.to_pylist() if row["trial_id"] == "x"]
+    assert (trial["best_epoch"], trial["best_val_mAP"], trial["test_mAP_at_best"]) == (3, 45.0, 44.5)
+    aside = sorted(p.name for p in (sweep / "results").rglob("*.corrupt-*"))
+    if source == "damaged results files":
+        assert aside and all("-epochs.parquet.corrupt-" in name for name in aside), aside  # set aside, kept
+    else:
+        assert not aside
