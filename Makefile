@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 LOCK := requirements/lock.txt
 MLFLOW_LOCK := requirements/mlflow-server.txt
 
-.PHONY: test test-quick sweep install docs notebook lock clean
+.PHONY: test test-quick sweep install docs notebook lock lint mutants clean
 
 $(STAMP): pyproject.toml $(LOCK)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -42,6 +42,17 @@ lock:
 
 test: $(STAMP) $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# The linter and the formatter's check (ruff, configured in pyproject.toml); `ruff format .` applies the format.
+LINTED := l2d sweeps tests benchmarks docs/gen_reference.py docs/render_notebook.py notebooks
+lint: $(STAMP)
+	$(BIN)/ruff check $(LINTED)
+	$(BIN)/ruff format --check $(LINTED)
+
+# Mutation testing of the safety modules against the fast tests (mutmut, [tool.mutmut] in pyproject.toml): slow
+# (an hour or more on 2 cores), not part of CI; benchmarks/mutants.py writes the report docs/development.md shows.
+mutants: $(STAMP)
+	$(BIN)/python benchmarks/mutants.py
 
 # The edit loop: the tests that start no Ray cluster and train nothing slow (a few minutes on 2 cores).
 test-quick: $(STAMP)

@@ -18,8 +18,15 @@ from l2d.storage import Location
 
 def write_report(path: str, name: str, rows: list[dict], **settings) -> None:
     """Write ``{"benchmark": name, **settings, machine facts, "rows": rows}`` to ``path`` (temp file + rename)."""
-    report = {"benchmark": name, **settings, "torch": torch.__version__, "threads": torch.get_num_threads(),
-              "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": rows}
+    report = {
+        "benchmark": name,
+        **settings,
+        "torch": torch.__version__,
+        "threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "rows": rows,
+    }
     Location.parse(path).write_text(json.dumps(report, indent=2) + "\n")
     print(f"wrote {path}")
 
@@ -30,8 +37,12 @@ ROOT = Path(__file__).resolve().parents[1]
 def add_sweep_arguments(parser, name: str) -> None:
     """``--spec`` (default: the quickstart), ``--storage`` and ``--out`` (``benchmarks/results/<name>.json``)."""
     parser.add_argument("--spec", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
-    parser.add_argument("--storage", default=None, help="sweep storage (default: a temporary folder, deleted at the "
-                                                        "end, given the teachers the spec's storage already has)")
+    parser.add_argument(
+        "--storage",
+        default=None,
+        help="sweep storage (default: a temporary folder, deleted at the "
+        "end, given the teachers the spec's storage already has)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
 
 
@@ -87,7 +98,9 @@ def add_report_arguments(parser, name: str) -> None:
     """``--out`` (``benchmarks/results/<name>.json``), ``--summarize JSON`` and ``--readme``."""
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / f"{name}.json"))
     parser.add_argument("--summarize", metavar="JSON", help="print the README block of a saved report")
-    parser.add_argument("--readme", action="store_true", help="with --summarize: write the block into its page (README.md or docs/)")
+    parser.add_argument(
+        "--readme", action="store_true", help="with --summarize: write the block into its page (README.md or docs/)"
+    )
 
 
 def parse_report_args(parser, argv: list[str] | None, summarize):

@@ -8,8 +8,9 @@ import statistics
 from pathlib import Path
 
 
-def bootstrap_interval(values: list[float], resamples: int = 10_000, level: float = 0.95,
-                       seed: int = 0) -> tuple[float, float, float]:
+def bootstrap_interval(
+    values: list[float], resamples: int = 10_000, level: float = 0.95, seed: int = 0
+) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` and a percentile bootstrap interval of it (resampling the
     values with replacement). With 5 seeds the interval is coarse: it says how far the seeds' spread leaves the
     mean uncertain, not more."""

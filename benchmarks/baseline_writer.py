@@ -19,6 +19,7 @@ from l2d.storage import Location
 from sweeps.results.schema import EPOCH_FIXED, HPARAM_COLUMNS, OBJECTIVE_COLUMNS, TRIAL_SCHEMA, epoch_metrics
 from sweeps.results.schema import as_float as _float
 
+
 def write_table(table: pa.Table, location: Location) -> None:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
@@ -81,9 +82,14 @@ class FullRewriteWriter:
         rows = []
         for trial_id, record in self.trials.items():
             history = [row for _, row in sorted(self.epochs.get(trial_id, {}).items())]
-            row = {"trial_id": trial_id, "status": record.status, "error": record.error,
-                   "teacher": record.config.get("teacher"), "student": record.config.get("student"),
-                   "method": record.config.get("method")}
+            row = {
+                "trial_id": trial_id,
+                "status": record.status,
+                "error": record.error,
+                "teacher": record.config.get("teacher"),
+                "student": record.config.get("student"),
+                "method": record.config.get("method"),
+            }
             row.update({name: _float(record.config.get(name)) for name in HPARAM_COLUMNS})
             row["epochs_run"] = len(history)
             row["stopped_early"] = record.status == "stopped"
@@ -91,17 +97,24 @@ class FullRewriteWriter:
                 sign = 1.0 if self.mode == "max" else -1.0
                 best = max(history, key=lambda r: sign * r.get(self.metric, -sign * math.inf))
                 last = history[-1]
-                row.update(best_val_mAP=best.get("val_mAP"), best_epoch=best["epoch"],
-                           test_mAP_at_best=best.get("test_mAP"), last_val_mAP=last.get("val_mAP"),
-                           last_test_mAP=last.get("test_mAP"), best_val_CF1=best.get("val_CF1"),
-                           best_val_OF1=best.get("val_OF1"),
-                           student_params=int(last["student_params"]) if "student_params" in last else None,
-                           latency_ms=last.get("latency_ms"),
-                           images_per_s=sum(r.get("images_per_s", 0.0) for r in history) / len(history),
-                           wall_time_s=sum(r.get("epoch_seconds", 0.0) for r in history),
-                           test_CF1_at_best=best.get("test_CF1"), test_OF1_at_best=best.get("test_OF1"),
-                           test_paper_CF1_at_best=best.get("test_paper_CF1"),
-                           test_paper_OF1_at_best=best.get("test_paper_OF1"), best_val_loss=best.get("val_loss"))
+                row.update(
+                    best_val_mAP=best.get("val_mAP"),
+                    best_epoch=best["epoch"],
+                    test_mAP_at_best=best.get("test_mAP"),
+                    last_val_mAP=last.get("val_mAP"),
+                    last_test_mAP=last.get("test_mAP"),
+                    best_val_CF1=best.get("val_CF1"),
+                    best_val_OF1=best.get("val_OF1"),
+                    student_params=int(last["student_params"]) if "student_params" in last else None,
+                    latency_ms=last.get("latency_ms"),
+                    images_per_s=sum(r.get("images_per_s", 0.0) for r in history) / len(history),
+                    wall_time_s=sum(r.get("epoch_seconds", 0.0) for r in history),
+                    test_CF1_at_best=best.get("test_CF1"),
+                    test_OF1_at_best=best.get("test_OF1"),
+                    test_paper_CF1_at_best=best.get("test_paper_CF1"),
+                    test_paper_OF1_at_best=best.get("test_paper_OF1"),
+                    best_val_loss=best.get("val_loss"),
+                )
             rows.append(row)
         return rows
 

@@ -22,19 +22,20 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, \
-    write_report  # noqa: E402
+from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402
 
 
 def commands(sweep: str) -> list[tuple[str, list[str]]]:
     python = sys.executable
     cli = [python, "-m", "sweeps.cli"]
-    return [("python -c pass", [python, "-c", "pass"]),
-            ('python -c "import torch"', [python, "-c", "import torch"]),
-            ("l2d-sweep --help", [*cli, "--help"]),
-            ("l2d-sweep status SWEEP", [*cli, "status", sweep]),
-            ("l2d-sweep results SWEEP", [*cli, "results", sweep]),
-            ("l2d-sweep validate SPEC", [*cli, "validate", str(ROOT / "search_spaces" / "quickstart.yaml")])]
+    return [
+        ("python -c pass", [python, "-c", "pass"]),
+        ('python -c "import torch"', [python, "-c", "import torch"]),
+        ("l2d-sweep --help", [*cli, "--help"]),
+        ("l2d-sweep status SWEEP", [*cli, "status", sweep]),
+        ("l2d-sweep results SWEEP", [*cli, "results", sweep]),
+        ("l2d-sweep validate SPEC", [*cli, "validate", str(ROOT / "search_spaces" / "quickstart.yaml")]),
+    ]
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -47,9 +48,22 @@ def main(argv: list[str] | None = None) -> None:
         return
     if not (Path(args.sweep) / "spec.yaml").is_file():
         print(f"{args.sweep}: no sweep there; running the quickstart first", flush=True)
-        subprocess.run([sys.executable, "-m", "sweeps.cli", "-q", "run", str(ROOT / "search_spaces" / "quickstart.yaml"),
-                        "--storage", str(Path(args.sweep).parent), "--name", Path(args.sweep).name], check=True,
-                       cwd=ROOT)
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "sweeps.cli",
+                "-q",
+                "run",
+                str(ROOT / "search_spaces" / "quickstart.yaml"),
+                "--storage",
+                str(Path(args.sweep).parent),
+                "--name",
+                Path(args.sweep).name,
+            ],
+            check=True,
+            cwd=ROOT,
+        )
     timings: dict[str, list[float]] = {name: [] for name, _ in commands(args.sweep)}
     for _ in range(args.repeats):
         for name, command in commands(args.sweep):
@@ -59,22 +73,31 @@ def main(argv: list[str] | None = None) -> None:
             if done.returncode != 0:
                 sys.exit(f"error: `{name}` failed: {done.stderr.strip()[-300:]}")
     torch_time = statistics.median(timings['python -c "import torch"'])
-    rows = [{"command": name, "median_s": statistics.median(values), "min_s": min(values), "runs": len(values),
-             "vs_import_torch": statistics.median(values) / torch_time} for name, values in timings.items()]
+    rows = [
+        {
+            "command": name,
+            "median_s": statistics.median(values),
+            "min_s": min(values),
+            "runs": len(values),
+            "vs_import_torch": statistics.median(values) / torch_time,
+        }
+        for name, values in timings.items()
+    ]
     report = {"rows": rows, "repeats": args.repeats, "command": command_line("cli_speed.py", args.argv)}
     print(summarize(report, False))
     write_report(args.out, "cli_speed", rows, **{k: v for k, v in report.items() if k != "rows"})
 
 
 def summarize(report: dict, write: bool) -> str:
-    lines = [f"$ {report['command']}",
-             f"{'command':<28}{'median s':>10}{'min s':>8}{'x import torch':>16}", "-" * 62]
+    lines = [f"$ {report['command']}", f"{'command':<28}{'median s':>10}{'min s':>8}{'x import torch':>16}", "-" * 62]
     for row in report["rows"]:
         lines.append(f"{row['command']:<28}{row['median_s']:>10.2f}{row['min_s']:>8.2f}{row['vs_import_torch']:>16.2f}")
     reads = [r for r in report["rows"] if r["command"].startswith("l2d-sweep")]
     verdict = "faster" if all(r["vs_import_torch"] < 1 for r in reads) else "NOT all faster"
-    lines.append(f"every l2d-sweep read command above is {verdict} than importing torch "
-                 f"({report['repeats']} runs each, alternated)")
+    lines.append(
+        f"every l2d-sweep read command above is {verdict} than importing torch "
+        f"({report['repeats']} runs each, alternated)"
+    )
     return readme_block("cli_speed", lines, write)
 
 

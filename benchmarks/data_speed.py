@@ -38,10 +38,12 @@ def write_voc(root: Path, count: int) -> None:
     for n, image_id in enumerate(ids):
         # Smooth random content compresses like a photo, unlike white noise.
         small = rng.integers(0, 255, (24, 32, 3), dtype=np.uint8)
-        Image.fromarray(small).resize((500, 375), Image.BILINEAR).save(base / "JPEGImages" / f"{image_id}.jpg",
-                                                                       quality=90)
-        objects = "".join(f"<object><name>{classes[(n + k) % 5]}</name><difficult>0</difficult></object>"
-                          for k in range(1 + n % 3))
+        Image.fromarray(small).resize((500, 375), Image.BILINEAR).save(
+            base / "JPEGImages" / f"{image_id}.jpg", quality=90
+        )
+        objects = "".join(
+            f"<object><name>{classes[(n + k) % 5]}</name><difficult>0</difficult></object>" for k in range(1 + n % 3)
+        )
         (base / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{objects}</annotation>")
     (base / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
 
@@ -88,6 +90,7 @@ def main() -> None:
         rates = [r["images_per_s"] for r in rows if r["dataset"] == name]
         print(f"{name:<20} " + " ".join(f"{rate:>10.1f}" for rate in rates))
     write_report(args.out, "data_speed", rows, batch_size=args.batch_size, batches=args.batches)
+
 
 if __name__ == "__main__":
     main()

@@ -39,8 +39,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, \
-    write_report  # noqa: E402
+from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402
 
 EPOCHS = 10
 TEACHER, STUDENT, METHOD = "tf_efficientnet_lite2", "tf_efficientnet_lite0", "l2d"
@@ -51,31 +50,60 @@ _PARTS = ("mld", "cd", "id")
 
 def report(trial: int, epoch: int, rng: random.Random) -> dict:
     """An epoch report with the keys a real L2D trial sends (metrics and Tune's own)."""
-    result = {"epoch": epoch, "val_mAP": 40 + 40 * rng.random(), "val_loss": rng.random(), "test_mAP": 40 + 40 *
-              rng.random(), "val_CF1": rng.random() * 100, "val_OF1": rng.random() * 100, "test_CF1": rng.random() *
-              100, "test_OF1": rng.random() * 100, "test_paper_CF1": rng.random() * 100, "test_paper_OF1":
-              rng.random() * 100, "train_total": rng.random(), "images_per_s": 150 + rng.random(), "lr": 1e-3,
-              "epoch_seconds": 10 + rng.random(), "student_params": 3_400_000, "latency_ms": 5 + rng.random()}
+    result = {
+        "epoch": epoch,
+        "val_mAP": 40 + 40 * rng.random(),
+        "val_loss": rng.random(),
+        "test_mAP": 40 + 40 * rng.random(),
+        "val_CF1": rng.random() * 100,
+        "val_OF1": rng.random() * 100,
+        "test_CF1": rng.random() * 100,
+        "test_OF1": rng.random() * 100,
+        "test_paper_CF1": rng.random() * 100,
+        "test_paper_OF1": rng.random() * 100,
+        "train_total": rng.random(),
+        "images_per_s": 150 + rng.random(),
+        "lr": 1e-3,
+        "epoch_seconds": 10 + rng.random(),
+        "student_params": 3_400_000,
+        "latency_ms": 5 + rng.random(),
+    }
     for part in _PARTS:
         result[f"train_{part}"] = rng.random()
         result[f"val_{part}"] = rng.random()
         result[f"train_grad_share_{part}"] = rng.random()
-    result.update(training_iteration=epoch, time_this_iter_s=10.0, time_total_s=10.0 * epoch, timestamp=time.time(),
-                  pid=os.getpid(), done=False, hostname="bench", node_ip="127.0.0.1", trial_id=f"t{trial:06d}")
+    result.update(
+        training_iteration=epoch,
+        time_this_iter_s=10.0,
+        time_total_s=10.0 * epoch,
+        timestamp=time.time(),
+        pid=os.getpid(),
+        done=False,
+        hostname="bench",
+        node_ip="127.0.0.1",
+        trial_id=f"t{trial:06d}",
+    )
     return result
 
 
 def config(trial: int) -> dict:
     rng = random.Random(trial)
-    return {"pairing": TEACHER, f"student@{TEACHER}": STUDENT, "method": METHOD, "lr": 10 ** rng.uniform(-4, -2),
-            "lambda_mld": 10 ** rng.uniform(-1, 2), "lambda_cd": 10 ** rng.uniform(-1, 2),
-            "lambda_id": 10 ** rng.uniform(-1, 3)}
+    return {
+        "pairing": TEACHER,
+        f"student@{TEACHER}": STUDENT,
+        "method": METHOD,
+        "lr": 10 ** rng.uniform(-4, -2),
+        "lambda_mld": 10 ** rng.uniform(-1, 2),
+        "lambda_cd": 10 ** rng.uniform(-1, 2),
+        "lambda_id": 10 ** rng.uniform(-1, 3),
+    }
 
 
 def trial_object(trial: int) -> SimpleNamespace:
     """What the callback reads off a Tune trial."""
-    return SimpleNamespace(trial_id=f"t{trial:06d}", config=config(trial), status="RUNNING", error_file=None,
-                           get_error=lambda: None)
+    return SimpleNamespace(
+        trial_id=f"t{trial:06d}", config=config(trial), status="RUNNING", error_file=None, get_error=lambda: None
+    )
 
 
 class Counter:
@@ -107,10 +135,18 @@ class S3Server:
             self.port = sock.getsockname()[1]
         self.log = work / "moto.log"
         self._stream = open(self.log, "wb")
-        self.process = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
-                                        stdout=self._stream, stderr=subprocess.STDOUT)
-        os.environ.update(AWS_ACCESS_KEY_ID="testing", AWS_SECRET_ACCESS_KEY="testing", AWS_DEFAULT_REGION="us-east-1",
-                          AWS_REGION="us-east-1", AWS_EC2_METADATA_DISABLED="true")
+        self.process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(self.port)],
+            stdout=self._stream,
+            stderr=subprocess.STDOUT,
+        )
+        os.environ.update(
+            AWS_ACCESS_KEY_ID="testing",
+            AWS_SECRET_ACCESS_KEY="testing",
+            AWS_DEFAULT_REGION="us-east-1",
+            AWS_REGION="us-east-1",
+            AWS_EC2_METADATA_DISABLED="true",
+        )
         os.environ.pop("AWS_ENDPOINT_URL", None)
         deadline = time.time() + 30
         while True:
@@ -119,7 +155,7 @@ class S3Server:
                 break
             except OSError:
                 if time.time() > deadline:
-                    raise SystemExit("error: the moto S3 server did not start (pip install 'moto[server]')")
+                    raise SystemExit("error: the moto S3 server did not start (pip install 'moto[server]')") from None
                 time.sleep(0.2)
         import boto3
 
@@ -131,8 +167,11 @@ class S3Server:
     def requests(self) -> int:
         self._stream.flush()
         text = self.log.read_text(errors="replace")
-        return sum(1 for line in text.splitlines() if '"GET ' in line or '"PUT ' in line or '"POST ' in line
-                   or '"HEAD ' in line or '"DELETE ' in line)
+        return sum(
+            1
+            for line in text.splitlines()
+            if '"GET ' in line or '"PUT ' in line or '"POST ' in line or '"HEAD ' in line or '"DELETE ' in line
+        )
 
     def stop(self) -> None:
         self.process.terminate()
@@ -160,14 +199,18 @@ def prefill(writer, kind: str, trials: int, window_trials: int, rng: random.Rand
     from sweeps.results.store import FANOUT, MAX_LEVEL
 
     store, manifest = writer.store, writer.manifest
-    chunk = FANOUT ** MAX_LEVEL  # reports per top-level segment
+    chunk = FANOUT**MAX_LEVEL  # reports per top-level segment
     ids = [f"t{index:06d}" for index in range(done)]
     trials_per_chunk = max(1, chunk // EPOCHS)
     for start in range(0, len(ids), trials_per_chunk):
-        group = ids[start:start + trials_per_chunk]
-        segment = store._new_segment(manifest, trials_table([writer.row(t) for t in group]),
-                                     epochs_table([row for t in group for _, row in sorted(writer.epochs[t].items())]),
-                                     MAX_LEVEL, len(group) * EPOCHS)
+        group = ids[start : start + trials_per_chunk]
+        segment = store._new_segment(
+            manifest,
+            trials_table([writer.row(t) for t in group]),
+            epochs_table([row for t in group for _, row in sorted(writer.epochs[t].items())]),
+            MAX_LEVEL,
+            len(group) * EPOCHS,
+        )
         manifest.segments.append(segment)
         manifest.reports += len(group) * EPOCHS
     store._swap(manifest)
@@ -186,11 +229,12 @@ def _window(trials: int, least: int) -> int:
     4,096 reports; the compacted pair rewritten after a twentieth of its rows), and at most the whole sweep."""
     from sweeps.results.store import FANOUT, MAX_LEVEL
 
-    return min(trials * EPOCHS, max(least, FANOUT ** MAX_LEVEL + 1, trials * EPOCHS // 20 + 1))
+    return min(trials * EPOCHS, max(least, FANOUT**MAX_LEVEL + 1, trials * EPOCHS // 20 + 1))
 
 
-def measure(kind: str, store: str, trials: int, window: int, location: str, counter: Counter,
-            server: S3Server | None) -> dict:
+def measure(
+    kind: str, store: str, trials: int, window: int, location: str, counter: Counter, server: S3Server | None
+) -> dict:
     from sweeps.callback import SweepCallback
 
     rng = random.Random(trials)
@@ -225,28 +269,44 @@ def measure(kind: str, store: str, trials: int, window: int, location: str, coun
     requests = (server.requests() - requests0) if server else None
     for board in callback._boards.values():
         board.close()
-    row = {"writer": kind, "store": store, "trials": trials, "epoch_rows": trials * EPOCHS, "window_reports": reports,
-           "ms_per_report": 1000 * elapsed / reports, "kb_per_report": (bytes1 - bytes0) / 1024 / reports,
-           "writes_per_report": (writes1 - writes0) / reports,
-           "requests_per_report": requests / reports if requests is not None else None}
-    print(f"  {kind:9s} {store:5s} {trials:6d} trials: {row['ms_per_report']:8.2f} ms/report, "
-          f"{row['kb_per_report']:9.1f} KiB/report, {row['writes_per_report']:.2f} writes/report"
-          + (f", {row['requests_per_report']:.1f} requests/report" if requests is not None else ""), flush=True)
+    row = {
+        "writer": kind,
+        "store": store,
+        "trials": trials,
+        "epoch_rows": trials * EPOCHS,
+        "window_reports": reports,
+        "ms_per_report": 1000 * elapsed / reports,
+        "kb_per_report": (bytes1 - bytes0) / 1024 / reports,
+        "writes_per_report": (writes1 - writes0) / reports,
+        "requests_per_report": requests / reports if requests is not None else None,
+    }
+    print(
+        f"  {kind:9s} {store:5s} {trials:6d} trials: {row['ms_per_report']:8.2f} ms/report, "
+        f"{row['kb_per_report']:9.1f} KiB/report, {row['writes_per_report']:.2f} writes/report"
+        + (f", {row['requests_per_report']:.1f} requests/report" if requests is not None else ""),
+        flush=True,
+    )
     return row
 
 
 def table(report: dict) -> list[str]:
-    lines = [f"{'store':5s} {'trials':>6s} {'writer':>12s} {'ms/report':>10s} {'KiB/report':>11s} {'writes':>7s} "
-             f"{'HTTP req':>9s}"]
+    lines = [
+        f"{'store':5s} {'trials':>6s} {'writer':>12s} {'ms/report':>10s} {'KiB/report':>11s} {'writes':>7s} "
+        f"{'HTTP req':>9s}"
+    ]
     for row in report["rows"]:
         requests = f"{row['requests_per_report']:9.1f}" if row["requests_per_report"] is not None else f"{'-':>9s}"
         name = "segments" if row["writer"] == "segments" else "full rewrite"
-        lines.append(f"{row['store']:5s} {row['trials']:6d} {name:>12s} {row['ms_per_report']:10.2f} "
-                     f"{row['kb_per_report']:11.1f} {row['writes_per_report']:7.2f} {requests}")
+        lines.append(
+            f"{row['store']:5s} {row['trials']:6d} {name:>12s} {row['ms_per_report']:10.2f} "
+            f"{row['kb_per_report']:11.1f} {row['writes_per_report']:7.2f} {requests}"
+        )
     for store, verdict in report["verdicts"].items():
-        lines.append(f"{store}: today's per-report time at {verdict['largest']:,} trials is {verdict['ratio']:.2f}x "
-                     f"that at {verdict['smallest']:,} ({'within' if verdict['ratio'] <= 2 else 'NOT within'} 2x); "
-                     f"the full-rewrite writer's is {verdict['baseline_ratio']:.0f}x")
+        lines.append(
+            f"{store}: today's per-report time at {verdict['largest']:,} trials is {verdict['ratio']:.2f}x "
+            f"that at {verdict['smallest']:,} ({'within' if verdict['ratio'] <= 2 else 'NOT within'} 2x); "
+            f"the full-rewrite writer's is {verdict['baseline_ratio']:.0f}x"
+        )
     return lines
 
 
@@ -259,8 +319,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[100, 1000, 10000], help="trials per sweep")
     parser.add_argument("--stores", nargs="+", default=["local", "s3"], choices=["local", "s3"])
-    parser.add_argument("--window", type=int, default=500, help="today's writer: reports replayed at least (see the "
-                                                                "docstring: more where the sweep's periodic costs need)")
+    parser.add_argument(
+        "--window",
+        type=int,
+        default=500,
+        help="today's writer: reports replayed at least (see the "
+        "docstring: more where the sweep's periodic costs need)",
+    )
     add_report_arguments(parser, "driver_scale")
     args = parse_report_args(parser, argv, summarize)
     if args is None:
@@ -293,9 +358,12 @@ def _report(args, rows: list[dict]) -> dict:
         mine = {r["trials"]: r for r in rows if r["store"] == store and r["writer"] == "segments"}
         base = {r["trials"]: r for r in rows if r["store"] == store and r["writer"] == "baseline"}
         small, large = min(mine), max(mine)
-        verdicts[store] = {"smallest": small, "largest": large,
-                           "ratio": mine[large]["ms_per_report"] / mine[small]["ms_per_report"],
-                           "baseline_ratio": base[large]["ms_per_report"] / base[small]["ms_per_report"]}
+        verdicts[store] = {
+            "smallest": small,
+            "largest": large,
+            "ratio": mine[large]["ms_per_report"] / mine[small]["ms_per_report"],
+            "baseline_ratio": base[large]["ms_per_report"] / base[small]["ms_per_report"],
+        }
     out = {"command": command_line("driver_scale.py", args.argv), "verdicts": verdicts}
     write_report(args.out, "driver_scale", rows, epochs=EPOCHS, window=args.window, **out)
     return {"rows": rows, **out}

@@ -63,8 +63,12 @@ def main(argv=None) -> dict:
     parser.add_argument("--labels-per-image", type=float, default=2.9)
     parser.add_argument("--embed-dim", type=int, default=768)
     parser.add_argument("--steps", type=int, default=20, help="timed steps (after 3 warm-up steps)")
-    parser.add_argument("--weights", choices=["none", "files", "timm"], default="none",
-                        help="initial weights of both models (see above)")
+    parser.add_argument(
+        "--weights",
+        choices=["none", "files", "timm"],
+        default="none",
+        help="initial weights of both models (see above)",
+    )
     parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "gpu_step.json"))
     args = parser.parse_args(argv)
 
@@ -119,18 +123,31 @@ def main(argv=None) -> dict:
         sync()
         loss_times.append(time.perf_counter() - start)
     step_s, loss_s = statistics.median(step_times), statistics.median(loss_times)
-    row = {"device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
-           "teacher": args.teacher, "student": args.student, "image_size": args.image_size, "batch": args.batch_size,
-           "classes": args.classes, "amp": str(dtype).replace("torch.", "") if dtype else "float32",
-           "step_ms": 1000 * step_s, "images_per_s": args.batch_size / step_s, "l2d_loss_ms": 1000 * loss_s,
-           "l2d_loss_share": loss_s / step_s, "init": args.weights,
-           "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None}
-    print(f"{'device':<24} {'pair':<24} {'init':>5} {'px':>4} {'B':>4} {'C':>4} {'amp':>9} {'step ms':>8} "
-          f"{'img/s':>8} {'loss ms':>8} {'loss share':>10} {'peak GiB':>9}")
+    row = {
+        "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+        "teacher": args.teacher,
+        "student": args.student,
+        "image_size": args.image_size,
+        "batch": args.batch_size,
+        "classes": args.classes,
+        "amp": str(dtype).replace("torch.", "") if dtype else "float32",
+        "step_ms": 1000 * step_s,
+        "images_per_s": args.batch_size / step_s,
+        "l2d_loss_ms": 1000 * loss_s,
+        "l2d_loss_share": loss_s / step_s,
+        "init": args.weights,
+        "peak_memory_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
+    }
+    print(
+        f"{'device':<24} {'pair':<24} {'init':>5} {'px':>4} {'B':>4} {'C':>4} {'amp':>9} {'step ms':>8} "
+        f"{'img/s':>8} {'loss ms':>8} {'loss share':>10} {'peak GiB':>9}"
+    )
     peak = f"{row['peak_memory_gib']:.2f}" if row["peak_memory_gib"] is not None else "-"
-    print(f"{row['device'][:24]:<24} {args.teacher + '->' + args.student:<24} {args.weights:>5} {args.image_size:>4} "
-          f"{args.batch_size:>4} {args.classes:>4} {row['amp']:>9} {row['step_ms']:>8.1f} {row['images_per_s']:>8.1f} "
-          f"{row['l2d_loss_ms']:>8.2f} {100 * row['l2d_loss_share']:>9.1f}% {peak:>9}")
+    print(
+        f"{row['device'][:24]:<24} {args.teacher + '->' + args.student:<24} {args.weights:>5} {args.image_size:>4} "
+        f"{args.batch_size:>4} {args.classes:>4} {row['amp']:>9} {row['step_ms']:>8.1f} {row['images_per_s']:>8.1f} "
+        f"{row['l2d_loss_ms']:>8.2f} {100 * row['l2d_loss_share']:>9.1f}% {peak:>9}"
+    )
     write_report(args.out, "gpu_step", [row], steps=args.steps)
     return row
 

@@ -88,7 +88,9 @@ def peak_memory_mib(shape: str, implementation: str, device: str) -> float:
     """Peak extra memory of one step, in a fresh process (CPU: peak RSS growth, Linux only; CUDA: allocator)."""
     output = subprocess.run(
         [sys.executable, __file__, "--measure-memory", shape, implementation, "--device", device],
-        check=True, capture_output=True, text=True,
+        check=True,
+        capture_output=True,
+        text=True,
     ).stdout
     return float(output.strip().splitlines()[-1])
 
@@ -131,8 +133,13 @@ def main() -> None:
     rows = []
     for shape in SHAPES:
         inputs = make_inputs(shape, args.device)
-        row = {"shape": shape, "B": SHAPES[shape][0], "C": SHAPES[shape][1], "D": SHAPES[shape][2],
-               "labels_per_image": round(inputs["targets"].sum(1).mean().item(), 2)}
+        row = {
+            "shape": shape,
+            "B": SHAPES[shape][0],
+            "C": SHAPES[shape][1],
+            "D": SHAPES[shape][2],
+            "labels_per_image": round(inputs["targets"].sum(1).mean().item(), 2),
+        }
         for implementation in IMPLEMENTATIONS:
             times = time_steps(implementation, inputs, args.repeats, args.device)
             row[f"{implementation}_ms"] = 1000 * statistics.median(times)
@@ -140,16 +147,23 @@ def main() -> None:
         row["speedup"] = row["loop_ms"] / row["vectorized_ms"]
         rows.append(row)
 
-    header = f"{'shape':<8} {'B':>3} {'C':>3} {'D':>4} {'labels':>6} {'loop ms':>9} {'ours ms':>8} {'speedup':>8} " \
-             f"{'loop MiB':>9} {'ours MiB':>9}"
-    print(f"MLD+CD+ID forward+backward, median of {args.repeats} steps, device={args.device}, "
-          f"torch threads={torch.get_num_threads()}")
+    header = (
+        f"{'shape':<8} {'B':>3} {'C':>3} {'D':>4} {'labels':>6} {'loop ms':>9} {'ours ms':>8} {'speedup':>8} "
+        f"{'loop MiB':>9} {'ours MiB':>9}"
+    )
+    print(
+        f"MLD+CD+ID forward+backward, median of {args.repeats} steps, device={args.device}, "
+        f"torch threads={torch.get_num_threads()}"
+    )
     print(header)
     for r in rows:
-        print(f"{r['shape']:<8} {r['B']:>3} {r['C']:>3} {r['D']:>4} {r['labels_per_image']:>6} {r['loop_ms']:>9.2f} "
-              f"{r['vectorized_ms']:>8.2f} {r['speedup']:>7.1f}x {r['loop_peak_mib']:>9.1f} "
-              f"{r['vectorized_peak_mib']:>9.1f}")
+        print(
+            f"{r['shape']:<8} {r['B']:>3} {r['C']:>3} {r['D']:>4} {r['labels_per_image']:>6} {r['loop_ms']:>9.2f} "
+            f"{r['vectorized_ms']:>8.2f} {r['speedup']:>7.1f}x {r['loop_peak_mib']:>9.1f} "
+            f"{r['vectorized_peak_mib']:>9.1f}"
+        )
     write_report(args.out, "loss_speed", rows, device=args.device, repeats=args.repeats)
+
 
 if __name__ == "__main__":
     main()

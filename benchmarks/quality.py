@@ -39,18 +39,37 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import (add_report_arguments, command_line, parse_report_args, readme_block,  # noqa: E402
-                                write_report)
+from benchmarks._report import (  # noqa: E402 - run as a script: the repository on sys.path first
+    add_report_arguments,
+    command_line,
+    parse_report_args,
+    readme_block,
+    write_report,
+)
 from benchmarks._stats import RunCache, paired, verdict  # noqa: E402
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
-FASHION_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz", "t10k-images-idx3-ubyte.gz",
-                 "t10k-labels-idx1-ubyte.gz")
+FASHION_FILES = (
+    "train-images-idx3-ubyte.gz",
+    "train-labels-idx1-ubyte.gz",
+    "t10k-images-idx3-ubyte.gz",
+    "t10k-labels-idx1-ubyte.gz",
+)
 METHODS = ("bce", "kd", "mse", "ps", "rkd", "pkt", "hint", "reviewkd", "mld", "led", "l2d")
 #: The search range of every weight (log-uniform), each around its method's default.
-RANGES = {"lambda_kd": (0.5, 50), "kd_temperature": (1, 8), "lambda_mse": (0.1, 10), "lambda_ps": (0.5, 50),
-          "lambda_rkd": (0.1, 10), "lambda_pkt": (1000, 100000), "lambda_hint": (1, 300),
-          "lambda_reviewkd": (1, 100), "lambda_mld": (0.1, 50), "lambda_cd": (0.1, 300), "lambda_id": (1, 3000)}
+RANGES = {
+    "lambda_kd": (0.5, 50),
+    "kd_temperature": (1, 8),
+    "lambda_mse": (0.1, 10),
+    "lambda_ps": (0.5, 50),
+    "lambda_rkd": (0.1, 10),
+    "lambda_pkt": (1000, 100000),
+    "lambda_hint": (1, 300),
+    "lambda_reviewkd": (1, 100),
+    "lambda_mld": (0.1, 50),
+    "lambda_cd": (0.1, 300),
+    "lambda_id": (1, 3000),
+}
 LR_RANGE = (5e-4, 5e-3)
 
 
@@ -66,9 +85,11 @@ def ensure_fashion_mnist(root: Path) -> None:
         subprocess.run(["apt-get", "install", "-y", "-qq", "dataset-fashion-mnist"], check=True)
         if all((root / name).is_file() for name in FASHION_FILES):
             return
-    sys.exit(f"error: Fashion-MNIST not found in {root}; install it with "
-             f"`sudo apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), or pass --fashion-root a folder "
-             f"holding {', '.join(FASHION_FILES)}")
+    sys.exit(
+        f"error: Fashion-MNIST not found in {root}; install it with "
+        f"`sudo apt-get install -y dataset-fashion-mnist` (Debian/Ubuntu), or pass --fashion-root a folder "
+        f"holding {', '.join(FASHION_FILES)}"
+    )
 
 
 def tuning_spec(args, method: str):
@@ -79,19 +100,27 @@ def tuning_spec(args, method: str):
 
     space = {"lr": {"low": LR_RANGE[0], "high": LR_RANGE[1]}}
     space.update({name: {"low": RANGES[name][0], "high": RANGES[name][1]} for name in ALL[method].defaults})
-    return parse_spec({
-        "name": f"quality-tune-{method}",
-        "dataset": {"name": "mosaic-fashion", "root": args.fashion_root, "options": {"scale": args.scale}},
-        "pairings": [{"teacher": args.teacher, "students": [args.student]}],
-        "methods": [method],
-        "search_space": space,
-        "budget": {"num_samples": args.trials, "max_epochs": args.epochs, "grace_period": min(2, args.epochs),
-                   "reduction_factor": 3, "teacher_epochs": args.teacher_epochs},
-        "resources": {"workers_per_trial": 1, "cpus_per_worker": os.cpu_count() or 1, "max_concurrent_trials": 1},
-        "recipe": {"batch_size": args.batch_size, "embed_dim": args.embed_dim},
-        "storage": args.storage,
-        "seed": 0,
-    }, "benchmarks/quality.py")
+    return parse_spec(
+        {
+            "name": f"quality-tune-{method}",
+            "dataset": {"name": "mosaic-fashion", "root": args.fashion_root, "options": {"scale": args.scale}},
+            "pairings": [{"teacher": args.teacher, "students": [args.student]}],
+            "methods": [method],
+            "search_space": space,
+            "budget": {
+                "num_samples": args.trials,
+                "max_epochs": args.epochs,
+                "grace_period": min(2, args.epochs),
+                "reduction_factor": 3,
+                "teacher_epochs": args.teacher_epochs,
+            },
+            "resources": {"workers_per_trial": 1, "cpus_per_worker": os.cpu_count() or 1, "max_concurrent_trials": 1},
+            "recipe": {"batch_size": args.batch_size, "embed_dim": args.embed_dim},
+            "storage": args.storage,
+            "seed": 0,
+        },
+        "benchmarks/quality.py",
+    )
 
 
 def tune(args, method: str) -> dict:
@@ -101,17 +130,24 @@ def tune(args, method: str) -> dict:
     from sweeps.runner import resume_sweep, run_sweep, sweep_exists
 
     spec = tuning_spec(args, method)
-    outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else \
-        run_sweep(spec, quiet=True)
-    full = outcome.results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
-                               f"ORDER BY last_val_mAP DESC").to_pylist()
+    outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else run_sweep(spec, quiet=True)
+    full = outcome.results.sql(
+        f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} ORDER BY last_val_mAP DESC"
+    ).to_pylist()
     if not full:
         sys.exit(f"error: no trial of {spec.sweep_dir} ran all {args.epochs} epochs")
     best = full[0]
-    return {"method": method, "sweep": str(spec.sweep_dir), "trials": outcome.results.trials.num_rows,
-            "full_budget": len(full), "trial": best["trial_id"], "val_mAP": best["last_val_mAP"], "lr": best["lr"],
-            "hparams": {name: best[name] for name in ALL[method].defaults},
-            "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"])}
+    return {
+        "method": method,
+        "sweep": str(spec.sweep_dir),
+        "trials": outcome.results.trials.num_rows,
+        "full_budget": len(full),
+        "trial": best["trial_id"],
+        "val_mAP": best["last_val_mAP"],
+        "lr": best["lr"],
+        "hparams": {name: best[name] for name in ALL[method].defaults},
+        "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"]),
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -126,11 +162,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--embed-dim", type=int, default=128)
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    parser.add_argument("--max-student-std", type=float, default=1.0,
-                        help="stop when the student alone's seed-to-seed std of test mAP exceeds it")
+    parser.add_argument(
+        "--max-student-std",
+        type=float,
+        default=1.0,
+        help="stop when the student alone's seed-to-seed std of test mAP exceeds it",
+    )
     parser.add_argument("--fashion-root", default=str(FASHION_ROOT))
-    parser.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks"),
-                        help="teacher store, tuning sweeps and the run cache (reused when rerun)")
+    parser.add_argument(
+        "--storage",
+        default=str(ROOT / "runs" / "benchmarks"),
+        help="teacher store, tuning sweeps and the run cache (reused when rerun)",
+    )
     add_report_arguments(parser, "quality")
     args = parse_report_args(parser, argv, summarize)
     if args is None:
@@ -147,11 +190,17 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.set_num_threads(os.cpu_count() or 1)
     began = time.time()
-    base = tuning_spec(args, "bce").base_run().replace(teacher=args.teacher, student=args.student, device="cpu",
-                                                       epochs=args.epochs)
+    base = (
+        tuning_spec(args, "bce")
+        .base_run()
+        .replace(teacher=args.teacher, student=args.student, device="cpu", epochs=args.epochs)
+    )
     splits = build_splits(base)
-    print(f"mosaic-fashion scale {args.scale}: {', '.join(str(len(s)) for s in splits.values())} train/val/test "
-          f"canvases; {args.student} for {args.epochs} epochs", flush=True)
+    print(
+        f"mosaic-fashion scale {args.scale}: {', '.join(str(len(s)) for s in splits.values())} train/val/test "
+        f"canvases; {args.student} for {args.epochs} epochs",
+        flush=True,
+    )
     teacher, card, _ = get_teacher(base, TeacherStore(Path(args.storage) / "teachers"), splits)
     teacher.eval()
     teacher_test = evaluate(teacher, make_loader(splits["test"], args.batch_size, train=False), torch.device("cpu"))
@@ -163,16 +212,30 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{method}: tuning ({args.trials} trials x up to {args.epochs} epochs)", flush=True)
         chosen[method] = tune(args, method)
         pick = chosen[method]
-        print(f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
-              + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items()), flush=True)
+        print(
+            f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
+            + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items()),
+            flush=True,
+        )
         for seed in args.seeds:
-            key = cache.key(scale=args.scale, teacher=args.teacher, student=args.student, epochs=args.epochs,
-                            method=method, lr=pick["lr"], hparams=pick["hparams"], seed=seed)
+            key = cache.key(
+                scale=args.scale,
+                teacher=args.teacher,
+                student=args.student,
+                epochs=args.epochs,
+                method=method,
+                lr=pick["lr"],
+                hparams=pick["hparams"],
+                seed=seed,
+            )
             result = cache.get(key)
             if result is None:
                 start = time.time()
-                run = build_run(base.replace(method=method, hparams=pick["hparams"], lr=pick["lr"], seed=seed),
-                                splits=splits, teacher=teacher)
+                run = build_run(
+                    base.replace(method=method, hparams=pick["hparams"], lr=pick["lr"], seed=seed),
+                    splits=splits,
+                    teacher=teacher,
+                )
                 last = fit(run, test="last")[-1]
                 result = {k: last[k] for k in ("test_mAP", "test_CF1", "test_OF1", "val_mAP")}
                 result["seconds"] = time.time() - start
@@ -182,9 +245,11 @@ def main(argv: list[str] | None = None) -> None:
         if method == "bce":
             spread = statistics.stdev(r["test_mAP"] for r in runs if r["method"] == "bce")
             if spread > args.max_student_std:
-                sys.exit(f"error: the student alone's test mAP varies by {spread:.2f} (std over seeds {args.seeds}), "
-                         f"more than {args.max_student_std}: a bigger budget (--epochs, --scale) is needed for the "
-                         f"differences to mean anything")
+                sys.exit(
+                    f"error: the student alone's test mAP varies by {spread:.2f} (std over seeds {args.seeds}), "
+                    f"more than {args.max_student_std}: a bigger budget (--epochs, --scale) is needed for the "
+                    f"differences to mean anything"
+                )
 
     report = build_report(runs, chosen, teacher_test, args, (time.time() - began) / 60)
     print(summarize(report, False))
@@ -211,33 +276,51 @@ def build_report(runs, chosen, teacher_test, args, minutes) -> dict:
             row["best_other"] = best_other
             row["vs_best_other"] = paired(by_method[method], by_method[best_other])
         rows.append(row)
-    return {"rows": rows, "runs": runs, "tuning": chosen, "teacher": args.teacher, "student": args.student,
-            "teacher_test": {k: teacher_test[k] for k in ("mAP", "CF1", "OF1")}, "scale": args.scale,
-            "epochs": args.epochs, "trials": args.trials, "seeds": args.seeds,
-            "minutes": minutes, "command": command_line("quality.py", args.argv),
-            "student_std": statistics.stdev(by_method["bce"].values()) if len(by_method["bce"]) > 1 else 0.0}
+    return {
+        "rows": rows,
+        "runs": runs,
+        "tuning": chosen,
+        "teacher": args.teacher,
+        "student": args.student,
+        "teacher_test": {k: teacher_test[k] for k in ("mAP", "CF1", "OF1")},
+        "scale": args.scale,
+        "epochs": args.epochs,
+        "trials": args.trials,
+        "seeds": args.seeds,
+        "minutes": minutes,
+        "command": command_line("quality.py", args.argv),
+        "student_std": statistics.stdev(by_method["bce"].values()) if len(by_method["bce"]) > 1 else 0.0,
+    }
 
 
 def summarize(report: dict, write: bool) -> str:
     teacher = report["teacher_test"]
     command = report.get("command") or command_line("quality.py", [])
-    lines = [f"$ {command}   # {report['minutes']:.0f} min on this 2-core CPU",
-             f"mosaic-fashion scale {report['scale']}: {report['teacher']} (test mAP {teacher['mAP']:.2f}) -> "
-             f"{report['student']}, {report['epochs']} epochs; every method tuned by {report['trials']} trials "
-             f"(TPE + ASHA, val split), then seeds {report['seeds']} on test",
-             f"{'method':<10}{'test mAP':>16}{'CF1':>8}{'OF1':>8}{'gap':>7}  {'vs bce [95% CI]':<25}"
-             f"{'vs best other [95% CI]':<36}", "-" * 112]
+    lines = [
+        f"$ {command}   # {report['minutes']:.0f} min on this 2-core CPU",
+        f"mosaic-fashion scale {report['scale']}: {report['teacher']} (test mAP {teacher['mAP']:.2f}) -> "
+        f"{report['student']}, {report['epochs']} epochs; every method tuned by {report['trials']} trials "
+        f"(TPE + ASHA, val split), then seeds {report['seeds']} on test",
+        f"{'method':<10}{'test mAP':>16}{'CF1':>8}{'OF1':>8}{'gap':>7}  {'vs bce [95% CI]':<25}"
+        f"{'vs best other [95% CI]':<36}",
+        "-" * 112,
+    ]
     for row in sorted(report["rows"], key=lambda r: -r["test_mAP"]):
         diff = row["vs_bce"]
         versus_bce = f"{diff['mean']:+.2f} [{diff['low']:+.2f}, {diff['high']:+.2f}]" if diff else "-"
         other = row.get("vs_best_other")
-        versus_other = (f"{other['mean']:+.2f} [{other['low']:+.2f}, {other['high']:+.2f}] vs {row['best_other']}"
-                        if other else "-")
-        lines.append(f"{row['method']:<10}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
-                     f"{row['test_CF1']:>8.2f}{row['test_OF1']:>8.2f}{row['gap_closed']:>7.0%}  {versus_bce:<25}"
-                     f"{versus_other:<36}")
-    lines.append(f"teacher {report['teacher']}: test mAP {teacher['mAP']:.2f}, CF1 {teacher['CF1']:.2f}, OF1 "
-                 f"{teacher['OF1']:.2f}; student alone (bce) seed-to-seed std {report['student_std']:.2f} mAP")
+        versus_other = (
+            f"{other['mean']:+.2f} [{other['low']:+.2f}, {other['high']:+.2f}] vs {row['best_other']}" if other else "-"
+        )
+        lines.append(
+            f"{row['method']:<10}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
+            f"{row['test_CF1']:>8.2f}{row['test_OF1']:>8.2f}{row['gap_closed']:>7.0%}  {versus_bce:<25}"
+            f"{versus_other:<36}"
+        )
+    lines.append(
+        f"teacher {report['teacher']}: test mAP {teacher['mAP']:.2f}, CF1 {teacher['CF1']:.2f}, OF1 "
+        f"{teacher['OF1']:.2f}; student alone (bce) seed-to-seed std {report['student_std']:.2f} mAP"
+    )
     settled = [verdict(r["vs_bce"], r["method"], "bce") for r in report["rows"] if r["vs_bce"]]
     lines.append("vs bce: " + "; ".join(settled))
     return readme_block("quality", lines, write)

@@ -48,13 +48,28 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, \
-    write_report  # noqa: E402
+from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402
 from benchmarks._stats import RunCache, paired, verdict  # noqa: E402
 
 DATASET = "mosaic-scenes"
-METHODS = ("bce", "kd", "kd-ls", "mse", "ps", "dist", "rkd", "pkt", "hint", "reviewkd", "mld", "mld-ls", "cd", "id",
-           "led", "l2d")
+METHODS = (
+    "bce",
+    "kd",
+    "kd-ls",
+    "mse",
+    "ps",
+    "dist",
+    "rkd",
+    "pkt",
+    "hint",
+    "reviewkd",
+    "mld",
+    "mld-ls",
+    "cd",
+    "id",
+    "led",
+    "l2d",
+)
 #: The L2D ablation, in the paper's order.
 ABLATION = ("mld", "cd", "id", "led", "l2d")
 #: Hyperparameters that are not weights: their own ranges (a temperature has no "off").
@@ -97,8 +112,13 @@ def tuning_spec(args, method: str, first_point: dict | None = None):
         "pairings": [{"teacher": args.teacher, "students": [args.student]}],
         "methods": [method],
         "search_space": search_space(method),
-        "budget": {"num_samples": args.trials_per_dim * searched_dims(method), "max_epochs": args.epochs,
-                   "grace_period": 1, "reduction_factor": 3, "teacher_epochs": args.teacher_epochs},
+        "budget": {
+            "num_samples": args.trials_per_dim * searched_dims(method),
+            "max_epochs": args.epochs,
+            "grace_period": 1,
+            "reduction_factor": 3,
+            "teacher_epochs": args.teacher_epochs,
+        },
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": args.parallel},
         "recipe": {"batch_size": args.batch_size},
         "storage": args.storage,
@@ -116,18 +136,38 @@ def dataset_options(args) -> dict:
 def base_run(args):
     from l2d.run import RunConfig, resolve
 
-    return resolve(RunConfig(dataset=DATASET, data_root=args.fashion_root, dataset_options=dataset_options(args),
-                             teacher=args.teacher, student=args.student,
-                             epochs=args.epochs, teacher_epochs=args.teacher_epochs, batch_size=args.batch_size,
-                             device="cpu", seed=0))
+    return resolve(
+        RunConfig(
+            dataset=DATASET,
+            data_root=args.fashion_root,
+            dataset_options=dataset_options(args),
+            teacher=args.teacher,
+            student=args.student,
+            epochs=args.epochs,
+            teacher_epochs=args.teacher_epochs,
+            batch_size=args.batch_size,
+            device="cpu",
+            seed=0,
+        )
+    )
 
 
 def tune_key(args, method: str, first_point: dict | None) -> str:
     """What determines a tuning sweep's choice: its cache key (the choice survives the loss of the sweep's folder)."""
-    return RunCache.key(benchmark="scenes-tune", dataset=DATASET, options=dataset_options(args), teacher=args.teacher,
-                        student=args.student, epochs=args.epochs, teacher_epochs=args.teacher_epochs,
-                        batch=args.batch_size, method=method, space=search_space(method),
-                        trials=args.trials_per_dim * searched_dims(method), first_point=first_point)
+    return RunCache.key(
+        benchmark="scenes-tune",
+        dataset=DATASET,
+        options=dataset_options(args),
+        teacher=args.teacher,
+        student=args.student,
+        epochs=args.epochs,
+        teacher_epochs=args.teacher_epochs,
+        batch=args.batch_size,
+        method=method,
+        space=search_space(method),
+        trials=args.trials_per_dim * searched_dims(method),
+        first_point=first_point,
+    )
 
 
 def tune(args, method: str, first_point: dict | None = None, cache: RunCache | None = None) -> dict:
@@ -139,21 +179,30 @@ def tune(args, method: str, first_point: dict | None = None, cache: RunCache | N
     if cache is not None and cache.get(key) is not None:
         return cache.get(key)
     spec = tuning_spec(args, method, first_point)
-    outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else \
-        run_sweep(spec, quiet=True)
-    full = outcome.results.sql(f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} "
-                               f"ORDER BY last_val_mAP DESC").to_pylist()
+    outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else run_sweep(spec, quiet=True)
+    full = outcome.results.sql(
+        f"SELECT * FROM trials WHERE status = 'completed' AND epochs_run = {args.epochs} ORDER BY last_val_mAP DESC"
+    ).to_pylist()
     if not full:
         sys.exit(f"error: no trial of {spec.sweep_dir} ran all {args.epochs} epochs")
     best = full[0]
-    lr_edge = math.log(best["lr"] / LR_RANGE[0]) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0]) or \
-        math.log(LR_RANGE[1] / best["lr"]) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0])
-    pick = {"method": method, "sweep": str(spec.sweep_dir), "trials": outcome.results.trials.num_rows,
-            "searched_dims": searched_dims(method), "full_budget": len(full), "trial": best["trial_id"],
-            "val_mAP": best["last_val_mAP"], "lr": best["lr"], "lr_at_edge": lr_edge,
-            "hparams": {name: best[name] for name in ALL[method].defaults},
-            "first_point": first_point,
-            "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"])}
+    lr_edge = math.log(best["lr"] / LR_RANGE[0]) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0]) or math.log(
+        LR_RANGE[1] / best["lr"]
+    ) < 0.1 * math.log(LR_RANGE[1] / LR_RANGE[0])
+    pick = {
+        "method": method,
+        "sweep": str(spec.sweep_dir),
+        "trials": outcome.results.trials.num_rows,
+        "searched_dims": searched_dims(method),
+        "full_budget": len(full),
+        "trial": best["trial_id"],
+        "val_mAP": best["last_val_mAP"],
+        "lr": best["lr"],
+        "lr_at_edge": lr_edge,
+        "hparams": {name: best[name] for name in ALL[method].defaults},
+        "first_point": first_point,
+        "epochs_spent": int(outcome.results.sql("SELECT sum(epochs_run) AS n FROM trials").to_pylist()[0]["n"]),
+    }
     if cache is not None:
         cache.put(key, pick)
     return pick
@@ -177,8 +226,9 @@ def _seed_run(job: dict) -> dict:
     history = fit(run, test="last")
     last = history[-1]
     result = {k: last[k] for k in ("test_mAP", "test_CF1", "test_OF1", "val_mAP")}
-    result["grad_share"] = {k.removeprefix("train_grad_share_"): v for k, v in last.items()
-                            if k.startswith("train_grad_share_")}
+    result["grad_share"] = {
+        k.removeprefix("train_grad_share_"): v for k, v in last.items() if k.startswith("train_grad_share_")
+    }
     result["seconds"] = time.time() - start
     return result
 
@@ -207,13 +257,33 @@ def seed_jobs(args, base, method: str, lr: float, hparams: dict, label: str) -> 
     jobs = []
     for seed in args.seeds:
         config = base.replace(method=method, hparams=dict(hparams), lr=lr, seed=seed)
-        key = RunCache.key(benchmark="scenes", dataset=DATASET, options=dataset_options(args), teacher=args.teacher,
-                           student=args.student,
-                           epochs=args.epochs, teacher_epochs=args.teacher_epochs, batch=args.batch_size,
-                           method=method, lr=lr, hparams=hparams, seed=seed)
-        jobs.append((key, {"config": asdict(config), "method": method, "store": str(Path(args.storage) / "teachers"),
-                           "teacher_seed": base.seed,
-                           "threads": max(1, (os.cpu_count() or 2) // args.parallel)}, f"{label} seed {seed}"))
+        key = RunCache.key(
+            benchmark="scenes",
+            dataset=DATASET,
+            options=dataset_options(args),
+            teacher=args.teacher,
+            student=args.student,
+            epochs=args.epochs,
+            teacher_epochs=args.teacher_epochs,
+            batch=args.batch_size,
+            method=method,
+            lr=lr,
+            hparams=hparams,
+            seed=seed,
+        )
+        jobs.append(
+            (
+                key,
+                {
+                    "config": asdict(config),
+                    "method": method,
+                    "store": str(Path(args.storage) / "teachers"),
+                    "teacher_seed": base.seed,
+                    "threads": max(1, (os.cpu_count() or 2) // args.parallel),
+                },
+                f"{label} seed {seed}",
+            )
+        )
     return jobs
 
 
@@ -235,23 +305,42 @@ def setting(args, base, splits, teacher_card: dict) -> dict:
             feature_map = probe.backbone.forward_features(torch.zeros(1, 3, base.image_size, base.image_size))
         tokens[role] = int(feature_map.shape[-1] * feature_map.shape[-2])
     weights = {}
-    for role, backbone, source in (("teacher", base.teacher, base.teacher_weights),
-                                   ("student", base.student, base.student_weights)):
+    for role, backbone, source in (
+        ("teacher", base.teacher, base.teacher_weights),
+        ("student", base.student, base.student_weights),
+    ):
         entry = offline_entry(source, backbone) if is_offline(source) else None
-        weights[role] = {"backbone": backbone, "source": source, "package": entry.package if entry else None,
-                         "version": entry.version() if entry else None, "sha256_16": identity(source, backbone),
-                         "origin": entry.origin if entry else None}
+        weights[role] = {
+            "backbone": backbone,
+            "source": source,
+            "package": entry.package if entry else None,
+            "version": entry.version() if entry else None,
+            "sha256_16": identity(source, backbone),
+            "origin": entry.origin if entry else None,
+        }
     labels = {}
     for split, data in splits.items():
         stats = dataset_stats(data)
         histogram = {int(k): int(v) for k, v in stats["labels_per_image_histogram"].items()}
-        labels[split] = {"images": stats["images"], "histogram": histogram,
-                         "mean": stats["labels_per_image_mean"],
-                         "share_3_or_more": sum(v for k, v in histogram.items() if k >= 3) / stats["images"]}
-    return {"dataset": DATASET, "image_size": base.image_size, "embed_dim": base.embed_dim,
-            "tokens_per_image": tokens, "labels": labels, "weights": weights, "parameters": sizes,
-            "teacher_epochs": args.teacher_epochs, "student_epochs": args.epochs, "batch_size": args.batch_size,
-            "teacher_val_mAP": teacher_card["val_mAP"]}
+        labels[split] = {
+            "images": stats["images"],
+            "histogram": histogram,
+            "mean": stats["labels_per_image_mean"],
+            "share_3_or_more": sum(v for k, v in histogram.items() if k >= 3) / stats["images"],
+        }
+    return {
+        "dataset": DATASET,
+        "image_size": base.image_size,
+        "embed_dim": base.embed_dim,
+        "tokens_per_image": tokens,
+        "labels": labels,
+        "weights": weights,
+        "parameters": sizes,
+        "teacher_epochs": args.teacher_epochs,
+        "student_epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "teacher_val_mAP": teacher_card["val_mAP"],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -263,20 +352,31 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--teacher-epochs", type=int, default=8)
     parser.add_argument("--epochs", type=int, default=3, help="student epochs (tuning and seeds, every method)")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--scale", type=float, help="factor on the split sizes (default: the dataset's, 1200/300/600 "
-                                                    "canvases)")
+    parser.add_argument(
+        "--scale", type=float, help="factor on the split sizes (default: the dataset's, 1200/300/600 canvases)"
+    )
     parser.add_argument("--trials-per-dim", type=int, default=3, help="tuning trials per searched dimension")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2, 3, 4])
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
     parser.add_argument("--no-dose", action="store_true", help="skip the LED dose-response")
-    parser.add_argument("--min-margin", type=float, default=5.0,
-                        help="refuse a teacher less than this many test mAP points above the student alone")
+    parser.add_argument(
+        "--min-margin",
+        type=float,
+        default=5.0,
+        help="refuse a teacher less than this many test mAP points above the student alone",
+    )
     parser.add_argument("--parallel", type=int, default=2, help="runs (and sweep trials) at a time, one thread each")
     parser.add_argument("--fashion-root", default=str(FASHION_ROOT))
-    parser.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks-scenes"),
-                        help="teacher store and tuning sweeps (reused when rerun)")
-    parser.add_argument("--cache", help="the cache of finished runs and tuning choices, JSON lines (default: "
-                                        "<storage>/scenes-runs.jsonl; a rerun skips what it holds)")
+    parser.add_argument(
+        "--storage",
+        default=str(ROOT / "runs" / "benchmarks-scenes"),
+        help="teacher store and tuning sweeps (reused when rerun)",
+    )
+    parser.add_argument(
+        "--cache",
+        help="the cache of finished runs and tuning choices, JSON lines (default: "
+        "<storage>/scenes-runs.jsonl; a rerun skips what it holds)",
+    )
     add_report_arguments(parser, "quality_scenes")
     args = parse_report_args(parser, argv, summarize)
     if args is None:
@@ -297,18 +397,28 @@ def main(argv: list[str] | None = None) -> None:
     began = time.time()
     base = base_run(args)
     splits = build_splits(base)
-    print(f"{DATASET}: {', '.join(str(len(s)) for s in splits.values())} train/val/test canvases at "
-          f"{base.image_size} px; {base.teacher} -> {base.student}, {args.epochs} student epochs", flush=True)
-    teacher, card, trained = get_teacher(base, TeacherStore(Path(args.storage) / "teachers"), splits,
-                                         on_epoch=lambda m: print(f"  teacher epoch {int(m['epoch'])}: val mAP "
-                                                                  f"{m['val_mAP']:.2f}", flush=True))
+    print(
+        f"{DATASET}: {', '.join(str(len(s)) for s in splits.values())} train/val/test canvases at "
+        f"{base.image_size} px; {base.teacher} -> {base.student}, {args.epochs} student epochs",
+        flush=True,
+    )
+    teacher, card, trained = get_teacher(
+        base,
+        TeacherStore(Path(args.storage) / "teachers"),
+        splits,
+        on_epoch=lambda m: print(f"  teacher epoch {int(m['epoch'])}: val mAP {m['val_mAP']:.2f}", flush=True),
+    )
     teacher.eval()
-    teacher_test = evaluate(teacher, make_loader(splits["test"], 64, train=False), torch.device("cpu"),
-                            channels_last=True)
+    teacher_test = evaluate(
+        teacher, make_loader(splits["test"], 64, train=False), torch.device("cpu"), channels_last=True
+    )
     print(f"teacher {base.teacher}: test mAP {teacher_test['mAP']:.2f}", flush=True)
     about = setting(args, base, splits, card)
-    print(f"setting: tokens per image {about['tokens_per_image']}, labels >= 3 on "
-          f"{about['labels']['train']['share_3_or_more']:.0%} of train", flush=True)
+    print(
+        f"setting: tokens per image {about['tokens_per_image']}, labels >= 3 on "
+        f"{about['labels']['train']['share_3_or_more']:.0%} of train",
+        flush=True,
+    )
     cache = RunCache(args.cache or Path(args.storage) / "scenes-runs.jsonl")
 
     chosen: dict[str, dict] = {}
@@ -321,14 +431,24 @@ def main(argv: list[str] | None = None) -> None:
         first = None
         if method == "l2d":
             mld = chosen["mld"]
-            first = {"lr": mld["lr"], "lambda_mld": mld["hparams"]["lambda_mld"],
-                     "lambda_cd": weight_range(100.0)[0], "lambda_id": weight_range(1000.0)[0]}
-        print(f"{method}: tuning ({tuning_spec(args, method, first).budget.num_samples} trials x up to "
-              f"{args.epochs} epochs)", flush=True)
+            first = {
+                "lr": mld["lr"],
+                "lambda_mld": mld["hparams"]["lambda_mld"],
+                "lambda_cd": weight_range(100.0)[0],
+                "lambda_id": weight_range(1000.0)[0],
+            }
+        print(
+            f"{method}: tuning ({tuning_spec(args, method, first).budget.num_samples} trials x up to "
+            f"{args.epochs} epochs)",
+            flush=True,
+        )
         pick = chosen[method] = tune(args, method, first, cache)
-        print(f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
-              + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items())
-              + (" (lr at an edge of its range)" if pick["lr_at_edge"] else ""), flush=True)
+        print(
+            f"  chose trial {pick['trial']}: val mAP {pick['val_mAP']:.2f}, lr {pick['lr']:.3g}"
+            + "".join(f", {k} {v:.3g}" for k, v in pick["hparams"].items())
+            + (" (lr at an edge of its range)" if pick["lr_at_edge"] else ""),
+            flush=True,
+        )
         jobs = seed_jobs(args, base, method, pick["lr"], pick["hparams"], method)
         done = run_seeds(args, cache, jobs)
         results[method] = {seed: done[key] for seed, (key, _, _) in zip(args.seeds, jobs)}
@@ -337,10 +457,12 @@ def main(argv: list[str] | None = None) -> None:
             margin = teacher_test["mAP"] - student
             print(f"  teacher margin over the student alone: {margin:+.2f} test mAP", flush=True)
             if margin < args.min_margin:
-                sys.exit(f"error: the teacher ({teacher_test['mAP']:.2f} test mAP) is only {margin:.2f} above the "
-                         f"student alone ({student:.2f}), less than --min-margin {args.min_margin}: there is too "
-                         f"little to distil for the comparison to mean anything (train the teacher longer, or give "
-                         f"the student fewer epochs)")
+                sys.exit(
+                    f"error: the teacher ({teacher_test['mAP']:.2f} test mAP) is only {margin:.2f} above the "
+                    f"student alone ({student:.2f}), less than --min-margin {args.min_margin}: there is too "
+                    f"little to distil for the comparison to mean anything (train the teacher longer, or give "
+                    f"the student fewer epochs)"
+                )
 
     dose = []
     if not args.no_dose and "mld" in chosen:
@@ -349,8 +471,11 @@ def main(argv: list[str] | None = None) -> None:
             if scale == 0:
                 runs = results["mld"]
             else:
-                hparams = {"lambda_mld": mld["hparams"]["lambda_mld"], "lambda_cd": 100.0 * scale,
-                           "lambda_id": 1000.0 * scale}
+                hparams = {
+                    "lambda_mld": mld["hparams"]["lambda_mld"],
+                    "lambda_cd": 100.0 * scale,
+                    "lambda_id": 1000.0 * scale,
+                }
                 jobs = seed_jobs(args, base, "l2d", mld["lr"], hparams, f"dose {scale:g}")
                 done = run_seeds(args, cache, jobs)
                 runs = {seed: done[key] for seed, (key, _, _) in zip(args.seeds, jobs)}
@@ -377,8 +502,13 @@ def build_report(results, chosen, teacher_test, about, dose, args, minutes) -> d
     student = means["bce"]
     rows = []
     for method, runs in results.items():
-        row = {"method": method, "seeds": sorted(runs), "lr": chosen[method]["lr"],
-               "hparams": chosen[method]["hparams"], "grad_share": _shares(runs)}
+        row = {
+            "method": method,
+            "seeds": sorted(runs),
+            "lr": chosen[method]["lr"],
+            "hparams": chosen[method]["hparams"],
+            "grad_share": _shares(runs),
+        }
         for metric in ("test_mAP", "test_CF1", "test_OF1"):
             row[metric], row[f"{metric}_std"] = _stats(runs, metric)
         row["gap_closed"] = (row["test_mAP"] - student) / (teacher_test["mAP"] - student)
@@ -393,19 +523,37 @@ def build_report(results, chosen, teacher_test, about, dose, args, minutes) -> d
         scores = {s: r["test_mAP"] for s, r in entry["runs"].items()}
         base_scores = {s: r["test_mAP"] for s, r in dose[0]["runs"].items()}
         mean, std = _stats(entry["runs"], "test_mAP")
-        dose_rows.append({"scale": entry["scale"], "lambda_cd": entry["lambda_cd"], "lambda_id": entry["lambda_id"],
-                          "test_mAP": mean, "test_mAP_std": std, "grad_share": _shares(entry["runs"]),
-                          "vs_mld": paired(scores, base_scores) if entry["scale"] else None,
-                          "vs_bce": paired(scores, by_method["bce"])})
+        dose_rows.append(
+            {
+                "scale": entry["scale"],
+                "lambda_cd": entry["lambda_cd"],
+                "lambda_id": entry["lambda_id"],
+                "test_mAP": mean,
+                "test_mAP_std": std,
+                "grad_share": _shares(entry["runs"]),
+                "vs_mld": paired(scores, base_scores) if entry["scale"] else None,
+                "vs_bce": paired(scores, by_method["bce"]),
+            }
+        )
     tuning = {m: {k: v for k, v in c.items() if k != "sweep"} for m, c in chosen.items()}
-    return {"rows": rows, "dose": dose_rows, "runs": {m: {str(s): r for s, r in runs.items()} for m, runs in
-                                                      results.items()},
-            "tuning": tuning, "setting": about, "teacher": args.teacher, "student": args.student,
-            "teacher_test": {k: teacher_test[k] for k in ("mAP", "CF1", "OF1")},
-            "teacher_margin": teacher_test["mAP"] - student, "trials_per_dim": args.trials_per_dim,
-            "lr_range": LR_RANGE, "seeds": args.seeds, "epochs": args.epochs, "minutes": minutes,
-            "command": command_line("quality_scenes.py", args.argv),
-            "student_std": statistics.stdev(by_method["bce"].values()) if len(by_method["bce"]) > 1 else 0.0}
+    return {
+        "rows": rows,
+        "dose": dose_rows,
+        "runs": {m: {str(s): r for s, r in runs.items()} for m, runs in results.items()},
+        "tuning": tuning,
+        "setting": about,
+        "teacher": args.teacher,
+        "student": args.student,
+        "teacher_test": {k: teacher_test[k] for k in ("mAP", "CF1", "OF1")},
+        "teacher_margin": teacher_test["mAP"] - student,
+        "trials_per_dim": args.trials_per_dim,
+        "lr_range": LR_RANGE,
+        "seeds": args.seeds,
+        "epochs": args.epochs,
+        "minutes": minutes,
+        "command": command_line("quality_scenes.py", args.argv),
+        "student_std": statistics.stdev(by_method["bce"].values()) if len(by_method["bce"]) > 1 else 0.0,
+    }
 
 
 def _interval(diff: dict | None) -> str:
@@ -426,8 +574,11 @@ def _kept_defaults(tuning: dict) -> list[str]:
     kept = []
     for method, choice in tuning.items():
         weights = default_hparams(DATASET, method)
-        if weights and not choice.get("first_point") and \
-                all(math.isclose(choice["hparams"][k], v) for k, v in weights.items()):
+        if (
+            weights
+            and not choice.get("first_point")
+            and all(math.isclose(choice["hparams"][k], v) for k, v in weights.items())
+        ):
             kept.append(method)
     return kept
 
@@ -436,48 +587,58 @@ def summarize(report: dict, write: bool) -> str:
     about, teacher = report["setting"], report["teacher_test"]
     labels = about["labels"]["train"]
     tuning = report["tuning"]
-    lines = [f"$ {report['command']}   # {report['minutes']:.0f} min on this 2-core CPU",
-             f"{about['dataset']}: {about['image_size']} px, {about['tokens_per_image']['student']} tokens per image "
-             f"(teacher {about['tokens_per_image']['teacher']}), labels per train image "
-             + ", ".join(f"{k}: {v}" for k, v in labels["histogram"].items())
-             + f" ({labels['share_3_or_more']:.0%} with 3+); ImageNet weights: "
-             + ", ".join(f"{w['backbone']} from {w['package']} {w['version']}" for w in about["weights"].values()),
-             f"teacher {report['teacher']} (test mAP {teacher['mAP']:.2f}, {about['teacher_epochs']} epochs) -> "
-             f"{report['student']} ({report['epochs']} epochs): margin {report['teacher_margin']:+.2f} mAP over the "
-             f"student alone; tuning {report['trials_per_dim']} trials per searched dimension (TPE + ASHA, val), "
-             f"seeds {report['seeds']} on test",
-             f"{'method':<9}{'trials':>7}{'test mAP':>16}{'CF1':>7}{'OF1':>7}{'gap':>6}  {'vs bce [95% CI]':<24}"
-             f"{'vs best other [95% CI]':<34}{'grad share (last epoch)'}", "-" * 132]
+    lines = [
+        f"$ {report['command']}   # {report['minutes']:.0f} min on this 2-core CPU",
+        f"{about['dataset']}: {about['image_size']} px, {about['tokens_per_image']['student']} tokens per image "
+        f"(teacher {about['tokens_per_image']['teacher']}), labels per train image "
+        + ", ".join(f"{k}: {v}" for k, v in labels["histogram"].items())
+        + f" ({labels['share_3_or_more']:.0%} with 3+); ImageNet weights: "
+        + ", ".join(f"{w['backbone']} from {w['package']} {w['version']}" for w in about["weights"].values()),
+        f"teacher {report['teacher']} (test mAP {teacher['mAP']:.2f}, {about['teacher_epochs']} epochs) -> "
+        f"{report['student']} ({report['epochs']} epochs): margin {report['teacher_margin']:+.2f} mAP over the "
+        f"student alone; tuning {report['trials_per_dim']} trials per searched dimension (TPE + ASHA, val), "
+        f"seeds {report['seeds']} on test",
+        f"{'method':<9}{'trials':>7}{'test mAP':>16}{'CF1':>7}{'OF1':>7}{'gap':>6}  {'vs bce [95% CI]':<24}"
+        f"{'vs best other [95% CI]':<34}{'grad share (last epoch)'}",
+        "-" * 132,
+    ]
     for row in sorted(report["rows"], key=lambda r: -r["test_mAP"]):
         trials = f"{tuning[row['method']]['trials']}"
         other = f"{_interval(row['vs_best_other'])} vs {row['best_other']}"
-        lines.append(f"{row['method']:<9}{trials:>7}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
-                     f"{row['test_CF1']:>7.2f}{row['test_OF1']:>7.2f}{row['gap_closed'] + 0.0:>6.0%}  "
-                     f"{_interval(row['vs_bce']):<24}{other:<34}{_share_text(row['grad_share'])}")
+        lines.append(
+            f"{row['method']:<9}{trials:>7}{row['test_mAP']:>8.2f} +- {row['test_mAP_std']:<4.2f}"
+            f"{row['test_CF1']:>7.2f}{row['test_OF1']:>7.2f}{row['gap_closed'] + 0.0:>6.0%}  "
+            f"{_interval(row['vs_bce']):<24}{other:<34}{_share_text(row['grad_share'])}"
+        )
     by_name = {r["method"]: r for r in report["rows"]}
     ablation = [m for m in ABLATION if m in by_name]
     if ablation:
         lines.append("ablation (vs bce): " + "; ".join(f"{m} {_interval(by_name[m]['vs_bce'])}" for m in ablation))
     if "l2d" in by_name and "mld" in by_name:  # the paper's claim: the embedding terms add to MLD
         scores = {m: {int(s): r["test_mAP"] for s, r in report["runs"][m].items()} for m in ("l2d", "mld")}
-        lines.append(f"l2d vs mld (CD + ID on top of MLD, tuned together): "
-                     f"{_interval(paired(scores['l2d'], scores['mld']))}")
+        lines.append(
+            f"l2d vs mld (CD + ID on top of MLD, tuned together): {_interval(paired(scores['l2d'], scores['mld']))}"
+        )
     kept = _kept_defaults(tuning)
     if kept:
         lrs = sorted({f"{tuning[m]['lr']:.3g}" for m in kept + (["bce"] if "bce" in tuning else [])})
-        lines.append(f"chose their default weights, the first trial of their sweep: {len(kept)} of "
-                     f"{sum(1 for m in tuning if m != 'bce')} ({', '.join(kept)}); their lr and bce's: "
-                     + ", ".join(lrs))
+        lines.append(
+            f"chose their default weights, the first trial of their sweep: {len(kept)} of "
+            f"{sum(1 for m in tuning if m != 'bce')} ({', '.join(kept)}); their lr and bce's: " + ", ".join(lrs)
+        )
     if report.get("dose"):
         lines.append("LED on top of tuned mld (lambda_cd, lambda_id = scale x (100, 1000)):")
         for row in report["dose"]:
-            lines.append(f"  scale {row['scale']:<6g} test mAP {row['test_mAP']:.2f} +- {row['test_mAP_std']:.2f}  "
-                         f"vs mld {_interval(row['vs_mld']):<24} grad share {_share_text(row['grad_share'])}")
+            lines.append(
+                f"  scale {row['scale']:<6g} test mAP {row['test_mAP']:.2f} +- {row['test_mAP_std']:.2f}  "
+                f"vs mld {_interval(row['vs_mld']):<24} grad share {_share_text(row['grad_share'])}"
+            )
     edges = [m for m, c in tuning.items() if c.get("lr_at_edge")]
     if edges:
         lines.append("chosen lr at an edge of its range: " + ", ".join(edges))
-    lines.append("vs bce: " + "; ".join(verdict(r["vs_bce"], r["method"], "bce") for r in report["rows"]
-                                        if r["vs_bce"]))
+    lines.append(
+        "vs bce: " + "; ".join(verdict(r["vs_bce"], r["method"], "bce") for r in report["rows"] if r["vs_bce"])
+    )
     return readme_block("quality_scenes", lines, write)
 
 

@@ -64,17 +64,26 @@ def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, floa
 
     from sweeps.trial import TrialContext
 
-    trainable = tune.with_resources(tune.with_parameters(plain_trial, context=TrialContext.from_spec(spec),
-                                                         trials=trials),
-                                    {"cpu": spec.resources.cpus_per_worker})
+    trainable = tune.with_resources(
+        tune.with_parameters(plain_trial, context=TrialContext.from_spec(spec), trials=trials),
+        {"cpu": spec.resources.cpus_per_worker},
+    )
     with tempfile.TemporaryDirectory() as storage:
-        tuner = tune.Tuner(trainable, param_space={"index": tune.grid_search(list(range(len(trials))))},
-                           tune_config=tune.TuneConfig(max_concurrent_trials=spec.resources.max_concurrent_trials,
-                                                       reuse_actors=reuse_actors),
-                           run_config=tune.RunConfig(name="plain", storage_path=storage, verbose=0,
-                                                     # Ray 2.60 adds no result logger by itself; without one
-                                                     # metrics_dataframe is empty
-                                                     callbacks=[JsonLoggerCallback()]))
+        tuner = tune.Tuner(
+            trainable,
+            param_space={"index": tune.grid_search(list(range(len(trials))))},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=spec.resources.max_concurrent_trials, reuse_actors=reuse_actors
+            ),
+            run_config=tune.RunConfig(
+                name="plain",
+                storage_path=storage,
+                verbose=0,
+                # Ray 2.60 adds no result logger by itself; without one
+                # metrics_dataframe is empty
+                callbacks=[JsonLoggerCallback()],
+            ),
+        )
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start
@@ -114,23 +123,48 @@ def main(argv: list[str] | None = None) -> None:
 
         print(f"[1/4] l2d-sweep on {args.spec} ({spec.trainer}) ...", flush=True)
         ours_wall, ours_training, trials = run_ours(spec)
-        runs = [{"run": "l2d-sweep", "trainer": spec.trainer, "wall_s": ours_wall, "training_s": ours_training,
-                 "trials": len(trials), "epochs": int(sum(t["epochs_run"] for t in trials))}]
-        plain_trials = [{**{k: v for k, v in t.items() if v is not None}, "epochs": int(t["epochs_run"])}
-                        for t in trials]
+        runs = [
+            {
+                "run": "l2d-sweep",
+                "trainer": spec.trainer,
+                "wall_s": ours_wall,
+                "training_s": ours_training,
+                "trials": len(trials),
+                "epochs": int(sum(t["epochs_run"] for t in trials)),
+            }
+        ]
+        plain_trials = [
+            {**{k: v for k, v in t.items() if v is not None}, "epochs": int(t["epochs_run"])} for t in trials
+        ]
         for step, reuse in ((2, False), (3, True)):
             label = "plain Tune" + (" (reuse_actors)" if reuse else "")
             print(f"[{step}/4] {label} on the same {len(trials)} trials ...", flush=True)
             wall, training, epochs = run_plain(spec, plain_trials, reuse)
-            runs.append({"run": label, "trainer": "function trainable", "reuse_actors": reuse, "wall_s": wall,
-                         "training_s": training, "trials": len(trials), "epochs": epochs})
+            runs.append(
+                {
+                    "run": label,
+                    "trainer": "function trainable",
+                    "reuse_actors": reuse,
+                    "wall_s": wall,
+                    "training_s": training,
+                    "trials": len(trials),
+                    "epochs": epochs,
+                }
+            )
         if not args.skip_torch_trainer:
             forced = dataclasses.replace(spec, resources=dataclasses.replace(spec.resources, trainer="torch-trainer"))
             print("[4/4] l2d-sweep with one TorchTrainer per trial ...", flush=True)
             wall, training, forced_trials = run_ours(forced)
-            runs.append({"run": "l2d-sweep (torch-trainer)", "trainer": "torch-trainer", "wall_s": wall,
-                         "training_s": training, "trials": len(forced_trials),
-                         "epochs": int(sum(t["epochs_run"] for t in forced_trials))})
+            runs.append(
+                {
+                    "run": "l2d-sweep (torch-trainer)",
+                    "trainer": "torch-trainer",
+                    "wall_s": wall,
+                    "training_s": training,
+                    "trials": len(forced_trials),
+                    "epochs": int(sum(t["epochs_run"] for t in forced_trials)),
+                }
+            )
 
     plain_wall = runs[1]["wall_s"]
     best_plain = runs[2]["wall_s"]
@@ -138,13 +172,17 @@ def main(argv: list[str] | None = None) -> None:
         run["overhead_per_trial_s"] = (run["wall_s"] - run["training_s"]) / run["trials"]
         run["ratio_to_plain"] = run["wall_s"] / plain_wall
         run["ratio_to_plain_reuse"] = run["wall_s"] / best_plain
-    header = (f"{'run':<30}{'trials':>7}{'epochs':>7}{'wall s':>9}{'train s':>9}{'overhead/trial s':>18}"
-              f"{'x plain':>9}{'x plain (reuse)':>17}")
+    header = (
+        f"{'run':<30}{'trials':>7}{'epochs':>7}{'wall s':>9}{'train s':>9}{'overhead/trial s':>18}"
+        f"{'x plain':>9}{'x plain (reuse)':>17}"
+    )
     print(header)
     print("-" * len(header))
     for run in runs:
-        print(f"{run['run']:<30}{run['trials']:>7}{run['epochs']:>7}{run['wall_s']:>9.1f}{run['training_s']:>9.1f}"
-              f"{run['overhead_per_trial_s']:>18.1f}{run['ratio_to_plain']:>9.2f}{run['ratio_to_plain_reuse']:>17.2f}")
+        print(
+            f"{run['run']:<30}{run['trials']:>7}{run['epochs']:>7}{run['wall_s']:>9.1f}{run['training_s']:>9.1f}"
+            f"{run['overhead_per_trial_s']:>18.1f}{run['ratio_to_plain']:>9.2f}{run['ratio_to_plain_reuse']:>17.2f}"
+        )
     write_report(args.out, "sweep_overhead", runs, spec=spec_label(args.spec))
 
 

@@ -63,8 +63,10 @@ def commands_table() -> str:
 
     sub = _commands(build_parser())
     lines = ["| command | what it does |", "|---|---|"]
-    lines += [f"| [`l2d-sweep {choice.dest}`](#l2d-sweep-{choice.dest}) | {_escape(choice.help or '')} |"
-              for choice in sub._choices_actions]
+    lines += [
+        f"| [`l2d-sweep {choice.dest}`](#l2d-sweep-{choice.dest}) | {_escape(choice.help or '')} |"
+        for choice in sub._choices_actions
+    ]
     return "\n".join(lines)
 
 
@@ -73,20 +75,43 @@ def cli_reference() -> str:
     from sweeps.cli import build_parser
 
     parser = build_parser()
-    lines = ["### Global flags", "", "Given before or after the command: `l2d-sweep -q results runs/quickstart`.", "",
-             *_arguments(parser), ""]
+    lines = [
+        "### Global flags",
+        "",
+        "Given before or after the command: `l2d-sweep -q results runs/quickstart`.",
+        "",
+        *_arguments(parser),
+        "",
+    ]
     sub = _commands(parser)
     helps = {choice.dest: choice.help for choice in sub._choices_actions}
     for name, command in sub.choices.items():
-        lines += [f"### `l2d-sweep {name}`", "", _escape(command.description or helps.get(name) or ""), "",
-                  "```text", command.format_usage().strip().replace("usage: ", ""), "```", ""]
+        lines += [
+            f"### `l2d-sweep {name}`",
+            "",
+            _escape(command.description or helps.get(name) or ""),
+            "",
+            "```text",
+            command.format_usage().strip().replace("usage: ", ""),
+            "```",
+            "",
+        ]
         lines += _arguments(command)
         inner = [a for a in command._actions if isinstance(a, argparse._SubParsersAction)]
         for group in inner:
             for child_name, child in group.choices.items():
-                lines += ["", f"#### `l2d-sweep {name} {child_name}`", "", _escape(child.description or ""), "",
-                          "```text", child.format_usage().strip().replace("usage: ", ""), "```", "",
-                          *_arguments(child)]
+                lines += [
+                    "",
+                    f"#### `l2d-sweep {name} {child_name}`",
+                    "",
+                    _escape(child.description or ""),
+                    "",
+                    "```text",
+                    child.format_usage().strip().replace("usage: ", ""),
+                    "```",
+                    "",
+                    *_arguments(child),
+                ]
         lines.append("")
     return "\n".join(lines).rstrip()
 
@@ -121,8 +146,12 @@ def _section(prop: dict) -> dict | None:
     for candidate in [prop, prop.get("items") or {}, *prop.get("anyOf", [])]:
         if isinstance(candidate, dict) and candidate.get("properties"):
             return candidate
-        if isinstance(candidate, dict) and candidate.get("type") == "array" and \
-                isinstance(candidate.get("items"), dict) and candidate["items"].get("properties"):
+        if (
+            isinstance(candidate, dict)
+            and candidate.get("type") == "array"
+            and isinstance(candidate.get("items"), dict)
+            and candidate["items"].get("properties")
+        ):
             return candidate["items"]
     return None
 
@@ -131,15 +160,29 @@ def spec_page() -> str:
     from sweeps.spec import json_schema
 
     schema = json_schema()
-    lines = ["# Sweep spec reference", "",
-             "Generated from the spec's JSON Schema by `docs/gen_reference.py`. `l2d-sweep spec --schema` prints "
-             "the schema itself (for an editor's completion and validation); `l2d-sweep validate SPEC` checks a "
-             "file against it and reports every mistake at once.", "", "## The spec", "", *_fields(schema), ""]
+    lines = [
+        "# Sweep spec reference",
+        "",
+        "Generated from the spec's JSON Schema by `docs/gen_reference.py`. `l2d-sweep spec --schema` prints "
+        "the schema itself (for an editor's completion and validation); `l2d-sweep validate SPEC` checks a "
+        "file against it and reports every mistake at once.",
+        "",
+        "## The spec",
+        "",
+        *_fields(schema),
+        "",
+    ]
     for name, prop in schema.get("properties", {}).items():
         section = _section(prop)
         if section is not None:
-            lines += [f"## `{name}`", "", _escape(prop.get("description", "") or section.get("description", "")),
-                      "", *_fields(section), ""]
+            lines += [
+                f"## `{name}`",
+                "",
+                _escape(prop.get("description", "") or section.get("description", "")),
+                "",
+                *_fields(section),
+                "",
+            ]
     return "\n".join(lines).rstrip() + "\n"
 
 
@@ -153,9 +196,11 @@ def pages() -> dict[Path, str]:
     from sweeps.results.schema import markdown_table
 
     results, cli = DOCS / "results.md", DOCS / "cli.md"
-    return {cli: _block(_block(cli.read_text(), "cli:commands", commands_table()), "cli:reference", cli_reference()),
-            DOCS / "reference" / "spec.md": spec_page(),
-            results: _block(results.read_text(), "schema:trials", markdown_table())}
+    return {
+        cli: _block(_block(cli.read_text(), "cli:commands", commands_table()), "cli:reference", cli_reference()),
+        DOCS / "reference" / "spec.md": spec_page(),
+        results: _block(results.read_text(), "schema:trials", markdown_table()),
+    }
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,8 +18,16 @@ __version__ = "0.1.0"
 LAYERS = [
     ["l2d", "l2d.storage", "l2d.backbones", "l2d.weights", "l2d.recipe"],
     ["l2d.models"],
-    ["l2d.losses.registry", "l2d.losses._common", "l2d.losses.logits", "l2d.losses.embedding", "l2d.losses.relational",
-     "l2d.losses.feature", "l2d.losses.criterion", "l2d.losses"],
+    [
+        "l2d.losses.registry",
+        "l2d.losses._common",
+        "l2d.losses.logits",
+        "l2d.losses.embedding",
+        "l2d.losses.relational",
+        "l2d.losses.feature",
+        "l2d.losses.criterion",
+        "l2d.losses",
+    ],
     ["l2d.metrics", "l2d.data.registry", "l2d.data.transforms", "l2d.data.mosaic", "l2d.data.formats", "l2d.data"],
     ["l2d.engine", "l2d.teachers", "l2d.run", "l2d.export"],
 ]

@@ -28,7 +28,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
 
 from l2d.losses import DistillationCriterion, loss_parts
-from l2d.recipe import Recipe, recipe_matches  # noqa: F401 - part of this module's interface
+from l2d.recipe import Recipe, recipe_matches
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
 
@@ -61,8 +61,10 @@ def build_optimizer(model: nn.Module, recipe: Recipe) -> torch.optim.Adam:
     for parameter in model.parameters():
         if parameter.requires_grad:
             (decay if parameter.ndim > 1 else no_decay).append(parameter)
-    return torch.optim.Adam([{"params": decay, "weight_decay": recipe.weight_decay},
-                             {"params": no_decay, "weight_decay": 0.0}], lr=recipe.lr)
+    return torch.optim.Adam(
+        [{"params": decay, "weight_decay": recipe.weight_decay}, {"params": no_decay, "weight_decay": 0.0}],
+        lr=recipe.lr,
+    )
 
 
 def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_epoch: int):
@@ -75,12 +77,15 @@ def build_scheduler(optimizer: torch.optim.Optimizer, recipe: Recipe, steps_per_
     epochs = recipe.schedule_epochs or recipe.epochs
     total = epochs * steps_per_epoch
     if abs(recipe.pct_start * total - 1) < 1e-9:
-        raise ValueError(f"the OneCycle schedule has {total} optimizer steps ({epochs} epoch(s) x "
-                         f"{steps_per_epoch} batch(es)) and pct_start {recipe.pct_start:g}: a warm-up of exactly one "
-                         f"step, which OneCycle cannot compute; change the batch size, the epochs, pct_start or the "
-                         f"dataset size")
-    return torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=recipe.lr, epochs=epochs,
-                                               steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start)
+        raise ValueError(
+            f"the OneCycle schedule has {total} optimizer steps ({epochs} epoch(s) x "
+            f"{steps_per_epoch} batch(es)) and pct_start {recipe.pct_start:g}: a warm-up of exactly one "
+            f"step, which OneCycle cannot compute; change the batch size, the epochs, pct_start or the "
+            f"dataset size"
+        )
+    return torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, max_lr=recipe.lr, epochs=epochs, steps_per_epoch=steps_per_epoch, pct_start=recipe.pct_start
+    )
 
 
 class ShardSampler(Sampler[int]):
@@ -110,8 +115,14 @@ class _Indexed(Dataset):
         return image, target, index
 
 
-def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int = 0, seed: int = 0,
-                device: torch.device | None = None) -> DataLoader:
+def make_loader(
+    dataset: Dataset,
+    batch_size: int,
+    train: bool,
+    num_workers: int = 0,
+    seed: int = 0,
+    device: torch.device | None = None,
+) -> DataLoader:
     """A loader for this rank: shuffled and DistributedSampler-sharded for training, sharded in order for eval.
 
     ``batch_size`` is global: each of the w ranks loads ``batch_size // w`` (at least 1).
@@ -120,18 +131,35 @@ def make_loader(dataset: Dataset, batch_size: int, train: bool, num_workers: int
     per_rank = max(1, batch_size // world_size)
     pin = device is not None and device.type == "cuda"
     if train:
-        sampler = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True) \
-            if world_size > 1 else None
+        sampler = (
+            DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+            if world_size > 1
+            else None
+        )
         generator = torch.Generator().manual_seed(seed)
         # drop_last: a last batch of 1 breaks BatchNorm and skews CD/ID, which need sets of >= 2.
         drop_last = len(dataset) // world_size >= per_rank
-        loader = DataLoader(dataset, batch_size=per_rank, shuffle=sampler is None, sampler=sampler,
-                            generator=generator, num_workers=num_workers, drop_last=drop_last, pin_memory=pin,
-                            persistent_workers=num_workers > 0)
+        loader = DataLoader(
+            dataset,
+            batch_size=per_rank,
+            shuffle=sampler is None,
+            sampler=sampler,
+            generator=generator,
+            num_workers=num_workers,
+            drop_last=drop_last,
+            pin_memory=pin,
+            persistent_workers=num_workers > 0,
+        )
         loader.base_seed = seed  # each epoch reshuffles with base_seed + epoch, so a resumed run sees the same order
         return loader
-    return DataLoader(_Indexed(dataset), batch_size=per_rank, sampler=ShardSampler(dataset, rank, world_size),
-                      num_workers=num_workers, pin_memory=pin, persistent_workers=num_workers > 0)
+    return DataLoader(
+        _Indexed(dataset),
+        batch_size=per_rank,
+        sampler=ShardSampler(dataset, rank, world_size),
+        num_workers=num_workers,
+        pin_memory=pin,
+        persistent_workers=num_workers > 0,
+    )
 
 
 def amp_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
@@ -158,8 +186,9 @@ def _forward(model: nn.Module, images: torch.Tensor, stages: tuple[int, ...]) ->
     return model(images, stages=stages) if stages else model(images)
 
 
-def _teacher_forward(teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None,
-                     stages: tuple[int, ...] = ()) -> ModelOutput:
+def _teacher_forward(
+    teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None, stages: tuple[int, ...] = ()
+) -> ModelOutput:
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
         output = _forward(teacher, images, stages)
     # Clones are ordinary tensors, safe to use beside autograd (inference tensors are not).
@@ -175,14 +204,16 @@ class TrainStep(nn.Module):
         self.student = student
         self.criterion = criterion
 
-    def forward(self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None,
-                live: dict | None = None):
+    def forward(
+        self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None, live: dict | None = None
+    ):
         output = _forward(self.student, images, self.criterion.student_stages)
         return self.criterion(output, teacher_output, targets, live=live)
 
 
-def gradient_shares(live: Mapping[str, torch.Tensor], parameters: list[torch.Tensor],
-                    scale: float = 1.0) -> dict[str, float] | None:
+def gradient_shares(
+    live: Mapping[str, torch.Tensor], parameters: list[torch.Tensor], scale: float = 1.0
+) -> dict[str, float] | None:
     """Each weighted loss part's gradient norm over ``parameters`` (the student's), and its share of their sum:
     ``{"grad_norm_<part>": ||d(w_p L_p)/d theta||, "grad_share_<part>": that / sum over parts}`` (the shares add up
     to 1). ``live`` maps each part to its weighted, differentiable value; the graph is kept for the step's own
@@ -259,23 +290,32 @@ def train_epoch(
     for batch_index, (images, targets) in enumerate(loader):
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
-        teacher_output = _teacher_forward(teacher, images, dtype, criterion.teacher_stages) \
-            if teacher is not None else None
+        teacher_output = (
+            _teacher_forward(teacher, images, dtype, criterion.teacher_stages) if teacher is not None else None
+        )
         live = {} if diagnosed and (step_offset + batch_index) % grad_share_every == 0 else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, parts = step(images, targets, teacher_output, live=live)
         bad = _all_reduce_max((~torch.isfinite(loss.detach())).float().reshape(1))
         if bad.item():
             values = ", ".join(f"{k}={v.item():.4g}" for k, v in parts.items())
-            raise NonFiniteLossError(f"non-finite loss at epoch {epoch}, batch {batch_index + 1}/{num_batches} "
-                                     f"(on this rank: total={loss.item():.4g}, {values}); lower the learning rate "
-                                     f"or the loss weights")
+            raise NonFiniteLossError(
+                f"non-finite loss at epoch {epoch}, batch {batch_index + 1}/{num_batches} "
+                f"(on this rank: total={loss.item():.4g}, {values}); lower the learning rate "
+                f"or the loss weights"
+            )
         if live:
             shares = gradient_shares(live, student_parameters, scaler.get_scale() if scaler is not None else 1.0)
             if shares is not None:
-                diagnostics += torch.tensor([1.0, *(shares[f"grad_norm_{p}"] for p in diagnosed),
-                                             *(shares[f"grad_share_{p}"] for p in diagnosed)], dtype=torch.float64,
-                                            device=device)
+                diagnostics += torch.tensor(
+                    [
+                        1.0,
+                        *(shares[f"grad_norm_{p}"] for p in diagnosed),
+                        *(shares[f"grad_share_{p}"] for p in diagnosed),
+                    ],
+                    dtype=torch.float64,
+                    device=device,
+                )
         optimizer.zero_grad(set_to_none=True)
         if scaler is not None:
             scaler.scale(loss).backward()
@@ -291,16 +331,17 @@ def train_epoch(
             progress(batch_index + 1, num_batches, {"loss": loss.item()})
     elapsed = time.perf_counter() - start
     # One all-reduce for all counters: [batches, images/s of this rank, part sums..., gradient diagnostics...].
-    totals = torch.cat([torch.tensor([num_batches, seen / max(elapsed, 1e-9)], dtype=torch.float64, device=device),
-                        sums, diagnostics])
+    totals = torch.cat(
+        [torch.tensor([num_batches, seen / max(elapsed, 1e-9)], dtype=torch.float64, device=device), sums, diagnostics]
+    )
     if world()[1] > 1:
         dist.all_reduce(totals)
     values = totals.tolist()
-    result = {f"train_{name}": value / max(values[0], 1) for name, value in zip(names, values[2:2 + len(names)])}
+    result = {f"train_{name}": value / max(values[0], 1) for name, value in zip(names, values[2 : 2 + len(names)])}
     result["images_per_s"] = values[1]
     result["train_seconds"] = elapsed
     if diagnosed:
-        samples, rest = values[2 + len(names)], values[3 + len(names):]
+        samples, rest = values[2 + len(names)], values[3 + len(names) :]
         result["train_grad_samples"] = samples
         if samples:
             for index, part in enumerate(diagnosed):
@@ -351,8 +392,9 @@ def evaluate(
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             output = _forward(model, images, criterion.student_stages if with_losses else ())
-            teacher_output = _forward(teacher, images, criterion.teacher_stages) if with_losses and teacher \
-                is not None else None
+            teacher_output = (
+                _forward(teacher, images, criterion.teacher_stages) if with_losses and teacher is not None else None
+            )
             if with_losses:
                 loss, parts = criterion(output, teacher_output, targets)
                 sums += [1.0, loss.item(), *(parts[name].item() for name in names[1:])]
@@ -360,12 +402,14 @@ def evaluate(
         targets_all.append(targets.cpu().numpy())
         indices.append(index.numpy())
     classes = len(loader.dataset.dataset.class_names)
-    all_scores, all_targets, all_indices, all_sums = _gather([
-        np.concatenate(scores) if scores else np.zeros((0, classes), np.float32),
-        np.concatenate(targets_all) if targets_all else np.zeros((0, classes), np.float32),
-        np.concatenate(indices) if indices else np.zeros(0, np.int64),
-        sums[None, :],
-    ])
+    all_scores, all_targets, all_indices, all_sums = _gather(
+        [
+            np.concatenate(scores) if scores else np.zeros((0, classes), np.float32),
+            np.concatenate(targets_all) if targets_all else np.zeros((0, classes), np.float32),
+            np.concatenate(indices) if indices else np.zeros(0, np.int64),
+            sums[None, :],
+        ]
+    )
     order = np.argsort(all_indices, kind="stable")
     metrics = multilabel_metrics(all_scores[order], all_targets[order])
     metrics.pop("AP")
@@ -397,10 +441,20 @@ class Distiller:
             steps (:func:`train_epoch`; 0: never). A diagnostic: it changes nothing that is learned.
     """
 
-    def __init__(self, student: nn.Module, teacher: nn.Module | None, train_set: Dataset, val_set: Dataset,
-                 test_set: Dataset | None, method: str = "l2d", hparams: Mapping[str, float] | None = None,
-                 recipe: Recipe | None = None, device: torch.device | str = "cpu", seed: int = 0,
-                 grad_share_every: int = GRAD_SHARE_EVERY):
+    def __init__(
+        self,
+        student: nn.Module,
+        teacher: nn.Module | None,
+        train_set: Dataset,
+        val_set: Dataset,
+        test_set: Dataset | None,
+        method: str = "l2d",
+        hparams: Mapping[str, float] | None = None,
+        recipe: Recipe | None = None,
+        device: torch.device | str = "cpu",
+        seed: int = 0,
+        grad_share_every: int = GRAD_SHARE_EVERY,
+    ):
         self.recipe = recipe or Recipe()
         self.grad_share_every = grad_share_every
         self.device = torch.device(device)
@@ -425,12 +479,17 @@ class Distiller:
         if world()[1] > 1:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(step, device_ids=device_ids)
-        self.train_loader = make_loader(train_set, self.recipe.batch_size, True, self.recipe.num_workers, seed,
-                                        self.device)
-        self.val_loader = make_loader(val_set, self.recipe.batch_size, False, self.recipe.num_workers,
-                                      device=self.device)
-        self.test_loader = make_loader(test_set, self.recipe.batch_size, False, self.recipe.num_workers,
-                                       device=self.device) if test_set is not None else None
+        self.train_loader = make_loader(
+            train_set, self.recipe.batch_size, True, self.recipe.num_workers, seed, self.device
+        )
+        self.val_loader = make_loader(
+            val_set, self.recipe.batch_size, False, self.recipe.num_workers, device=self.device
+        )
+        self.test_loader = (
+            make_loader(test_set, self.recipe.batch_size, False, self.recipe.num_workers, device=self.device)
+            if test_set is not None
+            else None
+        )
         if len(self.train_loader) == 0:
             raise ValueError(f"the train split ({len(train_set)} images) gives no batch")
         # Student parameters first, then the connectors: a method without connectors has the optimizer layout of
@@ -451,15 +510,48 @@ class Distiller:
         torch.manual_seed(self.seed * 100_003 + epoch)
         start = time.perf_counter()
         metrics: dict[str, float] = {"epoch": epoch}
-        metrics.update(train_epoch(self.model, self.teacher, self.train_loader, self.optimizer, self.scheduler,
-                                   self.criterion, self.device, epoch, self.scaler, self.dtype, progress,
-                                   self.channels_last, self.grad_share_every, self.epoch * len(self.train_loader)))
+        metrics.update(
+            train_epoch(
+                self.model,
+                self.teacher,
+                self.train_loader,
+                self.optimizer,
+                self.scheduler,
+                self.criterion,
+                self.device,
+                epoch,
+                self.scaler,
+                self.dtype,
+                progress,
+                self.channels_last,
+                self.grad_share_every,
+                self.epoch * len(self.train_loader),
+            )
+        )
         metrics["lr"] = self.scheduler.get_last_lr()[0]
-        metrics.update(evaluate(self.student, self.val_loader, self.device, self.teacher, self.criterion,
-                                self.dtype, prefix="val_", channels_last=self.channels_last))
+        metrics.update(
+            evaluate(
+                self.student,
+                self.val_loader,
+                self.device,
+                self.teacher,
+                self.criterion,
+                self.dtype,
+                prefix="val_",
+                channels_last=self.channels_last,
+            )
+        )
         if evaluate_test and self.test_loader is not None:
-            metrics.update(evaluate(self.student, self.test_loader, self.device, dtype=self.dtype, prefix="test_",
-                                    channels_last=self.channels_last))
+            metrics.update(
+                evaluate(
+                    self.student,
+                    self.test_loader,
+                    self.device,
+                    dtype=self.dtype,
+                    prefix="test_",
+                    channels_last=self.channels_last,
+                )
+            )
         metrics["epoch_seconds"] = time.perf_counter() - start
         self.epoch = epoch
         return metrics
@@ -486,7 +578,9 @@ class Distiller:
             if state.get(key) != mine:
                 raise ValueError(f"checkpoint {key} {state.get(key)!r} differs from this run's {mine!r}")
         if not recipe_matches(state.get("recipe", {}), self.recipe):
-            raise ValueError(f"checkpoint recipe {state.get('recipe')!r} differs from this run's {asdict(self.recipe)!r}")
+            raise ValueError(
+                f"checkpoint recipe {state.get('recipe')!r} differs from this run's {asdict(self.recipe)!r}"
+            )
         own = self.criterion.state_dict()
         if own and "criterion" not in state:
             raise ValueError(f"checkpoint lacks the trainable modules of method {self.method!r}")

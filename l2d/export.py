@@ -52,9 +52,12 @@ def _markdown(card: dict) -> str:
 
     weights = ", ".join(f"{k}={v:g}" for k, v in (card.get("hparams") or {}).items()) or "none"
     lines = [
-        f"# {card['backbone']} student ({card['method']} from {card.get('teacher') or 'no teacher'})", "",
-        f"A multi-label classifier of {card['num_classes']} labels distilled with l2d-sweep.", "",
-        "| | |", "|---|---|",
+        f"# {card['backbone']} student ({card['method']} from {card.get('teacher') or 'no teacher'})",
+        "",
+        f"A multi-label classifier of {card['num_classes']} labels distilled with l2d-sweep.",
+        "",
+        "| | |",
+        "|---|---|",
         f"| backbone | `{card['backbone']}` ({card['parameters']:,} parameters, label-wise head D = "
         f"{card['embed_dim']}) |",
         f"| input | {card['image_size']} x {card['image_size']} RGB in [0, 1] |",
@@ -68,13 +71,18 @@ def _markdown(card: dict) -> str:
         f"{metric('test_paper_CF1')}, paper OF1 {metric('test_paper_OF1')} |",
         f"| latency | {_number(card.get('latency_ms'))} ms per image on {card.get('device', '?')} |",
         f"| sweep | {card.get('sweep', {}).get('dir', '-')}, trial {card.get('trial_id', '-')} |",
-        "| versions | " + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
-        + (f"; commit {card['git_commit']}" if card.get("git_commit") else "") + " |", "",
+        "| versions | "
+        + ", ".join(f"{k} {v}" for k, v in (card.get("versions") or {}).items())
+        + (f"; commit {card['git_commit']}" if card.get("git_commit") else "")
+        + " |",
+        "",
         "```python",
         "from l2d.export import load_student",
         f"model, card = load_student({card.get('folder', 'EXPORT_DIR')!r})",
         "scores = torch.sigmoid(model(images).logits)   # images: [B, 3, H, W] in [0, 1]",
-        "```", ""]
+        "```",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -88,12 +96,18 @@ def check_formats(formats) -> None:
             import onnx  # noqa: F401 - torch's exporter needs it
             import onnxscript  # noqa: F401
         except ImportError:
-            raise ValueError("--format onnx needs the onnx and onnxscript packages: pip install "
-                             "'l2d-sweep[onnx]'") from None
+            raise ValueError(
+                "--format onnx needs the onnx and onnxscript packages: pip install 'l2d-sweep[onnx]'"
+            ) from None
 
 
-def save_student(model: MultiLabelModel, card: dict, out: str | os.PathLike, formats: tuple[str, ...] = ("safetensors",),
-                 progress=print) -> list[str]:
+def save_student(
+    model: MultiLabelModel,
+    card: dict,
+    out: str | os.PathLike,
+    formats: tuple[str, ...] = ("safetensors",),
+    progress=print,
+) -> list[str]:
     """Write an export folder (see the module docstring); returns the files written.
 
     Args:
@@ -154,9 +168,15 @@ def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
-            torch.onnx.export(_Logits(copy.deepcopy(model)).eval(), (example,), str(scratch / "student.onnx"),
-                              input_names=["images"], output_names=["logits"],
-                              dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}}, dynamo=False)
+            torch.onnx.export(
+                _Logits(copy.deepcopy(model)).eval(),
+                (example,),
+                str(scratch / "student.onnx"),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
+                dynamo=False,
+            )
         written.append("student.onnx")
         progress("  ONNX: student.onnx (input images [batch, 3, H, W], output logits)")
     (scratch / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
@@ -225,13 +245,16 @@ def load_student(folder: str | os.PathLike) -> tuple[MultiLabelModel, dict]:
     try:
         model.load_state_dict(load((location / WEIGHTS_FILE).read_bytes()))
     except RuntimeError as error:
-        raise ValueError(f"{location / WEIGHTS_FILE}: does not fit {card['backbone']} as the card describes it "
-                         f"({str(error).splitlines()[0][:200]})") from None
+        raise ValueError(
+            f"{location / WEIGHTS_FILE}: does not fit {card['backbone']} as the card describes it "
+            f"({str(error).splitlines()[0][:200]})"
+        ) from None
     return model.eval(), card
 
 
-def evaluate_student(model: MultiLabelModel, card: dict, split: str = "val", batch_size: int | None = None,
-                     device: str | None = None) -> dict[str, float]:
+def evaluate_student(
+    model: MultiLabelModel, card: dict, split: str = "val", batch_size: int | None = None, device: str | None = None
+) -> dict[str, float]:
     """The metrics of an exported student on ``split`` of the dataset its card names (rebuilt as the sweep built
     it: name, root, options, image size), as :func:`l2d.engine.evaluate` computes them (mAP, CF1, OF1... in
     percent). Compare with ``card["metrics"]["val_mAP"]``: the same model on the same data gives the same number.
@@ -243,8 +266,9 @@ def evaluate_student(model: MultiLabelModel, card: dict, split: str = "val", bat
     from l2d.engine import evaluate, make_loader
 
     dataset = card["dataset"]
-    data = build_dataset(dataset["name"], dataset.get("root"), split, card["image_size"],
-                         **(dataset.get("options") or {}))
+    data = build_dataset(
+        dataset["name"], dataset.get("root"), split, card["image_size"], **(dataset.get("options") or {})
+    )
     target = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     batch_size = batch_size or card.get("eval_batch_size") or 64
     return evaluate(model.to(target), make_loader(data, batch_size, train=False, device=target), target)

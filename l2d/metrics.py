@@ -75,8 +75,9 @@ def _precision_recall(predicted: np.ndarray, targets: np.ndarray, prefix: str) -
     true_positive = (predicted & targets).sum(0).astype(np.float64)
     predicted_count = predicted.sum(0)
     true_count = targets.sum(0)
-    per_class_precision = np.divide(true_positive, predicted_count, out=np.zeros_like(true_positive),
-                                    where=predicted_count > 0)
+    per_class_precision = np.divide(
+        true_positive, predicted_count, out=np.zeros_like(true_positive), where=predicted_count > 0
+    )
     per_class_recall = np.divide(true_positive, true_count, out=np.zeros_like(true_positive), where=true_count > 0)
     cp = per_class_precision.mean() if per_class_precision.size else 0.0
     cr = per_class_recall.mean() if per_class_recall.size else 0.0
@@ -113,8 +114,10 @@ def paper_f1(scores: ArrayLike, targets: ArrayLike) -> dict[str, float]:
     denominator = 2 * true_positive + errors
     per_class = np.divide(2 * true_positive, denominator, out=np.zeros(classes), where=denominator > 0)
     total = 2 * true_positive.sum() + errors.sum()
-    return {"paper_CF1": float(per_class.mean()) * 100.0 if classes else 0.0,
-            "paper_OF1": float(2 * true_positive.sum() / total) * 100.0 if total else 0.0}
+    return {
+        "paper_CF1": float(per_class.mean()) * 100.0 if classes else 0.0,
+        "paper_OF1": float(2 * true_positive.sum() / total) * 100.0 if total else 0.0,
+    }
 
 
 def multilabel_metrics(scores: ArrayLike, targets: ArrayLike, threshold: float = 0.5) -> dict:

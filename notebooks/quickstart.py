@@ -50,8 +50,9 @@ board[["trial_id", "method", "best_val_mAP", "test_mAP_at_best", "lr"]]
 # SQL over the `trials` and `epochs` views (DuckDB, read-only), and one trial's epochs.
 
 # %%
-per_method = sweep.sql("SELECT method, count(*) AS trials, max(best_val_mAP) AS best FROM trials GROUP BY method "
-                       "ORDER BY best DESC")
+per_method = sweep.sql(
+    "SELECT method, count(*) AS trials, max(best_val_mAP) AS best FROM trials GROUP BY method ORDER BY best DESC"
+)
 best = sweep.best()
 history = sweep.history(best["trial_id"])
 assert list(history["epoch"]) == list(range(1, best["epochs_run"] + 1))

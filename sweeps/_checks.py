@@ -28,10 +28,12 @@ def show(value: Any) -> str:
 # --- typed field rules -------------------------------------------------------------------------------------------
 # Each returns an Annotated type: its validator gives this project's messages, its JSON Schema says the same rule.
 
+
 def _bounds_text(minimum, maximum, exclusive: bool, kind: type) -> str:
     show_value = (lambda v: f"{int(v):,}" if abs(v) >= 10_000 else f"{int(v)}") if kind is int else (lambda v: f"{v:g}")
-    parts = ([f"{'>' if exclusive else '>='} {show_value(minimum)}"] if minimum is not None else []) + \
-        ([f"<= {show_value(maximum)}"] if maximum is not None else [])
+    parts = ([f"{'>' if exclusive else '>='} {show_value(minimum)}"] if minimum is not None else []) + (
+        [f"<= {show_value(maximum)}"] if maximum is not None else []
+    )
     return " and ".join(parts)
 
 
@@ -44,25 +46,42 @@ def integer(minimum: int | None = None, maximum: int | None = None, optional: bo
         if minimum is not None and value < minimum:
             raise ValueError(f"{value} is too small; allowed: an integer {_bounds_text(minimum, maximum, False, int)}")
         if maximum is not None and value > maximum:
-            raise ValueError(f"{value:,} is too large; allowed: an integer {_bounds_text(minimum, maximum, False, int)}")
+            raise ValueError(
+                f"{value:,} is too large; allowed: an integer {_bounds_text(minimum, maximum, False, int)}"
+            )
         return value
 
-    schema = {"type": "integer", **({"minimum": minimum} if minimum is not None else {}),
-              **({"maximum": maximum} if maximum is not None else {}), **({"description": help} if help else {})}
-    return Annotated[Optional[int] if optional else int, BeforeValidator(check),
-                     WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema)]
+    schema = {
+        "type": "integer",
+        **({"minimum": minimum} if minimum is not None else {}),
+        **({"maximum": maximum} if maximum is not None else {}),
+        **({"description": help} if help else {}),
+    }
+    return Annotated[
+        Optional[int] if optional else int,
+        BeforeValidator(check),
+        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+    ]
 
 
-def number(minimum: float | None = None, exclusive: bool = False, maximum: float | None = None,
-           optional: bool = False, help: str = ""):
+def number(
+    minimum: float | None = None,
+    exclusive: bool = False,
+    maximum: float | None = None,
+    optional: bool = False,
+    help: str = "",
+):
     def check(value):
         if value is None and optional:
             return None
         if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
             raise ValueError(f"expected a finite number, got {show(value)}")
-        if (minimum is not None and (value <= minimum if exclusive else value < minimum)) or \
-                (maximum is not None and value > maximum):
-            raise ValueError(f"{value} is out of range; allowed: a number {_bounds_text(minimum, maximum, exclusive, float)}")
+        if (minimum is not None and (value <= minimum if exclusive else value < minimum)) or (
+            maximum is not None and value > maximum
+        ):
+            raise ValueError(
+                f"{value} is out of range; allowed: a number {_bounds_text(minimum, maximum, exclusive, float)}"
+            )
         return float(value)
 
     schema: dict = {"type": "number", **({"description": help} if help else {})}
@@ -70,8 +89,11 @@ def number(minimum: float | None = None, exclusive: bool = False, maximum: float
         schema["exclusiveMinimum" if exclusive else "minimum"] = minimum
     if maximum is not None:
         schema["maximum"] = maximum
-    return Annotated[Optional[float] if optional else float, BeforeValidator(check),
-                     WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema)]
+    return Annotated[
+        Optional[float] if optional else float,
+        BeforeValidator(check),
+        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+    ]
 
 
 def choice(values: Iterable[str], help: str = ""):
@@ -82,8 +104,9 @@ def choice(values: Iterable[str], help: str = ""):
             raise ValueError(f"{show(value)} is not allowed; allowed: {', '.join(allowed)}" + suggest(value, allowed))
         return value
 
-    return Annotated[str, BeforeValidator(check), WithJsonSchema({"enum": list(allowed),
-                                                                   **({"description": help} if help else {})})]
+    return Annotated[
+        str, BeforeValidator(check), WithJsonSchema({"enum": list(allowed), **({"description": help} if help else {})})
+    ]
 
 
 def text(help: str = "", optional: bool = False):
@@ -95,8 +118,11 @@ def text(help: str = "", optional: bool = False):
         return value
 
     schema = {"type": "string", "minLength": 1, **({"description": help} if help else {})}
-    return Annotated[Optional[str] if optional else str, BeforeValidator(check),
-                     WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema)]
+    return Annotated[
+        Optional[str] if optional else str,
+        BeforeValidator(check),
+        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+    ]
 
 
 def flag(help: str = "", optional: bool = False):
@@ -108,8 +134,11 @@ def flag(help: str = "", optional: bool = False):
         return value
 
     schema = {"type": "boolean", **({"description": help} if help else {})}
-    return Annotated[Optional[bool] if optional else bool, BeforeValidator(check),
-                     WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema)]
+    return Annotated[
+        Optional[bool] if optional else bool,
+        BeforeValidator(check),
+        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+    ]
 
 
 def suggest(value: Any, known: Iterable[str]) -> str:
@@ -121,6 +150,7 @@ def suggest(value: Any, known: Iterable[str]) -> str:
 
 
 # --- gathering errors --------------------------------------------------------------------------------------------
+
 
 class Errors:
     """Every error of one spec: ``add`` collects, ``raise_if_any`` raises them all as one :class:`SpecError`."""
@@ -161,8 +191,10 @@ class Errors:
         ok = True
         for key in value:
             if allowed is not None and key not in allowed:
-                self.add(f"{where}.{key}" if where else str(key), f"unknown key; allowed keys: {', '.join(allowed)}"
-                         + suggest(key, allowed))
+                self.add(
+                    f"{where}.{key}" if where else str(key),
+                    f"unknown key; allowed keys: {', '.join(allowed)}" + suggest(key, allowed),
+                )
                 ok = False
         for key in required:
             if key not in value:
@@ -230,6 +262,7 @@ def section_schema(section: type) -> dict:
 
 # --- YAML ----------------------------------------------------------------------------------------------------------
 
+
 def read_yaml(path: str, what: str = "YAML file") -> Any:
     """A YAML file through :func:`safe_yaml`, each failure a one-line :class:`SpecError` naming the file."""
     import yaml
@@ -240,8 +273,10 @@ def read_yaml(path: str, what: str = "YAML file") -> Any:
     except FileNotFoundError:
         raise SpecError(f"{path}: {what} not found") from None
     except IsADirectoryError:
-        raise SpecError(f"{path}: is a folder; expected a sweep spec (a YAML file, see search_spaces/); a sweep folder "
-                        f"is given to resume, results, status and export") from None
+        raise SpecError(
+            f"{path}: is a folder; expected a sweep spec (a YAML file, see search_spaces/); a sweep folder "
+            f"is given to resume, results, status and export"
+        ) from None
     except (PermissionError, UnicodeDecodeError) as error:
         raise SpecError(f"{path}: cannot be read as a YAML file ({type(error).__name__})") from None
     except yaml.YAMLError as error:
@@ -309,13 +344,17 @@ def safe_yaml(stream) -> Any:
         def get_single_node(self):  # the document's node graph, before any value is built from it
             node = super().get_single_node()
             if node is not None and _expanded_size(node) > MAX_YAML_NODES:
-                raise yaml.YAMLError(f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded: "
-                                     f"refused (an anchor expanded again and again is a YAML bomb)")
+                raise yaml.YAMLError(
+                    f"more than {MAX_YAML_NODES:,} values once its aliases (*name) are expanded: "
+                    f"refused (an anchor expanded again and again is a YAML bomb)"
+                )
             return node
 
     Loader.add_implicit_resolver(
         "tag:yaml.org,2002:float",
-        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"), list("-+0123456789"))
+        re.compile(r"^[-+]?(?:[0-9][0-9_]*)(?:\.[0-9_]*)?[eE][-+]?[0-9]+$"),
+        list("-+0123456789"),
+    )
 
     def mapping(loader, node, deep=False):
         seen = {}
@@ -327,8 +366,11 @@ def safe_yaml(stream) -> Any:
                 continue
             if key in seen:
                 raise yaml.constructor.ConstructorError(
-                    None, None, f"the key {key!r} is given twice (lines {seen[key] + 1} and "
-                                f"{key_node.start_mark.line + 1})", key_node.start_mark)
+                    None,
+                    None,
+                    f"the key {key!r} is given twice (lines {seen[key] + 1} and {key_node.start_mark.line + 1})",
+                    key_node.start_mark,
+                )
             seen[key] = key_node.start_mark.line
         return loader.construct_mapping(node, deep=deep)
 

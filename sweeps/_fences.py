@@ -19,6 +19,7 @@ WRITTEN_FOR_RAY = "2.60.0"
 # the restored experiment would run with the callbacks pickled when it started (an older version's, or none of this
 # run's collaborators: the lease guard, the tracker).
 
+
 def set_restored_callbacks(tuner, callbacks: list) -> None:
     """Give a restored :class:`ray.tune.Tuner` this run's callbacks."""
     tuner._local_tuner.get_run_config().callbacks = callbacks
@@ -36,6 +37,7 @@ def restored_search_and_scheduler(tuner) -> tuple:
 # after Tune's last save and re-created by a resume would come back under a new id, beside a ghost of itself. The
 # search generator swaps the id source for the one call that creates a trial (Tune's controller creates trials in
 # one thread), and reads Tune's trial counter, saved with the experiment.
+
 
 def trials_created(generator) -> int:
     """How many trials a :class:`ray.tune.search.SearchGenerator` has created (saved in Tune's experiment state)."""
@@ -60,6 +62,7 @@ def trial_id_source(trial_id: str) -> Iterator[None]:
 # empty rungs and stop nothing until they refill. PersistentASHA saves and restores them itself, which needs the
 # scheduler's brackets and their rungs (milestone -> {trial id: metric x mode sign}).
 
+
 def asha_rungs(scheduler) -> list[list[tuple[float, dict]]]:
     """Per bracket, ``(milestone, {trial id: signed metric})`` from the highest milestone down (copies)."""
     return [[(float(m), dict(r)) for m, r in bracket._rungs] for bracket in scheduler._brackets]
@@ -82,8 +85,12 @@ def set_asha_stopped(scheduler, count: int) -> None:
 
 def asha_settings(scheduler) -> dict[str, Any]:
     """The scheduler's metric, its mode's sign, time attribute and max_t (set by Tune at the experiment's start)."""
-    return {"metric": scheduler._metric, "sign": scheduler._metric_op, "time_attr": scheduler._time_attr,
-            "max_t": scheduler._max_t}
+    return {
+        "metric": scheduler._metric,
+        "sign": scheduler._metric_op,
+        "time_attr": scheduler._time_attr,
+        "max_t": scheduler._max_t,
+    }
 
 
 def asha_bracket_of(scheduler, trial_id: str, default_first: bool = True):

@@ -119,8 +119,10 @@ class Sweep:
             modes = dict(results.objectives)
             mode = modes.get(metric, "min" if metric in ("val_loss", "latency_ms", "student_params") else "max")
             column = OBJECTIVE_COLUMNS[metric]
-            rows = results.sql(f'SELECT trial_id FROM trials WHERE "{column}" IS NOT NULL ORDER BY "{column}" '
-                               f"{sql_order(mode)} LIMIT 1").to_pylist()
+            rows = results.sql(
+                f'SELECT trial_id FROM trials WHERE "{column}" IS NOT NULL ORDER BY "{column}" '
+                f"{sql_order(mode)} LIMIT 1"
+            ).to_pylist()
             trial_id = rows[0]["trial_id"] if rows else None
         if trial_id is None:
             raise ValueError(f"{self.path}: no trial has a value yet")
@@ -199,8 +201,13 @@ class Sweep:
             plots._pyplot().close(figure)
         return figure
 
-    def export(self, out: str | Location, trial: str | None = None, formats: tuple[str, ...] = ("safetensors",),
-               quiet: bool = True) -> dict:
+    def export(
+        self,
+        out: str | Location,
+        trial: str | None = None,
+        formats: tuple[str, ...] = ("safetensors",),
+        quiet: bool = True,
+    ) -> dict:
         """Export a trial's best student (default: the best trial's) into ``out`` (``l2d-sweep export``); returns
         its model card."""
         from sweeps.export import export_trial

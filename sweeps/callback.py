@@ -4,7 +4,8 @@ TensorBoard, and prints one progress line per event.
 Every epoch report is written to ``results/`` (atomically) before its line is printed, so a driver killed at any
 moment loses no row it announced; before each write the driver checks that it still holds the sweep's lease. On
 its first step it reconciles the tables with Tune's trial states, and it never drops a recorded row: an unfinished
-trial that no experiment continued ends as ``interrupted``. TensorBoard event files are written locally (under the sweep folder, or under
+trial that no experiment continued ends as ``interrupted``. TensorBoard event files are written locally (under the
+sweep folder, or under
 the cache for a remote sweep, uploaded at the end). A new result column goes in :mod:`sweeps.results`; a new
 per-trial side effect of the driver (a tracker, a lease renewal) goes here.
 """
@@ -58,15 +59,22 @@ def write_hparams_config(spec) -> None:
 
     from sweeps.spec import Range
 
-    hparams = [hp.HParam("teacher", hp.Discrete(sorted({p.teacher for p in spec.pairings}))),
-               hp.HParam("student", hp.Discrete(sorted({s for p in spec.pairings for s in p.students}))),
-               hp.HParam("method", hp.Discrete(sorted(spec.methods)))]
+    hparams = [
+        hp.HParam("teacher", hp.Discrete(sorted({p.teacher for p in spec.pairings}))),
+        hp.HParam("student", hp.Discrete(sorted({s for p in spec.pairings for s in p.students}))),
+        hp.HParam("method", hp.Discrete(sorted(spec.methods))),
+    ]
     for name, value in sorted(spec.search_space.items()):
-        domain = hp.RealInterval(float(value.low), float(value.high)) if isinstance(value, Range) else \
-            hp.Discrete([float(value)])
+        domain = (
+            hp.RealInterval(float(value.low), float(value.high))
+            if isinstance(value, Range)
+            else hp.Discrete([float(value)])
+        )
         hparams.append(hp.HParam(name, domain))
-    metrics = [hp.Metric("hparam/best_val_mAP", display_name="best val mAP"),
-               hp.Metric("hparam/test_mAP_at_best", display_name="test mAP at the best epoch")]
+    metrics = [
+        hp.Metric("hparam/best_val_mAP", display_name="best val mAP"),
+        hp.Metric("hparam/test_mAP_at_best", display_name="test mAP at the best epoch"),
+    ]
     folder = tensorboard_dir(Location.parse(spec.sweep_dir))
     folder.makedirs()
     for old in folder.list():  # the previous driver's config (each trial's events are in its own subfolder)
@@ -114,9 +122,21 @@ def error_message(trial) -> str:
 class SweepCallback(Callback):
     """Records every epoch report and trial end into the results tables and TensorBoard, and prints progress."""
 
-    def __init__(self, sweep_dir: str | Location, max_epochs: int, metric: str, mode: str, quiet: bool = False,
-                 guard=None, tracker=None, exporter=None, keep: str = "best+last", tune_folder: str = "tune",
-                 total: int | None = None, concurrency: int = 1):
+    def __init__(
+        self,
+        sweep_dir: str | Location,
+        max_epochs: int,
+        metric: str,
+        mode: str,
+        quiet: bool = False,
+        guard=None,
+        tracker=None,
+        exporter=None,
+        keep: str = "best+last",
+        tune_folder: str = "tune",
+        total: int | None = None,
+        concurrency: int = 1,
+    ):
         self.sweep_dir = str(sweep_dir)
         self.max_epochs = max_epochs
         self.metric = metric
@@ -141,15 +161,29 @@ class SweepCallback(Callback):
 
     def __getstate__(self):
         state = dict(self.__dict__)
-        state.update(_writer=None, _boards={}, guard=None, tracker=None, exporter=None, _reconciled=False,
-                     _signatures=None)
+        state.update(
+            _writer=None, _boards={}, guard=None, tracker=None, exporter=None, _reconciled=False, _signatures=None
+        )
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update({"guard": None, "tracker": None, "exporter": None, "keep": "best+last",
-                              "tune_folder": "tune", "_reconciled": False, "total": None, "concurrency": 1,
-                              "_epoch_seconds": [], "_last_best": None, "_trial_started": {},
-                              "_trial_walls": [], **state})
+        self.__dict__.update(
+            {
+                "guard": None,
+                "tracker": None,
+                "exporter": None,
+                "keep": "best+last",
+                "tune_folder": "tune",
+                "_reconciled": False,
+                "total": None,
+                "concurrency": 1,
+                "_epoch_seconds": [],
+                "_last_best": None,
+                "_trial_started": {},
+                "_trial_walls": [],
+                **state,
+            }
+        )
         self._signatures = None
 
     @property
@@ -212,8 +246,11 @@ class SweepCallback(Callback):
         if not self.total or not (self._epoch_seconds or self._trial_walls):
             return ""
         writer = self.writer
-        ended = [len(writer.epochs.get(t, {})) for t, r in writer.trials.items()
-                 if r.status not in ("running", "pending", "interrupted")]
+        ended = [
+            len(writer.epochs.get(t, {}))
+            for t, r in writer.trials.items()
+            if r.status not in ("running", "pending", "interrupted")
+        ]
         per_trial = sum(ended) / len(ended) if ended else self.max_epochs
         remaining = max(0, self.total - len(writer.trials)) * per_trial
         for trial_id, record in writer.trials.items():
@@ -260,12 +297,18 @@ class SweepCallback(Callback):
     def on_trial_start(self, iteration, trials, trial, **info):
         config = decode(trial.config)
         record = self.writer.trials.get(trial.trial_id)
-        if record is not None and record.config and record.status in ("running", "pending", "interrupted") \
-                and not _same_config(record.config, config):
+        if (
+            record is not None
+            and record.config
+            and record.status in ("running", "pending", "interrupted")
+            and not _same_config(record.config, config)
+        ):
             # A trial lost in a crash whose id a resumed search gave to another configuration: keep its rows aside.
             moved = self.writer.set_aside_trial(trial.trial_id)
-            self._say(f"trial {trial.trial_id}: the run lost in the crash had another configuration; its rows are "
-                      f"kept as {moved} (interrupted)")
+            self._say(
+                f"trial {trial.trial_id}: the run lost in the crash had another configuration; its rows are "
+                f"kept as {moved} (interrupted)"
+            )
         self.writer.trial(trial.trial_id, config)
         self.writer.set_status(trial.trial_id, "running")
         self._trial_started[trial.trial_id] = time.time()
@@ -273,8 +316,10 @@ class SweepCallback(Callback):
         if self.tracker is not None:
             self.tracker.start(trial.trial_id, config)
         count = f"({len(self.writer.trials)}/{self.total}) " if self.total else ""
-        self._say(f"{count}trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
-                  + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float)))
+        self._say(
+            f"{count}trial {trial.trial_id} started: {config['teacher']} -> {config['student']}, {config['method']}, "
+            + ", ".join(f"{k}={v:.3g}" for k, v in config.items() if isinstance(v, float))
+        )
         self._status(changed=False)  # the live line agrees with the event above it
 
     def on_trial_result(self, iteration, trials, trial, result, **info):
@@ -303,9 +348,11 @@ class SweepCallback(Callback):
         best = (leader["trial_id"], leader.get(OBJECTIVE_COLUMNS[self.metric])) if leader is not None else None
         new_best = best is not None and best != self._last_best
         self._last_best = best
-        self._say(f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
-                  f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s"
-                  + (" (new best)" if new_best and best[0] == trial.trial_id else ""))
+        self._say(
+            f"trial {trial.trial_id} epoch {epoch}/{self.max_epochs}: val mAP {result.get('val_mAP', math.nan):.2f}"
+            f", test mAP {result.get('test_mAP', math.nan):.2f}, {result.get('images_per_s', 0):.0f} img/s"
+            + (" (new best)" if new_best and best[0] == trial.trial_id else "")
+        )
         self._status(changed=new_best)
         failpoint(f"epoch-{epoch}")
 
@@ -316,13 +363,19 @@ class SweepCallback(Callback):
         row = self.writer.row(trial.trial_id)
         if row.get("best_val_mAP") is not None:
             hparams = {k: v for k, v in config.items() if isinstance(v, (int, float, str)) and v is not None}
-            write_trial_hparams(self._board(trial.trial_id), hparams,
-                                {"hparam/best_val_mAP": row["best_val_mAP"],
-                                 "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan})
+            write_trial_hparams(
+                self._board(trial.trial_id),
+                hparams,
+                {
+                    "hparam/best_val_mAP": row["best_val_mAP"],
+                    "hparam/test_mAP_at_best": row.get("test_mAP_at_best") or math.nan,
+                },
+            )
         message = f"trial {trial.trial_id} {record.status}" + (f": {error}" if error else "")
         if trial.trial_id in self._trial_started:
-            self._trial_walls.append((time.time() - self._trial_started.pop(trial.trial_id),
-                                      len(self.writer.epochs.get(trial.trial_id, {}))))
+            self._trial_walls.append(
+                (time.time() - self._trial_started.pop(trial.trial_id), len(self.writer.epochs.get(trial.trial_id, {})))
+            )
         self._write()
         self._say(message)
         self._status(changed=True)
@@ -333,8 +386,12 @@ class SweepCallback(Callback):
         prune(self.location / "train" / f"trial-{trial.trial_id}", record.status, self.keep)
         if self.tracker is not None:
             exporter = self.exporter
-            self.tracker.finish(trial.trial_id, config, record.status,
-                                (lambda folder: exporter(trial.trial_id, folder)) if exporter else None)
+            self.tracker.finish(
+                trial.trial_id,
+                config,
+                record.status,
+                (lambda folder: exporter(trial.trial_id, folder)) if exporter else None,
+            )
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         self._end(trial, None)
@@ -349,8 +406,10 @@ class SweepCallback(Callback):
         self._reconcile(trials)  # a restored experiment with nothing left to run takes no step
         lost = self.writer.interrupt_unknown({trial.trial_id for trial in trials})
         if lost:
-            self._say(f"{len(lost)} unfinished trial(s) from before a crash were not continued (kept, interrupted): "
-                      f"{', '.join(lost)}")
+            self._say(
+                f"{len(lost)} unfinished trial(s) from before a crash were not continued (kept, interrupted): "
+                f"{', '.join(lost)}"
+            )
         if self.tracker is not None:  # a trial the experiment left unfinished (Ctrl-C, a lost lease): its run KILLED
             for trial in trials:
                 record = self.writer.trials.get(trial.trial_id)
@@ -374,8 +433,7 @@ class SweepCallback(Callback):
 def known_trial(trial) -> KnownTrial:
     """A Tune trial as the results tables know trials: its decoded config, state and error."""
     state = {"TERMINATED": "ended", "ERROR": "failed", "RUNNING": "running"}.get(trial.status, "pending")
-    return KnownTrial(trial.trial_id, decode(trial.config), state,
-                      error_message(trial) if state == "failed" else None)
+    return KnownTrial(trial.trial_id, decode(trial.config), state, error_message(trial) if state == "failed" else None)
 
 
 def _same_config(recorded: dict, config: dict) -> bool:

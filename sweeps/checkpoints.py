@@ -99,8 +99,9 @@ def restore_newest(run_dir: Location, set_aside_unreadable: bool = True) -> tupl
             return load_checkpoint(folder)
         except UnreadableCheckpointError as error:
             if set_aside_unreadable:
-                logger.warning("%s; set it aside as %s and falling back to the previous checkpoint", error,
-                               set_aside(folder).name)
+                logger.warning(
+                    "%s; set it aside as %s and falling back to the previous checkpoint", error, set_aside(folder).name
+                )
             else:
                 logger.warning("%s; falling back to the previous checkpoint", error)
     return None
@@ -149,11 +150,20 @@ class BestCheckpoint:
         names = {"model": f"model-{tag}.pt", "history": f"history-{tag}.json"}
         (self.folder / names["model"]).write_bytes(model)
         (self.folder / names["history"]).write_bytes(history)
-        info = {"epoch": epoch, "metric": self.metric, "mode": self.mode, "metrics": metrics,
-                "backbone": run_config.student, "num_classes": len(run.splits["train"].class_names),
-                "class_names": list(run.splits["train"].class_names), "embed_dim": run_config.embed_dim,
-                "image_size": run_config.image_size, "device": device_name(run_config.device), "files": names,
-                "sha256": {"model": hashlib.sha256(model).hexdigest(), "history": hashlib.sha256(history).hexdigest()}}
+        info = {
+            "epoch": epoch,
+            "metric": self.metric,
+            "mode": self.mode,
+            "metrics": metrics,
+            "backbone": run_config.student,
+            "num_classes": len(run.splits["train"].class_names),
+            "class_names": list(run.splits["train"].class_names),
+            "embed_dim": run_config.embed_dim,
+            "image_size": run_config.image_size,
+            "device": device_name(run_config.device),
+            "files": names,
+            "sha256": {"model": hashlib.sha256(model).hexdigest(), "history": hashlib.sha256(history).hexdigest()},
+        }
         failpoint("best-unit")  # the two files written, best.json not yet: the previous best stays whole
         (self.folder / "best.json").write_text(json.dumps(info))  # last: it names the files that make the unit
         for entry in self.folder.list():  # the previous best's files, no longer named
@@ -202,8 +212,9 @@ def read_best(run_dir: Location) -> tuple[dict, bytes, list[dict]]:
             raise UnreadableCheckpointError(f"{folder / name}: missing (best.json names it)") from None
         expected = (info.get("sha256") or {}).get(kind)
         if expected and hashlib.sha256(data[kind]).hexdigest() != expected:
-            raise UnreadableCheckpointError(f"{folder / name}: not the file best.json describes (its digest differs): "
-                                            f"best/ is damaged")
+            raise UnreadableCheckpointError(
+                f"{folder / name}: not the file best.json describes (its digest differs): best/ is damaged"
+            )
     try:
         history = json.loads(data["history"])
     except (ValueError, UnicodeDecodeError) as error:

@@ -35,18 +35,22 @@ def check_local_resources(spec: SweepSpec) -> None:
     cores = os.cpu_count() or 1
     needed = spec.resources.workers_per_trial * spec.resources.cpus_per_worker
     if needed > cores:
-        raise SpecError(f"resources: a trial needs {needed:g} CPUs (workers_per_trial {spec.resources.workers_per_trial}"
-                        f" x cpus_per_worker {spec.resources.cpus_per_worker:g}) but this machine has {cores} and no "
-                        f"RAY_ADDRESS is set (a local cluster); lower them, or run on a cluster")
+        raise SpecError(
+            f"resources: a trial needs {needed:g} CPUs (workers_per_trial {spec.resources.workers_per_trial}"
+            f" x cpus_per_worker {spec.resources.cpus_per_worker:g}) but this machine has {cores} and no "
+            f"RAY_ADDRESS is set (a local cluster); lower them, or run on a cluster"
+        )
     gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
     if gpus:
         import torch
 
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus > available:
-            raise SpecError(f"resources: a trial needs {gpus:g} GPUs (workers_per_trial x gpus_per_worker) but this "
-                            f"machine has {available} and no RAY_ADDRESS is set (a local cluster); set "
-                            f"gpus_per_worker: 0, or run on a GPU cluster")
+            raise SpecError(
+                f"resources: a trial needs {gpus:g} GPUs (workers_per_trial x gpus_per_worker) but this "
+                f"machine has {available} and no RAY_ADDRESS is set (a local cluster); set "
+                f"gpus_per_worker: 0, or run on a GPU cluster"
+            )
 
 
 def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
@@ -108,14 +112,24 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
         inherited["RAY_API_SERVER_ADDRESS"] = f"http://127.0.0.1:{port}"
     os.environ.update(inherited)
     try:
-        context = ray.init(address="local", num_cpus=cpus, dashboard_host="127.0.0.1", dashboard_port=port,
-                           log_to_driver=log_to_driver, **quiet_ray)
+        context = ray.init(
+            address="local",
+            num_cpus=cpus,
+            dashboard_host="127.0.0.1",
+            dashboard_port=port,
+            log_to_driver=log_to_driver,
+            **quiet_ray,
+        )
     finally:
         for name in inherited:
             os.environ.pop(name, None)
     if context.dashboard_url and not context.dashboard_url.endswith(f":{port}"):
-        logger.warning("Ray's dashboard took %s instead of port %d (taken meanwhile); with another local Ray cluster "
-                       "on this machine, Ray Train may fail to release a trial's CPUs", context.dashboard_url, port)
+        logger.warning(
+            "Ray's dashboard took %s instead of port %d (taken meanwhile); with another local Ray cluster "
+            "on this machine, Ray Train may fail to release a trial's CPUs",
+            context.dashboard_url,
+            port,
+        )
     return context
 
 
@@ -129,8 +143,11 @@ class _TuneStopLines(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         message = str(record.msg)
         if message.startswith("Stop signal received"):  # in Tune's signal handler, on the main thread
-            print("l2d-sweep: stopping: the running trials are saved for `l2d-sweep resume` (Ctrl-C again stops at "
-                  "once)", file=sys.stderr, flush=True)
+            print(
+                "l2d-sweep: stopping: the running trials are saved for `l2d-sweep resume` (Ctrl-C again stops at once)",
+                file=sys.stderr,
+                flush=True,
+            )
             return False
         return not message.startswith(self.DROPPED)
 
@@ -184,8 +201,14 @@ def driver_resources() -> dict:
     return {"cpu": 0.01}
 
 
-def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str | None = None,
-              experiment: int = 0, total_trials: int | None = None) -> list:
+def callbacks(
+    spec: SweepSpec,
+    quiet: bool,
+    lease: LeaseKeeper | None,
+    sweep_id: str | None = None,
+    experiment: int = 0,
+    total_trials: int | None = None,
+) -> list:
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
     the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
     signs as Tune saves it (``experiment``)."""
@@ -196,12 +219,20 @@ def callbacks(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id:
         return export_trial(spec.sweep_dir, trial_id, folder, progress=lambda text: None)
 
     write_hparams_config(spec)
-    callback = SweepCallback(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode, quiet,
-                             guard=lease.verify if lease is not None else None,
-                             tracker=tracker_for(spec, sweep_id) if sweep_id else None, exporter=exporter,
-                             keep=spec.keep, tune_folder=tune_dir_name(experiment),
-                             total=total_trials or spec.budget.num_samples,
-                             concurrency=spec.resources.max_concurrent_trials)
+    callback = SweepCallback(
+        spec.sweep_dir,
+        spec.budget.max_epochs,
+        spec.metric,
+        spec.mode,
+        quiet,
+        guard=lease.verify if lease is not None else None,
+        tracker=tracker_for(spec, sweep_id) if sweep_id else None,
+        exporter=exporter,
+        keep=spec.keep,
+        tune_folder=tune_dir_name(experiment),
+        total=total_trials or spec.budget.num_samples,
+        concurrency=spec.resources.max_concurrent_trials,
+    )
     # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
     # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
     from ray.tune.logger import JsonLoggerCallback
@@ -214,17 +245,28 @@ def tune_dir_name(experiment: int) -> str:
     return "tune" if experiment == 0 else f"tune-{experiment}"
 
 
-def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, experiment: int = 0,
-           warm_started: bool = False, total_trials: int | None = None):
+def build_tuner(
+    spec: SweepSpec,
+    quiet: bool,
+    lease: LeaseKeeper | None,
+    sweep_id: str,
+    experiment: int = 0,
+    warm_started: bool = False,
+    total_trials: int | None = None,
+):
     from ray import tune
 
     from sweeps.scheduler import PersistentASHA
     from sweeps.searcher import build_search
 
     if spec.budget.scheduler == "asha":
-        scheduler = PersistentASHA(spec.sweep_dir / "asha.json", time_attr="epoch", max_t=spec.budget.max_epochs,
-                                   grace_period=spec.budget.grace_period,
-                                   reduction_factor=spec.budget.reduction_factor)
+        scheduler = PersistentASHA(
+            spec.sweep_dir / "asha.json",
+            time_attr="epoch",
+            max_t=spec.budget.max_epochs,
+            grace_period=spec.budget.grace_period,
+            reduction_factor=spec.budget.reduction_factor,
+        )
     else:
         from ray.tune.schedulers import FIFOScheduler
 
@@ -239,13 +281,20 @@ def build_tuner(spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_i
     storage_path, filesystem = spec.sweep_dir.ray_storage
     return tune.Tuner(
         trainable(spec),
-        tune_config=tune.TuneConfig(search_alg=build_search(spec, sweep_id, experiment, warm_started),
-                                    scheduler=scheduler,
-                                    num_samples=spec.budget.num_samples, metric=spec.metric, mode=spec.mode,
-                                    reuse_actors=spec.trainer == "in-process"),
-        run_config=tune.RunConfig(name=tune_dir_name(experiment), storage_path=storage_path,
-                                  storage_filesystem=filesystem, verbose=0,
-                                  failure_config=tune.FailureConfig(max_failures=retries),
-                                  callbacks=callbacks(spec, quiet, lease, sweep_id, experiment,
-                                                      total_trials)),
+        tune_config=tune.TuneConfig(
+            search_alg=build_search(spec, sweep_id, experiment, warm_started),
+            scheduler=scheduler,
+            num_samples=spec.budget.num_samples,
+            metric=spec.metric,
+            mode=spec.mode,
+            reuse_actors=spec.trainer == "in-process",
+        ),
+        run_config=tune.RunConfig(
+            name=tune_dir_name(experiment),
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=retries),
+            callbacks=callbacks(spec, quiet, lease, sweep_id, experiment, total_trials),
+        ),
     )

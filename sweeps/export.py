@@ -24,8 +24,10 @@ def choose_trial(sweep_dir: Location, trial_id: str | None):
     if trial_id is not None:
         row = next((r for r in rows if r["trial_id"] == trial_id), None)
         if row is None:
-            raise ValueError(f"--trial {trial_id}: no such trial in {spec.sweep_dir} (it has: "
-                             f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})")
+            raise ValueError(
+                f"--trial {trial_id}: no such trial in {spec.sweep_dir} (it has: "
+                f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})"
+            )
         return spec, row
     column = OBJECTIVE_COLUMNS[spec.metric]
     scored = [r for r in rows if r.get(column) is not None and r["status"] in SCORED]
@@ -34,8 +36,13 @@ def choose_trial(sweep_dir: Location, trial_id: str | None):
     return spec, max(scored, key=lambda r: sign(spec.mode) * r[column])
 
 
-def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Location,
-                 formats: tuple[str, ...] = ("safetensors",), progress=print) -> dict:
+def export_trial(
+    sweep_dir: str | Location,
+    trial_id: str | None,
+    out: str | Location,
+    formats: tuple[str, ...] = ("safetensors",),
+    progress=print,
+) -> dict:
     """Export trial ``trial_id`` (default: the best) of a sweep into ``out``; returns the card.
 
     Raises:
@@ -55,37 +62,58 @@ def export_trial(sweep_dir: str | Location, trial_id: str | None, out: str | Loc
     try:
         info, weights, _ = read_best(run_dir)
     except FileNotFoundError:
-        raise ValueError(f"trial {row['trial_id']} ({row['status']}) has no best checkpoint in {run_dir / BEST} (a "
-                         f"trial that failed in its first epoch, or a sweep from before best checkpoints were "
-                         f"kept)") from None
-    progress(f"exporting trial {row['trial_id']} of {spec.sweep_dir}: {row['teacher']} -> {row['student']}, "
-             f"{row['method']}, best epoch by {spec.metric}")
+        raise ValueError(
+            f"trial {row['trial_id']} ({row['status']}) has no best checkpoint in {run_dir / BEST} (a "
+            f"trial that failed in its first epoch, or a sweep from before best checkpoints were "
+            f"kept)"
+        ) from None
+    progress(
+        f"exporting trial {row['trial_id']} of {spec.sweep_dir}: {row['teacher']} -> {row['student']}, "
+        f"{row['method']}, best epoch by {spec.metric}"
+    )
     try:
         state = torch.load(io.BytesIO(weights), map_location="cpu", weights_only=True)
         model = build_model(info["backbone"], info["num_classes"], info["embed_dim"])
         model.load_state_dict(state)
     except Exception as error:  # noqa: BLE001 - torch.load and load_state_dict raise many kinds for a bad file
-        raise UnreadableCheckpointError(f"{run_dir / BEST / (info.get('files') or {}).get('model', 'model.pt')}: "
-                                        f"unreadable weights ({str(error).splitlines()[0][:200]})") from None
+        raise UnreadableCheckpointError(
+            f"{run_dir / BEST / (info.get('files') or {}).get('model', 'model.pt')}: "
+            f"unreadable weights ({str(error).splitlines()[0][:200]})"
+        ) from None
     from l2d.losses import METHODS
 
     hparams = {name: row[name] for name in METHODS[row["method"]].defaults if row.get(name) is not None}
     marker = read_marker(spec.sweep_dir) or {}
     metrics = {k: v for k, v in info["metrics"].items() if isinstance(v, (int, float))}
     card = {
-        "backbone": info["backbone"], "num_classes": info["num_classes"], "class_names": info["class_names"],
-        "embed_dim": info["embed_dim"], "image_size": info["image_size"], "parameters": count_parameters(model),
+        "backbone": info["backbone"],
+        "num_classes": info["num_classes"],
+        "class_names": info["class_names"],
+        "embed_dim": info["embed_dim"],
+        "image_size": info["image_size"],
+        "parameters": count_parameters(model),
         "eval_batch_size": spec.recipe.batch_size,
-        "teacher": row["teacher"], "method": row["method"], "hparams": hparams, "lr": row.get("lr"),
+        "teacher": row["teacher"],
+        "method": row["method"],
+        "hparams": hparams,
+        "lr": row.get("lr"),
         "dataset": {"name": spec.dataset.name, "root": spec.dataset.root, "options": dict(spec.dataset.options)},
-        "epoch": info["epoch"], "selected_by": f"{info['metric']} ({info['mode']})", "metrics": metrics,
-        "latency_ms": metrics.get("latency_ms"), "device": info.get("device", "the trial's device"),
+        "epoch": info["epoch"],
+        "selected_by": f"{info['metric']} ({info['mode']})",
+        "metrics": metrics,
+        "latency_ms": metrics.get("latency_ms"),
+        "device": info.get("device", "the trial's device"),
         "sweep": {"dir": str(spec.sweep_dir), "name": spec.name, "sweep_id": marker.get("sweep_id")},
-        "trial_id": row["trial_id"], "trial_status": row["status"], "versions": versions(),
-        "git_commit": git_commit(), "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        "trial_id": row["trial_id"],
+        "trial_status": row["status"],
+        "versions": versions(),
+        "git_commit": git_commit(),
+        "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
     save_student(model, card, out, formats, progress)
-    progress(f"  card: {Location.parse(out) / 'card.json'} and README.md (val mAP "
-             f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP') or float('nan'):.2f} at "
-             f"epoch {info['epoch']})")
+    progress(
+        f"  card: {Location.parse(out) / 'card.json'} and README.md (val mAP "
+        f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP') or float('nan'):.2f} at "
+        f"epoch {info['epoch']})"
+    )
     return card

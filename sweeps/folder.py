@@ -19,9 +19,9 @@ import time
 import uuid
 
 from l2d.storage import Location
+
 # The lease lives in sweeps.lease (compare-and-swap per store); its names are re-exported for the callers of before.
-from sweeps.lease import HEARTBEAT_S, LEASE, LEASE_TIMEOUT_S, Lease, LeaseError, LeaseHeldError, LeaseKeeper, \
-    read_lease  # noqa: F401
+from sweeps.lease import HEARTBEAT_S, LEASE, LEASE_TIMEOUT_S, Lease, LeaseError, LeaseHeldError, LeaseKeeper, read_lease  # noqa: F401
 
 logger = logging.getLogger(__name__)
 
@@ -45,10 +45,13 @@ class SweepNotFoundError(SweepFolderError, FileNotFoundError):
 
 # --- marker ------------------------------------------------------------------------------------------------------
 
+
 def check_name(name: str) -> None:
     if name in RESERVED or name.startswith("."):
-        raise SweepFolderError(f"sweep name {name!r} is reserved (the storage's shared folders are "
-                               f"{', '.join(RESERVED)}); choose another name")
+        raise SweepFolderError(
+            f"sweep name {name!r} is reserved (the storage's shared folders are "
+            f"{', '.join(RESERVED)}); choose another name"
+        )
 
 
 def read_marker(sweep_dir: Location) -> dict | None:
@@ -91,8 +94,9 @@ def is_legacy_sweep(sweep_dir: Location) -> bool:
     if (sweep_dir / "results" / "trials.parquet").is_file():
         return True
     tune = sweep_dir / "tune"
-    return tune.is_dir() and any(entry.name.startswith("experiment_state-") and entry.name.endswith(".json")
-                                 for entry in tune.list())
+    return tune.is_dir() and any(
+        entry.name.startswith("experiment_state-") and entry.name.endswith(".json") for entry in tune.list()
+    )
 
 
 def is_sweep(sweep_dir: Location) -> bool:
@@ -101,8 +105,13 @@ def is_sweep(sweep_dir: Location) -> bool:
 
 def write_marker(sweep_dir: Location, sweep_id: str | None = None, **fields) -> dict:
     """Write the marker (a new random id unless given); ``fields`` are kept in it (the stored spec's digest...)."""
-    marker = {"tool": "l2d-sweep", "format": FORMAT, "sweep_id": sweep_id or uuid.uuid4().hex[:16],
-              "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **fields}
+    marker = {
+        "tool": "l2d-sweep",
+        "format": FORMAT,
+        "sweep_id": sweep_id or uuid.uuid4().hex[:16],
+        "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+        **fields,
+    }
     (sweep_dir / MARKER).write_text(json.dumps(marker, indent=2))
     return marker
 
@@ -132,20 +141,27 @@ def prepare_new(sweep_dir: Location, delete_existing: bool, say=print, force: bo
     if not sweep_dir.exists():
         return
     if not sweep_dir.is_dir():
-        raise SweepFolderError(f"{sweep_dir} exists and is a file, not a sweep folder; choose another --name or "
-                               f"--storage")
+        raise SweepFolderError(
+            f"{sweep_dir} exists and is a file, not a sweep folder; choose another --name or --storage"
+        )
     if not is_sweep(sweep_dir):
         if sweep_dir.list():
-            raise SweepFolderError(f"{sweep_dir} exists and is not a sweep folder (no {MARKER} marker): refusing to "
-                                   f"write into it or delete it; choose another --name or --storage")
+            raise SweepFolderError(
+                f"{sweep_dir} exists and is not a sweep folder (no {MARKER} marker): refusing to "
+                f"write into it or delete it; choose another --name or --storage"
+            )
         return
     if not delete_existing:
-        raise SweepExistsError(f"a sweep already exists at {sweep_dir}; continue it with `l2d-sweep resume "
-                               f"{sweep_dir}`, or pass --new to delete it and start over")
+        raise SweepExistsError(
+            f"a sweep already exists at {sweep_dir}; continue it with `l2d-sweep resume "
+            f"{sweep_dir}`, or pass --new to delete it and start over"
+        )
     held = read_lease(sweep_dir)
     if held is not None and held.stale() is None and not force:
-        raise LeaseHeldError(f"{sweep_dir} is being driven by {held.describe()}; refusing to delete it (--new) while "
-                             f"it runs; pass --force if that driver is gone")
+        raise LeaseHeldError(
+            f"{sweep_dir} is being driven by {held.describe()}; refusing to delete it (--new) while "
+            f"it runs; pass --force if that driver is gone"
+        )
     say(f"--new: deleting the previous sweep at {sweep_dir}")
     sweep_dir.delete()
 
@@ -154,5 +170,3 @@ def trial_id(sweep_id: str, experiment: int, counter: int) -> str:
     """The id of the ``counter``-th trial (1-based) of the sweep's ``experiment``-th Tune experiment: 8 hex digits,
     the same every time, so a trial Tune re-creates after a crash comes back under its own id."""
     return hashlib.sha256(f"{sweep_id}:{experiment}:{counter}".encode()).hexdigest()[:8]
-
-

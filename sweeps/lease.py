@@ -65,24 +65,43 @@ class Lease:
     @classmethod
     def mine(cls) -> Lease:
         now = time.time()
-        return cls(owner=uuid.uuid4().hex, user=_user(), host=socket.gethostname(), pid=os.getpid(),
-                   command=" ".join(["l2d-sweep", *sys.argv[1:]])[:300], acquired=now, heartbeat=now)
+        return cls(
+            owner=uuid.uuid4().hex,
+            user=_user(),
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            command=" ".join(["l2d-sweep", *sys.argv[1:]])[:300],
+            acquired=now,
+            heartbeat=now,
+        )
 
     @classmethod
     def parse(cls, text: str) -> Lease:
         """A lease from its JSON, every field of the right type (ValueError otherwise)."""
         data = json.loads(text)
-        kinds = {"owner": str, "user": str, "host": str, "pid": int, "command": str, "acquired": (int, float),
-                 "heartbeat": (int, float)}
-        if not isinstance(data, dict) or set(data) != set(kinds) or any(
-                not isinstance(data[k], t) or isinstance(data[k], bool) for k, t in kinds.items()):
+        kinds = {
+            "owner": str,
+            "user": str,
+            "host": str,
+            "pid": int,
+            "command": str,
+            "acquired": (int, float),
+            "heartbeat": (int, float),
+        }
+        if (
+            not isinstance(data, dict)
+            or set(data) != set(kinds)
+            or any(not isinstance(data[k], t) or isinstance(data[k], bool) for k, t in kinds.items())
+        ):
             raise ValueError("not a lease")
         return cls(**data)
 
     def describe(self) -> str:
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(self.acquired))
-        return (f"{self.user}@{self.host} pid {self.pid} ({self.command!r}) since {since}, last heartbeat "
-                f"{time.time() - self.heartbeat:.0f} s ago")
+        return (
+            f"{self.user}@{self.host} pid {self.pid} ({self.command!r}) since {since}, last heartbeat "
+            f"{time.time() - self.heartbeat:.0f} s ago"
+        )
 
     def stale(self) -> str | None:
         """Why this lease no longer holds (None while it does)."""
@@ -114,6 +133,7 @@ def _alive(pid: int) -> bool:
 
 
 # --- where the lease lives: one compare-and-swap primitive per store ---------------------------------------------
+
 
 class _LocalLease:
     """The lease file, changed only under an exclusive ``flock`` (created with ``O_EXCL``)."""
@@ -184,8 +204,10 @@ class _S3Lease:
             import boto3
             from botocore.exceptions import ClientError
         except ImportError:
-            raise LeaseError(f"{sweep_dir}: a lease on s3:// needs boto3 (conditional writes keep two drivers from "
-                             f"both holding it): pip install 'l2d-sweep[s3]'") from None
+            raise LeaseError(
+                f"{sweep_dir}: a lease on s3:// needs boto3 (conditional writes keep two drivers from "
+                f"both holding it): pip install 'l2d-sweep[s3]'"
+            ) from None
         from urllib.parse import parse_qsl
 
         options = dict(parse_qsl(sweep_dir.query))
@@ -235,8 +257,10 @@ class _GcsLease:
             from google.api_core.exceptions import NotFound, PreconditionFailed
             from google.cloud import storage
         except ImportError:
-            raise LeaseError(f"{sweep_dir}: a lease on gs:// needs google-cloud-storage (generation preconditions keep "
-                             f"two drivers from both holding it): pip install 'l2d-sweep[gcs]'") from None
+            raise LeaseError(
+                f"{sweep_dir}: a lease on gs:// needs google-cloud-storage (generation preconditions keep "
+                f"two drivers from both holding it): pip install 'l2d-sweep[gcs]'"
+            ) from None
         bucket, _, prefix = sweep_dir.path.partition("/")
         self.blob = storage.Client().bucket(bucket).blob(f"{prefix}/{LEASE}" if prefix else LEASE)
         self.missing, self.conflict = NotFound, PreconditionFailed
@@ -317,9 +341,11 @@ class LeaseKeeper:
                 if held is not None and held.owner != self.lease.owner:
                     why = held.stale()
                     if why is None and not self.force:
-                        raise LeaseHeldError(f"{self.sweep_dir} is being driven by {held.describe()}; wait for it to "
-                                             f"end, or pass --force if that driver is gone (a lease is stale after "
-                                             f"{LEASE_TIMEOUT_S:.0f} s without a heartbeat)")
+                        raise LeaseHeldError(
+                            f"{self.sweep_dir} is being driven by {held.describe()}; wait for it to "
+                            f"end, or pass --force if that driver is gone (a lease is stale after "
+                            f"{LEASE_TIMEOUT_S:.0f} s without a heartbeat)"
+                        )
                     self.say(f"taking over the lease of {self.sweep_dir} from {held.describe()}: {why or '--force'}")
             failpoint("lease-swap")
             token = store.swap(self._text(), token)  # only if the lease is still what was read
@@ -343,8 +369,12 @@ class LeaseKeeper:
         current = read_lease(self.sweep_dir)
         if current is not None and current.owner != self.lease.owner:
             self.lost = current.describe()
-            print(f"l2d-sweep: lost the lease of {self.sweep_dir} to {self.lost}; stopping this driver without "
-                  f"writing anything more", file=sys.stderr, flush=True)
+            print(
+                f"l2d-sweep: lost the lease of {self.sweep_dir} to {self.lost}; stopping this driver without "
+                f"writing anything more",
+                file=sys.stderr,
+                flush=True,
+            )
             os._exit(1)
 
     def _renew(self) -> None:
@@ -362,9 +392,11 @@ class LeaseKeeper:
                 failing_since = failing_since or time.time()
                 logger.warning("%s: could not renew the lease (%s)", self.path, error)
                 if time.time() - failing_since > LEASE_TIMEOUT_S / 2:
-                    self.failure = (f"{self.path}: could not renew the lease for {time.time() - failing_since:.0f} s "
-                                    f"({error}); this driver stops so that no other takes over a live one: resume "
-                                    f"the sweep when the storage is back")
+                    self.failure = (
+                        f"{self.path}: could not renew the lease for {time.time() - failing_since:.0f} s "
+                        f"({error}); this driver stops so that no other takes over a live one: resume "
+                        f"the sweep when the storage is back"
+                    )
                     print(f"l2d-sweep: {self.failure}", file=sys.stderr, flush=True)
                     global stopped_because
                     stopped_because = self.failure
@@ -383,8 +415,9 @@ class LeaseKeeper:
             try:
                 store.delete(self._token)
             except Exception as error:  # noqa: BLE001 - a lease left behind goes stale on its own
-                logger.warning("%s: could not remove the lease (%s); it goes stale in %.0f s", self.path, error,
-                               LEASE_TIMEOUT_S)
+                logger.warning(
+                    "%s: could not remove the lease (%s); it goes stale in %.0f s", self.path, error, LEASE_TIMEOUT_S
+                )
 
     def __enter__(self) -> LeaseKeeper:
         return self.acquire()

@@ -58,12 +58,16 @@ def check_png_target(out: str | Location) -> Location:
 
         for folder in Path(target.path).parents:
             if (folder / SWEEP_MARKER).is_file():
-                raise StorageError(f"--out {target}: is inside the sweep folder {folder}; read commands write nothing "
-                                   f"into a sweep: give a path outside it")
+                raise StorageError(
+                    f"--out {target}: is inside the sweep folder {folder}; read commands write nothing "
+                    f"into a sweep: give a path outside it"
+                )
     if target.exists():
         if target.is_dir() or not written_by_this_tool(target.read_bytes()[:65536]):
-            raise StorageError(f"--out {redact(str(target))}: exists and was not written by l2d-sweep; refusing to "
-                               f"replace it: give a new file")
+            raise StorageError(
+                f"--out {redact(str(target))}: exists and was not written by l2d-sweep; refusing to "
+                f"replace it: give a new file"
+            )
     return target
 
 
@@ -77,8 +81,8 @@ def written_by_this_tool(head: bytes) -> bool:
         return False
     at = 8
     while at + 8 <= len(head):
-        length, kind = struct.unpack(">I4s", head[at:at + 8])
-        data = head[at + 8:at + 8 + length]
+        length, kind = struct.unpack(">I4s", head[at : at + 8])
+        data = head[at + 8 : at + 8 + length]
         if kind == b"tEXt" and data == b"Software\x00l2d-sweep":
             return True
         if kind == b"IDAT":  # matplotlib writes its text chunks before the image data
@@ -152,8 +156,10 @@ def chosen_method(results, method: str | None) -> str:
     _, mode, column = _objective(results)
     if method:
         return method
-    best = results.sql(f"SELECT method FROM trials WHERE {column} IS NOT NULL ORDER BY {column} "
-                       f"{'DESC' if mode == 'max' else 'ASC'} LIMIT 1").to_pylist()
+    best = results.sql(
+        f"SELECT method FROM trials WHERE {column} IS NOT NULL ORDER BY {column} "
+        f"{'DESC' if mode == 'max' else 'ASC'} LIMIT 1"
+    ).to_pylist()
     if not best:
         raise NotEnoughData(f"{results.sweep_dir}: no scored trial yet")
     return best[0]["method"]
@@ -169,8 +175,7 @@ def parallel_figure(results, spec, method: str | None = None):
     names = searched_parameters(spec, method)
     rows = [r for r in results.trials.to_pylist() if r["method"] == method and r.get(column) is not None]
     if not names or not rows:
-        raise NotEnoughData(f"{results.sweep_dir}: method {method!r} has no searched hyperparameter or no scored "
-                            f"trial")
+        raise NotEnoughData(f"{results.sweep_dir}: method {method!r} has no searched hyperparameter or no scored trial")
     axes_names = [*names, column]
     figure, axes = plt.subplots(figsize=(1.8 * len(axes_names) + 2, 4))
     values = {n: [r[n] for r in rows] for n in axes_names}
@@ -188,8 +193,10 @@ def parallel_figure(results, spec, method: str | None = None):
         colour = cm.viridis(0.5 if high == low else (row[column] - low) / (high - low))
         axes.plot(range(len(axes_names)), [scaled(n, row[n]) for n in axes_names], c=colour, alpha=0.8)
     axes.set_xticks(range(len(axes_names)))
-    axes.set_xticklabels([f"{n}\n{min(values[n]):.3g}-{max(values[n]):.3g}" + (" (log)" if logs[n] else "")
-                          for n in axes_names], fontsize=8)
+    axes.set_xticklabels(
+        [f"{n}\n{min(values[n]):.3g}-{max(values[n]):.3g}" + (" (log)" if logs[n] else "") for n in axes_names],
+        fontsize=8,
+    )
     axes.set_yticks([])
     axes.set_title(f"{method}: {len(rows)} trials, coloured by {metric}")
     figure.tight_layout()
@@ -204,24 +211,35 @@ def importances(study, spec, method: str, evaluator: str = "ped-anova") -> tuple
     import optuna
 
     names = searched_parameters(spec, method)
-    trials = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE and t.params.get("method") ==
-              method and all(n in t.params for n in names) and "warm_start_from" not in t.user_attrs]
+    trials = [
+        t
+        for t in study.trials
+        if t.state == optuna.trial.TrialState.COMPLETE
+        and t.params.get("method") == method
+        and all(n in t.params for n in names)
+        and "warm_start_from" not in t.user_attrs
+    ]
     if len(trials) < 2 or not names:
         return {}, len(trials)
     sub = optuna.create_study(directions=study.directions)
     for trial in trials:
-        sub.add_trial(optuna.trial.create_trial(
-            params={n: trial.params[n] for n in names}, distributions={n: trial.distributions[n] for n in names},
-            values=trial.values, state=trial.state))
+        sub.add_trial(
+            optuna.trial.create_trial(
+                params={n: trial.params[n] for n in names},
+                distributions={n: trial.distributions[n] for n in names},
+                values=trial.values,
+                state=trial.state,
+            )
+        )
     if evaluator == "fanova":
         chosen = optuna.importance.FanovaImportanceEvaluator(seed=0)
     else:
         chosen = optuna.importance.PedAnovaImportanceEvaluator()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        found = optuna.importance.get_param_importances(sub, evaluator=chosen,
-                                                        target=(lambda t: t.values[0]) if len(study.directions) > 1
-                                                        else None)
+        found = optuna.importance.get_param_importances(
+            sub, evaluator=chosen, target=(lambda t: t.values[0]) if len(study.directions) > 1 else None
+        )
     return dict(found), len(trials)
 
 
@@ -230,8 +248,10 @@ def importance_figure(study, spec, results, method: str | None = None):
     method = chosen_method(results, method)
     found, count = importances(study, spec, method)
     if not found:
-        raise NotEnoughData(f"method {method!r} has {count} finished trial(s) with every searched hyperparameter: too "
-                            f"few for an importance; grow the sweep with `l2d-sweep extend`")
+        raise NotEnoughData(
+            f"method {method!r} has {count} finished trial(s) with every searched hyperparameter: too "
+            f"few for an importance; grow the sweep with `l2d-sweep extend`"
+        )
     figure, axes = plt.subplots(figsize=(6, 0.5 * len(found) + 1.5))
     names = list(found)[::-1]
     axes.barh(names, [found[n] for n in names], color="C0")
@@ -292,8 +312,9 @@ def rung_correlations(results, spec) -> list[dict]:
             by_trial.setdefault(row["trial_id"], {})[int(row["epoch"])] = row[metric]
     found = []
     for milestone in milestones:
-        pairs = [(v[milestone], v[budget.max_epochs]) for v in by_trial.values()
-                 if milestone in v and budget.max_epochs in v]
+        pairs = [
+            (v[milestone], v[budget.max_epochs]) for v in by_trial.values() if milestone in v and budget.max_epochs in v
+        ]
         rho = float(spearmanr([p[0] for p in pairs], [p[1] for p in pairs]).statistic) if len(pairs) >= 3 else None
         found.append({"rung": milestone, "trials": len(pairs), "spearman": rho, "pairs": pairs})
     return found
@@ -306,15 +327,18 @@ def rungs_figure(results, spec):
     if not found:
         raise NotEnoughData("the sweep has no ASHA rung below max_epochs")
     if all(rung["trials"] < 3 for rung in found):
-        raise NotEnoughData(f"a rung's correlation needs 3 trials that ran every epoch; "
-                            f"{max(rung['trials'] for rung in found)} did (ASHA stopped the others): grow the sweep "
-                            f"with `l2d-sweep extend`")
+        raise NotEnoughData(
+            f"a rung's correlation needs 3 trials that ran every epoch; "
+            f"{max(rung['trials'] for rung in found)} did (ASHA stopped the others): grow the sweep "
+            f"with `l2d-sweep extend`"
+        )
     figure, axes = plt.subplots(1, len(found), figsize=(4 * len(found), 3.8), squeeze=False)
     for axis, rung in zip(axes[0], found):
         axis.scatter([p[0] for p in rung["pairs"]], [p[1] for p in rung["pairs"]], s=18)
         rho = "n/a (fewer than 3 trials)" if rung["spearman"] is None else f"{rung['spearman']:+.2f}"
-        axis.set_title(f"rung at epoch {rung['rung']}: Spearman {rho}\n({rung['trials']} trials ran every epoch)",
-                       fontsize=9)
+        axis.set_title(
+            f"rung at epoch {rung['rung']}: Spearman {rho}\n({rung['trials']} trials ran every epoch)", fontsize=9
+        )
         axis.set_xlabel(f"{metric} at epoch {rung['rung']}")
         axis.set_ylabel(f"{metric} at epoch {spec.budget.max_epochs}")
     figure.tight_layout()

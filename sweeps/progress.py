@@ -86,20 +86,30 @@ class ProgressView:
                 from rich.text import Text
 
                 text = view._status or "starting"
-                return Text(f"[{clock(time.time() - view.started)}] {text}", style="bold", overflow="ellipsis",
-                            no_wrap=True)
+                return Text(
+                    f"[{clock(time.time() - view.started)}] {text}", style="bold", overflow="ellipsis", no_wrap=True
+                )
 
         terminal = {id(sys.stdout), id(sys.stderr), id(sys.__stdout__), id(sys.__stderr__)}
-        self._live = Live(_Line(), console=self._console, refresh_per_second=2, transient=True,
-                          redirect_stdout=True, redirect_stderr=True)
+        self._live = Live(
+            _Line(),
+            console=self._console,
+            refresh_per_second=2,
+            transient=True,
+            redirect_stdout=True,
+            redirect_stderr=True,
+        )
         self._live.start()
         # Log records (Ray's, Tune's) go through handlers that hold the terminal's stream itself: point them at the
         # redirected one for the view's life, so that they scroll above the live line instead of through it.
         self._handlers = []
         for logger in [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]:
             for handler in getattr(logger, "handlers", []):
-                if isinstance(handler, logging.StreamHandler) and not isinstance(handler, logging.FileHandler) \
-                        and id(handler.stream) in terminal:
+                if (
+                    isinstance(handler, logging.StreamHandler)
+                    and not isinstance(handler, logging.FileHandler)
+                    and id(handler.stream) in terminal
+                ):
                     previous = handler.setStream(sys.stderr)
                     if previous is not None:
                         self._handlers.append((handler, previous))

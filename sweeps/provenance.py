@@ -41,10 +41,15 @@ def git_commit() -> str | None:
     if not (root / ".git").exists():
         return None
     try:
-        commit = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                                timeout=10, check=True).stdout.strip()
-        dirty = subprocess.run(["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
-                               capture_output=True, text=True, timeout=10).stdout.strip()
+        commit = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "-C", str(root), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+        ).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         return None
     return commit + ("+dirty" if dirty else "")
@@ -54,8 +59,11 @@ def devices() -> dict:
     """This machine's accelerators by name, and the Ray cluster's resources when Ray is up."""
     import torch
 
-    found: dict = {"local": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-                   if torch.cuda.is_available() else ["cpu"]}
+    found: dict = {
+        "local": [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
+        if torch.cuda.is_available()
+        else ["cpu"]
+    }
     try:
         import ray
 
@@ -73,10 +81,19 @@ class RunRecord:
 
     def __init__(self, sweep_dir: Location, action: str):
         self.file = sweep_dir / RUN_FILE
-        self.entry = {"action": action, "command": " ".join(["l2d-sweep", *sys.argv[1:]]), "user": _user(),
-                      "host": socket.gethostname(), "platform": platform.platform(), "started": _now(),
-                      "ended": None, "outcome": None, "versions": versions(), "git_commit": git_commit(),
-                      "devices": None}
+        self.entry = {
+            "action": action,
+            "command": " ".join(["l2d-sweep", *sys.argv[1:]]),
+            "user": _user(),
+            "host": socket.gethostname(),
+            "platform": platform.platform(),
+            "started": _now(),
+            "ended": None,
+            "outcome": None,
+            "versions": versions(),
+            "git_commit": git_commit(),
+            "devices": None,
+        }
         self._index: int | None = None
 
     def _entries(self) -> list[dict]:

@@ -32,18 +32,18 @@ from typing import Callable
 import yaml
 
 from l2d.storage import Location
+
 # Tune pickles the searcher and the callbacks into the experiment; sweeps written before these moved to their own
 # modules name them here, so both names must keep resolving.
 from sweeps.callback import SweepCallback  # noqa: F401
-from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, \
-    tune_dir_name  # noqa: F401 - init_ray and check_local_resources are imported from here too
+from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, tune_dir_name
 from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401
 from sweeps.lease import LeaseError
 from sweeps.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
 from sweeps.search import DefineByRunSpace  # noqa: F401
 from sweeps.spec import SweepSpec, with_overrides
-from sweeps.stored import load_sweep_spec, sweep_exists  # noqa: F401 - part of the drivers' interface
+from sweeps.stored import load_sweep_spec, sweep_exists
 from sweeps.vocab import SCORED
 
 logger = logging.getLogger(__name__)
@@ -94,8 +94,10 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
 
     def body(lease, marker):
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
-        say(f"sweep {spec.sweep_dir.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
-            f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}")
+        say(
+            f"sweep {spec.sweep_dir.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
+            f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}"
+        )
         _fit(build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0))
 
     return _drive(spec, "run", driver, prepare, body, write_spec=True, new_folder=True)
@@ -124,14 +126,24 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
         if not recorded.counts:
             say(f"{spec.sweep_dir}: the sweep stopped before its first trial; starting its trials now")
         else:
-            say(f"{spec.sweep_dir}: Tune's experiment is not restored ({why}); continuing from the "
-                f"{recorded.finished} finished trial(s) in the results: {max(remaining, 0)} more in a new experiment")
+            say(
+                f"{spec.sweep_dir}: Tune's experiment is not restored ({why}); continuing from the "
+                f"{recorded.finished} finished trial(s) in the results: {max(remaining, 0)} more in a new experiment"
+            )
             experiment = _next_experiment(spec, marker)
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         if remaining > 0:
             budget = replace(spec.budget, num_samples=remaining)
-            _fit(build_tuner(replace(spec, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
-                             total_trials=spec.budget.num_samples))
+            _fit(
+                build_tuner(
+                    replace(spec, budget=budget),
+                    driver.quiet,
+                    lease,
+                    marker["sweep_id"],
+                    experiment,
+                    total_trials=spec.budget.num_samples,
+                )
+            )
         else:
             _close_unfinished(spec)
 
@@ -146,8 +158,9 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
             return False
         # A driver killed before or inside its last rewrite of the compacted pair: it is written now, whole.
         published = writer.manifest.published.get("generation")
-        if published != writer.manifest.generation or not (writer.trials_file.is_file() and
-                                                             writer.epochs_file.is_file()):
+        if published != writer.manifest.generation or not (
+            writer.trials_file.is_file() and writer.epochs_file.is_file()
+        ):
             writer.publish()
         say(f"{spec.sweep_dir}: every trial has finished ({recorded.describe()}); nothing to run")
         return True
@@ -155,8 +168,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     return _drive(spec, "resume", driver, lambda: sweep_identity(spec, repair=True), body, settled=settled)
 
 
-def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | None = None,
-                 **options) -> SweepOutcome:
+def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | None = None, **options) -> SweepOutcome:
     """Grow a finished sweep by ``num_samples`` trials (of up to ``max_epochs`` epochs, default: as before): a new
     Tune experiment in the same folder, on the same study (the sampler sees every earlier trial), with ASHA's rungs
     and the results tables carried on. Resumable like a run (``resume``).
@@ -173,21 +185,36 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
     spec = load_sweep_spec(sweep_dir, driver=True)
     recorded = outcome(spec.sweep_dir)
     if recorded.unfinished or recorded.finished < spec.budget.num_samples:
-        raise SweepFolderError(f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
-                               f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then extend it")
-    grown = with_overrides(spec, f"{spec.sweep_dir / 'spec.yaml'} (extended)",
-                           **{"budget.num_samples": spec.budget.num_samples + num_samples,
-                              "budget.max_epochs": max_epochs})
+        raise SweepFolderError(
+            f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
+            f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then extend it"
+        )
+    grown = with_overrides(
+        spec,
+        f"{spec.sweep_dir / 'spec.yaml'} (extended)",
+        **{"budget.num_samples": spec.budget.num_samples + num_samples, "budget.max_epochs": max_epochs},
+    )
 
     def body(lease, marker):
         update_marker(grown.sweep_dir, spec_digest=spec_digest(grown))  # its spec grows by this tool's hand
         experiment = _next_experiment(grown, marker)
         _reconcile_study(grown, marker["sweep_id"], say, finished=True)
-        say(f"extending sweep {grown.sweep_dir.name}: {num_samples} more trial(s) of up to {grown.budget.max_epochs} epochs "
-            f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}")
+        say(
+            f"extending sweep {grown.sweep_dir.name}: {num_samples} more trial(s) of up to "
+            f"{grown.budget.max_epochs} epochs "
+            f"({grown.budget.num_samples} in all); experiment {tune_dir_name(experiment)}"
+        )
         budget = replace(grown.budget, num_samples=num_samples)
-        _fit(build_tuner(replace(grown, budget=budget), driver.quiet, lease, marker["sweep_id"], experiment,
-                         total_trials=grown.budget.num_samples))
+        _fit(
+            build_tuner(
+                replace(grown, budget=budget),
+                driver.quiet,
+                lease,
+                marker["sweep_id"],
+                experiment,
+                total_trials=grown.budget.num_samples,
+            )
+        )
 
     return _drive(grown, "extend", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
 
@@ -203,9 +230,11 @@ def run_or_resume(spec: SweepSpec, **options) -> SweepOutcome:
         return run_sweep(spec, **options)
     changed = spec_differences(load_sweep_spec(spec.sweep_dir).to_dict(), spec.to_dict())
     if changed:
-        raise SweepFolderError(f"--or-resume: {spec.sweep_dir} was started with another spec ({'; '.join(changed)}); "
-                               f"resume it as it is (without the changes), start another sweep (--name), or grow it "
-                               f"with `l2d-sweep extend`")
+        raise SweepFolderError(
+            f"--or-resume: {spec.sweep_dir} was started with another spec ({'; '.join(changed)}); "
+            f"resume it as it is (without the changes), start another sweep (--name), or grow it "
+            f"with `l2d-sweep extend`"
+        )
     DriverOptions(**options).say()(f"{spec.sweep_dir} exists: resuming it (--or-resume)")
     return resume_sweep(spec.sweep_dir, **options)
 
@@ -225,9 +254,17 @@ def spec_differences(stored: dict, given: dict, prefix: str = "") -> list[str]:
 
 # --- the lifecycle ---------------------------------------------------------------------------------------------------
 
-def _drive(spec: SweepSpec, action: str, driver: DriverOptions, prepare: Callable[[], dict], body,
-           write_spec: bool = False, new_folder: bool = False,
-           settled: Callable[[dict], bool] | None = None) -> SweepOutcome:
+
+def _drive(
+    spec: SweepSpec,
+    action: str,
+    driver: DriverOptions,
+    prepare: Callable[[], dict],
+    body,
+    write_spec: bool = False,
+    new_folder: bool = False,
+    settled: Callable[[dict], bool] | None = None,
+) -> SweepOutcome:
     """One driver's life: checks, the folder (``prepare`` returns its marker), the lease, the record, Ray, the teacher
     phase, ``body(lease, marker)``, the study reconciled; the lease released and the record closed whatever happens.
     ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
@@ -330,8 +367,10 @@ def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
     added, skipped = add_recorded(study, spec, rows, {"warm_start_from": spec.warm_start})
     store.push()
     reasons = ", ".join(f"{n} {why}" for why, n in skipped.items())
-    say(f"warm start: {added} finished trial(s) of {spec.warm_start} in the study"
-        + (f"; {sum(skipped.values())} skipped ({reasons})" if skipped else ""))
+    say(
+        f"warm start: {added} finished trial(s) of {spec.warm_start} in the study"
+        + (f"; {sum(skipped.values())} skipped ({reasons})" if skipped else "")
+    )
     return added
 
 
@@ -390,11 +429,19 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
         return None, "no experiment state"
     unsigned = Signatures(spec.sweep_dir).unsigned(folder)
     if unsigned and not trust:
-        return None, (f"{len(unsigned)} of its files are not signed by this user's key ({unsigned[0]}...): they could "
-                      f"run any code; pass --trust to load them if you vouch for this folder")
+        return None, (
+            f"{len(unsigned)} of its files are not signed by this user's key ({unsigned[0]}...): they could "
+            f"run any code; pass --trust to load them if you vouch for this folder"
+        )
     try:
-        tuner = tune.Tuner.restore(storage_path, trainable=trainable(spec), resume_unfinished=True,
-                                   resume_errored=False, restart_errored=False, storage_filesystem=filesystem)
+        tuner = tune.Tuner.restore(
+            storage_path,
+            trainable=trainable(spec),
+            resume_unfinished=True,
+            resume_errored=False,
+            restart_errored=False,
+            storage_filesystem=filesystem,
+        )
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     set_restored_callbacks(tuner, callbacks(spec, quiet, lease, sweep_id, experiment))

@@ -56,8 +56,14 @@ class PersistentASHA(ASHAScheduler):
             aside = location.parent / f"{location.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
             location.move(aside)
             self._rebuild()
-            logger.warning("%s: unreadable ASHA state (%s); set it aside as %s and rebuilt %d rung records from "
-                           "results/epochs.parquet", location, error, aside.name, self.num_records())
+            logger.warning(
+                "%s: unreadable ASHA state (%s); set it aside as %s and rebuilt %d rung records from "
+                "results/epochs.parquet",
+                location,
+                error,
+                aside.name,
+                self.num_records(),
+            )
             self._save()
             return
         logger.info("ASHA rungs restored from %s (%d records)", self.state_uri, self.num_records())
@@ -80,9 +86,9 @@ class PersistentASHA(ASHAScheduler):
         return _fences.asha_rungs(self)
 
     def _save(self) -> None:
-        Location.parse(self.state_uri).write_text(json.dumps({"brackets": self.rungs(),
-                                                               "num_stopped": _fences.asha_stopped(self),
-                                                               "stopped": self._stopped}))
+        Location.parse(self.state_uri).write_text(
+            json.dumps({"brackets": self.rungs(), "num_stopped": _fences.asha_stopped(self), "stopped": self._stopped})
+        )
 
     def on_trial_add(self, tune_controller, trial):
         self._ensure_loaded()

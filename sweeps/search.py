@@ -65,9 +65,15 @@ def first_points(spec: SweepSpec) -> list[dict]:
     from l2d.run import default_hparams
 
     if spec.first_points:  # the spec's own, checked against its space when it was parsed
-        return [{"pairing": p["teacher"], f"student@{p['teacher']}": p["student"], "method": p["method"],
-                 **{k: v for k, v in p.items() if k not in ("teacher", "student", "method")}}
-                for p in spec.first_points]
+        return [
+            {
+                "pairing": p["teacher"],
+                f"student@{p['teacher']}": p["student"],
+                "method": p["method"],
+                **{k: v for k, v in p.items() if k not in ("teacher", "student", "method")},
+            }
+            for p in spec.first_points
+        ]
     method = "l2d" if "l2d" in spec.methods else spec.methods[0]
     teacher, students = spec.pairings[0].teacher, spec.pairings[0].students
     point = {"pairing": teacher, f"student@{teacher}": students[0], "method": method}
@@ -103,9 +109,15 @@ def trial_run(base: RunConfig, config: dict, weights: dict | None = None) -> Run
     decoded = decode(config)
     hparams, lr = trial_hparams(decoded)
     weights = weights or {}
-    return base.replace(teacher=decoded["teacher"], student=decoded["student"], method=decoded["method"],
-                        hparams=hparams, lr=lr, teacher_weights=weights.get(decoded["teacher"]),
-                        student_weights=weights.get(decoded["student"]))
+    return base.replace(
+        teacher=decoded["teacher"],
+        student=decoded["student"],
+        method=decoded["method"],
+        hparams=hparams,
+        lr=lr,
+        teacher_weights=weights.get(decoded["teacher"]),
+        student_weights=weights.get(decoded["student"]),
+    )
 
 
 def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
@@ -125,9 +137,11 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
     if teacher not in teachers or student not in students[teacher] or method not in spec.methods:
         return None
     params = {"pairing": teacher, f"student@{teacher}": student, "method": method}
-    dists = {"pairing": optuna.distributions.CategoricalDistribution(teachers),
-             f"student@{teacher}": optuna.distributions.CategoricalDistribution(students[teacher]),
-             "method": optuna.distributions.CategoricalDistribution(list(spec.methods))}
+    dists = {
+        "pairing": optuna.distributions.CategoricalDistribution(teachers),
+        f"student@{teacher}": optuna.distributions.CategoricalDistribution(students[teacher]),
+        "method": optuna.distributions.CategoricalDistribution(list(spec.methods)),
+    }
     for name in ("lr", *METHODS[method].defaults):
         searched = spec.search_space.get(name)
         value = decoded.get(name)
@@ -138,8 +152,9 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
             dists[name] = optuna.distributions.FloatDistribution(searched.low, searched.high, log=searched.log)
         else:
             expected = searched if searched is not None else default_hparams(spec.dataset.name, method).get(name)
-            if (expected is None) != (value is None) or (expected is not None and not math.isclose(
-                    float(expected), float(value), rel_tol=1e-9)):
+            if (expected is None) != (value is None) or (
+                expected is not None and not math.isclose(float(expected), float(value), rel_tol=1e-9)
+            ):
                 return None
     return params, dists
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import pickle
 
 import optuna
@@ -23,6 +22,7 @@ from sweeps.study import StudyStore, build_sampler, open_study, tell
 from sweeps.vocab import better
 
 logger = logging.getLogger(__name__)
+
 
 class StudySearcher(Searcher):
     """Ray Tune's searcher over the sweep's study: Tune asks, the study answers and remembers (see the module
@@ -107,9 +107,14 @@ class StudySearcher(Searcher):
             self.space(trial)
             params, number = dict(trial.params), trial.number
             decoded = decode(params)
-            for key, value in {"tune_trial_id": trial_id, "teacher": decoded["teacher"],
-                               "student": decoded["student"], "method": decoded["method"], "status": "running",
-                               "sweep_id": self.sweep_id}.items():
+            for key, value in {
+                "tune_trial_id": trial_id,
+                "teacher": decoded["teacher"],
+                "student": decoded["student"],
+                "method": decoded["method"],
+                "status": "running",
+                "sweep_id": self.sweep_id,
+            }.items():
                 trial.set_user_attr(key, value)
         constants = self.space(optuna.trial.FixedTrial(params))
         self.numbers[trial_id] = number
@@ -186,8 +191,10 @@ class StudySearcher(Searcher):
         data = self.state_file.read_bytes() if self.state_file.is_file() else None
         trusted = getattr(self, "trusted", False)
         if data is not None and not trusted and not Signatures(self.store.sweep_dir).check(self.state_file.name, data):
-            logger.warning("%s: not signed by this user's key; not loaded (Tune's copy, checked with the experiment, "
-                           "is used)", self.state_file)
+            logger.warning(
+                "%s: not signed by this user's key; not loaded (Tune's copy, checked with the experiment, is used)",
+                self.state_file,
+            )
             data = None
         if data is not None:
             try:
@@ -195,8 +202,11 @@ class StudySearcher(Searcher):
                 if len(newer["numbers"]) >= len(state["numbers"]):
                     state = newer
             except Exception as error:  # noqa: BLE001 - a damaged pickle: Tune's copy is the fallback
-                logger.warning("%s: unreadable searcher state (%s); using Tune's saved copy", self.state_file,
-                               str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+                logger.warning(
+                    "%s: unreadable searcher state (%s); using Tune's saved copy",
+                    self.state_file,
+                    str(error).splitlines()[0][:200] if str(error) else type(error).__name__,
+                )
         self.numbers, self.best, self.reported = state["numbers"], state["best"], state["reported"]
         self.sampler = state["sampler"]
         self._study = None

@@ -90,8 +90,9 @@ class Budget:
     reduction_factor: number(1.0, exclusive=True, help="ASHA's reduction factor (> 1)") = 2.0
     teacher_epochs: integer(1, 100_000, optional=True, help="epochs of each teacher (default: the dataset's)") = None
     # the teachers' OneCycle length when they stop early (official: 80, stopped at 30)
-    teacher_schedule_epochs: integer(1, 100_000, optional=True, help="the teachers' OneCycle length when longer "
-                                                                     "than teacher_epochs") = None
+    teacher_schedule_epochs: integer(
+        1, 100_000, optional=True, help="the teachers' OneCycle length when longer than teacher_epochs"
+    ) = None
     searcher: choice(SEARCHERS, help="Optuna's TPE, random search, or NSGA-II (several objectives)") = "tpe"
     scheduler: choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)") = "asha"
 
@@ -117,8 +118,9 @@ class RecipeSpec:
     embed_dim: integer(8, 8192, optional=True, help="label-wise embedding size D, a multiple of 8") = None
     num_workers: integer(0, 256, help="DataLoader workers per rank") = 0
     channels_last: flag("channels-last memory layout (default: the dataset's; on CUDA)", optional=True) = None
-    grad_share_every: integer(0, 1_000_000, optional=True, help="gradient-share diagnostics every N steps (0: off; "
-                                                               "default 50)") = None
+    grad_share_every: integer(
+        0, 1_000_000, optional=True, help="gradient-share diagnostics every N steps (0: off; default 50)"
+    ) = None
 
 
 @dataclass(frozen=True)
@@ -136,7 +138,7 @@ class SweepSpec:
     storage: str
     metric: str = "val_mAP"
     mode: str = "max"
-    objectives: tuple = ()          # ((metric, mode), ...) when several; empty: (metric, mode) alone
+    objectives: tuple = ()  # ((metric, mode), ...) when several; empty: (metric, mode) alone
     study_storage: str | None = None
     warm_start: str | None = None
     keep: str = "best+last"
@@ -190,19 +192,32 @@ class SweepSpec:
         the learning rate): the dataset, the recipe, the teachers' budget, the seed."""
         from l2d.run import RunConfig
 
-        return RunConfig(dataset=self.dataset.name, data_root=self.dataset.root,
-                         dataset_options=dict(self.dataset.options), image_size=self.dataset.image_size,
-                         embed_dim=self.recipe.embed_dim, epochs=self.budget.max_epochs,
-                         teacher_epochs=self.budget.teacher_epochs,
-                         teacher_schedule_epochs=self.budget.teacher_schedule_epochs, batch_size=self.recipe.batch_size,
-                         weight_decay=self.recipe.weight_decay, pct_start=self.recipe.pct_start,
-                         num_workers=self.recipe.num_workers, seed=self.seed,
-                         channels_last=self.recipe.channels_last, grad_share_every=self.recipe.grad_share_every)
+        return RunConfig(
+            dataset=self.dataset.name,
+            data_root=self.dataset.root,
+            dataset_options=dict(self.dataset.options),
+            image_size=self.dataset.image_size,
+            embed_dim=self.recipe.embed_dim,
+            epochs=self.budget.max_epochs,
+            teacher_epochs=self.budget.teacher_epochs,
+            teacher_schedule_epochs=self.budget.teacher_schedule_epochs,
+            batch_size=self.recipe.batch_size,
+            weight_decay=self.recipe.weight_decay,
+            pct_start=self.recipe.pct_start,
+            num_workers=self.recipe.num_workers,
+            seed=self.seed,
+            channels_last=self.recipe.channels_last,
+            grad_share_every=self.recipe.grad_share_every,
+        )
 
     def run_for(self, teacher: str, student: str | None = None) -> "RunConfig":
         """:meth:`base_run` for one pairing, with each backbone's initial weights from ``weights``."""
-        return self.base_run().replace(teacher=teacher, student=student, teacher_weights=self.weights.get(teacher),
-                                       student_weights=self.weights.get(student) if student else None)
+        return self.base_run().replace(
+            teacher=teacher,
+            student=student,
+            teacher_weights=self.weights.get(teacher),
+            student_weights=self.weights.get(student) if student else None,
+        )
 
     def to_dict(self) -> dict:
         data = asdict(self)
@@ -245,9 +260,28 @@ class SweepSpec:
 # --- validation -------------------------------------------------------------------------------------------------
 
 #: Top-level keys, in the order errors are reported.
-TOP_LEVEL = ("name", "dataset", "metric", "mode", "objectives", "pairings", "methods", "search_space", "budget",
-             "resources", "recipe", "storage", "seed", "max_student_params", "weights", "study_storage", "warm_start",
-             "keep", "tracking", "first_points")
+TOP_LEVEL = (
+    "name",
+    "dataset",
+    "metric",
+    "mode",
+    "objectives",
+    "pairings",
+    "methods",
+    "search_space",
+    "budget",
+    "resources",
+    "recipe",
+    "storage",
+    "seed",
+    "max_student_params",
+    "weights",
+    "study_storage",
+    "warm_start",
+    "keep",
+    "tracking",
+    "first_points",
+)
 
 
 def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
@@ -281,12 +315,17 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         _budget_rules(errors, budget)
     resources = validate_section(errors, Resources, data.get("resources") or {}, "resources")
     if resources is not None and resources.trainer == "in-process" and resources.workers_per_trial != 1:
-        errors.add("resources.trainer", f"in-process runs one worker, but workers_per_trial is "
-                                        f"{resources.workers_per_trial}; allowed: torch-trainer or auto")
+        errors.add(
+            "resources.trainer",
+            f"in-process runs one worker, but workers_per_trial is "
+            f"{resources.workers_per_trial}; allowed: torch-trainer or auto",
+        )
     recipe = validate_section(errors, RecipeSpec, data.get("recipe") or {}, "recipe")
     if recipe is not None and recipe.embed_dim is not None and recipe.embed_dim % 8:
-        errors.add("recipe.embed_dim", f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the decoder's 8 "
-                                       f"attention heads)")
+        errors.add(
+            "recipe.embed_dim",
+            f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the decoder's 8 attention heads)",
+        )
     storage = _location(errors, data.get("storage", "./runs"), "storage")
     seed = errors.value(integer(0, MAX_SEED), data.get("seed", 0), "seed")
     max_params = data.get("max_student_params")
@@ -302,11 +341,28 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     if max_params is not None:  # counts parameters: needs torch; only once everything else is right
         _student_sizes(errors, pairings, max_params, dataset, recipe)
         errors.raise_if_any()
-    return SweepSpec(name=name, dataset=dataset, pairings=tuple(pairings), methods=methods,
-                     search_space=search_space, budget=budget, resources=resources, recipe=recipe, storage=storage,
-                     metric=metric, mode=mode, seed=seed, max_student_params=max_params, weights=weights,
-                     objectives=objectives if len(objectives) > 1 else (), study_storage=study_storage,
-                     warm_start=warm_start, keep=keep, tracking=tracking, first_points=first)
+    return SweepSpec(
+        name=name,
+        dataset=dataset,
+        pairings=tuple(pairings),
+        methods=methods,
+        search_space=search_space,
+        budget=budget,
+        resources=resources,
+        recipe=recipe,
+        storage=storage,
+        metric=metric,
+        mode=mode,
+        seed=seed,
+        max_student_params=max_params,
+        weights=weights,
+        objectives=objectives if len(objectives) > 1 else (),
+        study_storage=study_storage,
+        warm_start=warm_start,
+        keep=keep,
+        tracking=tracking,
+        first_points=first,
+    )
 
 
 def _name(errors: Errors, raw: Any) -> str | None:
@@ -320,8 +376,9 @@ def _name(errors: Errors, raw: Any) -> str | None:
     elif not name or not all(c.isascii() and (c.isalnum() or c in "-_.") for c in name) or name.startswith("."):
         errors.add("name", f"{shown(name)} is not allowed; use letters, digits, '-', '_' and '.' (ASCII)")
     elif name in RESERVED:
-        errors.add("name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); choose another "
-                           f"name")
+        errors.add(
+            "name", f"{name!r} is reserved (the storage's shared folders: {', '.join(RESERVED)}); choose another name"
+        )
     return name
 
 
@@ -334,8 +391,10 @@ def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
     if spec is None:
         return None
     if spec.name not in DATASETS:
-        errors.add("dataset.name", f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}"
-                   + errors.suggest(spec.name, DATASETS))
+        errors.add(
+            "dataset.name",
+            f"unknown dataset {spec.name!r}; allowed: {', '.join(DATASETS)}" + errors.suggest(spec.name, DATASETS),
+        )
         return None
     info = DATASETS[spec.name]
     if info.needs_root and not spec.root:
@@ -345,8 +404,10 @@ def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
         return None
     for key, value in spec.options.items():
         if key not in info.options:
-            errors.add(f"dataset.options.{key}", f"unknown key; allowed keys: {', '.join(sorted(info.options))}"
-                       + errors.suggest(key, info.options))
+            errors.add(
+                f"dataset.options.{key}",
+                f"unknown key; allowed keys: {', '.join(sorted(info.options))}" + errors.suggest(key, info.options),
+            )
             continue
         try:
             info.options[key].check(value)  # the dataset's own rule (l2d.data), the one build_dataset applies
@@ -375,8 +436,11 @@ def _objectives(errors: Errors, raw: Any) -> tuple:
         mode = errors.value(choice(("min", "max")), item.get("mode", default_mode(metric)), f"{where}.mode")
         objectives.append((metric, mode))
     if objectives and objectives[0][0] not in METRICS:
-        errors.add("objectives[0].metric", f"{objectives[0][0]!r} is not allowed first; the first objective is what "
-                                           f"ASHA stops on, a per-epoch metric: {', '.join(METRICS)}")
+        errors.add(
+            "objectives[0].metric",
+            f"{objectives[0][0]!r} is not allowed first; the first objective is what "
+            f"ASHA stops on, a per-epoch metric: {', '.join(METRICS)}",
+        )
     metrics = [m for m, _ in objectives]
     if len(set(metrics)) != len(metrics):
         errors.add("objectives", f"names a metric twice: {metrics}")
@@ -392,8 +456,9 @@ def _metric_mode(errors: Errors, data: dict, objectives: tuple) -> tuple[str, st
         return objectives[0]
     metric = errors.value(text(), data.get("metric", "val_mAP"), "metric") or "val_mAP"
     if metric not in METRICS:
-        errors.add("metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}" + errors.suggest(metric,
-                                                                                                        METRICS))
+        errors.add(
+            "metric", f"unknown metric {metric!r}; allowed: {', '.join(METRICS)}" + errors.suggest(metric, METRICS)
+        )
     mode = data.get("mode", default_mode(metric))
     if mode not in ("min", "max"):
         errors.add("mode", f"{mode!r} is not allowed; allowed: min, max")
@@ -422,16 +487,25 @@ def _study_storage(errors: Errors, raw: Any) -> str | None:
         return None
     dialect = url.split("://", 1)[0] if "://" in url else ""
     if dialect not in STUDY_DIALECTS:
-        errors.add("study_storage", f"{url.split('@')[-1]!r}: unsupported database; allowed: a SQLAlchemy URL of "
-                                    f"{', '.join(STUDY_DIALECTS)}")
+        errors.add(
+            "study_storage",
+            f"{url.split('@')[-1]!r}: unsupported database; allowed: a SQLAlchemy URL of {', '.join(STUDY_DIALECTS)}",
+        )
         return None
     secret = credentials_in_uri(url)
     if secret:
         where = "a password" if secret[0] == "password" else f"a credential ({secret[0]})"
-        remedy = ("PGPASSWORD, PGSSLKEY or ~/.pgpass for PostgreSQL" if dialect.startswith("postgresql") else
-                  "MYSQL_PWD or ~/.my.cnf for MySQL" if dialect.startswith("mysql") else "the database's own means")
-        errors.add("study_storage", f"the URL carries {where}; give it through the database's own means ({remedy}), "
-                                    f"never in the spec")
+        remedy = (
+            "PGPASSWORD, PGSSLKEY or ~/.pgpass for PostgreSQL"
+            if dialect.startswith("postgresql")
+            else "MYSQL_PWD or ~/.my.cnf for MySQL"
+            if dialect.startswith("mysql")
+            else "the database's own means"
+        )
+        errors.add(
+            "study_storage",
+            f"the URL carries {where}; give it through the database's own means ({remedy}), never in the spec",
+        )
         return None
     return url
 
@@ -451,8 +525,9 @@ def _pairings(errors: Errors, raw: Any) -> list[Pairing]:
         students = errors.string_list(item["students"], f"{where}.students")
         if teacher is None or students is None:
             continue
-        for at, model in [(f"{where}.teacher", teacher)] + [(f"{where}.students[{j}]", s) for j, s in
-                                                             enumerate(students)]:
+        for at, model in [(f"{where}.teacher", teacher)] + [
+            (f"{where}.students[{j}]", s) for j, s in enumerate(students)
+        ]:
             try:
                 check_backbone_name(model)
             except ValueError as error:
@@ -470,8 +545,10 @@ def _methods(errors: Errors, raw: Any) -> tuple[str, ...]:
     methods = errors.string_list(raw, "methods") or ()
     for i, method in enumerate(methods):
         if method not in METHODS:
-            errors.add(f"methods[{i}]", f"unknown method {method!r}; allowed: {', '.join(METHODS)}"
-                       + errors.suggest(method, METHODS))
+            errors.add(
+                f"methods[{i}]",
+                f"unknown method {method!r}; allowed: {', '.join(METHODS)}" + errors.suggest(method, METHODS),
+            )
     if len(set(methods)) != len(methods):
         errors.add("methods", f"lists a method twice: {list(methods)}")
     return tuple(m for m in methods if m in METHODS)
@@ -487,8 +564,11 @@ def _search_space(errors: Errors, raw: Any, methods: tuple[str, ...]) -> dict[st
         if key not in SEARCHABLE:
             continue  # reported by errors.mapping
         if methods and key not in used:
-            errors.add(where, f"is not a hyperparameter of the chosen methods ({', '.join(methods)}); allowed here: "
-                              f"{', '.join(sorted(used))}")
+            errors.add(
+                where,
+                f"is not a hyperparameter of the chosen methods ({', '.join(methods)}); allowed here: "
+                f"{', '.join(sorted(used))}",
+            )
             continue
         positive = key == "lr" or is_temperature(key)
         bound = number(0.0, exclusive=positive)
@@ -515,13 +595,19 @@ def _search_space(errors: Errors, raw: Any, methods: tuple[str, ...]) -> dict[st
 
 def _budget_rules(errors: Errors, budget: Budget) -> None:
     if budget.grace_period > budget.max_epochs:
-        errors.add("budget.grace_period", f"{budget.grace_period} exceeds budget.max_epochs ({budget.max_epochs}); "
-                                          f"allowed: 1 to max_epochs")
-    if budget.teacher_schedule_epochs is not None and (budget.teacher_epochs is None or
-                                                       budget.teacher_schedule_epochs < budget.teacher_epochs):
-        errors.add("budget.teacher_schedule_epochs", f"{budget.teacher_schedule_epochs} needs budget.teacher_epochs, "
-                                                     f"at most as many (the teachers stop at teacher_epochs of a "
-                                                     f"schedule this long)")
+        errors.add(
+            "budget.grace_period",
+            f"{budget.grace_period} exceeds budget.max_epochs ({budget.max_epochs}); allowed: 1 to max_epochs",
+        )
+    if budget.teacher_schedule_epochs is not None and (
+        budget.teacher_epochs is None or budget.teacher_schedule_epochs < budget.teacher_epochs
+    ):
+        errors.add(
+            "budget.teacher_schedule_epochs",
+            f"{budget.teacher_schedule_epochs} needs budget.teacher_epochs, "
+            f"at most as many (the teachers stop at teacher_epochs of a "
+            f"schedule this long)",
+        )
 
 
 def _weights(errors: Errors, raw: Any, pairings) -> dict:
@@ -539,8 +625,11 @@ def _weights(errors: Errors, raw: Any, pairings) -> dict:
         if source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
             errors.add(where, f"{source!r} is not allowed; allowed: hf-hub:<org>/<repo>")
         elif source.startswith("timm:") and not source.removeprefix("timm:"):
-            errors.add(where, f"{source!r} is not allowed; allowed: timm, timm:<tag>, hf-hub:<org>/<repo>, offline, "
-                              f"random or a local file")
+            errors.add(
+                where,
+                f"{source!r} is not allowed; allowed: timm, timm:<tag>, hf-hub:<org>/<repo>, offline, "
+                f"random or a local file",
+            )
         else:
             weights[backbone] = source
     return weights
@@ -550,8 +639,13 @@ def _tracking(errors: Errors, raw: Any) -> dict:
     """``tracking``: ``{mlflow: {tracking_uri, experiment}}``; no credential in the URI (MLflow's environment)."""
     if not raw:
         return {}
-    if not errors.mapping(raw, "tracking", ("mlflow",)) or "mlflow" not in raw or not errors.mapping(
-            raw["mlflow"], "tracking.mlflow", ("tracking_uri", "experiment"), required=("tracking_uri",)):
+    if (
+        not errors.mapping(raw, "tracking", ("mlflow",))
+        or "mlflow" not in raw
+        or not errors.mapping(
+            raw["mlflow"], "tracking.mlflow", ("tracking_uri", "experiment"), required=("tracking_uri",)
+        )
+    ):
         return {}
     mlflow = raw["mlflow"]
     uri = errors.value(text(), mlflow["tracking_uri"], "tracking.mlflow.tracking_uri")
@@ -561,8 +655,11 @@ def _tracking(errors: Errors, raw: Any) -> dict:
     secret = credentials_in_uri(uri)
     if secret:
         where = "a password" if secret[0] == "password" else f"a credential ({secret[0]})"
-        errors.add("tracking.mlflow.tracking_uri", f"the URI carries {where}; give it through MLFLOW_TRACKING_TOKEN, or "
-                                                   f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD")
+        errors.add(
+            "tracking.mlflow.tracking_uri",
+            f"the URI carries {where}; give it through MLFLOW_TRACKING_TOKEN, or "
+            f"MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD",
+        )
         return {}
     return {"mlflow": {"tracking_uri": uri, "experiment": experiment}}
 
@@ -581,8 +678,11 @@ def _first_points(errors: Errors, raw: Any, pairings, methods, search_space) -> 
         if not errors.mapping(point, where, ("teacher", "student", "method", *SEARCHABLE), required=("method",)):
             continue
         method = errors.value(choice(tuple(methods)), point["method"], f"{where}.method")
-        teacher = errors.value(choice(tuple(p.teacher for p in pairings)),
-                               point.get("teacher", pairings[0].teacher if pairings else None), f"{where}.teacher")
+        teacher = errors.value(
+            choice(tuple(p.teacher for p in pairings)),
+            point.get("teacher", pairings[0].teacher if pairings else None),
+            f"{where}.teacher",
+        )
         if method is None or teacher is None:
             continue
         students = next(p.students for p in pairings if p.teacher == teacher)
@@ -593,15 +693,19 @@ def _first_points(errors: Errors, raw: Any, pairings, methods, search_space) -> 
                 continue
             searched = search_space.get(name)
             if name != "lr" and name not in METHODS[method].defaults:
-                errors.add(f"{where}.{name}", f"is not a hyperparameter of {method}; allowed: lr, "
-                                              f"{', '.join(METHODS[method].defaults)}")
+                errors.add(
+                    f"{where}.{name}",
+                    f"is not a hyperparameter of {method}; allowed: lr, {', '.join(METHODS[method].defaults)}",
+                )
             elif not isinstance(searched, Range):
                 errors.add(f"{where}.{name}", "is not searched (a first point sets searched values only)")
             else:
                 value = errors.value(number(), value, f"{where}.{name}")
                 if value is not None and not searched.low <= value <= searched.high:
-                    errors.add(f"{where}.{name}", f"{value:g} is outside its range; allowed: {searched.low:g} to "
-                                                  f"{searched.high:g}")
+                    errors.add(
+                        f"{where}.{name}",
+                        f"{value:g} is outside its range; allowed: {searched.low:g} to {searched.high:g}",
+                    )
                 elif value is not None:
                     values[name] = value
         points.append({"teacher": teacher, "student": student, "method": method, **values})
@@ -621,11 +725,14 @@ def _student_sizes(errors: Errors, pairings, max_params: int, dataset: "DatasetS
             with torch.device("meta"):
                 size = count_parameters(build_model(student, 10, embed_dim))
             if size > max_params:
-                errors.add(f"pairings[{i}].students[{j}]", f"{student} has {size:,} parameters, more than "
-                                                           f"max_student_params ({max_params:,})")
+                errors.add(
+                    f"pairings[{i}].students[{j}]",
+                    f"{student} has {size:,} parameters, more than max_student_params ({max_params:,})",
+                )
 
 
 # --- files, overrides, schema ------------------------------------------------------------------------------------
+
 
 def load_spec(path: str) -> SweepSpec:
     """Read and validate a spec file (a safe YAML loader: no Python objects, duplicate keys refused)."""
@@ -658,53 +765,116 @@ def json_schema() -> dict:
     """The JSON Schema of a spec file (draft 2020-12), for editors with a YAML language server."""
     from sweeps._checks import section_schema
 
-    range_schema = {"type": "object", "additionalProperties": False, "required": ["low", "high"],
-                    "properties": {"low": {"type": "number"}, "high": {"type": "number"},
-                                   "log": {"type": "boolean", "default": True}},
-                    "description": "searched: uniform on [low, high], log-uniform unless log: false"}
+    range_schema = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["low", "high"],
+        "properties": {
+            "low": {"type": "number"},
+            "high": {"type": "number"},
+            "log": {"type": "boolean", "default": True},
+        },
+        "description": "searched: uniform on [low, high], log-uniform unless log: false",
+    }
     string_list = {"type": "array", "items": {"type": "string", "minLength": 1}, "minItems": 1}
-    objective = {"type": "object", "additionalProperties": False, "required": ["metric"],
-                 "properties": {"metric": {"enum": list(OBJECTIVE_METRICS)}, "mode": {"enum": ["min", "max"]}}}
+    objective = {
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["metric"],
+        "properties": {"metric": {"enum": list(OBJECTIVE_METRICS)}, "mode": {"enum": ["min", "max"]}},
+    }
     properties = {
-        "name": {"type": "string", "pattern": r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$",
-                 "description": "the sweep folder is <storage>/<name>"},
-        "dataset": {"anyOf": [{"type": "string"}, section_schema(DatasetSpec)],
-                    "description": "a dataset of l2d.data (name, root, image_size, options)"},
+        "name": {
+            "type": "string",
+            "pattern": r"^[A-Za-z0-9_\-][A-Za-z0-9_.\-]*$",
+            "description": "the sweep folder is <storage>/<name>",
+        },
+        "dataset": {
+            "anyOf": [{"type": "string"}, section_schema(DatasetSpec)],
+            "description": "a dataset of l2d.data (name, root, image_size, options)",
+        },
         "metric": {"enum": list(METRICS), "description": "what trials are ranked by (on the val split)"},
         "mode": {"enum": ["min", "max"]},
-        "objectives": {"type": "array", "items": objective, "minItems": 1,
-                       "description": "several objectives: a Pareto search (the first is what ASHA stops on)"},
-        "pairings": {"type": "array", "minItems": 1, "description": "teacher -> allowed students (timm names)",
-                     "items": {"type": "object", "additionalProperties": False, "required": ["teacher", "students"],
-                               "properties": {"teacher": {"type": "string"}, "students": string_list}}},
+        "objectives": {
+            "type": "array",
+            "items": objective,
+            "minItems": 1,
+            "description": "several objectives: a Pareto search (the first is what ASHA stops on)",
+        },
+        "pairings": {
+            "type": "array",
+            "minItems": 1,
+            "description": "teacher -> allowed students (timm names)",
+            "items": {
+                "type": "object",
+                "additionalProperties": False,
+                "required": ["teacher", "students"],
+                "properties": {"teacher": {"type": "string"}, "students": string_list},
+            },
+        },
         "methods": {"type": "array", "items": {"enum": list(METHODS)}, "minItems": 1, "uniqueItems": True},
-        "search_space": {"type": "object", "additionalProperties": False,
-                         "properties": {name: {"anyOf": [range_schema, {"type": "number", "minimum": 0}],
-                                               "description": "a number is fixed; {low, high} is searched"}
-                                        for name in SEARCHABLE}},
+        "search_space": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                name: {
+                    "anyOf": [range_schema, {"type": "number", "minimum": 0}],
+                    "description": "a number is fixed; {low, high} is searched",
+                }
+                for name in SEARCHABLE
+            },
+        },
         "budget": section_schema(Budget),
         "resources": section_schema(Resources),
         "recipe": section_schema(RecipeSpec),
         "storage": {"type": "string", "description": "a folder, or s3:// / gs:// (no credentials in the URI)"},
         "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
         "max_student_params": {"type": "integer", "minimum": 1},
-        "weights": {"type": "object", "additionalProperties": {"type": "string"},
-                    "description": "backbone -> initial weights: offline, timm, timm:<tag>, hf-hub:<org>/<repo>, "
-                                   "random, or a local file"},
+        "weights": {
+            "type": "object",
+            "additionalProperties": {"type": "string"},
+            "description": "backbone -> initial weights: offline, timm, timm:<tag>, hf-hub:<org>/<repo>, "
+            "random, or a local file",
+        },
         "study_storage": {"type": "string", "description": "a SQLAlchemy URL (no password: PGPASSWORD / ~/.pgpass)"},
         "warm_start": {"type": "string", "description": "another sweep whose finished trials seed the study"},
         "keep": {"enum": list(KEEP)},
-        "tracking": {"type": "object", "additionalProperties": False, "properties": {"mlflow": {
-            "type": "object", "additionalProperties": False, "required": ["tracking_uri"],
-            "properties": {"tracking_uri": {"type": "string"}, "experiment": {"type": "string"}}}}},
-        "first_points": {"type": "array", "minItems": 1, "items": {
-            "type": "object", "required": ["method"], "additionalProperties": False,
-            "properties": {"teacher": {"type": "string"}, "student": {"type": "string"},
-                           "method": {"enum": list(METHODS)}, **{n: {"type": "number"} for n in SEARCHABLE}}}},
+        "tracking": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "mlflow": {
+                    "type": "object",
+                    "additionalProperties": False,
+                    "required": ["tracking_uri"],
+                    "properties": {"tracking_uri": {"type": "string"}, "experiment": {"type": "string"}},
+                }
+            },
+        },
+        "first_points": {
+            "type": "array",
+            "minItems": 1,
+            "items": {
+                "type": "object",
+                "required": ["method"],
+                "additionalProperties": False,
+                "properties": {
+                    "teacher": {"type": "string"},
+                    "student": {"type": "string"},
+                    "method": {"enum": list(METHODS)},
+                    **{n: {"type": "number"} for n in SEARCHABLE},
+                },
+            },
+        },
     }
-    return {"$schema": "https://json-schema.org/draft/2020-12/schema", "title": "l2d-sweep sweep spec",
-            "type": "object", "additionalProperties": False, "required": ["name", "pairings", "methods"],
-            "properties": properties}
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "title": "l2d-sweep sweep spec",
+        "type": "object",
+        "additionalProperties": False,
+        "required": ["name", "pairings", "methods"],
+        "properties": properties,
+    }
 
 
 def replace(spec: SweepSpec, **changes) -> SweepSpec:
@@ -713,8 +883,9 @@ def replace(spec: SweepSpec, **changes) -> SweepSpec:
 
 
 def _sections() -> dict:  # for tests: the typed sections and their field names
-    return {cls.__name__: [f.name for f in dataclasses.fields(cls)] for cls in (DatasetSpec, Budget, Resources,
-                                                                              RecipeSpec)}
+    return {
+        cls.__name__: [f.name for f in dataclasses.fields(cls)] for cls in (DatasetSpec, Budget, Resources, RecipeSpec)
+    }
 
 
 __all__ += ["Range", "DatasetSpec", "Pairing", "Budget", "Resources", "RecipeSpec"]

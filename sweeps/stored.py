@@ -59,11 +59,15 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
     sweep_dir = Location.parse(sweep_dir, "sweep folder")
     path = sweep_dir / SPEC_FILE
     if sweep_dir.is_file() and sweep_dir.name.endswith((".yaml", ".yml")):
-        raise SweepNotFoundError(f"{sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
-                                 f"<storage>/<name> (start the sweep with `l2d-sweep run {sweep_dir}`)")
+        raise SweepNotFoundError(
+            f"{sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
+            f"<storage>/<name> (start the sweep with `l2d-sweep run {sweep_dir}`)"
+        )
     if path.exists() and not path.is_file() and (sweep_dir / MARKER).is_file():
-        raise SweepStateError(f"{path}: is not a file (a folder?); the sweep's stored spec is damaged: put the file "
-                              f"back from a copy of the sweep")
+        raise SweepStateError(
+            f"{path}: is not a file (a folder?); the sweep's stored spec is damaged: put the file "
+            f"back from a copy of the sweep"
+        )
     if not is_sweep(sweep_dir) or not path.is_file():
         raise SweepNotFoundError(f"{sweep_dir}: no sweep here (no spec.yaml); start one with `l2d-sweep run SPEC`")
     try:
@@ -74,13 +78,16 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
     try:
         spec = parse_spec(data, str(path)).in_folder(sweep_dir)  # a sweep is its folder: a copy reads as itself
     except SpecError as error:  # the sweep's own file, not the user's input: a state error (exit 1), every line kept
-        raise SweepStateError("; ".join(error.errors) + " (the sweep's stored spec is damaged or from a newer "
-                              "version)") from None
+        raise SweepStateError(
+            "; ".join(error.errors) + " (the sweep's stored spec is damaged or from a newer version)"
+        ) from None
     stored = (read_marker(sweep_dir) or {}).get("spec_digest")
     if stored and stored != spec_digest(spec):
-        message = (f"{path}: differs from the spec this sweep was started with (its digest is not the marker's): it "
-                   f"was edited by hand; a sweep's spec changes only through `l2d-sweep extend`. Put it back, or start "
-                   f"another sweep with the new spec")
+        message = (
+            f"{path}: differs from the spec this sweep was started with (its digest is not the marker's): it "
+            f"was edited by hand; a sweep's spec changes only through `l2d-sweep extend`. Put it back, or start "
+            f"another sweep with the new spec"
+        )
         if driver:
             raise SweepStateError(message)
         logger.warning("%s", message)

@@ -1,7 +1,8 @@
 """The sweep's Optuna study, kept in a real database: the search's memory across every experiment of the sweep (run,
 resume, extend), seedable from other sweeps (warm start), browsable with optuna-dashboard.
 
-(Over 400 lines for one reason: the study's whole life is here, storage, schema checks, reconcile and identity, so every path that touches
+(Over 400 lines for one reason: the study's whole life is here, storage, schema checks, reconcile and identity, so
+every path that touches
 study.db is read in one place.)
 
 Where it lives (:class:`StudyStore`): the spec's ``study_storage`` (any SQLAlchemy URL, e.g.
@@ -10,7 +11,8 @@ else a SQLite file: ``<sweep>/study.db`` for a local sweep; for an ``s3://`` / `
 local cache, uploaded to ``<sweep>/study.db`` (atomically) after every trial end and downloaded again at resume.
 The study is named ``<sweep name>-<sweep id>``.
 
-Each Tune trial is one Optuna trial (:class:`sweeps.searcher.StudySearcher`), with user attributes ``tune_trial_id``, ``teacher``,
+Each Tune trial is one Optuna trial (:class:`sweeps.searcher.StudySearcher`), with user attributes ``tune_trial_id``,
+``teacher``,
 ``student``, ``method``, ``status`` (completed, stopped, failed, interrupted), ``epochs`` and ``best_epoch``.
 Values: a completed trial's objectives at its best epoch (by the primary objective); a trial ASHA stopped is PRUNED
 with its last value (single objective; with several it is COMPLETE with its values at its best epoch); a failed
@@ -41,7 +43,6 @@ from sweeps.vocab import FINISHED, direction
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 
 class StudyStore:
@@ -113,8 +114,7 @@ class StudyStore:
 
     def _stored_id(self, study: optuna.Study, number: int) -> int:
         storage = self.storage()
-        return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name),
-                                                               number)
+        return storage.get_trial_id_from_study_id_trial_number(storage.get_study_id_from_name(study.study_name), number)
 
     def set_user_attr(self, study: optuna.Study, number: int, key: str, value: Any) -> None:
         """A user attribute of trial ``number``, finished or not (Optuna's public storage API)."""
@@ -188,8 +188,9 @@ def build_sampler(spec):
     if searcher == "nsga2":
         return _PicklableNSGAIISampler(seed=spec.seed, population_size=max(4, min(50, spec.budget.num_samples // 2)))
     startup = max(2, min(10, spec.budget.num_samples // 3))
-    return optuna.samplers.TPESampler(multivariate=True, group=True, constant_liar=True, seed=spec.seed,
-                                      n_startup_trials=startup)
+    return optuna.samplers.TPESampler(
+        multivariate=True, group=True, constant_liar=True, seed=spec.seed, n_startup_trials=startup
+    )
 
 
 class StudyStorageError(RuntimeError):
@@ -238,8 +239,10 @@ def check_study_storage(store: StudyStore) -> None:
     kind = _sqlite_kind(store.local_file)
     if kind in ("foreign", "not-a-database"):
         what = "a SQLite database of something else" if kind == "foreign" else "not a SQLite database"
-        raise StudyPathError(f"study_storage {store.describe()}: {store.local_file} exists and is {what}; refusing "
-                                f"to write a study into it: name a new file or an Optuna study database")
+        raise StudyPathError(
+            f"study_storage {store.describe()}: {store.local_file} exists and is {what}; refusing "
+            f"to write a study into it: name a new file or an Optuna study database"
+        )
 
 
 def check_study_version(store: StudyStore) -> None:
@@ -255,23 +258,32 @@ def check_study_version(store: StudyStore) -> None:
         optuna.storages.RDBStorage(store.url, engine_kwargs={"connect_args": {"timeout": store.timeout}})
     except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds; open_study sorts the rest
         if "pip install -U optuna" in str(error):
-            raise StudyStorageError(f"study storage {store.describe()}: its schema is from a newer Optuna than this "
-                                    f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
-                                    f"changed") from None
+            raise StudyStorageError(
+                f"study storage {store.describe()}: its schema is from a newer Optuna than this "
+                f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
+                f"changed"
+            ) from None
 
 
 def _upgrade(store: StudyStore, error: Exception) -> None:
     """Optuna's own schema upgrade of the sweep's SQLite study, after a backup; another database: the command."""
     command = f"optuna storage upgrade --storage {store.describe()}"
     if not store.own or store.local_file is None:
-        raise StudyStorageError(f"study storage {store.describe()}: its schema is from another Optuna version "
-                                f"({str(error).splitlines()[0][:160]}); upgrade it with `{command}` (back it up first)")
-    backup = store.local_file.with_name(f"{store.local_file.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}-"
-                                        f"{uuid.uuid4().hex[:6]}")
+        raise StudyStorageError(
+            f"study storage {store.describe()}: its schema is from another Optuna version "
+            f"({str(error).splitlines()[0][:160]}); upgrade it with `{command}` (back it up first)"
+        )
+    backup = store.local_file.with_name(
+        f"{store.local_file.name}.backup-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    )
     shutil.copy2(store.local_file, backup)
     optuna.storages.RDBStorage(store.url, skip_compatibility_check=True).upgrade()
-    logger.warning("%s: the study's schema was from another Optuna version; backed it up as %s and upgraded it "
-                   "(Optuna's own upgrade)", store.local_file, backup.name)
+    logger.warning(
+        "%s: the study's schema was from another Optuna version; backed it up as %s and upgraded it "
+        "(Optuna's own upgrade)",
+        store.local_file,
+        backup.name,
+    )
 
 
 def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.Study:
@@ -285,26 +297,40 @@ def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.S
     except Exception as error:  # noqa: BLE001 - sqlalchemy and optuna raise many kinds: each is sorted out below
         text = str(error)
         if "pip install -U optuna" in text:  # written by a newer Optuna: this one must not touch it
-            raise StudyStorageError(f"study storage {store.describe()}: its schema is from a newer Optuna than this "
-                                    f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
-                                    f"changed") from None
+            raise StudyStorageError(
+                f"study storage {store.describe()}: its schema is from a newer Optuna than this "
+                f"one ({optuna.__version__}); upgrade Optuna (pip install -U optuna); nothing was "
+                f"changed"
+            ) from None
         if "optuna storage upgrade" in text:
             _upgrade(store, error)
             store._rdb = None
             storage = store.storage()
         elif store.own and store.local_file is not None and _sqlite_kind(store.local_file) == "not-a-database":
-            aside = store.local_file.with_name(f"{store.local_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-"
-                                               f"{uuid.uuid4().hex[:6]}")
+            aside = store.local_file.with_name(
+                f"{store.local_file.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+            )
             store.local_file.replace(aside)
-            logger.warning("%s: not a database (%s); set it aside as %s and starting the study again from the "
-                           "results", store.local_file, text.splitlines()[0][:200], aside.name)
+            logger.warning(
+                "%s: not a database (%s); set it aside as %s and starting the study again from the results",
+                store.local_file,
+                text.splitlines()[0][:200],
+                aside.name,
+            )
             store._rdb = None
             storage = store.storage()
         else:
-            raise StudyStorageError(f"study storage {store.describe()}: {text.splitlines()[0][:200]} (nothing was "
-                                    f"changed; a locked database: is another process using it?)") from None
-    study = optuna.create_study(storage=storage, study_name=study_name(spec, sweep_id), sampler=sampler,
-                                directions=directions(spec), load_if_exists=True)
+            raise StudyStorageError(
+                f"study storage {store.describe()}: {text.splitlines()[0][:200]} (nothing was "
+                f"changed; a locked database: is another process using it?)"
+            ) from None
+    study = optuna.create_study(
+        storage=storage,
+        study_name=study_name(spec, sweep_id),
+        sampler=sampler,
+        directions=directions(spec),
+        load_if_exists=True,
+    )
     names = [metric for metric, _ in spec.objective_list]
     if study.metric_names != names:
         study.set_metric_names(names)  # optuna-dashboard shows these instead of "Objective 0"
@@ -318,12 +344,20 @@ def row_values(spec, row: dict) -> list[float] | None:
 
 
 def _trial_state(row: dict):
-    return {"completed": optuna.trial.TrialState.COMPLETE, "stopped": optuna.trial.TrialState.COMPLETE,
-            "failed": optuna.trial.TrialState.FAIL}.get(row["status"])
+    return {
+        "completed": optuna.trial.TrialState.COMPLETE,
+        "stopped": optuna.trial.TrialState.COMPLETE,
+        "failed": optuna.trial.TrialState.FAIL,
+    }.get(row["status"])
 
 
-def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None = None,
-                 epochs: dict[str, dict[int, float]] | None = None) -> tuple[int, dict]:
+def add_recorded(
+    study: optuna.Study,
+    spec,
+    rows: list[dict],
+    attrs: dict | None = None,
+    epochs: dict[str, dict[int, float]] | None = None,
+) -> tuple[int, dict]:
     """Add finished trials-table rows to ``study`` as finished trials (those that fit ``spec``'s space); returns
     ``(added, {reason: skipped})``. ``epochs``: each trial's per-epoch value of the (single) objective, when known:
     they become the trial's intermediate values, and a stopped trial is added PRUNED with its last one, as the
@@ -337,24 +371,51 @@ def add_recorded(study: optuna.Study, spec, rows: list[dict], attrs: dict | None
         if steps and row["status"] == "stopped":
             state, values = optuna.trial.TrialState.PRUNED, [steps[max(steps)]]
         encoded = encode(spec, {k: v for k, v in row.items() if v is not None})  # sweeps.search
-        reason = ("not finished" if state is None else "no value" if values is None and state !=
-                  optuna.trial.TrialState.FAIL else "does not fit this space" if encoded is None else None)
+        reason = (
+            "not finished"
+            if state is None
+            else "no value"
+            if values is None and state != optuna.trial.TrialState.FAIL
+            else "does not fit this space"
+            if encoded is None
+            else None
+        )
         if reason:
             skipped[reason] = skipped.get(reason, 0) + 1
             continue
         params, dists = encoded
-        study.add_trial(optuna.trial.create_trial(
-            state=state, values=values if state != optuna.trial.TrialState.FAIL else None, params=params,
-            distributions=dists, intermediate_values=dict(steps or {}), user_attrs={"tune_trial_id": row["trial_id"], "status": row["status"],
-                                             "teacher": row["teacher"], "student": row["student"],
-                                             "method": row["method"], "epochs": row.get("epochs_run"),
-                                             "best_epoch": row.get("best_epoch"), **(attrs or {})}))
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=state,
+                values=values if state != optuna.trial.TrialState.FAIL else None,
+                params=params,
+                distributions=dists,
+                intermediate_values=dict(steps or {}),
+                user_attrs={
+                    "tune_trial_id": row["trial_id"],
+                    "status": row["status"],
+                    "teacher": row["teacher"],
+                    "student": row["student"],
+                    "method": row["method"],
+                    "epochs": row.get("epochs_run"),
+                    "best_epoch": row.get("best_epoch"),
+                    **(attrs or {}),
+                },
+            )
+        )
         added += 1
     return added, skipped
 
 
-def reconcile(study: optuna.Study, store: StudyStore, spec, rows: list[dict], live: set[str] = frozenset(),
-              fail_unknown: bool = True, epochs: dict[str, dict[int, float]] | None = None) -> dict[str, int]:
+def reconcile(
+    study: optuna.Study,
+    store: StudyStore,
+    spec,
+    rows: list[dict],
+    live: set[str] = frozenset(),
+    fail_unknown: bool = True,
+    epochs: dict[str, dict[int, float]] | None = None,
+) -> dict[str, int]:
     """Bring the study in step with the results tables after a crash: a trial finished in the tables but still
     running in the study is told its outcome; one missing from the study is added; with ``fail_unknown``, a running
     study trial whose Tune trial is not ``live`` and not finished in the tables is failed as interrupted (without
@@ -378,23 +439,36 @@ def reconcile(study: optuna.Study, store: StudyStore, spec, rows: list[dict], li
             fixed["told"] += 1
     fixed["added"], _ = add_recorded(study, spec, missing, epochs=epochs)
     for tune_id, trial in by_tune.items():
-        if fail_unknown and trial.state == optuna.trial.TrialState.RUNNING and tune_id not in live and \
-                recorded.get(tune_id, {}).get("status") not in FINISHED:
+        if (
+            fail_unknown
+            and trial.state == optuna.trial.TrialState.RUNNING
+            and tune_id not in live
+            and recorded.get(tune_id, {}).get("status") not in FINISHED
+        ):
             store.set_user_attr(study, trial.number, "status", "interrupted")
             study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
             fixed["interrupted"] += 1
     return fixed
 
 
-def tell(study: optuna.Study, store: StudyStore, number: int, spec, status: str, values: list[float] | None,
-         row: dict | None = None):
+def tell(
+    study: optuna.Study,
+    store: StudyStore,
+    number: int,
+    spec,
+    status: str,
+    values: list[float] | None,
+    row: dict | None = None,
+):
     """Finish Optuna trial ``number``: completed -> COMPLETE with its values; stopped -> PRUNED with its last
     reported value (one objective) or COMPLETE with its values (several); failed -> FAIL."""
     frozen = study.get_trials(deepcopy=False)[number] if number < len(study.get_trials(deepcopy=False)) else None
     if frozen is not None and frozen.state.is_finished():
         return
-    for key, value in {"status": status, **({k: row.get(k) for k in ("epochs_run", "best_epoch")} if row else {})
-                       }.items():
+    for key, value in {
+        "status": status,
+        **({k: row.get(k) for k in ("epochs_run", "best_epoch")} if row else {}),
+    }.items():
         if value is not None:
             store.set_user_attr(study, number, key if key != "epochs_run" else "epochs", value)
     single = len(spec.objective_list) == 1
@@ -426,9 +500,11 @@ def sweep_identity(spec, repair: bool = False) -> dict:
     if store.local_file is None or store.local_file.is_file():
         try:
             store.pull()
-            candidates = [s.study_name.removeprefix(f"{spec.name}-") for s in
-                          optuna.get_all_study_summaries(store.storage(), include_best_trial=False)
-                          if s.study_name.startswith(f"{spec.name}-")]
+            candidates = [
+                s.study_name.removeprefix(f"{spec.name}-")
+                for s in optuna.get_all_study_summaries(store.storage(), include_best_trial=False)
+                if s.study_name.startswith(f"{spec.name}-")
+            ]
         except Exception as error:  # noqa: BLE001 - a missing or unreadable study: nothing to recover from there
             logger.debug("no study to recover the sweep id from: %s", error)
     if marker is None and not candidates:
@@ -441,15 +517,21 @@ def sweep_identity(spec, repair: bool = False) -> dict:
 
     confirmed = [c for c in candidates if not ids or any(trial_id(c, k, 1) in ids for k in range(8))]
     if len(confirmed) != 1:
-        raise SweepStateError(f"{spec.sweep_dir / MARKER}: {'damaged' if marker else 'missing'}, and "
-                              f"{'no study' if not confirmed else 'more than one study'} in {store.describe()} vouches "
-                              f"for the sweep's id ({', '.join(candidates) or 'none found'}); restore the marker from a "
-                              f"copy, or start the sweep again")
+        raise SweepStateError(
+            f"{spec.sweep_dir / MARKER}: {'damaged' if marker else 'missing'}, and "
+            f"{'no study' if not confirmed else 'more than one study'} in {store.describe()} vouches "
+            f"for the sweep's id ({', '.join(candidates) or 'none found'}); restore the marker from a "
+            f"copy, or start the sweep again"
+        )
     recovered = {"tool": "l2d-sweep", "format": 1, "sweep_id": confirmed[0], "spec_digest": spec_digest(spec)}
     if repair:
         write_marker(spec.sweep_dir, confirmed[0], spec_digest=recovered["spec_digest"], recovered=True)
-        logger.warning("%s: %s; its id %s recovered from the study and the results, and the marker written again",
-                       spec.sweep_dir / MARKER, "damaged" if marker else "missing", confirmed[0])
+        logger.warning(
+            "%s: %s; its id %s recovered from the study and the results, and the marker written again",
+            spec.sweep_dir / MARKER,
+            "damaged" if marker else "missing",
+            confirmed[0],
+        )
     return recovered
 
 
@@ -466,16 +548,21 @@ def load_sweep_study(sweep_dir, read_only: bool = False) -> tuple[Any, optuna.St
     try:
         study = optuna.load_study(study_name=name, storage=store.storage())
     except KeyError:
-        raise FileNotFoundError(f"{spec.sweep_dir}: no study {name!r} in {store.describe()} (a sweep written before "
-                                f"studies were kept in a database has none; resume or extend it to start one)") from None
+        raise FileNotFoundError(
+            f"{spec.sweep_dir}: no study {name!r} in {store.describe()} (a sweep written before "
+            f"studies were kept in a database has none; resume or extend it to start one)"
+        ) from None
     return spec, study, store
 
 
 def search_front(study: optuna.Study, warm_start: bool = False) -> list[str]:
     """The Tune trial ids of the study's Pareto front (its best trial, for one objective), warm-start trials left
     out; with ``warm_start``, the warm-start trials on the front instead (their ids in the sweep they came from)."""
-    return sorted(t.user_attrs["tune_trial_id"] for t in study.best_trials
-                  if "tune_trial_id" in t.user_attrs and ("warm_start_from" in t.user_attrs) == warm_start)
+    return sorted(
+        t.user_attrs["tune_trial_id"]
+        for t in study.best_trials
+        if "tune_trial_id" in t.user_attrs and ("warm_start_from" in t.user_attrs) == warm_start
+    )
 
 
 def __getattr__(name: str):

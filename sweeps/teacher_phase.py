@@ -33,9 +33,15 @@ def _ensure_teacher(config: RunConfig, store: Location, events=None) -> dict:
     def on_epoch(metrics) -> None:
         if events is not None:
             try:
-                events.put_nowait({"teacher": config.teacher, "epoch": int(metrics["epoch"]),
-                                   "epochs": epochs, "val_mAP": float(metrics.get("val_mAP", "nan")),
-                                   "seconds": time.time() - started})
+                events.put_nowait(
+                    {
+                        "teacher": config.teacher,
+                        "epoch": int(metrics["epoch"]),
+                        "epochs": epochs,
+                        "val_mAP": float(metrics.get("val_mAP", "nan")),
+                        "seconds": time.time() - started,
+                    }
+                )
             except Exception:  # noqa: BLE001 - progress is best effort: a full or gone queue never fails a teacher
                 pass
 
@@ -49,8 +55,12 @@ def _epoch_line(event: dict) -> str:
 
     total, epoch = event["epochs"], event["epoch"]
     left = event["seconds"] / epoch * (total - epoch) if epoch else 0.0
-    return (f"  teacher {event['teacher']} epoch {epoch}" + (f"/{total}" if total else "")
-            + f": val mAP {event['val_mAP']:.2f}" + (f" ({about(left)} left)" if epoch < total else ""))
+    return (
+        f"  teacher {event['teacher']} epoch {epoch}"
+        + (f"/{total}" if total else "")
+        + f": val mAP {event['val_mAP']:.2f}"
+        + (f" ({about(left)} left)" if epoch < total else "")
+    )
 
 
 def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
@@ -64,8 +74,9 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
 
     if not any(METHODS[m].needs_teacher for m in spec.methods):
         return {}
-    task = ray.remote(_ensure_teacher).options(num_cpus=spec.resources.cpus_per_worker,
-                                                num_gpus=spec.resources.gpus_per_worker, max_retries=1)
+    task = ray.remote(_ensure_teacher).options(
+        num_cpus=spec.resources.cpus_per_worker, num_gpus=spec.resources.gpus_per_worker, max_retries=1
+    )
     runs = teacher_runs(spec)
     say(f"teacher phase: {len(runs)} teacher(s) from the store {spec.teacher_store} (trained there when missing)")
     events = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
@@ -78,17 +89,24 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
             done, pending = ray.wait(pending, num_returns=1, timeout=1.0)
             for event in _drain(events):
                 say(_epoch_line(event))
-                view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready; {event['teacher']} at "
-                            f"epoch {event['epoch']}/{event['epochs']}", changed=False)
+                view.status(
+                    f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready; {event['teacher']} at "
+                    f"epoch {event['epoch']}/{event['epochs']}",
+                    changed=False,
+                )
             for ref in done:
                 teacher = refs[ref]
                 card = cards[teacher] = ray.get(ref)
-                say(f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP "
-                    f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters")
+                say(
+                    f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP "
+                    f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters"
+                )
                 digest = card.get("digest")
                 if card["trained_now"] and digest:  # the store follows the storage: where it is, how to share it
-                    say(f"    stored as {spec.teacher_store / digest}; a sweep with another storage trains it again "
-                        f"unless that folder is copied into its <storage>/teachers/")
+                    say(
+                        f"    stored as {spec.teacher_store / digest}; a sweep with another storage trains it again "
+                        f"unless that folder is copied into its <storage>/teachers/"
+                    )
                 view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready", changed=False)
     finally:
         for event in _drain(events):  # epochs that ended between the last read and the task's end

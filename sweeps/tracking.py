@@ -44,22 +44,35 @@ class MlflowTracker:
             return function(*args)
         except Exception as error:  # noqa: BLE001 - a tracker outage must not stop the sweep
             self.broken = True
-            logger.warning("MLflow at %s: %s failed (%s); the sweep goes on without tracking", self.tracking_uri,
-                           action, str(error).splitlines()[0][:200] if str(error) else type(error).__name__)
+            logger.warning(
+                "MLflow at %s: %s failed (%s); the sweep goes on without tracking",
+                self.tracking_uri,
+                action,
+                str(error).splitlines()[0][:200] if str(error) else type(error).__name__,
+            )
             return None
 
     def _run_id(self, trial_id: str, config: dict) -> str:
         if trial_id in self.runs:
             return self.runs[trial_id]
         client = self.client
-        existing = client.search_runs([self._experiment_id], filter_string=f"tags.`l2d.sweep_id` = '{self.sweep_id}' "
-                                                                           f"and tags.`l2d.trial_id` = '{trial_id}'")
+        existing = client.search_runs(
+            [self._experiment_id],
+            filter_string=f"tags.`l2d.sweep_id` = '{self.sweep_id}' and tags.`l2d.trial_id` = '{trial_id}'",
+        )
         if existing:
             run_id = existing[0].info.run_id
         else:
-            run = client.create_run(self._experiment_id, run_name=f"{self.sweep_name}-{trial_id}",
-                                    tags={"l2d.sweep": self.sweep_name, "l2d.sweep_dir": self.sweep_dir,
-                                          "l2d.sweep_id": self.sweep_id, "l2d.trial_id": trial_id})
+            run = client.create_run(
+                self._experiment_id,
+                run_name=f"{self.sweep_name}-{trial_id}",
+                tags={
+                    "l2d.sweep": self.sweep_name,
+                    "l2d.sweep_dir": self.sweep_dir,
+                    "l2d.sweep_id": self.sweep_id,
+                    "l2d.trial_id": trial_id,
+                },
+            )
             run_id = run.info.run_id
             from mlflow.entities import Param
 
@@ -77,15 +90,21 @@ class MlflowTracker:
 
             run_id = self._run_id(trial_id, config)
             step, stamp = int(result["epoch"]), int(time.time() * 1000)
-            metrics = [Metric(k, float(v), stamp, step) for k, v in sorted(result.items())
-                       if isinstance(v, (int, float)) and not isinstance(v, bool) and k != "epoch"
-                       and k.startswith(("val_", "train_", "test_", "images_per_s", "lr", "latency_ms"))]
+            metrics = [
+                Metric(k, float(v), stamp, step)
+                for k, v in sorted(result.items())
+                if isinstance(v, (int, float))
+                and not isinstance(v, bool)
+                and k != "epoch"
+                and k.startswith(("val_", "train_", "test_", "images_per_s", "lr", "latency_ms"))
+            ]
             self.client.log_batch(run_id, metrics=metrics)
 
         self._guard("logging an epoch", log)
 
     def finish(self, trial_id: str, config: dict, status: str, export) -> None:
         """Close the trial's run; ``export(folder)`` writes its best student there, logged as artifacts."""
+
         def close():
             run_id = self._run_id(trial_id, config)
             self.client.set_tag(run_id, "l2d.status", status)
@@ -111,8 +130,10 @@ def check_tracking(spec) -> None:
         try:
             import mlflow.tracking  # noqa: F401
         except ImportError:
-            raise ValueError("tracking.mlflow: MLflow's client is not installed; pip install 'l2d-sweep[mlflow]' "
-                             "(mlflow-skinny), or remove tracking from the spec") from None
+            raise ValueError(
+                "tracking.mlflow: MLflow's client is not installed; pip install 'l2d-sweep[mlflow]' "
+                "(mlflow-skinny), or remove tracking from the spec"
+            ) from None
 
 
 def tracker_for(spec, sweep_id: str):
@@ -121,5 +142,6 @@ def tracker_for(spec, sweep_id: str):
     settings = (spec.tracking or {}).get("mlflow")
     if not settings:
         return None
-    return MlflowTracker(settings["tracking_uri"], settings.get("experiment", "l2d-sweep"), str(spec.sweep_dir),
-                         sweep_id, spec.name)
+    return MlflowTracker(
+        settings["tracking_uri"], settings.get("experiment", "l2d-sweep"), str(spec.sweep_dir), sweep_id, spec.name
+    )

@@ -23,8 +23,18 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from l2d.storage import Location
-from sweeps.checkpoints import HISTORY_FILE, HISTORY_KEY, STATE_FILE, BestCheckpoint, UnreadableCheckpointError, \
-    checkpoint_folders, load_checkpoint, restore_newest, set_aside, write_checkpoint
+from sweeps.checkpoints import (
+    HISTORY_FILE,
+    HISTORY_KEY,
+    STATE_FILE,
+    BestCheckpoint,
+    UnreadableCheckpointError,
+    checkpoint_folders,
+    load_checkpoint,
+    restore_newest,
+    set_aside,
+    write_checkpoint,
+)
 from sweeps.search import trial_run
 
 if TYPE_CHECKING:
@@ -66,11 +76,20 @@ class TrialContext:
     def from_spec(cls, spec) -> TrialContext:
         from l2d.run import resolve
 
-        return cls(sweep_dir=spec.sweep_dir, base=resolve(spec.base_run()), teacher_store=spec.teacher_store,
-                   max_epochs=spec.budget.max_epochs, workers_per_trial=spec.resources.workers_per_trial,
-                   cpus_per_worker=spec.resources.cpus_per_worker, gpus_per_worker=spec.resources.gpus_per_worker,
-                   max_failures=spec.resources.max_failures, trainer=spec.trainer, weights=dict(spec.weights),
-                   metric=spec.metric, mode=spec.mode)
+        return cls(
+            sweep_dir=spec.sweep_dir,
+            base=resolve(spec.base_run()),
+            teacher_store=spec.teacher_store,
+            max_epochs=spec.budget.max_epochs,
+            workers_per_trial=spec.resources.workers_per_trial,
+            cpus_per_worker=spec.resources.cpus_per_worker,
+            gpus_per_worker=spec.resources.gpus_per_worker,
+            max_failures=spec.resources.max_failures,
+            trainer=spec.trainer,
+            weights=dict(spec.weights),
+            metric=spec.metric,
+            mode=spec.mode,
+        )
 
     def run_dir(self, trial_id: str) -> Location:
         return self.sweep_dir / "train" / f"trial-{trial_id}"
@@ -100,8 +119,9 @@ _MAX_TEACHERS = 4
 def _splits(config: RunConfig) -> dict:
     from l2d.run import build_splits
 
-    key = json.dumps([config.dataset, config.data_root, config.dataset_options, config.image_size], sort_keys=True,
-                     default=str)
+    key = json.dumps(
+        [config.dataset, config.data_root, config.dataset_options, config.image_size], sort_keys=True, default=str
+    )
     if key not in _SPLITS:
         _SPLITS.clear()  # another dataset (another sweep in this process): keep one
         _SPLITS[key] = build_splits(config)
@@ -195,8 +215,7 @@ def _run(context: TrialContext, config: dict, session) -> None:
     torch.set_num_threads(max(1, round(context.cpus_per_worker)))
     run_config = trial_run(context.base, config, context.weights).replace(device=str(session.device))
     splits = _splits(run_config)
-    teacher = _teacher(run_config, context.teacher_store, splits) if METHODS[run_config.method].needs_teacher \
-        else None
+    teacher = _teacher(run_config, context.teacher_store, splits) if METHODS[run_config.method].needs_teacher else None
     run = build_run(run_config, splits=splits, teacher=teacher)
     restored = session.restore()
     if restored is not None:
@@ -207,15 +226,20 @@ def _run(context: TrialContext, config: dict, session) -> None:
         except (ValueError, RuntimeError) as error:
             # Another configuration's checkpoint under this trial's id (a crash lost the trial it belonged to, and
             # the resumed search gave its id to another config): keep it aside and start afresh.
-            logger.warning("trial checkpoint of another configuration (%s); setting it aside, starting from epoch 1",
-                           str(error).splitlines()[0][:200])
+            logger.warning(
+                "trial checkpoint of another configuration (%s); setting it aside, starting from epoch 1",
+                str(error).splitlines()[0][:200],
+            )
             if session.rank == 0:
                 for folder in checkpoint_folders(session.run_dir):
                     set_aside(folder, "foreign")
             restored, run = None, build_run(run_config, splits=splits, teacher=teacher)
-    extra = {"student_params": count_parameters(run.student), "resumed_from": float(restored is not None),
-             "latency_ms": measure_latency(run.student, run_config.image_size, session.device),
-             "worker_nodes": _count_worker_nodes()}
+    extra = {
+        "student_params": count_parameters(run.student),
+        "resumed_from": float(restored is not None),
+        "latency_ms": measure_latency(run.student, run_config.image_size, session.device),
+        "worker_nodes": _count_worker_nodes(),
+    }
 
     if run.history:
         # A resumed trial first reports its last checkpointed epoch again, with every epoch before it: ASHA decides on
@@ -287,9 +311,9 @@ def run_trial(config: dict, context: TrialContext) -> None:
     trainer = TorchTrainer(
         train_worker,
         train_loop_config={"context": context, "config": config, "run_dir": run_dir},
-        scaling_config=ray.train.ScalingConfig(num_workers=context.workers_per_trial,
-                                               use_gpu=bool(context.gpus_per_worker),
-                                               resources_per_worker=resources),
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=context.workers_per_trial, use_gpu=bool(context.gpus_per_worker), resources_per_worker=resources
+        ),
         run_config=ray.train.RunConfig(
             name=run_dir.name,
             storage_path=storage_path,

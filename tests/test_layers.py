@@ -40,13 +40,14 @@ def _imports(path: Path) -> list[tuple[int, str, bool]]:
         elif isinstance(node, ast.ImportFrom):
             if node.level:
                 base = package.split(".")
-                base = base[:len(base) - node.level + 1]
+                base = base[: len(base) - node.level + 1]
                 module = ".".join(base + ([node.module] if node.module else []))
             else:
                 module = node.module or ""
             # ``from sweeps import results`` imports the module sweeps.results.
-            names = [f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module
-                     for alias in node.names]
+            names = [
+                f"{module}.{alias.name}" if _is_module(f"{module}.{alias.name}") else module for alias in node.names
+            ]
         elif isinstance(node, ast.Call) and _dynamic_import(node) is not None:
             names = [_dynamic_import(node)]  # importlib.import_module("sweeps.cli"), __import__("..."): an import too
         else:
@@ -105,8 +106,10 @@ def violations(package, layers: list[list[str]]) -> list[str]:
             if target is None or target == module or allowed:
                 continue
             if rank[target] > rank[module]:
-                problems.append(f"{path.relative_to(ROOT)}:{line}: {module} imports {target}, which is above it "
-                                f"(or beside it) in the layer map")
+                problems.append(
+                    f"{path.relative_to(ROOT)}:{line}: {module} imports {target}, which is above it "
+                    f"(or beside it) in the layer map"
+                )
     return problems
 
 
@@ -142,8 +145,10 @@ def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
 def test_an_import_through_importlib_is_an_import(tmp_path):
     """``importlib.import_module("sweeps.cli")`` in a lower floor is found like an ``import`` statement."""
     probe = tmp_path / "probe.py"
-    probe.write_text("import importlib\n\n\ndef late():\n    return importlib.import_module('sweeps.cli')\n\n\n"
-                     "def later():\n    return __import__('sweeps.runner')\n")
+    probe.write_text(
+        "import importlib\n\n\ndef late():\n    return importlib.import_module('sweeps.cli')\n\n\n"
+        "def later():\n    return __import__('sweeps.runner')\n"
+    )
     found = [name for _, name, _ in _imports_of_text(probe)]
     assert "sweeps.cli" in found and "sweeps.runner" in found
 
@@ -162,18 +167,20 @@ HEAVY = ("torch", "timm", "ray")
 
 
 def _imported_by(argv: list[str]) -> list[str]:
-    code = ("import sys, runpy\n"
-            f"sys.argv = {['l2d-sweep', *argv]!r}\n"
-            "try:\n"
-            "    from sweeps.cli import main\n"
-            "    code = main(sys.argv[1:])\n"
-            "except SystemExit as done:\n"
-            "    code = done.code\n"
-            "if code not in (0, None):\n"
-            "    print(f'l2d-sweep exited {code}', file=sys.stderr)\n"
-            "    sys.exit(3)\n"
-            "import json\n"
-            f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n")
+    code = (
+        "import sys, runpy\n"
+        f"sys.argv = {['l2d-sweep', *argv]!r}\n"
+        "try:\n"
+        "    from sweeps.cli import main\n"
+        "    code = main(sys.argv[1:])\n"
+        "except SystemExit as done:\n"
+        "    code = done.code\n"
+        "if code not in (0, None):\n"
+        "    print(f'l2d-sweep exited {code}', file=sys.stderr)\n"
+        "    sys.exit(3)\n"
+        "import json\n"
+        f"print(json.dumps([m for m in {HEAVY!r} if m in sys.modules]))\n"
+    )
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=300)
     # A command that crashed imports less: the check means something only when the command did its job.
     assert result.returncode == 0, (argv, result.stderr[-2000:])
@@ -200,12 +207,20 @@ def _small_sweep(tmp_path) -> Path:
     write_marker(Location.parse(folder))
     (folder / "spec.yaml").write_text(yaml.safe_dump({**TINY_SPEC, "storage": str(tmp_path / "sweeps")}))
     writer = ResultsWriter(Location.parse(folder), 3)
-    for index, status in enumerate(("completed", "stopped")):
-        config = {"teacher": "test_resnet", "student": "test_efficientnet", "method": "l2d", "lr": 1e-3,
-                  "lambda_mld": 1.0 + index}
+    for index in range(2):  # a completed trial, then a stopped one
+        config = {
+            "teacher": "test_resnet",
+            "student": "test_efficientnet",
+            "method": "l2d",
+            "lr": 1e-3,
+            "lambda_mld": 1.0 + index,
+        }
         for epoch in range(1, 4 - 2 * index):
-            writer.record_epoch(f"t{index}", config, {"epoch": epoch, "val_mAP": 40.0 + epoch + index,
-                                                      "test_mAP": 39.0 + epoch, "student_params": 1000.0})
+            writer.record_epoch(
+                f"t{index}",
+                config,
+                {"epoch": epoch, "val_mAP": 40.0 + epoch + index, "test_mAP": 39.0 + epoch, "student_params": 1000.0},
+            )
         writer.finish(f"t{index}", config)
     writer.write()
     return folder

@@ -53,15 +53,21 @@ def test_the_api_page_s_example_runs_on_a_real_sweep(tmp_path, monkeypatch):
 
     code = _api_page_block()
     assert 'Sweep.open("runs/quickstart")' in code and "exports/best" in code
-    spec = {"name": "api", "dataset": {"name": "mosaic-digits", "image_size": 32, "options": {"scale": 0.05}},
-            "pairings": [{"teacher": "test_resnet", "students": ["test_efficientnet"]}], "methods": ["l2d", "kd"],
-            "search_space": {"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3}},
-            "budget": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                       "teacher_epochs": 1},
-            "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
-            "recipe": {"batch_size": 16, "embed_dim": 32}, "storage": str(tmp_path / "runs")}
+    spec = {
+        "name": "api",
+        "dataset": {"name": "mosaic-digits", "image_size": 32, "options": {"scale": 0.05}},
+        "pairings": [{"teacher": "test_resnet", "students": ["test_efficientnet"]}],
+        "methods": ["l2d", "kd"],
+        "search_space": {"lambda_mld": {"low": 1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3}},
+        "budget": {"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+        "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+        "recipe": {"batch_size": 16, "embed_dim": 32},
+        "storage": str(tmp_path / "runs"),
+    }
     Sweep.run(spec)
-    (tmp_path / "runs" / "api").rename(tmp_path / "runs" / "quickstart")  # the page's path: a moved sweep reads as itself
+    (tmp_path / "runs" / "api").rename(
+        tmp_path / "runs" / "quickstart"
+    )  # the page's path: a moved sweep reads as itself
     monkeypatch.chdir(tmp_path)
     namespace: dict = {}
     exec(compile(code, "docs/python-api.md", "exec"), namespace)

@@ -9,18 +9,36 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from l2d.data.registry import (DATASETS, MAX_SEED, DatasetError, DatasetInfo, Option, check_dataset_options,
-                               dataset_options)
+from l2d.data.registry import (
+    DATASETS,
+    MAX_SEED,
+    DatasetError,
+    DatasetInfo,
+    Option,
+    check_dataset_options,
+    dataset_options,
+)
 
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "MAX_SEED", "Option", "build_dataset", "check_dataset_options",
-           "data_fingerprint", "dataset_options", "dataset_stats"]
+__all__ = [
+    "DATASETS",
+    "DatasetError",
+    "DatasetInfo",
+    "MAX_SEED",
+    "Option",
+    "build_dataset",
+    "check_dataset_options",
+    "data_fingerprint",
+    "dataset_options",
+    "dataset_stats",
+]
 
 
-def build_dataset(name: str, root: str | None = None, split: str = "train", image_size: int | None = None,
-                  **options) -> "torch.utils.data.Dataset":
+def build_dataset(
+    name: str, root: str | None = None, split: str = "train", image_size: int | None = None, **options
+) -> "torch.utils.data.Dataset":
     """Build one split of a dataset.
 
     Args:
@@ -75,8 +93,12 @@ def dataset_stats(dataset) -> dict:
     # Lift: P(a, b) / (P(a) P(b)); 1 when labels are independent.
     with np.errstate(divide="ignore", invalid="ignore"):
         lift = (co_occurrence / len(targets)) / np.outer(frequency, frequency)
-    pairs = [(names[a], names[b], int(co_occurrence[a, b]), float(lift[a, b]))
-             for a in range(len(names)) for b in range(a + 1, len(names)) if co_occurrence[a, b] > 0]
+    pairs = [
+        (names[a], names[b], int(co_occurrence[a, b]), float(lift[a, b]))
+        for a in range(len(names))
+        for b in range(a + 1, len(names))
+        if co_occurrence[a, b] > 0
+    ]
     pairs.sort(key=lambda p: -p[2])
     return {
         "images": len(targets),
@@ -86,6 +108,7 @@ def dataset_stats(dataset) -> dict:
         "label_frequency": {n: float(f) for n, f in zip(names, frequency)},
         "mean_label_frequency": float(frequency.mean()),
         "top_pairs": pairs[:8],
-        "pairs_never_seen": int(sum(1 for a in range(len(names)) for b in range(a + 1, len(names))
-                                    if co_occurrence[a, b] == 0)),
+        "pairs_never_seen": int(
+            sum(1 for a in range(len(names)) for b in range(a + 1, len(names)) if co_occurrence[a, b] == 0)
+        ),
     }

@@ -35,8 +35,28 @@ from l2d.data.transforms import build_transform
 
 logger = logging.getLogger(__name__)
 
-VOC_CLASSES = ["aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow", "diningtable",
-               "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor"]
+VOC_CLASSES = [
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
 
 
 class ImageListDataset(torch.utils.data.Dataset):
@@ -52,8 +72,16 @@ class ImageListDataset(torch.utils.data.Dataset):
             :class:`DatasetError` when it is loaded.
     """
 
-    def __init__(self, paths: list[str], targets: np.ndarray, class_names: list[str], image_size: int, train: bool,
-                 skip_corrupt: bool = False, name: str = "dataset"):
+    def __init__(
+        self,
+        paths: list[str],
+        targets: np.ndarray,
+        class_names: list[str],
+        image_size: int,
+        train: bool,
+        skip_corrupt: bool = False,
+        name: str = "dataset",
+    ):
         if len(paths) == 0:
             raise DatasetError(f"{name}: the split is empty")
         missing = [p for p in paths if not os.path.isfile(p)]
@@ -95,8 +123,9 @@ class ImageListDataset(torch.utils.data.Dataset):
             with Image.open(path) as image:
                 image = TF.pil_to_tensor(image.convert("RGB"))
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
-            raise DatasetError(f"{path}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop "
-                               f"such images") from error
+            raise DatasetError(
+                f"{path}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop such images"
+            ) from error
         return self.transform(image), torch.from_numpy(self.targets[index].astype(np.float32))
 
 
@@ -136,9 +165,16 @@ def _check_split(split: str) -> None:
         raise ValueError(f"unknown split {split!r} (allowed: train, val, test)")
 
 
-def build_voc2007(root: str, split: str, image_size: int, difficult_as_positive: bool = False,
-                  val_fraction: float = 0.1, val_seed: int = 0, skip_corrupt: bool = False,
-                  train_transform: bool | None = None) -> ImageListDataset:
+def build_voc2007(
+    root: str,
+    split: str,
+    image_size: int,
+    difficult_as_positive: bool = False,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
+    skip_corrupt: bool = False,
+    train_transform: bool | None = None,
+) -> ImageListDataset:
     _check_split(split)
     base = Path(root) / "VOCdevkit" / "VOC2007"
     ids = _read_lines(base / "ImageSets" / "Main" / ("test.txt" if split == "test" else "trainval.txt"))
@@ -165,10 +201,17 @@ def build_voc2007(root: str, split: str, image_size: int, difficult_as_positive:
     return ImageListDataset(paths, targets, VOC_CLASSES, image_size, train, skip_corrupt, f"voc2007/{split}")
 
 
-def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = False, keep_empty_test: bool = False,
-                  val_fraction: float = 0.1,
-                   val_seed: int = 0, skip_corrupt: bool = False,
-                   train_transform: bool | None = None) -> ImageListDataset:
+def build_coco2014(
+    root: str,
+    split: str,
+    image_size: int,
+    keep_empty: bool = False,
+    keep_empty_test: bool = False,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
+    skip_corrupt: bool = False,
+    train_transform: bool | None = None,
+) -> ImageListDataset:
     _check_split(split)
     source = "val2014" if split == "test" else "train2014"
     annotation_path = Path(root) / "annotations" / f"instances_{source}.json"
@@ -186,11 +229,14 @@ def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = Fa
     targets = np.zeros((len(images), len(categories)), dtype=np.uint8)
     for obj in objects:
         if obj.get("category_id") not in class_index:
-            raise DatasetError(f"{annotation_path}: annotation {obj.get('id')} has category "
-                               f"{obj.get('category_id')!r}, not in the file's categories")
+            raise DatasetError(
+                f"{annotation_path}: annotation {obj.get('id')} has category "
+                f"{obj.get('category_id')!r}, not in the file's categories"
+            )
         if obj.get("image_id") not in row_of:
-            raise DatasetError(f"{annotation_path}: annotation {obj.get('id')} names unknown image "
-                               f"{obj.get('image_id')!r}")
+            raise DatasetError(
+                f"{annotation_path}: annotation {obj.get('id')} names unknown image {obj.get('image_id')!r}"
+            )
         targets[row_of[obj["image_id"]], class_index[obj["category_id"]]] = 1
     paths = [str(Path(root) / source / image["file_name"]) for image in images]
     if not (keep_empty or (keep_empty_test and split == "test")):
@@ -198,14 +244,22 @@ def build_coco2014(root: str, split: str, image_size: int, keep_empty: bool = Fa
         paths, targets = [paths[i] for i in labelled], targets[labelled]
     paths, targets = _select(split, paths, targets, val_fraction, val_seed)
     train = split == "train" if train_transform is None else train_transform
-    return ImageListDataset(paths, targets, [c["name"] for c in categories], image_size, train, skip_corrupt,
-                            f"coco2014/{split}")
+    return ImageListDataset(
+        paths, targets, [c["name"] for c in categories], image_size, train, skip_corrupt, f"coco2014/{split}"
+    )
 
 
-def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = False, keep_empty_test: bool = False,
-                  val_fraction: float = 0.1,
-                  val_seed: int = 0, skip_corrupt: bool = False,
-                  train_transform: bool | None = None) -> ImageListDataset:
+def build_nuswide(
+    root: str,
+    split: str,
+    image_size: int,
+    keep_empty: bool = False,
+    keep_empty_test: bool = False,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
+    skip_corrupt: bool = False,
+    train_transform: bool | None = None,
+) -> ImageListDataset:
     _check_split(split)
     base = Path(root)
     part = "Test" if split == "test" else "Train"
@@ -218,8 +272,9 @@ def build_nuswide(root: str, split: str, image_size: int, keep_empty: bool = Fal
         label_path = base / "TrainTestLabels" / f"Labels_{concept}_{part}.txt"
         values = _read_lines(label_path)
         if len(values) != len(image_list):
-            raise DatasetError(f"{label_path}: {len(values)} labels for {len(image_list)} images in "
-                               f"ImageList/{part}Imagelist.txt")
+            raise DatasetError(
+                f"{label_path}: {len(values)} labels for {len(image_list)} images in ImageList/{part}Imagelist.txt"
+            )
         try:
             column = np.array([int(v) for v in values])
         except ValueError as error:

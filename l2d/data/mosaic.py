@@ -36,8 +36,7 @@ logger = logging.getLogger(__name__)
 _CACHE_VERSION = 1
 #: MosaicConfig fields added after the first cache keys, with their defaults (left out of a key when at them).
 _LATER_FIELDS = {"min_scene": 2, "max_scene": 3, "min_labels": 1}
-FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag",
-                   "ankle-boot"]
+FASHION_CLASSES = ["t-shirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "ankle-boot"]
 DIGIT_CLASSES = [str(d) for d in range(10)]
 FASHION_FILES = {
     "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
@@ -95,8 +94,10 @@ class MosaicConfig:
 def _read_idx(path: Path) -> np.ndarray:
     """Read one gzipped IDX file (the MNIST/Fashion-MNIST format), checking its header."""
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: Fashion-MNIST file not found (install the Debian package "
-                                f"dataset-fashion-mnist, or pass root= a folder with the four IDX .gz files)")
+        raise FileNotFoundError(
+            f"{path}: Fashion-MNIST file not found (install the Debian package "
+            f"dataset-fashion-mnist, or pass root= a folder with the four IDX .gz files)"
+        )
     try:
         with gzip.open(path, "rb") as stream:
             data = stream.read()
@@ -107,7 +108,7 @@ def _read_idx(path: Path) -> np.ndarray:
     zero, dtype_code, ndim = struct.unpack(">HBB", data[:4])
     if zero != 0 or dtype_code != 0x08:
         raise ValueError(f"{path}: not an unsigned-byte IDX file (magic {data[:4].hex()})")
-    shape = struct.unpack(f">{ndim}I", data[4:4 + 4 * ndim])
+    shape = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     body = np.frombuffer(data, dtype=np.uint8, offset=4 + 4 * ndim)
     if body.size != int(np.prod(shape)):
         raise ValueError(f"{path}: header says {shape} ({int(np.prod(shape))} bytes) but holds {body.size} bytes")
@@ -123,8 +124,10 @@ def load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
         order = np.random.default_rng(1797).permutation(len(images))  # fixed: the split must not move with seed
         cut = int(0.75 * len(images))
-        return {"train": (images[order[:cut]], digits.target[order[:cut]]),
-                "test": (images[order[cut:]], digits.target[order[cut:]])}
+        return {
+            "train": (images[order[:cut]], digits.target[order[:cut]]),
+            "test": (images[order[cut:]], digits.target[order[cut:]]),
+        }
     if config.source == "fashion":
         root = Path(config.root or DEFAULT_FASHION_ROOT)
         result = {}
@@ -139,13 +142,16 @@ def load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]
     raise ValueError(f"unknown mosaic source {config.source!r} (allowed: digits, fashion)")
 
 
-def scene_templates(num_classes: int, num_scenes: int, seed: int, min_scene: int = 2,
-                    max_scene: int = 3) -> tuple[list[np.ndarray], np.ndarray]:
+def scene_templates(
+    num_classes: int, num_scenes: int, seed: int, min_scene: int = 2, max_scene: int = 3
+) -> tuple[list[np.ndarray], np.ndarray]:
     """The scene templates: ``num_scenes`` sets of ``min_scene``-``max_scene`` classes, and their (unequal)
     popularity weights."""
     rng = np.random.default_rng([seed, 7])
-    scenes = [np.sort(rng.choice(num_classes, size=int(rng.integers(min_scene, max_scene + 1)), replace=False))
-              for _ in range(num_scenes)]
+    scenes = [
+        np.sort(rng.choice(num_classes, size=int(rng.integers(min_scene, max_scene + 1)), replace=False))
+        for _ in range(num_scenes)
+    ]
     weights = rng.dirichlet(np.full(num_scenes, 2.0))
     return scenes, weights
 
@@ -168,22 +174,34 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
     if config.split not in SPLITS:
         raise ValueError(f"unknown split {config.split!r} (allowed: {', '.join(SPLITS)})")
     if config.size < 1 or config.grid < 1 or config.cell_size < 4:
-        raise ValueError(f"mosaic size, grid and cell_size must be positive (got {config.size}, {config.grid}, "
-                         f"{config.cell_size})")
+        raise ValueError(
+            f"mosaic size, grid and cell_size must be positive (got {config.size}, {config.grid}, {config.cell_size})"
+        )
     if not 1 <= config.min_scene <= config.max_scene <= 10:
-        raise ValueError(f"mosaic scenes need 1 <= min_scene <= max_scene <= 10 classes (got {config.min_scene}, "
-                         f"{config.max_scene})")
+        raise ValueError(
+            f"mosaic scenes need 1 <= min_scene <= max_scene <= 10 classes (got {config.min_scene}, {config.max_scene})"
+        )
     if config.min_labels > min(10, config.grid * config.grid):
-        raise ValueError(f"min_labels {config.min_labels} exceeds what a {config.grid}x{config.grid} canvas of 10 "
-                         f"classes holds ({min(10, config.grid * config.grid)})")
+        raise ValueError(
+            f"min_labels {config.min_labels} exceeds what a {config.grid}x{config.grid} canvas of 10 "
+            f"classes holds ({min(10, config.grid * config.grid)})"
+        )
     source = load_source(config)
     source_split = "test" if config.split == "test" else "train"
     _, chosen = item_pool(config, len(source[source_split][0]))
     item_images, item_labels = source[source_split][0][chosen], source[source_split][1][chosen]
     num_classes = 10
     items = torch.tensor(item_images, dtype=torch.float32).unsqueeze(1)
-    items = F.interpolate(items, size=(config.cell_size, config.cell_size), mode="bilinear", antialias=True,
-                          align_corners=False).round().clamp(0, 255).to(torch.uint8).squeeze(1).numpy()
+    items = (
+        F.interpolate(
+            items, size=(config.cell_size, config.cell_size), mode="bilinear", antialias=True, align_corners=False
+        )
+        .round()
+        .clamp(0, 255)
+        .to(torch.uint8)
+        .squeeze(1)
+        .numpy()
+    )
     by_class = [np.flatnonzero(item_labels == k) for k in range(num_classes)]
     missing = [k for k, members in enumerate(by_class) if members.size == 0]
     if missing:
@@ -207,15 +225,18 @@ def generate_mosaic(config: MosaicConfig) -> tuple[np.ndarray, np.ndarray]:
             missing = [int(k) for k in scene if k not in labels]
             others = [k for k in range(num_classes) if k not in labels and k not in missing]
             extra = list(rng.permutation(missing)) + list(rng.permutation(others))
-            labels += [int(k) for k in extra[:config.min_labels - len(labels)]]
+            labels += [int(k) for k in extra[: config.min_labels - len(labels)]]
         if len(labels) > cells:
             labels = [int(k) for k in rng.choice(labels, size=cells, replace=False)]
         positions = rng.choice(cells, size=len(labels), replace=False)
         for label, position in zip(labels, positions):
             item = items[rng.choice(by_class[label])]
             row, col = divmod(int(position), config.grid)
-            canvases[n, row * config.cell_size:(row + 1) * config.cell_size,
-                     col * config.cell_size:(col + 1) * config.cell_size] = item
+            canvases[
+                n,
+                row * config.cell_size : (row + 1) * config.cell_size,
+                col * config.cell_size : (col + 1) * config.cell_size,
+            ] = item
             targets[n, label] = 1
     return canvases, targets
 
@@ -241,8 +262,7 @@ def load_or_generate(config: MosaicConfig, cache_dir: Path | None = None) -> tup
 class MosaicDataset(torch.utils.data.Dataset):
     """A mosaic split as a torch Dataset of ``(image [3, S, S] float, target [10] float)``."""
 
-    def __init__(self, images: np.ndarray, targets: np.ndarray, class_names: list[str], image_size: int,
-                 train: bool):
+    def __init__(self, images: np.ndarray, targets: np.ndarray, class_names: list[str], image_size: int, train: bool):
         self.images = images
         self.targets = targets
         self.class_names = class_names
@@ -267,9 +287,17 @@ class MosaicDataset(torch.utils.data.Dataset):
 DEFAULT_SIZES = {"train": 2000, "val": 500, "test": 1000}
 
 
-def build_mosaic(source: str, split: str, image_size: int, root: str | None = None, train_transform: bool | None = None,
-                 size: int | None = None, scale: float = 1.0, cache_dir: str | None = None,
-                 **options) -> MosaicDataset:
+def build_mosaic(
+    source: str,
+    split: str,
+    image_size: int,
+    root: str | None = None,
+    train_transform: bool | None = None,
+    size: int | None = None,
+    scale: float = 1.0,
+    cache_dir: str | None = None,
+    **options,
+) -> MosaicDataset:
     """Build ``mosaic-digits`` / ``mosaic-fashion``; ``options`` are :class:`MosaicConfig` fields.
 
     ``size`` sets the number of canvases of this split; without it, the split's default (train 2000, val 500,
@@ -277,8 +305,10 @@ def build_mosaic(source: str, split: str, image_size: int, root: str | None = No
     """
     unknown = set(options) - set(MosaicConfig.__dataclass_fields__)
     if unknown:
-        raise ValueError(f"unknown mosaic option(s) {sorted(unknown)}; allowed: "
-                         f"{sorted(set(MosaicConfig.__dataclass_fields__) - {'source', 'split', 'root'})}")
+        raise ValueError(
+            f"unknown mosaic option(s) {sorted(unknown)}; allowed: "
+            f"{sorted(set(MosaicConfig.__dataclass_fields__) - {'source', 'split', 'root'})}"
+        )
     if not scale > 0:
         raise ValueError(f"mosaic scale must be > 0, got {scale}")
     size = size or max(1, int(round(DEFAULT_SIZES.get(split, 0) * scale)))

@@ -12,8 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "MAX_SEED", "Option", "check_dataset_options",
-           "dataset_options"]
+__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "MAX_SEED", "Option", "check_dataset_options", "dataset_options"]
 
 
 class DatasetError(ValueError):
@@ -62,8 +61,12 @@ class Option:
         elif self.kind is int:
             ok = isinstance(value, int) and not isinstance(value, bool)
         elif self.kind is float:
-            ok = isinstance(value, (int, float)) and not isinstance(value, bool) and value == value \
+            ok = (
+                isinstance(value, (int, float))
+                and not isinstance(value, bool)
+                and value == value
                 and value not in (float("inf"), float("-inf"))
+            )
         else:
             ok = isinstance(value, str) and bool(value)
         if ok and self.low is not None:
@@ -150,29 +153,65 @@ class DatasetInfo:
 # significant digits): test mAP 78.2, no difference from the student alone established (README, "Defaults").
 # mosaic-fashion shares them, unmeasured on its own. The paper datasets keep the official weights.
 _MOSAIC_L2D_WEIGHTS = {"lambda_mld": 0.163, "lambda_cd": 0.14, "lambda_id": 23.3}
-_MOSAIC_DEFAULTS = dict(image_size=32, lr=2e-3, embed_dim=128, epochs=4, teacher_epochs=3, teacher="resnet14t",
-                        student="resnet10t", options=_MOSAIC_OPTIONS, method_weights={"l2d": _MOSAIC_L2D_WEIGHTS})
-_KEEP_EMPTY = {"keep_empty": Option(bool, help="keep images without any label in every split"),
-               "keep_empty_test": Option(bool, help="keep images without any label in the test split")}
+_MOSAIC_DEFAULTS = dict(
+    image_size=32,
+    lr=2e-3,
+    embed_dim=128,
+    epochs=4,
+    teacher_epochs=3,
+    teacher="resnet14t",
+    student="resnet10t",
+    options=_MOSAIC_OPTIONS,
+    method_weights={"l2d": _MOSAIC_L2D_WEIGHTS},
+)
+_KEEP_EMPTY = {
+    "keep_empty": Option(bool, help="keep images without any label in every split"),
+    "keep_empty_test": Option(bool, help="keep images without any label in the test split"),
+}
 # The paper's regime on a CPU (benchmarks/quality_scenes.py measured it): 96 px canvases of 3 x 3 Fashion-MNIST cells
 # of 32 px, so the last stage of an EfficientNet-Lite (stride 32) gives the label-wise head 3 x 3 = 9 tokens, about
-# one per cell; scenes of 3-4 classes (at least 2 labels; 89 % of the canvases have 3 or more, so ID acts on them); ImageNet
+# one per cell; scenes of 3-4 classes (at least 2 labels; 89 % of the canvases have 3 or more, so ID acts on them);
+# ImageNet
 # weights from the offline packages (l2d.weights.OFFLINE) for the teacher (efficientnet_lite2) and the student
 # (efficientnet_lite0); channels-last convolutions, 1.6x faster for their depthwise layers on CPU.
 _SCENES_WEIGHTS = {f"{prefix}efficientnet_lite{k}": "offline" for prefix in ("tf_", "") for k in (0, 1, 2)}
 _SCENES_DEFAULTS = dict(
-    image_size=96, lr=1e-3, embed_dim=128, epochs=3, teacher_epochs=8, teacher="tf_efficientnet_lite2",
-    student="tf_efficientnet_lite0", options=_MOSAIC_OPTIONS, weights=_SCENES_WEIGHTS, channels_last=True,
-    option_defaults={"grid": 3, "cell_size": 32, "num_scenes": 12, "min_scene": 3, "max_scene": 4, "min_labels": 2,
-                     "keep": 0.85, "noise": 0.2, "scale": 0.6},
+    image_size=96,
+    lr=1e-3,
+    embed_dim=128,
+    epochs=3,
+    teacher_epochs=8,
+    teacher="tf_efficientnet_lite2",
+    student="tf_efficientnet_lite0",
+    options=_MOSAIC_OPTIONS,
+    weights=_SCENES_WEIGHTS,
+    channels_last=True,
+    option_defaults={
+        "grid": 3,
+        "cell_size": 32,
+        "num_scenes": 12,
+        "min_scene": 3,
+        "max_scene": 4,
+        "min_labels": 2,
+        "keep": 0.85,
+        "noise": 0.2,
+        "scale": 0.6,
+    },
     description="Fashion-MNIST scenes on a 3 x 3 grid at 96 px, ImageNet-initialised EfficientNet-Lite (the paper's "
-                "regime: 9 tokens, 3+ labels)")
+    "regime: 9 tokens, 3+ labels)",
+)
 DATASETS: dict[str, DatasetInfo] = {
     "mosaic-digits": DatasetInfo("l2d.data.mosaic:build_mosaic_digits", False, **_MOSAIC_DEFAULTS),
     "mosaic-fashion": DatasetInfo("l2d.data.mosaic:build_mosaic_fashion", False, **_MOSAIC_DEFAULTS),
     "mosaic-scenes": DatasetInfo("l2d.data.mosaic:build_mosaic_fashion", False, **_SCENES_DEFAULTS),
-    "voc2007": DatasetInfo("l2d.data.formats:build_voc2007", True, options={
-        "difficult_as_positive": Option(bool, help="count objects marked difficult as positives"), **_SPLIT_OPTIONS}),
+    "voc2007": DatasetInfo(
+        "l2d.data.formats:build_voc2007",
+        True,
+        options={
+            "difficult_as_positive": Option(bool, help="count objects marked difficult as positives"),
+            **_SPLIT_OPTIONS,
+        },
+    ),
     "coco2014": DatasetInfo("l2d.data.formats:build_coco2014", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
     "nuswide": DatasetInfo("l2d.data.formats:build_nuswide", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
 }

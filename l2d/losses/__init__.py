@@ -19,15 +19,36 @@ from __future__ import annotations
 
 import importlib
 
-from l2d.losses.registry import (HYPERPARAMETERS, METHODS, OFFICIAL_NUM_CLASSES, OFFICIAL_WEIGHTS, TERMS,
-                                 WEIGHT_RULES, Method, Term, is_temperature, last_stage, last_stages, loss_parts,
-                                 method_hparams, official_weights, part_weights)
+from l2d.losses.registry import (
+    HYPERPARAMETERS,
+    METHODS,
+    OFFICIAL_NUM_CLASSES,
+    OFFICIAL_WEIGHTS,
+    TERMS,
+    WEIGHT_RULES,
+    Method,
+    Term,
+    is_temperature,
+    last_stage,
+    last_stages,
+    loss_parts,
+    method_hparams,
+    official_weights,
+    part_weights,
+)
 
 #: Public names of the torch modules, loaded when first asked for (``from l2d.losses import mld_loss`` imports torch;
 #: ``from l2d.losses import METHODS`` does not).
 _LAZY = {
-    "l2d.losses.logits": ("bce_loss", "mld_loss", "kd_loss", "mse_loss", "ps_loss", "dist_losses",
-                          "standardize_logits"),
+    "l2d.losses.logits": (
+        "bce_loss",
+        "mld_loss",
+        "kd_loss",
+        "mse_loss",
+        "ps_loss",
+        "dist_losses",
+        "standardize_logits",
+    ),
     "l2d.losses.embedding": ("cd_loss", "id_loss", "cd_id_losses"),
     "l2d.losses.relational": ("rkd_loss", "pkt_loss"),
     "l2d.losses.feature": ("hint_loss", "hcl_loss", "HintConnector", "AttentionFusion", "ReviewConnector"),
@@ -35,10 +56,24 @@ _LAZY = {
 }
 _WHERE = {name: module for module, names in _LAZY.items() for name in names}
 
-__all__ = ["HYPERPARAMETERS", "METHODS", "OFFICIAL_NUM_CLASSES", "OFFICIAL_WEIGHTS", "TERMS", "WEIGHT_RULES", "Method",
-           "is_temperature",
-           "Term", "last_stage", "last_stages", "loss_parts", "method_hparams", "official_weights", "part_weights",
-           *_WHERE]
+__all__ = [
+    "HYPERPARAMETERS",
+    "METHODS",
+    "OFFICIAL_NUM_CLASSES",
+    "OFFICIAL_WEIGHTS",
+    "TERMS",
+    "WEIGHT_RULES",
+    "Method",
+    "is_temperature",
+    "Term",
+    "last_stage",
+    "last_stages",
+    "loss_parts",
+    "method_hparams",
+    "official_weights",
+    "part_weights",
+    *_WHERE,
+]
 
 
 def __getattr__(name: str):

@@ -51,8 +51,13 @@ class DistillationCriterion(nn.Module):
             channels of their stages).
     """
 
-    def __init__(self, method: str, hparams: Mapping[str, float] | None = None, student: nn.Module | None = None,
-                 teacher: nn.Module | None = None):
+    def __init__(
+        self,
+        method: str,
+        hparams: Mapping[str, float] | None = None,
+        student: nn.Module | None = None,
+        teacher: nn.Module | None = None,
+    ):
         super().__init__()
         from l2d.models import stage_channels
 
@@ -69,16 +74,20 @@ class DistillationCriterion(nn.Module):
             if term.stages is None:
                 continue
             if student is None or teacher is None:
-                raise ValueError(f"method {method!r} compares backbone stages: its criterion needs the student and "
-                                 f"the teacher models")
+                raise ValueError(
+                    f"method {method!r} compares backbone stages: its criterion needs the student and "
+                    f"the teacher models"
+                )
             student_channels, teacher_channels = stage_channels(student), stage_channels(teacher)
             selected = (term.stages(len(student_channels)), term.stages(len(teacher_channels)))
             self._term_stages[name] = selected
             if term.connectors is not None:
                 pooled = ([_pooled_features(student)], [_pooled_features(teacher)]) if term.pooled else ([], [])
-                self.connectors[name] = resolve_function(term.connectors)([student_channels[i] for i in selected[0]] + pooled[0],
-                                                        [teacher_channels[i] for i in selected[1]] + pooled[1],
-                                                        self.hparams)
+                self.connectors[name] = resolve_function(term.connectors)(
+                    [student_channels[i] for i in selected[0]] + pooled[0],
+                    [teacher_channels[i] for i in selected[1]] + pooled[1],
+                    self.hparams,
+                )
         self.student_stages = tuple(sorted({i for s, _ in self._term_stages.values() for i in s}))
         self.teacher_stages = tuple(sorted({i for _, t in self._term_stages.values() for i in t}))
 
@@ -89,8 +98,10 @@ class DistillationCriterion(nn.Module):
         student_maps = dict(zip(self.student_stages, student.stages))
         teacher_maps = dict(zip(self.teacher_stages, teacher.stages))
         if len(student_maps) != len(self.student_stages) or len(teacher_maps) != len(self.teacher_stages):
-            raise ValueError(f"method {self.method!r} needs stages {self.student_stages} of the student and "
-                             f"{self.teacher_stages} of the teacher; call the models with stages=...")
+            raise ValueError(
+                f"method {self.method!r} needs stages {self.student_stages} of the student and "
+                f"{self.teacher_stages} of the teacher; call the models with stages=..."
+            )
         student_stages = tuple(student_maps[i] for i in student_indices)
         teacher_stages = tuple(teacher_maps[i] for i in teacher_indices)
         if TERMS[name].pooled:
@@ -98,8 +109,9 @@ class DistillationCriterion(nn.Module):
             teacher_stages += (teacher.features[:, :, None, None],)
         return TermInputs(student_stages, teacher_stages, self.connectors[name] if name in self.connectors else None)
 
-    def forward(self, student: ModelOutput, teacher: ModelOutput | None, targets: torch.Tensor,
-                live: dict | None = None) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    def forward(
+        self, student: ModelOutput, teacher: ModelOutput | None, targets: torch.Tensor, live: dict | None = None
+    ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """``(total, parts)``; ``parts`` maps ``bce`` and each loss to its unweighted, detached value. ``live``, when
         given, is filled with each part's weighted value, still differentiable (what the engine's gradient
         diagnostics take apart)."""
@@ -110,8 +122,9 @@ class DistillationCriterion(nn.Module):
         if live is not None:
             live["bce"] = total
         for name in METHODS[self.method].terms:
-            values = self._functions[name](student, teacher, targets, self.hparams,
-                                           self._inputs(name, student, teacher))
+            values = self._functions[name](
+                student, teacher, targets, self.hparams, self._inputs(name, student, teacher)
+            )
             for part, value in values.items():
                 weighted = self.weights[part] * value
                 total = total + weighted

@@ -45,7 +45,9 @@ def _label_set_losses(
             not_self = ~torch.eye(width, dtype=torch.bool, device=members.device)
             pairs = members.unsqueeze(2) & members.unsqueeze(1) & not_self
             with torch.no_grad():
-                teacher_structure = distance_structure(teacher.index_select(0, index.flatten()).view(shape), pairs, sizes)
+                teacher_structure = distance_structure(
+                    teacher.index_select(0, index.flatten()).view(shape), pairs, sizes
+                )
             # index_select, not student[index]: its backward is an index_add, much cheaper than an index_put.
             student_structure = distance_structure(student.index_select(0, index.flatten()).view(shape), pairs, sizes)
             # Both structures are 0 off `pairs`, so padding adds exactly 0.
@@ -81,6 +83,7 @@ def cd_id_losses(
 
 
 # --- terms (registered in l2d.losses.registry) -------------------------------------------------------------------
+
 
 def led_term(student, teacher, targets, hparams, inputs):
     cd, instance = cd_id_losses(student.label_embeddings, teacher.label_embeddings, targets)

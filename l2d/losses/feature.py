@@ -47,8 +47,9 @@ class AttentionFusion(nn.Module):
     def __init__(self, in_channels: int, mid_channels: int, out_channels: int, fuse: bool):
         super().__init__()
         self.reduce = nn.Sequential(nn.Conv2d(in_channels, mid_channels, 1, bias=False), nn.BatchNorm2d(mid_channels))
-        self.output = nn.Sequential(nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False),
-                                    nn.BatchNorm2d(out_channels))
+        self.output = nn.Sequential(
+            nn.Conv2d(mid_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels)
+        )
         self.attention = nn.Sequential(nn.Conv2d(2 * mid_channels, 2, 1), nn.Sigmoid()) if fuse else None
         nn.init.kaiming_uniform_(self.reduce[0].weight, a=1)
         nn.init.kaiming_uniform_(self.output[0].weight, a=1)
@@ -69,8 +70,10 @@ class ReviewConnector(nn.Module):
     def __init__(self, student_channels: list[int], teacher_channels: list[int], mid_channels: int = 256):
         super().__init__()
         count = len(student_channels)
-        self.fusions = nn.ModuleList(AttentionFusion(s, mid_channels, t, fuse=i < count - 1)
-                                     for i, (s, t) in enumerate(zip(student_channels, teacher_channels)))
+        self.fusions = nn.ModuleList(
+            AttentionFusion(s, mid_channels, t, fuse=i < count - 1)
+            for i, (s, t) in enumerate(zip(student_channels, teacher_channels))
+        )
 
     def forward(self, features: list[torch.Tensor]) -> list[torch.Tensor]:
         outputs: list[torch.Tensor] = [None] * len(features)  # type: ignore[list-item]
@@ -98,14 +101,16 @@ def hcl_loss(student_features: list[torch.Tensor], teacher_features: list[torch.
                 if level >= size[0]:
                     continue
                 weight /= 2.0
-                loss = loss + weight * F.mse_loss(F.adaptive_avg_pool2d(student, level),
-                                                  F.adaptive_avg_pool2d(teacher, level))
+                loss = loss + weight * F.mse_loss(
+                    F.adaptive_avg_pool2d(student, level), F.adaptive_avg_pool2d(teacher, level)
+                )
                 normalizer += weight
             total = loss / normalizer if total is None else total + loss / normalizer
     return total
 
 
 # --- terms and their connectors (registered in l2d.losses.registry) ----------------------------------------------
+
 
 def hint_term(student, teacher, targets, hparams, inputs):
     return {"hint": hint_loss(inputs.student_stages[0], inputs.teacher_stages[0], inputs.module)}

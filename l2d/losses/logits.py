@@ -25,8 +25,9 @@ def standardize_logits(logits: torch.Tensor, eps: float = 1e-7) -> torch.Tensor:
     return centred / (logits.std(dim=-1, keepdim=True) + eps)
 
 
-def mld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, standardize: bool = False,
-             temperature: float = 1.0) -> torch.Tensor:
+def mld_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, standardize: bool = False, temperature: float = 1.0
+) -> torch.Tensor:
     """Multi-label logits distillation: one binary KL divergence per label, no temperature.
 
     ``L_MLD = (1/B) sum_{i,k} [pT log(pT/pS) + (1-pT) log((1-pT)/(1-pS))]`` with ``p = clamp(sigmoid(z),
@@ -52,8 +53,9 @@ def mld_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, standar
         return loss * temperature**2 if standardize else loss
 
 
-def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0,
-            standardize: bool = False) -> torch.Tensor:
+def kd_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 4.0, standardize: bool = False
+) -> torch.Tensor:
     """Vanilla KD adapted to sigmoids: BCE against the teacher's softened probabilities.
 
     ``L_KD = T^2 / B * sum_{i,k} BCE(sigmoid(zS/T), sigmoid(zT/T))``; the ``T^2`` keeps gradients on the
@@ -114,8 +116,9 @@ def _pearson(a: torch.Tensor, b: torch.Tensor, eps: float = 1e-8) -> torch.Tenso
     return (a * b).sum(1) / (a.norm(dim=1) * b.norm(dim=1) + eps)
 
 
-def dist_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
-                temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+def dist_losses(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
     """DIST (Huang et al., NeurIPS 2022), adapted to sigmoid outputs: ``(L_inter, L_intra)``.
 
     With ``P = sigmoid(z / T)`` (``[B, C]``): the inter-class relation ``L_inter = T^2 (1 - mean_i rho(PS_i, PT_i))``
@@ -131,12 +134,12 @@ def dist_losses(student_logits: torch.Tensor, teacher_logits: torch.Tensor,
         teacher = torch.sigmoid(teacher_logits.detach().float() / temperature)
         scale = temperature**2
         inter = scale * (1 - _pearson(student, teacher).mean())
-        intra = scale * (1 - _pearson(student.t(), teacher.t()).mean()) if student.shape[0] > 1 \
-            else student.sum() * 0.0
+        intra = scale * (1 - _pearson(student.t(), teacher.t()).mean()) if student.shape[0] > 1 else student.sum() * 0.0
         return inter, intra
 
 
 # --- terms (registered in l2d.losses.registry): (student, teacher, targets, hparams, inputs) -> {part: loss} ------
+
 
 def mld_term(student, teacher, targets, hparams, inputs):
     return {"mld": mld_loss(student.logits, teacher.logits)}

@@ -64,8 +64,12 @@ class Method:
         return bool(self.terms)
 
 
-_LOGITS, _EMBEDDING, _RELATIONAL, _FEATURE = ("l2d.losses.logits", "l2d.losses.embedding", "l2d.losses.relational",
-                                              "l2d.losses.feature")
+_LOGITS, _EMBEDDING, _RELATIONAL, _FEATURE = (
+    "l2d.losses.logits",
+    "l2d.losses.embedding",
+    "l2d.losses.relational",
+    "l2d.losses.feature",
+)
 TERMS: dict[str, Term] = {
     "mld": Term({"mld": "lambda_mld"}, f"{_LOGITS}:mld_term"),
     "mld-ls": Term({"mld": "lambda_mld"}, f"{_LOGITS}:mld_ls_term"),
@@ -79,10 +83,16 @@ TERMS: dict[str, Term] = {
     "dist": Term({"dist_inter": "lambda_dist_inter", "dist_intra": "lambda_dist_intra"}, f"{_LOGITS}:dist_term"),
     "rkd": Term({"rkd": "lambda_rkd"}, f"{_RELATIONAL}:rkd_term"),
     "pkt": Term({"pkt": "lambda_pkt"}, f"{_RELATIONAL}:pkt_term"),
-    "hint": Term({"hint": "lambda_hint"}, f"{_FEATURE}:hint_term", stages=last_stage,
-                 connectors=f"{_FEATURE}:hint_connectors"),
-    "reviewkd": Term({"reviewkd": "lambda_reviewkd"}, f"{_FEATURE}:reviewkd_term", stages=last_stages(4),
-                     connectors=f"{_FEATURE}:review_connectors", pooled=True),
+    "hint": Term(
+        {"hint": "lambda_hint"}, f"{_FEATURE}:hint_term", stages=last_stage, connectors=f"{_FEATURE}:hint_connectors"
+    ),
+    "reviewkd": Term(
+        {"reviewkd": "lambda_reviewkd"},
+        f"{_FEATURE}:reviewkd_term",
+        stages=last_stages(4),
+        connectors=f"{_FEATURE}:review_connectors",
+        pooled=True,
+    ),
 }
 
 #: The official L2D weights (MS-COCO): the defaults, and an L2D sweep's first point, except where a dataset has its own.
@@ -98,26 +108,40 @@ WEIGHT_RULES = ("official", "labels", "balanced")
 METHODS: dict[str, Method] = {
     "bce": Method((), {}, "student alone, supervised BCE"),
     "kd": Method(("kd",), {"lambda_kd": 10.0, "kd_temperature": 4.0}, "vanilla KD with sigmoids (soft-target BCE)"),
-    "kd-ls": Method(("kd-ls",), {"lambda_kd": 10.0, "kd_temperature": 4.0},
-                    "KD on standardised logits (logit standardisation, Sun et al. 2024)"),
+    "kd-ls": Method(
+        ("kd-ls",),
+        {"lambda_kd": 10.0, "kd_temperature": 4.0},
+        "KD on standardised logits (logit standardisation, Sun et al. 2024)",
+    ),
     "mse": Method(("mse",), {"lambda_mse": 1.0}, "MSE between logits"),
     "ps": Method(("ps",), {"lambda_ps": 10.0}, "partial softmax KD"),
-    "dist": Method(("dist",), {"lambda_dist_inter": 20.0, "lambda_dist_intra": 20.0, "dist_temperature": 1.0},
-                   "DIST (Huang et al. 2022) on sigmoids: inter- and intra-class Pearson relations"),
+    "dist": Method(
+        ("dist",),
+        {"lambda_dist_inter": 20.0, "lambda_dist_intra": 20.0, "dist_temperature": 1.0},
+        "DIST (Huang et al. 2022) on sigmoids: inter- and intra-class Pearson relations",
+    ),
     "rkd": Method(("rkd",), {"lambda_rkd": 1.0}, "relational KD on pooled features (distance 10, angle 10)"),
     "pkt": Method(("pkt",), {"lambda_pkt": 30000.0}, "probabilistic knowledge transfer on pooled features"),
     "mld": Method(("mld",), {"lambda_mld": 10.0}, "L2D's multi-label logits distillation alone"),
-    "mld-ls": Method(("mld-ls",), {"lambda_mld": 10.0, "mld_temperature": 1.0},
-                     "MLD on standardised logits (logit standardisation, Sun et al. 2024)"),
+    "mld-ls": Method(
+        ("mld-ls",),
+        {"lambda_mld": 10.0, "mld_temperature": 1.0},
+        "MLD on standardised logits (logit standardisation, Sun et al. 2024)",
+    ),
     "cd": Method(("cd",), {"lambda_cd": 100.0}, "L2D's class-aware embedding loss alone (ablation)"),
     "id": Method(("id",), {"lambda_id": 1000.0}, "L2D's instance-aware embedding loss alone (ablation)"),
     "led": Method(("led",), {"lambda_cd": 100.0, "lambda_id": 1000.0}, "L2D's CD + ID embedding losses alone"),
     "l2d": Method(("mld", "led"), dict(OFFICIAL_WEIGHTS), "L2D: MLD + CD + ID"),
-    "hint": Method(("hint",), {"lambda_hint": 100.0}, "FitNet-style hint on the last backbone stage (trainable "
-                                                      "1x1 conv + BN connector)"),
-    "reviewkd": Method(("reviewkd",), {"lambda_reviewkd": 20.0}, "ReviewKD: attention-based fusion of the last 4 "
-                                                                 "stages and the pooled features, hierarchical "
-                                                                 "context loss"),
+    "hint": Method(
+        ("hint",),
+        {"lambda_hint": 100.0},
+        "FitNet-style hint on the last backbone stage (trainable 1x1 conv + BN connector)",
+    ),
+    "reviewkd": Method(
+        ("reviewkd",),
+        {"lambda_reviewkd": 20.0},
+        "ReviewKD: attention-based fusion of the last 4 stages and the pooled features, hierarchical context loss",
+    ),
 }
 
 #: Every hyperparameter a method has (the learning rate aside), sorted: CLI flags, spec keys, result columns.
@@ -128,8 +152,9 @@ def is_temperature(name: str) -> bool:
     return name.endswith("_temperature")
 
 
-def official_weights(method: str, rule: str = "official", num_classes: int = OFFICIAL_NUM_CLASSES,
-                     factor: float | None = None) -> dict[str, float]:
+def official_weights(
+    method: str, rule: str = "official", num_classes: int = OFFICIAL_NUM_CLASSES, factor: float | None = None
+) -> dict[str, float]:
     """The official weights of an L2D-family method (``mld``, ``led``, ``l2d``), carried over by ``rule``.
 
     Args:

@@ -68,6 +68,7 @@ def pkt_loss(student_features: torch.Tensor, teacher_features: torch.Tensor, eps
 
 # --- terms (registered in l2d.losses.registry) -------------------------------------------------------------------
 
+
 def rkd_term(student, teacher, targets, hparams, inputs):
     return {"rkd": rkd_loss(student.features, teacher.features)}
 

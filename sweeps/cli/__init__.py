@@ -65,8 +65,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     level = logging.DEBUG if args.debug else logging.INFO if args.verbose else logging.WARNING
-    logging.basicConfig(level=level,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True)
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S", force=True
+    )
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
@@ -98,6 +99,32 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
 
 
+def run() -> None:
+    """The ``l2d-sweep`` program: :func:`main`, then exit without tearing the interpreter down.
+
+    After the command has done its work, its output is flushed and the interpreter's exit handlers run (Ray's
+    shutdown, logging, temporary files); then the process ends with ``os._exit``. A full teardown destroys pyarrow's
+    native thread pools after the module state they use, which now and then (a few runs in a hundred on a loaded
+    machine, seen with ``status`` and ``list``) aborts the process with "terminate called without an active exception"
+    and exit status 134 after a command that succeeded.
+    """
+    import atexit
+
+    try:
+        code = main()
+    except SystemExit as done:  # argparse's --help, --version and usage errors
+        code = done.code if isinstance(done.code, int) else (0 if done.code is None else 2)
+        if done.code is not None and not isinstance(done.code, int):
+            print(done.code, file=sys.stderr)
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (BrokenPipeError, ValueError, OSError):
+            pass
+    atexit._run_exitfuncs()
+    os._exit(code if isinstance(code, int) else 1)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -109,4 +136,4 @@ def _report(args: argparse.Namespace, message: str) -> None:
     print(f"l2d-sweep {args.command}: {message}", file=sys.stderr)
 
 
-__all__ = ["build_parser", "main"]
+__all__ = ["build_parser", "main", "run"]

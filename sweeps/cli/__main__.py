@@ -1,7 +1,5 @@
 """``python -m sweeps.cli``: the ``l2d-sweep`` command."""
 
-import sys
+from sweeps.cli import run
 
-from sweeps.cli import main
-
-sys.exit(main())
+run()

@@ -67,9 +67,11 @@ def add_global_flags(parser: argparse.ArgumentParser, anywhere: bool = False) ->
     """``-q``, ``-v``, ``--debug``: on the top parser, and (``anywhere``) again on each command's, where they do
     not reset what was given before the command (``l2d-sweep -v results X`` and ``l2d-sweep results X -v`` agree)."""
     default = argparse.SUPPRESS if anywhere else False
-    flags = [(("-q", "--quiet"), "only errors and each command's result (no progress lines)"),
-             (("-v", "--verbose"), "informational logging (caches, teachers...), and the Ray workers' logs in a sweep"),
-             (("--debug",), "debug logging, and the traceback of an error")]
+    flags = [
+        (("-q", "--quiet"), "only errors and each command's result (no progress lines)"),
+        (("-v", "--verbose"), "informational logging (caches, teachers...), and the Ray workers' logs in a sweep"),
+        (("--debug",), "debug logging, and the traceback of an error"),
+    ]
     for names, text in flags:
         free = [n for n in names if n not in parser._option_string_actions]
         if len(free) == len(names):
@@ -89,21 +91,32 @@ def key_value(text: str) -> tuple[str, object]:
         raise argparse.ArgumentTypeError(f"{text!r}: bad value ({error})") from error
 
 
-def bounded(kind: type, minimum: float, exclusive: bool = False, maximum: float | None = None) -> Callable[[str], float]:
+def bounded(
+    kind: type, minimum: float, exclusive: bool = False, maximum: float | None = None
+) -> Callable[[str], float]:
     """An argparse type: a finite ``kind`` (int or float) >= ``minimum`` (> when ``exclusive``), <= ``maximum``."""
 
     def parse(text: str):
         try:
             value = kind(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {'an integer' if kind is int else 'a number'}, got {text!r}") \
-                from None
-        if value != value or value in (float("inf"), float("-inf")) or value < minimum or (exclusive and value == minimum) \
-                or (maximum is not None and value > maximum):
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if kind is int else 'a number'}, got {text!r}"
+            ) from None
+        if (
+            value != value
+            or value in (float("inf"), float("-inf"))
+            or value < minimum
+            or (exclusive and value == minimum)
+            or (maximum is not None and value > maximum)
+        ):
             show = (lambda v: f"{int(v):,}") if kind is int else (lambda v: f"{v:g}")
-            bound = f"{'>' if exclusive else '>='} {show(minimum)}" + (f" and <= {show(maximum)}" if maximum is not None
-                                                                      else "")
-            raise argparse.ArgumentTypeError(f"must be {'a finite number ' if kind is float else ''}{bound}, got {value}")
+            bound = f"{'>' if exclusive else '>='} {show(minimum)}" + (
+                f" and <= {show(maximum)}" if maximum is not None else ""
+            )
+            raise argparse.ArgumentTypeError(
+                f"must be {'a finite number ' if kind is float else ''}{bound}, got {value}"
+            )
         return value
 
     return parse
@@ -120,12 +133,21 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
     from l2d.data import DATASETS
 
     group = parser.add_argument_group("data")
-    group.add_argument("--dataset", default="mosaic-digits", choices=list(DATASETS),
-                       help="dataset name (default: mosaic-digits, embedded: nothing to download)")
+    group.add_argument(
+        "--dataset",
+        default="mosaic-digits",
+        choices=list(DATASETS),
+        help="dataset name (default: mosaic-digits, embedded: nothing to download)",
+    )
     group.add_argument("--data-root", help="the dataset's folder (required for voc2007, coco2014, nuswide)")
-    group.add_argument("--dataset-option", action="append", type=key_value, default=[], metavar="KEY=VALUE",
-                       help="a dataset option, repeatable (e.g. size=5000 for a mosaic, difficult_as_positive=true "
-                            "for VOC)")
+    group.add_argument(
+        "--dataset-option",
+        action="append",
+        type=key_value,
+        default=[],
+        metavar="KEY=VALUE",
+        help="a dataset option, repeatable (e.g. size=5000 for a mosaic, difficult_as_positive=true for VOC)",
+    )
     group.add_argument("--image-size", type=positive_int, help="network input side (default: the dataset's)")
 
 
@@ -134,26 +156,44 @@ def add_recipe_options(parser: argparse.ArgumentParser, lr_help: str) -> None:
     group.add_argument("--embed-dim", type=positive_int, help="label-wise embedding size D (default: the dataset's)")
     group.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default: 64)")
     group.add_argument("--lr", type=positive_float, help=lr_help)
-    group.add_argument("--weight-decay", type=non_negative_float, default=1e-4,
-                       help="Adam L2 decay on weights (default: 1e-4)")
-    group.add_argument("--pct-start", type=bounded(float, 0.0, exclusive=True, maximum=0.999), default=0.2,
-                       help="share of the OneCycle schedule spent warming up (default: 0.2)")
+    group.add_argument(
+        "--weight-decay", type=non_negative_float, default=1e-4, help="Adam L2 decay on weights (default: 1e-4)"
+    )
+    group.add_argument(
+        "--pct-start",
+        type=bounded(float, 0.0, exclusive=True, maximum=0.999),
+        default=0.2,
+        help="share of the OneCycle schedule spent warming up (default: 0.2)",
+    )
     group.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default: 0)")
     group.add_argument("--seed", type=seed_int, default=0, help="seed of models and data order (default: 0)")
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
-    group.add_argument("--store", default=None,
-                       help="teacher store: a folder or s3:// / gs:// URI (default: $L2D_SWEEP_CACHE/teachers, "
-                            "$L2D_SWEEP_CACHE defaulting to ~/.cache/l2d-sweep)")
+    group.add_argument(
+        "--store",
+        default=None,
+        help="teacher store: a folder or s3:// / gs:// URI (default: $L2D_SWEEP_CACHE/teachers, "
+        "$L2D_SWEEP_CACHE defaulting to ~/.cache/l2d-sweep)",
+    )
 
 
 def run_config(args: argparse.Namespace, **fields):
     """The :class:`~l2d.run.RunConfig` of the data and recipe options, plus ``fields``."""
     from l2d.run import RunConfig
 
-    return RunConfig(dataset=args.dataset, data_root=args.data_root, dataset_options=dict(args.dataset_option),
-                     image_size=args.image_size, embed_dim=args.embed_dim, batch_size=args.batch_size,
-                     weight_decay=args.weight_decay, pct_start=args.pct_start, num_workers=args.workers,
-                     seed=args.seed, device=args.device, **fields)
+    return RunConfig(
+        dataset=args.dataset,
+        data_root=args.data_root,
+        dataset_options=dict(args.dataset_option),
+        image_size=args.image_size,
+        embed_dim=args.embed_dim,
+        batch_size=args.batch_size,
+        weight_decay=args.weight_decay,
+        pct_start=args.pct_start,
+        num_workers=args.workers,
+        seed=args.seed,
+        device=args.device,
+        **fields,
+    )
 
 
 def teacher_store(args: argparse.Namespace):
@@ -179,12 +219,26 @@ class Progress:
 
     def _open(self, total: int) -> None:
         from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn, TimeElapsedColumn, \
-            TimeRemainingColumn
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress as Bar,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
 
-        self._bar = Bar(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("loss {task.fields[loss]}"), TimeElapsedColumn(), TextColumn("left"),
-                        TimeRemainingColumn(), console=Console(file=sys.stderr, highlight=False), transient=True)
+        self._bar = Bar(
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}"),
+            TimeElapsedColumn(),
+            TextColumn("left"),
+            TimeRemainingColumn(),
+            console=Console(file=sys.stderr, highlight=False),
+            transient=True,
+        )
         self._bar.start()
         self._task = self._bar.add_task(self.label, total=max(1, self.epochs) * total, loss="-")
 
@@ -193,15 +247,21 @@ class Progress:
             return
         if self._bar is None:
             self._open(total)
-        self._bar.update(self._task, completed=(self.epoch - 1) * total + done, loss=f"{values['loss']:.3g}",
-                         description=f"{self.label} epoch {self.epoch}/{self.epochs}")
+        self._bar.update(
+            self._task,
+            completed=(self.epoch - 1) * total + done,
+            loss=f"{values['loss']:.3g}",
+            description=f"{self.label} epoch {self.epoch}/{self.epochs}",
+        )
 
     def end_epoch(self, metrics) -> None:
         epoch = int(metrics["epoch"])
         test = f"  test mAP {metrics['test_mAP']:.2f}" if "test_mAP" in metrics else ""
-        line = (f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
-                f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
-                f"{time.time() - self.start:.0f}s")
+        line = (
+            f"{self.label} epoch {epoch}/{self.epochs}: loss {metrics['train_total']:.4g}  "
+            f"val mAP {metrics['val_mAP']:.2f}{test}  {metrics['images_per_s']:.0f} img/s  "
+            f"{time.time() - self.start:.0f}s"
+        )
         if self._bar is not None:
             self._bar.console.print(line, markup=False, highlight=False)
         else:

@@ -68,8 +68,10 @@ def _cmd_importance(args: argparse.Namespace) -> int:
         for name, value in found.items():
             print(f"  {name:<22} {value:6.3f}  {'#' * int(round(40 * value))}")
         if count < plots.FEW_TRIALS:
-            print(f"  ({count} trials: fewer than {plots.FEW_TRIALS}, so these numbers mean little; grow the sweep with "
-                  f"`l2d-sweep extend`)")
+            print(
+                f"  ({count} trials: fewer than {plots.FEW_TRIALS}, so these numbers mean little; grow the sweep with "
+                f"`l2d-sweep extend`)"
+            )
     del results
     return 0
 
@@ -84,13 +86,23 @@ def _sweep_row(path) -> dict:
     spec = load_sweep_spec(path)
     status = sweep_status(spec.sweep_dir)
     best = status.best or {}
-    return {"sweep": spec.sweep_dir.name, "state": status.state, "trials": sum(status.counts.values()),
-            "completed": status.counts.get("completed", 0), "stopped": status.counts.get("stopped", 0),
-            "failed": status.counts.get("failed", 0),
-            "metric": status.metric, "best": best.get("value"), "test_mAP": best.get("test_mAP"),
-            "method": best.get("method"), "student": best.get("student"), "trial_id": best.get("trial_id"),
-            "updated": _last_change(spec.sweep_dir), "path": str(spec.sweep_dir),
-            "sweep_id": (read_marker(spec.sweep_dir) or {}).get("sweep_id")}
+    return {
+        "sweep": spec.sweep_dir.name,
+        "state": status.state,
+        "trials": sum(status.counts.values()),
+        "completed": status.counts.get("completed", 0),
+        "stopped": status.counts.get("stopped", 0),
+        "failed": status.counts.get("failed", 0),
+        "metric": status.metric,
+        "best": best.get("value"),
+        "test_mAP": best.get("test_mAP"),
+        "method": best.get("method"),
+        "student": best.get("student"),
+        "trial_id": best.get("trial_id"),
+        "updated": _last_change(spec.sweep_dir),
+        "path": str(spec.sweep_dir),
+        "sweep_id": (read_marker(spec.sweep_dir) or {}).get("sweep_id"),
+    }
 
 
 def _copies(rows: list[dict], key: str = "path") -> list[str]:
@@ -100,8 +112,12 @@ def _copies(rows: list[dict], key: str = "path") -> list[str]:
     for row in rows:
         if row.get("sweep_id"):
             by_id.setdefault(row["sweep_id"], []).append(row[key])
-    return [f"{', '.join(paths)} are copies of one sweep (id {sweep_id}): the same trials up to the copy, each on its "
-            f"own since" for sweep_id, paths in by_id.items() if len(paths) > 1]
+    return [
+        f"{', '.join(paths)} are copies of one sweep (id {sweep_id}): the same trials up to the copy, each on its "
+        f"own since"
+        for sweep_id, paths in by_id.items()
+        if len(paths) > 1
+    ]
 
 
 def short_labels(paths: list) -> list[str]:
@@ -179,8 +195,10 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from sweeps.stored import load_sweep_spec
 
     if args.format == "csv":
-        raise ValueError("compare --format csv: compare prints four tables, which one CSV cannot hold; use json (one "
-                         "document with every table) or jsonl (one row a line, each with its table's name)")
+        raise ValueError(
+            "compare --format csv: compare prints four tables, which one CSV cannot hold; use json (one "
+            "document with every table) or jsonl (one row a line, each with its table's name)"
+        )
     specs = [load_sweep_spec(path) for path in args.sweeps]
     names = short_labels([spec.sweep_dir for spec in specs])  # the folders' names, longer only where they clash
     sweeps = [{**_sweep_row(spec.sweep_dir), "sweep": name} for spec, name in zip(specs, names)]
@@ -192,14 +210,22 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     # What differs between the specs (the storage left out: the sweeps live where they live).
     flat = [{k: v for k, v in _flatten(spec.to_dict()).items() if k != "storage" and k != "name"} for spec in specs]
     keys = sorted(set().union(*flat))
-    differ = [{"field": key, **{name: str(f.get(key, "-")) for name, f in zip(names, flat)}} for key in keys
-              if len({str(f.get(key, "-")) for f in flat}) > 1]
-    sections = {"sweeps": [{k: v for k, v in r.items() if k != "trial_id"} for r in sweeps],
-                "best_per_pairing": best, "paired": paired, "spec_differences": differ}
+    differ = [
+        {"field": key, **{name: str(f.get(key, "-")) for name, f in zip(names, flat)}}
+        for key in keys
+        if len({str(f.get(key, "-")) for f in flat}) > 1
+    ]
+    sections = {
+        "sweeps": [{k: v for k, v in r.items() if k != "trial_id"} for r in sweeps],
+        "best_per_pairing": best,
+        "paired": paired,
+        "spec_differences": differ,
+    }
     if args.format in ("json", "jsonl"):  # every table, whole: the data of what the text shows
         if args.format == "json":
-            document = {name: [{k: _plain(v) for k, v in row.items()} for row in rows]
-                        for name, rows in sections.items()}
+            document = {
+                name: [{k: _plain(v) for k, v in row.items()} for row in rows] for name, rows in sections.items()
+            }
             print(json.dumps({**document, "column": column, "copies": copies, "no_pairing": why or None}, indent=1))
         else:
             for name, rows in sections.items():
@@ -210,23 +236,42 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
     for line in copies:
         print(textwrap.fill(f"note: {line}", 100, subsequent_indent="  "))
-    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k not in ("path", "sweep_id", "trial_id")}
-                                       for r in sweeps])))
-    print(f"\nbest {column} per method and pairing" + (f" ({names[1]} - {names[0]} in diff):" if len(names) == 2
-                                                       else ":"))
+    print(
+        render(
+            pa.Table.from_pylist(
+                [{k: v for k, v in r.items() if k not in ("path", "sweep_id", "trial_id")} for r in sweeps]
+            )
+        )
+    )
+    print(
+        f"\nbest {column} per method and pairing" + (f" ({names[1]} - {names[0]} in diff):" if len(names) == 2 else ":")
+    )
     print(render(pa.Table.from_pylist(best)))
     if paired:
         diffs = [row["diff"] for row in paired]
         better = sum((d > 0) == (specs[0].mode == "max") for d in diffs if d != 0)
-        print("\n" + textwrap.fill(f"paired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; "
-                                   f"{names[1]} - {names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better "
-                                   f"in {better} of {len(paired)}", 100, subsequent_indent="  "))
+        print(
+            "\n"
+            + textwrap.fill(
+                f"paired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; "
+                f"{names[1]} - {names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better "
+                f"in {better} of {len(paired)}",
+                100,
+                subsequent_indent="  ",
+            )
+        )
         # The values and their difference first; each configuration's hyperparameters in a table of their own.
-        print(render(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hyperparameters"}
-                                           for row in paired])))
+        print(
+            render(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hyperparameters"} for row in paired]))
+        )
         print("\nthe paired configurations' hyperparameters:")
-        print(render(pa.Table.from_pylist([{"config": row["config"], "hyperparameters": row["hyperparameters"]}
-                                           for row in paired])))
+        print(
+            render(
+                pa.Table.from_pylist(
+                    [{"config": row["config"], "hyperparameters": row["hyperparameters"]} for row in paired]
+                )
+            )
+        )
     elif why:
         print(f"\nno paired comparison: {why}")
     if differ:
@@ -284,12 +329,24 @@ def paired_trials(tables: list[list[dict]], specs, names: list[str], column: str
         match = first.get(key(row)) if row.get(column) is not None else None
         if match is None:
             continue
-        hparams = ", ".join(f"{c}={row[c]:.3g}" for c in HPARAM_COLUMNS if row.get(c) is not None
-                            and not (isinstance(row[c], float) and math.isnan(row[c])))
-        out.append({"config": len(out) + 1, "method": row["method"], "student": row["student"],
-                    f"trial {names[0]}": match["trial_id"], names[0]: match[column],
-                    f"trial {names[1]}": row["trial_id"], names[1]: row[column],
-                    "diff": row[column] - match[column], "hyperparameters": hparams})
+        hparams = ", ".join(
+            f"{c}={row[c]:.3g}"
+            for c in HPARAM_COLUMNS
+            if row.get(c) is not None and not (isinstance(row[c], float) and math.isnan(row[c]))
+        )
+        out.append(
+            {
+                "config": len(out) + 1,
+                "method": row["method"],
+                "student": row["student"],
+                f"trial {names[0]}": match["trial_id"],
+                names[0]: match[column],
+                f"trial {names[1]}": row["trial_id"],
+                names[1]: row[column],
+                "diff": row[column] - match[column],
+                "hyperparameters": hparams,
+            }
+        )
     return out, "" if out else "no configuration was run by both (the same pairing, method and hyperparameters)"
 
 
@@ -299,12 +356,14 @@ def add_commands(commands) -> None:
     from sweeps.plots import KINDS
 
     plot = commands.add_parser(
-        "plot", help="draw a sweep: history, parallel coordinates, importance, Pareto front, ASHA rungs",
+        "plot",
+        help="draw a sweep: history, parallel coordinates, importance, Pareto front, ASHA rungs",
         description="Draw one plot of a sweep into a PNG file (--out): `history` (each trial's value in the order "
-                    "tried, and the best so far), `parallel` (one method's searched hyperparameters, each line a "
-                    "trial), `importance` (PED-ANOVA over one method's trials), `pareto` (the front as a staircase, "
-                    "the best trial marked), `rungs` (each ASHA rung against the final value, with their rank "
-                    "correlation).")
+        "tried, and the best so far), `parallel` (one method's searched hyperparameters, each line a "
+        "trial), `importance` (PED-ANOVA over one method's trials), `pareto` (the front as a staircase, "
+        "the best trial marked), `rungs` (each ASHA rung against the final value, with their rank "
+        "correlation).",
+    )
     plot.add_argument("path", help="the sweep folder")
     plot.add_argument("--kind", choices=KINDS, required=True, help="which plot")
     plot.add_argument("--out", required=True, help="the PNG file to write (new, or one this tool wrote)")
@@ -312,30 +371,43 @@ def add_commands(commands) -> None:
     plot.set_defaults(func=_cmd_plot)
 
     importance = commands.add_parser(
-        "importance", help="how much each hyperparameter mattered, per method",
+        "importance",
+        help="how much each hyperparameter mattered, per method",
         description="Each searched hyperparameter's importance for each method of a sweep (over that method's "
-                    "finished trials), with the number of trials it rests on and a warning when they are few.")
+        "finished trials), with the number of trials it rests on and a warning when they are few.",
+    )
     importance.add_argument("path", help="the sweep folder")
     importance.add_argument("--method", help="one method only")
-    importance.add_argument("--evaluator", choices=["ped-anova", "fanova"], default="ped-anova",
-                            help="Optuna's importance evaluator (default: ped-anova)")
+    importance.add_argument(
+        "--evaluator",
+        choices=["ped-anova", "fanova"],
+        default="ped-anova",
+        help="Optuna's importance evaluator (default: ped-anova)",
+    )
     importance.set_defaults(func=_cmd_importance)
 
     listing = commands.add_parser(
-        "list", help="the sweeps in a storage folder, each with its trials and best",
+        "list",
+        help="the sweeps in a storage folder, each with its trials and best",
         description="List the sweeps under a storage folder (a folder, s3:// or gs://): each one's trials by "
-                    "state, whether a driver runs it, its best trial. A damaged sweep is named on stderr.")
+        "state, whether a driver runs it, its best trial. A damaged sweep is named on stderr.",
+    )
     listing.add_argument("storage", help="the storage folder (the spec's `storage`)")
     add_format_argument(listing, "output format (default: table)")
     listing.set_defaults(func=_cmd_list)
 
     compare = commands.add_parser(
-        "compare", help="two or more sweeps side by side: best per method and pairing, paired trials, spec differences",
+        "compare",
+        help="two or more sweeps side by side: best per method and pairing, paired trials, spec differences",
         description="Compare sweeps: each one's trials and best trial; the best value each method and pairing "
-                    "(teacher, student) reached in each, with the difference for two sweeps; for two sweeps with the "
-                    "same seed, the configurations both ran (a paired comparison: the mean difference and how "
-                    "often the second is better); and the spec fields that differ.")
+        "(teacher, student) reached in each, with the difference for two sweeps; for two sweeps with the "
+        "same seed, the configurations both ran (a paired comparison: the mean difference and how "
+        "often the second is better); and the spec fields that differ.",
+    )
     compare.add_argument("sweeps", nargs="+", metavar="SWEEP", help="sweep folders (two or more)")
-    add_format_argument(compare, "output format: table (text, default); json (one document holding every table); "
-                                 "jsonl (one row a line, with its table's name); csv is refused (four tables)")
+    add_format_argument(
+        compare,
+        "output format: table (text, default); json (one document holding every table); "
+        "jsonl (one row a line, with its table's name); csv is refused (four tables)",
+    )
     compare.set_defaults(func=_cmd_compare)

@@ -34,10 +34,16 @@ def bash_script(parser: argparse.ArgumentParser) -> str:
     cases = []
     for path, entry in sorted(table.items()):
         words = " ".join(entry["commands"] + entry["flags"])
-        choices = "".join(f"            {shlex.quote(key[8:])}) COMPREPLY=($(compgen -W {shlex.quote(' '.join(v))} "
-                          f"-- \"$cur\")); return;;\n" for key, v in entry.items() if key.startswith("choices:"))
-        cases.append(f"        {shlex.quote(path)})\n          case \"$prev\" in\n{choices}"
-                     f"          esac\n          words_={shlex.quote(words)};;\n")
+        choices = "".join(
+            f"            {shlex.quote(key[8:])}) COMPREPLY=($(compgen -W {shlex.quote(' '.join(v))} "
+            f'-- "$cur")); return;;\n'
+            for key, v in entry.items()
+            if key.startswith("choices:")
+        )
+        cases.append(
+            f'        {shlex.quote(path)})\n          case "$prev" in\n{choices}'
+            f"          esac\n          words_={shlex.quote(words)};;\n"
+        )
     return f"""# bash completion for l2d-sweep (made by `l2d-sweep completion bash`); zsh: autoload bashcompinit first.
 _l2d_sweep() {{
     local cur prev path_ words_ i
@@ -52,7 +58,7 @@ _l2d_sweep() {{
         esac
     done
     case "$path_" in
-{''.join(cases)}        *) words_="";;
+{"".join(cases)}        *) words_="";;
     esac
     if [[ "$cur" == -* || -n "$(_l2d_sweep_commands "$path_")" && "$cur" != */* ]]; then
         COMPREPLY=($(compgen -W "$words_" -- "$cur"))
@@ -63,8 +69,13 @@ _l2d_sweep() {{
 }}
 _l2d_sweep_commands() {{
     case "$1" in
-{''.join(f"        {shlex.quote(path)}) echo {shlex.quote(' '.join(entry['commands']))};;{chr(10)}"
-         for path, entry in sorted(table.items()) if entry['commands'])}        *) echo "";;
+{
+        "".join(
+            f"        {shlex.quote(path)}) echo {shlex.quote(' '.join(entry['commands']))};;{chr(10)}"
+            for path, entry in sorted(table.items())
+            if entry["commands"]
+        )
+    }        *) echo "";;
     esac
 }}
 complete -o filenames -F _l2d_sweep l2d-sweep
@@ -82,9 +93,11 @@ def _cmd_completion(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     """Add ``completion``."""
     completion = commands.add_parser(
-        "completion", help="print a shell completion script (bash or zsh)",
+        "completion",
+        help="print a shell completion script (bash or zsh)",
         description="Print a completion script for bash or zsh, made from the parser (commands, flags, choices). "
-                    "Install: `l2d-sweep completion bash > ~/.local/share/bash-completion/completions/l2d-sweep`, "
-                    "or `source <(l2d-sweep completion zsh)` in ~/.zshrc.")
+        "Install: `l2d-sweep completion bash > ~/.local/share/bash-completion/completions/l2d-sweep`, "
+        "or `source <(l2d-sweep completion zsh)` in ~/.zshrc.",
+    )
     completion.add_argument("shell", choices=["bash", "zsh"], help="the shell")
     completion.set_defaults(func=_cmd_completion)

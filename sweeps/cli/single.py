@@ -7,16 +7,31 @@ import argparse
 import json
 import sys
 
-from sweeps.cli._common import Progress, add_data_options, add_recipe_options, non_negative_float, positive_float, \
-    positive_int, run_config, teacher_store
+from sweeps.cli._common import (
+    Progress,
+    add_data_options,
+    add_recipe_options,
+    non_negative_float,
+    positive_float,
+    positive_int,
+    run_config,
+    teacher_store,
+)
 
 
 def _print_card(card: dict) -> None:
-    rows = [("teacher", card["backbone"]), ("digest", card["digest"]), ("dataset", card["key"]["dataset"]),
-            ("image size", card["key"]["image_size"]), ("embed dim", card["key"]["embed_dim"]),
-            ("epochs", card["epochs"]), ("parameters", f"{card['parameters']:,}"),
-            ("val mAP", f"{card['val_mAP']:.2f}"), ("test mAP", f"{card['test_mAP']:.2f}"),
-            ("wall time", f"{card['wall_time_s']:.1f} s")]
+    rows = [
+        ("teacher", card["backbone"]),
+        ("digest", card["digest"]),
+        ("dataset", card["key"]["dataset"]),
+        ("image size", card["key"]["image_size"]),
+        ("embed dim", card["key"]["embed_dim"]),
+        ("epochs", card["epochs"]),
+        ("parameters", f"{card['parameters']:,}"),
+        ("val mAP", f"{card['val_mAP']:.2f}"),
+        ("test mAP", f"{card['test_mAP']:.2f}"),
+        ("wall time", f"{card['wall_time_s']:.1f} s"),
+    ]
     for name, value in rows:
         print(f"{name:<11} {value}")
 
@@ -28,8 +43,11 @@ def _get_teacher(config, store, splits=None):
     config = resolve(config)
     splits = splits if splits is not None else build_splits(config)
     if not store.has(splits_key(config, splits)):
-        print(f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
-              f"{store.uri})", file=sys.stderr)
+        print(
+            f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
+            f"{store.uri})",
+            file=sys.stderr,
+        )
     progress = Progress(f"teacher {config.teacher}", config.teacher_epochs)
     try:
         return get_teacher(config, store, splits, progress.end_epoch, progress.batch)
@@ -39,17 +57,33 @@ def _get_teacher(config, store, splits=None):
 
 def teacher_command_config(args: argparse.Namespace):
     """The run configuration ``l2d-sweep teacher`` trains (or finds) the teacher of."""
-    return run_config(args, teacher=args.backbone, teacher_epochs=args.epochs, teacher_lr=args.lr, method="bce",
-                      teacher_weights=args.weights, teacher_schedule_epochs=args.schedule_epochs)
+    return run_config(
+        args,
+        teacher=args.backbone,
+        teacher_epochs=args.epochs,
+        teacher_lr=args.lr,
+        method="bce",
+        teacher_weights=args.weights,
+        teacher_schedule_epochs=args.schedule_epochs,
+    )
 
 
 def train_command_config(args: argparse.Namespace):
     """The run configuration of ``l2d-sweep train``."""
-    return run_config(args, teacher=args.teacher, student=args.student, method=args.method,
-                      hparams=_hparam_overrides(args), epochs=args.epochs, lr=args.lr,
-                      teacher_epochs=args.teacher_epochs, teacher_lr=args.teacher_lr,
-                      teacher_schedule_epochs=args.teacher_schedule_epochs, teacher_weights=args.teacher_weights,
-                      student_weights=args.student_weights)
+    return run_config(
+        args,
+        teacher=args.teacher,
+        student=args.student,
+        method=args.method,
+        hparams=_hparam_overrides(args),
+        epochs=args.epochs,
+        lr=args.lr,
+        teacher_epochs=args.teacher_epochs,
+        teacher_lr=args.teacher_lr,
+        teacher_schedule_epochs=args.teacher_schedule_epochs,
+        teacher_weights=args.teacher_weights,
+        student_weights=args.student_weights,
+    )
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
@@ -81,25 +115,36 @@ def _cmd_train(args: argparse.Namespace) -> int:
     progress = Progress(f"student {config.student} ({config.method})", config.epochs)
     teacher = Progress(f"teacher {config.teacher}", config.teacher_epochs)
     try:
-        result = train_to_folder(config, out, teacher_store(args), progress.end_epoch, progress.batch,
-                                 (teacher.end_epoch, teacher.batch))
+        result = train_to_folder(
+            config, out, teacher_store(args), progress.end_epoch, progress.batch, (teacher.end_epoch, teacher.batch)
+        )
     finally:
         teacher.close()
         progress.close()
     final, teacher_card = result["final"], result["teacher"]
     rows = [("student", config.student, result["student_parameters"], final)]
     if teacher_card:
-        rows.insert(0, ("teacher", config.teacher, teacher_card["parameters"],
-                        {"val_mAP": teacher_card["val_mAP"], "test_mAP": teacher_card["test_mAP"]}))
-    print(f"\n{'model':<8} {'backbone':<24} {'params':>11} {'val mAP':>8} {'test mAP':>9} {'test CF1':>9} "
-          f"{'test OF1':>9}")
+        rows.insert(
+            0,
+            (
+                "teacher",
+                config.teacher,
+                teacher_card["parameters"],
+                {"val_mAP": teacher_card["val_mAP"], "test_mAP": teacher_card["test_mAP"]},
+            ),
+        )
+    print(
+        f"\n{'model':<8} {'backbone':<24} {'params':>11} {'val mAP':>8} {'test mAP':>9} {'test CF1':>9} {'test OF1':>9}"
+    )
     for role, name, params, m in rows:
         cf1 = f"{m['test_CF1']:.2f}" if "test_CF1" in m else "-"
         of1 = f"{m['test_OF1']:.2f}" if "test_OF1" in m else "-"
         print(f"{role:<8} {name:<24} {params:>11,} {m['val_mAP']:>8.2f} {m['test_mAP']:>9.2f} {cf1:>9} {of1:>9}")
     weights = ", ".join(f"{k}={v:g}" for k, v in config.hparams.items()) or "no weights"
-    print(f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {result['chance_mAP']:.2f} mAP; "
-          f"{result['wall_time_s']:.0f} s")
+    print(
+        f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {result['chance_mAP']:.2f} mAP; "
+        f"{result['wall_time_s']:.0f} s"
+    )
     print(f"wrote {out}/metrics.json, {out}/student.pt, TensorBoard logs in {out}/tensorboard")
     return 0
 
@@ -112,8 +157,10 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(stats, indent=2))
         return 0
-    print(f"{args.dataset}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
-          f"{stats['labels_per_image_mean']:.2f} labels per image")
+    print(
+        f"{args.dataset}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
+        f"{stats['labels_per_image_mean']:.2f} labels per image"
+    )
     histogram = ", ".join(f"{k}: {v}" for k, v in stats["labels_per_image_histogram"].items())
     print(f"labels per image: {histogram}")
     print(f"mean label frequency (the mAP of a random ranking): {100 * stats['mean_label_frequency']:.2f}%")
@@ -134,91 +181,136 @@ def _cmd_methods(args: argparse.Namespace) -> int:
     from l2d.losses import METHODS, loss_parts
     from sweeps.cli._common import render
 
-    rows = [{"method": name, "losses": "+".join(loss_parts(name)),
-             "default weights": ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-",
-             "description": method.description} for name, method in METHODS.items()]
+    rows = [
+        {
+            "method": name,
+            "losses": "+".join(loss_parts(name)),
+            "default weights": ", ".join(f"{k}={v:g}" for k, v in method.defaults.items()) or "-",
+            "description": method.description,
+        }
+        for name, method in METHODS.items()
+    ]
     if args.format != "table":  # every column, the descriptions included
         print(render(pa.Table.from_pylist(rows), args.format))
         return 0
-    print(render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "description"} for r in rows])
-                 ).split("\n(")[0])  # the descriptions follow, so no "column not shown" note
+    print(
+        render(pa.Table.from_pylist([{k: v for k, v in r.items() if k != "description"} for r in rows])).split("\n(")[0]
+    )  # the descriptions follow, so no "column not shown" note
     width = shutil.get_terminal_size((100, 24)).columns
     print()
     for row in rows:
-        print(textwrap.fill(row["description"], width=width, initial_indent=f"{row['method']:<10}",
-                            subsequent_indent=" " * 10))
+        print(
+            textwrap.fill(
+                row["description"], width=width, initial_indent=f"{row['method']:<10}", subsequent_indent=" " * 10
+            )
+        )
     for dataset, info in DATASETS.items():
         for name, weights in info.method_weights.items():
-            print(textwrap.fill(f"on {dataset}, {name} defaults to " + ", ".join(f"{k}={v:g}" for k, v in
-                                                                                  weights.items())
-                                + " (tuned by benchmarks/defaults.py)", width=width))
+            print(
+                textwrap.fill(
+                    f"on {dataset}, {name} defaults to "
+                    + ", ".join(f"{k}={v:g}" for k, v in weights.items())
+                    + " (tuned by benchmarks/defaults.py)",
+                    width=width,
+                )
+            )
     return 0
 
 
-WEIGHTS_HELP = ("a local file (.safetensors/.pth), or timm (the backbone's default pretrained weights), timm:<tag> or "
-                "hf-hub:<org>/<repo>, from the local Hugging Face cache; nothing is downloaded (default: random init)")
+WEIGHTS_HELP = (
+    "a local file (.safetensors/.pth), or timm (the backbone's default pretrained weights), timm:<tag> or "
+    "hf-hub:<org>/<repo>, from the local Hugging Face cache; nothing is downloaded (default: random init)"
+)
 
 
 def add_commands(commands) -> None:
     """Add ``methods``, ``dataset``, ``teacher`` and ``train`` to the subparsers ``commands``."""
     from l2d.losses import METHODS
 
-    methods = commands.add_parser("methods", help="list the distillation methods and their default weights",
-                                  description="List the distillation methods, their loss parts, default weights "
-                                              "and what each is; then the datasets whose own defaults differ.")
+    methods = commands.add_parser(
+        "methods",
+        help="list the distillation methods and their default weights",
+        description="List the distillation methods, their loss parts, default weights "
+        "and what each is; then the datasets whose own defaults differ.",
+    )
     from sweeps.cli._common import add_format_argument
 
-    add_format_argument(methods, "output format (default: table, then the descriptions; csv, json or jsonl: "
-                                 "every column)")
+    add_format_argument(
+        methods, "output format (default: table, then the descriptions; csv, json or jsonl: every column)"
+    )
     methods.set_defaults(func=_cmd_methods)
 
-    dataset = commands.add_parser("dataset", help="print a dataset split's label statistics",
-                                  description="Print a split's size, label cardinality, label frequencies and the "
-                                              "most co-occurring label pairs.")
+    dataset = commands.add_parser(
+        "dataset",
+        help="print a dataset split's label statistics",
+        description="Print a split's size, label cardinality, label frequencies and the most co-occurring label pairs.",
+    )
     dataset.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (default: train)")
     dataset.add_argument("--json", action="store_true", help="print JSON")
     add_data_options(dataset)
     dataset.set_defaults(func=_cmd_dataset)
 
     teacher = commands.add_parser(
-        "teacher", help="train a teacher (or load it from the teacher store) and print its card",
+        "teacher",
+        help="train a teacher (or load it from the teacher store) and print its card",
         description="Train a teacher with BCE, or load it when the store already holds one with the same key "
-                    "(dataset and options, backbone, image size, embed dim, recipe, seed), and print its card. "
-                    "`train --teacher B --teacher-epochs N --teacher-lr X` and a sweep with the same settings use "
-                    "the same teacher.")
+        "(dataset and options, backbone, image size, embed dim, recipe, seed), and print its card. "
+        "`train --teacher B --teacher-epochs N --teacher-lr X` and a sweep with the same settings use "
+        "the same teacher.",
+    )
     teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
     teacher.add_argument("--epochs", type=positive_int, help="epochs (default: the dataset's teacher epochs)")
     teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
     teacher.add_argument("--weights", help=WEIGHTS_HELP)
-    teacher.add_argument("--schedule-epochs", type=positive_int,
-                         help="length of the OneCycle schedule when it is longer than --epochs (the official teachers: "
-                              "80, stopped at --epochs 30)")
+    teacher.add_argument(
+        "--schedule-epochs",
+        type=positive_int,
+        help="length of the OneCycle schedule when it is longer than --epochs (the official teachers: "
+        "80, stopped at --epochs 30)",
+    )
     add_data_options(teacher)
     add_recipe_options(teacher, "the teacher's OneCycle max learning rate (default: the dataset's)")
     teacher.set_defaults(func=_cmd_teacher)
 
     train = commands.add_parser(
-        "train", help="distill one student from one teacher",
+        "train",
+        help="distill one student from one teacher",
         description="Distill one student from one teacher (trained into, or loaded from, the teacher store) with one "
-                    "method; print a metrics table; write TensorBoard scalars, metrics.json, args.yaml and the "
-                    "student's weights into --out.")
+        "method; print a metrics table; write TensorBoard scalars, metrics.json, args.yaml and the "
+        "student's weights into --out.",
+    )
     train.add_argument("--teacher", help="teacher timm model name (default: the dataset's)")
     train.add_argument("--student", help="student timm model name (default: the dataset's)")
     train.add_argument("--method", default="l2d", choices=list(METHODS), help="distillation method (default: l2d)")
     train.add_argument("--epochs", type=positive_int, help="student epochs (default: the dataset's)")
     train.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs when it must be trained")
-    train.add_argument("--teacher-lr", type=positive_float,
-                       help="the teacher's max learning rate when it must be trained (default: the dataset's)")
-    train.add_argument("--teacher-schedule-epochs", type=positive_int,
-                       help="the teacher's OneCycle length when it stops earlier (official: 80, with --teacher-epochs 30)")
+    train.add_argument(
+        "--teacher-lr",
+        type=positive_float,
+        help="the teacher's max learning rate when it must be trained (default: the dataset's)",
+    )
+    train.add_argument(
+        "--teacher-schedule-epochs",
+        type=positive_int,
+        help="the teacher's OneCycle length when it stops earlier (official: 80, with --teacher-epochs 30)",
+    )
     train.add_argument("--teacher-weights", help="the teacher's initial weights: " + WEIGHTS_HELP)
-    train.add_argument("--student-weights", "--student-pretrained", dest="student_weights",
-                       help="the student's initial weights: " + WEIGHTS_HELP)
+    train.add_argument(
+        "--student-weights",
+        "--student-pretrained",
+        dest="student_weights",
+        help="the student's initial weights: " + WEIGHTS_HELP,
+    )
     train.add_argument("--out", help="output folder (default: runs/<dataset>-<teacher>-to-<student>-<method>)")
     weights = train.add_argument_group("loss weights (defaults: the method's; see `l2d-sweep methods`)")
     for name in sorted({n for m in METHODS.values() for n in m.defaults}):
-        weights.add_argument(f"--{name.replace('_', '-')}", dest=name, type=non_negative_float, metavar="X",
-                             help=f"{name} (methods: {', '.join(k for k, m in METHODS.items() if name in m.defaults)})")
+        weights.add_argument(
+            f"--{name.replace('_', '-')}",
+            dest=name,
+            type=non_negative_float,
+            metavar="X",
+            help=f"{name} (methods: {', '.join(k for k, m in METHODS.items() if name in m.defaults)})",
+        )
     add_data_options(train)
     add_recipe_options(train, "the student's OneCycle max learning rate (default: the dataset's)")
     train.set_defaults(func=_cmd_train)

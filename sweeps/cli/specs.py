@@ -22,9 +22,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             continue
         pairs = sum(len(p.students) for p in spec.pairings)
         searched = sorted(k for k, v in spec.search_space.items() if not isinstance(v, float))
-        print(f"{path}: valid: sweep {spec.name!r} on {spec.dataset.name}, {len(spec.pairings)} teacher(s) and {pairs} "
-              f"pairing(s), methods {', '.join(spec.methods)}, {spec.budget.num_samples} trials of up to "
-              f"{spec.budget.max_epochs} epochs, searching {', '.join(searched) or 'nothing'}; folder {spec.sweep_dir}")
+        print(
+            f"{path}: valid: sweep {spec.name!r} on {spec.dataset.name}, {len(spec.pairings)} teacher(s) and {pairs} "
+            f"pairing(s), methods {', '.join(spec.methods)}, {spec.budget.num_samples} trials of up to "
+            f"{spec.budget.max_epochs} epochs, searching {', '.join(searched) or 'nothing'}; folder {spec.sweep_dir}"
+        )
     return status
 
 
@@ -45,10 +47,11 @@ def _cmd_spec(args: argparse.Namespace) -> int:
                     previous = json.loads(target.read_bytes()[:10_000_000])
                 except (ValueError, UnicodeDecodeError):
                     previous = None
-            if not (isinstance(previous, dict) and previous.get("title") == schema["title"]
-                    and "$schema" in previous):
-                raise StorageError(f"--out {redact(str(target))}: exists and is not a spec schema this tool wrote; "
-                                   f"refusing to replace it: give a new file")
+            if not (isinstance(previous, dict) and previous.get("title") == schema["title"] and "$schema" in previous):
+                raise StorageError(
+                    f"--out {redact(str(target))}: exists and is not a spec schema this tool wrote; "
+                    f"refusing to replace it: give a new file"
+                )
         target.write_text(text)
         print(f"wrote the spec's JSON Schema to {args.out}", file=sys.stderr)
     else:
@@ -59,17 +62,21 @@ def _cmd_spec(args: argparse.Namespace) -> int:
 def add_commands(commands) -> None:
     """Add ``validate`` and ``spec``."""
     validate = commands.add_parser(
-        "validate", help="check spec files: every error at once, nothing started",
+        "validate",
+        help="check spec files: every error at once, nothing started",
         description="Check sweep specs as `run` would (every field, the methods, datasets and timm backbones they "
-                    "name), print every error of each, start nothing and write nothing. Exit status 2 when one is "
-                    "invalid.")
+        "name), print every error of each, start nothing and write nothing. Exit status 2 when one is "
+        "invalid.",
+    )
     validate.add_argument("specs", nargs="+", metavar="SPEC", help="spec files (YAML)")
     validate.set_defaults(func=_cmd_validate)
     spec = commands.add_parser(
-        "spec", help="the spec language: its JSON Schema",
+        "spec",
+        help="the spec language: its JSON Schema",
         description="Print the JSON Schema of a sweep spec (draft 2020-12). Point a YAML language server at it (e.g. "
-                    "`# yaml-language-server: $schema=l2d-sweep.schema.json` at the top of a spec) to get completion "
-                    "and checks in an editor.")
+        "`# yaml-language-server: $schema=l2d-sweep.schema.json` at the top of a spec) to get completion "
+        "and checks in an editor.",
+    )
     spec.add_argument("--schema", action="store_true", required=True, help="print the JSON Schema")
     spec.add_argument("--out", help="write it to this file instead of stdout (a new file, or a schema this tool wrote)")
     spec.set_defaults(func=_cmd_spec)

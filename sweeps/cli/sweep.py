@@ -13,16 +13,25 @@ def _spec_from_args(args: argparse.Namespace):
     from sweeps.spec import load_spec, with_overrides
 
     spec = load_spec(args.spec)
-    changes = {"budget.num_samples": args.num_samples, "budget.max_epochs": args.max_epochs, "storage": args.storage,
-               "warm_start": getattr(args, "warm_start", None), "name": args.name}
+    changes = {
+        "budget.num_samples": args.num_samples,
+        "budget.max_epochs": args.max_epochs,
+        "storage": args.storage,
+        "warm_start": getattr(args, "warm_start", None),
+        "name": args.name,
+    }
     if not any(v is not None for v in changes.values()):
         return spec
     return with_overrides(spec, f"{args.spec} (with command-line overrides)", **changes)
 
 
 def _options(args: argparse.Namespace) -> dict:
-    return {"quiet": args.quiet, "force": getattr(args, "force", False), "verbose": args.verbose,
-            "trust": getattr(args, "trust", False)}
+    return {
+        "quiet": args.quiet,
+        "force": getattr(args, "force", False),
+        "verbose": args.verbose,
+        "trust": getattr(args, "trust", False),
+    }
 
 
 def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
@@ -32,14 +41,18 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
         print(render(outcome.results.leaderboard(10)))
     if not outcome.succeeded:
-        print(f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
-              file=sys.stderr)
+        print(
+            f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
+            file=sys.stderr,
+        )
         return 1
     print(f"sweep finished: {outcome.describe()}")
     if not quiet:
-        print(f"next: `l2d-sweep export {sweep_dir} --best --out DIR` (the best student), `l2d-sweep plot {sweep_dir} "
-              f"--kind history --out history.png`, `l2d-sweep extend {sweep_dir} --num-samples N` (more trials)",
-              file=sys.stderr)
+        print(
+            f"next: `l2d-sweep export {sweep_dir} --best --out DIR` (the best student), `l2d-sweep plot {sweep_dir} "
+            f"--kind history --out history.png`, `l2d-sweep extend {sweep_dir} --num-samples N` (more trials)",
+            file=sys.stderr,
+        )
     return 0
 
 
@@ -68,8 +81,10 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
     formats = tuple(dict.fromkeys(["safetensors", *[f.strip() for f in args.format.split(",") if f.strip()]]))
     card = export_trial(args.path, args.trial, args.out, formats, progress=(lambda text: None) if args.quiet else print)
-    print(f"exported trial {card['trial_id']} ({card['backbone']}, {card['parameters']:,} parameters) to {args.out}; "
-          f"load it with l2d.export.load_student({str(args.out)!r})")
+    print(
+        f"exported trial {card['trial_id']} ({card['backbone']}, {card['parameters']:,} parameters) to {args.out}; "
+        f"load it with l2d.export.load_student({str(args.out)!r})"
+    )
     return 0
 
 
@@ -84,9 +99,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
         raise RuntimeError("optuna-dashboard is not installed: pip install 'l2d-sweep[dashboard]'") from None
     spec, study, store = load_sweep_study(args.path, read_only=not args.writable)
     if args.writable:
-        print(f"l2d-sweep dashboard: --writable: the dashboard can change and delete the study of {spec.sweep_dir} "
-              f"(its delete button removes the sweep's search history; the results tables keep the trials)",
-              file=sys.stderr)
+        print(
+            f"l2d-sweep dashboard: --writable: the dashboard can change and delete the study of {spec.sweep_dir} "
+            f"(its delete button removes the sweep's search history; the results tables keep the trials)",
+            file=sys.stderr,
+        )
 
     class QuietHandler(wsgiref.simple_server.WSGIRequestHandler):
         def log_message(self, *arguments):  # one line per request would drown the URL
@@ -96,8 +113,11 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     server = wsgiref.simple_server.make_server("127.0.0.1", args.port, app, handler_class=QuietHandler)
     port = server.server_address[1]
     mode = "writable" if args.writable else "read-only"
-    print(f"optuna-dashboard on the study {study.study_name!r} of {spec.sweep_dir} ({len(study.trials)} trials, "
-          f"{store.describe()}, {mode}): http://127.0.0.1:{port}/dashboard/  (Ctrl-C stops it)", flush=True)
+    print(
+        f"optuna-dashboard on the study {study.study_name!r} of {spec.sweep_dir} ({len(study.trials)} trials, "
+        f"{store.describe()}, {mode}): http://127.0.0.1:{port}/dashboard/  (Ctrl-C stops it)",
+        flush=True,
+    )
     try:
         server.serve_forever()
     except KeyboardInterrupt:
@@ -133,10 +153,16 @@ def _cmd_results(args: argparse.Namespace) -> int:
             study = load_sweep_study(args.path)[1]
             front, warm = search_front(study), search_front(study, warm_start=True)
             same = front == sorted(table.column("trial_id").to_pylist())
-            print(f"Pareto front of {names}: {len(front)} trial(s) found by the search"
-                  + (f", beside {len(warm)} warm-start trial(s) of the sweep it started from "
-                     f"({', '.join(warm)}) that dominate the others" if warm else "")
-                  + ("" if same else "; the non-dominated rows of this sweep's own trials:"))
+            print(
+                f"Pareto front of {names}: {len(front)} trial(s) found by the search"
+                + (
+                    f", beside {len(warm)} warm-start trial(s) of the sweep it started from "
+                    f"({', '.join(warm)}) that dominate the others"
+                    if warm
+                    else ""
+                )
+                + ("" if same else "; the non-dominated rows of this sweep's own trials:")
+            )
             if front and not same:
                 print("search front: " + ", ".join(front))
         print(render(table, args.format))
@@ -163,8 +189,10 @@ def _compact(path: str) -> int:
     finally:
         keeper.release()
     trials, epochs = writer.tables()
-    print(f"{writer.store.folder}: trials.parquet ({trials.num_rows} rows) and epochs.parquet ({epochs.num_rows} "
-          f"rows) rewritten from generation {writer.manifest.generation}")
+    print(
+        f"{writer.store.folder}: trials.parquet ({trials.num_rows} rows) and epochs.parquet ({epochs.num_rows} "
+        f"rows) rewritten from generation {writer.manifest.generation}"
+    )
     return 0
 
 
@@ -202,12 +230,19 @@ def _print_status(path: str, fmt: str = "table") -> None:
     if fmt == "json":
         import json
 
-        print(json.dumps({**status.to_dict(), "path": str(status.outcome.results.sweep_dir
-                                                           if status.outcome.results else path)}, indent=1,
-                         default=str))
+        print(
+            json.dumps(
+                {**status.to_dict(), "path": str(status.outcome.results.sweep_dir if status.outcome.results else path)},
+                indent=1,
+                default=str,
+            )
+        )
         return
-    print("trials by state: " + ", ".join(f"{state} {n}" for state, n in status.counts.items())
-          + (f" (budget {status.budget})" if status.budget else ""))
+    print(
+        "trials by state: "
+        + ", ".join(f"{state} {n}" for state, n in status.counts.items())
+        + (f" (budget {status.budget})" if status.budget else "")
+    )
     stale = f" (a stale lease: {status.stale_lease})" if status.stale_lease else ""
     if status.state == "running":
         print(f"driver: running, {status.driver}")
@@ -238,44 +273,67 @@ def _megabytes(size: int) -> str:
 def add_commands(commands) -> None:
     """Add ``run``, ``resume``, ``results`` and ``status`` to the subparsers ``commands``."""
     run = commands.add_parser(
-        "run", help="run a sweep from a YAML spec",
+        "run",
+        help="run a sweep from a YAML spec",
         description="Run a sweep: the teacher phase, then student trials (Tune + Optuna TPE + ASHA), with live "
-                    "progress and the leaderboard at the end. Refuses a sweep that already exists (resume it, "
-                    "or pass --new).")
+        "progress and the leaderboard at the end. Refuses a sweep that already exists (resume it, "
+        "or pass --new).",
+    )
     run.add_argument("spec", help="the sweep's YAML file (see search_spaces/)")
     run.add_argument("--new", action="store_true", help="delete an existing sweep of the same name and start over")
-    run.add_argument("--or-resume", action="store_true",
-                     help="resume the sweep when it already exists (an idempotent entry point for job submission)")
+    run.add_argument(
+        "--or-resume",
+        action="store_true",
+        help="resume the sweep when it already exists (an idempotent entry point for job submission)",
+    )
     run.add_argument("--num-samples", type=positive_int, help="override budget.num_samples")
     run.add_argument("--max-epochs", type=positive_int, help="override budget.max_epochs")
     run.add_argument("--storage", help="override storage (a folder or s3:// / gs:// URI)")
     run.add_argument("--name", help="override the sweep's name")
-    run.add_argument("--warm-start", metavar="SWEEP",
-                     help="seed the study with the finished trials of another sweep (a folder or URI) that fit this space")
-    run.add_argument("--force", action="store_true",
-                     help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)")
-    run.add_argument("--trust", action="store_true",
-                     help="with --or-resume: load the folder's pickles even when your key did not sign them")
+    run.add_argument(
+        "--warm-start",
+        metavar="SWEEP",
+        help="seed the study with the finished trials of another sweep (a folder or URI) that fit this space",
+    )
+    run.add_argument(
+        "--force",
+        action="store_true",
+        help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)",
+    )
+    run.add_argument(
+        "--trust",
+        action="store_true",
+        help="with --or-resume: load the folder's pickles even when your key did not sign them",
+    )
     run.set_defaults(func=_cmd_run)
 
     resume = commands.add_parser(
-        "resume", help="continue a sweep that was stopped or killed",
+        "resume",
+        help="continue a sweep that was stopped or killed",
         description="Continue a sweep: finished trials are not re-run, interrupted ones continue from their last "
-                    "epoch checkpoint, the Optuna study and ASHA's rungs carry on.")
+        "epoch checkpoint, the Optuna study and ASHA's rungs carry on.",
+    )
     resume.add_argument("path", help="the sweep folder (<storage>/<name>)")
-    resume.add_argument("--force", action="store_true",
-                        help="take the sweep's lease even if another driver seems to hold it (when that driver is "
-                             "gone)")
-    resume.add_argument("--trust", action="store_true",
-                        help="load the folder's pickles (Tune's state, the searcher's) even when your key did not sign "
-                             "them: only for a folder you vouch for (a pickle can run any code)")
+    resume.add_argument(
+        "--force",
+        action="store_true",
+        help="take the sweep's lease even if another driver seems to hold it (when that driver is gone)",
+    )
+    resume.add_argument(
+        "--trust",
+        action="store_true",
+        help="load the folder's pickles (Tune's state, the searcher's) even when your key did not sign "
+        "them: only for a folder you vouch for (a pickle can run any code)",
+    )
     resume.set_defaults(func=_cmd_resume)
 
     extend = commands.add_parser(
-        "extend", help="grow a finished sweep by more trials",
+        "extend",
+        help="grow a finished sweep by more trials",
         description="Run N more trials in a finished sweep's folder: the same study (the sampler sees every earlier "
-                    "trial), ASHA's rungs and results tables carried on, a new Tune experiment (tune-<k>). "
-                    "Resumable like a run.")
+        "trial), ASHA's rungs and results tables carried on, a new Tune experiment (tune-<k>). "
+        "Resumable like a run.",
+    )
     extend.add_argument("path", help="the sweep folder")
     extend.add_argument("--num-samples", type=positive_int, required=True, help="how many more trials")
     extend.add_argument("--max-epochs", type=positive_int, help="epochs of the new trials (default: as before)")
@@ -283,68 +341,120 @@ def add_commands(commands) -> None:
     extend.set_defaults(func=_cmd_extend)
 
     export = commands.add_parser(
-        "export", help="take a trial's best student out of a sweep",
+        "export",
+        help="take a trial's best student out of a sweep",
         description="Write a trial's best epoch (by the spec's metric) as an export folder: student.safetensors, "
-                    "card.json and README.md (a model card: backbone, labels, teacher, method and weights, metrics "
-                    "at that epoch, latency, size, sweep and trial ids, versions, commit); optionally TorchScript "
-                    "and ONNX. Load it with l2d.export.load_student(DIR).")
+        "card.json and README.md (a model card: backbone, labels, teacher, method and weights, metrics "
+        "at that epoch, latency, size, sweep and trial ids, versions, commit); optionally TorchScript "
+        "and ONNX. Load it with l2d.export.load_student(DIR).",
+    )
     export.add_argument("path", help="the sweep folder")
     which = export.add_mutually_exclusive_group()
     which.add_argument("--trial", help="the trial id (default: the best trial by the spec's primary objective)")
     which.add_argument("--best", action="store_true", help="the best trial (the default)")
     export.add_argument("--out", required=True, help="the export folder (a local folder or s3:// / gs:// URI)")
-    export.add_argument("--format", default="safetensors",
-                        help="comma-separated: safetensors (always), torchscript, onnx (needs the onnx package)")
+    export.add_argument(
+        "--format",
+        default="safetensors",
+        help="comma-separated: safetensors (always), torchscript, onnx (needs the onnx package)",
+    )
     export.set_defaults(func=_cmd_export)
 
     dashboard = commands.add_parser(
-        "dashboard", help="browse the sweep's Optuna study in optuna-dashboard",
+        "dashboard",
+        help="browse the sweep's Optuna study in optuna-dashboard",
         description="Serve optuna-dashboard on 127.0.0.1 on the sweep's study (history, parameter importance, "
-                    "parallel coordinates, Pareto front), read-only unless --writable; Ctrl-C stops it. Needs the "
-                    "[dashboard] extra.")
+        "parallel coordinates, Pareto front), read-only unless --writable; Ctrl-C stops it. Needs the "
+        "[dashboard] extra.",
+    )
     dashboard.add_argument("path", help="the sweep folder")
-    dashboard.add_argument("--port", type=bounded(int, 0, maximum=65535), default=8080,
-                           help="port on 127.0.0.1 (default: 8080; 0: any free one)")
-    dashboard.add_argument("--writable", action="store_true",
-                           help="let the dashboard write the study (notes, deleting trials or the study itself); by "
-                                "default it reads the study read-only and its changes fail")
+    dashboard.add_argument(
+        "--port",
+        type=bounded(int, 0, maximum=65535),
+        default=8080,
+        help="port on 127.0.0.1 (default: 8080; 0: any free one)",
+    )
+    dashboard.add_argument(
+        "--writable",
+        action="store_true",
+        help="let the dashboard write the study (notes, deleting trials or the study itself); by "
+        "default it reads the study read-only and its changes fail",
+    )
     dashboard.set_defaults(func=_cmd_dashboard)
 
     results = commands.add_parser(
-        "results", help="the leaderboard, SQL over the results, the Pareto front",
+        "results",
+        help="the leaderboard, SQL over the results, the Pareto front",
         description="Query a sweep's results: by default the leaderboard (top trials by val mAP, test mAP "
-                    "beside it); --sql runs DuckDB SQL over the views `trials` and `epochs`.")
+        "beside it); --sql runs DuckDB SQL over the views `trials` and `epochs`.",
+    )
     results.add_argument("path", help="the sweep folder")
-    results.add_argument("--sql", help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
-                                       'max(best_val_mAP) FROM trials GROUP BY method"')
-    add_format_argument(results, "output format: table (fits the terminal, rounded for reading), csv, json (one "
-                                 "array), jsonl (one object a line): the data at full precision, every row and "
-                                 "column unless --limit / --columns; data only on stdout")
+    results.add_argument(
+        "--sql",
+        help='DuckDB SQL over the views trials and epochs, e.g. "SELECT method, '
+        'max(best_val_mAP) FROM trials GROUP BY method"',
+    )
+    add_format_argument(
+        results,
+        "output format: table (fits the terminal, rounded for reading), csv, json (one "
+        "array), jsonl (one object a line): the data at full precision, every row and "
+        "column unless --limit / --columns; data only on stdout",
+    )
     results.add_argument("--sql-memory", default="1GB", help="the memory a --sql query may use (default: 1GB)")
-    results.add_argument("--sql-timeout", type=bounded(float, 0.0, exclusive=True), default=60.0,
-                         help="seconds a --sql query may run (default: 60)")
-    results.add_argument("--limit", type=positive_int,
-                         help="leaderboard rows (default: 10 in a table; every row with --format csv/json/jsonl)")
-    results.add_argument("--columns", help="the leaderboard's columns, comma-separated, by the trials table's names "
-                                           "(best_val_mAP, test_mAP_at_best, lr...; default in a table: the objectives, "
-                                           "test mAP and every searched hyperparameter; with --format csv/json/jsonl: "
-                                           "every column)")
-    results.add_argument("--pareto", action="store_true",
-                         help="the Pareto front of the objectives (val mAP vs student size for one objective)")
-    results.add_argument("--compact", action="store_true",
-                         help="rewrite the compacted results/trials.parquet and epochs.parquet now, from the newest "
-                              "generation (for tools that read the Parquet files themselves; takes the sweep's lease)")
+    results.add_argument(
+        "--sql-timeout",
+        type=bounded(float, 0.0, exclusive=True),
+        default=60.0,
+        help="seconds a --sql query may run (default: 60)",
+    )
+    results.add_argument(
+        "--limit",
+        type=positive_int,
+        help="leaderboard rows (default: 10 in a table; every row with --format csv/json/jsonl)",
+    )
+    results.add_argument(
+        "--columns",
+        help="the leaderboard's columns, comma-separated, by the trials table's names "
+        "(best_val_mAP, test_mAP_at_best, lr...; default in a table: the objectives, "
+        "test mAP and every searched hyperparameter; with --format csv/json/jsonl: "
+        "every column)",
+    )
+    results.add_argument(
+        "--pareto",
+        action="store_true",
+        help="the Pareto front of the objectives (val mAP vs student size for one objective)",
+    )
+    results.add_argument(
+        "--compact",
+        action="store_true",
+        help="rewrite the compacted results/trials.parquet and epochs.parquet now, from the newest "
+        "generation (for tools that read the Parquet files themselves; takes the sweep's lease)",
+    )
     results.set_defaults(func=_cmd_results)
 
-    status = commands.add_parser("status", help="trials by state, the best so far, running trials",
-                                 description="A sweep's trials by state, the best trial so far and the running "
-                                             "trials with their epochs (from the results tables, refreshed "
-                                             "while the sweep runs).")
+    status = commands.add_parser(
+        "status",
+        help="trials by state, the best so far, running trials",
+        description="A sweep's trials by state, the best trial so far and the running "
+        "trials with their epochs (from the results tables, refreshed "
+        "while the sweep runs).",
+    )
     status.add_argument("path", help="the sweep folder")
-    status.add_argument("--watch", type=bounded(float, 0.0, exclusive=True), nargs="?", const=5.0, default=None,
-                        metavar="SECONDS", help="print it again every SECONDS (default 5) until no driver runs the "
-                                            "sweep; Ctrl-C stops watching, never the sweep")
-    status.add_argument("--format", choices=["table", "json"], default="table",
-                        help="json: the state, the trials by state, the best trial, the running trials and the last "
-                             "run.json entry as one JSON document")
+    status.add_argument(
+        "--watch",
+        type=bounded(float, 0.0, exclusive=True),
+        nargs="?",
+        const=5.0,
+        default=None,
+        metavar="SECONDS",
+        help="print it again every SECONDS (default 5) until no driver runs the "
+        "sweep; Ctrl-C stops watching, never the sweep",
+    )
+    status.add_argument(
+        "--format",
+        choices=["table", "json"],
+        default="table",
+        help="json: the state, the trials by state, the best trial, the running trials and the last "
+        "run.json entry as one JSON document",
+    )
     status.set_defaults(func=_cmd_status)

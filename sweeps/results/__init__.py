@@ -4,13 +4,39 @@ append-only Parquet segments named by a manifest (:mod:`~sweeps.results.store`),
 columns are :mod:`~sweeps.results.schema`'s.
 """
 
-from sweeps.results.reader import REQUIRED_TRIAL_COLUMNS, SweepOutcome, SweepResults, SweepStatus, format_table, \
-    outcome, read_epochs, sweep_status
+from sweeps.results.reader import (
+    REQUIRED_TRIAL_COLUMNS,
+    SweepOutcome,
+    SweepResults,
+    SweepStatus,
+    format_table,
+    outcome,
+    read_epochs,
+    sweep_status,
+)
 from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS, TRIAL_COLUMNS, TRIAL_SCHEMA, markdown_table
 from sweeps.results.store import CorruptResultsError, ResultsStore, read_table, write_table
 from sweeps.results.writer import KnownTrial, ResultsWriter, TrialRecord
 
-__all__ = ["CorruptResultsError", "HPARAM_COLUMNS", "KnownTrial", "OBJECTIVE_COLUMNS", "REQUIRED_TRIAL_COLUMNS",
-           "ResultsStore", "ResultsWriter", "SweepOutcome", "SweepResults", "SweepStatus", "TRIAL_COLUMNS",
-           "TRIAL_SCHEMA", "TrialRecord", "format_table", "markdown_table", "outcome", "read_epochs", "read_table",
-           "sweep_status", "write_table"]
+__all__ = [
+    "CorruptResultsError",
+    "HPARAM_COLUMNS",
+    "KnownTrial",
+    "OBJECTIVE_COLUMNS",
+    "REQUIRED_TRIAL_COLUMNS",
+    "ResultsStore",
+    "ResultsWriter",
+    "SweepOutcome",
+    "SweepResults",
+    "SweepStatus",
+    "TRIAL_COLUMNS",
+    "TRIAL_SCHEMA",
+    "TrialRecord",
+    "format_table",
+    "markdown_table",
+    "outcome",
+    "read_epochs",
+    "read_table",
+    "sweep_status",
+    "write_table",
+]

@@ -18,8 +18,16 @@ from sweeps.vocab import FINISHED, SCORED, sign, sql_order
 SQL_MEMORY = "1GB"
 SQL_TIMEOUT_S = 60.0
 #: Columns a trials table must have to be read at all (older tables may lack newer hyperparameter columns).
-REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "teacher", "student", "method", "epochs_run", "best_val_mAP",
-                          "best_epoch")
+REQUIRED_TRIAL_COLUMNS = (
+    "trial_id",
+    "status",
+    "teacher",
+    "student",
+    "method",
+    "epochs_run",
+    "best_val_mAP",
+    "best_epoch",
+)
 
 
 class SweepResults:
@@ -30,24 +38,33 @@ class SweepResults:
 
         self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
         if self.sweep_dir.is_file() and self.sweep_dir.name.endswith((".yaml", ".yml")):
-            raise FileNotFoundError(f"{self.sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
-                                    f"<storage>/<name> (start the sweep with `l2d-sweep run {self.sweep_dir}`)")
+            raise FileNotFoundError(
+                f"{self.sweep_dir}: is a spec file, not a sweep folder; a sweep folder is "
+                f"<storage>/<name> (start the sweep with `l2d-sweep run {self.sweep_dir}`)"
+            )
         if not self.sweep_dir.is_dir():
             raise FileNotFoundError(f"{self.sweep_dir}: no such sweep folder")
         store = ResultsStore(self.sweep_dir)
         generation = store.read()
         if generation.trials is None and generation.epochs is None:
-            what = "a sweep that has not recorded a trial yet" if is_sweep(self.sweep_dir) else \
-                "not a sweep folder (no .l2d-sweep marker)"
+            what = (
+                "a sweep that has not recorded a trial yet"
+                if is_sweep(self.sweep_dir)
+                else "not a sweep folder (no .l2d-sweep marker)"
+            )
             raise FileNotFoundError(f"{self.sweep_dir}: no results yet ({what})")
         for table, name in ((generation.trials, TRIALS_FILE), (generation.epochs, EPOCHS_FILE)):
             if table is None:
-                raise CorruptResultsError(f"{store.folder / name}: missing beside its sibling; `l2d-sweep resume` "
-                                          f"rebuilds it from the other results files, the checkpoints and Tune's state")
+                raise CorruptResultsError(
+                    f"{store.folder / name}: missing beside its sibling; `l2d-sweep resume` "
+                    f"rebuilds it from the other results files, the checkpoints and Tune's state"
+                )
         missing = [c for c in REQUIRED_TRIAL_COLUMNS if c not in generation.trials.column_names]
         if missing:
-            raise CorruptResultsError(f"{store.folder / TRIALS_FILE}: lacks the column(s) {', '.join(missing)}; "
-                                      f"`l2d-sweep resume` rebuilds it")
+            raise CorruptResultsError(
+                f"{store.folder / TRIALS_FILE}: lacks the column(s) {', '.join(missing)}; "
+                f"`l2d-sweep resume` rebuilds it"
+            )
         self.generation = generation.generation
         self.trials = generation.trials
         self.epochs = generation.epochs
@@ -57,8 +74,13 @@ class SweepResults:
         """``(trials, epochs)`` as pandas DataFrames (one generation)."""
         return self.trials.to_pandas(), self.epochs.to_pandas()
 
-    def sql(self, query: str, parameters: list | None = None, memory_limit: str = SQL_MEMORY,
-            timeout_s: float = SQL_TIMEOUT_S) -> pa.Table:
+    def sql(
+        self,
+        query: str,
+        parameters: list | None = None,
+        memory_limit: str = SQL_MEMORY,
+        timeout_s: float = SQL_TIMEOUT_S,
+    ) -> pa.Table:
         """Run DuckDB SQL over the views ``trials`` and ``epochs``, sandboxed: the two tables are registered from
         memory; DuckDB's temporary folder is a private one, deleted afterwards; its access to files (no allowed
         directory), extensions and the network is switched off and its configuration locked, so a query cannot read
@@ -76,9 +98,15 @@ class SweepResults:
         import duckdb
 
         private = tempfile.mkdtemp(prefix="l2d-sql-")
-        connection = duckdb.connect(":memory:", config={"autoinstall_known_extensions": False,
-                                                        "autoload_known_extensions": False, "temp_directory": private,
-                                                        "memory_limit": memory_limit})
+        connection = duckdb.connect(
+            ":memory:",
+            config={
+                "autoinstall_known_extensions": False,
+                "autoload_known_extensions": False,
+                "temp_directory": private,
+                "memory_limit": memory_limit,
+            },
+        )
         outcome: dict = {}
 
         def run():
@@ -88,12 +116,14 @@ class SweepResults:
                     outcome["error"] = "the SQL statement returns no rows; use a SELECT"
                     return
                 # DuckDB renamed arrow() to to_arrow_table() in 1.4.
-                outcome["table"] = relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else \
-                    relation.arrow()
+                outcome["table"] = (
+                    relation.to_arrow_table() if hasattr(relation, "to_arrow_table") else relation.arrow()
+                )
             except duckdb.Error as error:
                 lines = str(error).splitlines()
-                hint = next((line.strip() for line in lines[1:] if line.strip().startswith(("Candidate", "Did you"))),
-                            "")  # DuckDB's own suggestion of the column meant
+                hint = next(
+                    (line.strip() for line in lines[1:] if line.strip().startswith(("Candidate", "Did you"))), ""
+                )  # DuckDB's own suggestion of the column meant
                 outcome["error"] = f"SQL error: {lines[0]}" + (f" ({hint})" if hint else "")
 
         try:
@@ -112,8 +142,9 @@ class SweepResults:
             if worker.is_alive():
                 connection.interrupt()
                 worker.join(10)
-                raise ValueError(f"SQL error: the query ran longer than {timeout_s:g} s (--sql-timeout) and was "
-                                 f"stopped")
+                raise ValueError(
+                    f"SQL error: the query ran longer than {timeout_s:g} s (--sql-timeout) and was stopped"
+                )
             if "error" in outcome:
                 raise ValueError(outcome["error"])
             return outcome["table"]
@@ -127,8 +158,11 @@ class SweepResults:
 
         if not (self.sweep_dir / SPEC_FILE).exists():
             return set()
-        return {name for name, value in load_sweep_spec(self.sweep_dir).search_space.items()
-                if not isinstance(value, (int, float))}
+        return {
+            name
+            for name, value in load_sweep_spec(self.sweep_dir).search_space.items()
+            if not isinstance(value, (int, float))
+        }
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
@@ -142,8 +176,9 @@ class SweepResults:
                 self._objectives = [("val_mAP", "max")]
         return self._objectives
 
-    def leaderboard(self, limit: int | None = None, columns: list[str] | None = None,
-                    every_column: bool = False) -> pa.Table:
+    def leaderboard(
+        self, limit: int | None = None, columns: list[str] | None = None, every_column: bool = False
+    ) -> pa.Table:
         """Trials ranked by the spec's primary objective at their best epoch (trials without a value left out), at
         full precision and under the trials table's own column names (what ``--columns``, ``--sql`` and the API
         take). ``columns``: any of the trials table's; else ``every_column``: all of them; else the objectives, test
@@ -151,13 +186,16 @@ class SweepResults:
         the first rows only (None: all)."""
         metric, mode = self.objectives[0]
         rank = OBJECTIVE_COLUMNS[metric]
-        present = {name for name in self.trials.column_names
-                   if self.trials.column(name).null_count < self.trials.num_rows}
+        present = {
+            name for name in self.trials.column_names if self.trials.column(name).null_count < self.trials.num_rows
+        }
         if columns:
             unknown = [c for c in columns if c not in self.trials.column_names]
             if unknown:
-                raise ValueError(f"unknown column {unknown[0]!r}{_suggest_column(unknown[0], self.trials.column_names)}"
-                                 f"; the trials table has: {', '.join(self.trials.column_names)}")
+                raise ValueError(
+                    f"unknown column {unknown[0]!r}{_suggest_column(unknown[0], self.trials.column_names)}"
+                    f"; the trials table has: {', '.join(self.trials.column_names)}"
+                )
             chosen = list(dict.fromkeys(["trial_id", *columns]))
         elif every_column:
             chosen = list(self.trials.column_names)
@@ -165,36 +203,54 @@ class SweepResults:
             objectives = [OBJECTIVE_COLUMNS[m] for m, _ in self.objectives]
             searched = self._searched()
             hparams = sorted((c for c in HPARAM_COLUMNS if c in present), key=lambda c: c not in searched)
-            chosen = ["trial_id", "method", "student", *objectives, "test_mAP_at_best", *hparams, "status", "teacher", "best_epoch", "epochs_run",
-                      *[c for c in ("student_params",) if c not in objectives],
-                      *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present]]
+            chosen = [
+                "trial_id",
+                "method",
+                "student",
+                *objectives,
+                "test_mAP_at_best",
+                *hparams,
+                "status",
+                "teacher",
+                "best_epoch",
+                "epochs_run",
+                *[c for c in ("student_params",) if c not in objectives],
+                *[c for c in ("test_paper_CF1_at_best", "test_paper_OF1_at_best") if c in present],
+            ]
             chosen = list(dict.fromkeys(chosen))
         order = sql_order(mode)
         limited = f" LIMIT {int(limit)}" if limit is not None else ""
         selected = ", ".join(f'"{c}"' for c in chosen)
-        return self.sql(f"SELECT {selected} FROM trials WHERE {rank} IS NOT NULL ORDER BY {rank} {order}, "
-                        f"trial_id{limited}")
+        return self.sql(
+            f"SELECT {selected} FROM trials WHERE {rank} IS NOT NULL ORDER BY {rank} {order}, trial_id{limited}"
+        )
 
     def pareto(self) -> pa.Table:
         """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
         student size (no other trial is at least as good on every one and better on one)."""
         objectives = self.objectives if len(self.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
         columns = [OBJECTIVE_COLUMNS[m] for m, _ in objectives]
-        rows = [r for r in self.trials.to_pylist() if r["status"] in SCORED
-                and all(r.get(c) is not None for c in columns)]
+        rows = [
+            r for r in self.trials.to_pylist() if r["status"] in SCORED and all(r.get(c) is not None for c in columns)
+        ]
         signs = [sign(mode) for _, mode in objectives]
         points = {r["trial_id"]: [s * r[c] for s, c in zip(signs, columns)] for r in rows}
 
         def dominated(point):
-            return any(all(o >= p for o, p in zip(other, point)) and any(o > p for o, p in zip(other, point))
-                       for other in points.values())
+            return any(
+                all(o >= p for o, p in zip(other, point)) and any(o > p for o, p in zip(other, point))
+                for other in points.values()
+            )
 
         front = sorted(t for t, point in points.items() if not dominated(point))
         shown = ", ".join(f"round({c}, 4) AS {c}" if c != "student_params" else c for c in columns)
         extra = "" if "student_params" in columns else ", student_params"
         # The ids as a parameter, never pasted into the SQL.
-        return self.sql(f"SELECT trial_id, student, method, {shown}{extra}, round(test_mAP_at_best, 2) AS test_mAP "
-                        f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}", [front])
+        return self.sql(
+            f"SELECT trial_id, student, method, {shown}{extra}, round(test_mAP_at_best, 2) AS test_mAP "
+            f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}",
+            [front],
+        )
 
 
 def _suggest_column(name: str, columns: list[str]) -> str:
@@ -250,7 +306,7 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
     cells = [[show(row[n]) for n in names] for row in rows]
     if width is not None:  # one long value (a path, a list) does not push every other column out
         cap = max(24, width // 2)
-        cells = [[c if len(c) <= cap else c[:cap - 3] + "..." for c in cell] for cell in cells]
+        cells = [[c if len(c) <= cap else c[: cap - 3] + "..." for c in cell] for cell in cells]
     widths = [max([len(n)] + [len(c[i]) for c in cells]) for i, n in enumerate(names)]
     shown = len(names)
     if width is not None:
@@ -262,14 +318,17 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
                 break
 
     def line(values) -> str:
-        return "  ".join(v.rjust(w) if numeric[i] else v.ljust(w)
-                         for i, (v, w) in enumerate(zip(values[:shown], widths[:shown]))).rstrip()
+        return "  ".join(
+            v.rjust(w) if numeric[i] else v.ljust(w) for i, (v, w) in enumerate(zip(values[:shown], widths[:shown]))
+        ).rstrip()
 
     lines = [line(names)] + [line(cell) for cell in cells]
     footer = f"({len(rows)} row{'s' if len(rows) != 1 else ''}"
     if shown < len(names):
-        footer += f"; {len(names) - shown} more column(s) not shown: {', '.join(names[shown:])}; --columns to choose, " \
-                  f"--format csv or json for all"
+        footer += (
+            f"; {len(names) - shown} more column(s) not shown: {', '.join(names[shown:])}; --columns to choose, "
+            f"--format csv or json for all"
+        )
     footer += ")"
     if width is not None and len(footer) > width:
         import textwrap
@@ -324,25 +383,36 @@ class SweepStatus:
     folder's size."""
 
     counts: dict[str, int]
-    driver: str | None          # the live lease's holder, or None
-    stale_lease: str | None     # a lease whose driver is gone
+    driver: str | None  # the live lease's holder, or None
+    stale_lease: str | None  # a lease whose driver is gone
     outcome: SweepOutcome
     metric: str
     best: dict | None
     running: list[dict]
     size_bytes: int
     checkpoint_bytes: int
-    state: str = "finished"     # running, interrupted, incomplete, failed, finished (see sweep_state)
-    detail: str = ""            # the state in words, for one line
-    budget: int | None = None   # the stored spec's num_samples (None: no readable spec)
+    state: str = "finished"  # running, interrupted, incomplete, failed, finished (see sweep_state)
+    detail: str = ""  # the state in words, for one line
+    budget: int | None = None  # the stored spec's num_samples (None: no readable spec)
     last_run: dict | None = None  # the newest entry of run.json
 
     def to_dict(self) -> dict:
         """Everything above, JSON-ready (``status --format json``)."""
-        return {"path": None, "state": self.state, "detail": self.detail, "counts": self.counts,
-                "budget": self.budget, "metric": self.metric, "driver": self.driver, "stale_lease": self.stale_lease,
-                "best": self.best, "running": self.running, "size_bytes": self.size_bytes,
-                "checkpoint_bytes": self.checkpoint_bytes, "last_run": self.last_run}
+        return {
+            "path": None,
+            "state": self.state,
+            "detail": self.detail,
+            "counts": self.counts,
+            "budget": self.budget,
+            "metric": self.metric,
+            "driver": self.driver,
+            "stale_lease": self.stale_lease,
+            "best": self.best,
+            "running": self.running,
+            "size_bytes": self.size_bytes,
+            "checkpoint_bytes": self.checkpoint_bytes,
+            "last_run": self.last_run,
+        }
 
 
 #: A sweep's states, as ``status``, ``list`` and the API name them.
@@ -364,8 +434,13 @@ def sweep_state(counts: dict[str, int], live_driver: bool, last: dict | None, bu
         by = outcome.removeprefix("interrupted").strip(" ()") or "a signal"
         return "interrupted", f"by {by}: {finished}{of} trial(s) finished"
     if unfinished or short or (last is not None and last.get("ended") is None):
-        why = "" if last is None else "its driver stopped without finishing: " if last.get("ended") is None else \
-            f"its driver ended with {outcome[:80]!r}: "
+        why = (
+            ""
+            if last is None
+            else "its driver stopped without finishing: "
+            if last.get("ended") is None
+            else f"its driver ended with {outcome[:80]!r}: "
+        )
         return "incomplete", f"{why}{finished}{of} trial(s) finished, {unfinished} unfinished"
     if not result.succeeded:
         return "failed", result.describe()
@@ -378,17 +453,25 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
 
     results = SweepResults(sweep_dir)
     folder = results.sweep_dir
-    counts = {r["status"]: r["trials"] for r in results.sql(
-        "SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status").to_pylist()}
+    counts = {
+        r["status"]: r["trials"]
+        for r in results.sql(
+            "SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status"
+        ).to_pylist()
+    }
     lease = read_lease(folder)
     live = lease is not None and lease.stale() is None
     metric, mode = results.objectives[0]
     column = OBJECTIVE_COLUMNS[metric]
-    best = results.sql(f"SELECT trial_id, teacher, student, method, {column} AS value, test_mAP_at_best AS test_mAP, "
-                       f"best_epoch FROM trials WHERE {column} IS NOT NULL ORDER BY {column} {sql_order(mode)}, "
-                       f"trial_id LIMIT 1").to_pylist()
-    running = results.sql("SELECT trial_id, student, method, epochs_run AS epoch, round(last_val_mAP, 2) AS "
-                          "last_val_mAP FROM trials WHERE status = 'running' ORDER BY trial_id").to_pylist()
+    best = results.sql(
+        f"SELECT trial_id, teacher, student, method, {column} AS value, test_mAP_at_best AS test_mAP, "
+        f"best_epoch FROM trials WHERE {column} IS NOT NULL ORDER BY {column} {sql_order(mode)}, "
+        f"trial_id LIMIT 1"
+    ).to_pylist()
+    running = results.sql(
+        "SELECT trial_id, student, method, epochs_run AS epoch, round(last_val_mAP, 2) AS "
+        "last_val_mAP FROM trials WHERE status = 'running' ORDER BY trial_id"
+    ).to_pylist()
     budget = None
     try:
         from sweeps.stored import load_sweep_spec
@@ -398,11 +481,21 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
         pass
     last = last_run(folder)
     state, detail = sweep_state(counts, live, last, budget)
-    return SweepStatus(counts=counts, driver=lease.describe() if live else None,
-                       stale_lease=lease.describe() if lease is not None and not live else None,
-                       outcome=outcome(folder), metric=metric, best=best[0] if best else None, running=running,
-                       size_bytes=folder.size(), checkpoint_bytes=(folder / "train").size(), state=state,
-                       detail=detail, budget=budget, last_run=last)
+    return SweepStatus(
+        counts=counts,
+        driver=lease.describe() if live else None,
+        stale_lease=lease.describe() if lease is not None and not live else None,
+        outcome=outcome(folder),
+        metric=metric,
+        best=best[0] if best else None,
+        running=running,
+        size_bytes=folder.size(),
+        checkpoint_bytes=(folder / "train").size(),
+        state=state,
+        detail=detail,
+        budget=budget,
+        last_run=last,
+    )
 
 
 def read_epochs(sweep_dir: str | Location, metric: str | None = None) -> list[dict]:

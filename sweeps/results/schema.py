@@ -27,7 +27,7 @@ class Column:
     name: str
     type: pa.DataType
     meaning: str
-    at: str = ""    # best | last | "" (computed)
+    at: str = ""  # best | last | "" (computed)
     key: str = ""
 
 
@@ -35,12 +35,20 @@ _STR, _F64, _I64 = pa.string(), pa.float64(), pa.int64()
 #: The trials table, in order: identity and configuration, then what its epochs say.
 TRIAL_COLUMNS: tuple[Column, ...] = (
     Column("trial_id", _STR, "the trial's id (deterministic: sweep id, experiment, trial counter)"),
-    Column("status", _STR, "completed (all epochs), stopped (by ASHA), failed, running, pending, interrupted (its run "
-                           "was lost in a crash and not continued)"),
+    Column(
+        "status",
+        _STR,
+        "completed (all epochs), stopped (by ASHA), failed, running, pending, interrupted (its run "
+        "was lost in a crash and not continued)",
+    ),
     Column("error", _STR, "the failure's message (null unless failed)"),
-    Column("teacher", _STR, "the sampled teacher"), Column("student", _STR, "the sampled student"),
+    Column("teacher", _STR, "the sampled teacher"),
+    Column("student", _STR, "the sampled student"),
     Column("method", _STR, "the sampled method"),
-    *(Column(name, _F64, "a sampled or fixed hyperparameter (null when the method has none)") for name in HPARAM_COLUMNS),
+    *(
+        Column(name, _F64, "a sampled or fixed hyperparameter (null when the method has none)")
+        for name in HPARAM_COLUMNS
+    ),
     Column("epochs_run", _I64, "epochs reported"),
     Column("stopped_early", pa.bool_(), "ASHA stopped the trial before max_epochs"),
     Column("best_val_mAP", _F64, "val mAP at the best epoch (by the spec's metric)", "best", "val_mAP"),
@@ -56,26 +64,60 @@ TRIAL_COLUMNS: tuple[Column, ...] = (
     Column("wall_time_s", _F64, "sum of the epochs' train + eval time"),
     Column("test_CF1_at_best", _F64, "test CF1 (threshold 0.5) at the best epoch", "best", "test_CF1"),
     Column("test_OF1_at_best", _F64, "test OF1 (threshold 0.5) at the best epoch", "best", "test_OF1"),
-    Column("test_paper_CF1_at_best", _F64, "the official code's CF1 (the paper's), test split, best epoch", "best",
-           "test_paper_CF1"),
-    Column("test_paper_OF1_at_best", _F64, "the official code's OF1 (the paper's), test split, best epoch", "best",
-           "test_paper_OF1"),
+    Column(
+        "test_paper_CF1_at_best",
+        _F64,
+        "the official code's CF1 (the paper's), test split, best epoch",
+        "best",
+        "test_paper_CF1",
+    ),
+    Column(
+        "test_paper_OF1_at_best",
+        _F64,
+        "the official code's OF1 (the paper's), test split, best epoch",
+        "best",
+        "test_paper_OF1",
+    ),
     Column("best_val_loss", _F64, "val loss at the best epoch", "best", "val_loss"),
 )
 TRIAL_SCHEMA = pa.schema([(c.name, c.type) for c in TRIAL_COLUMNS])
 #: The trials-table columns that summarize the epochs (what a rebuild recomputes, or keeps when it cannot).
-EPOCH_SUMMARY = tuple(c.name for c in TRIAL_COLUMNS[TRIAL_COLUMNS.index(next(c for c in TRIAL_COLUMNS
-                                                                                if c.name == "epochs_run")):])
+EPOCH_SUMMARY = tuple(
+    c.name for c in TRIAL_COLUMNS[TRIAL_COLUMNS.index(next(c for c in TRIAL_COLUMNS if c.name == "epochs_run")) :]
+)
 #: Each objective a spec may name, and the trials-table column holding it at a trial's best epoch.
-OBJECTIVE_COLUMNS = {"val_mAP": "best_val_mAP", "val_CF1": "best_val_CF1", "val_OF1": "best_val_OF1",
-                     "val_loss": "best_val_loss", "latency_ms": "latency_ms", "student_params": "student_params"}
+OBJECTIVE_COLUMNS = {
+    "val_mAP": "best_val_mAP",
+    "val_CF1": "best_val_CF1",
+    "val_OF1": "best_val_OF1",
+    "val_loss": "best_val_loss",
+    "latency_ms": "latency_ms",
+    "student_params": "student_params",
+}
 #: Epoch-table columns that are not floats.
 EPOCH_FIXED = [("trial_id", pa.string()), ("epoch", pa.int64())]
 #: Keys Tune adds to every result; not metrics of ours.
-TUNE_KEYS = {"training_iteration", "time_this_iter_s", "time_total_s", "timestamp", "pid", "time_since_restore",
-             "iterations_since_restore", "timesteps_total", "episodes_total", "timesteps_since_restore", "done",
-             "date", "hostname", "node_ip", "config", "trial_id", "experiment_tag", "checkpoint_dir_name",
-             "should_checkpoint"}
+TUNE_KEYS = {
+    "training_iteration",
+    "time_this_iter_s",
+    "time_total_s",
+    "timestamp",
+    "pid",
+    "time_since_restore",
+    "iterations_since_restore",
+    "timesteps_total",
+    "episodes_total",
+    "timesteps_since_restore",
+    "done",
+    "date",
+    "hostname",
+    "node_ip",
+    "config",
+    "trial_id",
+    "experiment_tag",
+    "checkpoint_dir_name",
+    "should_checkpoint",
+}
 
 
 def as_float(value) -> float | None:
@@ -89,15 +131,25 @@ def as_float(value) -> float | None:
 
 def epoch_metrics(result: dict) -> dict:
     """The numbers of a report that are epoch metrics (Tune's own keys and non-numbers left out)."""
-    return {k: float(v) for k, v in result.items()
-            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in TUNE_KEYS}
+    return {
+        k: float(v)
+        for k, v in result.items()
+        if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in TUNE_KEYS
+    }
 
 
-def trial_row(trial_id: str, status: str, error: str | None, config: dict, history: list[dict], metric: str,
-              mode: str) -> dict:
+def trial_row(
+    trial_id: str, status: str, error: str | None, config: dict, history: list[dict], metric: str, mode: str
+) -> dict:
     """A trial's row: its record (status, error, configuration) and what its epoch rows (in epoch order) say."""
-    row = {"trial_id": trial_id, "status": status, "error": error, "teacher": config.get("teacher"),
-           "student": config.get("student"), "method": config.get("method")}
+    row = {
+        "trial_id": trial_id,
+        "status": status,
+        "error": error,
+        "teacher": config.get("teacher"),
+        "student": config.get("student"),
+        "method": config.get("method"),
+    }
     row.update({name: as_float(config.get(name)) for name in HPARAM_COLUMNS})
     row["epochs_run"] = len(history)
     row["stopped_early"] = status == "stopped"

@@ -85,9 +85,11 @@ def read_table(location: Location) -> pa.Table | None:
     try:
         return pq.read_table(io.BytesIO(data))
     except (pa.ArrowException, OSError) as error:
-        raise CorruptResultsError(f"{location}: unreadable Parquet file ({str(error).splitlines()[0][:200]}); "
-                                  f"`l2d-sweep resume` rebuilds it from the other results files, the checkpoints and "
-                                  f"Tune's state") from None
+        raise CorruptResultsError(
+            f"{location}: unreadable Parquet file ({str(error).splitlines()[0][:200]}); "
+            f"`l2d-sweep resume` rebuilds it from the other results files, the checkpoints and "
+            f"Tune's state"
+        ) from None
 
 
 def columns_digest(table: pa.Table) -> str:
@@ -131,18 +133,30 @@ class Manifest:
     reports: int = 0
 
     def to_json(self) -> str:
-        return json.dumps({"format": FORMAT, "generation": self.generation, "reports": self.reports,
-                           "segments": [s.__dict__ for s in self.segments], "garbage": self.garbage,
-                           "published": self.published, "written": time.strftime("%Y-%m-%dT%H:%M:%S%z")})
+        return json.dumps(
+            {
+                "format": FORMAT,
+                "generation": self.generation,
+                "reports": self.reports,
+                "segments": [s.__dict__ for s in self.segments],
+                "garbage": self.garbage,
+                "published": self.published,
+                "written": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            }
+        )
 
     @classmethod
     def from_json(cls, text: str) -> Manifest:
         data = json.loads(text)
         if not isinstance(data, dict) or data.get("format") != FORMAT or not isinstance(data.get("segments"), list):
             raise ValueError("not a results manifest")
-        return cls(generation=int(data["generation"]), segments=[Segment(**s) for s in data["segments"]],
-                   garbage=list(data.get("garbage", [])), published=dict(data.get("published") or {}),
-                   reports=int(data.get("reports", 0)))
+        return cls(
+            generation=int(data["generation"]),
+            segments=[Segment(**s) for s in data["segments"]],
+            garbage=list(data.get("garbage", [])),
+            published=dict(data.get("published") or {}),
+            reports=int(data.get("reports", 0)),
+        )
 
 
 def latest(tables: list[pa.Table], keys: list[str]) -> pa.Table | None:
@@ -197,8 +211,10 @@ class ResultsStore:
         try:
             return Manifest.from_json(text)
         except (ValueError, TypeError, KeyError) as error:
-            raise CorruptResultsError(f"{self.manifest_file}: unreadable results manifest ({error}); `l2d-sweep "
-                                      f"resume` rebuilds it from the segments, the checkpoints and Tune's state") from None
+            raise CorruptResultsError(
+                f"{self.manifest_file}: unreadable results manifest ({error}); `l2d-sweep "
+                f"resume` rebuilds it from the segments, the checkpoints and Tune's state"
+            ) from None
 
     def read(self, attempts: int = 5) -> Generation:
         """Both tables of the current generation (or the two tables of a folder from before manifests).
@@ -210,16 +226,20 @@ class ResultsStore:
             manifest = self.read_manifest()
             if manifest is None:
                 if (self.folder / SEGMENTS).is_dir() and self.segment_files():
-                    raise CorruptResultsError(f"{self.manifest_file}: missing, though the folder holds results "
-                                              f"segments; `l2d-sweep resume` rebuilds it from them, the checkpoints "
-                                              f"and Tune's state")
+                    raise CorruptResultsError(
+                        f"{self.manifest_file}: missing, though the folder holds results "
+                        f"segments; `l2d-sweep resume` rebuilds it from them, the checkpoints "
+                        f"and Tune's state"
+                    )
                 return Generation(0, read_table(self.folder / TRIALS_FILE), read_table(self.folder / EPOCHS_FILE))
             try:
                 return self._read_generation(manifest)
             except FileNotFoundError:
                 if attempt == attempts - 1:
-                    raise CorruptResultsError(f"{self.manifest_file}: names a segment that is gone (generation "
-                                              f"{manifest.generation}); `l2d-sweep resume` rebuilds the results")
+                    raise CorruptResultsError(
+                        f"{self.manifest_file}: names a segment that is gone (generation "
+                        f"{manifest.generation}); `l2d-sweep resume` rebuilds the results"
+                    ) from None
                 time.sleep(0.05 * (attempt + 1))  # a merge replaced it: the newer manifest names its successor
         raise AssertionError("unreachable")
 
@@ -234,14 +254,19 @@ class ResultsStore:
                     table = read_table(location)
                     expected = segment.columns.get(name)
                     if expected and columns_digest(table) != expected:
-                        raise CorruptResultsError(f"{location}: its columns are not the ones written (a column "
-                                                  f"dropped or renamed); `l2d-sweep resume` rebuilds the results")
+                        raise CorruptResultsError(
+                            f"{location}: its columns are not the ones written (a column "
+                            f"dropped or renamed); `l2d-sweep resume` rebuilds the results"
+                        )
                     into.append(table)
         from sweeps.results.schema import epochs_table, trials_table
 
         # A generation is whole: no epochs file yet means no epoch rows yet.
-        return Generation(manifest.generation, latest(trials, ["trial_id"]) or trials_table([]),
-                          latest(epochs, ["trial_id", "epoch"]) or epochs_table([]))
+        return Generation(
+            manifest.generation,
+            latest(trials, ["trial_id"]) or trials_table([]),
+            latest(epochs, ["trial_id", "epoch"]) or epochs_table([]),
+        )
 
     def check_published(self, manifest: Manifest) -> list[str]:
         """What is wrong with the compacted pair (missing, unreadable, other columns than written); empty if nothing."""
@@ -266,14 +291,15 @@ class ResultsStore:
         folder = self.folder / SEGMENTS
         return sorted((f for f in folder.list() if f.name.endswith(".parquet")), key=lambda f: f.name)
 
-    # --- writing (the lease holder only) -------------------------------------------------------------------------------
+    # --- writing (the lease holder only) -----------------------------------------------------------------------------
 
     def _write(self, table: pa.Table, location: Location, small: bool = False) -> None:
         self.bytes_written += write_table(table, location, small)
         self.writes += 1
 
-    def _new_segment(self, manifest: Manifest, trials: pa.Table | None, epochs: pa.Table | None, level: int,
-                     reports: int) -> Segment:
+    def _new_segment(
+        self, manifest: Manifest, trials: pa.Table | None, epochs: pa.Table | None, level: int, reports: int
+    ) -> Segment:
         tag = f"g{manifest.generation + 1:09d}-{uuid.uuid4().hex[:6]}"
         names, columns = {}, {}
         for kind, table in (("trials", trials), ("epochs", epochs)):
@@ -318,16 +344,20 @@ class ResultsStore:
 
     def _merge(self, manifest: Manifest) -> None:
         segments = manifest.segments
-        while len(segments) >= FANOUT and len({s.level for s in segments[-FANOUT:]}) == 1 and \
-                segments[-1].level < MAX_LEVEL:
+        while (
+            len(segments) >= FANOUT
+            and len({s.level for s in segments[-FANOUT:]}) == 1
+            and segments[-1].level < MAX_LEVEL
+        ):
             group = segments[-FANOUT:]
             trials = latest([self._read_segment(s.trials) for s in group if s.trials], ["trial_id"])
             epochs = latest([self._read_segment(s.epochs) for s in group if s.epochs], ["trial_id", "epoch"])
             merged = self._new_segment(manifest, trials, epochs, group[0].level + 1, sum(s.reports for s in group))
             failpoint("compaction")
             segments[-FANOUT:] = [merged]
-            manifest.garbage.append({"files": [f for s in group for f in s.files()],
-                                     "after": manifest.generation + 1 + GRACE})
+            manifest.garbage.append(
+                {"files": [f for s in group for f in s.files()], "after": manifest.generation + 1 + GRACE}
+            )
 
     def _read_segment(self, name: str) -> pa.Table:
         """A segment a merge folds: from memory when this writer wrote it, else from storage."""
@@ -352,9 +382,12 @@ class ResultsStore:
         self._write(epochs, self.folder / EPOCHS_FILE)
         failpoint("publish")
         self._write(trials, self.folder / TRIALS_FILE)
-        manifest.published = {"generation": manifest.generation, "reports": manifest.reports,
-                              "rows": epochs.num_rows, "columns": {TRIALS_FILE: columns_digest(trials),
-                                                                   EPOCHS_FILE: columns_digest(epochs)}}
+        manifest.published = {
+            "generation": manifest.generation,
+            "reports": manifest.reports,
+            "rows": epochs.num_rows,
+            "columns": {TRIALS_FILE: columns_digest(trials), EPOCHS_FILE: columns_digest(epochs)},
+        }
 
     @staticmethod
     def publish_due(manifest: Manifest) -> bool:

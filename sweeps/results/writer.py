@@ -27,10 +27,17 @@ import time
 from dataclasses import dataclass, field
 
 from l2d.storage import Location
-from sweeps.results.schema import EPOCH_SUMMARY, HPARAM_COLUMNS, epoch_metrics, epochs_table, trial_row, \
-    trials_table
-from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, Manifest, ResultsStore, \
-    columns_digest, generation_of, read_table
+from sweeps.results.schema import EPOCH_SUMMARY, HPARAM_COLUMNS, epoch_metrics, epochs_table, trial_row, trials_table
+from sweeps.results.store import (
+    EPOCHS_FILE,
+    TRIALS_FILE,
+    CorruptResultsError,
+    Manifest,
+    ResultsStore,
+    columns_digest,
+    generation_of,
+    read_table,
+)
 from sweeps.vocab import better
 
 logger = logging.getLogger(__name__)
@@ -123,10 +130,13 @@ class ResultsWriter:
 
     def _load(self, trial_rows: list[dict], epoch_rows: list[dict]) -> None:
         for row in epoch_rows:
-            self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {k: v for k, v in row.items()
-                                                                              if v is not None}
+            self.epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {
+                k: v for k, v in row.items() if v is not None
+            }
         for row in trial_rows:
-            config = {k: row.get(k) for k in ("teacher", "student", "method", *HPARAM_COLUMNS) if row.get(k) is not None}
+            config = {
+                k: row.get(k) for k in ("teacher", "student", "method", *HPARAM_COLUMNS) if row.get(k) is not None
+            }
             record = TrialRecord(row["trial_id"], config, row.get("status") or "pending", row.get("error"))
             if (row.get("epochs_run") or 0) > len(self.epochs.get(row["trial_id"], {})):
                 record.kept = {k: row.get(k) for k in EPOCH_SUMMARY}
@@ -145,10 +155,14 @@ class ResultsWriter:
         # (a results file that lost a column comes last: what it still holds fills what nothing else has).
         damaged_epochs: dict[str, dict[int, dict]] = {}
         for row in damaged_rows:
-            damaged_epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {k: v for k, v in row.items()
-                                                                                 if v is not None}
-        for source, found in (("checkpoints", _checkpoint_rows(self.sweep_dir)),
-                              ("Tune's logs", _tune_rows(self.sweep_dir)), ("damaged results files", damaged_epochs)):
+            damaged_epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = {
+                k: v for k, v in row.items() if v is not None
+            }
+        for source, found in (
+            ("checkpoints", _checkpoint_rows(self.sweep_dir)),
+            ("Tune's logs", _tune_rows(self.sweep_dir)),
+            ("damaged results files", damaged_epochs),
+        ):
             added = 0
             for trial_id, rows in found.items():
                 for epoch, row in rows.items():
@@ -170,11 +184,19 @@ class ResultsWriter:
             aside = location.parent / f"{location.name}.corrupt-{time.strftime('%Y%m%d-%H%M%S')}"
             location.move(aside)
         kept = sorted(t for t, r in self.trials.items() if r.kept)
-        self.rebuilt = (f"{why}; rebuilt the results: {sum(len(r) for r in self.epochs.values())} epoch rows of "
-                        f"{len(self.trials)} trials (" + ", ".join(f"{n} from {s}" for s, n in sources.items())
-                        + ")" + (f"; set aside {len(damaged)} damaged file(s)" if damaged else "")
-                        + (f"; kept the recorded summaries of {len(kept)} trial(s) whose epochs could not all be "
-                           f"recovered ({', '.join(kept[:8])})" if kept else ""))
+        self.rebuilt = (
+            f"{why}; rebuilt the results: {sum(len(r) for r in self.epochs.values())} epoch rows of "
+            f"{len(self.trials)} trials ("
+            + ", ".join(f"{n} from {s}" for s, n in sources.items())
+            + ")"
+            + (f"; set aside {len(damaged)} damaged file(s)" if damaged else "")
+            + (
+                f"; kept the recorded summaries of {len(kept)} trial(s) whose epochs could not all be "
+                f"recovered ({', '.join(kept[:8])})"
+                if kept
+                else ""
+            )
+        )
         logger.warning("%s", self.rebuilt)
         manifest = Manifest()
         try:
@@ -214,24 +236,34 @@ class ResultsWriter:
                 continue
             kind = "trials" if location.name.endswith(TRIALS_FILE) else "epochs"
             required = ("trial_id", "status") if kind == "trials" else ("trial_id", "epoch")
-            holes = any(c not in table.column_names for c in required) or (name in expected and columns_digest(
-                table) != expected[name])
+            holes = any(c not in table.column_names for c in required) or (
+                name in expected and columns_digest(table) != expected[name]
+            )
             if holes:
                 damaged.append(location)  # a column lost: its rows may have holes; the other sources fill them
                 if any(c not in table.column_names for c in required):
                     continue
-            generation = generation_of(table) if location.parent == self.store.folder else \
-                int(location.name[1:10]) if location.name[1:10].isdigit() else 0
+            generation = (
+                generation_of(table)
+                if location.parent == self.store.folder
+                else int(location.name[1:10])
+                if location.name[1:10].isdigit()
+                else 0
+            )
             found.append((generation, "damaged " + kind if holes else kind, table.to_pylist()))
         found.sort(key=lambda item: item[0])
         trial_rows = [row for _, kind, rows in found if kind.endswith("trials") for row in rows]
         epoch_rows = [row for _, kind, rows in found if kind == "epochs" for row in rows]
         damaged_rows = [row for _, kind, rows in found if kind == "damaged epochs" for row in rows]
         valid = [r for r in epoch_rows if r.get("trial_id") and r.get("epoch") is not None]
-        return [r for r in trial_rows if r.get("trial_id")], valid, \
-            [r for r in damaged_rows if r.get("trial_id") and r.get("epoch") is not None], damaged
+        return (
+            [r for r in trial_rows if r.get("trial_id")],
+            valid,
+            [r for r in damaged_rows if r.get("trial_id") and r.get("epoch") is not None],
+            damaged,
+        )
 
-    # --- recording -----------------------------------------------------------------------------------------------------
+    # --- recording ---------------------------------------------------------------------------------------------------
 
     @property
     def trials_file(self) -> Location:
@@ -288,7 +320,9 @@ class ResultsWriter:
     def interrupt_unknown(self, trial_ids: set[str]) -> list[str]:
         """Mark ``interrupted`` every unfinished trial not in ``trial_ids`` (a run lost in a crash that no experiment
         continued); its rows are kept. Returns their ids."""
-        lost = [t for t, record in self.trials.items() if t not in trial_ids and record.status in ("running", "pending")]
+        lost = [
+            t for t, record in self.trials.items() if t not in trial_ids and record.status in ("running", "pending")
+        ]
         for trial_id in lost:
             self.set_status(trial_id, "interrupted")
         return lost
@@ -392,10 +426,16 @@ class ResultsWriter:
             self._replaced = False
             self.store.replace_all(self.manifest, *self.tables())
         elif self._dirty_trials or self._new_epochs:
-            trials = trials_table([self.row(t) for t in sorted(self._dirty_trials) if t in self.trials]) \
-                if self._dirty_trials else None
-            epochs = epochs_table([self.epochs[t][e] for t, e in self._new_epochs if e in self.epochs.get(t, {})]) \
-                if self._new_epochs else None
+            trials = (
+                trials_table([self.row(t) for t in sorted(self._dirty_trials) if t in self.trials])
+                if self._dirty_trials
+                else None
+            )
+            epochs = (
+                epochs_table([self.epochs[t][e] for t, e in self._new_epochs if e in self.epochs.get(t, {})])
+                if self._new_epochs
+                else None
+            )
             self.store.append(self.manifest, trials, epochs)
         self._dirty_trials, self._new_epochs = set(), []
         if ResultsStore.publish_due(self.manifest):
@@ -428,9 +468,14 @@ def _checkpoint_rows(sweep_dir: Location) -> dict[str, dict[int, dict]]:
             for row in history if isinstance(history, list) else []:
                 if isinstance(row, dict) and "epoch" in row:
                     epoch = int(row["epoch"])
-                    epochs.setdefault(trial_id, {}).setdefault(epoch, {"trial_id": trial_id, "epoch": epoch,
-                                                                       **{k: v for k, v in epoch_metrics(row).items()
-                                                                          if k != "epoch"}})
+                    epochs.setdefault(trial_id, {}).setdefault(
+                        epoch,
+                        {
+                            "trial_id": trial_id,
+                            "epoch": epoch,
+                            **{k: v for k, v in epoch_metrics(row).items() if k != "epoch"},
+                        },
+                    )
     return epochs
 
 

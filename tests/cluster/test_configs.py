@@ -37,8 +37,10 @@ def test_dockerfile_matches_pyproject():
 
 def test_the_lock_pins_every_dependency():
     # One lock for the dev install, CI and the image (requirements/lock.txt, written by `make lock`).
-    assert "-c $(LOCK)" in (ROOT / "Makefile").read_text() and "requirements/lock.txt" in \
-        (CLUSTER / "Dockerfile").read_text()
+    assert (
+        "-c $(LOCK)" in (ROOT / "Makefile").read_text()
+        and "requirements/lock.txt" in (CLUSTER / "Dockerfile").read_text()
+    )
     pinned = {}
     for line in (ROOT / "requirements" / "lock.txt").read_text().splitlines():
         if line.strip() and not line.startswith("#"):
@@ -48,8 +50,11 @@ def test_the_lock_pins_every_dependency():
     text = (ROOT / "pyproject.toml").read_text()
     block = text.split("dependencies = [", 1)[1].split("]\n", 1)[0]
     extras = text.split("[project.optional-dependencies]", 1)[1].split("\n[project.scripts]", 1)[0]  # dev's too
-    names = {re.match(r'"([A-Za-z0-9_.-]+)', item).group(1).lower()
-             for item in re.findall(r'"[^"]+"', block + extras) if not item.startswith('"ray[')}
+    names = {
+        re.match(r'"([A-Za-z0-9_.-]+)', item).group(1).lower()
+        for item in re.findall(r'"[^"]+"', block + extras)
+        if not item.startswith('"ray[')
+    }
     assert names and names <= set(pinned), sorted(names - set(pinned))
     assert pinned["ray"] == "2.60.0"
 
@@ -151,7 +156,10 @@ def test_kuberay_manifests(name):
         assert volumes["data"]["persistentVolumeClaim"]["claimName"] == "l2d-sweep-data"
         mounts = {m["name"]: m for m in container["volumeMounts"]}
         assert mounts["dshm"]["mountPath"] == "/dev/shm" and mounts["data"] == {
-            "name": "data", "mountPath": "/data", "readOnly": True}
+            "name": "data",
+            "mountPath": "/data",
+            "readOnly": True,
+        }
 
 
 def test_submit_script_is_idempotent_and_uploads_the_repository():
@@ -189,7 +197,7 @@ def test_checkpoints_and_teachers_load_weights_only():
             while depth:  # the whole call, up to its closing parenthesis
                 depth += {"(": 1, ")": -1}.get(text[end], 0)
                 end += 1
-            calls.append((path, text[match.start():end]))
+            calls.append((path, text[match.start() : end]))
     assert len(calls) >= 3
     for path, call in calls:
         assert "weights_only=True" in call, f"{path}: {call}"
@@ -218,9 +226,30 @@ def test_gpu_step_benchmark_runs_on_cpu(tmp_path):
     sys.path.insert(0, str(ROOT))
     from benchmarks.gpu_step import main
 
-    row = main(["--device", "cpu", "--teacher", "test_resnet", "--student", "test_efficientnet", "--image-size",
-                "32", "--batch-size", "8", "--classes", "10", "--embed-dim", "32", "--steps", "2", "--weights", "files",
-                "--out", str(tmp_path / "gpu_step.json")])
+    row = main(
+        [
+            "--device",
+            "cpu",
+            "--teacher",
+            "test_resnet",
+            "--student",
+            "test_efficientnet",
+            "--image-size",
+            "32",
+            "--batch-size",
+            "8",
+            "--classes",
+            "10",
+            "--embed-dim",
+            "32",
+            "--steps",
+            "2",
+            "--weights",
+            "files",
+            "--out",
+            str(tmp_path / "gpu_step.json"),
+        ]
+    )
     assert row["images_per_s"] > 0 and 0 < row["l2d_loss_share"] < 1 and row["init"] == "files"
     assert (tmp_path / "gpu_step.json").is_file()
 

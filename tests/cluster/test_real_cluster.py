@@ -56,8 +56,13 @@ def _env(home: Path, **extra) -> dict:
 
 
 def _alive_nodes(address: str, home: Path) -> int:
-    status = subprocess.run([str(BIN / "ray"), "status", "--address", address], capture_output=True, text=True,
-                            env=_env(home, RAY_AUTH_MODE="token"), timeout=60)
+    status = subprocess.run(
+        [str(BIN / "ray"), "status", "--address", address],
+        capture_output=True,
+        text=True,
+        env=_env(home, RAY_AUTH_MODE="token"),
+        timeout=60,
+    )
     if status.returncode != 0:
         return 0
     active = status.stdout.split("Active:", 1)[-1].split("Pending:", 1)[0]
@@ -87,8 +92,13 @@ def real_cluster(tmp_path_factory):
     for home in homes.values():
         home.mkdir()
     # Step 1 of cluster/README.md: the token, created once on the machine that runs `ray up`.
-    generated = subprocess.run([str(BIN / "ray"), "get-auth-token", "--generate"], capture_output=True, text=True,
-                               env=_env(homes["local"]), timeout=60)
+    generated = subprocess.run(
+        [str(BIN / "ray"), "get-auth-token", "--generate"],
+        capture_output=True,
+        text=True,
+        env=_env(homes["local"]),
+        timeout=60,
+    )
     assert generated.returncode == 0, generated.stderr
     # ray up's file_mounts: the same file on every node.
     assert CONFIG["file_mounts"], "cluster/aws.yaml mounts no token"
@@ -105,12 +115,21 @@ def real_cluster(tmp_path_factory):
     # Ray's socket paths must fit in 107 characters
     head_type = CONFIG["available_node_types"][CONFIG["head_node_type"]]
     head = subprocess.Popen(
-        ["bash", "-c", _start_command(
-            "head_start_ray_commands", gcs,
-            f"--node-ip-address=127.0.0.1 --dashboard-port={dashboard} --ray-client-server-port={client} "
-            f"--dashboard-agent-listen-port={free_port()} --temp-dir={temp['head']}")],
+        [
+            "bash",
+            "-c",
+            _start_command(
+                "head_start_ray_commands",
+                gcs,
+                f"--node-ip-address=127.0.0.1 --dashboard-port={dashboard} --ray-client-server-port={client} "
+                f"--dashboard-agent-listen-port={free_port()} --temp-dir={temp['head']}",
+            ),
+        ],
         env=_env(homes["head"], RAY_OVERRIDE_RESOURCES=json.dumps(head_type["resources"])),
-        stdout=open(tmp / "head.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+        stdout=open(tmp / "head.log", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     worker = None
     try:
         gcs_address = f"127.0.0.1:{gcs}"
@@ -119,16 +138,31 @@ def real_cluster(tmp_path_factory):
             assert head.poll() is None and time.time() < deadline, (tmp / "head.log").read_text()[-3000:]
             time.sleep(2)
         worker = subprocess.Popen(
-            ["bash", "-c", _start_command(
-                "worker_start_ray_commands", gcs,
-                f"--node-ip-address=127.0.0.1 --dashboard-agent-listen-port={free_port()} --temp-dir={temp['worker']}")],
+            [
+                "bash",
+                "-c",
+                _start_command(
+                    "worker_start_ray_commands",
+                    gcs,
+                    f"--node-ip-address=127.0.0.1 --dashboard-agent-listen-port={free_port()} "
+                    f"--temp-dir={temp['worker']}",
+                ),
+            ],
             env=_env(homes["worker"], RAY_HEAD_IP="127.0.0.1", RAY_OVERRIDE_RESOURCES=json.dumps({"CPU": 2})),
-            stdout=open(tmp / "worker.log", "w"), stderr=subprocess.STDOUT, start_new_session=True)
+            stdout=open(tmp / "worker.log", "w"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
         while _alive_nodes(gcs_address, homes["local"]) < 2:
             assert worker.poll() is None and time.time() < deadline, (tmp / "worker.log").read_text()[-3000:]
             time.sleep(2)
-        yield {"address": f"http://127.0.0.1:{dashboard}", "gcs": gcs_address, "homes": homes, "tmp": tmp,
-               "storage": tmp / "storage"}
+        yield {
+            "address": f"http://127.0.0.1:{dashboard}",
+            "gcs": gcs_address,
+            "homes": homes,
+            "tmp": tmp,
+            "storage": tmp / "storage",
+        }
     finally:
         for process in (worker, head):
             if process is not None:
@@ -139,8 +173,14 @@ def real_cluster(tmp_path_factory):
 
 def _submit(cluster, home: Path, *args: str, **env) -> subprocess.CompletedProcess:
     """cluster/submit.sh run from outside the repository, as a user would."""
-    return subprocess.run([SUBMIT, SPEC, "--address", cluster["address"], "--", *args], capture_output=True,
-                          text=True, cwd=cluster["tmp"], env=_env(home, **env), timeout=900)
+    return subprocess.run(
+        [SUBMIT, SPEC, "--address", cluster["address"], "--", *args],
+        capture_output=True,
+        text=True,
+        cwd=cluster["tmp"],
+        env=_env(home, **env),
+        timeout=900,
+    )
 
 
 def test_a_sweep_submitted_to_a_token_cluster_runs_and_a_resubmission_resumes(real_cluster):
@@ -153,8 +193,13 @@ def test_a_sweep_submitted_to_a_token_cluster_runs_and_a_resubmission_resumes(re
     assert "teacher resnet14t: trained" in output  # on the worker node: the head has no CPU for it
 
     sweep = storage / "on-cluster"
-    results = subprocess.run([str(BIN / "l2d-sweep"), "results", str(sweep), "--format", "json"], capture_output=True,
-                             text=True, env=_env(real_cluster["homes"]["local"]), timeout=120)
+    results = subprocess.run(
+        [str(BIN / "l2d-sweep"), "results", str(sweep), "--format", "json"],
+        capture_output=True,
+        text=True,
+        env=_env(real_cluster["homes"]["local"]),
+        timeout=120,
+    )
     assert results.returncode == 0, results.stderr
     rows = json.loads(results.stdout)
     assert len(rows) == 2 and {r["status"] for r in rows} == {"completed"}
@@ -185,8 +230,13 @@ def test_a_submission_without_the_token_is_refused(real_cluster):
     text = (wrong.stdout + wrong.stderr).lower()
     assert wrong.returncode != 0 and "invalid authentication token" in text, text[-3000:]  # the dashboard's 403
     # Nothing ran: the cluster lists no such job, and no sweep folder was made.
-    jobs = subprocess.run([str(BIN / "ray"), "job", "list", "--address", real_cluster["address"]], capture_output=True,
-                          text=True, env=_env(real_cluster["homes"]["local"], RAY_AUTH_MODE="token"), timeout=120)
+    jobs = subprocess.run(
+        [str(BIN / "ray"), "job", "list", "--address", real_cluster["address"]],
+        capture_output=True,
+        text=True,
+        env=_env(real_cluster["homes"]["local"], RAY_AUTH_MODE="token"),
+        timeout=120,
+    )
     assert jobs.returncode == 0, jobs.stderr
     assert "--name refused" not in jobs.stdout
     assert not (real_cluster["storage"] / "refused").exists()

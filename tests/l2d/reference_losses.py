@@ -127,8 +127,13 @@ def _pool(feature, size: int):
 
 
 def _mse(a, b) -> float:
-    values = [(x - y) ** 2 for image_a, image_b in zip(a, b) for ca, cb in zip(image_a, image_b)
-              for ra, rb in zip(ca, cb) for x, y in zip(ra, rb)]
+    values = [
+        (x - y) ** 2
+        for image_a, image_b in zip(a, b)
+        for ca, cb in zip(image_a, image_b)
+        for ra, rb in zip(ca, cb)
+        for x, y in zip(ra, rb)
+    ]
     return sum(values) / len(values)
 
 

@@ -20,6 +20,7 @@ SMALL = dict(size=120)
 
 # --- mosaics --------------------------------------------------------------------------------------------------
 
+
 def test_mosaic_is_deterministic_for_a_seed():
     a, ta = generate_mosaic(MosaicConfig("digits", "train", 50, seed=3))
     b, tb = generate_mosaic(MosaicConfig("digits", "train", 50, seed=3))
@@ -50,8 +51,12 @@ def test_mosaic_canvases_only_use_their_own_pool():
     _, chosen = item_pool(config, len(source["train"][0]))
     pool = {img.tobytes() for img in source["train"][0][chosen]}
     others = {img.tobytes() for i, img in enumerate(source["train"][0]) if i not in set(chosen.tolist())}
-    cells = [images[n, r * 8:(r + 1) * 8, c * 8:(c + 1) * 8] for n in range(len(images)) for r in range(2)
-             for c in range(2)]
+    cells = [
+        images[n, r * 8 : (r + 1) * 8, c * 8 : (c + 1) * 8]
+        for n in range(len(images))
+        for r in range(2)
+        for c in range(2)
+    ]
     filled = [cell for cell in cells if cell.any()]
     assert len(filled) == int(targets.sum())
     # At cell_size 8 the digits are rendered at their native 8 x 8 size.
@@ -142,8 +147,10 @@ def test_mosaic_fashion_bad_files(tmp_path):
         build_dataset("mosaic-fashion", root=str(root), split="train", size=10)
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Debian's dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Debian's dataset-fashion-mnist is not installed",
+)
 def test_mosaic_fashion_from_debian_package():
     dataset = build_dataset("mosaic-fashion", split="test", size=50)
     assert len(dataset) == 50 and dataset.targets.sum(1).min() >= 1
@@ -151,14 +158,21 @@ def test_mosaic_fashion_from_debian_package():
 
 # --- on-disk formats ------------------------------------------------------------------------------------------
 
+
 def _jpeg(path, seed=0, size=(40, 30)):
     path.parent.mkdir(parents=True, exist_ok=True)
     pixels = np.random.default_rng(seed).integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)
     Image.fromarray(pixels).save(path, "JPEG")
 
 
-VOC_OBJECTS = {"000001": [("dog", 0), ("person", 0)], "000002": [("cat", 0), ("dog", 1)], "000003": [("car", 0)],
-               "000004": [("person", 0)], "000005": [("sofa", 0), ("cat", 0)], "000009": [("cat", 0), ("dog", 1)]}
+VOC_OBJECTS = {
+    "000001": [("dog", 0), ("person", 0)],
+    "000002": [("cat", 0), ("dog", 1)],
+    "000003": [("car", 0)],
+    "000004": [("person", 0)],
+    "000005": [("sofa", 0), ("cat", 0)],
+    "000009": [("cat", 0), ("dog", 1)],
+}
 
 
 def _voc(tmp_path, ids=("000001", "000002", "000003", "000004", "000005"), test_ids=("000009",)):
@@ -166,8 +180,9 @@ def _voc(tmp_path, ids=("000001", "000002", "000003", "000004", "000005"), test_
     (base / "ImageSets" / "Main").mkdir(parents=True)
     (base / "Annotations").mkdir()
     for n, image_id in enumerate(list(ids) + list(test_ids)):
-        body = "".join(f"<object><name>{name}</name><difficult>{d}</difficult></object>"
-                       for name, d in VOC_OBJECTS[image_id])
+        body = "".join(
+            f"<object><name>{name}</name><difficult>{d}</difficult></object>" for name, d in VOC_OBJECTS[image_id]
+        )
         (base / "Annotations" / f"{image_id}.xml").write_text(f"<annotation>{body}</annotation>")
         _jpeg(base / "JPEGImages" / f"{image_id}.jpg", n)
     (base / "ImageSets" / "Main" / "trainval.txt").write_text("\n".join(ids) + "\n")
@@ -246,7 +261,8 @@ def _coco(tmp_path):
             _jpeg(tmp_path / source / f"COCO_{source}_{n:012d}.jpg", n)
         (tmp_path / "annotations").mkdir(exist_ok=True)
         (tmp_path / "annotations" / f"instances_{source}.json").write_text(
-            json.dumps({"images": images, "annotations": annotations, "categories": categories}))
+            json.dumps({"images": images, "annotations": annotations, "categories": categories})
+        )
 
 
 def test_coco_reader(tmp_path):
@@ -291,7 +307,8 @@ def _nuswide(tmp_path):
         for k, concept in enumerate(concepts):
             labels = [int((n + k) % 2 == 0 and n < count - 1) for n in range(count)]
             (tmp_path / "TrainTestLabels" / f"Labels_{concept}_{part}.txt").write_text(
-                "\n".join(map(str, labels)) + "\n")
+                "\n".join(map(str, labels)) + "\n"
+            )
 
 
 def test_nuswide_reader(tmp_path):
@@ -339,21 +356,35 @@ def test_train_transform_applies_cutout_and_randaugment():
 def test_mosaic_scene_sizes_and_label_floor():
     from l2d.data.mosaic import MosaicConfig
 
-    data = build_dataset("mosaic-digits", split="train", size=300, grid=3, cell_size=8, min_scene=3, max_scene=4,
-                         min_labels=3, image_size=24)
+    data = build_dataset(
+        "mosaic-digits",
+        split="train",
+        size=300,
+        grid=3,
+        cell_size=8,
+        min_scene=3,
+        max_scene=4,
+        min_labels=3,
+        image_size=24,
+    )
     counts = np.asarray(data.targets).sum(1)
     assert counts.min() >= 3 and counts.max() <= 6  # a scene of <= 4, one class from outside, never past 9 cells
     # The options added since the first cache keys leave the old keys (and so the cached canvases) unchanged.
-    assert MosaicConfig("digits", "train", 10).cache_key() == MosaicConfig("digits", "train", 10, min_scene=2,
-                                                                           max_scene=3, min_labels=1).cache_key()
-    assert MosaicConfig("digits", "train", 10, min_labels=2).cache_key() != MosaicConfig("digits", "train",
-                                                                                         10).cache_key()
+    assert (
+        MosaicConfig("digits", "train", 10).cache_key()
+        == MosaicConfig("digits", "train", 10, min_scene=2, max_scene=3, min_labels=1).cache_key()
+    )
+    assert (
+        MosaicConfig("digits", "train", 10, min_labels=2).cache_key() != MosaicConfig("digits", "train", 10).cache_key()
+    )
     with pytest.raises(ValueError, match="min_labels 5 exceeds what a 2x2 canvas"):
         build_dataset("mosaic-digits", split="train", size=10, min_labels=5)
 
 
-@pytest.mark.skipif(not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
-                    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not __import__("os").path.isdir("/usr/share/datasets/fashion-mnist"),
+    reason="Fashion-MNIST not installed (apt-get install dataset-fashion-mnist)",
+)
 def test_mosaic_scenes_is_the_papers_regime():
     from l2d.data import DATASETS, dataset_stats
 

@@ -19,9 +19,11 @@ TINY = dict(image_size=16)
 
 
 def _splits(train=96, val=40, test=40):
-    return (build_dataset("mosaic-digits", split="train", size=train, **TINY),
-            build_dataset("mosaic-digits", split="val", size=val, **TINY),
-            build_dataset("mosaic-digits", split="test", size=test, **TINY))
+    return (
+        build_dataset("mosaic-digits", split="train", size=train, **TINY),
+        build_dataset("mosaic-digits", split="val", size=val, **TINY),
+        build_dataset("mosaic-digits", split="test", size=test, **TINY),
+    )
 
 
 def _model(seed=0, name="test_resnet"):
@@ -31,12 +33,26 @@ def _model(seed=0, name="test_resnet"):
 
 def test_one_epoch_single_process_reports_everything():
     train, val, test = _splits()
-    distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "l2d",
-                          recipe=Recipe(epochs=2, batch_size=16, lr=1e-3))
+    distiller = Distiller(
+        _model(1), _model(2).eval(), train, val, test, "l2d", recipe=Recipe(epochs=2, batch_size=16, lr=1e-3)
+    )
     metrics = distiller.run_epoch()
     assert metrics["epoch"] == 1
-    for name in ("train_total", "train_bce", "train_mld", "train_cd", "train_id", "images_per_s", "val_mAP",
-                 "val_loss", "val_mld", "test_mAP", "test_CF1", "test_OF1", "lr"):
+    for name in (
+        "train_total",
+        "train_bce",
+        "train_mld",
+        "train_cd",
+        "train_id",
+        "images_per_s",
+        "val_mAP",
+        "val_loss",
+        "val_mld",
+        "test_mAP",
+        "test_CF1",
+        "test_OF1",
+        "lr",
+    ):
         assert np.isfinite(metrics[name]), name
     assert metrics["images_per_s"] > 0
     assert 0 <= metrics["val_mAP"] <= 100
@@ -107,8 +123,16 @@ def _ddp_worker(rank: int, world_size: int, port: int, cache: str, results):
     try:
         torch.set_num_threads(1)
         train, val, test = _splits(train=64, val=37, test=23)
-        distiller = Distiller(_model(7), _model(8).eval(), train, val, test, "l2d",
-                              recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), seed=1)
+        distiller = Distiller(
+            _model(7),
+            _model(8).eval(),
+            train,
+            val,
+            test,
+            "l2d",
+            recipe=Recipe(epochs=1, batch_size=16, lr=1e-3),
+            seed=1,
+        )
         assert isinstance(distiller.model, nn.parallel.DistributedDataParallel)
         assert len(distiller.train_loader) == 4  # 64 images: 32 per rank, in batches of 16 / 2 = 8
         metrics = distiller.run_epoch()
@@ -154,7 +178,9 @@ def test_a_methods_connectors_are_trained_and_checkpointed():
 
     resumed = Distiller(_model(50), teacher, train, val, test, "hint", recipe=recipe, seed=2)
     resumed.load_state_dict(state)
-    torch.testing.assert_close(resumed.criterion.connectors["hint"].conv.weight, state["criterion"]["connectors.hint.conv.weight"])
+    torch.testing.assert_close(
+        resumed.criterion.connectors["hint"].conv.weight, state["criterion"]["connectors.hint.conv.weight"]
+    )
     again = resumed.run_epoch()
     assert again["train_hint"] == pytest.approx(straight["train_hint"], rel=1e-5)
     assert again["val_mAP"] == pytest.approx(straight["val_mAP"], abs=1e-6)
@@ -167,8 +193,17 @@ def test_gradient_shares_are_a_diagnostic_that_changes_nothing():
     train, val, test = _splits()
     runs = {}
     for every in (0, 1):
-        distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "l2d", seed=3,
-                              recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), grad_share_every=every)
+        distiller = Distiller(
+            _model(1),
+            _model(2).eval(),
+            train,
+            val,
+            test,
+            "l2d",
+            seed=3,
+            recipe=Recipe(epochs=1, batch_size=16, lr=1e-3),
+            grad_share_every=every,
+        )
         runs[every] = (distiller.run_epoch(), [p.detach().clone() for p in distiller.student.parameters()])
     (plain, plain_weights), (diagnosed, diagnosed_weights) = runs[0], runs[1]
     assert all(torch.equal(a, b) for a, b in zip(plain_weights, diagnosed_weights))
@@ -179,20 +214,29 @@ def test_gradient_shares_are_a_diagnostic_that_changes_nothing():
     assert sum(shares.values()) == pytest.approx(1.0) and all(0 <= v <= 1 for v in shares.values())
     assert all(diagnosed[f"train_grad_norm_{p}"] > 0 for p in shares)
     # BCE alone has one part: nothing to share out.
-    alone = Distiller(_model(1), None, train, val, test, "bce", recipe=Recipe(epochs=1, batch_size=16, lr=1e-3),
-                      grad_share_every=1).run_epoch()
+    alone = Distiller(
+        _model(1), None, train, val, test, "bce", recipe=Recipe(epochs=1, batch_size=16, lr=1e-3), grad_share_every=1
+    ).run_epoch()
     assert "train_grad_samples" not in alone
 
 
 def test_channels_last_on_cpu():
     train, val, test = _splits()
-    distiller = Distiller(_model(1), _model(2).eval(), train, val, test, "mld",
-                          recipe=Recipe(epochs=1, batch_size=16, lr=1e-3, channels_last=True))
+    distiller = Distiller(
+        _model(1),
+        _model(2).eval(),
+        train,
+        val,
+        test,
+        "mld",
+        recipe=Recipe(epochs=1, batch_size=16, lr=1e-3, channels_last=True),
+    )
     conv = next(m for m in distiller.student.modules() if isinstance(m, nn.Conv2d))
     assert conv.weight.is_contiguous(memory_format=torch.channels_last)
     metrics = distiller.run_epoch()
     assert np.isfinite(metrics["val_mAP"])
     # A checkpoint of a channels-last run resumes under the default layout (the layout is not part of the recipe).
-    other = Distiller(_model(1), _model(2).eval(), train, val, test, "mld",
-                      recipe=Recipe(epochs=1, batch_size=16, lr=1e-3))
+    other = Distiller(
+        _model(1), _model(2).eval(), train, val, test, "mld", recipe=Recipe(epochs=1, batch_size=16, lr=1e-3)
+    )
     other.load_state_dict(distiller.state_dict())

@@ -124,21 +124,25 @@ def test_dist_hand_computed():
 
 def test_logit_standardisation_hand_computed():
     # [1, 2, 3]: mean 2, unbiased std 1 -> [-1, 0, 1]; [10, 20, 30] standardises to the same.
-    torch.testing.assert_close(losses.standardize_logits(torch.tensor([[1.0, 2.0, 3.0]])),
-                               torch.tensor([[-1.0, 0.0, 1.0]]), atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        losses.standardize_logits(torch.tensor([[1.0, 2.0, 3.0]])), torch.tensor([[-1.0, 0.0, 1.0]]), atol=1e-6, rtol=0
+    )
     student, teacher = torch.tensor([[1.0, 2.0, 3.0]]), torch.tensor([[10.0, 20.0, 30.0]])
     # Same relative scores: mld-ls is 0, plain MLD is not (it matches magnitudes).
     assert losses.mld_loss(student, teacher, standardize=True).item() == pytest.approx(0.0, abs=1e-6)
     assert losses.mld_loss(student, teacher).item() > 0.4
+
     # Reversed order, T = 2: per label KL(Bern(sigmoid(t/2)) || Bern(sigmoid(s/2))), s = [-1, 0, 1], t = [1, 0, -1];
     # summed over labels, one image, times T^2.
     def kl(t, s):
         p, q = 1 / (1 + math.exp(-t)), 1 / (1 + math.exp(-s))
         return p * math.log(p / q) + (1 - p) * math.log((1 - p) / (1 - q))
+
     expected = 4 * (kl(0.5, -0.5) + kl(0.0, 0.0) + kl(-0.5, 0.5))
     reversed_teacher = torch.tensor([[3.0, 2.0, 1.0]])
-    assert losses.mld_loss(student, reversed_teacher, standardize=True, temperature=2.0).item() == \
-        pytest.approx(expected, rel=1e-5)
+    assert losses.mld_loss(student, reversed_teacher, standardize=True, temperature=2.0).item() == pytest.approx(
+        expected, rel=1e-5
+    )
     # kd-ls: the KD of the standardised logits (T^2 / B sum BCE(sigmoid(s'/T), sigmoid(t'/T))).
     z = torch.tensor([[-1.0, 0.0, 1.0]])
     torch.testing.assert_close(losses.kd_loss(student, teacher, 2.0, standardize=True), losses.kd_loss(z, z, 2.0))
@@ -176,6 +180,7 @@ def test_live_parts_are_the_weighted_terms_and_their_gradient_shares_add_up():
 
 
 # --- Vectorized vs loop ---------------------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("fn,loop_fn", [(cd_loss, cd_loss_loop), (id_loss, id_loss_loop)], ids=["cd", "id"])
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -230,8 +235,16 @@ def test_half_precision_inputs_computed_in_float32(fn, loop_fn, dtype):
     _assert_matches_loop(fn, loop_fn, student, teacher, targets, grad_rtol=torch.finfo(dtype).eps)
 
 
-@pytest.mark.parametrize("fn", [cd_loss, id_loss, lambda s, t, y: mld_loss(s[..., 0], t[..., 0]),
-                                lambda s, t, y: ps_loss(s[..., 0], t[..., 0], y)], ids=["cd", "id", "mld", "ps"])
+@pytest.mark.parametrize(
+    "fn",
+    [
+        cd_loss,
+        id_loss,
+        lambda s, t, y: mld_loss(s[..., 0], t[..., 0]),
+        lambda s, t, y: ps_loss(s[..., 0], t[..., 0], y),
+    ],
+    ids=["cd", "id", "mld", "ps"],
+)
 def test_empty_batch(fn):
     student = torch.zeros(0, 5, 8, requires_grad=True)
     value = fn(student, torch.zeros(0, 5, 8), torch.zeros(0, 5))
@@ -244,8 +257,11 @@ def test_teacher_gets_no_gradient():
     student, teacher, targets = _random_case()
     student.requires_grad_(True)
     teacher.requires_grad_(True)
-    (cd_loss(student, teacher, targets) + id_loss(student, teacher, targets)
-     + mld_loss(student[..., 0], teacher[..., 0])).backward()
+    (
+        cd_loss(student, teacher, targets)
+        + id_loss(student, teacher, targets)
+        + mld_loss(student[..., 0], teacher[..., 0])
+    ).backward()
     assert teacher.grad is None
     assert student.grad is not None
 
@@ -288,20 +304,22 @@ def test_feature_baselines_zero_for_identical_relations():
 
 # --- Registry and entry point ---------------------------------------------------------------------------
 
+
 def _outputs(batch=6, classes=5, dim=8, features=12, seed=0):
     generator = torch.Generator().manual_seed(seed)
 
     def output():
-        return ModelOutput(torch.randn(batch, classes, generator=generator),
-                           torch.randn(batch, classes, dim, generator=generator),
-                           torch.randn(batch, features, generator=generator))
+        return ModelOutput(
+            torch.randn(batch, classes, generator=generator),
+            torch.randn(batch, classes, dim, generator=generator),
+            torch.randn(batch, features, generator=generator),
+        )
 
     targets = (torch.rand(batch, classes, generator=generator) < 0.5).float()
     return output(), output(), targets
 
 
-OUTPUT_METHODS = sorted(m for m in losses.METHODS
-                        if not any(losses.TERMS[t].stages for t in losses.METHODS[m].terms))
+OUTPUT_METHODS = sorted(m for m in losses.METHODS if not any(losses.TERMS[t].stages for t in losses.METHODS[m].terms))
 
 
 @pytest.mark.parametrize("method", OUTPUT_METHODS)
@@ -311,8 +329,11 @@ def test_every_method_runs_and_reports_its_parts(method):
     total, parts = distillation_loss(method, student, teacher, targets)
     assert tuple(parts) == losses.loss_parts(method)
     hparams = method_hparams(method)
-    weights = {part: hparams[name] for term in losses.METHODS[method].terms
-               for part, name in losses.TERMS[term].weights.items()}
+    weights = {
+        part: hparams[name]
+        for term in losses.METHODS[method].terms
+        for part, name in losses.TERMS[term].weights.items()
+    }
     expected = parts["bce"] + sum(weights[part] * parts[part] for part in weights)
     torch.testing.assert_close(total.detach(), expected)
     total.backward()
@@ -329,13 +350,17 @@ def test_fused_cd_id_equals_separate():
 def test_l2d_total_uses_official_weights():
     student, teacher, targets = _outputs()
     total, _ = distillation_loss("l2d", student, teacher, targets)
-    expected = (losses.bce_loss(student.logits, targets) + 10 * mld_loss(student.logits, teacher.logits)
-                + 100 * cd_loss(student.label_embeddings, teacher.label_embeddings, targets)
-                + 1000 * id_loss(student.label_embeddings, teacher.label_embeddings, targets))
+    expected = (
+        losses.bce_loss(student.logits, targets)
+        + 10 * mld_loss(student.logits, teacher.logits)
+        + 100 * cd_loss(student.label_embeddings, teacher.label_embeddings, targets)
+        + 1000 * id_loss(student.label_embeddings, teacher.label_embeddings, targets)
+    )
     torch.testing.assert_close(total, expected)
     custom, _ = distillation_loss("l2d", student, teacher, targets, {"lambda_cd": 0.0, "lambda_id": 0.0})
-    torch.testing.assert_close(custom, losses.bce_loss(student.logits, targets)
-                               + 10 * mld_loss(student.logits, teacher.logits))
+    torch.testing.assert_close(
+        custom, losses.bce_loss(student.logits, targets) + 10 * mld_loss(student.logits, teacher.logits)
+    )
 
 
 def test_part_weights():
@@ -357,6 +382,7 @@ def test_registry_errors_name_the_problem():
 
 
 # --- Feature-level methods: stages and connectors --------------------------------------------------------------
+
 
 def test_hint_loss_by_hand():
     connector = losses.HintConnector(3, 3).eval()
@@ -407,7 +433,8 @@ def test_rkd_is_the_official_formulation():
     student, teacher = torch.randn(6, 5, generator=generator), torch.randn(6, 7, generator=generator)
     assert losses.rkd_loss(student, teacher).item() == pytest.approx(rkd_loss_loop(student, teacher), rel=1e-5)
     assert losses.rkd_loss(student, teacher, 25.0, 50.0).item() == pytest.approx(
-        rkd_loss_loop(student, teacher, 25.0, 50.0), rel=1e-5)
+        rkd_loss_loop(student, teacher, 25.0, 50.0), rel=1e-5
+    )
 
 
 def test_hcl_loss_equals_the_loop_formulation():
@@ -428,14 +455,18 @@ def test_reviewkd_fuses_from_the_deepest_level_and_trains_its_connectors():
     criterion = losses.DistillationCriterion("reviewkd", None, student, teacher)
     connector = criterion.connectors["reviewkd"]
     levels = len(connector.fusions)
-    assert criterion.student_stages == tuple(range(len(stage_channels(student)) - levels + 1,
-                                                   len(stage_channels(student))))
+    assert criterion.student_stages == tuple(
+        range(len(stage_channels(student)) - levels + 1, len(stage_channels(student)))
+    )
     # The deepest level (the pooled features) has no residual to fuse; every other level fuses one.
     assert connector.fusions[-1].attention is None and all(f.attention is not None for f in connector.fusions[:-1])
     assert connector.fusions[-1].output[0].out_channels == teacher.backbone.num_features
     images = torch.rand(4, 3, 32, 32)
-    total, parts = criterion(student(images, stages=criterion.student_stages),
-                             teacher(images, stages=criterion.teacher_stages), (torch.rand(4, 5) < 0.5).float())
+    total, parts = criterion(
+        student(images, stages=criterion.student_stages),
+        teacher(images, stages=criterion.teacher_stages),
+        (torch.rand(4, 5) < 0.5).float(),
+    )
     assert set(parts) == {"bce", "reviewkd"} and parts["reviewkd"] > 0
     total.backward()
     assert all(f.reduce[0].weight.grad is not None for f in connector.fusions)

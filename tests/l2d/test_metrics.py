@@ -27,8 +27,13 @@ def _sklearn_map(scores, targets):
     return 100 * np.mean(aps)
 
 
-CASES = [dict(seed=0), dict(seed=1, ties=True), dict(seed=2, empty_classes=(0, 3)), dict(seed=3, full_classes=(1,)),
-         dict(seed=4, ties=True, empty_classes=(5,), n=7)]
+CASES = [
+    dict(seed=0),
+    dict(seed=1, ties=True),
+    dict(seed=2, empty_classes=(0, 3)),
+    dict(seed=3, full_classes=(1,)),
+    dict(seed=4, ties=True, empty_classes=(5,), n=7),
+]
 
 
 @pytest.mark.parametrize("case", CASES)
@@ -85,10 +90,12 @@ def test_top3_and_topk_true_match_sklearn(case):
     result = multilabel_metrics(scores, targets)
     for prefix, ks in (("top3_", [3] * len(scores)), ("topk_true_", targets.sum(1).astype(int))):
         predicted = _top_k_predictions(scores, ks)
-        assert result[prefix + "CP"] == pytest.approx(100 * precision_score(targets, predicted, average="macro",
-                                                                            zero_division=0))
-        assert result[prefix + "OR"] == pytest.approx(100 * recall_score(targets, predicted, average="micro",
-                                                                         zero_division=0))
+        assert result[prefix + "CP"] == pytest.approx(
+            100 * precision_score(targets, predicted, average="macro", zero_division=0)
+        )
+        assert result[prefix + "OR"] == pytest.approx(
+            100 * recall_score(targets, predicted, average="micro", zero_division=0)
+        )
 
 
 def test_bad_input_is_rejected():
@@ -113,8 +120,10 @@ def _official_f1(scores, targets):
             continue
         threshold = sorted(scores[i], reverse=True)[k]
         preds[i] = scores[i] > threshold
-    return (100 * f1_score(targets, preds, average="macro", zero_division=0),
-            100 * f1_score(targets, preds, average="micro", zero_division=0))
+    return (
+        100 * f1_score(targets, preds, average="macro", zero_division=0),
+        100 * f1_score(targets, preds, average="micro", zero_division=0),
+    )
 
 
 @pytest.mark.parametrize("seed", range(6))

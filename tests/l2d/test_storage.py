@@ -28,13 +28,19 @@ def test_uris_keep_their_options_out_of_paths():
     assert Location.parse("gcs://b/x") == Location.parse("gs://b/x")
 
 
-@pytest.mark.parametrize("text,message", [
-    ("s3://AKIDEXAMPLE:s3cr3tvalue@bucket/runs", "carries credentials in the URI"),
-    ("s3://bucket/runs?access_key=AKIDEXAMPLE&secret_key=s3cr3tvalue", "carries a credential parameter (access_key)"),
-    ("ftp://host/x", "unsupported scheme 'ftp'"),
-    ("s3:///runs", "has no bucket"),
-    ("", "expected a folder or a URI"),
-])
+@pytest.mark.parametrize(
+    "text,message",
+    [
+        ("s3://AKIDEXAMPLE:s3cr3tvalue@bucket/runs", "carries credentials in the URI"),
+        (
+            "s3://bucket/runs?access_key=AKIDEXAMPLE&secret_key=s3cr3tvalue",
+            "carries a credential parameter (access_key)",
+        ),
+        ("ftp://host/x", "unsupported scheme 'ftp'"),
+        ("s3:///runs", "has no bucket"),
+        ("", "expected a folder or a URI"),
+    ],
+)
 def test_bad_locations_are_refused(text, message):
     with pytest.raises(StorageError, match=message.replace("(", r"\(").replace(")", r"\)")) as error:
         Location.parse(text)
@@ -78,7 +84,8 @@ def _tree(root):
 
 
 def test_write_target_rule_refuses_what_it_did_not_write(tmp_path, monkeypatch):
-    """Issue 22: `export --out ~/Documents` replaced the folder's files, `--out <sweep>` the sweep, `--out .` emptied the
+    """Issue 22: `export --out ~/Documents` replaced the folder's files, `--out <sweep>` the sweep, `--out .` emptied
+    the
     working directory. Now a target must be new, empty, or carry the tool's marker; anything else is refused and
     nothing under it changes."""
     from l2d.storage import OUTPUT_MARKER, SWEEP_MARKER, check_output, prepare_output
@@ -93,10 +100,14 @@ def test_write_target_rule_refuses_what_it_did_not_write(tmp_path, monkeypatch):
     (tmp_path / "work" / "notes.md").write_text("mine")
     monkeypatch.chdir(tmp_path / "work")
     before = _tree(tmp_path)
-    for target, message in [(documents, "is not empty and was not written by l2d-sweep"),
-                            (".", "is the current directory"), (tmp_path, "is the current directory (or holds it)"),
-                            (sweep, "is a sweep folder"), (sweep / "train" / "x", "inside the sweep folder"),
-                            (documents / "thesis.tex", "exists and is not a folder")]:
+    for target, message in [
+        (documents, "is not empty and was not written by l2d-sweep"),
+        (".", "is the current directory"),
+        (tmp_path, "is the current directory (or holds it)"),
+        (sweep, "is a sweep folder"),
+        (sweep / "train" / "x", "inside the sweep folder"),
+        (documents / "thesis.tex", "exists and is not a folder"),
+    ]:
         with pytest.raises(StorageError, match=re.escape(message)):
             prepare_output(target)
     assert _tree(tmp_path) == before  # nothing touched
@@ -115,9 +126,11 @@ def test_write_target_rule_on_s3(s3_server):
     root = Location.parse(f"s3://sweeps/targets?endpoint_override={s3_server}&scheme=http")
     (root / "runs" / "sweep" / SWEEP_MARKER).write_text("{}")
     (root / "theirs" / "notes.txt").write_text("keep")
-    for target, message in [(root / "runs" / "sweep", "is a sweep folder"),
-                            (root / "runs" / "sweep" / "exports", "inside the sweep folder"),
-                            (root / "theirs", "was not written by l2d-sweep")]:
+    for target, message in [
+        (root / "runs" / "sweep", "is a sweep folder"),
+        (root / "runs" / "sweep" / "exports", "inside the sweep folder"),
+        (root / "theirs", "was not written by l2d-sweep"),
+    ]:
         with pytest.raises(StorageError, match=message):
             prepare_output(target)
     assert (root / "theirs" / "notes.txt").read_text() == "keep"
@@ -125,16 +138,19 @@ def test_write_target_rule_on_s3(s3_server):
     assert [p.name for p in (root / "exports" / "best").list()] == [".l2d-output"]
 
 
-@pytest.mark.parametrize("uri, found", [
-    ("postgresql://u@h/db?password=hunter2", ["password"]),
-    ("postgresql://u@h/db?sslpassword=hunter2&sslmode=require", ["sslpassword"]),
-    ("postgresql://u:hunter2@h/db", ["password"]),
-    ("https://mlflow.example/?token=hunter2", ["token"]),
-    ("s3://bucket/runs?secret_access_key=hunter2", ["secret_access_key"]),
-    ("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http", []),
-    ("postgresql://u@h/db?sslmode=require", []),
-    ("/plain/path", []),
-])
+@pytest.mark.parametrize(
+    "uri, found",
+    [
+        ("postgresql://u@h/db?password=hunter2", ["password"]),
+        ("postgresql://u@h/db?sslpassword=hunter2&sslmode=require", ["sslpassword"]),
+        ("postgresql://u:hunter2@h/db", ["password"]),
+        ("https://mlflow.example/?token=hunter2", ["token"]),
+        ("s3://bucket/runs?secret_access_key=hunter2", ["secret_access_key"]),
+        ("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http", []),
+        ("postgresql://u@h/db?sslmode=require", []),
+        ("/plain/path", []),
+    ],
+)
 def test_credentials_in_uris_are_found(uri, found):
     from l2d.storage import credentials_in_uri, redact
 

@@ -10,13 +10,29 @@ from l2d.run import RunConfig, teacher_key, train_teacher
 from l2d.teachers import TeacherKey, TeacherStore
 
 TINY_RECIPE = {"epochs": 1, "batch_size": 16, "lr": 1e-3, "weight_decay": 1e-4, "pct_start": 0.2}
-TINY_RUN = RunConfig(dataset="mosaic-digits", dataset_options={"size": 64}, image_size=16, embed_dim=32,
-                     teacher="test_resnet", teacher_epochs=1, teacher_lr=1e-3, batch_size=16)
+TINY_RUN = RunConfig(
+    dataset="mosaic-digits",
+    dataset_options={"size": 64},
+    image_size=16,
+    embed_dim=32,
+    teacher="test_resnet",
+    teacher_epochs=1,
+    teacher_lr=1e-3,
+    batch_size=16,
+)
 
 
 def _key(**changes) -> TeacherKey:
-    fields = dict(dataset="mosaic-digits", backbone="test_resnet", image_size=16, embed_dim=32,
-                  recipe=dict(TINY_RECIPE), seed=0, dataset_options={"size": 64}, data_fingerprint="f")
+    fields = dict(
+        dataset="mosaic-digits",
+        backbone="test_resnet",
+        image_size=16,
+        embed_dim=32,
+        recipe=dict(TINY_RECIPE),
+        seed=0,
+        dataset_options={"size": 64},
+        data_fingerprint="f",
+    )
     fields.update(changes)
     return TeacherKey(**fields)
 

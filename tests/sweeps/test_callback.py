@@ -20,13 +20,20 @@ def _epochs(folder):
 def _trials(folder):
     return SweepResults(folder).trials.to_pylist()
 
-CONFIG = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "mld", "lr": 1e-3,
-          "lambda_mld": 2.0}
+
+CONFIG = {
+    "pairing": "test_resnet",
+    "student@test_resnet": "test_efficientnet",
+    "method": "mld",
+    "lr": 1e-3,
+    "lambda_mld": 2.0,
+}
 
 
 def _trial(trial_id="t1", status="RUNNING", error=None):
-    return SimpleNamespace(trial_id=trial_id, config=dict(CONFIG), status=status, error_file=None,
-                           get_error=lambda: error)
+    return SimpleNamespace(
+        trial_id=trial_id, config=dict(CONFIG), status=status, error_file=None, get_error=lambda: error
+    )
 
 
 def _callback(tmp_path, **collaborators):
@@ -41,8 +48,18 @@ def test_every_epoch_is_written_before_its_line_is_printed(tmp_path, capsys):
     trial = _trial()
     callback.on_trial_start(0, [trial], trial)
     for epoch in (1, 2):
-        callback.on_trial_result(0, [trial], trial, {"epoch": epoch, "val_mAP": 40.0 + epoch, "test_mAP": 39.0,
-                                                     "train_grad_share_mld": 0.3, "images_per_s": 10.0})
+        callback.on_trial_result(
+            0,
+            [trial],
+            trial,
+            {
+                "epoch": epoch,
+                "val_mAP": 40.0 + epoch,
+                "test_mAP": 39.0,
+                "train_grad_share_mld": 0.3,
+                "images_per_s": 10.0,
+            },
+        )
         rows = _epochs(folder)  # the current generation: written before the line was printed
         assert [r["epoch"] for r in rows] == list(range(1, epoch + 1))
     trial.status = "TERMINATED"
@@ -87,8 +104,9 @@ def test_the_tracker_gets_the_exporter_it_was_handed(tmp_path):
             calls.append(("finish", trial_id, status))
             export("somewhere")
 
-    callback, _ = _callback(tmp_path, tracker=Tracker(), exporter=lambda trial_id, folder: calls.append(
-        ("export", trial_id, folder)))
+    callback, _ = _callback(
+        tmp_path, tracker=Tracker(), exporter=lambda trial_id, folder: calls.append(("export", trial_id, folder))
+    )
     trial = _trial()
     callback.on_trial_start(0, [trial], trial)
     callback.on_trial_result(0, [trial], trial, {"epoch": 3, "val_mAP": 50.0})
@@ -157,13 +175,23 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
     from sweeps.spec import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
-    space = {**TINY_SPEC["search_space"], "lambda_kd": {"low": 0.5, "high": 50}, "kd_temperature": {"low": 1, "high": 8}}
+    space = {
+        **TINY_SPEC["search_space"],
+        "lambda_kd": {"low": 0.5, "high": 50},
+        "kd_temperature": {"low": 1, "high": 8},
+    }
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path), "search_space": space}, "tiny.yaml")
     write_hparams_config(spec)
     callback = SweepCallback(Location.parse(spec.sweep_dir), 3, "val_mAP", "max")
-    kd = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "kd", "lr": 2e-3,
-          "lambda_kd": 5.0, "kd_temperature": 4.0}
-    for trial, config in ((_trial("l2d1"), CONFIG), (SimpleNamespace(**{**vars(_trial("kd1")), "config": kd}), kd)):
+    kd = {
+        "pairing": "test_resnet",
+        "student@test_resnet": "test_efficientnet",
+        "method": "kd",
+        "lr": 2e-3,
+        "lambda_kd": 5.0,
+        "kd_temperature": 4.0,
+    }
+    for trial in (_trial("l2d1"), SimpleNamespace(**{**vars(_trial("kd1")), "config": kd})):
         callback.on_trial_start(0, [trial], trial)
         callback.on_trial_result(0, [trial], trial, {"epoch": 1, "val_mAP": 40.0, "test_mAP": 39.0})
         trial.status = "TERMINATED"
@@ -178,16 +206,33 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    server = subprocess.Popen([sys.executable, "-m", "tensorboard.main", "--logdir", folder, "--host", "127.0.0.1",
-                               "--port", str(port), "--reload_interval", "0"],
-                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "tensorboard.main",
+            "--logdir",
+            folder,
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--reload_interval",
+            "0",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
     try:
         answer = None
         for _ in range(120):
             try:
-                request = urllib.request.Request(f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
-                                                 data=b'{"experimentName": ""}', method="POST",
-                                                 headers={"Content-Type": "application/json"})
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/data/plugin/hparams/experiment",
+                    data=b'{"experimentName": ""}',
+                    method="POST",
+                    headers={"Content-Type": "application/json"},
+                )
                 answer = json.loads(urllib.request.urlopen(request, timeout=5).read())
                 break
             except OSError:
@@ -196,8 +241,10 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
         assert answer is not None, "TensorBoard did not answer"
         shown = sorted(info["name"] for info in answer["hparamInfos"])
         assert shown == sorted([*space, "teacher", "student", "method"]), shown
-        assert sorted(m["name"]["tag"] for m in answer["metricInfos"]) == ["hparam/best_val_mAP",
-                                                                           "hparam/test_mAP_at_best"]
+        assert sorted(m["name"]["tag"] for m in answer["metricInfos"]) == [
+            "hparam/best_val_mAP",
+            "hparam/test_mAP_at_best",
+        ]
     finally:
         server.terminate()
         server.wait(timeout=30)

@@ -41,8 +41,24 @@ def test_train_end_to_end(tmp_path, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     out = tmp_path / "run"
-    code = main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "l2d",
-                 "--lambda-cd", "50", "--epochs", "2", "--out", str(out), *TINY])
+    code = main(
+        [
+            "train",
+            "--teacher",
+            "test_resnet",
+            "--student",
+            "test_efficientnet",
+            "--method",
+            "l2d",
+            "--lambda-cd",
+            "50",
+            "--epochs",
+            "2",
+            "--out",
+            str(out),
+            *TINY,
+        ]
+    )
     assert code == 0
     printed = capsys.readouterr().out
     assert "teacher  test_resnet" in printed and "student  test_efficientnet" in printed
@@ -58,12 +74,48 @@ def test_train_end_to_end(tmp_path, capsys):
     assert [e.step for e in events.Scalars("val/mAP")] == [1, 2]
     assert "train/cd" in events.Tags()["scalars"]
     # A second run reuses the stored teacher.
-    assert main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "kd",
-                 "--epochs", "1", "--out", str(tmp_path / "run2"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--teacher",
+                "test_resnet",
+                "--student",
+                "test_efficientnet",
+                "--method",
+                "kd",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "run2"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert "training teacher" not in capsys.readouterr().err
     # A feature-level method (a trainable connector on the last stage) through the same command.
-    assert main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "hint",
-                 "--lambda-hint", "20", "--epochs", "1", "--out", str(tmp_path / "run3"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--teacher",
+                "test_resnet",
+                "--student",
+                "test_efficientnet",
+                "--method",
+                "hint",
+                "--lambda-hint",
+                "20",
+                "--epochs",
+                "1",
+                "--out",
+                str(tmp_path / "run3"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     hint = json.loads((tmp_path / "run3" / "metrics.json").read_text())
     assert hint["config"]["hparams"] == {"lambda_hint": 20.0} and hint["final"]["train_hint"] > 0
 
@@ -76,20 +128,23 @@ def test_teacher_command_trains_then_loads(tmp_path, capsys):
     assert main([*args, "--json"]) == 0
     second = capsys.readouterr().out
     assert "loaded from the store" in second
-    card = json.loads(second[second.index("{"):])
+    card = json.loads(second[second.index("{") :])
     assert card["backbone"] == "test_resnet" and card["epochs"] == 1
 
 
-@pytest.mark.parametrize("args,message", [
-    (["train", "--epochs", "0"], "--epochs: must be >= 1"),
-    (["train", "--method", "nope"], "invalid choice: 'nope'"),
-    (["train", "--lambda-cd", "-1"], "--lambda-cd: must be a finite number >= 0"),
-    (["train", "--method", "kd", "--lambda-cd", "5"], "method 'kd' has no hyperparameter 'lambda_cd'"),
-    (["train", "--student", "resnet_18"], "unknown backbone 'resnet_18'"),
-    (["train", "--dataset", "coco2014"], "needs a root folder"),
-    (["teacher", "--dataset-option", "nonsense"], "expected KEY=VALUE"),
-    (["train", "--dataset-option", "sizes=3", "--teacher-epochs", "1"], "unknown mosaic-digits option 'sizes'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["train", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["train", "--method", "nope"], "invalid choice: 'nope'"),
+        (["train", "--lambda-cd", "-1"], "--lambda-cd: must be a finite number >= 0"),
+        (["train", "--method", "kd", "--lambda-cd", "5"], "method 'kd' has no hyperparameter 'lambda_cd'"),
+        (["train", "--student", "resnet_18"], "unknown backbone 'resnet_18'"),
+        (["train", "--dataset", "coco2014"], "needs a root folder"),
+        (["teacher", "--dataset-option", "nonsense"], "expected KEY=VALUE"),
+        (["train", "--dataset-option", "sizes=3", "--teacher-epochs", "1"], "unknown mosaic-digits option 'sizes'"),
+    ],
+)
 def test_bad_arguments_exit_2_with_one_line(args, message, tmp_path, capsys):
     argv = [*args, "--out", str(tmp_path / "x")] if args[0] == "train" else args
     try:
@@ -121,14 +176,31 @@ def test_teacher_train_and_a_sweep_share_one_teacher_key():
     data = ["--dataset-option", "scale=0.05", "--image-size", "32", "--embed-dim", "32", "--batch-size", "16"]
     parser = build_parser()
     teacher_args = parser.parse_args(["teacher", "--backbone", "test_resnet", "--epochs", "1", *data])
-    train_args = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--student",
-                                    "test_convnext", "--lr", "0.01", "--epochs", "7", "--method", "kd", *data])
+    train_args = parser.parse_args(
+        [
+            "train",
+            "--teacher",
+            "test_resnet",
+            "--teacher-epochs",
+            "1",
+            "--student",
+            "test_convnext",
+            "--lr",
+            "0.01",
+            "--epochs",
+            "7",
+            "--method",
+            "kd",
+            *data,
+        ]
+    )
     assert teacher_key(teacher_command_config(teacher_args), "data") == sweep_key
     # The student's lr and epochs are not the key.
     assert teacher_key(train_command_config(train_args), "data") == sweep_key
     # The teacher's own settings are.
-    other = parser.parse_args(["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--teacher-lr", "0.01",
-                               *data])
+    other = parser.parse_args(
+        ["train", "--teacher", "test_resnet", "--teacher-epochs", "1", "--teacher-lr", "0.01", *data]
+    )
     assert teacher_key(train_command_config(other), "data") != sweep_key
 
 
@@ -143,15 +215,53 @@ def test_train_and_teacher_accept_initial_weights(tmp_path, capsys):
         files[backbone] = tmp_path / f"{backbone}.pth"
         torch.save(timm.create_model(backbone, pretrained=False).state_dict(), files[backbone])
     store = str(tmp_path / "store")
-    assert main(["teacher", "--backbone", "test_resnet", "--epochs", "1", "--weights", str(files["test_resnet"]),
-                 "--store", store, "--json", *DATA]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--backbone",
+                "test_resnet",
+                "--epochs",
+                "1",
+                "--weights",
+                str(files["test_resnet"]),
+                "--store",
+                store,
+                "--json",
+                *DATA,
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
-    card = json.loads(out[out.index("{"):])
+    card = json.loads(out[out.index("{") :])
     assert card["key"]["weights"] == identity(str(files["test_resnet"]), "test_resnet")
     # train with the same teacher weights finds that teacher; the student starts from its own file.
-    assert main(["train", "--teacher", "test_resnet", "--teacher-weights", str(files["test_resnet"]), "--student",
-                 "test_efficientnet", "--student-weights", str(files["test_efficientnet"]), "--method", "kd",
-                 "--epochs", "1", "--store", store, "--out", str(tmp_path / "run"), *TINY]) == 0
+    assert (
+        main(
+            [
+                "train",
+                "--teacher",
+                "test_resnet",
+                "--teacher-weights",
+                str(files["test_resnet"]),
+                "--student",
+                "test_efficientnet",
+                "--student-weights",
+                str(files["test_efficientnet"]),
+                "--method",
+                "kd",
+                "--epochs",
+                "1",
+                "--store",
+                store,
+                "--out",
+                str(tmp_path / "run"),
+                *TINY,
+            ]
+        )
+        == 0
+    )
     assert "training teacher" not in capsys.readouterr().err
     recorded = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert recorded["config"]["student_weights"] == str(files["test_efficientnet"])

@@ -10,8 +10,9 @@ from tests.sweeps.conftest import TINY_SPEC
 
 
 def _spec(tmp_path, **resources):
-    return parse_spec({**TINY_SPEC, "storage": str(tmp_path / "sweeps"),
-                       "resources": {**TINY_SPEC["resources"], **resources}})
+    return parse_spec(
+        {**TINY_SPEC, "storage": str(tmp_path / "sweeps"), "resources": {**TINY_SPEC["resources"], **resources}}
+    )
 
 
 def test_a_trial_that_does_not_fit_this_machine_is_refused(tmp_path, monkeypatch):

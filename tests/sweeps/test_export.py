@@ -41,8 +41,9 @@ def test_best_checkpoint_keeps_an_earlier_epoch(tmp_path):
     assert info["epoch"] == 2 and info["metrics"]["val_mAP"] == 55.0 and info["backbone"] == "test_efficientnet"
     assert [h["epoch"] for h in kept_history] == [1, 2]
     # One unit: best.json, written last, names the epoch's own files with their digests; no other epoch's file stays.
-    assert sorted(p.name for p in (tmp_path / "trial" / "best").iterdir()) == \
-        sorted(["best.json", info["files"]["model"], info["files"]["history"]])
+    assert sorted(p.name for p in (tmp_path / "trial" / "best").iterdir()) == sorted(
+        ["best.json", info["files"]["model"], info["files"]["history"]]
+    )
     saved = torch.load(io.BytesIO(model_bytes), weights_only=True)
     assert all(torch.equal(saved[k], weights[2][k]) for k in saved)
     assert not all(torch.equal(saved[k], weights[3][k]) for k in saved)
@@ -83,14 +84,17 @@ def _trial_folder(root, epochs=(1, 2, 3), best=True):
     return Location.parse(root)
 
 
-@pytest.mark.parametrize("keep, status, kept", [
-    ("best+last", "completed", ["epoch-0003"]),
-    ("best+last", "stopped", []),
-    ("best+last", "failed", []),
-    ("best", "completed", []),
-    ("all", "completed", ["epoch-0001", "epoch-0002", "epoch-0003"]),
-    ("all", "stopped", ["epoch-0001", "epoch-0002", "epoch-0003"]),
-])
+@pytest.mark.parametrize(
+    "keep, status, kept",
+    [
+        ("best+last", "completed", ["epoch-0003"]),
+        ("best+last", "stopped", []),
+        ("best+last", "failed", []),
+        ("best", "completed", []),
+        ("all", "completed", ["epoch-0001", "epoch-0002", "epoch-0003"]),
+        ("all", "stopped", ["epoch-0001", "epoch-0002", "epoch-0003"]),
+    ],
+)
 def test_prune_keeps_what_the_spec_says(tmp_path, keep, status, kept):
     run_dir = _trial_folder(tmp_path / "trial")
     freed = prune(run_dir, status, keep)
@@ -105,9 +109,18 @@ def test_prune_keeps_everything_of_a_trial_without_a_best(tmp_path):
 
 
 def _card(model):
-    return {"backbone": "test_efficientnet", "num_classes": 10, "class_names": [str(i) for i in range(10)],
-            "embed_dim": 32, "image_size": 32, "method": "l2d", "teacher": "test_resnet", "parameters": 1,
-            "dataset": {"name": "mosaic-digits", "root": None, "options": {"scale": 0.05}}, "metrics": {}}
+    return {
+        "backbone": "test_efficientnet",
+        "num_classes": 10,
+        "class_names": [str(i) for i in range(10)],
+        "embed_dim": 32,
+        "image_size": 32,
+        "method": "l2d",
+        "teacher": "test_resnet",
+        "parameters": 1,
+        "dataset": {"name": "mosaic-digits", "root": None, "options": {"scale": 0.05}},
+        "metrics": {},
+    }
 
 
 def test_saved_student_loads_and_its_graphs_give_the_same_logits(tmp_path):
@@ -143,7 +156,7 @@ def test_saved_student_loads_and_its_graphs_give_the_same_logits(tmp_path):
     with pytest.raises(ValueError, match="unknown export format 'tflite'"):
         save_student(model, _card(model), out, ("safetensors", "tflite"))
     broken = dict(_card(model), image_size="large")  # fails while tracing, after the weights were written
-    with pytest.raises(Exception):
+    with pytest.raises(Exception):  # noqa: B017 - whatever the tracer raises: what matters is the folder after
         save_student(model, broken, out, ("safetensors", "torchscript"), progress=lambda text: None)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["export"]
     assert load_student(out)[1]["image_size"] == 32
@@ -161,8 +174,12 @@ def test_sweep_keeps_each_best_epoch_and_exports_the_best_student(tiny_spec, tmp
 
     # Ranked by the *highest* val loss, the best epoch is an early one: the case where the last checkpoints alone
     # would have lost it.
-    path = tiny_spec(metric="val_loss", mode="max", methods=["l2d"], budget={
-        "num_samples": 3, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1})
+    path = tiny_spec(
+        metric="val_loss",
+        mode="max",
+        methods=["l2d"],
+        budget={"num_samples": 3, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+    )
     assert main(["run", str(path)]) == 0
     sweep = tmp_path / "sweeps" / "tiny"
     trials = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
@@ -239,7 +256,8 @@ def _exportable_sweep(tmp_path):
     config = SimpleNamespace(student="test_efficientnet", embed_dim=32, image_size=32, device="cpu")
     metrics = {"epoch": 2, "val_mAP": 30.67}
     BestCheckpoint(Location.parse(sweep / "train" / "trial-exp00000"), "val_mAP", "max").offer(
-        dict(metrics), _run(model, [metrics]), config)
+        dict(metrics), _run(model, [metrics]), config
+    )
     return sweep
 
 

@@ -31,8 +31,12 @@ from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1800)]
 
-SPEC = {**TINY_SPEC, "name": "faulty", "methods": ["l2d", "kd"],
-        "budget": {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1}}
+SPEC = {
+    **TINY_SPEC,
+    "name": "faulty",
+    "methods": ["l2d", "kd"],
+    "budget": {"num_samples": 4, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+}
 EPOCH_LINE = re.compile(r"trial (\w+) epoch (\d+)/\d+: val mAP ([\d.]+)")
 
 
@@ -47,8 +51,9 @@ def _env(**extra) -> dict:
 
 
 def _complete(args: list[str], env: dict | None = None) -> str:
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=900,
-                          env=env or _env())
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=900, env=env or _env()
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     return done.stdout + done.stderr
 
@@ -56,8 +61,14 @@ def _complete(args: list[str], env: dict | None = None) -> str:
 def _kill_when(args: list[str], pattern: str, occurrence: int, delay: float) -> str:
     """Run a command, SIGKILL its process group ``delay`` s after the ``occurrence``-th line matching ``pattern``;
     returns what it printed. If it ends first, returns its output (the kill point was never reached)."""
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, env=_env(), start_new_session=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=_env(),
+        start_new_session=True,
+    )
     output, seen = [], 0
     for line in process.stdout:
         output.append(line)
@@ -81,9 +92,14 @@ def _kill_group(process: subprocess.Popen) -> None:
 
 def _fail_at(args: list[str], point: str, count: int) -> str:
     """Run a command whose driver kills itself the ``count``-th time it passes failpoint ``point``."""
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env=_env(L2D_SWEEP_FAILPOINTS=f"{point}={count}"))
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env=_env(L2D_SWEEP_FAILPOINTS=f"{point}={count}"),
+    )
     output, _ = process.communicate(timeout=900)
     _kill_group(process)
     return output
@@ -100,15 +116,24 @@ def _rows(sweep: Path) -> tuple[list[dict], list[dict]]:
 def _board(trials: list[dict]) -> list[tuple]:
     """The leaderboard without trial ids (they derive from each sweep's own random id)."""
     keys = ("status", "teacher", "student", "method", "lr", "lambda_mld", "lambda_kd", "kd_temperature", "epochs_run")
-    return sorted(tuple(round(t[k], 9) if isinstance(t[k], float) else t[k] for k in keys)
-                  + (round(t["best_val_mAP"] or -1, 4), t["best_epoch"]) for t in trials)
+    return sorted(
+        tuple(round(t[k], 9) if isinstance(t[k], float) else t[k] for k in keys)
+        + (round(t["best_val_mAP"] or -1, 4), t["best_epoch"])
+        for t in trials
+    )
 
 
 def _rungs(sweep: Path, trials: list[dict]) -> list:
     config = {t["trial_id"]: (t["student"], t["method"], round(t["lr"] or 0, 9)) for t in trials}
     state = json.loads((sweep / "asha.json").read_text())
-    return [sorted((milestone, config[tid], round(value, 4)) for milestone, recorded in bracket
-                   for tid, value in recorded.items()) for bracket in state["brackets"]]
+    return [
+        sorted(
+            (milestone, config[tid], round(value, 4))
+            for milestone, recorded in bracket
+            for tid, value in recorded.items()
+        )
+        for bracket in state["brackets"]
+    ]
 
 
 @pytest.fixture(scope="module")
@@ -129,14 +154,16 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     sweep = storage / "faulty"
     rng = random.Random(20261127)
     # Where each kill happens: drawn, in an order drawn, with drawn occurrences and delays.
-    plan = [("teacher phase", r"teacher phase: ", 1, rng.uniform(0.5, 3.0)),
-            ("mid-epoch", r" started: ", rng.randint(1, 2), rng.uniform(0.3, 1.5)),
-            ("mid-epoch", r" epoch 1/3: ", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
-            ("between trials", r"trial \w+ (completed|stopped)\s*$", rng.randint(1, 2), 0.0),
-            ("inside a segment write", "segment-write", rng.randint(2, 6), 0.0),
-            ("at the manifest swap", "manifest-swap", rng.randint(2, 6), 0.0),
-            ("inside a merge of segments", "compaction", 1, 0.0),
-            ("between the compacted tables", "publish", 1, 0.0)]
+    plan = [
+        ("teacher phase", r"teacher phase: ", 1, rng.uniform(0.5, 3.0)),
+        ("mid-epoch", r" started: ", rng.randint(1, 2), rng.uniform(0.3, 1.5)),
+        ("mid-epoch", r" epoch 1/3: ", rng.randint(1, 2), rng.uniform(0.0, 0.3)),
+        ("between trials", r"trial \w+ (completed|stopped)\s*$", rng.randint(1, 2), 0.0),
+        ("inside a segment write", "segment-write", rng.randint(2, 6), 0.0),
+        ("at the manifest swap", "manifest-swap", rng.randint(2, 6), 0.0),
+        ("inside a merge of segments", "compaction", 1, 0.0),
+        ("between the compacted tables", "publish", 1, 0.0),
+    ]
     rng.shuffle(plan)
     plan.insert(0, plan.pop(next(i for i, p in enumerate(plan) if p[0] == "teacher phase")))  # it comes first
     printed, kills = [], []
@@ -178,12 +205,15 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     assert _rungs(sweep, trials) == _rungs(ref_sweep, ref_trials)
     assert len(epochs) == len(ref_epochs)
     reached = [k for k in kills if not k["ran_to_the_end"]]
-    print(f"\nfaults: {len(reached)} kills survived ({', '.join(k['where'] for k in reached)}), "
-          f"{len(epochs)} epoch rows, 0 lost, leaderboard equal to the uninterrupted run's; plan {kills}")
+    print(
+        f"\nfaults: {len(reached)} kills survived ({', '.join(k['where'] for k in reached)}), "
+        f"{len(epochs)} epoch rows, 0 lost, leaderboard equal to the uninterrupted run's; plan {kills}"
+    )
     assert len(reached) >= 6, kills
     # The compacted pair, rewritten at the end, holds the same as the generation every reader sees.
-    assert sorted(pq.read_table(sweep / "results" / "trials.parquet").to_pylist(), key=lambda t: t["trial_id"]) == \
-        sorted(trials, key=lambda t: t["trial_id"])
+    assert sorted(
+        pq.read_table(sweep / "results" / "trials.parquet").to_pylist(), key=lambda t: t["trial_id"]
+    ) == sorted(trials, key=lambda t: t["trial_id"])
 
 
 def test_damaged_state_files_heal_or_are_named(tmp_path):
@@ -236,8 +266,9 @@ def test_damaged_state_files_heal_or_are_named(tmp_path):
     # Tune's state lost altogether, on the finished sweep: nothing runs again, nothing is lost.
     shutil.rmtree(sweep / "tune")
     again = _complete(["resume", str(sweep)])
-    recovered["tune/ deleted"] = "every trial has finished" in again and " started: " not in again and \
-        _board(_rows(sweep)[0]) == _board(trials)
+    recovered["tune/ deleted"] = (
+        "every trial has finished" in again and " started: " not in again and _board(_rows(sweep)[0]) == _board(trials)
+    )
 
     # A planted pickle (issue 22: `resume` unpickled tune/tuner.pkl and ran a shell command, exit 0). Now it is not
     # loaded, since this user's key did not sign it: the sweep continues from its results and checkpoints, and
@@ -251,9 +282,13 @@ def test_damaged_state_files_heal_or_are_named(tmp_path):
     resumed = _complete(["--verbose", "resume", str(copy)])
     recovered["teacher card"] = "card.json: unreadable teacher card" in resumed
     after_plant = {(e["trial_id"], e["epoch"]): e["val_mAP"] for e in _rows(copy)[1]}
-    recovered["planted pickle not loaded"] = not ran.exists() and "not signed by this user's key" in resumed and \
-        "pass --trust" in resumed and all(k in after_plant for k in rows_before) and \
-        all(t["status"] in ("completed", "stopped", "failed", "interrupted") for t in _rows(copy)[0])
+    recovered["planted pickle not loaded"] = (
+        not ran.exists()
+        and "not signed by this user's key" in resumed
+        and "pass --trust" in resumed
+        and all(k in after_plant for k in rows_before)
+        and all(t["status"] in ("completed", "stopped", "failed", "interrupted") for t in _rows(copy)[0])
+    )
     print(f"\nfaults: damaged state recovered: {recovered}")
     assert all(recovered.values()), (recovered, resumed[-3000:])
 
@@ -265,8 +300,9 @@ DAMAGE_START, DAMAGE_END = "<!-- damage:start -->", "<!-- damage:end -->"
 
 
 def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=900,
-                          env=_env())
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=900, env=_env()
+    )
 
 
 def _values(sweep: Path) -> dict:
@@ -275,8 +311,16 @@ def _values(sweep: Path) -> dict:
     per_trial = {}
     for e in epochs:
         per_trial.setdefault(e["trial_id"], []).append((int(e["epoch"]), round(e["val_mAP"], 6)))
-    return {t["trial_id"]: (t["status"], t["best_epoch"], t["epochs_run"], round(t["best_val_mAP"] or -1, 6),
-                            sorted(per_trial.get(t["trial_id"], []))) for t in trials}
+    return {
+        t["trial_id"]: (
+            t["status"],
+            t["best_epoch"],
+            t["epochs_run"],
+            round(t["best_val_mAP"] or -1, 6),
+            sorted(per_trial.get(t["trial_id"], [])),
+        )
+        for t in trials
+    }
 
 
 def _study_values(sweep: Path) -> dict:
@@ -286,8 +330,10 @@ def _study_values(sweep: Path) -> dict:
     names = optuna.get_all_study_names(storage)
     assert len(names) == 1, names  # never a second study
     study = optuna.load_study(study_name=names[0], storage=storage)
-    return {t.user_attrs["tune_trial_id"]: (t.state.name, round(t.value, 6) if t.value is not None else None)
-            for t in study.trials}
+    return {
+        t.user_attrs["tune_trial_id"]: (t.state.name, round(t.value, 6) if t.value is not None else None)
+        for t in study.trials
+    }
 
 
 def _drop_column(path: Path, column: str) -> None:
@@ -308,13 +354,21 @@ def _best_file(sweep: Path, kind: str) -> Path:
 
 def _lease(host: str, heartbeat_offset: float, **fields) -> str:
     now = time.time()
-    lease = {"owner": "f" * 32, "user": "alice", "host": host, "pid": 4242, "command": "l2d-sweep resume x",
-             "acquired": now - 60, "heartbeat": now + heartbeat_offset}
+    lease = {
+        "owner": "f" * 32,
+        "user": "alice",
+        "host": host,
+        "pid": 4242,
+        "command": "l2d-sweep resume x",
+        "acquired": now - 60,
+        "heartbeat": now + heartbeat_offset,
+    }
     return json.dumps({**lease, **fields})
 
 
 def _damage_cases():
     """(file, damage, how to do it, the command, what must hold): each run on its own copy of the reference sweep."""
+
     def truncate(path):
         data = path.read_bytes()
         path.write_bytes(data[: len(data) // 3])
@@ -327,6 +381,7 @@ def _damage_cases():
             connection.execute("UPDATE alembic_version SET version_num = ?", (revision,))
             connection.commit()
             connection.close()
+
         return do
 
     def older(sweep):
@@ -342,12 +397,18 @@ def _damage_cases():
     results = [
         ("results/trials.parquet", "deleted", lambda s: (s / "results" / "trials.parquet").unlink()),
         ("results/trials.parquet", "truncated", lambda s: truncate(s / "results" / "trials.parquet")),
-        ("results/trials.parquet", "column `best_epoch` dropped",
-         lambda s: _drop_column(s / "results" / "trials.parquet", "best_epoch")),
+        (
+            "results/trials.parquet",
+            "column `best_epoch` dropped",
+            lambda s: _drop_column(s / "results" / "trials.parquet", "best_epoch"),
+        ),
         ("results/epochs.parquet", "deleted", lambda s: (s / "results" / "epochs.parquet").unlink()),
         ("results/epochs.parquet", "truncated", lambda s: truncate(s / "results" / "epochs.parquet")),
-        ("results/epochs.parquet", "column `val_mAP` dropped",
-         lambda s: _drop_column(s / "results" / "epochs.parquet", "val_mAP")),
+        (
+            "results/epochs.parquet",
+            "column `val_mAP` dropped",
+            lambda s: _drop_column(s / "results" / "epochs.parquet", "val_mAP"),
+        ),
         ("results/manifest.json", "deleted", lambda s: (s / "results" / "manifest.json").unlink()),
         ("results/manifest.json", "truncated", lambda s: truncate(s / "results" / "manifest.json")),
     ]
@@ -357,23 +418,57 @@ def _damage_cases():
         ("study.db", "schema of an older Optuna", older, "resume", "upgraded"),
         ("study.db", "schema of a newer Optuna", stamp("v99.0.0.z"), "resume", "refused, unchanged"),
         (".l2d-sweep (marker)", "deleted", lambda s: (s / ".l2d-sweep").unlink(), "status, then resume", "recovered"),
-        (".l2d-sweep (marker)", "not JSON", lambda s: (s / ".l2d-sweep").write_text("{garbage"),
-         "results --pareto, then resume", "recovered"),
-        ("lease.json", "values of the wrong type", lambda s: (s / "lease.json").write_text(
-            _lease("elsewhere", 0, pid="x", heartbeat="soon")), "status, then resume", "taken over"),
-        ("lease.json", "heartbeat 1 h in the future", lambda s: (s / "lease.json").write_text(
-            _lease("elsewhere", 3600)), "resume", "taken over"),
-        ("lease.json", "held by a live driver elsewhere", lambda s: (s / "lease.json").write_text(
-            _lease("elsewhere", 0)), "resume", "refused, unchanged"),
-        ("best/best.json", "truncated", lambda s: truncate(_best_trial_folder(s) / "best.json"), "export",
-         "named, nothing written"),
-        ("best/model-*.pt", "truncated", lambda s: truncate(_best_file(s, "model")), "export",
-         "named, nothing written"),
-        ("best/history-*.json", "deleted", lambda s: _best_file(s, "history").unlink(), "export",
-         "named, nothing written"),
+        (
+            ".l2d-sweep (marker)",
+            "not JSON",
+            lambda s: (s / ".l2d-sweep").write_text("{garbage"),
+            "results --pareto, then resume",
+            "recovered",
+        ),
+        (
+            "lease.json",
+            "values of the wrong type",
+            lambda s: (s / "lease.json").write_text(_lease("elsewhere", 0, pid="x", heartbeat="soon")),
+            "status, then resume",
+            "taken over",
+        ),
+        (
+            "lease.json",
+            "heartbeat 1 h in the future",
+            lambda s: (s / "lease.json").write_text(_lease("elsewhere", 3600)),
+            "resume",
+            "taken over",
+        ),
+        (
+            "lease.json",
+            "held by a live driver elsewhere",
+            lambda s: (s / "lease.json").write_text(_lease("elsewhere", 0)),
+            "resume",
+            "refused, unchanged",
+        ),
+        (
+            "best/best.json",
+            "truncated",
+            lambda s: truncate(_best_trial_folder(s) / "best.json"),
+            "export",
+            "named, nothing written",
+        ),
+        (
+            "best/model-*.pt",
+            "truncated",
+            lambda s: truncate(_best_file(s, "model")),
+            "export",
+            "named, nothing written",
+        ),
+        (
+            "best/history-*.json",
+            "deleted",
+            lambda s: _best_file(s, "history").unlink(),
+            "export",
+            "named, nothing written",
+        ),
         ("spec.yaml", "`mode` flipped by hand", flip_mode, "results, then resume", "reported, refused"),
-        ("spec.yaml", "not YAML", lambda s: (s / "spec.yaml").write_text("name: [unclosed"), "results",
-         "named"),
+        ("spec.yaml", "not YAML", lambda s: (s / "spec.yaml").write_text("name: [unclosed"), "results", "named"),
     ]
     return cases
 
@@ -397,7 +492,7 @@ def test_every_damaged_file_keeps_the_recorded_values(reference, tmp_path):
         before = {p: p.read_bytes() for p in sweep.rglob("*") if p.is_file()}
         seen, ok = [], True
 
-        def run(args, want):
+        def run(args, want, storage=storage, seen=seen):  # this case's, bound now
             done = _cli(args)
             text = (done.stdout + done.stderr).replace(str(storage), "<storage>")
             seen.append((" ".join(a.replace(str(storage), "<storage>") for a in args[:1]), done.returncode, text))
@@ -410,44 +505,79 @@ def test_every_damaged_file_keeps_the_recorded_values(reference, tmp_path):
         elif outcome == "set aside":
             good, done, text = run(["resume", str(sweep)], 0)
             asides = list(sweep.glob("study.db.corrupt-*"))
-            ok = good and len(asides) == 1 and asides[0].read_text() == "not a database" and \
-                _values(sweep) == expected and _study_values(sweep) == expected_study
+            ok = (
+                good
+                and len(asides) == 1
+                and asides[0].read_text() == "not a database"
+                and _values(sweep) == expected
+                and _study_values(sweep) == expected_study
+            )
         elif outcome == "upgraded":
             good, done, text = run(["resume", str(sweep)], 0)
-            ok = good and len(list(sweep.glob("study.db.backup-*"))) == 1 and "upgraded" in text and \
-                _study_values(sweep) == expected_study and _values(sweep) == expected
+            ok = (
+                good
+                and len(list(sweep.glob("study.db.backup-*"))) == 1
+                and "upgraded" in text
+                and _study_values(sweep) == expected_study
+                and _values(sweep) == expected
+            )
         elif outcome == "refused, unchanged":
             good, done, text = run(["resume", str(sweep)], 1)
             changed = [p for p, data in before.items() if not p.exists() or p.read_bytes() != data]
-            ok = good and done.stderr.count("\n") == 1 and not changed and (
-                "study.db" in done.stderr or "being driven by alice@elsewhere" in done.stderr)
+            ok = (
+                good
+                and done.stderr.count("\n") == 1
+                and not changed
+                and ("study.db" in done.stderr or "being driven by alice@elsewhere" in done.stderr)
+            )
         elif outcome == "recovered":
             marker_before = (sweep / ".l2d-sweep").read_bytes() if (sweep / ".l2d-sweep").exists() else None
             first = ["status", str(sweep)] if command.startswith("status") else ["results", str(sweep), "--pareto"]
             good, done, text = run(first, 0)
-            read_ok = good and ((sweep / ".l2d-sweep").read_bytes() if (sweep / ".l2d-sweep").exists() else None) \
-                == marker_before  # a read command writes no marker
+            read_ok = (
+                good
+                and ((sweep / ".l2d-sweep").read_bytes() if (sweep / ".l2d-sweep").exists() else None) == marker_before
+            )  # a read command writes no marker
             if first[0] == "results":
-                front = [line.split()[0] for line in done.stdout.splitlines()[1:]
-                         if line.strip() and not line.startswith("(")]  # the header, then rows, then "(N rows)"
+                front = [
+                    line.split()[0]
+                    for line in done.stdout.splitlines()[1:]
+                    if line.strip() and not line.startswith("(")
+                ]  # the header, then rows, then "(N rows)"
                 read_ok = read_ok and front and all(t in expected for t in front)
             good, done, text2 = run(["resume", str(sweep)], 0)
             ref_id = json.loads((ref_sweep / ".l2d-sweep").read_text())["sweep_id"]
             marker = json.loads((sweep / ".l2d-sweep").read_text())
-            ok = read_ok and good and marker["sweep_id"] == ref_id and "recovered" in text2 and \
-                _study_values(sweep) == expected_study and _values(sweep) == expected
+            ok = (
+                read_ok
+                and good
+                and marker["sweep_id"] == ref_id
+                and "recovered" in text2
+                and _study_values(sweep) == expected_study
+                and _values(sweep) == expected
+            )
         elif outcome == "taken over":
             if command.startswith("status"):
                 good, done, text = run(["status", str(sweep)], 0)
                 ok = good
             good, done, text = run(["resume", str(sweep)], 0)
-            ok = ok and good and ("unreadable lease" in text or "in the future" in text) and \
-                _values(sweep) == expected and not (sweep / "lease.json").exists()
+            ok = (
+                ok
+                and good
+                and ("unreadable lease" in text or "in the future" in text)
+                and _values(sweep) == expected
+                and not (sweep / "lease.json").exists()
+            )
         elif outcome == "named, nothing written":
             out = storage / "exported"
             good, done, text = run(["export", str(sweep), "--out", str(out)], 1)
-            ok = good and done.stderr.count("\n") == 1 and file.split("/")[-1].split("*")[0] in done.stderr and \
-                str(storage) in done.stderr and not out.exists()
+            ok = (
+                good
+                and done.stderr.count("\n") == 1
+                and file.split("/")[-1].split("*")[0] in done.stderr
+                and str(storage) in done.stderr
+                and not out.exists()
+            )
         elif outcome == "reported, refused":
             good, done, text = run(["results", str(sweep)], 0)
             ok = good and "spec.yaml: differs from the spec this sweep was started with" in done.stderr
@@ -458,10 +588,25 @@ def test_every_damaged_file_keeps_the_recorded_values(reference, tmp_path):
             good, done, text = run(["results", str(sweep)], 1)
             ok = good and done.stderr.count("\n") == 1 and "spec.yaml: not valid YAML" in done.stderr
         last = seen[-1]
-        line = next((x for x in reversed(last[2].splitlines()) if x.strip() and not x.startswith("next: ") and
-                     ("<storage>" in x or "error" in x
-                     or "failed" in x or "rebuilt" in x or "recovered" in x or "upgraded" in x or "set it aside"
-                     in x or "taking over" in x)), last[2].strip().splitlines()[-1] if last[2].strip() else "")
+        line = next(
+            (
+                x
+                for x in reversed(last[2].splitlines())
+                if x.strip()
+                and not x.startswith("next: ")
+                and (
+                    "<storage>" in x
+                    or "error" in x
+                    or "failed" in x
+                    or "rebuilt" in x
+                    or "recovered" in x
+                    or "upgraded" in x
+                    or "set it aside" in x
+                    or "taking over" in x
+                )
+            ),
+            last[2].strip().splitlines()[-1] if last[2].strip() else "",
+        )
         rows.append((file, damage, command, " / ".join(str(s[1]) for s in seen), outcome, ok, line))
         if not ok:
             failures.append((file, damage, [s[2][-3000:] for s in seen]))
@@ -472,8 +617,10 @@ def test_every_damaged_file_keeps_the_recorded_values(reference, tmp_path):
 
 
 def _damage_table(rows) -> str:
-    lines = ["| file | damage | command | exit | outcome | held | what the command said (last line) |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| file | damage | command | exit | outcome | held | what the command said (last line) |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for file, damage, command, codes, outcome, ok, said in rows:
         said = re.sub(r"\d{8}-\d{6}-[0-9a-f]{6}", "TIME-ID", said)
         said = re.sub(r"\b[0-9a-f]{8}\b", "ID", re.sub(r"\b[0-9a-f]{16}\b", "SWEEPID", said))
@@ -485,8 +632,9 @@ def _damage_table(rows) -> str:
         said = re.sub(r"since \d{4}-\d\d-\d\d \d\d:\d\d:\d\d", "since TIME", said)
         # The installed Optuna's version (CI resolves the newest): the table must not change with it.
         said = re.sub(r"than this one \(\d+\.\d+[\w.]*\)", "than this one (VERSION)", said)
-        lines.append(f"| `{file}` | {damage} | `{command}` | {codes} | {outcome} | {'yes' if ok else 'NO'} | "
-                     f"`{said[:220]}` |")
+        lines.append(
+            f"| `{file}` | {damage} | `{command}` | {codes} | {outcome} | {'yes' if ok else 'NO'} | `{said[:220]}` |"
+        )
     return "\n".join(lines)
 
 
@@ -495,8 +643,14 @@ def _check_docs_table(table: str) -> None:
     assert DAMAGE_START in text and DAMAGE_END in text, f"{DOCS} lacks the damage table markers"
     current = text.split(DAMAGE_START, 1)[1].split(DAMAGE_END, 1)[0].strip()
     if os.environ.get("L2D_UPDATE_README") == "1":
-        DOCS.write_text(text.replace(f"{DAMAGE_START}{text.split(DAMAGE_START, 1)[1].split(DAMAGE_END, 1)[0]}"
-                                     f"{DAMAGE_END}", f"{DAMAGE_START}\n{table}\n{DAMAGE_END}"))
+        DOCS.write_text(
+            text.replace(
+                f"{DAMAGE_START}{text.split(DAMAGE_START, 1)[1].split(DAMAGE_END, 1)[0]}{DAMAGE_END}",
+                f"{DAMAGE_START}\n{table}\n{DAMAGE_END}",
+            )
+        )
         return
-    assert current == table, f"{DOCS}'s damage table is out of date: run L2D_UPDATE_README=1 pytest -m faults " \
-                             f"tests/sweeps/test_faults.py::test_every_damaged_file_keeps_the_recorded_values"
+    assert current == table, (
+        f"{DOCS}'s damage table is out of date: run L2D_UPDATE_README=1 pytest -m faults "
+        f"tests/sweeps/test_faults.py::test_every_damaged_file_keeps_the_recorded_values"
+    )

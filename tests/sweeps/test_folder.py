@@ -1,6 +1,5 @@
 """The sweep folder's safety: the marker, reserved names, foreign folders (the lease: tests/sweeps/test_lease.py)."""
 
-
 import pytest
 
 from l2d.storage import Location
@@ -55,14 +54,17 @@ def test_a_sweep_from_before_markers_is_recognised(tmp_path):
     assert folder.is_sweep(other)
 
 
-@pytest.mark.parametrize("layout", [
-    {"spec.yaml": "title: my project notes\n", "results/figures.csv": "a,b"},        # a user's spec and results
-    {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "results/figures.csv": "a,b"},  # no table
-    {"spec.yaml": "name: other\npairings: []\nmethods: [l2d]\n", "results/trials.parquet": "x"},  # another's name
-    {"spec.yaml": "name: proj\npairings: []\n", "results/trials.parquet": "x"},       # not a sweep spec
-    {"spec.yaml": "[not: a mapping", "tune/experiment_state-x.json": "{}"},             # not YAML
-    {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/tuner.pkl": "x"},  # no experiment state
-])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        {"spec.yaml": "title: my project notes\n", "results/figures.csv": "a,b"},  # a user's spec and results
+        {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "results/figures.csv": "a,b"},  # no table
+        {"spec.yaml": "name: other\npairings: []\nmethods: [l2d]\n", "results/trials.parquet": "x"},  # another's name
+        {"spec.yaml": "name: proj\npairings: []\n", "results/trials.parquet": "x"},  # not a sweep spec
+        {"spec.yaml": "[not: a mapping", "tune/experiment_state-x.json": "{}"},  # not YAML
+        {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/tuner.pkl": "x"},  # no experiment state
+    ],
+)
 def test_a_folder_that_merely_looks_like_an_old_sweep_is_not_one_and_is_never_deleted(tmp_path, layout):
     project = tmp_path / "proj"
     for name, text in layout.items():

@@ -63,8 +63,14 @@ def _live(args: list[str], stop_at: str, signum: int, group: bool, timeout: floa
     (to the process group, as a terminal's Ctrl-C does, or to the process, as ``kill`` does); its exit status and
     what it printed."""
     master, slave = pty.openpty()
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdin=slave, stdout=slave, stderr=slave,
-                               start_new_session=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        stdin=slave,
+        stdout=slave,
+        stderr=slave,
+        start_new_session=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     os.close(slave)
     output, sent, deadline = b"", False, time.time() + timeout
     while time.time() < deadline:
@@ -93,13 +99,21 @@ def _live(args: list[str], stop_at: str, signum: int, group: bool, timeout: floa
 
 
 def _digests(folder: Path) -> dict[str, str]:
-    return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
-            for p in sorted(folder.rglob("*")) if p.is_file()}
+    return {
+        str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(folder.rglob("*"))
+        if p.is_file()
+    }
 
 
 def _state(sweep: Path) -> dict:
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", str(sweep), "--format", "json"],
-                          capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "status", str(sweep), "--format", "json"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert done.returncode == 0, done.stderr
     return json.loads(done.stdout)
 
@@ -125,8 +139,13 @@ def test_ctrl_c_and_sigterm_stop_a_sweep_that_then_resumes_as_itself(tiny_spec, 
     code, text = _live(["resume", str(copy)], " epoch ", signal.SIGTERM, group=False)
     assert code == 143 and f"interrupted (SIGTERM); continue it with `l2d-sweep resume {copy}`" in text, text[-3000:]
     assert _state(copy)["state"] == "interrupted" and _state(copy)["detail"].startswith("by SIGTERM: ")
-    resumed = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(copy)], capture_output=True, text=True,
-                             timeout=700, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "resume", str(copy)],
+        capture_output=True,
+        text=True,
+        timeout=700,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert str(copy) in resumed.stdout and f"{sweep}/" not in resumed.stdout + resumed.stderr
     trials = pq.read_table(copy / "results" / "trials.parquet").to_pylist()

@@ -37,8 +37,11 @@ def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_pat
     said = []
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     lease = {**json.loads(json.dumps(Lease.mine().__dict__)), "pid": int(dead.stdout)}
-    cases = [({}, "is gone"), ({"host": "elsewhere", "heartbeat": time.time() - 10_000}, "no heartbeat for"),
-             ({"host": "elsewhere", "heartbeat": time.time() + 10_000}, "dated 10000 s in the future")]
+    cases = [
+        ({}, "is gone"),
+        ({"host": "elsewhere", "heartbeat": time.time() - 10_000}, "no heartbeat for"),
+        ({"host": "elsewhere", "heartbeat": time.time() + 10_000}, "dated 10000 s in the future"),
+    ]
     for changes, reason in cases:
         (sweep / "lease.json").write_text(json.dumps({**lease, **changes}))
         LeaseKeeper(sweep, say=said.append).acquire().release()
@@ -55,21 +58,28 @@ def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_pat
     LeaseKeeper(sweep, say=said.append).acquire().release()
 
 
-RACE = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper, LeaseHeldError\n"
-        "started = time.time()\n"
-        "try:\n    k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
-        "    print(f'held {time.time() - started:.1f}', flush=True); time.sleep(4); k.release()\n"
-        "except LeaseHeldError as e:\n    print(f'refused {time.time() - started:.1f}', flush=True)\n")
+RACE = (
+    "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper, LeaseHeldError\n"
+    "started = time.time()\n"
+    "try:\n    k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+    "    print(f'held {time.time() - started:.1f}', flush=True); time.sleep(4); k.release()\n"
+    "except LeaseHeldError as e:\n    print(f'refused {time.time() - started:.1f}', flush=True)\n"
+)
 
 
 def _race(sweep, slow_env: dict, fast_env: dict, delay: float = 0.4) -> dict[str, tuple[str, float]]:
     """A slow driver (1.5 s between reading the lease and writing it, as on a slow store) and a fast one started just
     after it: ``{"slow": (held|refused, seconds it took), "fast": ...}``."""
-    slow = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **slow_env, "L2D_SWEEP_FAILPOINTS": "lease-swap=sleep:1.5"})
+    slow = subprocess.Popen(
+        [sys.executable, "-c", RACE, str(sweep)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **slow_env, "L2D_SWEEP_FAILPOINTS": "lease-swap=sleep:1.5"},
+    )
     time.sleep(delay)
-    fast = subprocess.Popen([sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True,
-                            env={**os.environ, **fast_env})
+    fast = subprocess.Popen(
+        [sys.executable, "-c", RACE, str(sweep)], stdout=subprocess.PIPE, text=True, env={**os.environ, **fast_env}
+    )
     answers = {}
     for name, process in (("slow", slow), ("fast", fast)):
         word, seconds = process.communicate(timeout=120)[0].strip().split()
@@ -96,17 +106,17 @@ def test_two_drivers_racing_on_a_slow_store_never_both_hold_the_lease(tmp_path):
 def _cas_contract(store) -> None:
     """The compare-and-swap every lease store must keep, on creation, renewal, takeover and release."""
     assert store.read() == (None, None)
-    first = store.swap("A", None)                      # creation when absent
+    first = store.swap("A", None)  # creation when absent
     assert first is not None and store.read()[0] == "A"
-    assert store.swap("B", None) is None               # creation when present: refused
-    renewed = store.swap("A2", first)                  # renewal with the token read
+    assert store.swap("B", None) is None  # creation when present: refused
+    renewed = store.swap("A2", first)  # renewal with the token read
     assert renewed is not None and store.read()[0] == "A2"
-    assert store.swap("A3", first) is None             # renewal with a stale token: refused
+    assert store.swap("A3", first) is None  # renewal with a stale token: refused
     assert store.read()[0] == "A2"
     _, current = store.read()
-    taken = store.swap("C", current)                   # a takeover of what was read
+    taken = store.swap("C", current)  # a takeover of what was read
     assert taken is not None and store.read()[0] == "C"
-    assert store.swap("D", renewed) is None            # the previous holder's renewal after the takeover: refused
+    assert store.swap("D", renewed) is None  # the previous holder's renewal after the takeover: refused
     assert store.delete(renewed) is False and store.read()[0] == "C"  # its release does not delete the new lease
     assert store.delete(taken) is True and store.read() == (None, None)
 
@@ -129,17 +139,21 @@ def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
     _assert_the_fast_one_won(_race(uri, {}, {}))
     from sweeps.lease import lease_store
 
-    _cas_contract(lease_store(Location.parse(f"s3://sweeps/cas-{tmp_path.name}?endpoint_override={s3_server}"
-                                             f"&scheme=http")))
+    _cas_contract(
+        lease_store(Location.parse(f"s3://sweeps/cas-{tmp_path.name}?endpoint_override={s3_server}&scheme=http"))
+    )
 
 
 def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
     sweep = Location.parse(tmp_path / "s")
-    script = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
-              "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
-              "print('held', flush=True); time.sleep(1.5); k.verify(); print('still writing', flush=True)\n")
-    driver = subprocess.Popen([sys.executable, "-c", script, str(sweep)], stdout=subprocess.PIPE,
-                              stderr=subprocess.PIPE, text=True)
+    script = (
+        "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+        "print('held', flush=True); time.sleep(1.5); k.verify(); print('still writing', flush=True)\n"
+    )
+    driver = subprocess.Popen(
+        [sys.executable, "-c", script, str(sweep)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
     assert driver.stdout.readline().strip() == "held"
     LeaseKeeper(sweep, force=True, say=lambda text: None).acquire()  # another driver takes over
     out, err = driver.communicate(timeout=60)
@@ -148,14 +162,20 @@ def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
 
 
 def test_a_driver_that_cannot_renew_its_lease_stops(tmp_path):
-    script = ("import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
-              "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
-              "print('held', flush=True)\n"
-              "try:\n    time.sleep(60); print('never stopped', flush=True)\n"
-              "except KeyboardInterrupt:\n    print('stopped', flush=True)\n")
+    script = (
+        "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
+        "print('held', flush=True)\n"
+        "try:\n    time.sleep(60); print('never stopped', flush=True)\n"
+        "except KeyboardInterrupt:\n    print('stopped', flush=True)\n"
+    )
     start = time.time()
-    driver = subprocess.run([sys.executable, "-c", script, str(tmp_path / "s")], capture_output=True, text=True,
-                            timeout=60, env={**os.environ, "L2D_SWEEP_LEASE_TIMEOUT": "4",
-                                             "L2D_SWEEP_FAILPOINTS": "lease-renew=error"})
+    driver = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path / "s")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "L2D_SWEEP_LEASE_TIMEOUT": "4", "L2D_SWEEP_FAILPOINTS": "lease-renew=error"},
+    )
     assert driver.stdout.split() == ["held", "stopped"], driver.stdout + driver.stderr
     assert "could not renew the lease" in driver.stderr and time.time() - start < 30

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.ray, pytest.mark.timeout(900),
-              pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc")]
+pytestmark = [
+    pytest.mark.ray,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(not Path("/proc/net/tcp").exists(), reason="needs Linux's /proc"),
+]
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "security.md"
 LOOPBACK = ("127.", "::1", "::ffff:127.")
@@ -38,8 +41,11 @@ ROLES = {
     "GCS": (lambda c: "gcs_server" in c, {"wildcard"}, None),
     "raylet": (lambda c: "raylet/raylet" in c, {"wildcard"}, None),
     "dashboard": (lambda c: "dashboard/dashboard.py" in c, {"loopback", "metrics"}, 0),
-    "dashboard agent": (lambda c: "DashboardAgent" in c or "dashboard/agent.py" in c, {"wildcard", "node", "loopback"},
-                        1),
+    "dashboard agent": (
+        lambda c: "DashboardAgent" in c or "dashboard/agent.py" in c,
+        {"wildcard", "node", "loopback"},
+        1,
+    ),
     "runtime-env agent": (lambda c: "RuntimeEnvAgent" in c or "runtime_env/agent" in c, {"node"}, 0),
     "autoscaler monitor": (lambda c: "autoscaler/_private/monitor.py" in c, {"metrics"}, 0),
     "log monitor": (lambda c: "log_monitor.py" in c, set(), 0),
@@ -54,7 +60,7 @@ def _hex_address(text: str, family: int) -> tuple[str, int]:
     if family == socket.AF_INET:
         address = socket.inet_ntop(family, raw[::-1])
     else:  # four little-endian 32-bit words
-        address = socket.inet_ntop(family, b"".join(raw[i:i + 4][::-1] for i in range(0, 16, 4)))
+        address = socket.inet_ntop(family, b"".join(raw[i : i + 4][::-1] for i in range(0, 16, 4)))
     return address, int(hex_port, 16)
 
 
@@ -123,16 +129,26 @@ def _where(address: str, port: int, node_ip: str) -> str:
 def test_a_local_sweep_listens_only_where_the_docs_say(tiny_spec, tmp_path):
     from ray._private.services import get_node_ip_address
 
-    path = tiny_spec(name="net", methods=["l2d"],
-                     budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1},
-                     resources={"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1})
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_enable_metrics_collection",
-                                                            "GLOO_SOCKET_IFNAME")}
+    path = tiny_spec(
+        name="net",
+        methods=["l2d"],
+        budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+        resources={"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1},
+    )
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("RAY_ADDRESS", "RAY_enable_metrics_collection", "GLOO_SOCKET_IFNAME")
+    }
     # Each best epoch waits 15 s inside its write window: the process group stays up while the sockets are sampled.
-    driver = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path)], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                              env={**env, "PYTHONUNBUFFERED": "1", "L2D_SWEEP_FAILPOINTS": "best-unit=sleep:15"})
+    driver = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**env, "PYTHONUNBUFFERED": "1", "L2D_SWEEP_FAILPOINTS": "best-unit=sleep:15"},
+    )
     output: list[str] = []
     reader = threading.Thread(target=lambda: output.extend(driver.stdout), daemon=True)
     reader.start()
@@ -150,8 +166,10 @@ def test_a_local_sweep_listens_only_where_the_docs_say(tiny_spec, tmp_path):
         for address, port, inode in listening:
             pid = owners.get(inode)
             if pid is not None and _descends(pid, driver.pid, parents):
-                seen[(pid, address, port)] = (_role(pid, known.get(pid, ""), driver.pid),
-                                              _where(address, port, node_ip))
+                seen[(pid, address, port)] = (
+                    _role(pid, known.get(pid, ""), driver.pid),
+                    _where(address, port, node_ip),
+                )
         for remote_port, inode in established:
             pid = owners.get(inode)
             if pid is not None and _descends(pid, driver.pid, parents):
@@ -164,8 +182,13 @@ def test_a_local_sweep_listens_only_where_the_docs_say(tiny_spec, tmp_path):
 
     # The store: a wildcard listener of one training worker that the other training worker is connected to.
     trainers = {pid for (pid, _, _), (role, _) in seen.items() if role == "training worker"}
-    stores = {(pid, port) for (pid, _, port), (role, where) in seen.items() if role == "training worker"
-              and where == "wildcard" and any(port in connected_to.get(other, ()) for other in trainers - {pid})}
+    stores = {
+        (pid, port)
+        for (pid, _, port), (role, where) in seen.items()
+        if role == "training worker"
+        and where == "wildcard"
+        and any(port in connected_to.get(other, ()) for other in trainers - {pid})
+    }
     violations, wildcards = [], {}
     for (pid, address, port), (role, where) in sorted(seen.items()):
         if (pid, port) in stores:
@@ -181,10 +204,14 @@ def test_a_local_sweep_listens_only_where_the_docs_say(tiny_spec, tmp_path):
         if where == "wildcard":
             wildcards[pid] = wildcards.get(pid, 0) + 1
             if allowed[1] is not None and wildcards[pid] > allowed[1]:
-                violations.append(f"{role} pid {pid}: {wildcards[pid]} listeners on all interfaces (at most "
-                                  f"{allowed[1]}), the last {address}:{port}")
-    listing = "\n".join(f"{role:18} {'store' if (pid, port) in stores else where:9} {address}:{port} pid {pid}"
-                        for (pid, address, port), (role, where) in sorted(seen.items(), key=lambda kv: kv[1]))
+                violations.append(
+                    f"{role} pid {pid}: {wildcards[pid]} listeners on all interfaces (at most "
+                    f"{allowed[1]}), the last {address}:{port}"
+                )
+    listing = "\n".join(
+        f"{role:18} {'store' if (pid, port) in stores else where:9} {address}:{port} pid {pid}"
+        for (pid, address, port), (role, where) in sorted(seen.items(), key=lambda kv: kv[1])
+    )
     print(f"\nlisteners of a local sweep with a 2-worker DDP trial:\n{listing}")
     assert len(trainers) == 2, listing + story  # both DDP workers were observed
     assert len(stores) == 1, listing  # torch's rendezvous store, connected to by the other rank

@@ -22,8 +22,11 @@ REPO = Path(__file__).resolve().parents[2]
 
 
 def _server_executable() -> str | None:
-    for candidate in (os.environ.get("L2D_MLFLOW_SERVER"), str(REPO / ".venv-mlflow" / "bin" / "mlflow"),
-                      shutil.which("mlflow")):
+    for candidate in (
+        os.environ.get("L2D_MLFLOW_SERVER"),
+        str(REPO / ".venv-mlflow" / "bin" / "mlflow"),
+        shutil.which("mlflow"),
+    ):
         if candidate and os.access(candidate, os.X_OK):
             return candidate
     return None
@@ -37,9 +40,25 @@ def mlflow_server(tmp_path):
     port = free_port()
     log = open(tmp_path / "mlflow-server.log", "w")
     server = subprocess.Popen(
-        [executable, "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--artifacts-destination",
-         str(tmp_path / "mlflow-artifacts"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1"],
-        stdout=log, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True)
+        [
+            executable,
+            "server",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "mlflow-artifacts"),
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+        ],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=tmp_path,
+        start_new_session=True,
+    )
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 120
     while True:
@@ -64,9 +83,11 @@ def mlflow_server(tmp_path):
 def test_sweep_reports_every_trial_to_mlflow(tiny_spec, tmp_path, mlflow_server, ray_cleanup, capsys):
     from mlflow.tracking import MlflowClient
 
-    path = tiny_spec(methods=["l2d"], tracking={"mlflow": {"tracking_uri": mlflow_server, "experiment": "distill"}},
-                     budget={"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1})
+    path = tiny_spec(
+        methods=["l2d"],
+        tracking={"mlflow": {"tracking_uri": mlflow_server, "experiment": "distill"}},
+        budget={"num_samples": 3, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+    )
     assert main(["run", str(path)]) == 0
     sweep = tmp_path / "sweeps" / "tiny"
     trials = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()

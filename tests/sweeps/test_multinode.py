@@ -32,17 +32,30 @@ def cluster():
 
 
 def _spec(tiny_spec, name, **budget):
-    return tiny_spec(name=name, methods=["l2d"],
-                     budget={"num_samples": 1, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1, **budget},
-                     resources={"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1,
-                                "max_failures": 3})
+    return tiny_spec(
+        name=name,
+        methods=["l2d"],
+        budget={
+            "num_samples": 1,
+            "max_epochs": 3,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "teacher_epochs": 1,
+            **budget,
+        },
+        resources={"workers_per_trial": 2, "cpus_per_worker": 1, "max_concurrent_trials": 1, "max_failures": 3},
+    )
 
 
 def _sweep(path, address):
     env = {**os.environ, "RAY_ADDRESS": address, "PYTHONUNBUFFERED": "1"}
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path)], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=env,
+    )
 
 
 def test_two_workers_on_two_nodes(cluster, tiny_spec, tmp_path):

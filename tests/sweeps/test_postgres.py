@@ -48,15 +48,31 @@ def postgres(tmp_path):
         os.chown(data, account.pw_uid, account.pw_gid)
         as_postgres = ["runuser", "-u", "postgres", "--"]
     port = free_port()
-    subprocess.run([*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True,
-                   capture_output=True)
-    subprocess.run([*as_postgres, pg_ctl, "-D", str(data), "-w", "-l", str(data / "server.log"), "-o",
-                    f"-p {port} -c listen_addresses=127.0.0.1 -k {data}", "start"], check=True, capture_output=True)
+    subprocess.run(
+        [*as_postgres, initdb, "-D", str(data), "-A", "trust", "-U", "postgres"], check=True, capture_output=True
+    )
+    subprocess.run(
+        [
+            *as_postgres,
+            pg_ctl,
+            "-D",
+            str(data),
+            "-w",
+            "-l",
+            str(data / "server.log"),
+            "-o",
+            f"-p {port} -c listen_addresses=127.0.0.1 -k {data}",
+            "start",
+        ],
+        check=True,
+        capture_output=True,
+    )
     try:
         import psycopg
 
-        with psycopg.connect(host="127.0.0.1", port=port, user="postgres", dbname="postgres",
-                             autocommit=True) as connection:
+        with psycopg.connect(
+            host="127.0.0.1", port=port, user="postgres", dbname="postgres", autocommit=True
+        ) as connection:
             connection.execute("CREATE DATABASE l2d")
         yield f"postgresql://postgres@127.0.0.1:{port}/l2d"
     finally:
@@ -67,13 +83,23 @@ def postgres(tmp_path):
 def test_a_sweep_on_postgres_killed_and_resumed(postgres, tmp_path):
     import optuna
 
-    spec = {**TINY_SPEC, "name": "on-postgres", "storage": str(tmp_path / "sweeps"), "study_storage": postgres,
-            "budget": {**TINY_SPEC["budget"], "num_samples": 3}}
+    spec = {
+        **TINY_SPEC,
+        "name": "on-postgres",
+        "storage": str(tmp_path / "sweeps"),
+        "study_storage": postgres,
+        "budget": {**TINY_SPEC["budget"], "num_samples": 3},
+    }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(spec))
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "run", str(path)], stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True, start_new_session=True,
-                               env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "run", str(path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
     lines = []
     for line in process.stdout:
         lines.append(line)
@@ -84,8 +110,9 @@ def test_a_sweep_on_postgres_killed_and_resumed(postgres, tmp_path):
     process.wait()
     sweep = tmp_path / "sweeps" / "on-postgres"
     assert not (sweep / "study.db").exists()  # the study is in PostgreSQL, not in the folder
-    resumed = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(sweep)], capture_output=True,
-                             text=True, timeout=900)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep)], capture_output=True, text=True, timeout=900
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     rows = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
     summaries = optuna.get_all_study_summaries(postgres)

@@ -59,8 +59,9 @@ def _in_a_terminal(code: str) -> str:
     primary, secondary = pty.openpty()
     env = {**os.environ, "TERM": "xterm", "COLUMNS": "100", "PYTHONPATH": ROOT}
     env.pop("L2D_PROGRESS", None)
-    process = subprocess.Popen([sys.executable, "-c", textwrap.dedent(code)], stdout=secondary, stderr=secondary,
-                               env=env, cwd=ROOT)
+    process = subprocess.Popen(
+        [sys.executable, "-c", textwrap.dedent(code)], stdout=secondary, stderr=secondary, env=env, cwd=ROOT
+    )
     os.close(secondary)
     chunks = []
     while True:
@@ -96,13 +97,19 @@ def test_live_view_on_a_terminal_redraws_its_line_and_keeps_events():
     assert out.rstrip().splitlines()[-1].endswith("trials 2 completed of 3 | best val mAP 52.00")
 
 
-CONFIG = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "mld", "lr": 1e-3,
-          "lambda_mld": 2.0}
+CONFIG = {
+    "pairing": "test_resnet",
+    "student@test_resnet": "test_efficientnet",
+    "method": "mld",
+    "lr": 1e-3,
+    "lambda_mld": 2.0,
+}
 
 
 def _trial(trial_id):
-    return SimpleNamespace(trial_id=trial_id, config=dict(CONFIG), status="RUNNING", error_file=None,
-                           get_error=lambda: None)
+    return SimpleNamespace(
+        trial_id=trial_id, config=dict(CONFIG), status="RUNNING", error_file=None, get_error=lambda: None
+    )
 
 
 def test_callback_prints_the_best_once_not_on_every_epoch_line(tmp_path, capsys):
@@ -112,8 +119,7 @@ def test_callback_prints_the_best_once_not_on_every_epoch_line(tmp_path, capsys)
     a, b = _trial("a"), _trial("b")
     callback.on_trial_start(0, [a], a)
     for epoch, value in ((1, 40.0), (2, 45.0), (3, 44.0)):
-        callback.on_trial_result(0, [a], a, {"epoch": epoch, "val_mAP": value, "test_mAP": 39.0,
-                                             "epoch_seconds": 2.0})
+        callback.on_trial_result(0, [a], a, {"epoch": epoch, "val_mAP": value, "test_mAP": 39.0, "epoch_seconds": 2.0})
     a.status = "TERMINATED"
     callback._trial_started["a"] -= 3000  # a ran for 3000 s (its start, its workers, 3 epochs), plus the test's own
     callback.on_trial_complete(0, [a, b], a)
@@ -165,7 +171,7 @@ def test_train_on_a_terminal_shows_a_bar_with_the_time_left(tmp_path):
         sys.exit(main(["train", "--teacher", "test_resnet", "--student", "test_efficientnet", "--method", "mld",
                        "--epochs", "2", "--teacher-epochs", "1", "--dataset-option", "scale=0.05",
                        "--image-size", "32", "--embed-dim", "32", "--batch-size", "8", "--device", "cpu",
-                       "--store", {str(tmp_path / 'store')!r}, "--out", {str(tmp_path / 'out')!r}]))
+                       "--store", {str(tmp_path / "store")!r}, "--out", {str(tmp_path / "out")!r}]))
         """)
     assert "teacher test_resnet epoch 1/1: loss" in out, out[-3000:]
     assert "student test_efficientnet (mld) epoch 1/2: loss" in out and "epoch 2/2: loss" in out, out[-3000:]

@@ -26,8 +26,15 @@ def _sweep(storage: Path, name: str, lr: float) -> Path:
     from sweeps.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
 
-    spec = parse_spec({**TINY_SPEC, "name": name, "storage": str(storage),
-                       "search_space": {**TINY_SPEC["search_space"], "lr": {"low": lr, "high": lr * 10}}}, "x.yaml")
+    spec = parse_spec(
+        {
+            **TINY_SPEC,
+            "name": name,
+            "storage": str(storage),
+            "search_space": {**TINY_SPEC["search_space"], "lr": {"low": lr, "high": lr * 10}},
+        },
+        "x.yaml",
+    )
     sweep = storage / name
     sweep.mkdir(parents=True)
     (sweep / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
@@ -35,12 +42,28 @@ def _sweep(storage: Path, name: str, lr: float) -> Path:
     writer = ResultsWriter(str(sweep), max_epochs=3)
     for index, method in enumerate(["l2d", "kd", "l2d", "kd"]):
         trial = f"{name[:3]}{index:05d}"
-        config = {"teacher": "test_resnet", "student": "test_efficientnet", "method": method, "lr": lr * (index + 1),
-                  "lambda_mld": 10.0 if method == "l2d" else None, "lambda_kd": 5.0 if method == "kd" else None}
+        config = {
+            "teacher": "test_resnet",
+            "student": "test_efficientnet",
+            "method": method,
+            "lr": lr * (index + 1),
+            "lambda_mld": 10.0 if method == "l2d" else None,
+            "lambda_kd": 5.0 if method == "kd" else None,
+        }
         for epoch in range(1, 4 if index % 2 == 0 else 2):
-            writer.record_epoch(trial, config, {"epoch": epoch, "val_mAP": 30.0 + index + epoch, "test_mAP": 29.0 +
-                                                index + epoch, "student_params": 245638.0, "latency_ms": 1.5,
-                                                "images_per_s": 150.0, "epoch_seconds": 2.0})
+            writer.record_epoch(
+                trial,
+                config,
+                {
+                    "epoch": epoch,
+                    "val_mAP": 30.0 + index + epoch,
+                    "test_mAP": 29.0 + index + epoch,
+                    "student_params": 245638.0,
+                    "latency_ms": 1.5,
+                    "images_per_s": 150.0,
+                    "epoch_seconds": 2.0,
+                },
+            )
             writer.write()
         writer.finish(trial, config)
     writer.write()
@@ -55,10 +78,19 @@ def sweeps(tmp_path_factory):
 
 
 def _commands(storage: Path, alpha: Path, beta: Path) -> list[list[str]]:
-    return [["results", str(alpha)], ["results", str(alpha), "--pareto"],
-            ["results", str(alpha), "--sql", "SELECT method, count(*) AS n, max(best_val_mAP) AS best FROM trials "
-                                             "GROUP BY method ORDER BY method"],
-            ["status", str(alpha)], ["list", str(storage)], ["compare", str(alpha), str(beta)]]
+    return [
+        ["results", str(alpha)],
+        ["results", str(alpha), "--pareto"],
+        [
+            "results",
+            str(alpha),
+            "--sql",
+            "SELECT method, count(*) AS n, max(best_val_mAP) AS best FROM trials GROUP BY method ORDER BY method",
+        ],
+        ["status", str(alpha)],
+        ["list", str(storage)],
+        ["compare", str(alpha), str(beta)],
+    ]
 
 
 def _env() -> dict:
@@ -74,8 +106,9 @@ def _in_terminal(args: list[str], columns: int = 100) -> tuple[int, str]:
 
     master, slave = pty.openpty()
     fcntl.ioctl(slave, termios.TIOCSWINSZ, struct.pack("HHHH", 40, columns, 0, 0))
-    process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdin=slave, stdout=slave, stderr=slave,
-                               env=_env(), close_fds=True)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args], stdin=slave, stdout=slave, stderr=slave, env=_env(), close_fds=True
+    )
     os.close(slave)
     chunks = []
     while True:
@@ -108,21 +141,36 @@ def test_through_a_pipe_stdout_holds_the_data_only(sweeps):
         done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, env=_env())
         assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
         assert all(len(line) <= 100 for line in done.stdout.splitlines()), args  # 100 columns without a terminal
-    for args in (["results", str(alpha)], ["list", str(storage)], ["compare", str(alpha), str(beta)],
-                 ["results", str(alpha), "--sql", "SELECT * FROM epochs"]):
-        done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args, "--format", "json"], capture_output=True,
-                              text=True, env=_env())
+    for args in (
+        ["results", str(alpha)],
+        ["list", str(storage)],
+        ["compare", str(alpha), str(beta)],
+        ["results", str(alpha), "--sql", "SELECT * FROM epochs"],
+    ):
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", *args, "--format", "json"], capture_output=True, text=True, env=_env()
+        )
         assert done.returncode == 0 and done.stderr == "", (args, done.stderr)
         rows = json.loads(done.stdout)  # one document, every column
         if args[0] == "compare":  # several tables: one document holding each
             assert set(rows) >= {"sweeps", "best_per_pairing", "paired", "spec_differences"}, rows
             rows = rows["sweeps"]
         assert isinstance(rows, list) and rows and isinstance(rows[0], dict), args
-    board = json.loads(subprocess.run([sys.executable, "-m", "sweeps.cli", "results", str(alpha), "--format", "json"],
-                                      capture_output=True, text=True, env=_env()).stdout)
+    board = json.loads(
+        subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", "results", str(alpha), "--format", "json"],
+            capture_output=True,
+            text=True,
+            env=_env(),
+        ).stdout
+    )
     assert [r["trial_id"] for r in board] == ["alp00002", "alp00003", "alp00000", "alp00001"]  # by val mAP
-    lines = subprocess.run([sys.executable, "-m", "sweeps.cli", "results", str(alpha), "--format", "jsonl"],
-                           capture_output=True, text=True, env=_env()).stdout.splitlines()
+    lines = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "results", str(alpha), "--format", "jsonl"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+    ).stdout.splitlines()
     assert [json.loads(line)["trial_id"] for line in lines] == [r["trial_id"] for r in board]
 
 
@@ -134,28 +182,37 @@ def test_list_and_compare_read_real_folders(sweeps, capsys):
     assert main(["list", str(storage), "--format", "json"]) == 0
     listed = {r["sweep"]: r for r in json.loads(capsys.readouterr().out)}
     assert sorted(listed) == ["alpha", "beta"]  # the folder that is no sweep is not listed
-    assert listed["alpha"]["trials"] == 4 and listed["alpha"]["best"] == 35.0 and listed["alpha"]["state"] == "incomplete"  # 4 trials of a budget of 5, no driver
+    assert (
+        listed["alpha"]["trials"] == 4 and listed["alpha"]["best"] == 35.0 and listed["alpha"]["state"] == "incomplete"
+    )  # 4 trials of a budget of 5, no driver
     assert main(["compare", str(alpha), str(beta)]) == 0
     text = capsys.readouterr().out
-    assert "best best_val_mAP per method and pairing (beta - alpha in diff):" in text and "spec fields that differ:" in text
+    assert (
+        "best best_val_mAP per method and pairing (beta - alpha in diff):" in text
+        and "spec fields that differ:" in text
+    )
     # The one configuration both ran (kd, lr 4e-3, lambda_kd 5; seed 0 in both): alpha's 34.0, beta's 32.0.
-    assert "paired (seed 0): 1 configuration(s) run by both; beta - alpha: mean -2.00, beta better in 0 of 1" \
-        in text, text
+    assert "paired (seed 0): 1 configuration(s) run by both; beta - alpha: mean -2.00, beta better in 0 of 1" in text, (
+        text
+    )
     from sweeps.cli.analysis import best_per_pairing, paired_trials
     from sweeps.results import SweepResults
     from sweeps.stored import load_sweep_spec
 
     tables = [SweepResults(path).trials.to_pylist() for path in (alpha, beta)]
     board = best_per_pairing(tables, ["alpha", "beta"], "best_val_mAP", "max")
-    assert [(r["method"], r["alpha"], r["beta"], r["diff"]) for r in board] == [("kd", 34.0, 34.0, 0.0),
-                                                                                  ("l2d", 35.0, 35.0, 0.0)]
+    assert [(r["method"], r["alpha"], r["beta"], r["diff"]) for r in board] == [
+        ("kd", 34.0, 34.0, 0.0),
+        ("l2d", 35.0, 35.0, 0.0),
+    ]
     specs = [load_sweep_spec(path) for path in (alpha, beta)]
     [pair], _ = paired_trials(tables, specs, ["alpha", "beta"], "best_val_mAP")
     assert (pair["trial alpha"], pair["trial beta"], pair["diff"]) == ("alp00003", "bet00001", -2.0)
     import dataclasses
 
-    assert paired_trials(tables, [specs[0], dataclasses.replace(specs[1], seed=1)], ["alpha", "beta"],
-                         "best_val_mAP") == ([], "the sweeps' seeds differ (0 and 1): no trial can be paired")
+    assert paired_trials(
+        tables, [specs[0], dataclasses.replace(specs[1], seed=1)], ["alpha", "beta"], "best_val_mAP"
+    ) == ([], "the sweeps' seeds differ (0 and 1): no trial can be paired")
     assert "search_space.lr.low" in text and "budget" not in text.split("spec fields that differ:")[1]
     # A damaged sweep is named on stderr; the others are still listed.
     broken = shutil.copytree(alpha, storage / "gamma")
@@ -192,15 +249,22 @@ def test_the_completion_script_is_valid_bash_and_completes(tmp_path):
     bash = shutil.which("bash")
     if bash is None:
         pytest.skip("bash is not installed")
-    script = subprocess.run([sys.executable, "-m", "sweeps.cli", "completion", "bash"], capture_output=True,
-                            text=True, env=_env(), check=True).stdout
+    script = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "completion", "bash"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        check=True,
+    ).stdout
     (tmp_path / "completion.sh").write_text(script)
     probe = tmp_path / "probe.sh"
-    probe.write_text(f"source {tmp_path / 'completion.sh'}\n"
-                     't() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMPREPLY=(); _l2d_sweep; '
-                     'echo "${COMPREPLY[*]}"; }\n'
-                     "t l2d-sweep re\nt l2d-sweep results --fo\nt l2d-sweep results --format ''\n"
-                     "t l2d-sweep weights ''\n")
+    probe.write_text(
+        f"source {tmp_path / 'completion.sh'}\n"
+        't() { COMP_WORDS=("$@"); COMP_CWORD=$((${#COMP_WORDS[@]}-1)); COMPREPLY=(); _l2d_sweep; '
+        'echo "${COMPREPLY[*]}"; }\n'
+        "t l2d-sweep re\nt l2d-sweep results --fo\nt l2d-sweep results --format ''\n"
+        "t l2d-sweep weights ''\n"
+    )
     done = subprocess.run([bash, str(probe)], capture_output=True, text=True, check=True)
     lines = done.stdout.splitlines()
     assert lines[0] == "resume results" and lines[1] == "--format" and lines[2] == "table csv json jsonl"
@@ -212,10 +276,10 @@ def test_a_reader_that_stops_early_gets_no_error(sweeps):
     _, alpha, _ = sweeps
     # More than a pipe's buffer holds (64 KiB), so that the writer is still writing when the reader goes.
     many = "SELECT range AS n, 'x' AS filler FROM range(200000)"
-    for args in (["results", str(alpha), "--sql", many, "--format", "jsonl"],
-                 ["results", str(alpha), "--sql", many]):
-        process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
-                                   stderr=subprocess.PIPE, env=_env())
+    for args in (["results", str(alpha), "--sql", many, "--format", "jsonl"], ["results", str(alpha), "--sql", many]):
+        process = subprocess.Popen(
+            [sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=_env()
+        )
         process.stdout.readline()
         process.stdout.close()  # the reader is gone before the writer is done
         err = process.stderr.read().decode()

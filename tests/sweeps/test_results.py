@@ -18,8 +18,18 @@ CONFIG = {"teacher": "resnet14t", "student": "resnet10t", "method": "l2d", "lr":
 def _fill(sweep):
     writer = ResultsWriter(str(sweep), max_epochs=3)
     for epoch, (val, test) in enumerate([(30.0, 29.0), (42.0, 40.0), (41.0, 41.5)], start=1):
-        writer.record_epoch("done", CONFIG, {"epoch": epoch, "val_mAP": val, "test_mAP": test,
-                                             "student_params": 100.0, "epoch_seconds": 2.0, "time_total_s": 9})
+        writer.record_epoch(
+            "done",
+            CONFIG,
+            {
+                "epoch": epoch,
+                "val_mAP": val,
+                "test_mAP": test,
+                "student_params": 100.0,
+                "epoch_seconds": 2.0,
+                "time_total_s": 9,
+            },
+        )
         writer.write()
     writer.finish("done", CONFIG)
     writer.record_epoch("cut", {**CONFIG, "method": "kd", "lambda_kd": 5.0}, {"epoch": 1, "val_mAP": 20.0})
@@ -102,7 +112,7 @@ def test_readers_never_see_two_generations_mixed(tmp_path):
     epochs_run equals its epoch rows (the two tables of one generation) and rows never go missing."""
     script = f"""
 import sys, time
-sys.path.insert(0, {str(__import__('pathlib').Path(__file__).resolve().parents[2])!r})
+sys.path.insert(0, {str(__import__("pathlib").Path(__file__).resolve().parents[2])!r})
 from sweeps.results import ResultsWriter
 writer = ResultsWriter({str(tmp_path)!r}, max_epochs=1000)
 for epoch in range(1, 100000):
@@ -110,7 +120,7 @@ for epoch in range(1, 100000):
         writer.record_epoch(f"t{{trial}}", {{"method": "bce"}}, {{"epoch": epoch, "val_mAP": float(epoch)}})
         writer.write()
     if epoch == 2:
-        open({str(tmp_path / 'started')!r}, "w").close()
+        open({str(tmp_path / "started")!r}, "w").close()
 """
     writer = subprocess.Popen([sys.executable, "-c", script], stderr=subprocess.PIPE, text=True)
     try:
@@ -139,6 +149,7 @@ for epoch in range(1, 100000):
 
 
 # --- rebuilds ----------------------------------------------------------------------------------------------------
+
 
 def _finished_sweep(tmp_path):
     """Results as a finished sweep with ``keep: best+last`` leaves them: a completed trial (its last checkpoint and
@@ -180,8 +191,13 @@ def _damage(sweep, target: str, how: str):
     import pyarrow as pa
 
     manifest = json.loads((sweep / "results" / "manifest.json").read_text())
-    files = {"manifest": "manifest.json", "trials": "trials.parquet", "epochs": "epochs.parquet",
-             "trials segment": manifest["segments"][0]["trials"], "epochs segment": manifest["segments"][0]["epochs"]}
+    files = {
+        "manifest": "manifest.json",
+        "trials": "trials.parquet",
+        "epochs": "epochs.parquet",
+        "trials segment": manifest["segments"][0]["trials"],
+        "epochs segment": manifest["segments"][0]["epochs"],
+    }
     path = sweep / "results" / files[target]
     if how == "delete":
         path.unlink()
@@ -209,8 +225,9 @@ def test_a_rebuild_loses_no_value_any_source_holds(tmp_path, target, how):
     writer.publish()
     assert _summaries(sweep) == before
     published = {r["trial_id"]: r for r in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()}
-    assert {t: (r["status"], r["best_val_mAP"], r["best_epoch"], r["epochs_run"]) for t, r in
-            published.items()} == before
+    assert {
+        t: (r["status"], r["best_val_mAP"], r["best_epoch"], r["epochs_run"]) for t, r in published.items()
+    } == before
 
 
 def test_a_rebuild_that_finds_less_keeps_the_recorded_values_and_says_so(tmp_path):
@@ -266,14 +283,18 @@ def test_a_sweep_from_before_manifests_is_read_and_migrated(tmp_path):
 
 # --- SQL and formats ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("query", [
-    "COPY trials TO '{sweep}/results/trials.parquet'",
-    "SELECT * FROM read_csv('/etc/passwd')",
-    "ATTACH '{sweep}/x.duckdb' AS x",
-    "SET enable_external_access = true",
-    "INSTALL httpfs",
-    "SELECT * FROM glob('/etc/*')",
-])
+
+@pytest.mark.parametrize(
+    "query",
+    [
+        "COPY trials TO '{sweep}/results/trials.parquet'",
+        "SELECT * FROM read_csv('/etc/passwd')",
+        "ATTACH '{sweep}/x.duckdb' AS x",
+        "SET enable_external_access = true",
+        "INSTALL httpfs",
+        "SELECT * FROM glob('/etc/*')",
+    ],
+)
 def test_sql_is_read_only(tmp_path, query):
     _fill(tmp_path).publish()
     before = (tmp_path / "results" / "trials.parquet").read_bytes()
@@ -350,8 +371,10 @@ def test_sql_limits_each_hold(tmp_path, monkeypatch):
     limit = results.sql("SELECT current_setting('memory_limit') AS m", memory_limit="64MB").to_pylist()[0]["m"]
     assert limit.replace(" ", "") in ("61.0MiB", "64.0MB", "64MB")
     with pytest.raises(ValueError, match="SQL error: .*[Mm]emory"):
-        results.sql("SELECT sum(length(x)) AS n FROM (SELECT string_agg(range::VARCHAR, ',') AS x FROM range(20000000))",
-                    memory_limit="32MB")
+        results.sql(
+            "SELECT sum(length(x)) AS n FROM (SELECT string_agg(range::VARCHAR, ',') AS x FROM range(20000000))",
+            memory_limit="32MB",
+        )
     with pytest.raises(ValueError, match=r"ran longer than 0.5 s \(--sql-timeout\) and was stopped"):
         results.sql("SELECT count(*) AS n FROM range(100000000000) a WHERE a.range % 7 = 3", timeout_s=0.5)
     assert not (tmp_path / "home").exists() or not any((tmp_path / "home").rglob("*"))
@@ -359,9 +382,18 @@ def test_sql_limits_each_hold(tmp_path, monkeypatch):
 
 def _epoch(epoch: int) -> dict:
     """An epoch's full report: every kind of column a trial writes (val, test, loss parts, speed)."""
-    return {"epoch": epoch, "val_mAP": 30.0 + 5 * epoch, "test_mAP": 29.5 + 5 * epoch, "val_loss": 3.0 - epoch / 10,
-            "val_CF1": 20.0 + epoch, "test_paper_CF1": 19.0 + epoch, "train_bce": 1.5 / epoch, "train_mld": 0.25 * epoch,
-            "images_per_s": 100.0 + epoch, "epoch_seconds": 2.0 + epoch / 100}
+    return {
+        "epoch": epoch,
+        "val_mAP": 30.0 + 5 * epoch,
+        "test_mAP": 29.5 + 5 * epoch,
+        "val_loss": 3.0 - epoch / 10,
+        "val_CF1": 20.0 + epoch,
+        "test_paper_CF1": 19.0 + epoch,
+        "train_bce": 1.5 / epoch,
+        "train_mld": 0.25 * epoch,
+        "images_per_s": 100.0 + epoch,
+        "epoch_seconds": 2.0 + epoch / 100,
+    }
 
 
 @pytest.mark.parametrize("source", ["checkpoints", "Tune's logs", "damaged results files"])

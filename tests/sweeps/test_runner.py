@@ -34,7 +34,9 @@ def test_extend_refuses_an_unfinished_sweep(tmp_path):
 
 def test_spec_differences_name_every_leaf():
     assert spec_differences({"a": 1, "b": {"c": 2, "d": 3}}, {"a": 1, "b": {"c": 4}}) == [
-        "b.c: stored 2, given 4", "b.d: stored 3, given None"]
+        "b.c: stored 2, given 4",
+        "b.d: stored 3, given None",
+    ]
 
 
 def test_overrides_go_through_the_spec_again(tmp_path):

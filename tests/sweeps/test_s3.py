@@ -18,8 +18,13 @@ pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
 
 def _cli(*args, timeout=700):
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=dict(os.environ))
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=dict(os.environ),
+    )
 
 
 def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
@@ -28,9 +33,13 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     from l2d.storage import Location
 
     storage = f"s3://sweeps/runs?endpoint_override={s3_server}&scheme=http"
-    path = tiny_spec(name="on-s3", storage=storage, methods=["hint"], search_space={"lr": 2e-3},
-                     budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1})
+    path = tiny_spec(
+        name="on-s3",
+        storage=storage,
+        methods=["hint"],
+        search_space={"lr": 2e-3},
+        budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+    )
     run = _cli("run", str(path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     root = Location.parse(storage)
@@ -55,8 +64,14 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert " started: " not in resumed.stdout
 
-    results = _cli("results", str(sweep), "--sql", "SELECT count(*) AS trials, min(method) AS method FROM trials",
-                   "--format", "csv")
+    results = _cli(
+        "results",
+        str(sweep),
+        "--sql",
+        "SELECT count(*) AS trials, min(method) AS method FROM trials",
+        "--format",
+        "csv",
+    )
     assert results.returncode == 0, results.stderr
     assert results.stdout.splitlines() == ["trials,method", "1,hint"]
     status = _cli("status", str(sweep))

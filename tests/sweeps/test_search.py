@@ -16,8 +16,9 @@ from tests.sweeps.test_spec import _spec
 
 
 def test_space_is_conditional_and_fixed_values_are_constants():
-    spec = parse_spec(_spec(methods=["l2d", "kd", "bce"], search_space={"lambda_mld": {"low": 1, "high": 100},
-                                                                         "lambda_kd": 3.0}))
+    spec = parse_spec(
+        _spec(methods=["l2d", "kd", "bce"], search_space={"lambda_mld": {"low": 1, "high": 100}, "lambda_kd": 3.0})
+    )
     space = DefineByRunSpace(spec)
     study = optuna.create_study(sampler=optuna.samplers.TPESampler(seed=0), direction="maximize")
     seen_methods = set()
@@ -48,13 +49,18 @@ def test_first_point_is_the_official_weights_within_the_ranges():
     data = _spec(search_space={"lambda_mld": {"low": 1, "high": 100}, "lambda_cd": {"low": 1, "high": 50}})
     data["dataset"] = {"name": "voc2007", "root": "/tmp/unused-voc"}  # a paper dataset: the official weights
     point = first_points(parse_spec(data))[0]
-    assert point == {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "l2d",
-                     "lambda_mld": 10.0}  # lambda_cd 100 lies outside its range: sampled instead
+    assert point == {
+        "pairing": "test_resnet",
+        "student@test_resnet": "test_efficientnet",
+        "method": "l2d",
+        "lambda_mld": 10.0,
+    }  # lambda_cd 100 lies outside its range: sampled instead
 
 
 def _scheduler(path):
-    return PersistentASHA(str(path), time_attr="epoch", metric="val_mAP", mode="max", max_t=4, grace_period=1,
-                          reduction_factor=2)
+    return PersistentASHA(
+        str(path), time_attr="epoch", metric="val_mAP", mode="max", max_t=4, grace_period=1, reduction_factor=2
+    )
 
 
 def test_asha_rungs_survive_a_restore(tmp_path):
@@ -161,8 +167,9 @@ def test_on_the_mosaics_the_first_point_and_the_constants_are_the_datasets_own_w
 
     tuned = DATASETS["mosaic-digits"].method_weights["l2d"]
     assert tuned != METHODS["l2d"].defaults
-    spec = parse_spec(_spec(search_space={"lambda_mld": {"low": 0.01, "high": 100},
-                                          "lambda_id": {"low": 1, "high": 10}}))
+    spec = parse_spec(
+        _spec(search_space={"lambda_mld": {"low": 0.01, "high": 100}, "lambda_id": {"low": 1, "high": 10}})
+    )
     assert spec.dataset.name == "mosaic-digits"
     point = first_points(spec)[0]
     assert point["lambda_mld"] == tuned["lambda_mld"] and "lambda_id" not in point  # 23.3 is outside [1, 10]

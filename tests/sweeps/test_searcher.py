@@ -97,8 +97,10 @@ def test_a_relocated_searcher_writes_into_its_new_folder_only(tmp_path):
     restored.relocate(searcher.spec.in_folder(str(copy)))
     restored.suggest("a2")
     assert (original / "study.db").read_bytes() == before
-    assert len(optuna.load_study(study_name=restored.study.study_name,
-                                 storage=f"sqlite:///{copy / 'study.db'}").trials) == 2
+    assert (
+        len(optuna.load_study(study_name=restored.study.study_name, storage=f"sqlite:///{copy / 'study.db'}").trials)
+        == 2
+    )
 
 
 def test_every_searcher_s_sampler_survives_the_state_file(tmp_path):
@@ -107,10 +109,12 @@ def test_every_searcher_s_sampler_survives_the_state_file(tmp_path):
     from sweeps.study import build_sampler
 
     for searcher in ("tpe", "random", "nsga2"):
-        spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "sweeps"),
-                           "budget": {**TINY_SPEC["budget"], "searcher": searcher}})
+        spec = parse_spec(
+            {**TINY_SPEC, "storage": str(tmp_path / "sweeps"), "budget": {**TINY_SPEC["budget"], "searcher": searcher}}
+        )
         sampler = pickle.loads(pickle.dumps(build_sampler(spec)))
         study = optuna.create_study(sampler=sampler, directions=["maximize"] * (2 if searcher == "nsga2" else 1))
-        study.optimize(lambda t: [t.suggest_float("x", 0, 1)] * len(study.directions), n_trials=3)
+        objectives = len(study.directions)
+        study.optimize(lambda t, n=objectives: [t.suggest_float("x", 0, 1)] * n, n_trials=3)
         assert len(study.trials) == 3, searcher
         pickle.loads(pickle.dumps(sampler))

@@ -32,39 +32,63 @@ def test_valid_spec_parses():
     assert (spec.budget.searcher, spec.budget.scheduler, spec.resources.trainer) == ("tpe", "asha", "auto")
 
 
-@pytest.mark.parametrize("workers,trainer,resolved", [
-    (1, "auto", "in-process"), (2, "auto", "torch-trainer"), (1, "torch-trainer", "torch-trainer"),
-    (1, "in-process", "in-process")])
+@pytest.mark.parametrize(
+    "workers,trainer,resolved",
+    [
+        (1, "auto", "in-process"),
+        (2, "auto", "torch-trainer"),
+        (1, "torch-trainer", "torch-trainer"),
+        (1, "in-process", "in-process"),
+    ],
+)
 def test_trainer_resolution(workers, trainer, resolved):
     spec = parse_spec(_spec(**{"resources.workers_per_trial": workers, "resources.trainer": trainer}))
     assert spec.trainer == resolved
 
 
-@pytest.mark.parametrize("changes,message", [
-    ({"colour": "red"}, "colour: unknown key; allowed keys: name, dataset"),
-    ({"budget.num_samples": "eight"}, "budget.num_samples: expected an integer, got 'eight' (str)"),
-    ({"search_space": {"lr": {"low": 0.01, "high": 0.001}}}, "search_space.lr: empty range: low 0.01 >= high 0.001"),
-    ({"search_space": {"lambda_mld": -5}}, "search_space.lambda_mld: -5 is out of range; allowed: a number >= 0"),
-    ({"methods": ["l2d", "fitnet"]}, "methods[1]: unknown method 'fitnet'; allowed: bce, kd"),
-    ({"pairings": [{"teacher": "resnet_50", "students": ["resnet18"]}]}, "pairings[0].teacher: unknown backbone"),
-    ({"max_student_params": 300000}, "pairings[0].students[1]: test_convnext has 347,426 parameters, more than "
-                                     "max_student_params (300,000)"),
-    ({"budget.grace_period": 5}, "budget.grace_period: 5 exceeds budget.max_epochs (3)"),
-    ({"budget.reduction_factor": 1}, "budget.reduction_factor: 1 is out of range; allowed: a number > 1"),
-    ({"search_space": {"lambda_cd": {"low": 1, "high": 10}}, "methods": ["kd"]},
-     "search_space.lambda_cd: is not a hyperparameter of the chosen methods (kd)"),
-    ({"dataset": {"name": "coco2014"}}, "dataset.root: dataset 'coco2014' needs root"),
-    ({"storage": "ftp://host/x"}, "storage: 'ftp://host/x': unsupported scheme"),
-    ({"resources.workers_per_trial": 0}, "resources.workers_per_trial: 0 is too small; allowed: an integer >= 1"),
-    ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: val_mAP"),
-    ({"dataset": {"name": "mosaic-digits", "options": {"sizes": 3}}}, "dataset.options.sizes: unknown key"),
-    ({"search_space": {"lr": {"low": 0, "high": 1}}}, "search_space.lr.low: 0 is out of range; allowed: a number > 0"),
-    ({"budget.searcher": "grid"}, "budget.searcher: 'grid' (str) is not allowed; allowed: tpe, random"),
-    ({"budget.scheduler": "hyperband"}, "budget.scheduler: 'hyperband' (str) is not allowed; allowed: asha, none"),
-    ({"resources.trainer": "spark"}, "resources.trainer: 'spark' (str) is not allowed; allowed: auto, torch-trainer"),
-    ({"resources.trainer": "in-process", "resources.workers_per_trial": 2},
-     "resources.trainer: in-process runs one worker, but workers_per_trial is 2"),
-])
+@pytest.mark.parametrize(
+    "changes,message",
+    [
+        ({"colour": "red"}, "colour: unknown key; allowed keys: name, dataset"),
+        ({"budget.num_samples": "eight"}, "budget.num_samples: expected an integer, got 'eight' (str)"),
+        (
+            {"search_space": {"lr": {"low": 0.01, "high": 0.001}}},
+            "search_space.lr: empty range: low 0.01 >= high 0.001",
+        ),
+        ({"search_space": {"lambda_mld": -5}}, "search_space.lambda_mld: -5 is out of range; allowed: a number >= 0"),
+        ({"methods": ["l2d", "fitnet"]}, "methods[1]: unknown method 'fitnet'; allowed: bce, kd"),
+        ({"pairings": [{"teacher": "resnet_50", "students": ["resnet18"]}]}, "pairings[0].teacher: unknown backbone"),
+        (
+            {"max_student_params": 300000},
+            "pairings[0].students[1]: test_convnext has 347,426 parameters, more than max_student_params (300,000)",
+        ),
+        ({"budget.grace_period": 5}, "budget.grace_period: 5 exceeds budget.max_epochs (3)"),
+        ({"budget.reduction_factor": 1}, "budget.reduction_factor: 1 is out of range; allowed: a number > 1"),
+        (
+            {"search_space": {"lambda_cd": {"low": 1, "high": 10}}, "methods": ["kd"]},
+            "search_space.lambda_cd: is not a hyperparameter of the chosen methods (kd)",
+        ),
+        ({"dataset": {"name": "coco2014"}}, "dataset.root: dataset 'coco2014' needs root"),
+        ({"storage": "ftp://host/x"}, "storage: 'ftp://host/x': unsupported scheme"),
+        ({"resources.workers_per_trial": 0}, "resources.workers_per_trial: 0 is too small; allowed: an integer >= 1"),
+        ({"metric": "accuracy"}, "metric: unknown metric 'accuracy'; allowed: val_mAP"),
+        ({"dataset": {"name": "mosaic-digits", "options": {"sizes": 3}}}, "dataset.options.sizes: unknown key"),
+        (
+            {"search_space": {"lr": {"low": 0, "high": 1}}},
+            "search_space.lr.low: 0 is out of range; allowed: a number > 0",
+        ),
+        ({"budget.searcher": "grid"}, "budget.searcher: 'grid' (str) is not allowed; allowed: tpe, random"),
+        ({"budget.scheduler": "hyperband"}, "budget.scheduler: 'hyperband' (str) is not allowed; allowed: asha, none"),
+        (
+            {"resources.trainer": "spark"},
+            "resources.trainer: 'spark' (str) is not allowed; allowed: auto, torch-trainer",
+        ),
+        (
+            {"resources.trainer": "in-process", "resources.workers_per_trial": 2},
+            "resources.trainer: in-process runs one worker, but workers_per_trial is 2",
+        ),
+    ],
+)
 def test_bad_specs_name_field_value_and_what_is_allowed(changes, message):
     with pytest.raises(SpecError) as error:
         parse_spec(_spec(**changes), "bad.yaml")
@@ -84,11 +108,19 @@ def test_bad_yaml_and_missing_file(tmp_path):
         load_spec(str(path))
 
 
-@pytest.mark.parametrize("changes", [
-    {"methods": ["nope"]}, {"budget.max_epochs": 0}, {"search_space": {"lr": {"low": 1, "high": 1}}},
-    {"pairings": []}, {"unknown": 1}, {"resources.cpus_per_worker": -1}, {"recipe.pct_start": 2},
-    {"dataset": {"name": "imagenet"}},
-])
+@pytest.mark.parametrize(
+    "changes",
+    [
+        {"methods": ["nope"]},
+        {"budget.max_epochs": 0},
+        {"search_space": {"lr": {"low": 1, "high": 1}}},
+        {"pairings": []},
+        {"unknown": 1},
+        {"resources.cpus_per_worker": -1},
+        {"recipe.pct_start": 2},
+        {"dataset": {"name": "imagenet"}},
+    ],
+)
 def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsys):
     data = _spec(**changes)
     data["storage"] = str(tmp_path / "storage")
@@ -111,11 +143,21 @@ def test_shipped_specs_are_valid(name):
     if name in ("voc2007", "coco2014", "nuswide"):
         assert spec.dataset.image_size == 224 and spec.resources.gpus_per_worker >= 1
         assert [(p.teacher, p.students) for p in spec.pairings] == [
-            ("resnet101", ("resnet34",)), ("resnet50", ("resnet18",)), ("wide_resnet101_2", ("wide_resnet50_2",)),
-            ("repvgg_a2", ("repvgg_a0",)), ("swin_tiny_patch4_window7_224", ("mobilenetv2_100",))]
+            ("resnet101", ("resnet34",)),
+            ("resnet50", ("resnet18",)),
+            ("wide_resnet101_2", ("wide_resnet50_2",)),
+            ("repvgg_a2", ("repvgg_a0",)),
+            ("swin_tiny_patch4_window7_224", ("mobilenetv2_100",)),
+        ]
         # The official weights are the first point evaluated.
-        assert first_points(spec)[0] == {"pairing": "resnet101", "student@resnet101": "resnet34", "method": "l2d",
-                                         "lambda_mld": 10.0, "lambda_cd": 100.0, "lambda_id": 1000.0}
+        assert first_points(spec)[0] == {
+            "pairing": "resnet101",
+            "student@resnet101": "resnet34",
+            "method": "l2d",
+            "lambda_mld": 10.0,
+            "lambda_cd": 100.0,
+            "lambda_id": 1000.0,
+        }
         # ImageNet weights for every backbone (each with weights on timm's hub), the official teacher schedule,
         # and every baseline.
         from l2d.weights import _hub_repo
@@ -155,13 +197,27 @@ def test_every_error_of_a_file_at_once(tmp_path, capsys):
 
 def test_every_error_of_one_section_at_once():
     # Two mistakes in each of budget, recipe and resources: six lines, none hidden behind its section's first.
-    data = _spec(**{"budget.num_samples": 0, "budget.reduction_factor": 1, "recipe.pct_start": 2,
-                    "recipe.batch_size": 0, "resources.cpus_per_worker": 0, "resources.max_concurrent_trials": 0})
+    data = _spec(
+        **{
+            "budget.num_samples": 0,
+            "budget.reduction_factor": 1,
+            "recipe.pct_start": 2,
+            "recipe.batch_size": 0,
+            "resources.cpus_per_worker": 0,
+            "resources.max_concurrent_trials": 0,
+        }
+    )
     with pytest.raises(SpecError) as error:
         parse_spec(data, "bad.yaml")
     fields = sorted(line.split(": ")[1] for line in error.value.errors)
-    assert fields == ["budget.num_samples", "budget.reduction_factor", "recipe.batch_size", "recipe.pct_start",
-                      "resources.cpus_per_worker", "resources.max_concurrent_trials"], error.value.errors
+    assert fields == [
+        "budget.num_samples",
+        "budget.reduction_factor",
+        "recipe.batch_size",
+        "recipe.pct_start",
+        "resources.cpus_per_worker",
+        "resources.max_concurrent_trials",
+    ], error.value.errors
 
 
 def test_yaml_numbers_in_exponent_notation_and_keys_given_twice(tmp_path):
@@ -189,21 +245,29 @@ def test_the_json_schema_validates_every_shipped_spec_and_refuses_mistakes(tmp_p
     for path in shipped:
         errors = list(validator.iter_errors(yaml.safe_load(path.read_text())))
         assert not errors, (path.name, [e.message for e in errors])
-    for bad in ({**_spec(), "colour": "red"}, _spec(**{"budget.searcher": "grid"}), _spec(**{"budget.num_samples": 0}),
-                _spec(methods=["fitnet"]), {k: v for k, v in _spec().items() if k != "pairings"}):
+    for bad in (
+        {**_spec(), "colour": "red"},
+        _spec(**{"budget.searcher": "grid"}),
+        _spec(**{"budget.num_samples": 0}),
+        _spec(methods=["fitnet"]),
+        {k: v for k, v in _spec().items() if k != "pairings"},
+    ):
         assert list(validator.iter_errors(bad)), bad
     assert main(["spec", "--schema", "--out", str(tmp_path / "schema.json")]) == 0
     assert json.loads((tmp_path / "schema.json").read_text()) == schema
 
 
-@pytest.mark.parametrize("field,uri,hint", [
-    ("study_storage", "postgresql://u@h/db?password=s3cr3t", "PGPASSWORD"),
-    ("study_storage", "postgresql://u@h/db?sslpassword=s3cr3t", "PGPASSWORD"),
-    ("study_storage", "postgresql://u:s3cr3t@h/db", "PGPASSWORD"),
-    ("tracking", {"mlflow": {"tracking_uri": "http://h:5000?token=s3cr3t"}}, "MLFLOW_TRACKING_TOKEN"),
-    ("storage", "s3://bucket/runs?secret_access_key=s3cr3t", "AWS_SECRET_ACCESS_KEY"),
-    ("warm_start", "gs://bucket/runs/other?access_token=s3cr3t", "GOOGLE_APPLICATION_CREDENTIALS"),
-])
+@pytest.mark.parametrize(
+    "field,uri,hint",
+    [
+        ("study_storage", "postgresql://u@h/db?password=s3cr3t", "PGPASSWORD"),
+        ("study_storage", "postgresql://u@h/db?sslpassword=s3cr3t", "PGPASSWORD"),
+        ("study_storage", "postgresql://u:s3cr3t@h/db", "PGPASSWORD"),
+        ("tracking", {"mlflow": {"tracking_uri": "http://h:5000?token=s3cr3t"}}, "MLFLOW_TRACKING_TOKEN"),
+        ("storage", "s3://bucket/runs?secret_access_key=s3cr3t", "AWS_SECRET_ACCESS_KEY"),
+        ("warm_start", "gs://bucket/runs/other?access_token=s3cr3t", "GOOGLE_APPLICATION_CREDENTIALS"),
+    ],
+)
 def test_credentials_in_uris_are_refused(field, uri, hint):
     with pytest.raises(SpecError) as error:
         parse_spec(_spec(**{field: uri}), "bad.yaml")

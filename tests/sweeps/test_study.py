@@ -62,8 +62,9 @@ def test_extend_grows_the_same_study_and_tables(grown):
     tune_ids = [t.user_attrs["tune_trial_id"] for t in study.trials]
     assert len(study.trials) == 5 and sorted(tune_ids) == sorted(t["trial_id"] for t in trials)  # none twice
     assert all(t.state.is_finished() for t in study.trials)
-    for trial, row in ((t, next(r for r in trials if r["trial_id"] == t.user_attrs["tune_trial_id"]))
-                       for t in study.trials):
+    for trial, row in (
+        (t, next(r for r in trials if r["trial_id"] == t.user_attrs["tune_trial_id"])) for t in study.trials
+    ):
         assert trial.user_attrs["status"] == row["status"] and trial.user_attrs["method"] == row["method"]
         if row["status"] == "completed":
             assert trial.value == pytest.approx(row["best_val_mAP"])  # its best epoch's value
@@ -84,13 +85,14 @@ def test_extend_of_a_copy_grows_the_copy_and_never_the_original(grown, tmp_path)
     _, sweep, _, _ = grown
 
     def digests(folder):
-        return {p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*")
-                if p.is_file()}
+        return {
+            p.relative_to(folder): hashlib.sha256(p.read_bytes()).hexdigest() for p in folder.rglob("*") if p.is_file()
+        }
 
     copy = Path(shutil.copytree(sweep, tmp_path / "grow-copy", symlinks=True))
     before = digests(sweep)
     output = _cli("extend", str(copy), "--num-samples", "1")
-    assert f"extending sweep grow-copy: 1 more trial(s)" in output and str(copy) in output
+    assert "extending sweep grow-copy: 1 more trial(s)" in output and str(copy) in output
     assert len(pq.read_table(copy / "results" / "trials.parquet")) == 6 and len(_study(copy).trials) == 6
     assert digests(sweep) == before  # the original: 5 trials, not one byte changed
     assert len(_study(sweep).trials) == 5
@@ -100,8 +102,11 @@ def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     tmp, sweep, _, _ = grown
     path = _spec_file(tmp, name="warm", warm_start=str(sweep), budget={**TINY_SPEC["budget"], "num_samples": 1})
     output = _cli("run", str(path))
-    finished = [t for t in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
-                if t["status"] in ("completed", "stopped")]
+    finished = [
+        t
+        for t in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
+        if t["status"] in ("completed", "stopped")
+    ]
     assert f"warm start: {len(finished)} finished trial(s) of {sweep} in the study" in output
     study = _study(tmp / "sweeps" / "warm")
     warm = [t for t in study.trials if t.user_attrs.get("warm_start_from") == str(sweep)]
@@ -122,10 +127,14 @@ def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
 
 
 def test_two_objectives_pareto_front_of_the_search_is_the_tables(tmp_path):
-    path = _spec_file(tmp_path, name="tradeoff", objectives=[{"metric": "val_mAP", "mode": "max"},
-                                                             {"metric": "student_params", "mode": "min"}],
-                      methods=["mld"], search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": 2e-3},
-                      budget={**TINY_SPEC["budget"], "num_samples": 4, "searcher": "nsga2"})
+    path = _spec_file(
+        tmp_path,
+        name="tradeoff",
+        objectives=[{"metric": "val_mAP", "mode": "max"}, {"metric": "student_params", "mode": "min"}],
+        methods=["mld"],
+        search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": 2e-3},
+        budget={**TINY_SPEC["budget"], "num_samples": 4, "searcher": "nsga2"},
+    )
     _cli("run", str(path))
     sweep = tmp_path / "sweeps" / "tradeoff"
     from sweeps.results import SweepResults
@@ -137,8 +146,10 @@ def test_two_objectives_pareto_front_of_the_search_is_the_tables(tmp_path):
     table_front = sorted(SweepResults(sweep).pareto().column("trial_id").to_pylist())
     assert search_front(study) == table_front and table_front
     printed = _cli("results", str(sweep), "--pareto")
-    assert f"Pareto front of val_mAP (max) vs student_params (min): {len(table_front)} trial(s) found by the search" \
-           in printed
+    assert (
+        f"Pareto front of val_mAP (max) vs student_params (min): {len(table_front)} trial(s) found by the search"
+        in printed
+    )
 
 
 def _chromium() -> str | None:
@@ -146,9 +157,20 @@ def _chromium() -> str | None:
 
 
 def _page_text(url: str, profile: Path, screenshot: Path | None = None) -> str:
-    flags = [_chromium(), "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             f"--user-data-dir={profile}", "--virtual-time-budget=20000", "--window-size=1400,1000"]
+    flags = [
+        _chromium(),
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        f"--user-data-dir={profile}",
+        "--virtual-time-budget=20000",
+        "--window-size=1400,1000",
+    ]
     if screenshot is not None:
         subprocess.run([*flags, f"--screenshot={screenshot}", url], capture_output=True, timeout=120)
     dom = subprocess.run([*flags, "--dump-dom", url], capture_output=True, text=True, timeout=120).stdout
@@ -161,8 +183,12 @@ def test_dashboard_shows_the_study_in_a_real_browser(grown):
     pytest.importorskip("optuna_dashboard")
     tmp, sweep, _, _ = grown
     port = free_port()
-    server = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "dashboard", str(sweep), "--port", str(port)],
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    server = subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", "dashboard", str(sweep), "--port", str(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     try:
         first = server.stdout.readline()
         assert f"http://127.0.0.1:{port}/dashboard/" in first and "(5 trials" in first, first
@@ -170,11 +196,17 @@ def test_dashboard_shows_the_study_in_a_real_browser(grown):
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         listing = _page_text(f"http://127.0.0.1:{port}/dashboard/", tmp / "chrome-a")
         assert study.study_name in listing
-        trials = _page_text(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials", tmp / "chrome-b",
-                            screenshot=ARTIFACTS / "dashboard-trials.png")
+        trials = _page_text(
+            f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}/trials",
+            tmp / "chrome-b",
+            screenshot=ARTIFACTS / "dashboard-trials.png",
+        )
         assert "5 Trials" in trials and all(f"Trial {n}" in trials for n in range(5))
-        overview = _page_text(f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}", tmp / "chrome-c",
-                              screenshot=ARTIFACTS / "dashboard.png")
+        overview = _page_text(
+            f"http://127.0.0.1:{port}/dashboard/studies/{study._study_id}",
+            tmp / "chrome-c",
+            screenshot=ARTIFACTS / "dashboard.png",
+        )
         assert "History" in overview and "val_mAP" in overview
         assert (ARTIFACTS / "dashboard.png").stat().st_size > 10_000
     finally:

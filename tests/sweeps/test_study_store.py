@@ -64,7 +64,7 @@ def test_a_newer_schema_is_refused_and_left_alone(tmp_path):
 def test_only_the_sweeps_own_file_that_is_not_a_database_is_set_aside(tmp_path):
     spec = _spec(tmp_path)
     own = spec.sweep_dir / "study.db"
-    for attempt in range(2):  # twice: the second set-aside copy must not replace the first
+    for _ in range(2):  # twice: the second set-aside copy must not replace the first
         own.write_text("this is not a database")
         study = open_study(spec, "abc", StudyStore(spec.sweep_dir))
         assert study.trials == []
@@ -107,8 +107,11 @@ def test_a_locked_database_is_an_error_that_changes_nothing(tmp_path):
 
 def test_a_remote_studys_readers_get_copies_of_their_own(tmp_path):
     spec = parse_spec({**TINY_SPEC, "storage": "s3://bucket/runs"})
-    driver, reader, other = (StudyStore(spec.sweep_dir), StudyStore(spec.sweep_dir, reader=True),
-                             StudyStore(spec.sweep_dir, reader=True))
+    driver, reader, other = (
+        StudyStore(spec.sweep_dir),
+        StudyStore(spec.sweep_dir, reader=True),
+        StudyStore(spec.sweep_dir, reader=True),
+    )
     assert len({driver.local_file, reader.local_file, other.local_file}) == 3
     assert "driver" in str(driver.local_file) and "reader-" in str(reader.local_file)
 

@@ -25,11 +25,32 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     # Any kd trial gets an infinite weight: its loss overflows, and it must be recorded as failed.
-    path = tiny_spec(search_space={"lambda_mld": {"low": 0.1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3},
-                                   "lambda_kd": 1e39})
+    path = tiny_spec(
+        search_space={"lambda_mld": {"low": 0.1, "high": 100}, "lr": {"low": 5e-4, "high": 5e-3}, "lambda_kd": 1e39}
+    )
     # The teacher, trained first by `l2d-sweep teacher` with the spec's settings, is the one the sweep uses.
-    assert main(["teacher", "--backbone", "test_resnet", "--epochs", "1", "--store", str(tmp_path / "sweeps" / "teachers"),
-                 "--dataset-option", "scale=0.05", "--image-size", "32", "--embed-dim", "32", "--batch-size", "16"]) == 0
+    assert (
+        main(
+            [
+                "teacher",
+                "--backbone",
+                "test_resnet",
+                "--epochs",
+                "1",
+                "--store",
+                str(tmp_path / "sweeps" / "teachers"),
+                "--dataset-option",
+                "scale=0.05",
+                "--image-size",
+                "32",
+                "--embed-dim",
+                "32",
+                "--batch-size",
+                "16",
+            ]
+        )
+        == 0
+    )
     assert "trained and stored" in capsys.readouterr().out
     assert main(["run", str(path)]) == 0
     printed = capsys.readouterr().out
@@ -65,9 +86,20 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     for column in ("val_mAP", "test_mAP", "val_loss", "train_bce", "train_mld", "images_per_s", "epoch_seconds"):
         assert column in epochs.schema.names
 
-    assert main(["results", str(sweep), "--sql",
-                 "SELECT t.method, count(*) AS epochs FROM epochs e JOIN trials t USING (trial_id) GROUP BY t.method "
-                 "ORDER BY t.method", "--format", "json"]) == 0
+    assert (
+        main(
+            [
+                "results",
+                str(sweep),
+                "--sql",
+                "SELECT t.method, count(*) AS epochs FROM epochs e JOIN trials t USING (trial_id) GROUP BY t.method "
+                "ORDER BY t.method",
+                "--format",
+                "json",
+            ]
+        )
+        == 0
+    )
     answer = json.loads(capsys.readouterr().out)
     assert {a["method"] for a in answer} <= {"l2d", "kd"} and sum(a["epochs"] for a in answer) == len(epoch_rows)
     assert main(["status", str(sweep)]) == 0
@@ -116,16 +148,24 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
 
 
 def _start(args, log):
-    return subprocess.Popen([sys.executable, "-m", "sweeps.cli", *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True, cwd=os.getcwd(),
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    return subprocess.Popen(
+        [sys.executable, "-m", "sweeps.cli", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        cwd=os.getcwd(),
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
 
 
 @pytest.mark.parametrize("trainer", ["in-process", "torch-trainer"])
 def test_kill_and_resume(tiny_spec, tmp_path, trainer):
-    path = tiny_spec(name="killed", budget={"num_samples": 3, "max_epochs": 3, "grace_period": 1,
-                                            "reduction_factor": 2, "teacher_epochs": 1},
-                     resources={**TINY_SPEC["resources"], "trainer": trainer})
+    path = tiny_spec(
+        name="killed",
+        budget={"num_samples": 3, "max_epochs": 3, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+        resources={**TINY_SPEC["resources"], "trainer": trainer},
+    )
     sweep = tmp_path / "sweeps" / "killed"
     first_output = []
     process = _start(["run", str(path)], first_output)
@@ -146,8 +186,9 @@ def test_kill_and_resume(tiny_spec, tmp_path, trainer):
         pass
     assert (sweep / "train" / f"trial-{interrupted}").is_dir()
 
-    resumed = subprocess.run([sys.executable, "-m", "sweeps.cli", "resume", str(sweep)], capture_output=True,
-                             text=True, timeout=700)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "resume", str(sweep)], capture_output=True, text=True, timeout=700
+    )
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     output = "".join(first_output) + resumed.stdout
 
@@ -157,9 +198,13 @@ def test_kill_and_resume(tiny_spec, tmp_path, trainer):
     assert all(t["status"] in ("completed", "stopped") for t in trials)
     # Every trial ended exactly once.
     for trial in trials:
-        ends = [line for line in output.splitlines()
-                if f"trial {trial['trial_id']} " in line and any(w in line for w in (" completed", " stopped"))
-                and " epoch " not in line]
+        ends = [
+            line
+            for line in output.splitlines()
+            if f"trial {trial['trial_id']} " in line
+            and any(w in line for w in (" completed", " stopped"))
+            and " epoch " not in line
+        ]
         assert len(ends) == 1, (trial["trial_id"], ends)
     # The interrupted trial continued from its checkpoint: after the resume it reports from epoch >= 2 on.
     history = sorted((e for e in epochs if e["trial_id"] == interrupted), key=lambda e: e["epoch"])
@@ -173,17 +218,28 @@ def test_kill_and_resume(tiny_spec, tmp_path, trainer):
 
 
 def test_a_sweep_whose_every_trial_failed_exits_1(tiny_spec, tmp_path):
-    path = tiny_spec(name="doomed", methods=["kd"], search_space={"lambda_kd": 1e39},
-                     budget={"num_samples": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1})
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True,
-                          timeout=600)
+    path = tiny_spec(
+        name="doomed",
+        methods=["kd"],
+        search_space={"lambda_kd": 1e39},
+        budget={"num_samples": 2, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 1, done.stdout[-2000:] + done.stderr[-2000:]
     assert "the sweep did not succeed: every trial failed (2 failed)" in done.stderr
-    status = subprocess.run([sys.executable, "-m", "sweeps.cli", "status", str(tmp_path / "sweeps" / "doomed")],
-                            capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0 and "driver: not running; the sweep did not succeed (exit status 1): every " \
-                                      "trial failed (2 failed)" in status.stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "status", str(tmp_path / "sweeps" / "doomed")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert (
+        status.returncode == 0
+        and "driver: not running; the sweep did not succeed (exit status 1): every trial failed (2 failed)"
+        in status.stdout
+    )
 
 
 def test_a_spec_with_initial_weights_trains_a_feature_level_method(tiny_spec, tmp_path):
@@ -200,12 +256,24 @@ def test_a_spec_with_initial_weights_trains_a_feature_level_method(tiny_spec, tm
         from safetensors.torch import save_file
 
         save_file(timm.create_model(backbone, pretrained=False).state_dict(), files[backbone])
-    path = tiny_spec(name="weighted", methods=["reviewkd"], search_space={"lr": 2e-3}, weights=files,
-                     pairings=[{"teacher": "test_resnet", "students": ["test_efficientnet"]}],
-                     budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2,
-                             "teacher_epochs": 1, "teacher_schedule_epochs": 3})
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True,
-                          timeout=600)
+    path = tiny_spec(
+        name="weighted",
+        methods=["reviewkd"],
+        search_space={"lr": 2e-3},
+        weights=files,
+        pairings=[{"teacher": "test_resnet", "students": ["test_efficientnet"]}],
+        budget={
+            "num_samples": 1,
+            "max_epochs": 2,
+            "grace_period": 1,
+            "reduction_factor": 2,
+            "teacher_epochs": 1,
+            "teacher_schedule_epochs": 3,
+        },
+    )
+    done = subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", "run", str(path)], capture_output=True, text=True, timeout=600
+    )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     sweep = tmp_path / "sweeps" / "weighted"
     cards = [json.loads(p.read_text()) for p in (tmp_path / "sweeps" / "teachers").glob("*/card.json")]
@@ -215,6 +283,8 @@ def test_a_spec_with_initial_weights_trains_a_feature_level_method(tiny_spec, tm
     assert (trial["method"], trial["status"], trial["epochs_run"]) == ("reviewkd", "completed", 2)
     assert trial["test_paper_CF1_at_best"] is not None and trial["test_paper_OF1_at_best"] is not None
     assert "val_paper_CF1" in pq.read_table(sweep / "results" / "epochs.parquet").schema.names
-    state = torch.load(io.BytesIO((sweep / "train" / f"trial-{trial['trial_id']}" / "epoch-0002" / "state.pt")
-                                  .read_bytes()), weights_only=True)
+    state = torch.load(
+        io.BytesIO((sweep / "train" / f"trial-{trial['trial_id']}" / "epoch-0002" / "state.pt").read_bytes()),
+        weights_only=True,
+    )
     assert any(k.startswith("connectors.reviewkd.fusions.") for k in state["criterion"])

@@ -35,8 +35,13 @@ def _context(tmp_path, **changes):
     return TrialContext.from_spec(spec)
 
 
-CONFIG = {"pairing": "test_resnet", "student@test_resnet": "test_efficientnet", "method": "mld", "lr": 2e-3,
-          "lambda_mld": 1.0}
+CONFIG = {
+    "pairing": "test_resnet",
+    "student@test_resnet": "test_efficientnet",
+    "method": "mld",
+    "lr": 2e-3,
+    "lambda_mld": 1.0,
+}
 
 
 def test_a_trial_reports_every_epoch_and_keeps_its_best(tmp_path):

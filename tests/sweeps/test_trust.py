@@ -34,9 +34,11 @@ def test_a_signature_is_a_keyed_hmac_and_forgeries_fail(tmp_path, key):
     assert stored == hmac.new(secret, data, hashlib.sha256).hexdigest() == digest(data)
     assert Signatures(folder).check("searcher.pkl", data)
     assert not Signatures(folder).check("searcher.pkl", data + b"!")  # another content
-    for forged in (hashlib.sha256(data).hexdigest(),                                   # a plain digest: no key
-                   hmac.new(b"another user's key" * 2, data, hashlib.sha256).hexdigest(),  # another key
-                   ""):
+    for forged in (
+        hashlib.sha256(data).hexdigest(),  # a plain digest: no key
+        hmac.new(b"another user's key" * 2, data, hashlib.sha256).hexdigest(),  # another key
+        "",
+    ):
         (folder / SIGNATURES).write_text(json.dumps({"searcher.pkl": forged}))
         assert not Signatures(folder).check("searcher.pkl", data), forged
 
@@ -61,8 +63,7 @@ def test_resume_does_not_load_an_unsigned_or_forged_experiment(tmp_path, key):
     assert tuner is None and "not signed by this user's key" in why and not ran.exists()
     # A signature made without the key (a plain SHA-256 of the file) is no signature.
     data = (spec.sweep_dir / "tune" / "tuner.pkl").read_bytes()
-    entries = {f"tune/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest()
-               for p in (spec.sweep_dir / "tune").list()}
+    entries = {f"tune/{p.name}": hashlib.sha256(p.read_bytes()).hexdigest() for p in (spec.sweep_dir / "tune").list()}
     (spec.sweep_dir / SIGNATURES).write_text(json.dumps(entries))
     tuner, why = _restore(spec, True, None, 0, "abc", trust=False)
     assert tuner is None and "not signed" in why and not ran.exists()
