@@ -181,7 +181,7 @@ def _to_device(images: torch.Tensor, device: torch.device, channels_last: bool |
     return images.to(device, non_blocking=True)
 
 
-def _forward(model: nn.Module, images: torch.Tensor, stages: tuple[int, ...]) -> ModelOutput:
+def model_forward(model: nn.Module, images: torch.Tensor, stages: tuple[int, ...]) -> ModelOutput:
     """``model(images)``, asking for backbone stages only when there are any (plain modules need not take them)."""
     return model(images, stages=stages) if stages else model(images)
 
@@ -190,7 +190,7 @@ def _teacher_forward(
     teacher: nn.Module, images: torch.Tensor, dtype: torch.dtype | None, stages: tuple[int, ...] = ()
 ) -> ModelOutput:
     with torch.inference_mode(), torch.autocast(images.device.type, dtype=dtype, enabled=dtype is not None):
-        output = _forward(teacher, images, stages)
+        output = model_forward(teacher, images, stages)
     # Clones are ordinary tensors, safe to use beside autograd (inference tensors are not).
     return output.map(torch.clone)
 
@@ -207,7 +207,7 @@ class TrainStep(nn.Module):
     def forward(
         self, images: torch.Tensor, targets: torch.Tensor, teacher_output: ModelOutput | None, live: dict | None = None
     ):
-        output = _forward(self.student, images, self.criterion.student_stages)
+        output = model_forward(self.student, images, self.criterion.student_stages)
         return self.criterion(output, teacher_output, targets, live=live)
 
 
@@ -391,9 +391,11 @@ def evaluate(
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
-            output = _forward(model, images, criterion.student_stages if with_losses else ())
+            output = model_forward(model, images, criterion.student_stages if with_losses else ())
             teacher_output = (
-                _forward(teacher, images, criterion.teacher_stages) if with_losses and teacher is not None else None
+                model_forward(teacher, images, criterion.teacher_stages)
+                if with_losses and teacher is not None
+                else None
             )
             if with_losses:
                 loss, parts = criterion(output, teacher_output, targets)

@@ -395,7 +395,7 @@ def balanced_weights(
     the first ``batches`` training batches, add up to the supervised BCE. Returns ``(weights, factor)``."""
     import torch
 
-    from l2d.engine import _forward
+    from l2d.engine import model_forward
     from l2d.losses import official_weights
 
     run = build_run(
@@ -418,8 +418,8 @@ def balanced_weights(
         images, targets = images.to(device), targets.to(device)
         with torch.no_grad():
             _, parts = criterion(
-                _forward(student, images, criterion.student_stages),
-                _forward(teacher_model, images, criterion.teacher_stages),
+                model_forward(student, images, criterion.student_stages),
+                model_forward(teacher_model, images, criterion.teacher_stages),
                 targets,
             )
         bce += float(parts["bce"])

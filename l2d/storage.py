@@ -239,6 +239,15 @@ class Location:
     def _info(self) -> pafs.FileInfo:
         return self.filesystem.get_file_info(self.path)
 
+    def modified(self):
+        """When the file or object was last changed (a timezone-aware datetime), or None when the store does not
+        say or it is missing."""
+        try:
+            info = self._info()
+        except OSError:
+            return None
+        return info.mtime if info.type != pafs.FileType.NotFound else None
+
     def exists(self) -> bool:
         return self._info().type != pafs.FileType.NotFound
 

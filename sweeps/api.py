@@ -47,14 +47,13 @@ class Sweep:
         ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
         exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
         from sweeps.runner import run_sweep
-        from sweeps.spec import load_spec, parse_spec
+        from sweeps.spec import load_spec, parse_spec, with_overrides
 
-        if isinstance(spec, dict):
-            parsed = parse_spec({**spec, **overrides}, "<dict>")
-        else:
-            parsed = load_spec(spec)
-            if overrides:
-                parsed = parse_spec({**parsed.to_dict(), **overrides}, str(spec))
+        parsed = parse_spec(spec, "<dict>") if isinstance(spec, dict) else load_spec(spec)
+        if overrides:  # the one override path (the command line's too): dotted keys reach into a section
+            parsed = with_overrides(
+                parsed, f"{'<dict>' if isinstance(spec, dict) else spec} (with overrides)", **overrides
+            )
         run_sweep(parsed, new=new, quiet=quiet)
         return cls(parsed.sweep_dir)
 
@@ -173,32 +172,21 @@ class Sweep:
         from sweeps import plots
         from sweeps.study import load_sweep_study
 
-        if kind not in plots.KINDS:
-            raise ValueError(f"plot kind {kind!r}: one of {', '.join(plots.KINDS)}")
+        if kind not in plots.PLOTS:
+            raise ValueError(f"unknown plot kind {kind!r}; one of {', '.join(plots.PLOTS)}")
         if out is not None:
             plots.check_png_target(out)
-        spec, results = self.spec, self._results()
-        if kind in ("history", "importance"):
+        spec, results, study = self.spec, self._results(), None
+        if plots.PLOTS[kind].study != "none":
             try:
                 study = load_sweep_study(self.path, read_only=True)[1]
             except FileNotFoundError:
                 study = None
-            if kind == "importance":
-                if study is None:
-                    raise plots.NotEnoughData(f"{self.path}: the importance plot needs the sweep's Optuna study")
-                figure = plots.importance_figure(study, spec, results, method)
-            else:
-                figure = plots.history_figure(results, study)
-        elif kind == "parallel":
-            figure = plots.parallel_figure(results, spec, method)
-        elif kind == "pareto":
-            figure = plots.pareto_figure(results)
-        else:
-            figure = plots.rungs_figure(results, spec)
+        figure = plots.draw(kind, results, spec, study, method)
         if out is not None:
             plots.save_figure(figure, out)
         else:  # out of pyplot's list of open figures: a loop of plots keeps no memory, a notebook shows it once
-            plots._pyplot().close(figure)
+            plots.close(figure)
         return figure
 
     def export(

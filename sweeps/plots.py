@@ -1,15 +1,9 @@
 """Plots of a sweep (matplotlib, no display needed), drawn from its results tables and its Optuna study; read commands
 write them where ``--out`` says, never into the sweep folder.
 
-- ``history``: each trial's best value by the order the search tried them, and the best so far;
-- ``parallel``: parallel coordinates of one method's searched hyperparameters (log axes where searched log-uniform),
-  each line a trial coloured by its value;
-- ``importance``: each hyperparameter's importance for one method (Optuna's PED-ANOVA, or fANOVA), with the number of
-  trials it rests on;
-- ``pareto``: every trial and the Pareto front of the objectives (val mAP against student size for one), the front a
-  staircase, the chosen trial marked;
-- ``rungs``: each ASHA rung's value against the trial's final value, with their rank correlation (does stopping at
-  that rung keep the trials that end best?).
+Every kind is one function registered with :func:`register_plot` (its name, a one-line description, whether it reads
+the study): ``l2d-sweep plot --kind``, its help and the docs generated from it, and :meth:`sweeps.api.Sweep.plot` all
+read :data:`PLOTS`, so a new kind is one function in this file; an unknown kind is an error everywhere.
 """
 
 from __future__ import annotations
@@ -17,10 +11,11 @@ from __future__ import annotations
 import io
 import math
 import sys
+from dataclasses import dataclass
+from typing import Callable
 
 from l2d.storage import Location
 
-KINDS = ("history", "parallel", "importance", "pareto", "rungs")
 #: Fewer trials than this and an importance or a rank correlation means little: the plots and commands say so.
 FEW_TRIALS = 20
 
@@ -28,6 +23,65 @@ FEW_TRIALS = 20
 class NotEnoughData(Exception):
     """A plot the sweep has too little data for (too few trials, no study): not bad input. ``l2d-sweep plot`` says
     so and exits 0 without writing; :meth:`sweeps.api.Sweep.plot` raises it with the same words."""
+
+
+@dataclass(frozen=True)
+class PlotKind:
+    """A registered kind of plot: ``draw(results, spec, study, method)`` returns a matplotlib Figure."""
+
+    name: str
+    description: str
+    study: str  # "none", "optional" (used when there is one) or "required"
+    draw: Callable
+
+
+#: The plot kinds by name, in the order they are listed (see :func:`register_plot`).
+PLOTS: dict[str, PlotKind] = {}
+
+
+def register_plot(name: str, description: str, study: str = "none"):
+    """Register a plot kind (a decorator); ``study``: whether it reads the sweep's Optuna study (``none``,
+    ``optional``, ``required``). A name given twice is an error."""
+    if study not in ("none", "optional", "required"):
+        raise ValueError(f"study={study!r}: one of none, optional, required")
+
+    def add(draw: Callable) -> Callable:
+        if name in PLOTS:
+            raise ValueError(f"plot kind {name!r} is registered twice")
+        PLOTS[name] = PlotKind(name, description, study, draw)
+        return draw
+
+    return add
+
+
+def kinds() -> tuple[str, ...]:
+    return tuple(PLOTS)
+
+
+def describe_kinds() -> str:
+    """``history`` (each trial's value ...), ``parallel`` (...): for help texts."""
+    return ", ".join(f"`{kind.name}` ({kind.description})" for kind in PLOTS.values())
+
+
+def draw(kind: str, results, spec, study=None, method: str | None = None):
+    """The figure of plot ``kind``.
+
+    Raises:
+        ValueError: an unknown kind (the known ones named).
+        NotEnoughData: the sweep cannot show it yet (no study for a kind that needs one, too few trials).
+    """
+    if kind not in PLOTS:
+        raise ValueError(f"unknown plot kind {kind!r}; one of {', '.join(PLOTS)}")
+    plot = PLOTS[kind]
+    if plot.study == "required" and study is None:
+        raise NotEnoughData(f"{results.sweep_dir}: the {kind} plot needs the sweep's Optuna study")
+    return plot.draw(results=results, spec=spec, study=study, method=method)
+
+
+def close(figure) -> None:
+    """Take ``figure`` out of pyplot's list of open figures (a loop of plots keeps no memory; a notebook shows it
+    once)."""
+    _pyplot().close(figure)
 
 
 def _pyplot():
@@ -343,3 +397,35 @@ def rungs_figure(results, spec):
         axis.set_ylabel(f"{metric} at epoch {spec.budget.max_epochs}")
     figure.tight_layout()
     return figure
+
+
+# --- the registered kinds (the order is the order they are listed in) --------------------------------------------
+
+
+@register_plot("history", "each trial's value in the order the search tried them, and the best so far", "optional")
+def _history(results, spec, study, method):
+    return history_figure(results, study)
+
+
+@register_plot("parallel", "one method's searched hyperparameters, each line a trial coloured by its value")
+def _parallel(results, spec, study, method):
+    return parallel_figure(results, spec, method)
+
+
+@register_plot("importance", "each searched hyperparameter's importance for one method (PED-ANOVA)", "required")
+def _importance(results, spec, study, method):
+    return importance_figure(study, spec, results, method)
+
+
+@register_plot("pareto", "the Pareto front of the objectives as a staircase, the best trial marked")
+def _pareto(results, spec, study, method):
+    return pareto_figure(results)
+
+
+@register_plot("rungs", "each ASHA rung against the final value, with their rank correlation")
+def _rungs(results, spec, study, method):
+    return rungs_figure(results, spec)
+
+
+#: The kinds' names (kept for callers of before; :data:`PLOTS` is the registry).
+KINDS = kinds()

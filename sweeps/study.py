@@ -107,6 +107,14 @@ class StudyStore:
                 self._rdb = optuna.storages.RDBStorage(self.url, engine_kwargs=engine)
         return self._rdb
 
+    def close(self) -> None:
+        """Drop the connection pool: the next :meth:`storage` opens the database again (after an upgrade, or after
+        a damaged file was set aside)."""
+        rdb = getattr(self, "_rdb", None)
+        if rdb is not None:
+            rdb.engine.dispose()
+        self._rdb = None
+
     def __getstate__(self):  # pickled with the searcher: the connection pool stays behind
         state = dict(self.__dict__)
         state.pop("_rdb", None)
@@ -304,7 +312,7 @@ def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.S
             ) from None
         if "optuna storage upgrade" in text:
             _upgrade(store, error)
-            store._rdb = None
+            store.close()
             storage = store.storage()
         elif store.own and store.local_file is not None and _sqlite_kind(store.local_file) == "not-a-database":
             aside = store.local_file.with_name(
@@ -317,7 +325,7 @@ def open_study(spec, sweep_id: str, store: StudyStore, sampler=None) -> optuna.S
                 text.splitlines()[0][:200],
                 aside.name,
             )
-            store._rdb = None
+            store.close()
             storage = store.storage()
         else:
             raise StudyStorageError(

@@ -26,20 +26,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
     plots.check_png_target(args.out)  # refused before anything is read
     spec = load_sweep_spec(args.path)
     results = SweepResults(spec.sweep_dir)
+    study = _study_or_none(args.path) if plots.PLOTS[args.kind].study != "none" else None
     try:
-        if args.kind == "history":
-            figure = plots.history_figure(results, _study_or_none(args.path))
-        elif args.kind == "parallel":
-            figure = plots.parallel_figure(results, spec, args.method)
-        elif args.kind == "importance":
-            study = _study_or_none(args.path)
-            if study is None:
-                raise plots.NotEnoughData(f"{spec.sweep_dir}: the importance plot needs the sweep's Optuna study")
-            figure = plots.importance_figure(study, spec, results, args.method)
-        elif args.kind == "pareto":
-            figure = plots.pareto_figure(results)
-        else:
-            figure = plots.rungs_figure(results, spec)
+        figure = plots.draw(args.kind, results, spec, study, args.method)
     except plots.NotEnoughData as reason:  # not bad input: the sweep cannot show it yet (exit 0, nothing written)
         print(f"l2d-sweep plot: no {args.kind} plot drawn: {reason}", file=sys.stderr)
         return 0
@@ -55,8 +44,8 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 
     spec = load_sweep_spec(args.path)
     study = _study_or_none(args.path)
-    if study is None:
-        return 1
+    if study is None:  # a sweep from before studies were kept: nothing to show, not an error (said on stderr)
+        return 0
     results = SweepResults(spec.sweep_dir)
     methods = [args.method] if args.method else list(spec.methods)
     for method in methods:
@@ -131,15 +120,11 @@ def short_labels(paths: list) -> list[str]:
 
 
 def _last_change(sweep_dir) -> str | None:
-    """When the sweep's results last changed (its manifest's, or its trials table's, modification time)."""
-    for name in ("results/manifest.json", "results/trials.parquet"):
-        try:
-            info = (sweep_dir / name)._info()
-        except OSError:
-            continue
-        if info.mtime is not None:
-            return info.mtime.strftime("%Y-%m-%d %H:%M")
-    return None
+    """When the sweep's results last changed (the newest generation's time, as its reader sees it)."""
+    from sweeps.results import ResultsStore
+
+    when = ResultsStore(sweep_dir).last_change()
+    return when.strftime("%Y-%m-%d %H:%M") if when is not None else None
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
@@ -353,19 +338,16 @@ def paired_trials(tables: list[list[dict]], specs, names: list[str], column: str
 def add_commands(commands) -> None:
     """Add ``plot``, ``importance``, ``list`` and ``compare``."""
     from sweeps.cli._common import add_format_argument
-    from sweeps.plots import KINDS
+    from sweeps.plots import PLOTS, describe_kinds
 
     plot = commands.add_parser(
         "plot",
-        help="draw a sweep: history, parallel coordinates, importance, Pareto front, ASHA rungs",
-        description="Draw one plot of a sweep into a PNG file (--out): `history` (each trial's value in the order "
-        "tried, and the best so far), `parallel` (one method's searched hyperparameters, each line a "
-        "trial), `importance` (PED-ANOVA over one method's trials), `pareto` (the front as a staircase, "
-        "the best trial marked), `rungs` (each ASHA rung against the final value, with their rank "
-        "correlation).",
+        help=f"draw a sweep: {', '.join(PLOTS)}",
+        description=f"Draw one plot of a sweep into a PNG file (--out): {describe_kinds()}. A plot the sweep has too "
+        f"little data for is not drawn (said on stderr, exit 0).",
     )
     plot.add_argument("path", help="the sweep folder")
-    plot.add_argument("--kind", choices=KINDS, required=True, help="which plot")
+    plot.add_argument("--kind", choices=list(PLOTS), required=True, help="which plot")
     plot.add_argument("--out", required=True, help="the PNG file to write (new, or one this tool wrote)")
     plot.add_argument("--method", help="for parallel / importance: the method (default: the best trial's)")
     plot.set_defaults(func=_cmd_plot)

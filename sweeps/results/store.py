@@ -198,6 +198,15 @@ class ResultsStore:
 
     # --- reading ------------------------------------------------------------------------------------------------------
 
+    def last_change(self):
+        """When the results last changed (the manifest's, else the compacted trials table's, modification time), or
+        None when neither says."""
+        for location in (self.manifest_file, self.folder / TRIALS_FILE):
+            when = location.modified()
+            if when is not None:
+                return when
+        return None
+
     def read_manifest(self) -> Manifest | None:
         """The manifest, None when there is none.
 
