@@ -336,6 +336,8 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
         lease.release()
         if new_folder and not started:
             spec.sweep_dir.delete()
+            if isinstance(error, KeyboardInterrupt):
+                error.folder_deleted = True  # nothing to resume: the command line says to run it again
         raise
     result = outcome(spec.sweep_dir)
     record.end(result.describe())

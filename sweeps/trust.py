@@ -36,12 +36,18 @@ def key_file() -> Path:
     return Path(base) / "l2d-sweep" / "signing.key"
 
 
+class KeyFileError(RuntimeError):
+    """The signing key file exists but is not a key (exit status 1; the message names it and what to do)."""
+
+
 def _key() -> bytes:
     path = key_file()
-    if path.is_file():
-        key = path.read_bytes()
-        if len(key) >= 32:
-            return key
+    if path.exists():
+        key = path.read_bytes() if path.is_file() else b""
+        if len(key) < 32:
+            raise KeyFileError(f"{path}: not a signing key (a key is 32 random bytes or more); remove it to make a new "
+                               f"one (the sweeps it signed then need `resume --trust` once)")
+        return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)
     fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

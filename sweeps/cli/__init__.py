@@ -78,6 +78,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 1
         status = getattr(error, "exit_status", 130)  # sweeps.interrupt.SweepInterrupted: 143 for SIGTERM
         hint = f"; continue it with `l2d-sweep resume {args.sweep_dir}`" if getattr(args, "sweep_dir", None) else ""
+        if getattr(error, "folder_deleted", False):  # stopped before its first trial: its new folder is gone
+            hint = f"; nothing was kept: start it again with `l2d-sweep run {getattr(args, 'spec', 'SPEC')}`"
         print(f"l2d-sweep {args.command}: {str(error) or 'interrupted'}{hint}", file=sys.stderr)
         return status
     except BrokenPipeError:

@@ -153,3 +153,21 @@ def test_ctrl_c_and_sigterm_stop_a_sweep_that_then_resumes_as_itself(tiny_spec, 
     assert _state(copy)["state"] == "finished"
     assert _digests(sweep) == before  # not one byte of the original changed
     assert _state(sweep)["state"] == "interrupted"
+
+
+def test_ctrl_c_before_the_first_trial_of_a_new_sweep_says_to_run_it_again(tiny_spec, tmp_path, capsys, monkeypatch):
+    """A new sweep stopped before its first trial leaves no folder (as a failed one): the hint is `run`, not
+    `resume` of a folder that is gone. The signal arrives while Ray would start: init_ray is where it is raised."""
+    from sweeps import runner
+    from sweeps.cli import main
+
+    def interrupted(*args, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(1)
+
+    monkeypatch.setattr(runner, "init_ray", interrupted)
+    path = tiny_spec(name="early")
+    assert main(["run", str(path)]) == 130
+    err = capsys.readouterr().err
+    assert f"interrupted (SIGINT); nothing was kept: start it again with `l2d-sweep run {path}`" in err, err
+    assert not (tmp_path / "sweeps" / "early").exists()

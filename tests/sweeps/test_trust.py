@@ -105,3 +105,42 @@ def test_the_searcher_loads_its_state_only_when_signed_with_the_key(tmp_path, ke
     Signatures(spec.sweep_dir).sign("searcher.pkl", newer)
     searcher.restore(str(checkpoint))
     assert searcher.numbers == {"t1": 0, "t2": 1}  # signed with the key: the newer state is loaded
+
+
+def test_the_key_lives_outside_every_sweep_private_to_its_user(tmp_path, monkeypatch):
+    from sweeps import trust
+
+    monkeypatch.delenv("L2D_SWEEP_KEY_FILE", raising=False)
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))
+    assert trust.key_file() == tmp_path / "xdg" / "l2d-sweep" / "signing.key"
+    monkeypatch.delenv("XDG_CONFIG_HOME")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    assert trust.key_file() == tmp_path / "home" / ".config" / "l2d-sweep" / "signing.key"
+    # Made on first use: 32 random bytes, the file 0600 in a folder 0700 (its parents created too).
+    monkeypatch.setenv("L2D_SWEEP_KEY_FILE", str(tmp_path / "deep" / "er" / "signing.key"))
+    digest(b"x")
+    key = tmp_path / "deep" / "er" / "signing.key"
+    assert len(key.read_bytes()) == 32 and (key.stat().st_mode & 0o777) == 0o600
+    assert (key.parent.stat().st_mode & 0o777) == 0o700
+    assert digest(b"x") == hmac.new(key.read_bytes(), b"x", hashlib.sha256).hexdigest()  # the same key next time
+    # A key file that is not a key is named, never silently replaced (what it signed would all turn unsigned).
+    key.write_bytes(b"short")
+    with pytest.raises(trust.KeyFileError, match="not a signing key"):
+        digest(b"x")
+    assert key.read_bytes() == b"short"
+
+
+def test_signing_a_folder_counts_what_changed_and_names_what_is_unsigned(tmp_path, key):
+    folder = Location.parse(tmp_path / "sweep")
+    (folder / "tune").makedirs()
+    (folder / "tune" / "a.pkl").write_bytes(b"a")
+    (folder / "tune" / "b.pkl").write_bytes(b"b")
+    signatures = Signatures(folder)
+    assert signatures.sign_folder("tune") == 2
+    assert Signatures(folder).sign_folder("tune") == 0  # a fresh reader: nothing changed, nothing re-signed
+    assert Signatures(folder).sign_folder("missing") == 0 and Signatures(folder).unsigned("missing") == []
+    (folder / "tune" / "b.pkl").write_bytes(b"B")  # changed after it was signed
+    (folder / "tune" / "c.pkl").write_bytes(b"c")  # never signed
+    assert Signatures(folder).unsigned("tune") == ["tune/b.pkl", "tune/c.pkl"]
+    again = Signatures(folder)
+    assert again.sign_folder("tune") == 2 and Signatures(folder).unsigned("tune") == []

@@ -1,0 +1,158 @@
+"""Mutation testing of the safety code: does every guard fail a test when it breaks?
+
+mutmut (configured in ``[tool.mutmut]`` of pyproject.toml) rewrites each function of the safety modules in many small
+ways (a comparison flipped, a constant changed, a call's argument dropped...) and runs, for each mutant, the fast tests
+that cover that function. A mutant that no test kills is a change to a guard that every test lets through. This script
+runs mutmut for the modules asked (all of :data:`MODULES` by default), sorts the survivors into those with a written
+reason (:data:`REASONS`: an equivalent mutant, or a change of log text or file layout only) and those without, prints
+a table, writes ``benchmarks/results/mutants.json`` and the block of docs/development.md between its markers.
+
+    python benchmarks/mutants.py                       # every module (hours on 2 cores)
+    python benchmarks/mutants.py --modules sweeps/trust.py sweeps/folder.py
+    python benchmarks/mutants.py --report-only         # the table again from mutmut's last results
+
+Slow, so not part of CI (``make mutants``); its last report is committed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results" / "mutants.json"
+DOCS = ROOT / "docs" / "development.md"
+START, END = "<!-- mutants:start -->", "<!-- mutants:end -->"
+MUTMUT = [sys.executable, "-m", "mutmut"]
+
+#: The safety modules: paths and URIs (atomic writes, credentials, output targets), the pickles' signatures, the lease,
+#: the sweep folder's marker and deletion, the results rebuild, the spec checks and the SQL sandbox.
+MODULES = ["sweeps/trust.py", "sweeps/folder.py", "l2d/storage.py", "sweeps/lease.py", "sweeps/results/writer.py",
+           "sweeps/_checks.py", "sweeps/results/reader.py"]
+
+#: Survivors with a written reason: (module, text of the line the mutant changes or adds, why no test needs to kill it).
+REASONS = [
+    ("sweeps/trust.py", "json.dumps(self.entries", "the layout of signatures.json (indent, key order): it is read as "
+                                                   "JSON, and every test compares its content"),
+    ("sweeps/trust.py", "logger.info(", "the text of a log line"),
+    ("sweeps/trust.py", "self.entries.get(relative, ", "equivalent: a missing signature's stand-in ('' or any other "
+                                                       "string that is not 64 hex digits) never equals an HMAC"),
+    ("sweeps/trust.py", "folder.list() if", "equivalent: Location.list() of a missing folder is already empty"),
+    ("sweeps/trust.py", "self._seen", "the size-and-time cache that skips re-reading unchanged files: a mutant re-reads "
+                                      "(slower) and signs the same digest"),
+    ("sweeps/folder.py", "logger.", "the text of a log line"),
+    ("sweeps/folder.py", "json.dumps(marker, indent", "the layout of the marker file: it is read as JSON"),
+]
+
+
+def _run(modules: list[str]) -> float:
+    """mutmut over ``modules`` (its generation and coverage run include every configured module); seconds taken."""
+    names = [m.removesuffix(".py").replace("/", ".") + ".*" for m in modules]
+    started = time.time()
+    subprocess.run([*MUTMUT, "run", "--max-children", "2", *names], cwd=ROOT, check=False)
+    return time.time() - started
+
+
+def _statuses() -> dict[str, str]:
+    done = subprocess.run([*MUTMUT, "results", "--all", "true"], cwd=ROOT, capture_output=True, text=True, check=False)
+    found = {}
+    for line in done.stdout.splitlines():
+        match = re.match(r"\s*(\S+): (\w[\w ]*)$", line)
+        if match:
+            found[match.group(1)] = match.group(2)
+    return found
+
+
+def _diff(name: str) -> list[str]:
+    done = subprocess.run([*MUTMUT, "show", name], cwd=ROOT, capture_output=True, text=True, check=False)
+    return [line for line in done.stdout.splitlines() if line[:1] in "+-" and line[:3] not in ("+++", "---")]
+
+
+def _module_of(name: str) -> str:
+    dotted = name.split(".x")[0] if ".x" in name else name.rsplit(".", 1)[0]
+    return dotted.replace(".", "/") + ".py"
+
+
+def report(modules: list[str], seconds: float | None) -> dict:
+    statuses = _statuses()
+    table: dict[str, dict] = {}
+    for name, status in sorted(statuses.items()):
+        module = _module_of(name)
+        if module not in modules:
+            continue
+        entry = table.setdefault(module, {"killed": 0, "survived": 0, "timeout": 0, "not checked": 0, "other": 0,
+                                          "explained": [], "unexplained": []})
+        kind = status if status in ("killed", "survived", "timeout", "not checked") else "other"
+        entry[kind] += 1
+        if status == "survived":
+            diff = _diff(name)
+            changed = " / ".join(line.strip() for line in diff)
+            reason = next((why for where, text, why in REASONS if where == module and text in changed), None)
+            record = {"mutant": name, "change": changed[:300]}
+            if reason:
+                entry["explained"].append({**record, "reason": reason})
+            else:
+                entry["unexplained"].append(record)
+    out = {"modules": table, "seconds": seconds, "mutmut": _version(), "date": time.strftime("%Y-%m-%d")}
+    return out
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    return metadata.version("mutmut")
+
+
+def render(data: dict) -> str:
+    lines = ["| module | mutants | killed | survived, explained | survived, no reason yet | not run |", "|---|---|---|---|---|---|"]
+    for module in MODULES:
+        entry = data["modules"].get(module)
+        if entry is None:
+            lines.append(f"| `{module}` | - | - | - | - | not run yet |")
+            continue
+        total = sum(entry[k] for k in ("killed", "survived", "timeout", "not checked", "other"))
+        lines.append(f"| `{module}` | {total} | {entry['killed'] + entry['timeout']} | {len(entry['explained'])} | "
+                     f"{len(entry['unexplained'])} | {entry['not checked']} |")
+    unexplained = [m for e in data["modules"].values() for m in e["unexplained"]]
+    reasons = sorted({(m, r["reason"]) for m, e in data["modules"].items() for r in e["explained"]})
+    lines += ["", f"mutmut {data['mutmut']}, {data['date']}" + (f", {data['seconds'] / 60:.0f} min on this machine" if
+                                                                 data.get("seconds") else "") + "."]
+    if reasons:
+        lines += ["", "Survivors with a reason:", ""] + [f"- `{m}`: {why}" for m, why in reasons]
+    if unexplained:
+        lines += ["", "Survivors without a reason (each is a test to write):", ""]
+        lines += [f"- `{m['mutant']}`: `{m['change'][:160]}`" for m in unexplained]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--modules", nargs="+", default=MODULES, choices=MODULES, metavar="MODULE",
+                        help=f"the modules to mutate (default: all of {', '.join(MODULES)})")
+    parser.add_argument("--report-only", action="store_true", help="no run: the report of mutmut's last results")
+    args = parser.parse_args(argv)
+    seconds = None if args.report_only else _run(args.modules)
+    previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"modules": {}}
+    data = report(args.modules, seconds)
+    data["modules"] = {**{m: e for m, e in previous.get("modules", {}).items() if m not in args.modules},
+                       **data["modules"]}
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(data, indent=1))
+    table = render(data)
+    print(table)
+    text = DOCS.read_text()
+    if START in text and END in text:
+        head, rest = text.split(START, 1)
+        DOCS.write_text(f"{head}{START}\n{table}\n{END}{rest.split(END, 1)[1]}")
+    unexplained = sum(len(e["unexplained"]) for e in data["modules"].values())
+    print(f"\n{unexplained} surviving mutant(s) without a reason; report in {RESULTS.relative_to(ROOT)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
