@@ -41,7 +41,7 @@ from benchmarks._report import (  # noqa: E402 - run as a script: the repository
     spec_label,
     write_report,
 )
-from benchmarks._stats import bootstrap_interval, paired  # noqa: E402
+from benchmarks._stats import bootstrap_interval, paired  # noqa: E402 - run as a script: the repository on sys.path first
 
 ARMS = {"random, full budget": ("random", "none"), "random + ASHA": ("random", "asha"), "TPE + ASHA": ("tpe", "asha")}
 FULL = "random, full budget"

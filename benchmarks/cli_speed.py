@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402
+from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402 - run as a script: the repository on sys.path first
 
 
 def commands(sweep: str) -> list[tuple[str, list[str]]]:

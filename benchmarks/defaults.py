@@ -39,8 +39,8 @@ from benchmarks._report import (  # noqa: E402 - run as a script: the repository
     readme_block,
     write_report,
 )
-from benchmarks._stats import RunCache, paired, verdict  # noqa: E402
-from sweeps.cli._common import key_value  # noqa: E402
+from benchmarks._stats import RunCache, paired, verdict  # noqa: E402 - run as a script: the repository on sys.path first
+from sweeps.cli._common import key_value  # noqa: E402 - run as a script: the repository on sys.path first
 
 ARMS = ("bce", "official", "labels", "balanced", "tuned", "defaults")
 DATASET = "mosaic-digits"

@@ -39,7 +39,7 @@ from types import SimpleNamespace
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402
+from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402 - run as a script: the repository on sys.path first
 
 EPOCHS = 10
 TEACHER, STUDENT, METHOD = "tf_efficientnet_lite2", "tf_efficientnet_lite0", "l2d"

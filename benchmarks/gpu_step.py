@@ -27,10 +27,10 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import write_report  # noqa: E402
-from l2d.engine import Recipe, amp_dtype, build_optimizer  # noqa: E402
-from l2d.losses import distillation_loss  # noqa: E402
-from l2d.models import build_model  # noqa: E402
+from benchmarks._report import write_report  # noqa: E402 - run as a script: the repository on sys.path first
+from l2d.engine import Recipe, amp_dtype, build_optimizer  # noqa: E402 - run as a script: the repository on sys.path first
+from l2d.losses import distillation_loss  # noqa: E402 - run as a script: the repository on sys.path first
+from l2d.models import build_model  # noqa: E402 - run as a script: the repository on sys.path first
 
 
 def _weights(args) -> dict:

@@ -32,19 +32,37 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 
 #: The safety modules: paths and URIs (atomic writes, credentials, output targets), the pickles' signatures, the lease,
 #: the sweep folder's marker and deletion, the results rebuild, the spec checks and the SQL sandbox.
-MODULES = ["sweeps/trust.py", "sweeps/folder.py", "l2d/storage.py", "sweeps/lease.py", "sweeps/results/writer.py",
-           "sweeps/_checks.py", "sweeps/results/reader.py"]
+MODULES = [
+    "sweeps/trust.py",
+    "sweeps/folder.py",
+    "l2d/storage.py",
+    "sweeps/lease.py",
+    "sweeps/results/writer.py",
+    "sweeps/_checks.py",
+    "sweeps/results/reader.py",
+]
 
 #: Survivors with a written reason: (module, text of the line the mutant changes or adds, why no test needs to kill it).
 REASONS = [
-    ("sweeps/trust.py", "json.dumps(self.entries", "the layout of signatures.json (indent, key order): it is read as "
-                                                   "JSON, and every test compares its content"),
+    (
+        "sweeps/trust.py",
+        "json.dumps(self.entries",
+        "the layout of signatures.json (indent, key order): it is read as JSON, and every test compares its content",
+    ),
     ("sweeps/trust.py", "logger.info(", "the text of a log line"),
-    ("sweeps/trust.py", "self.entries.get(relative, ", "equivalent: a missing signature's stand-in ('' or any other "
-                                                       "string that is not 64 hex digits) never equals an HMAC"),
+    (
+        "sweeps/trust.py",
+        "self.entries.get(relative, ",
+        "equivalent: a missing signature's stand-in ('' or any other "
+        "string that is not 64 hex digits) never equals an HMAC",
+    ),
     ("sweeps/trust.py", "folder.list() if", "equivalent: Location.list() of a missing folder is already empty"),
-    ("sweeps/trust.py", "self._seen", "the size-and-time cache that skips re-reading unchanged files: a mutant re-reads "
-                                      "(slower) and signs the same digest"),
+    (
+        "sweeps/trust.py",
+        "self._seen",
+        "the size-and-time cache that skips re-reading unchanged files: a mutant re-reads "
+        "(slower) and signs the same digest",
+    ),
     ("sweeps/folder.py", "logger.", "the text of a log line"),
     ("sweeps/folder.py", "json.dumps(marker, indent", "the layout of the marker file: it is read as JSON"),
 ]
@@ -85,8 +103,18 @@ def report(modules: list[str], seconds: float | None) -> dict:
         module = _module_of(name)
         if module not in modules:
             continue
-        entry = table.setdefault(module, {"killed": 0, "survived": 0, "timeout": 0, "not checked": 0, "other": 0,
-                                          "explained": [], "unexplained": []})
+        entry = table.setdefault(
+            module,
+            {
+                "killed": 0,
+                "survived": 0,
+                "timeout": 0,
+                "not checked": 0,
+                "other": 0,
+                "explained": [],
+                "unexplained": [],
+            },
+        )
         kind = status if status in ("killed", "survived", "timeout", "not checked") else "other"
         entry[kind] += 1
         if status == "survived":
@@ -109,19 +137,28 @@ def _version() -> str:
 
 
 def render(data: dict) -> str:
-    lines = ["| module | mutants | killed | survived, explained | survived, no reason yet | not run |", "|---|---|---|---|---|---|"]
+    lines = [
+        "| module | mutants | killed | survived, explained | survived, no reason yet | not run |",
+        "|---|---|---|---|---|---|",
+    ]
     for module in MODULES:
         entry = data["modules"].get(module)
         if entry is None:
             lines.append(f"| `{module}` | - | - | - | - | not run yet |")
             continue
         total = sum(entry[k] for k in ("killed", "survived", "timeout", "not checked", "other"))
-        lines.append(f"| `{module}` | {total} | {entry['killed'] + entry['timeout']} | {len(entry['explained'])} | "
-                     f"{len(entry['unexplained'])} | {entry['not checked']} |")
+        lines.append(
+            f"| `{module}` | {total} | {entry['killed'] + entry['timeout']} | {len(entry['explained'])} | "
+            f"{len(entry['unexplained'])} | {entry['not checked']} |"
+        )
     unexplained = [m for e in data["modules"].values() for m in e["unexplained"]]
     reasons = sorted({(m, r["reason"]) for m, e in data["modules"].items() for r in e["explained"]})
-    lines += ["", f"mutmut {data['mutmut']}, {data['date']}" + (f", {data['seconds'] / 60:.0f} min on this machine" if
-                                                                 data.get("seconds") else "") + "."]
+    lines += [
+        "",
+        f"mutmut {data['mutmut']}, {data['date']}"
+        + (f", {data['seconds'] / 60:.0f} min on this machine" if data.get("seconds") else "")
+        + ".",
+    ]
     if reasons:
         lines += ["", "Survivors with a reason:", ""] + [f"- `{m}`: {why}" for m, why in reasons]
     if unexplained:
@@ -132,15 +169,23 @@ def render(data: dict) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--modules", nargs="+", default=MODULES, choices=MODULES, metavar="MODULE",
-                        help=f"the modules to mutate (default: all of {', '.join(MODULES)})")
+    parser.add_argument(
+        "--modules",
+        nargs="+",
+        default=MODULES,
+        choices=MODULES,
+        metavar="MODULE",
+        help=f"the modules to mutate (default: all of {', '.join(MODULES)})",
+    )
     parser.add_argument("--report-only", action="store_true", help="no run: the report of mutmut's last results")
     args = parser.parse_args(argv)
     seconds = None if args.report_only else _run(args.modules)
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"modules": {}}
     data = report(args.modules, seconds)
-    data["modules"] = {**{m: e for m, e in previous.get("modules", {}).items() if m not in args.modules},
-                       **data["modules"]}
+    data["modules"] = {
+        **{m: e for m, e in previous.get("modules", {}).items() if m not in args.modules},
+        **data["modules"],
+    }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1))
     table = render(data)

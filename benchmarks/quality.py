@@ -46,7 +46,7 @@ from benchmarks._report import (  # noqa: E402 - run as a script: the repository
     readme_block,
     write_report,
 )
-from benchmarks._stats import RunCache, paired, verdict  # noqa: E402
+from benchmarks._stats import RunCache, paired, verdict  # noqa: E402 - run as a script: the repository on sys.path first
 
 FASHION_ROOT = Path("/usr/share/datasets/fashion-mnist")
 FASHION_FILES = (

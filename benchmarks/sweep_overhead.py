@@ -33,7 +33,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._report import add_sweep_arguments, spec_label, sweep_storage, write_report  # noqa: E402
+from benchmarks._report import add_sweep_arguments, spec_label, sweep_storage, write_report  # noqa: E402 - run as a script: the repository on sys.path first
 
 
 def plain_trial(config: dict, context, trials: list[dict]) -> None:

@@ -94,7 +94,7 @@ def check_formats(formats) -> None:
     if "onnx" in formats:
         try:
             import onnx  # noqa: F401 - torch's exporter needs it
-            import onnxscript  # noqa: F401
+            import onnxscript  # noqa: F401 - torch's exporter needs it too
         except ImportError:
             raise ValueError(
                 "--format onnx needs the onnx and onnxscript packages: pip install 'l2d-sweep[onnx]'"

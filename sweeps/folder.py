@@ -21,7 +21,7 @@ import uuid
 from l2d.storage import Location
 
 # The lease lives in sweeps.lease (compare-and-swap per store); its names are re-exported for the callers of before.
-from sweeps.lease import HEARTBEAT_S, LEASE, LEASE_TIMEOUT_S, Lease, LeaseError, LeaseHeldError, LeaseKeeper, read_lease  # noqa: F401
+from sweeps.lease import HEARTBEAT_S, LEASE, LEASE_TIMEOUT_S, Lease, LeaseError, LeaseHeldError, LeaseKeeper, read_lease  # noqa: F401 - re-exported for the callers of before
 
 logger = logging.getLogger(__name__)
 

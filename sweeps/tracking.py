@@ -128,7 +128,7 @@ def check_tracking(spec) -> None:
     """
     if (spec.tracking or {}).get("mlflow"):
         try:
-            import mlflow.tracking  # noqa: F401
+            import mlflow.tracking  # noqa: F401 - installed? (checked before Ray starts)
         except ImportError:
             raise ValueError(
                 "tracking.mlflow: MLflow's client is not installed; pip install 'l2d-sweep[mlflow]' "

@@ -45,8 +45,10 @@ def _key() -> bytes:
     if path.exists():
         key = path.read_bytes() if path.is_file() else b""
         if len(key) < 32:
-            raise KeyFileError(f"{path}: not a signing key (a key is 32 random bytes or more); remove it to make a new "
-                               f"one (the sweeps it signed then need `resume --trust` once)")
+            raise KeyFileError(
+                f"{path}: not a signing key (a key is 32 random bytes or more); remove it to make a new "
+                f"one (the sweeps it signed then need `resume --trust` once)"
+            )
         return key
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     key = secrets.token_bytes(32)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from l2d.losses._common import _SQ_DIST_EPS, distance_structure, no_autocast  # noqa: F401
+from l2d.losses._common import _SQ_DIST_EPS, distance_structure, no_autocast  # noqa: F401 - re-exported: the loss modules' shared names
 
 
 def _label_set_losses(

@@ -128,7 +128,7 @@ def test_saved_student_loads_and_its_graphs_give_the_same_logits(tmp_path):
     model = build_model("test_efficientnet", 10, 32).eval()
     formats = ["safetensors", "torchscript"]
     try:
-        import onnx  # noqa: F401
+        import onnx  # noqa: F401 - installed?
         import onnxruntime
     except ImportError:
         onnxruntime = None
