@@ -6,7 +6,8 @@ that pickles written by older versions name (each marked ``# layer: pickle alias
 
 - leaves: ``vocab`` (modes, trial states), ``_checks`` (typed rules, gathered errors, the YAML reader), ``_faults``
   (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json), ``trust`` (the
-  pickles' signatures), ``interrupt`` (Ctrl-C and SIGTERM in a driver)
+  pickles' signatures), ``interrupt`` (Ctrl-C and SIGTERM in a driver), ``stats`` (paired intervals, Holm,
+  detectable effects)
 - spec: ``spec`` (the typed YAML spec)
 - search space: ``search`` (define-by-run space, encode/decode; no Ray)
 - records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status), ``plots``,
@@ -33,6 +34,7 @@ LAYERS = [
         "sweeps.trust",
         "sweeps.progress",
         "sweeps.interrupt",
+        "sweeps.stats",
     ],
     ["sweeps.spec"],
     ["sweeps.search"],

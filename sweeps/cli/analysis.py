@@ -235,16 +235,20 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     if paired:
         diffs = [row["diff"] for row in paired]
         better = sum((d > 0) == (specs[0].mode == "max") for d in diffs if d != 0)
-        print(
-            "\n"
-            + textwrap.fill(
-                f"paired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; "
-                f"{names[1]} - {names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better "
-                f"in {better} of {len(paired)}",
-                100,
-                subsequent_indent="  ",
-            )
+        summary = (
+            f"paired (seed {specs[0].seed}): {len(paired)} configuration(s) run by both; {names[1]} - "
+            f"{names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better in {better} of {len(paired)}"
         )
+        if len(diffs) >= 2:  # the configurations are the pairs: a paired t-interval over them
+            from sweeps.stats import paired_t
+
+            found = paired_t(diffs)
+            summary += f"; 95 % t-interval [{found.low:+.2f}, {found.high:+.2f}], " + (
+                "established"
+                if found.established
+                else f"not established (this design detects |differences| of {found.detectable:.2f} or more)"
+            )
+        print("\n" + textwrap.fill(summary, 100, subsequent_indent="  "))
         # The values and their difference first; each configuration's hyperparameters in a table of their own.
         print(
             render(pa.Table.from_pylist([{k: v for k, v in row.items() if k != "hyperparameters"} for row in paired]))
