@@ -44,7 +44,7 @@ test: $(STAMP) $(MLFLOW_VENV)/.installed
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 # The linter and the formatter's check (ruff, configured in pyproject.toml); `ruff format .` applies the format.
-LINTED := l2d sweeps tests benchmarks docs/gen_reference.py docs/render_notebook.py notebooks
+LINTED := l2d sweeps tests benchmarks docs/*.py notebooks
 lint: $(STAMP)
 	$(BIN)/ruff check $(LINTED)
 	$(BIN)/ruff format --check $(LINTED)

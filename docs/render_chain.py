@@ -31,8 +31,9 @@ def main() -> int:
     env = {**os.environ, "L2D_PROGRESS": "plain", "COLUMNS": "200"}
     blocks = []
     for args in CHAIN:
-        done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], cwd=ROOT, env=env, capture_output=True,
-                              text=True)
+        done = subprocess.run(
+            [sys.executable, "-m", "sweeps.cli", *args], cwd=ROOT, env=env, capture_output=True, text=True
+        )
         if done.returncode != 0:
             print(done.stdout[-3000:] + done.stderr[-3000:], file=sys.stderr)
             print(f"error: `l2d-sweep {' '.join(args)}` exited {done.returncode}", file=sys.stderr)
@@ -42,8 +43,12 @@ def main() -> int:
         blocks.append(f"$ l2d-sweep {' '.join(args)}\n" + done.stdout.rstrip() + ("\n" + "\n".join(err) if err else ""))
     text = PAGE.read_text()
     head, rest = text.split(START, 1)
-    PAGE.write_text(f"{head}{START}\n```\n" + "\n\n".join(blocks).replace(str(ROOT) + "/", "") + f"\n```\n{END}"
-                    + rest.split(END, 1)[1])
+    PAGE.write_text(
+        f"{head}{START}\n```\n"
+        + "\n\n".join(blocks).replace(str(ROOT) + "/", "")
+        + f"\n```\n{END}"
+        + rest.split(END, 1)[1]
+    )
     print(f"wrote {PAGE.relative_to(ROOT)}")
     return 0
 
