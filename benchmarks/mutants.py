@@ -63,8 +63,26 @@ REASONS = [
         "the size-and-time cache that skips re-reading unchanged files: a mutant re-reads "
         "(slower) and signs the same digest",
     ),
+    ("sweeps/trust.py", "secrets.token_bytes(None)", "equivalent: secrets' default is 32 bytes"),
+    (
+        "sweeps/trust.py",
+        'else b"XXXX"',
+        "equivalent: any stand-in shorter than 32 bytes for a key file that is not a file is refused the same way",
+    ),
     ("sweeps/folder.py", "logger.", "the text of a log line"),
     ("sweeps/folder.py", "json.dumps(marker, indent", "the layout of the marker file: it is read as JSON"),
+    ("sweeps/folder.py", "'.join(RESERVED)", "the wording of a message (the refusal itself is tested)"),
+    (
+        "sweeps/folder.py",
+        '"sweep_id": None, "damaged": True}',
+        "the damaged stand-in's other fields: only `damaged` and "
+        "`sweep_id` are read, and a driver writes a whole marker before anything else",
+    ),
+    (
+        "sweeps/folder.py",
+        '{"pairings", "methods"} < set(data)',
+        "equivalent: a spec that got this far has a name too, so the two sets are never equal",
+    ),
 ]
 
 

@@ -32,8 +32,26 @@ def test_only_a_marked_sweep_is_deleted(tmp_path):
     (sweep / "results" / "trials.parquet").write_text("x")
     with pytest.raises(SweepExistsError, match="l2d-sweep resume"):
         prepare_new(sweep, delete_existing=False)
-    prepare_new(sweep, delete_existing=True, say=lambda text: None)
-    assert not sweep.exists()
+    said = []
+    prepare_new(sweep, delete_existing=True, say=said.append)
+    assert not sweep.exists() and said == [f"--new: deleting the previous sweep at {sweep}"]  # said, not silent
+
+
+def test_the_marker_says_what_it_is(tmp_path):
+    import json
+    import re
+    import time
+
+    sweep = Location.parse(tmp_path / "s")
+    written = folder.write_marker(sweep, spec_digest="d")
+    stored = json.loads((sweep / folder.MARKER).read_text())
+    assert stored == written and stored["tool"] == "l2d-sweep" and stored["format"] == folder.FORMAT
+    assert re.fullmatch(r"[0-9a-f]{16}", stored["sweep_id"]) and stored["spec_digest"] == "d"
+    assert abs(time.mktime(time.strptime(stored["created"][:19], "%Y-%m-%dT%H:%M:%S")) - time.time()) < 120
+    # A marker of another tool, or without an id, marks a damaged sweep: never a valid one.
+    for other in ({"tool": "other", "sweep_id": "abc"}, {"tool": "l2d-sweep"}, ["l2d-sweep"]):
+        (sweep / folder.MARKER).write_text(json.dumps(other))
+        assert folder.read_marker(sweep)["damaged"] is True, other
 
 
 def test_a_sweep_from_before_markers_is_recognised(tmp_path):
@@ -63,6 +81,8 @@ def test_a_sweep_from_before_markers_is_recognised(tmp_path):
         {"spec.yaml": "name: proj\npairings: []\n", "results/trials.parquet": "x"},  # not a sweep spec
         {"spec.yaml": "[not: a mapping", "tune/experiment_state-x.json": "{}"},  # not YAML
         {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/tuner.pkl": "x"},  # no experiment state
+        {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/notes.json": "{}"},  # not Tune's state
+        {"spec.yaml": "name: proj\npairings: []\nmethods: [l2d]\n", "tune/experiment_state-x.txt": "x"},
     ],
 )
 def test_a_folder_that_merely_looks_like_an_old_sweep_is_not_one_and_is_never_deleted(tmp_path, layout):

@@ -128,6 +128,9 @@ def test_the_key_lives_outside_every_sweep_private_to_its_user(tmp_path, monkeyp
     with pytest.raises(trust.KeyFileError, match="not a signing key"):
         digest(b"x")
     assert key.read_bytes() == b"short"
+    monkeypatch.setenv("L2D_SWEEP_KEY_FILE", str(tmp_path / "deep"))  # a folder where the key should be
+    with pytest.raises(trust.KeyFileError, match="not a signing key"):
+        digest(b"x")
 
 
 def test_signing_a_folder_counts_what_changed_and_names_what_is_unsigned(tmp_path, key):
