@@ -41,7 +41,7 @@ lock:
 	rm -rf .venv-lock .venv-lock-mlflow
 
 test: $(STAMP) $(MLFLOW_VENV)/.installed
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --durations=10 $(PYTEST_ARGS)
 
 # The linter and the formatter's check (ruff, configured in pyproject.toml); `ruff format .` applies the format.
 LINTED := l2d sweeps tests benchmarks docs/*.py notebooks
