@@ -93,11 +93,6 @@ class Interrupts:
         if self.received is not None:
             raise SweepInterrupted(self.received)
 
-    def check(self) -> None:
-        """Raise :class:`SweepInterrupted` when a signal came (for a loop that does not return through Tune)."""
-        if self.received is not None:
-            raise SweepInterrupted(self.received)
-
 
 _current: Interrupts | None = None
 

@@ -447,13 +447,15 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     except Exception as error:  # noqa: BLE001 - a damaged pickle or state file raises anything
         return None, f"{type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
     set_restored_callbacks(tuner, callbacks(spec, quiet, lease, sweep_id, experiment))
-    _relocate(tuner, spec, trust)
+    if not _relocate(tuner, spec, trust):
+        return None, "its search algorithm is not this version's study searcher"
     return tuner, None
 
 
-def _relocate(tuner, spec: SweepSpec, trust: bool) -> None:
+def _relocate(tuner, spec: SweepSpec, trust: bool) -> bool:
     """Point what Tune unpickled at this folder: the searcher's study and state, ASHA's rung file. They hold the
-    paths of the folder the experiment began in, and a copied or moved sweep must never write there."""
+    paths of the folder the experiment began in, and a copied or moved sweep must never write there. False when the
+    experiment holds no searcher of this version (then it is not restored)."""
     from sweeps._fences import restored_search_and_scheduler
     from sweeps.scheduler import PersistentASHA
     from sweeps.searcher import StudySearcher
@@ -461,11 +463,12 @@ def _relocate(tuner, spec: SweepSpec, trust: bool) -> None:
     search, scheduler = restored_search_and_scheduler(tuner)
     while search is not None and not isinstance(search, StudySearcher):
         search = getattr(search, "searcher", None)  # Tune's SearchGenerator and ConcurrencyLimiter wrap it
-    if search is None:
-        raise SweepFolderError(f"{spec.sweep_dir}: Tune's experiment holds no study searcher of this tool")
+    if search is None:  # an experiment of an older version: the sweep continues from its results instead
+        return False
     search.relocate(spec, trusted=trust)
     if isinstance(scheduler, PersistentASHA):
         scheduler.state_uri = str(spec.sweep_dir / "asha.json")
+    return True
 
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:

@@ -123,3 +123,11 @@ def test_a_sweep_on_postgres_killed_and_resumed(postgres, tmp_path):
     assert sorted(tune_ids) == sorted(r["trial_id"] for r in rows)  # every trial once, in both
     assert all(t.state.is_finished() for t in study.trials)
     assert all(r["status"] in ("completed", "stopped", "failed") for r in rows)
+    # A reader's study is a read-only session: it reads every trial, and its writes fail with the study unchanged.
+    from sweeps.api import Sweep
+
+    reader = Sweep.open(sweep).study()
+    assert len(reader.trials) == 3
+    with pytest.raises(optuna.exceptions.StorageInternalError):
+        reader.optimize(lambda trial: trial.suggest_float("lr", 1e-4, 1.0, log=True), n_trials=1)
+    assert len(optuna.load_study(study_name=summaries[0].study_name, storage=postgres).trials) == 3
