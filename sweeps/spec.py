@@ -547,7 +547,7 @@ def _methods(errors: Errors, raw: Any) -> tuple[str, ...]:
         if method not in METHODS:
             errors.add(
                 f"methods[{i}]",
-                f"unknown method {method!r}; allowed: {', '.join(METHODS)}" + errors.suggest(method, METHODS),
+                f"unknown method {shown(method)}; allowed: {', '.join(METHODS)}" + errors.suggest(method, METHODS),
             )
     if len(set(methods)) != len(methods):
         errors.add("methods", f"lists a method twice: {list(methods)}")
