@@ -274,6 +274,9 @@ class SweepCallback(Callback):
         return f"{'' if ended else 'at most '}{about(seconds)} left"
 
     def on_step_begin(self, iteration, trials, **info):
+        from sweeps.interrupt import watch_tune
+
+        watch_tune()  # Tune's SIGINT handler is in place by now: a Ctrl-C it handles is recorded for the driver
         self._reconcile(trials)
 
     def on_step_end(self, iteration, trials, **info):

@@ -6,8 +6,10 @@ of the sweep (exit status 0, "sweep finished", ``export`` next). :class:`Interru
 
 - outside ``fit`` (Ray starting, the teacher phase, the reconcile): the first signal raises :class:`SweepInterrupted`
   at once;
-- inside ``fit`` a SIGINT goes to Tune's handler, which stops the experiment gracefully and hands SIGINT back to
-  this one; :meth:`Interrupts.after_fit` sees that and raises :class:`SweepInterrupted` once Tune has saved;
+- inside ``fit`` a SIGINT goes to Tune's handler (wrapped at Tune's first step so that it is recorded), which stops
+  the experiment gracefully and hands SIGINT back to this one; :meth:`Interrupts.after_fit` sees that and raises
+  :class:`SweepInterrupted` once Tune has saved; when the same Ctrl-C reached a trial's workers and ``fit`` raises
+  instead, :meth:`Interrupts.after_error` reads that error as the interruption it is;
 - SIGTERM (``kill``, a scheduler's preemption) inside ``fit`` is passed to Tune's handler as if it were a SIGINT,
   so it too stops gracefully;
 - a second signal while the first is being handled stops at once (``KeyboardInterrupt`` out of ``fit``).
@@ -81,6 +83,31 @@ class Interrupts:
             raise SweepInterrupted(signum)
         raise KeyboardInterrupt  # the second signal: stop at once, whatever is being saved
 
+    def watch_tune(self) -> None:
+        """Called on the main thread at each of Tune's steps: when Tune's own SIGINT handler is in place, wrap it so
+        that a SIGINT it handles is recorded here too (Tune's handler then stops the experiment as before). A trial
+        whose workers got the same Ctrl-C (a terminal signals the whole process group) may make ``fit`` raise instead
+        of returning: the record tells that error from a real one."""
+        if not self._active:
+            return
+        handler = signal.getsignal(signal.SIGINT)
+        if handler == self._handle or getattr(handler, "_l2d_wrapped", False) or not callable(handler):
+            return
+
+        def recorded(signum, frame, tune_handler=handler):
+            if self.received is None:
+                self.received = signum
+            tune_handler(signum, frame)
+
+        recorded._l2d_wrapped = True
+        signal.signal(signal.SIGINT, recorded)
+
+    def after_error(self, error: BaseException) -> None:
+        """Call when ``Tuner.fit()`` raised: raises :class:`SweepInterrupted` (from ``error``) when a signal came
+        first, so that a Ctrl-C reads as an interruption, not as a failure."""
+        if self.received is not None and not isinstance(error, KeyboardInterrupt):
+            raise SweepInterrupted(self.received) from error
+
     def after_fit(self) -> None:
         """Call when ``Tuner.fit()`` returned: raises :class:`SweepInterrupted` when a signal stopped it. Tune gives
         the SIGINT handler back only when its own handler ran (it keeps its own after a normal end), so this also
@@ -106,3 +133,16 @@ def after_fit() -> None:
     """:meth:`Interrupts.after_fit` of the running driver's handler (nothing outside a driver)."""
     if _current is not None:
         _current.after_fit()
+
+
+def after_error(error: BaseException) -> None:
+    """:meth:`Interrupts.after_error` of the running driver's handler (nothing outside a driver)."""
+    if _current is not None:
+        _current.after_error(error)
+
+
+def watch_tune() -> None:
+    """:meth:`Interrupts.watch_tune` of the running driver's handler (nothing outside a driver, or off the main
+    thread)."""
+    if _current is not None and threading.current_thread() is threading.main_thread():
+        _current.watch_tune()

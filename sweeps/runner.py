@@ -280,9 +280,13 @@ def _drive(
 def _fit(tuner) -> None:
     """``tuner.fit()``, and :class:`sweeps.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
     normally after its graceful stop: without this a Ctrl-C would read as the sweep's end)."""
-    from sweeps.interrupt import after_fit
+    from sweeps.interrupt import after_error, after_fit
 
-    tuner.fit()
+    try:
+        tuner.fit()
+    except Exception as error:  # re-raised, as SweepInterrupted when a signal came first
+        after_error(error)
+        raise
     after_fit()
 
 

@@ -250,7 +250,9 @@ def test_gpu_step_benchmark_runs_on_cpu(tmp_path):
             str(tmp_path / "gpu_step.json"),
         ]
     )
-    assert row["images_per_s"] > 0 and 0 < row["l2d_loss_share"] < 1 and row["init"] == "files"
+    # Measured times, not asserted ones (a loaded machine can time the loss alone slower than a whole step): that
+    # each figure is there and positive is what a CPU smoke test can say.
+    assert row["images_per_s"] > 0 and row["l2d_loss_share"] > 0 and row["init"] == "files"
     assert (tmp_path / "gpu_step.json").is_file()
 
 

@@ -58,6 +58,29 @@ def test_a_sigint_that_tune_handled_is_seen_after_fit():
         assert caught.value.exit_status == 130
 
 
+def test_an_error_out_of_fit_after_a_sigint_tune_handled_is_the_interruption():
+    """A terminal's Ctrl-C reaches the trial's workers too; ``fit`` may then raise (a worker died of it) instead of
+    returning. The SIGINT Tune's handler took, recorded through the wrapper, makes that error an interruption; an
+    error with no signal before it stays the error it is. (The stand-in does what Tune's handler does.)"""
+    with Interrupts() as interrupts:
+        original = signal.getsignal(signal.SIGINT)
+        took = []
+
+        def tunes_handler(signum, frame):
+            took.append(signum)
+            signal.signal(signal.SIGINT, original)
+
+        signal.signal(signal.SIGINT, tunes_handler)
+        interrupts.after_error(RuntimeError("a real failure"))  # no signal: nothing raised here
+        interrupts.watch_tune()
+        os.kill(os.getpid(), signal.SIGINT)
+        time.sleep(0.5)
+        assert took == [signal.SIGINT] and interrupts.received == signal.SIGINT
+        with pytest.raises(SweepInterrupted) as caught:
+            interrupts.after_error(RuntimeError("a worker died of the same Ctrl-C"))
+        assert caught.value.exit_status == 130 and isinstance(caught.value.__cause__, RuntimeError)
+
+
 def _live(args: list[str], stop_at: str, signum: int, group: bool, timeout: float = 600) -> tuple[int, str]:
     """Run ``l2d-sweep ARGS`` in a pseudo-terminal (the live view on), send ``signum`` when ``stop_at`` is printed
     (to the process group, as a terminal's Ctrl-C does, or to the process, as ``kill`` does); its exit status and
