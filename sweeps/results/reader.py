@@ -68,7 +68,7 @@ class SweepResults:
         self.generation = generation.generation
         self.trials = generation.trials
         self.epochs = generation.epochs
-        self._objectives: list[tuple[str, str]] | None = None
+        self._stored_spec = False  # not read yet (see stored_spec)
 
     def dataframes(self):
         """``(trials, epochs)`` as pandas DataFrames (one generation)."""
@@ -152,29 +152,28 @@ class SweepResults:
             connection.close()
             shutil.rmtree(private, ignore_errors=True)
 
-    def _searched(self) -> set[str]:
-        """The hyperparameters the stored spec searches (empty without a readable spec)."""
-        from sweeps.stored import SPEC_FILE, load_sweep_spec
+    @property
+    def stored_spec(self):
+        """The sweep's stored spec, read once (None for a folder without one; a damaged one is named, one edited by
+        hand reported)."""
+        if self._stored_spec is False:
+            from sweeps.stored import SPEC_FILE, load_sweep_spec
 
-        if not (self.sweep_dir / SPEC_FILE).exists():
-            return set()
-        return {
-            name
-            for name, value in load_sweep_spec(self.sweep_dir).search_space.items()
-            if not isinstance(value, (int, float))
-        }
+            self._stored_spec = load_sweep_spec(self.sweep_dir) if (self.sweep_dir / SPEC_FILE).exists() else None
+        return self._stored_spec
+
+    def _searched(self) -> set[str]:
+        """The hyperparameters the stored spec searches (empty without one)."""
+        from sweeps.spec import Range
+
+        spec = self.stored_spec
+        return {n for n, value in spec.search_space.items() if isinstance(value, Range)} if spec else set()
 
     @property
     def objectives(self) -> list[tuple[str, str]]:
         """The sweep's objectives from its stored spec (val mAP, max, for a folder without one)."""
-        if self._objectives is None:
-            from sweeps.stored import SPEC_FILE, load_sweep_spec
-
-            if (self.sweep_dir / SPEC_FILE).exists():  # a damaged one is named; one edited by hand is reported
-                self._objectives = list(load_sweep_spec(self.sweep_dir).objective_list)
-            else:
-                self._objectives = [("val_mAP", "max")]
-        return self._objectives
+        spec = self.stored_spec
+        return list(spec.objective_list) if spec else [("val_mAP", "max")]
 
     def leaderboard(
         self, limit: int | None = None, columns: list[str] | None = None, every_column: bool = False
@@ -472,20 +471,14 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
         "SELECT trial_id, student, method, epochs_run AS epoch, round(last_val_mAP, 2) AS "
         "last_val_mAP FROM trials WHERE status = 'running' ORDER BY trial_id"
     ).to_pylist()
-    budget = None
-    try:
-        from sweeps.stored import load_sweep_spec
-
-        budget = load_sweep_spec(folder).budget.num_samples
-    except Exception:  # noqa: BLE001 - status still reads a sweep whose stored spec it cannot (the tables suffice)
-        pass
+    budget = results.stored_spec.budget.num_samples if results.stored_spec else None  # read with the objectives
     last = last_run(folder)
     state, detail = sweep_state(counts, live, last, budget)
     return SweepStatus(
         counts=counts,
         driver=lease.describe() if live else None,
         stale_lease=lease.describe() if lease is not None and not live else None,
-        outcome=outcome(folder),
+        outcome=SweepOutcome(results, counts),  # the tables read once
         metric=metric,
         best=best[0] if best else None,
         running=running,
