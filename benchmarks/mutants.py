@@ -86,12 +86,13 @@ REASONS = [
 ]
 
 
-def _run(modules: list[str]) -> float:
-    """mutmut over ``modules`` (its generation and coverage run include every configured module); seconds taken."""
+def _run(modules: list[str]) -> float | None:
+    """mutmut over ``modules`` (its generation and coverage run include every configured module); seconds taken, or
+    None when mutmut failed (its tests did not pass unmutated, say: then nothing it holds is a result)."""
     names = [m.removesuffix(".py").replace("/", ".") + ".*" for m in modules]
     started = time.time()
-    subprocess.run([*MUTMUT, "run", "--max-children", "2", *names], cwd=ROOT, check=False)
-    return time.time() - started
+    done = subprocess.run([*MUTMUT, "run", "--max-children", "2", *names], cwd=ROOT, check=False)
+    return time.time() - started if done.returncode == 0 else None
 
 
 def _statuses() -> dict[str, str]:
@@ -144,8 +145,9 @@ def report(modules: list[str], seconds: float | None) -> dict:
                 entry["explained"].append({**record, "reason": reason})
             else:
                 entry["unexplained"].append(record)
-    out = {"modules": table, "seconds": seconds, "mutmut": _version(), "date": time.strftime("%Y-%m-%d")}
-    return out
+    for entry in table.values():
+        entry["run"] = {"seconds": seconds, "modules": len(modules), "date": time.strftime("%Y-%m-%d")}
+    return {"modules": table, "mutmut": _version()}
 
 
 def _version() -> str:
@@ -171,12 +173,12 @@ def render(data: dict) -> str:
         )
     unexplained = [m for e in data["modules"].values() for m in e["unexplained"]]
     reasons = sorted({(m, r["reason"]) for m, e in data["modules"].items() for r in e["explained"]})
-    lines += [
-        "",
-        f"mutmut {data['mutmut']}, {data['date']}"
-        + (f", {data['seconds'] / 60:.0f} min on this machine" if data.get("seconds") else "")
-        + ".",
-    ]
+    runs = sorted(
+        {(e["run"]["date"], e["run"]["seconds"], e["run"]["modules"]) for e in data["modules"].values() if "run" in e},
+        key=lambda run: (run[0], run[1] or 0),
+    )
+    said = [f"{n} module(s) on {date}" + (f" in {sec / 60:.0f} min" if sec else "") for date, sec, n in runs]
+    lines += ["", f"mutmut {data['mutmut']} on this machine (2 cores): " + "; ".join(said) + "."]
     if reasons:
         lines += ["", "Survivors with a reason:", ""] + [f"- `{m}`: {why}" for m, why in reasons]
     if unexplained:
@@ -198,11 +200,20 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--report-only", action="store_true", help="no run: the report of mutmut's last results")
     args = parser.parse_args(argv)
     seconds = None if args.report_only else _run(args.modules)
+    if seconds is None and not args.report_only:
+        print(
+            "mutmut failed (see its output above: with debug = true in [tool.mutmut] it shows the failing test); "
+            "no report written",
+            file=sys.stderr,
+        )
+        return 1
     previous = json.loads(RESULTS.read_text()) if RESULTS.is_file() else {"modules": {}}
     data = report(args.modules, seconds)
     data["modules"] = {
-        **{m: e for m, e in previous.get("modules", {}).items() if m not in args.modules},
-        **data["modules"],
+        **previous.get("modules", {}),
+        # a module mutmut holds no results for (its mutants/ folder is gone, or its run stopped before testing any
+        # mutant) keeps its last report
+        **{m: e for m, e in data["modules"].items() if e["killed"] + e["survived"] + e["timeout"]},
     }
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(data, indent=1))

@@ -51,6 +51,8 @@ class RunConfig:
             official teachers: an 80-epoch schedule stopped at epoch 30); None: ``teacher_epochs``.
         batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
         seed: seeds the models' initialisation and the data order.
+        student_seed: seeds the student's initialisation and its data order instead (None: ``seed``); the teacher
+            stays the one of ``seed`` (a confirmation run retrains the student only, :mod:`sweeps.confirm`).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
         student_weights / teacher_weights: initial weights of each backbone (:mod:`l2d.weights`: a local file,
             ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, ``offline`` from an
@@ -80,6 +82,7 @@ class RunConfig:
     num_workers: int = 0
     amp: bool = True
     seed: int = 0
+    student_seed: int | None = None
     device: str | None = None
     student_weights: str | None = None
     teacher_weights: str | None = None
@@ -150,6 +153,8 @@ def resolve(config: RunConfig) -> RunConfig:
     check_dataset_options(config.dataset, config.dataset_options)
     if not 0 <= config.seed <= MAX_SEED:
         raise ValueError(f"seed {config.seed} is out of range; allowed: 0 to {MAX_SEED}")
+    if config.student_seed is not None and not 0 <= config.student_seed <= MAX_SEED:
+        raise ValueError(f"student_seed {config.student_seed} is out of range; allowed: 0 to {MAX_SEED}")
     teacher, student = config.teacher or info.teacher, config.student or info.student
     resolved = config.replace(
         image_size=config.image_size or info.image_size,
@@ -362,7 +367,8 @@ def build_run(
         teacher, teacher_card, _ = get_teacher(config, teacher_store, splits)
     if not METHODS[config.method].needs_teacher:
         teacher, teacher_card = None, None
-    torch.manual_seed(config.seed)
+    seed = config.seed if config.student_seed is None else config.student_seed
+    torch.manual_seed(seed)
     student = build_model(
         config.student, len(splits["train"].class_names), config.embed_dim, weights=config.student_weights
     )
@@ -377,7 +383,7 @@ def build_run(
         config.hparams,
         config.student_recipe,
         resolve_device(config.device),
-        config.seed,
+        seed,
         **diagnostics,
     )
     return Run(config, splits, teacher, teacher_card, student, distiller)

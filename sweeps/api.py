@@ -71,6 +71,16 @@ class Sweep:
         extend_sweep(self.path, num_samples, max_epochs, quiet=quiet)
         return self
 
+    def confirm(
+        self, top: int = 2, seeds: int = 3, baseline: str | None = "bce", per_method: bool = False, quiet: bool = True
+    ) -> Sweep:
+        """Rerun the best configurations and a baseline on fresh seeds, paired by seed (``l2d-sweep confirm``);
+        :meth:`confirmation` reads the verdict."""
+        from sweeps.runner import confirm_sweep
+
+        confirm_sweep(self.path, top, seeds, baseline, per_method, quiet=quiet)
+        return self
+
     # --- reading ----------------------------------------------------------------------------------------------------
 
     def _results(self):
@@ -102,14 +112,25 @@ class Sweep:
         return self._results().leaderboard(limit, columns).to_pandas()
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
-        """The best trial's row: by the spec's metric, or by ``metric`` (any objective: val_mAP, val_CF1, val_OF1,
-        val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own). Raises
-        ValueError when no trial has a value yet, or for an unknown metric."""
+        """The best trial's row, with ``chosen_as`` saying which it is: without ``metric``, the confirmed winner's best
+        run when the sweep has a confirmation stage with a winner (its mean over seeds, :meth:`confirmation`), else
+        the search's best trial by the spec's metric; with ``metric`` (any objective: val_mAP, val_CF1, val_OF1,
+        val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own) the search's
+        best by it. Raises ValueError when no trial has a value yet, or for an unknown metric."""
         from sweeps.results.schema import OBJECTIVE_COLUMNS
         from sweeps.vocab import sql_order
 
         results = self._results()
-        if metric is None:
+        chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"
+        confirmation = results.confirmation() if metric is None else None
+        if confirmation is not None and confirmation.winner is not None:
+            trial_id = confirmation.best_run()
+            winner = confirmation.winner
+            chosen_as = (
+                f"the confirmed winner's best run: {winner.candidate.label}, mean {confirmation.metric} "
+                f"{winner.mean:.4g} over {len(winner.values)} seed(s)"
+            )
+        elif metric is None:
             board = results.leaderboard(1).to_pylist()
             trial_id = board[0]["trial_id"] if board else None
         else:
@@ -119,13 +140,19 @@ class Sweep:
             mode = modes.get(metric, "min" if metric in ("val_loss", "latency_ms", "student_params") else "max")
             column = OBJECTIVE_COLUMNS[metric]
             rows = results.sql(
-                f'SELECT trial_id FROM trials WHERE "{column}" IS NOT NULL ORDER BY "{column}" '
-                f"{sql_order(mode)} LIMIT 1"
+                f'SELECT trial_id FROM trials WHERE "{column}" IS NOT NULL AND stage = \'search\' ORDER BY "{column}" '
+                f"{sql_order(mode)}, trial_id LIMIT 1"
             ).to_pylist()
             trial_id = rows[0]["trial_id"] if rows else None
         if trial_id is None:
             raise ValueError(f"{self.path}: no trial has a value yet")
-        return next(row for row in results.trials.to_pylist() if row["trial_id"] == trial_id)
+        row = next(row for row in results.trials.to_pylist() if row["trial_id"] == trial_id)
+        return {**row, "chosen_as": chosen_as}
+
+    def confirmation(self):
+        """The confirmation stage (:class:`sweeps.confirm.Confirmation`: its table, winner and verdicts); None when
+        the sweep has none."""
+        return self._results().confirmation()
 
     def study(self):
         """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):

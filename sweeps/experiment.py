@@ -208,6 +208,7 @@ def callbacks(
     sweep_id: str | None = None,
     experiment: int = 0,
     total_trials: int | None = None,
+    folder: str | None = None,
 ) -> list:
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
     the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
@@ -229,7 +230,7 @@ def callbacks(
         tracker=tracker_for(spec, sweep_id) if sweep_id else None,
         exporter=exporter,
         keep=spec.keep,
-        tune_folder=tune_dir_name(experiment),
+        tune_folder=folder or tune_dir_name(experiment),
         total=total_trials or spec.budget.num_samples,
         concurrency=spec.resources.max_concurrent_trials,
     )
@@ -296,5 +297,40 @@ def build_tuner(
             verbose=0,
             failure_config=tune.FailureConfig(max_failures=retries),
             callbacks=callbacks(spec, quiet, lease, sweep_id, experiment, total_trials),
+        ),
+    )
+
+
+def build_confirm_tuner(
+    spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, runs: list[tuple[str, dict]], total: int
+):
+    """The Tune experiment of the confirmation stage (:mod:`sweeps.confirm`): ``runs`` (trial id, config) in order,
+    every one for max_epochs (no early stopping: each rerun is a full replicate), in ``tune-confirm``; ``total``:
+    the trials of the sweep once they have run (the progress lines' count)."""
+    from ray import tune
+    from ray.tune.schedulers import FIFOScheduler
+
+    from sweeps.confirm import TUNE_FOLDER
+    from sweeps.searcher import FixedRuns, FixedRunsGenerator
+
+    storage_path, filesystem = spec.sweep_dir.ray_storage
+    search = FixedRunsGenerator(FixedRuns(runs, spec.metric, spec.mode), spec.resources.max_concurrent_trials)
+    return tune.Tuner(
+        trainable(spec),
+        tune_config=tune.TuneConfig(
+            search_alg=search,
+            scheduler=FIFOScheduler(),
+            num_samples=len(runs),
+            metric=spec.metric,
+            mode=spec.mode,
+            reuse_actors=spec.trainer == "in-process",
+        ),
+        run_config=tune.RunConfig(
+            name=TUNE_FOLDER,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            verbose=0,
+            failure_config=tune.FailureConfig(max_failures=spec.resources.max_failures),
+            callbacks=callbacks(spec, quiet, lease, sweep_id, total_trials=total, folder=TUNE_FOLDER),
         ),
     )

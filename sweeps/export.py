@@ -12,8 +12,10 @@ from l2d.storage import Location
 logger = logging.getLogger(__name__)
 
 
-def choose_trial(sweep_dir: Location, trial_id: str | None):
-    """``(spec, row)``: the trial ``trial_id``, or the best finished trial by the spec's primary objective."""
+def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
+    """``(spec, row)``: the trial ``trial_id``; else the confirmed winner's best run when the sweep has a confirmation
+    stage with a winner (:mod:`sweeps.confirm`), else the best finished trial of the search by the spec's primary
+    objective. ``say`` is told which it took."""
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
     from sweeps.stored import load_sweep_spec
     from sweeps.vocab import SCORED, sign
@@ -29,11 +31,33 @@ def choose_trial(sweep_dir: Location, trial_id: str | None):
                 f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})"
             )
         return spec, row
+    from sweeps.confirm import summarize
+
+    say = say or (lambda text: None)
+    confirmation = summarize(spec, rows)
+    if confirmation is not None and confirmation.winner is not None:
+        run = confirmation.best_run()
+        winner = confirmation.winner
+        say(
+            f"the confirmed winner: {winner.candidate.label}, mean {confirmation.metric} {winner.mean:.2f} over "
+            f"{len(winner.values)} seed(s); its best run, trial {run}"
+            + ("" if confirmation.complete else f" ({confirmation.missing} confirmation run(s) not finished)")
+        )
+        return spec, next(r for r in rows if r["trial_id"] == run)
     column = OBJECTIVE_COLUMNS[spec.metric]
-    scored = [r for r in rows if r.get(column) is not None and r["status"] in SCORED]
+    scored = [r for r in rows if r.get(column) is not None and r["status"] in SCORED and r["stage"] == "search"]
     if not scored:
         raise ValueError(f"{spec.sweep_dir}: no finished trial with a {spec.metric} to export yet")
-    return spec, max(scored, key=lambda r: sign(spec.mode) * r[column])
+    best = max(scored, key=lambda r: (sign(spec.mode) * r[column], r["trial_id"]))
+    say(
+        f"the search's best trial by {spec.metric} ({best['trial_id']}: one run, at seed {spec.seed}"
+        + (
+            "; the confirmation stage has no winner yet)"
+            if confirmation is not None
+            else "; `l2d-sweep confirm` reruns the finalists on fresh seeds)"
+        )
+    )
+    return spec, best
 
 
 def export_trial(
@@ -57,7 +81,7 @@ def export_trial(
     from sweeps.provenance import git_commit, versions
 
     check_formats(formats)
-    spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id)
+    spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id, progress)
     run_dir = spec.sweep_dir / "train" / f"trial-{row['trial_id']}"
     try:
         info, weights, _ = read_best(run_dir)

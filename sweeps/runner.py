@@ -99,6 +99,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
             f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}"
         )
         _fit(build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0))
+        _confirm(spec, driver, lease, marker["sweep_id"], say)
 
     return _drive(spec, "run", driver, prepare, body, write_spec=True, new_folder=True)
 
@@ -114,6 +115,11 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     spec = load_sweep_spec(sweep_dir, driver=True)
 
     def body(lease, marker):
+        if not _search_done(spec):
+            search(lease, marker)
+        _confirm(spec, driver, lease, marker["sweep_id"], say)
+
+    def search(lease, marker):
         experiment = int(marker.get("experiment", 0))
         _reconcile_study(spec, marker["sweep_id"], say, finished=False)
         tuner, why = _restore(spec, driver.quiet, lease, experiment, marker["sweep_id"], driver.trust)
@@ -154,7 +160,11 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
 
         writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)  # rebuilds damage
         recorded = outcome(spec.sweep_dir)
-        if recorded.unfinished or recorded.finished < spec.budget.num_samples:
+        if (
+            recorded.unfinished
+            or recorded.finished < spec.budget.num_samples
+            or _confirm_pending(spec, marker["sweep_id"])
+        ):
             return False
         # A driver killed before or inside its last rewrite of the compacted pair: it is written now, whole.
         published = writer.manifest.published.get("generation")
@@ -215,8 +225,99 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
                 total_trials=grown.budget.num_samples,
             )
         )
+        _confirm(grown, driver, lease, marker["sweep_id"], say)
 
     return _drive(grown, "extend", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
+
+
+def confirm_sweep(
+    sweep_dir: str | Location,
+    top: int = 2,
+    seeds: int = 3,
+    baseline: str | None = "bce",
+    per_method: bool = False,
+    **options,
+) -> SweepOutcome:
+    """Confirm a finished sweep's verdict (:mod:`sweeps.confirm`): its ``top`` best configurations (or the best of each
+    method) and ``baseline`` rerun on ``seeds`` fresh seeds, paired by seed. The stored spec gains
+    ``budget.confirm``; runs already made for the same configurations and seeds are kept. Resumable (``resume``).
+
+    Raises:
+        SweepFolderError: the search has not finished its budget yet (resume it first).
+        SpecError: a value ``budget.confirm`` does not allow.
+    """
+    from sweeps.folder import update_marker
+    from sweeps.stored import spec_digest
+    from sweeps.study import sweep_identity
+
+    driver = DriverOptions(**options)
+    say = driver.say()
+    spec = load_sweep_spec(sweep_dir, driver=True)
+    recorded = outcome(spec.sweep_dir)
+    if recorded.unfinished or recorded.finished < spec.budget.num_samples:
+        raise SweepFolderError(
+            f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
+            f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then confirm it"
+        )
+    confirmed = with_overrides(
+        spec,
+        f"{spec.sweep_dir / 'spec.yaml'} (confirm)",
+        **{"budget.confirm": {"top": top, "seeds": seeds, "baseline": baseline, "per_method": per_method}},
+    )
+
+    def body(lease, marker):
+        update_marker(confirmed.sweep_dir, spec_digest=spec_digest(confirmed))  # its spec changes by this tool's hand
+        if not _confirm(confirmed, driver, lease, marker["sweep_id"], say):
+            say(f"{confirmed.sweep_dir}: every confirmation run has finished; nothing to run")
+
+    return _drive(confirmed, "confirm", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
+
+
+def _search_done(spec: SweepSpec) -> bool:
+    """Whether the search has finished its budget (every trial ended, none running or pending)."""
+    recorded = outcome(spec.sweep_dir)
+    return not recorded.unfinished and recorded.finished >= spec.budget.num_samples
+
+
+def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
+    """Whether the spec's confirmation stage has runs still to make."""
+    from sweeps.confirm import pending, plan
+
+    if spec.budget.confirm is None:
+        return False
+    rows = outcome(spec.sweep_dir).results
+    rows = rows.trials.to_pylist() if rows is not None else []
+    found = plan(spec, rows)
+    return found is not None and bool(pending(found, sweep_id, rows))
+
+
+def _confirm(spec: SweepSpec, driver: DriverOptions, lease, sweep_id: str, say) -> bool:
+    """Run the confirmation stage's unfinished runs (:mod:`sweeps.confirm`), when the spec asks for one; whether
+    there were any."""
+    from sweeps.confirm import pending, plan
+    from sweeps.experiment import build_confirm_tuner
+
+    if spec.budget.confirm is None:
+        return False
+    recorded = outcome(spec.sweep_dir)
+    rows = recorded.results.trials.to_pylist() if recorded.results is not None else []
+    found = plan(spec, rows)
+    if found is None:
+        say("confirmation: no search trial has a value to confirm; nothing to run")
+        return False
+    todo = pending(found, sweep_id, rows)
+    if not todo:
+        return False
+    runs = len(found.candidates) * len(found.seeds)
+    say(
+        f"confirmation: {len(found.candidates)} configuration(s) ("
+        + ", ".join(c.label for c in found.candidates)
+        + f") on seeds {', '.join(map(str, found.seeds))}: {len(todo)} run(s) of {spec.budget.max_epochs} epochs"
+        + (f" ({runs - len(todo)} of {runs} already finished)" if len(todo) < runs else "")
+    )
+    total = len({r["trial_id"] for r in rows} | {trial_id for trial_id, _ in todo})
+    _fit(build_confirm_tuner(spec, driver.quiet, lease, sweep_id, todo, total))
+    return True
 
 
 def run_or_resume(spec: SweepSpec, **options) -> SweepOutcome:
@@ -367,7 +468,7 @@ def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
     from sweeps.study import StudyStore, add_recorded, build_sampler, open_study
 
     source = SweepResults(spec.warm_start)
-    rows = [r for r in source.trials.to_pylist() if r["status"] in SCORED]
+    rows = [r for r in source.trials.to_pylist() if r["status"] in SCORED and r["stage"] == "search"]
     store = StudyStore(spec.sweep_dir, spec.study_storage)
     study = open_study(spec, sweep_id, store, build_sampler(spec))
     added, skipped = add_recorded(study, spec, rows, {"warm_start_from": spec.warm_start})
@@ -388,12 +489,13 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
 
     try:
         results = SweepResults(spec.sweep_dir)
-        rows = results.trials.to_pylist()
+        rows = [r for r in results.trials.to_pylist() if r["stage"] == "search"]  # reruns are not samples
+        searched = {r["trial_id"] for r in rows}
         metric = spec.objective_list[0][0]
         epochs: dict[str, dict[int, float]] = {}
         if metric in results.epochs.column_names:
             for row in results.epochs.select(["trial_id", "epoch", metric]).to_pylist():
-                if row[metric] is not None:
+                if row[metric] is not None and row["trial_id"] in searched:
                     epochs.setdefault(row["trial_id"], {})[int(row["epoch"])] = float(row[metric])
     except FileNotFoundError:
         rows, epochs = [], {}

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
 
 #: Keys of a decoded config that are not hyperparameters of the run.
 STRUCTURE_KEYS = ("teacher", "student", "method")
+#: Keys a confirmation run's config adds (:mod:`sweeps.confirm`): its stage, its student's seed, and the search trial
+#: whose configuration it reruns (none for the baseline). A search trial's config has none of them.
+CONFIRM_KEYS = ("stage", "seed", "confirms")
 
 
 class DefineByRunSpace:
@@ -105,7 +108,7 @@ def trial_hparams(config: dict) -> tuple[dict, float | None]:
 
 def trial_run(base: RunConfig, config: dict, weights: dict | None = None) -> RunConfig:
     """The run of one trial: the sweep's base run with the trial's pairing, method, loss weights and learning rate,
-    and each backbone's initial weights from ``weights`` (the spec's)."""
+    each backbone's initial weights from ``weights`` (the spec's), and a confirmation run's student seed."""
     decoded = decode(config)
     hparams, lr = trial_hparams(decoded)
     weights = weights or {}
@@ -117,6 +120,7 @@ def trial_run(base: RunConfig, config: dict, weights: dict | None = None) -> Run
         lr=lr,
         teacher_weights=weights.get(decoded["teacher"]),
         student_weights=weights.get(decoded["student"]),
+        student_seed=int(decoded["seed"]) if decoded.get("seed") is not None else None,
     )
 
 

@@ -234,3 +234,51 @@ def build_search(spec, sweep_id: str, experiment: int = 0, warm_started: bool = 
     searcher = StudySearcher(spec, sweep_id, StudyStore(spec.sweep_dir, spec.study_storage), warm_started)
     limited = ConcurrencyLimiter(searcher, max_concurrent=spec.resources.max_concurrent_trials)
     return SweepSearchGenerator(limited, sweep_id, experiment)
+
+
+class FixedRuns(Searcher):
+    """Hands out a fixed list of ``(trial id, config)`` runs in order (the confirmation stage's, :mod:`sweeps.confirm`),
+    then says the search is finished. No study: confirmation runs are not samples of the search space."""
+
+    def __init__(self, runs: list[tuple[str, dict]], metric: str, mode: str):
+        super().__init__(metric=metric, mode=mode)
+        self.runs = list(runs)
+        self.given = 0
+
+    def next_id(self) -> str | None:
+        """The id of the run :meth:`suggest` hands out next (None: every run is out)."""
+        return self.runs[self.given][0] if self.given < len(self.runs) else None
+
+    def suggest(self, trial_id: str) -> dict | str:
+        if self.given >= len(self.runs):
+            return Searcher.FINISHED
+        _, config = self.runs[self.given]
+        self.given += 1
+        return dict(config)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        pass
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as stream:
+            pickle.dump({"given": self.given}, stream)
+
+    def restore(self, checkpoint_path: str) -> None:  # never restored: a resumed stage plans its runs again
+        with open(checkpoint_path, "rb") as stream:
+            self.given = pickle.load(stream)["given"]
+
+
+class FixedRunsGenerator(SearchGenerator):
+    """Tune's search generator over :class:`FixedRuns` (under a concurrency limit): each trial gets the id its run
+    was planned under (a configuration and a seed), not Tune's random one."""
+
+    def __init__(self, runs: FixedRuns, max_concurrent: int):
+        super().__init__(ConcurrencyLimiter(runs, max_concurrent=max_concurrent))
+        self.fixed = runs
+
+    def create_trial_if_possible(self, experiment_spec):
+        planned = self.fixed.next_id()
+        if planned is None:
+            return super().create_trial_if_possible(experiment_spec)  # Tune learns the search is finished
+        with _fences.trial_id_source(planned):
+            return super().create_trial_if_possible(experiment_spec)

@@ -29,7 +29,7 @@ Example (``search_spaces/quickstart.yaml``)::
 
 import dataclasses
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Optional
 
 from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
 from l2d.storage import Location, StorageError, credentials_in_uri
@@ -83,6 +83,17 @@ class Pairing:
 
 
 @dataclass(frozen=True)
+class Confirm:
+    """The confirmation stage (``budget.confirm``): after the search, its best configurations and a baseline rerun on
+    fresh seeds, paired by seed (:mod:`sweeps.confirm`)."""
+
+    top: integer(1, 1000, help="configurations confirmed: the best by the metric (per_method: the best methods)") = 2
+    seeds: integer(2, 1000, help="fresh seeds each is rerun on (the search's seed + 1, + 2, ...)") = 3
+    baseline: text("a method rerun beside them on the same seeds (null: none)", optional=True) = "bce"
+    per_method: flag("the best configuration of each method, instead of the best overall") = False
+
+
+@dataclass(frozen=True)
 class Budget:
     num_samples: integer(1, 1_000_000, help="trials of the sweep") = 8
     max_epochs: integer(1, 100_000, help="epochs of a trial ASHA never stops") = 3
@@ -95,6 +106,7 @@ class Budget:
     ) = None
     searcher: choice(SEARCHERS, help="Optuna's TPE, random search, or NSGA-II (several objectives)") = "tpe"
     scheduler: choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)") = "asha"
+    confirm: Optional[Confirm] = None  # validated as its own section (budget.confirm), see parse_spec
 
 
 @dataclass(frozen=True)
@@ -230,6 +242,8 @@ class SweepSpec:
             del data["metric"], data["mode"]
         else:
             del data["objectives"]
+        if data["budget"]["confirm"] is None:  # unset: left out, as in specs written before it existed
+            del data["budget"]["confirm"]
         for key in ("study_storage", "warm_start", "max_student_params"):
             if data[key] is None:
                 del data[key]
@@ -310,8 +324,14 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     pairings = _pairings(errors, data["pairings"]) if "pairings" in data else ()
     methods = _methods(errors, data["methods"]) if "methods" in data else ()
     search_space = _search_space(errors, data.get("search_space") or {}, methods)
-    budget = validate_section(errors, Budget, data.get("budget") or {}, "budget")
+    raw_budget = data.get("budget") or {}
+    raw_confirm = raw_budget.get("confirm") if isinstance(raw_budget, dict) else None
+    if isinstance(raw_budget, dict):
+        raw_budget = {k: v for k, v in raw_budget.items() if k != "confirm"}
+    budget = validate_section(errors, Budget, raw_budget, "budget")
+    confirm = validate_section(errors, Confirm, raw_confirm, "budget.confirm") if raw_confirm is not None else None
     if budget is not None:
+        budget = dataclasses.replace(budget, confirm=confirm)
         _budget_rules(errors, budget)
     resources = validate_section(errors, Resources, data.get("resources") or {}, "resources")
     if resources is not None and resources.trainer == "in-process" and resources.workers_per_trial != 1:
@@ -328,6 +348,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
         )
     storage = _location(errors, data.get("storage", "./runs"), "storage")
     seed = errors.value(integer(0, MAX_SEED), data.get("seed", 0), "seed")
+    _confirm_rules(errors, confirm, seed)
     max_params = data.get("max_student_params")
     if max_params is not None:
         if isinstance(max_params, float) and max_params.is_integer():
@@ -610,6 +631,23 @@ def _budget_rules(errors: Errors, budget: Budget) -> None:
         )
 
 
+def _confirm_rules(errors: Errors, confirm: "Confirm | None", seed: int | None) -> None:
+    """``budget.confirm``: a baseline that is a method; fresh seeds that fit under the largest seed."""
+    if confirm is None:
+        return
+    if confirm.baseline is not None and confirm.baseline not in METHODS:
+        errors.add(
+            "budget.confirm.baseline",
+            f"unknown method {shown(confirm.baseline)}; allowed: {', '.join(METHODS)} or null"
+            + errors.suggest(confirm.baseline, METHODS),
+        )
+    if seed is not None and seed + confirm.seeds > MAX_SEED:
+        errors.add(
+            "budget.confirm.seeds",
+            f"seeds {seed + 1} to {seed + confirm.seeds} exceed the largest seed ({MAX_SEED}); lower seed or seeds",
+        )
+
+
 def _weights(errors: Errors, raw: Any, pairings) -> dict:
     """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
     file is looked for before Ray starts, see sweeps.experiment.check_local_resources)."""
@@ -824,7 +862,7 @@ def json_schema() -> dict:
                 for name in SEARCHABLE
             },
         },
-        "budget": section_schema(Budget),
+        "budget": _budget_schema(),
         "resources": section_schema(Resources),
         "recipe": section_schema(RecipeSpec),
         "storage": {"type": "string", "description": "a folder, or s3:// / gs:// (no credentials in the URI)"},
@@ -877,6 +915,18 @@ def json_schema() -> dict:
     }
 
 
+def _budget_schema() -> dict:
+    from sweeps._checks import section_schema
+
+    schema = section_schema(Budget)
+    schema["properties"]["confirm"] = {
+        "anyOf": [section_schema(Confirm), {"type": "null"}],
+        "description": "the confirmation stage: the best configurations and a baseline rerun on fresh seeds",
+    }
+    schema.pop("$defs", None)
+    return schema
+
+
 def replace(spec: SweepSpec, **changes) -> SweepSpec:
     """``dataclasses.replace`` for a spec (no validation: for values already validated)."""
     return dataclasses.replace(spec, **changes)
@@ -884,8 +934,9 @@ def replace(spec: SweepSpec, **changes) -> SweepSpec:
 
 def _sections() -> dict:  # for tests: the typed sections and their field names
     return {
-        cls.__name__: [f.name for f in dataclasses.fields(cls)] for cls in (DatasetSpec, Budget, Resources, RecipeSpec)
+        cls.__name__: [f.name for f in dataclasses.fields(cls)]
+        for cls in (DatasetSpec, Budget, Confirm, Resources, RecipeSpec)
     }
 
 
-__all__ += ["Range", "DatasetSpec", "Pairing", "Budget", "Resources", "RecipeSpec"]
+__all__ += ["Range", "DatasetSpec", "Pairing", "Budget", "Confirm", "Resources", "RecipeSpec"]

@@ -40,6 +40,7 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
     if outcome.results is not None:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
         print(render(outcome.results.leaderboard(10)))
+        _print_confirmation(outcome.results)
     if not outcome.succeeded:
         print(
             f"l2d-sweep: the sweep did not succeed: {outcome.describe()}; see `l2d-sweep status {sweep_dir}`",
@@ -66,6 +67,37 @@ def _cmd_run(args: argparse.Namespace) -> int:
     if args.or_resume:
         return _finish(run_or_resume(spec, **_options(args)), spec.sweep_dir, args.quiet)
     return _finish(run_sweep(spec, new=args.new, **_options(args)), spec.sweep_dir, args.quiet)
+
+
+def _print_confirmation(results, fmt: str = "table", only: bool = False) -> None:
+    """The confirmation stage's table and verdict (nothing when the sweep has none; ``only``: say so)."""
+    import pyarrow as pa
+
+    confirmation = results.confirmation()
+    if confirmation is None:
+        if only:
+            print(f"{results.sweep_dir}: no confirmation stage (`l2d-sweep confirm {results.sweep_dir}` adds one)")
+        return
+    table = pa.Table.from_pylist(confirmation.table())
+    if fmt != "table":
+        print(render(table, fmt))
+        return
+    shown = [c for c in table.column_names if c in ("configuration", "student", "seeds", "sd", "test_mAP", "winner")]
+    shown[3:3] = [f"mean_{confirmation.metric}"]
+    shown[6:6] = ["vs_baseline", "vs_winner"]  # the intervals and verdicts are in the lines below
+    print(f"\nconfirmation of {results.sweep_dir} (vs_*: paired mean differences over the seeds):")
+    print(render(table.select(shown)))
+    for line in confirmation.describe():
+        print(line)
+
+
+def _cmd_confirm(args: argparse.Namespace) -> int:
+    from sweeps.runner import confirm_sweep
+
+    args.sweep_dir = args.path
+    baseline = None if args.baseline.lower() == "none" else args.baseline
+    outcome = confirm_sweep(args.path, args.top, args.seeds, baseline, args.per_method, **_options(args))
+    return _finish(outcome, outcome.results.sweep_dir if outcome.results is not None else args.path, args.quiet)
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
@@ -167,9 +199,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
                 print("search front: " + ", ".join(front))
         print(render(table, args.format))
         return 0
+    if args.confirmation:
+        _print_confirmation(results, args.format, only=True)
+        return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.format == "table":  # for a person: the top rows, the columns that matter, rounded when shown
         print(render(results.leaderboard(args.limit or 10, columns), args.format))
+        _print_confirmation(results)
     else:  # data: every row and every column at full precision, unless --limit / --columns choose
         print(render(results.leaderboard(args.limit, columns, every_column=True), args.format))
     return 0
@@ -258,6 +294,16 @@ def _print_status(path: str, fmt: str = "table") -> None:
         test = f", test mAP {b['test_mAP']:.2f}" if b.get("test_mAP") is not None else ""
         print(f"best so far: {b['trial_id']} {b['teacher']} -> {b['student']} {b['method']}")
         print(f"  {status.metric} {b['value']:.4g}{test} (epoch {b['best_epoch']})")
+    if status.confirmation:
+        c = status.confirmation
+        print(
+            f"confirmation runs: {', '.join(f'{state} {n}' for state, n in c['counts'].items()) or 'none yet'} "
+            f"({c['configurations']} configuration(s) x {c['seeds']} seed(s)"
+            + (f", {c['missing']} not finished" if c["missing"] else "")
+            + ")"
+        )
+        if c["winner"]:
+            print(f"  confirmed winner: {c['winner']}, mean {status.metric} {c['winner_mean']:.4g}")
     if status.running:
         import pyarrow as pa
 
@@ -339,6 +385,26 @@ def add_commands(commands) -> None:
     extend.add_argument("--max-epochs", type=positive_int, help="epochs of the new trials (default: as before)")
     extend.add_argument("--force", action="store_true", help="take the lease of a driver that is gone")
     extend.set_defaults(func=_cmd_extend)
+
+    confirm = commands.add_parser(
+        "confirm",
+        help="rerun a finished sweep's best configurations and a baseline on fresh seeds",
+        description="The confirmation stage of a finished sweep (what budget.confirm runs after the search): the TOP "
+        "best configurations (or the best of each method) and a baseline rerun on SEEDS fresh seeds, paired by seed; "
+        "`results` then shows each one's mean and sd, its paired difference to the baseline and to the winner with "
+        "an interval, and the confirmed winner (the best mean), which `export --best` takes. Resumable.",
+    )
+    confirm.add_argument("path", help="the sweep folder")
+    confirm.add_argument("--top", type=positive_int, default=2, help="configurations to confirm (default 2)")
+    confirm.add_argument("--seeds", type=positive_int, default=3, help="fresh seeds each (at least 2; default 3)")
+    confirm.add_argument(
+        "--baseline", default="bce", help="the method rerun beside them on the same seeds, or none (default bce)"
+    )
+    confirm.add_argument(
+        "--per-method", action="store_true", help="the best configuration of each method instead of the best overall"
+    )
+    confirm.add_argument("--force", action="store_true", help="take the lease of a driver that is gone")
+    confirm.set_defaults(func=_cmd_confirm)
 
     export = commands.add_parser(
         "export",
@@ -423,6 +489,11 @@ def add_commands(commands) -> None:
         "--pareto",
         action="store_true",
         help="the Pareto front of the objectives (val mAP vs student size for one objective)",
+    )
+    results.add_argument(
+        "--confirmation",
+        action="store_true",
+        help="the confirmation stage's table only (every column: intervals, Holm p, detectable effects)",
     )
     results.add_argument(
         "--compact",

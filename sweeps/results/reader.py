@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import io
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import pyarrow as pa
 
@@ -66,7 +66,7 @@ class SweepResults:
                 f"`l2d-sweep resume` rebuilds it"
             )
         self.generation = generation.generation
-        self.trials = generation.trials
+        self.trials = with_stages(generation.trials)
         self.epochs = generation.epochs
         self._stored_spec = False  # not read yet (see stored_spec)
 
@@ -178,7 +178,8 @@ class SweepResults:
     def leaderboard(
         self, limit: int | None = None, columns: list[str] | None = None, every_column: bool = False
     ) -> pa.Table:
-        """Trials ranked by the spec's primary objective at their best epoch (trials without a value left out), at
+        """The search's trials ranked by the spec's primary objective at their best epoch (trials without a value, and
+        the confirmation stage's reruns, left out: :meth:`confirmation` is theirs), at
         full precision and under the trials table's own column names (what ``--columns``, ``--sql`` and the API
         take). ``columns``: any of the trials table's; else ``every_column``: all of them; else the objectives, test
         mAP at that epoch, every hyperparameter the sweep's trials have, then the rest of the summary. ``limit``:
@@ -221,8 +222,17 @@ class SweepResults:
         limited = f" LIMIT {int(limit)}" if limit is not None else ""
         selected = ", ".join(f'"{c}"' for c in chosen)
         return self.sql(
-            f"SELECT {selected} FROM trials WHERE {rank} IS NOT NULL ORDER BY {rank} {order}, trial_id{limited}"
+            f"SELECT {selected} FROM trials WHERE {rank} IS NOT NULL AND stage = 'search' "
+            f"ORDER BY {rank} {order}, trial_id{limited}"
         )
+
+    def confirmation(self):
+        """The confirmation stage as its runs hold it (:func:`sweeps.confirm.summarize`); None when the stored spec
+        asks for none or the search has no finalist yet."""
+        from sweeps.confirm import summarize
+
+        spec = self.stored_spec
+        return summarize(spec, self.trials.to_pylist()) if spec is not None else None
 
     def pareto(self) -> pa.Table:
         """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
@@ -230,7 +240,9 @@ class SweepResults:
         objectives = self.objectives if len(self.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
         columns = [OBJECTIVE_COLUMNS[m] for m, _ in objectives]
         rows = [
-            r for r in self.trials.to_pylist() if r["status"] in SCORED and all(r.get(c) is not None for c in columns)
+            r
+            for r in self.trials.to_pylist()
+            if r["status"] in SCORED and r["stage"] == "search" and all(r.get(c) is not None for c in columns)
         ]
         signs = [sign(mode) for _, mode in objectives]
         points = {r["trial_id"]: [s * r[c] for s, c in zip(signs, columns)] for r in rows}
@@ -250,6 +262,18 @@ class SweepResults:
             f"FROM trials WHERE list_contains(?, trial_id) ORDER BY {columns[-1]}",
             [front],
         )
+
+
+def with_stages(trials: pa.Table) -> pa.Table:
+    """The trials table with its confirmation columns whole: a table written before the confirmation stage existed
+    (or a row of one) is the search's (``stage`` search, no ``seed`` or ``confirms``)."""
+    import pyarrow.compute as pc
+
+    for name, kind in (("stage", pa.string()), ("seed", pa.int64()), ("confirms", pa.string())):
+        if name not in trials.column_names:
+            trials = trials.append_column(name, pa.nulls(trials.num_rows, kind))
+    index = trials.column_names.index("stage")
+    return trials.set_column(index, "stage", pc.fill_null(trials.column("stage"), "search"))
 
 
 def _suggest_column(name: str, columns: list[str]) -> str:
@@ -338,10 +362,12 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
 
 @dataclass
 class SweepOutcome:
-    """What a driver leaves behind: the results and, in words, whether the sweep did its job."""
+    """What a driver leaves behind: the results and, in words, whether the sweep did its job. ``counts``: the search's
+    trials by state (what its budget counts); ``confirm_counts``: the confirmation runs' (:mod:`sweeps.confirm`)."""
 
     results: SweepResults | None
     counts: dict[str, int]
+    confirm_counts: dict[str, int] = field(default_factory=dict)
 
     @property
     def succeeded(self) -> bool:
@@ -361,19 +387,29 @@ class SweepOutcome:
         if not self.counts:
             return "no trial ran"
         states = ", ".join(f"{n} {status}" for status, n in sorted(self.counts.items()))
-        return states if self.succeeded else f"every trial failed ({states})"
+        said = states if self.succeeded else f"every trial failed ({states})"
+        if self.confirm_counts:
+            said += "; confirmation runs: " + ", ".join(
+                f"{n} {status}" for status, n in sorted(self.confirm_counts.items())
+            )
+        return said
+
+
+def count_by_stage(results: SweepResults) -> tuple[dict[str, int], dict[str, int]]:
+    """``(search, confirmation)``: each stage's trials by state."""
+    counts: dict[str, dict[str, int]] = {"search": {}, "confirm": {}}
+    for row in results.sql("SELECT stage, status, count(*) AS n FROM trials GROUP BY ALL ORDER BY ALL").to_pylist():
+        counts.setdefault(row["stage"], {})[row["status"]] = row["n"]
+    return counts["search"], counts["confirm"]
 
 
 def outcome(sweep_dir: str | Location) -> SweepOutcome:
-    """The sweep's results and its trials counted by state (none yet: no results)."""
+    """The sweep's results and its trials counted by state and stage (none yet: no results)."""
     try:
         results = SweepResults(sweep_dir)
     except FileNotFoundError:
         return SweepOutcome(None, {})
-    counts: dict[str, int] = {}
-    for status in results.trials.column("status").to_pylist():
-        counts[status] = counts.get(status, 0) + 1
-    return SweepOutcome(results, counts)
+    return SweepOutcome(results, *count_by_stage(results))
 
 
 @dataclass
@@ -394,6 +430,7 @@ class SweepStatus:
     detail: str = ""  # the state in words, for one line
     budget: int | None = None  # the stored spec's num_samples (None: no readable spec)
     last_run: dict | None = None  # the newest entry of run.json
+    confirmation: dict | None = None  # the confirmation stage: runs by state, missing, the winner (None: no stage)
 
     def to_dict(self) -> dict:
         """Everything above, JSON-ready (``status --format json``)."""
@@ -411,6 +448,7 @@ class SweepStatus:
             "size_bytes": self.size_bytes,
             "checkpoint_bytes": self.checkpoint_bytes,
             "last_run": self.last_run,
+            "confirmation": self.confirmation,
         }
 
 
@@ -418,10 +456,13 @@ class SweepStatus:
 STATES = ("running", "interrupted", "incomplete", "failed", "finished")
 
 
-def sweep_state(counts: dict[str, int], live_driver: bool, last: dict | None, budget: int | None) -> tuple[str, str]:
+def sweep_state(
+    counts: dict[str, int], live_driver: bool, last: dict | None, budget: int | None, confirm_missing: int = 0
+) -> tuple[str, str]:
     """``(state, words)``: ``running`` (a driver holds the lease), ``interrupted`` (its last driver was stopped by a
-    signal), ``incomplete`` (its last driver died or failed before every trial ended: ``resume`` goes on),
-    ``failed`` (every trial failed), ``finished``."""
+    signal), ``incomplete`` (its last driver died or failed before every trial ended, or before the confirmation
+    stage's last run, ``confirm_missing`` of them: ``resume`` goes on), ``failed`` (every trial failed),
+    ``finished``."""
     result = SweepOutcome(None, counts)
     finished, unfinished = result.finished, result.unfinished
     of = f" of {budget}" if budget else ""
@@ -432,6 +473,8 @@ def sweep_state(counts: dict[str, int], live_driver: bool, last: dict | None, bu
     if outcome.startswith("interrupted"):
         by = outcome.removeprefix("interrupted").strip(" ()") or "a signal"
         return "interrupted", f"by {by}: {finished}{of} trial(s) finished"
+    if confirm_missing and not (unfinished or short) and result.succeeded:
+        return "incomplete", f"{finished}{of} trial(s) finished; {confirm_missing} confirmation run(s) not finished"
     if unfinished or short or (last is not None and last.get("ended") is None):
         why = (
             ""
@@ -452,19 +495,14 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
 
     results = SweepResults(sweep_dir)
     folder = results.sweep_dir
-    counts = {
-        r["status"]: r["trials"]
-        for r in results.sql(
-            "SELECT status, count(*) AS trials FROM trials GROUP BY status ORDER BY status"
-        ).to_pylist()
-    }
+    counts, confirm_counts = count_by_stage(results)
     lease = read_lease(folder)
     live = lease is not None and lease.stale() is None
     metric, mode = results.objectives[0]
     column = OBJECTIVE_COLUMNS[metric]
     best = results.sql(
         f"SELECT trial_id, teacher, student, method, {column} AS value, test_mAP_at_best AS test_mAP, "
-        f"best_epoch FROM trials WHERE {column} IS NOT NULL ORDER BY {column} {sql_order(mode)}, "
+        f"best_epoch FROM trials WHERE {column} IS NOT NULL AND stage = 'search' ORDER BY {column} {sql_order(mode)}, "
         f"trial_id LIMIT 1"
     ).to_pylist()
     running = results.sql(
@@ -473,12 +511,13 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
     ).to_pylist()
     budget = results.stored_spec.budget.num_samples if results.stored_spec else None  # read with the objectives
     last = last_run(folder)
-    state, detail = sweep_state(counts, live, last, budget)
+    confirmation = results.confirmation()
+    state, detail = sweep_state(counts, live, last, budget, confirmation.missing if confirmation else 0)
     return SweepStatus(
         counts=counts,
         driver=lease.describe() if live else None,
         stale_lease=lease.describe() if lease is not None and not live else None,
-        outcome=SweepOutcome(results, counts),  # the tables read once
+        outcome=SweepOutcome(results, counts, confirm_counts),  # the tables read once
         metric=metric,
         best=best[0] if best else None,
         running=running,
@@ -488,6 +527,16 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
         detail=detail,
         budget=budget,
         last_run=last,
+        confirmation=None
+        if confirmation is None
+        else {
+            "counts": confirm_counts,
+            "configurations": len(confirmation.rows),
+            "seeds": len(confirmation.seeds),
+            "missing": confirmation.missing,
+            "winner": confirmation.winner.candidate.label if confirmation.winner else None,
+            "winner_mean": confirmation.winner.mean if confirmation.winner else None,
+        },
     )
 
 

@@ -45,6 +45,9 @@ TRIAL_COLUMNS: tuple[Column, ...] = (
     Column("teacher", _STR, "the sampled teacher"),
     Column("student", _STR, "the sampled student"),
     Column("method", _STR, "the sampled method"),
+    Column("stage", _STR, "search (a trial of the search), or confirm (a rerun on a fresh seed: budget.confirm)"),
+    Column("seed", _I64, "a confirmation run's student seed (null for a search trial: every one uses the spec's seed)"),
+    Column("confirms", _STR, "the search trial a confirmation run reruns the configuration of (null: the baseline)"),
     *(
         Column(name, _F64, "a sampled or fixed hyperparameter (null when the method has none)")
         for name in HPARAM_COLUMNS
@@ -85,6 +88,8 @@ TRIAL_SCHEMA = pa.schema([(c.name, c.type) for c in TRIAL_COLUMNS])
 EPOCH_SUMMARY = tuple(
     c.name for c in TRIAL_COLUMNS[TRIAL_COLUMNS.index(next(c for c in TRIAL_COLUMNS if c.name == "epochs_run")) :]
 )
+#: The trials-table columns that hold a trial's configuration (what the writer keeps as its record's config).
+CONFIG_COLUMNS = ("teacher", "student", "method", *HPARAM_COLUMNS, "stage", "seed", "confirms")
 #: Each objective a spec may name, and the trials-table column holding it at a trial's best epoch.
 OBJECTIVE_COLUMNS = {
     "val_mAP": "best_val_mAP",
@@ -149,6 +154,9 @@ def trial_row(
         "teacher": config.get("teacher"),
         "student": config.get("student"),
         "method": config.get("method"),
+        "stage": config.get("stage") or "search",
+        "seed": int(config["seed"]) if config.get("seed") is not None else None,
+        "confirms": config.get("confirms"),
     }
     row.update({name: as_float(config.get(name)) for name in HPARAM_COLUMNS})
     row["epochs_run"] = len(history)

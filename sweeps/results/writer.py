@@ -27,7 +27,14 @@ import time
 from dataclasses import dataclass, field
 
 from l2d.storage import Location
-from sweeps.results.schema import EPOCH_SUMMARY, HPARAM_COLUMNS, epoch_metrics, epochs_table, trial_row, trials_table
+from sweeps.results.schema import (
+    CONFIG_COLUMNS,
+    EPOCH_SUMMARY,
+    epoch_metrics,
+    epochs_table,
+    trial_row,
+    trials_table,
+)
 from sweeps.results.store import (
     EPOCHS_FILE,
     TRIALS_FILE,
@@ -134,9 +141,9 @@ class ResultsWriter:
                 k: v for k, v in row.items() if v is not None
             }
         for row in trial_rows:
-            config = {
-                k: row.get(k) for k in ("teacher", "student", "method", *HPARAM_COLUMNS) if row.get(k) is not None
-            }
+            config = {k: row.get(k) for k in CONFIG_COLUMNS if row.get(k) is not None}
+            if config.get("stage") == "search":  # a search trial's config has no stage (its row says search)
+                del config["stage"]
             record = TrialRecord(row["trial_id"], config, row.get("status") or "pending", row.get("error"))
             if (row.get("epochs_run") or 0) > len(self.epochs.get(row["trial_id"], {})):
                 record.kept = {k: row.get(k) for k in EPOCH_SUMMARY}
@@ -411,6 +418,8 @@ class ResultsWriter:
         best = self.row(self._leader) if self._leader else None
         for trial_id in candidates:
             row = self.row(trial_id)
+            if row.get("stage") != "search":  # a confirmation rerun is not a trial of the search
+                continue
             if row.get(column) is not None and (best is None or better(row[column], best[column], self.mode)):
                 best, self._leader = row, trial_id
         return best
