@@ -217,7 +217,7 @@ class Confirmation:
     winner: Confirmed | None
     comparisons: int  # how many paired comparisons the table makes (the Bonferroni divisor)
     level: float  # each interval's level
-    missing: int  # planned runs without a finished value
+    missing: int  # planned runs not finished (a failed run is finished: resume does not make it again)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -306,11 +306,12 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
         return None
     metric, mode = spec.objective_list[0]
     column = OBJECTIVE_COLUMNS[metric]
-    confirm_rows = [r for r in rows if r.get("stage") == STAGE and r["status"] in SCORED and r.get(column) is not None]
+    confirm_rows = [r for r in rows if r.get("stage") == STAGE and r["status"] in FINISHED]
     entries = []
-    missing = 0
+    missing = failed = 0
     for candidate in found.candidates:
         entry = Confirmed(candidate, {}, {}, {})
+        lost = set()
         for row in confirm_rows:
             if row.get("seed") not in found.seeds:
                 continue
@@ -318,12 +319,15 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
                 matches = row.get("confirms") is None and _same(config_of(row), candidate.config)
             else:
                 matches = row.get("confirms") == candidate.key
-            if matches:
+            if matches and (row["status"] not in SCORED or row.get(column) is None):
+                lost.add(row["seed"])  # a run that failed: finished, without a value
+            elif matches:
                 entry.values[row["seed"]] = float(row[column])
                 entry.runs[row["seed"]] = row["trial_id"]
                 if row.get("test_mAP_at_best") is not None:
                     entry.tests[row["seed"]] = float(row["test_mAP_at_best"])
-        missing += len(found.seeds) - len(entry.values)
+        failed += len(lost - set(entry.values))
+        missing += len(set(found.seeds) - set(entry.values) - lost)
         entries.append(entry)
     direction = sign(mode)
     ranked = sorted(
@@ -358,6 +362,11 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
         notes.append(
             f"the baseline ({baseline.candidate.config['method']}) has the best mean: no distillation recipe was "
             f"confirmed better than the student alone"
+        )
+    if failed:
+        notes.append(
+            f"{failed} confirmation run(s) failed (see `l2d-sweep results --sql \"SELECT trial_id, seed, error FROM "
+            f"trials WHERE stage = 'confirm' AND status = 'failed'\"`): their seeds are left out of the pairs"
         )
     entries.sort(key=lambda e: (e.mean is None, -direction * (e.mean or 0.0), e.candidate.key))
     return Confirmation(metric, mode, found.seeds, entries, winner, comparisons, level, missing, notes)

@@ -165,6 +165,18 @@ def test_missing_runs_are_counted_and_a_config_with_one_seed_cannot_win():
     assert any("not finished" in line for line in confirmation.describe())
 
 
+def test_a_failed_run_is_not_missing_and_is_said():
+    base = "baseline@test_resnet>test_efficientnet"
+    rows = _confirm_rows({"a1": [60.0, 61.0, None], "a3": [59.0, 60.0, 61.0], base: [55.0, 56.0, 57.0]})
+    for row in rows:
+        if row["best_val_mAP"] is None:
+            row["status"] = "failed"
+    confirmation = summarize(_spec(), SEARCH + rows)
+    assert confirmation.missing == 0 and confirmation.complete  # resume would not make it again
+    assert sorted(next(e for e in confirmation.rows if e.candidate.key == "a1").values) == [8, 9]
+    assert any("1 confirmation run(s) failed" in line for line in confirmation.describe())
+
+
 def test_a_winning_baseline_is_said():
     base = "baseline@test_resnet>test_efficientnet"
     rows = _confirm_rows({"a1": [50.0, 51.0, 52.0], "a3": [49.0, 50.0, 51.0], base: [60.0, 61.0, 62.0]})
