@@ -365,7 +365,7 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
         )
     if failed:
         notes.append(
-            f"{failed} confirmation run(s) failed (see `l2d-sweep results --sql \"SELECT trial_id, seed, error FROM "
+            f'{failed} confirmation run(s) failed (see `l2d-sweep results --sql "SELECT trial_id, seed, error FROM '
             f"trials WHERE stage = 'confirm' AND status = 'failed'\"`): their seeds are left out of the pairs"
         )
     entries.sort(key=lambda e: (e.mean is None, -direction * (e.mean or 0.0), e.candidate.key))

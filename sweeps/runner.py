@@ -192,17 +192,10 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
 
     driver = DriverOptions(**options)
     say = driver.say()
-    spec = load_sweep_spec(sweep_dir, driver=True)
-    recorded = outcome(spec.sweep_dir)
-    if recorded.unfinished or recorded.finished < spec.budget.num_samples:
-        raise SweepFolderError(
-            f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
-            f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then extend it"
-        )
-    grown = with_overrides(
-        spec,
-        f"{spec.sweep_dir / 'spec.yaml'} (extended)",
-        **{"budget.num_samples": spec.budget.num_samples + num_samples, "budget.max_epochs": max_epochs},
+    spec, grown = _finished_spec(
+        sweep_dir,
+        "extend",
+        lambda spec: {"budget.num_samples": spec.budget.num_samples + num_samples, "budget.max_epochs": max_epochs},
     )
 
     def body(lease, marker):
@@ -252,18 +245,8 @@ def confirm_sweep(
 
     driver = DriverOptions(**options)
     say = driver.say()
-    spec = load_sweep_spec(sweep_dir, driver=True)
-    recorded = outcome(spec.sweep_dir)
-    if recorded.unfinished or recorded.finished < spec.budget.num_samples:
-        raise SweepFolderError(
-            f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
-            f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then confirm it"
-        )
-    confirmed = with_overrides(
-        spec,
-        f"{spec.sweep_dir / 'spec.yaml'} (confirm)",
-        **{"budget.confirm": {"top": top, "seeds": seeds, "baseline": baseline, "per_method": per_method}},
-    )
+    stage = {"top": top, "seeds": seeds, "baseline": baseline, "per_method": per_method}
+    spec, confirmed = _finished_spec(sweep_dir, "confirm", lambda spec: {"budget.confirm": stage})
 
     def body(lease, marker):
         update_marker(confirmed.sweep_dir, spec_digest=spec_digest(confirmed))  # its spec changes by this tool's hand
@@ -271,6 +254,24 @@ def confirm_sweep(
             say(f"{confirmed.sweep_dir}: every confirmation run has finished; nothing to run")
 
     return _drive(confirmed, "confirm", driver, lambda: sweep_identity(spec, repair=True), body, write_spec=True)
+
+
+def _finished_spec(sweep_dir: str | Location, verb: str, changes) -> tuple[SweepSpec, SweepSpec]:
+    """``(stored, changed)``: the stored spec of a sweep whose search has finished its budget, and that spec with
+    ``changes(stored)`` applied and validated (what ``extend`` and ``confirm`` run and store).
+
+    Raises:
+        SweepFolderError: the search has not finished (resume it first).
+        SpecError: a change the spec does not allow.
+    """
+    spec = load_sweep_spec(sweep_dir, driver=True)
+    recorded = outcome(spec.sweep_dir)
+    if recorded.unfinished or recorded.finished < spec.budget.num_samples:
+        raise SweepFolderError(
+            f"{spec.sweep_dir} has not finished its {spec.budget.num_samples} trials "
+            f"({recorded.describe()}); `l2d-sweep resume {spec.sweep_dir}` first, then {verb} it"
+        )
+    return spec, with_overrides(spec, f"{spec.sweep_dir / 'spec.yaml'} ({verb})", **changes(spec))
 
 
 def _search_done(spec: SweepSpec) -> bool:
