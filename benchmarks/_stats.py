@@ -1,45 +1,82 @@
-"""Paired statistics over seeds, and a cache of finished runs so that a long benchmark resumes where it stopped."""
+"""Paired statistics over seeds for the benchmarks' tables (the platform's own, :mod:`sweeps.stats`: paired
+t-intervals, corrected for the number of comparisons in a table), and a cache of finished runs so that a long benchmark
+resumes where it stopped."""
 
 from __future__ import annotations
 
 import json
-import random
+import math
 import statistics
 from pathlib import Path
 
 
-def bootstrap_interval(
-    values: list[float], resamples: int = 10_000, level: float = 0.95, seed: int = 0
-) -> tuple[float, float, float]:
-    """``(mean, low, high)``: the mean of ``values`` and a percentile bootstrap interval of it (resampling the
-    values with replacement). With 5 seeds the interval is coarse: it says how far the seeds' spread leaves the
-    mean uncertain, not more."""
+#: The level each table holds jointly: every interval of a table of m comparisons is at 1 - 0.05 / m (Bonferroni, the
+#: intervals Holm's first step corresponds to), so the table's "established" claims are wrong with probability <= 5 %.
+LEVEL = 0.95
+
+
+def mean_interval(values: list[float], comparisons: int = 1) -> tuple[float, float, float]:
+    """``(mean, low, high)``: the mean of ``values`` with a Student-t interval at the Bonferroni level of
+    ``comparisons`` (:mod:`sweeps.stats`, the platform's own statistics)."""
+    from sweeps.stats import holm_level, paired_t
+
     if not values:
         raise ValueError("no values")
     mean = statistics.fmean(values)
     if len(values) == 1:
         return mean, mean, mean
-    rng = random.Random(seed)
-    means = sorted(statistics.fmean(rng.choices(values, k=len(values))) for _ in range(resamples))
-    tail = (1 - level) / 2
-    return mean, means[int(tail * resamples)], means[min(resamples - 1, int((1 - tail) * resamples))]
+    found = paired_t(list(values), holm_level(LEVEL, comparisons))
+    return found.mean, found.low, found.high
 
 
-def paired(a: dict[int, float], b: dict[int, float]) -> dict:
-    """``a - b`` paired by seed (the seeds both have): mean, 95 % bootstrap interval, per-seed differences."""
+def interval(diffs: list[float], seeds: list, comparisons: int = 1) -> dict:
+    """Per-seed differences as a paired t-interval at the Bonferroni level of ``comparisons``: mean, low, high, the
+    level, the p-value, the smallest difference the design detects (80 % power at that level), seeds, diffs."""
+    from sweeps.stats import holm_level, paired_t
+
+    level = holm_level(LEVEL, comparisons)
+    out = {"seeds": list(seeds), "diffs": list(diffs), "level": level, "comparisons": comparisons}
+    if len(diffs) < 2:
+        mean = diffs[0] if diffs else math.nan
+        return {**out, "mean": mean, "low": -math.inf, "high": math.inf, "p": 1.0, "detectable": math.inf}
+    found = paired_t(list(diffs), level)
+    return {
+        **out,
+        "mean": found.mean,
+        "low": found.low,
+        "high": found.high,
+        "p": found.p,
+        "detectable": found.detectable,
+    }
+
+
+def paired(a: dict[int, float], b: dict[int, float], comparisons: int = 1) -> dict:
+    """``a - b`` paired by seed (the seeds both have): :func:`interval` of the per-seed differences."""
     seeds = sorted(set(a) & set(b))
-    diffs = [a[s] - b[s] for s in seeds]
-    mean, low, high = bootstrap_interval(diffs)
-    return {"mean": mean, "low": low, "high": high, "seeds": seeds, "diffs": diffs}
+    return interval([a[s] - b[s] for s in seeds], seeds, comparisons)
+
+
+def restate(diff: dict | None, comparisons: int) -> dict | None:
+    """A paired difference a report stored, restated from its per-seed differences as :func:`interval` over a table
+    of ``comparisons`` (reports written before the t-intervals held percentile-bootstrap ones)."""
+    return interval(diff["diffs"], diff["seeds"], comparisons) if diff else None
+
+
+def levels_line(families: dict[str, dict | None]) -> str:
+    """How a table's intervals were made, in one line: each column (family) with its number of comparisons and the
+    level of each interval."""
+    said = [f"{name}: {d['comparisons']} comparison(s), each at {d['level']:.2%}" for name, d in families.items() if d]
+    return "intervals: paired t over the seeds, family-wise 95 % per column (Bonferroni; " + "; ".join(said) + ")"
 
 
 def verdict(interval: dict, name: str, other: str) -> str:
-    """What an interval supports, in words (no more than that)."""
+    """What an interval supports, in words (no more than that): "not established" with the smallest difference the
+    design could detect."""
     if interval["low"] > 0:
         return f"{name} better than {other}"
     if interval["high"] < 0:
         return f"{name} worse than {other}"
-    return f"no difference established between {name} and {other}"
+    return f"no difference established between {name} and {other} (detectable: {interval['detectable']:.2f})"
 
 
 class RunCache:

@@ -13,7 +13,7 @@ test_resnet, l2d / mld / led / kd and their weights, the learning rate), with ``
 Per seed and arm: the epochs spent, the best val mAP found (over every trial and epoch) and the test mAP at that
 trial's best epoch. Per seed and ASHA arm: the **epochs ratio** (its epochs / the full search's) and the **regret**
 (the full search's best minus its best, on val and on the test mAP at the best epoch; positive: ASHA missed
-something). Aggregates over seeds: the mean with a 95 % bootstrap interval and the range. Each seed has its own
+something). Aggregates over seeds: the mean with a 95 % t-interval and the range. Each seed has its own
 teacher (the teacher key holds the seed), shared by its three arms. The sweeps live in ``--storage`` (default: the
 spec's) and resume when the script is rerun. ``--summarize JSON`` prints the README block (``--readme`` writes it).
 
@@ -41,7 +41,7 @@ from benchmarks._report import (  # noqa: E402 - run as a script: the repository
     spec_label,
     write_report,
 )
-from benchmarks._stats import bootstrap_interval, paired  # noqa: E402 - run as a script: the repository on sys.path first
+from benchmarks._stats import mean_interval, paired, restate  # noqa: E402 - run as a script: the repository on sys.path first
 
 ARMS = {"random, full budget": ("random", "none"), "random + ASHA": ("random", "asha"), "TPE + ASHA": ("tpe", "asha")}
 FULL = "random, full budget"
@@ -143,7 +143,7 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def _aggregate(values: list[float]) -> dict:
-    mean, low, high = bootstrap_interval(values)
+    mean, low, high = mean_interval(values)
     return {"mean": mean, "low": low, "high": high, "min": min(values), "max": max(values), "values": values}
 
 
@@ -223,8 +223,11 @@ def summarize(report: dict, write: bool) -> str:
             f"{row['seed']:>4}  {row['arm']:<21}{row['stopped_early']:>8}{row['epochs']:>7}"
             f"{row['best_val_mAP']:>13.2f}{row['test_mAP_at_best']:>13.2f}{extra}  {row['best_trial']}"
         )
-    lines.append("over seeds: mean [95% bootstrap interval] (range)")
+    lines.append("over seeds: mean [95% t-interval] (range)")
     for arm, values in report["aggregate"].items():
+        values = {
+            name: {**v, **dict(zip(("mean", "low", "high"), mean_interval(v["values"])))} for name, v in values.items()
+        }
         parts = [
             f"{name} {v['mean']:+.2f} [{v['low']:+.2f}, {v['high']:+.2f}] ({v['min']:+.2f} to {v['max']:+.2f})"
             if name != "epochs_ratio"
@@ -235,11 +238,12 @@ def summarize(report: dict, write: bool) -> str:
             f"  {arm}: "
             + "; ".join(p.replace("regret_val", "regret val").replace("regret_test", "regret test") for p in parts)
         )
-    searcher = report["tpe_vs_random"]
+    searcher = {name: restate(diff, 2) for name, diff in report["tpe_vs_random"].items()}
     lines.append(
         f"  TPE - random (both with ASHA), paired by seed: best val mAP {searcher['val']['mean']:+.2f} "
         f"[{searcher['val']['low']:+.2f}, {searcher['val']['high']:+.2f}], its test mAP "
-        f"{searcher['test']['mean']:+.2f} [{searcher['test']['low']:+.2f}, {searcher['test']['high']:+.2f}]"
+        f"{searcher['test']['mean']:+.2f} [{searcher['test']['low']:+.2f}, {searcher['test']['high']:+.2f}] "
+        f"(t-intervals, family-wise 95 % over the two)"
     )
     return readme_block("asha", lines, write)
 

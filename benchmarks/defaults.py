@@ -39,7 +39,7 @@ from benchmarks._report import (  # noqa: E402 - run as a script: the repository
     readme_block,
     write_report,
 )
-from benchmarks._stats import RunCache, paired, verdict  # noqa: E402 - run as a script: the repository on sys.path first
+from benchmarks._stats import RunCache, paired, restate, verdict  # noqa: E402 - run as a script: the repository on sys.path first
 from sweeps.cli._common import key_value  # noqa: E402 - run as a script: the repository on sys.path first
 
 ARMS = ("bce", "official", "labels", "balanced", "tuned", "defaults")
@@ -258,16 +258,19 @@ def build_report(runs, found, defaults, args, card, minutes) -> dict:
 
 def summarize(report: dict, write: bool) -> str:
     command = report.get("command") or command_line("defaults.py", [])
+    against_bce = sum(1 for r in report["rows"] if r["vs_bce"])
+    rows = [{**r, "vs_bce": restate(r["vs_bce"], against_bce)} for r in report["rows"]]
     lines = [
         f"$ {command}   # {report['minutes']:.0f} min on this 2-core CPU",
         f"{report['dataset']}{' ' + str(report['options']) if report['options'] else ''}: "
         f"{report['teacher']} (test mAP "
         f"{report['teacher_test_mAP']:.2f}) -> {report['student']}, {report['epochs']} epochs, seeds "
-        f"{report['seeds']}; paired differences to the student alone (bce), 95 % bootstrap intervals",
+        f"{report['seeds']}; paired differences to the student alone (bce): t-intervals, family-wise 95 % "
+        f"(Bonferroni over {against_bce} comparisons)",
         f"{'arm':<10}{'weights (mld, cd, id)':<26}{'test mAP':>16}{'CF1':>8}{'OF1':>8}  {'vs bce':<26}verdict",
         "-" * 118,
     ]
-    for row in report["rows"]:
+    for row in rows:
         if row["arm"] == "bce":
             weights = "-"
         elif row["arm"] == "balanced":

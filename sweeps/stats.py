@@ -100,8 +100,14 @@ def detectable_effect(sd: float, n: int, alpha: float = 0.05, power: float = 0.8
         lower = float(stats.nct.cdf(-critical, df, shift))  # the wrong-sign rejections: tiny, NaN far in the tail
         return (upper if math.isfinite(upper) else 1.0) + (lower if math.isfinite(lower) else 0.0)
 
-    high = (critical + 8) * sd / math.sqrt(n)  # power there is ~1 (a larger shift only makes nct's tails NaN)
-    return float(optimize.brentq(lambda effect: power_at(effect) - power, 0.0, high))
+    # Power is ~1 at this shift for a moderate level; with one degree of freedom and a corrected level (a quantile in
+    # the hundreds) the noncentral t is so heavy-tailed that the bound has to grow until the power is reached.
+    high = (critical + 8) * sd / math.sqrt(n)
+    for _ in range(60):
+        if power_at(high) >= power:
+            return float(optimize.brentq(lambda effect: power_at(effect) - power, 0.0, high))
+        high *= 2
+    return math.inf
 
 
 def holm(p_values: list[float]) -> list[float]:

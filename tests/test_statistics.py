@@ -41,6 +41,18 @@ def test_the_detectable_effect_is_where_power_reaches_80_percent():
     assert stats.detectable_effect(1.1, 5) == pytest.approx(1.1 * effect)
 
 
+def test_the_detectable_effect_of_two_seeds_at_a_corrected_level_is_found():
+    from scipy import stats as sp
+
+    # One degree of freedom and a table's Bonferroni level: a heavy-tailed noncentral t, far beyond the first bound.
+    alpha = 0.05 / 10
+    effect = stats.detectable_effect(sd=1.0, n=2, alpha=alpha)
+    critical = sp.t.ppf(1 - alpha / 2, 1)
+    shift = effect / (1.0 / 2**0.5)
+    assert sp.nct.sf(critical, 1, shift) + sp.nct.cdf(-critical, 1, shift) == pytest.approx(0.8, abs=1e-6)
+    assert stats.paired_t([1.0, 2.0], 1 - alpha).detectable == pytest.approx(effect * 0.5**0.5)  # sd 0.707
+
+
 def test_holm_matches_its_definition():
     p = [0.01, 0.04, 0.03, 0.005]
     # Sorted: 0.005 (x4 = 0.02), 0.01 (x3 = 0.03), 0.03 (x2 = 0.06), 0.04 (x1 = 0.04 -> kept monotone at 0.06).
