@@ -113,8 +113,9 @@ def redact(text: str) -> str:
     if "://" not in text:
         return text
     scheme, rest = text.split("://", 1)
-    if "@" in rest.split("/", 1)[0]:
-        rest = "***@" + rest.split("@", 1)[1]
+    netloc = rest.split("/", 1)[0].split("?", 1)[0]
+    if "@" in netloc:  # the last "@" of the host part ends the user-info (a raw "@" in a password comes before it)
+        rest = "***@" + rest[netloc.rindex("@") + 1 :]
     if "?" in rest:
         rest, query = rest.split("?", 1)
         rest += "?" + "&".join(f"{part.split('=', 1)[0]}=***" for part in query.split("&"))

@@ -156,3 +156,63 @@ def test_credentials_in_uris_are_found(uri, found):
 
     assert credentials_in_uri(uri) == found
     assert "hunter2" not in redact(uri)
+
+
+@pytest.mark.parametrize(
+    "value, secret",
+    [
+        ("alice:hunter2@host:9000", True),  # a user-info without a scheme
+        ("http://alice:hunter2@host:9000", True),  # ... and with one
+        ("http://host:9000/a:b@c", False),  # an "@" and a ":" in the path, not in the host part
+        ("host:9000/x/a:b@c", False),
+        ("http://host:9000", False),
+    ],
+)
+def test_a_password_inside_a_query_value_is_found_in_the_host_part_only(value, secret):
+    from l2d.storage import credentials_in_uri
+
+    found = credentials_in_uri(f"s3://bucket/runs?endpoint_override={value}&scheme=http")
+    assert found == (["endpoint_override (a user:password@ in its value)"] if secret else [])
+
+
+@pytest.mark.parametrize(
+    "text, shown",
+    [
+        ("postgresql://u:p@ss@h/db", "postgresql://***@h/db"),  # a raw "@" inside the password
+        ("s3://bucket/team@corp/runs/x", "s3://bucket/team@corp/runs/x"),  # an "@" in the path is not user-info
+        ("s3://b/r?endpoint_override=http://alice:pw@h&x=1", "s3://b/r?endpoint_override=***&x=***"),
+        ("s3://b/r?token=a=b", "s3://b/r?token=***"),  # an "=" inside a value
+        ("s3://b/r?a=1?b=2", "s3://b/r?a=***"),  # a "?" inside a value
+        ("s3://u@b/r?x=1", "s3://***@b/r?x=***"),
+        ("/plain/path?x=1", "/plain/path?x=1"),
+    ],
+)
+def test_redact_masks_the_user_info_and_every_query_value_and_nothing_else(text, shown):
+    from l2d.storage import redact
+
+    assert redact(text) == shown
+
+
+def test_the_cache_folder_is_the_environment_s_or_the_user_s(monkeypatch, tmp_path):
+    from pathlib import Path
+
+    from l2d.storage import cache_dir
+
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    assert cache_dir() == tmp_path / "cache"
+    monkeypatch.delenv("L2D_SWEEP_CACHE")
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert cache_dir() == Path(tmp_path) / ".cache" / "l2d-sweep"
+
+
+def test_modified_and_size_of_missing_empty_and_present_files(tmp_path):
+    import datetime
+
+    root = Location.parse(tmp_path)
+    assert (root / "none").modified() is None and (root / "none").size() == 0
+    (root / "empty").write_bytes(b"")
+    assert (root / "empty").size() == 0
+    (root / "one").write_bytes(b"x")
+    when = (root / "one").modified()
+    assert isinstance(when, datetime.datetime)
+    assert abs(when.timestamp() - (tmp_path / "one").stat().st_mtime) < 1
