@@ -1,5 +1,6 @@
 """The storage layer: parsing, joining, atomic writes, listing and deleting; local and on a real S3 server."""
 
+import os
 import re
 
 import pytest
@@ -216,3 +217,36 @@ def test_modified_and_size_of_missing_empty_and_present_files(tmp_path):
     when = (root / "one").modified()
     assert isinstance(when, datetime.datetime)
     assert abs(when.timestamp() - (tmp_path / "one").stat().st_mtime) < 1
+
+
+def test_failpoints_act_only_where_named_and_kill_on_the_nth_pass(monkeypatch):
+    """The fault-injection harness the slow fault tests drive (sweeps._faults): a named point raises, sleeps or kills
+    the process the N-th time it passes; every other point, and any point with nothing set, does nothing."""
+    import subprocess
+    import sys
+    import time
+
+    from l2d import storage
+
+    monkeypatch.setattr(storage, "_PASSED", {})
+    storage.failpoint("write-window")  # nothing set: nothing happens
+    monkeypatch.setenv("L2D_SWEEP_FAILPOINTS", "other=error, write-window = error,slow=sleep:0.3")
+    with pytest.raises(OSError, match="failpoint write-window: a storage failure"):
+        storage.failpoint("write-window")  # the second item, spaces around it
+    started = time.monotonic()
+    storage.failpoint("slow")
+    assert time.monotonic() - started >= 0.3
+    storage.failpoint("unnamed")  # a point nobody named
+    script = (
+        "import os, sys; from l2d.storage import failpoint\n"
+        "for n in range(1, 5):\n"
+        "    failpoint('other'); failpoint('point'); print(n, flush=True)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "L2D_SWEEP_FAILPOINTS": "other=9,point=3"},
+        timeout=60,
+    )
+    assert done.returncode == -9 and done.stdout.split() == ["1", "2"]  # killed on the third pass of `point`
