@@ -250,3 +250,29 @@ def test_failpoints_act_only_where_named_and_kill_on_the_nth_pass(monkeypatch):
         timeout=60,
     )
     assert done.returncode == -9 and done.stdout.split() == ["1", "2"]  # killed on the third pass of `point`
+
+
+def test_a_refused_target_is_named_with_the_flag_given_and_the_sweep_it_is_inside(tmp_path):
+    from l2d.storage import SWEEP_MARKER, check_output, prepare_output
+
+    sweep = tmp_path / "runs" / "quickstart"
+    sweep.mkdir(parents=True)
+    (sweep / SWEEP_MARKER).write_text("{}")
+    with pytest.raises(
+        StorageError, match=rf"^--plots .*/train/x: is inside the sweep folder {re.escape(str(sweep))};"
+    ):
+        prepare_output(sweep / "train" / "x", "--plots")
+    with pytest.raises(StorageError, match=r"^--export-dir"):
+        check_output("", "--export-dir")  # a location that does not parse: the flag named too
+    with pytest.raises(StorageError, match=r"^--export-dir"):
+        prepare_output("", "--export-dir")
+
+
+def test_a_sweep_far_above_the_target_is_still_found(tmp_path):
+    """The walk up from the target checks 64 folders (the target and 63 above it): a sweep 63 levels up is found."""
+    from l2d.storage import SWEEP_MARKER, check_output
+
+    (tmp_path / SWEEP_MARKER).write_text("{}")
+    deep = tmp_path.joinpath(*["d"] * 63)
+    with pytest.raises(StorageError, match="inside the sweep folder"):
+        check_output(deep)
