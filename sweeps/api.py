@@ -123,13 +123,9 @@ class Sweep:
         results = self._results()
         chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"
         confirmation = results.confirmation() if metric is None else None
-        if confirmation is not None and confirmation.winner is not None:
-            trial_id = confirmation.best_run()
-            winner = confirmation.winner
-            chosen_as = (
-                f"the confirmed winner's best run: {winner.candidate.label}, mean {confirmation.metric} "
-                f"{winner.mean:.4g} over {len(winner.values)} seed(s)"
-            )
+        chosen = confirmation.chosen() if confirmation is not None else None
+        if chosen is not None:
+            trial_id, chosen_as = chosen
         elif metric is None:
             board = results.leaderboard(1).to_pylist()
             trial_id = board[0]["trial_id"] if board else None

@@ -232,6 +232,18 @@ class Confirmation:
         seed = max(self.winner.values, key=lambda s: (direction * self.winner.values[s], -s))
         return self.winner.runs[seed]
 
+    def chosen(self) -> tuple[str, str] | None:
+        """``(trial id, words)``: the winner's best run and what it is, what ``export --best`` and ``Sweep.best()``
+        take and say; None without a winner."""
+        run = self.best_run()
+        if run is None:
+            return None
+        return run, (
+            f"the confirmed winner: {self.winner.candidate.label}, mean {self.metric} {self.winner.mean:.4g} over "
+            f"{len(self.winner.values)} seed(s); its best run, trial {run}"
+            + ("" if self.complete else f" ({self.missing} confirmation run(s) not finished)")
+        )
+
     def table(self) -> list[dict]:
         """One row per configuration, best mean first (``results`` prints it; ``--format json`` holds it)."""
         out = []

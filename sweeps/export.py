@@ -35,17 +35,13 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
 
     say = say or (lambda text: None)
     confirmation = summarize(spec, rows)
-    if confirmation is not None and confirmation.winner is not None:
-        run = confirmation.best_run()
-        winner = confirmation.winner
-        say(
-            f"the confirmed winner: {winner.candidate.label}, mean {confirmation.metric} {winner.mean:.2f} over "
-            f"{len(winner.values)} seed(s); its best run, trial {run}"
-            + ("" if confirmation.complete else f" ({confirmation.missing} confirmation run(s) not finished)")
-        )
+    chosen = confirmation.chosen() if confirmation is not None else None
+    if chosen is not None:
+        run, words = chosen
+        say(words)
         return spec, next(r for r in rows if r["trial_id"] == run)
     column = OBJECTIVE_COLUMNS[spec.metric]
-    scored = [r for r in rows if r.get(column) is not None and r["status"] in SCORED and r["stage"] == "search"]
+    scored = [r for r in results.search_rows() if r.get(column) is not None and r["status"] in SCORED]
     if not scored:
         raise ValueError(f"{spec.sweep_dir}: no finished trial with a {spec.metric} to export yet")
     best = max(scored, key=lambda r: (sign(spec.mode) * r[column], r["trial_id"]))

@@ -169,7 +169,7 @@ def history_figure(results, study=None):
 
     plt = _pyplot()
     metric, mode, column = _objective(results)
-    rows = [r for r in results.trials.to_pylist() if r.get(column) is not None and r["stage"] == "search"]
+    rows = [r for r in results.search_rows() if r.get(column) is not None]
     order = _trial_order(rows, study)
     rows.sort(key=lambda r: order.get(r["trial_id"], math.inf))
     figure, axes = plt.subplots(figsize=(7, 4))
@@ -227,11 +227,7 @@ def parallel_figure(results, spec, method: str | None = None):
     metric, _, column = _objective(results)
     method = chosen_method(results, method)
     names = searched_parameters(spec, method)
-    rows = [
-        r
-        for r in results.trials.to_pylist()
-        if r["method"] == method and r.get(column) is not None and r["stage"] == "search"
-    ]
+    rows = [r for r in results.search_rows() if r["method"] == method and r.get(column) is not None]
     if not names or not rows:
         raise NotEnoughData(f"{results.sweep_dir}: method {method!r} has no searched hyperparameter or no scored trial")
     axes_names = [*names, column]
@@ -363,11 +359,7 @@ def rung_correlations(results, spec) -> list[dict]:
     while epoch < budget.max_epochs:
         milestones.append(int(epoch))
         epoch *= budget.reduction_factor
-    full = {
-        r["trial_id"]
-        for r in results.trials.to_pylist()
-        if r["epochs_run"] >= budget.max_epochs and r["stage"] == "search"  # the rungs are the search's
-    }
+    full = {r["trial_id"] for r in results.search_rows() if r["epochs_run"] >= budget.max_epochs}
     by_trial: dict[str, dict[int, float]] = {}
     for row in results.epochs.to_pylist():
         if row["trial_id"] in full and row.get(metric) is not None:

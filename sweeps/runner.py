@@ -280,33 +280,35 @@ def _search_done(spec: SweepSpec) -> bool:
     return not recorded.unfinished and recorded.finished >= spec.budget.num_samples
 
 
-def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
-    """Whether the spec's confirmation stage has runs still to make."""
+def _confirmation_runs(spec: SweepSpec, sweep_id: str):
+    """``(plan, recorded rows, runs still to make)`` of the spec's confirmation stage (no plan and no runs: the spec
+    asks for none, or no search trial has a value yet)."""
     from sweeps.confirm import pending, plan
 
-    if spec.budget.confirm is None:
-        return False
-    rows = outcome(spec.sweep_dir).results
-    rows = rows.trials.to_pylist() if rows is not None else []
+    try:
+        rows = SweepResults(spec.sweep_dir).trials.to_pylist()
+    except FileNotFoundError:
+        rows = []
     found = plan(spec, rows)
-    return found is not None and bool(pending(found, sweep_id, rows))
+    return found, rows, pending(found, sweep_id, rows) if found is not None else []
+
+
+def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
+    """Whether the spec's confirmation stage has runs still to make."""
+    return bool(_confirmation_runs(spec, sweep_id)[2])
 
 
 def _confirm(spec: SweepSpec, driver: DriverOptions, lease, sweep_id: str, say) -> bool:
     """Run the confirmation stage's unfinished runs (:mod:`sweeps.confirm`), when the spec asks for one; whether
     there were any."""
-    from sweeps.confirm import pending, plan
     from sweeps.experiment import build_confirm_tuner
 
     if spec.budget.confirm is None:
         return False
-    recorded = outcome(spec.sweep_dir)
-    rows = recorded.results.trials.to_pylist() if recorded.results is not None else []
-    found = plan(spec, rows)
+    found, rows, todo = _confirmation_runs(spec, sweep_id)
     if found is None:
         say("confirmation: no search trial has a value to confirm; nothing to run")
         return False
-    todo = pending(found, sweep_id, rows)
     if not todo:
         return False
     runs = len(found.candidates) * len(found.seeds)
@@ -469,7 +471,7 @@ def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
     from sweeps.study import StudyStore, add_recorded, build_sampler, open_study
 
     source = SweepResults(spec.warm_start)
-    rows = [r for r in source.trials.to_pylist() if r["status"] in SCORED and r["stage"] == "search"]
+    rows = [r for r in source.search_rows() if r["status"] in SCORED]
     store = StudyStore(spec.sweep_dir, spec.study_storage)
     study = open_study(spec, sweep_id, store, build_sampler(spec))
     added, skipped = add_recorded(study, spec, rows, {"warm_start_from": spec.warm_start})
@@ -490,7 +492,7 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
 
     try:
         results = SweepResults(spec.sweep_dir)
-        rows = [r for r in results.trials.to_pylist() if r["stage"] == "search"]  # reruns are not samples
+        rows = results.search_rows()
         searched = {r["trial_id"] for r in rows}
         metric = spec.objective_list[0][0]
         epochs: dict[str, dict[int, float]] = {}

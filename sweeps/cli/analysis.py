@@ -189,9 +189,8 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     sweeps = [{**_sweep_row(spec.sweep_dir), "sweep": name} for spec, name in zip(specs, names)]
     copies = _copies(sweeps, key="sweep")
     column = OBJECTIVE_COLUMNS.get(specs[0].metric, "best_val_mAP")
-    tables = [  # the searches (a confirmation stage's reruns are compared by `results`, within one sweep)
-        [r for r in SweepResults(spec.sweep_dir).trials.to_pylist() if r["stage"] == "search"] for spec in specs
-    ]
+    # the searches (a confirmation stage's reruns are compared by `results`, within one sweep)
+    tables = [SweepResults(spec.sweep_dir).search_rows() for spec in specs]
     best = best_per_pairing(tables, names, column, specs[0].mode)
     paired, why = paired_trials(tables, specs, names, column)
     # What differs between the specs (the storage left out: the sweeps live where they live).

@@ -226,6 +226,11 @@ class SweepResults:
             f"ORDER BY {rank} {order}, trial_id{limited}"
         )
 
+    def search_rows(self) -> list[dict]:
+        """The search's trials (the confirmation stage's reruns left out: they are not samples of the search), as
+        rows."""
+        return [row for row in self.trials.to_pylist() if row["stage"] == "search"]
+
     def confirmation(self):
         """The confirmation stage as its runs hold it (:func:`sweeps.confirm.summarize`); None when the stored spec
         asks for none or the search has no finalist yet."""
@@ -239,11 +244,7 @@ class SweepResults:
         student size (no other trial is at least as good on every one and better on one)."""
         objectives = self.objectives if len(self.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
         columns = [OBJECTIVE_COLUMNS[m] for m, _ in objectives]
-        rows = [
-            r
-            for r in self.trials.to_pylist()
-            if r["status"] in SCORED and r["stage"] == "search" and all(r.get(c) is not None for c in columns)
-        ]
+        rows = [r for r in self.search_rows() if r["status"] in SCORED and all(r.get(c) is not None for c in columns)]
         signs = [sign(mode) for _, mode in objectives]
         points = {r["trial_id"]: [s * r[c] for s, c in zip(signs, columns)] for r in rows}
 
