@@ -216,6 +216,22 @@ def stage_channels(model: nn.Module) -> list[int]:
     return [int(stage["num_chs"]) for stage in info]
 
 
+def token_grid(backbone: str, image_size: int) -> tuple[int, ...]:
+    """The shape of the token set the label-wise head of ``backbone`` sees at ``image_size``: ``(rows, columns)`` of a
+    convolutional feature map, or ``(tokens,)`` of a transformer's patch tokens. One forward pass of a randomly
+    initialised backbone on one blank image (nothing downloaded)."""
+    check_backbone_name(backbone)
+    net = timm.create_model(backbone, pretrained=False, num_classes=0).eval()
+    with torch.no_grad():
+        feature_map = net.forward_features(torch.zeros(1, 3, image_size, image_size))
+    if feature_map.ndim == 4:
+        nhwc = getattr(net, "output_fmt", "NCHW") == "NHWC"
+        height, width = feature_map.shape[1:3] if nhwc else feature_map.shape[2:4]
+        return int(height), int(width)
+    prefix = getattr(net, "num_prefix_tokens", 0)
+    return (int(feature_map.shape[1] - prefix if feature_map.shape[1] > prefix else feature_map.shape[1]),)
+
+
 def count_parameters(model: nn.Module) -> int:
     """Number of parameters (trainable or not) in ``model``."""
     return sum(p.numel() for p in model.parameters())

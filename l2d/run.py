@@ -258,10 +258,19 @@ def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
         embed_dim=config.embed_dim,
         recipe=recipe,
         seed=config.seed,
-        dataset_options=dict(config.dataset_options),
+        dataset_options=_data_options_for_key(config.dataset, config.dataset_options),
         data_fingerprint=data_fingerprint,
         weights=identity(config.teacher_weights, config.teacher) or "",
     )
+
+
+def _data_options_for_key(dataset: str, options: Mapping) -> dict:
+    """A dataset's options without where its files are (the data's fingerprint says what they hold): a copy of the
+    data elsewhere finds the same teacher."""
+    from l2d.data import DATASETS
+
+    known = DATASETS[dataset].options if dataset in DATASETS else {}
+    return {key: value for key, value in options.items() if not (key in known and known[key].path)}
 
 
 def splits_key(config: RunConfig, splits: Mapping) -> TeacherKey:

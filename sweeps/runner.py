@@ -381,6 +381,20 @@ def _drive(
         return _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled)
 
 
+def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
+    """A declared dataset (``format: manifest`` or ``coco``) loaded and checked before anything is written or any Ray
+    process starts: a missing image, a label outside the class list, an empty split, an image in two splits are a
+    one-line error (:class:`l2d.data.DatasetError`, exit 2); a class without a positive in train is said."""
+    from l2d.data import check_declared
+
+    manifest = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
+    if manifest is not None:
+        sizes = ", ".join(f"{split} {len(manifest.splits[split][0])}" for split in ("train", "val", "test"))
+        say(f"dataset {manifest.name}: {len(manifest.class_names)} classes, {sizes} images")
+        for warning in manifest.warnings:
+            say(f"warning: dataset: {warning}")
+
+
 def _fit(tuner) -> None:
     """``tuner.fit()``, and :class:`sweeps.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
     normally after its graceful stop: without this a Ctrl-C would read as the sweep's end)."""
@@ -404,6 +418,7 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
     say = driver.say()
     check_local_resources(spec)
     check_tracking(spec)
+    check_data(spec, say)
     study_store = StudyStore(spec.sweep_dir, spec.study_storage, reader=True)
     check_study_storage(study_store)  # a foreign file: refused, nothing touched
     check_study_version(study_store)  # a newer Optuna's: refused, nothing touched

@@ -28,6 +28,7 @@ Example (``search_spaces/quickstart.yaml``)::
 """
 
 import dataclasses
+import os
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Optional
 
@@ -408,6 +409,10 @@ def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
 
     if isinstance(raw, str):
         raw = {"name": raw}
+    if isinstance(raw, dict) and "format" in raw:
+        raw = _declared_dataset(errors, raw)
+        if raw is None:
+            return None
     spec = validate_section(errors, DatasetSpec, raw, "dataset", required=("name",))
     if spec is None:
         return None
@@ -434,7 +439,81 @@ def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
             info.options[key].check(value)  # the dataset's own rule (l2d.data), the one build_dataset applies
         except ValueError as error:
             errors.add(f"dataset.options.{key}", str(error))
-    return spec
+            continue
+        if info.options[key].path:
+            error = _credentials(value)
+            if error:
+                errors.add(f"dataset.options.{key}", error)
+    return _absolute_paths(spec, info)
+
+
+def _credentials(value: str) -> str | None:
+    try:
+        Location.parse(value, "a dataset file")
+    except StorageError as error:
+        return str(error)
+    return None
+
+
+def _absolute_paths(spec: DatasetSpec, info) -> DatasetSpec:
+    """``spec`` with its root and, without a root, its file options made absolute (against the current folder, as
+    ``storage`` is): a trial runs in a folder of Ray's, and a resumed sweep may be started from anywhere."""
+
+    def absolute(text):
+        return text if not isinstance(text, str) or "://" in text else os.path.abspath(os.path.expanduser(text))
+
+    options = {
+        key: absolute(value) if key in info.options and info.options[key].path and not spec.root else value
+        for key, value in spec.options.items()
+    }
+    return dataclasses.replace(spec, root=absolute(spec.root), options=options)
+
+
+def _declared_dataset(errors: Errors, raw: dict) -> dict | None:
+    """``{format: manifest, train: ..., root: ...}`` as ``{name: manifest, root: ..., options: {train: ...}}``: a
+    declared format's options may stand beside ``format`` (the short form) or under ``options``."""
+    from l2d.data import FORMATS
+
+    kind = raw["format"]
+    if kind not in FORMATS:
+        errors.add("dataset.format", f"{show(kind)} is not allowed; allowed: {', '.join(FORMATS)}")
+        return None
+    if "name" in raw:
+        errors.add("dataset.name", "give either name (a shipped dataset) or format (your own data), not both")
+        return None
+    section = {"name": kind, "options": dict(raw.get("options") or {})}
+    for key, value in raw.items():
+        if key in ("root", "image_size"):
+            section[key] = value
+        elif key not in ("format", "options"):
+            if key in section["options"]:
+                errors.add(f"dataset.{key}", "given twice (beside format and under options)")
+            section["options"][key] = value
+    return section
+
+
+def _declared_dataset_schemas() -> list[dict]:
+    """The JSON Schema of each declared format's short form (``{format: manifest, train: ..., ...}``), from the
+    registry's options: their types, choices and help."""
+    from l2d.data import DATASETS, FORMATS
+
+    kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    schemas = []
+    for kind in FORMATS:
+        properties: dict[str, dict] = {
+            "format": {"const": kind},
+            "root": {"type": "string", "description": "what relative file options are relative to"},
+            "image_size": {"type": "integer", "minimum": 8, "description": "network input side"},
+            "options": {"type": "object"},
+        }
+        for key, option in DATASETS[kind].options.items():
+            properties[key] = {"type": kinds[option.kind], "description": option.help}
+            if option.choices:
+                properties[key]["enum"] = list(option.choices)
+        schemas.append(
+            {"type": "object", "additionalProperties": False, "required": ["format"], "properties": properties}
+        )
+    return schemas
 
 
 def _objectives(errors: Errors, raw: Any) -> tuple:
@@ -828,8 +907,9 @@ def json_schema() -> dict:
             "description": "the sweep folder is <storage>/<name>",
         },
         "dataset": {
-            "anyOf": [{"type": "string"}, section_schema(DatasetSpec)],
-            "description": "a dataset of l2d.data (name, root, image_size, options)",
+            "anyOf": [{"type": "string"}, section_schema(DatasetSpec), *_declared_dataset_schemas()],
+            "description": "a dataset of l2d.data (name, root, image_size, options), or your own data declared "
+            "(format: manifest or coco, and its options beside it)",
         },
         "metric": {"enum": list(METRICS), "description": "what trials are ranked by (on the val split)"},
         "mode": {"enum": ["min", "max"]},

@@ -130,6 +130,43 @@ CASES = [
         "dataset.image_size: 100,000 is too large",
     ),
     (
+        "your data: `format: tfrecord`",
+        lambda t: ["run", _spec(t, dataset={"format": "tfrecord", "train": "a.tfrecord"})],
+        2,
+        "dataset.format: 'tfrecord' (str) is not allowed; allowed: manifest, coco",
+    ),
+    (
+        "your data: two images the manifest names are missing",
+        lambda t: ["run", _own_data(t, "missing")],
+        2,
+        "2 image file(s) missing (<tmp>/data/train.csv row 4: <tmp>/data/images/003.png;",
+    ),
+    (
+        "your data: a label outside the classes file",
+        lambda t: ["run", _own_data(t, "label")],
+        2,
+        "train.csv: row 2: label 'dog' is not in the class list (2 classes: car, cat)",
+    ),
+    (
+        "your data: the same image in train and test",
+        lambda t: ["run", _own_data(t, "overlap")],
+        2,
+        "the same image is in train and test: 1 image(s), first <tmp>/data/images/005.png",
+    ),
+    ("your data: an empty test table", lambda t: ["run", _own_data(t, "empty")], 2, "the test split is empty"),
+    (
+        "your data: labels with two delimiters",
+        lambda t: ["run", _own_data(t, "delimiters")],
+        2,
+        "test.csv: ambiguous label column 'labels': both '|' (row 1: 'cat|dog;car') and ';'",
+    ),
+    (
+        "your data: an image URI with a password",
+        lambda t: ["run", _own_data(t, "credentials")],
+        2,
+        "test.csv: row 1: image: 's3://***@bucket/x.png' carries credentials in the URI",
+    ),
+    (
         "spec: `embed_dim: 12`",
         lambda t: ["run", _spec(t, **_nested("recipe", embed_dim=12))],
         2,
@@ -566,6 +603,30 @@ def _weights_file(tmp: Path, backbone: str) -> str:
     path = tmp / f"{backbone}.pth"
     torch.save(timm.create_model(backbone, pretrained=False).state_dict(), path)
     return str(path)
+
+
+def _own_data(tmp: Path, defect: str) -> str:
+    """A spec declaring a CSV dataset of real images (tests/userdata.py) with one ``defect``."""
+    from tests.userdata import csv_dataset, write_csv
+
+    dataset = csv_dataset(tmp / "data", train=12, test=4)
+    data = tmp / "data"
+    rows = [line.split(",") for line in (data / "train.csv").read_text().splitlines()[1:]]
+    if defect == "missing":
+        for name in ("003.png", "007.png"):
+            (data / "images" / name).unlink()
+    elif defect == "label":
+        (data / "classes.txt").write_text("car\ncat\n")
+        dataset["classes"] = str(data / "classes.txt")
+    elif defect == "overlap":
+        write_csv(data / "test.csv", ["image", "labels"], [rows[5], ["images/013.png", "cat"]])
+    elif defect == "empty":
+        write_csv(data / "test.csv", ["image", "labels"], [])
+    elif defect == "delimiters":
+        write_csv(data / "test.csv", ["image", "labels"], [["images/013.png", "cat|dog;car"]])
+    elif defect == "credentials":
+        write_csv(data / "test.csv", ["image", "labels"], [["s3://alice:s3cr3t@bucket/x.png", "cat"]])
+    return _spec(tmp, dataset=dataset)
 
 
 def _write(tmp: Path, text: str, name: str = "bad.yaml") -> str:

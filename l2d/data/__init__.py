@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING
 
 from l2d.data.registry import (
     DATASETS,
+    FORMATS,
     MAX_SEED,
     DatasetError,
     DatasetInfo,
@@ -24,11 +25,13 @@ if TYPE_CHECKING:
 
 __all__ = [
     "DATASETS",
+    "FORMATS",
     "DatasetError",
     "DatasetInfo",
     "MAX_SEED",
     "Option",
     "build_dataset",
+    "check_declared",
     "check_dataset_options",
     "data_fingerprint",
     "dataset_options",
@@ -42,7 +45,8 @@ def build_dataset(
     """Build one split of a dataset.
 
     Args:
-        name: one of :data:`DATASETS` (``mosaic-digits``, ``mosaic-fashion``, ``voc2007``, ``coco2014``, ``nuswide``).
+        name: one of :data:`DATASETS` (``mosaic-digits``, ``mosaic-fashion``, ``voc2007``, ``coco2014``, ``nuswide``,
+            and the declared formats ``manifest`` and ``coco``: :mod:`l2d.data.manifest`).
         root: the dataset's folder (required for the real formats; for ``mosaic-fashion`` the folder of the
             Fashion-MNIST IDX files, default ``/usr/share/datasets/fashion-mnist``).
         split: ``train``, ``val`` or ``test``.
@@ -68,6 +72,22 @@ def build_dataset(
     if len(dataset) == 0:
         raise DatasetError(f"{name}/{split}: the split is empty")
     return dataset
+
+
+def check_declared(name: str, root: str | None, options: dict):
+    """Load and check a declared dataset (``manifest`` or ``coco``: every split, every image's presence, the labels)
+    before anything starts, and return its :class:`l2d.data.manifest.Manifest`; None for a shipped dataset (its
+    files are checked when its splits are built). Torch-free; reads, never writes.
+
+    Raises:
+        DatasetError: one line naming the file, the row and the value.
+    """
+    if name not in FORMATS:
+        return None
+    from l2d.data import manifest
+
+    options = {k: v for k, v in options.items() if k not in manifest.SPLIT_ONLY}
+    return manifest.load(name, root, options, log=False)  # the caller prints its warnings
 
 
 def data_fingerprint(splits: dict) -> str:

@@ -19,11 +19,13 @@ For all three, ``val`` is a seeded hold-out of ``val_fraction`` (default 10%) of
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -32,6 +34,9 @@ from torchvision.transforms.v2 import functional as TF
 
 from l2d.data.registry import DatasetError
 from l2d.data.transforms import build_transform
+
+if TYPE_CHECKING:
+    from l2d.data.manifest import Images
 
 logger = logging.getLogger(__name__)
 
@@ -60,10 +65,11 @@ VOC_CLASSES = [
 
 
 class ImageListDataset(torch.utils.data.Dataset):
-    """Images on disk with a multi-label target matrix.
+    """Images with a multi-label target matrix.
 
     Args:
-        paths: one image file per row of ``targets``.
+        images: one image per row of ``targets``: local file paths, or the :class:`l2d.data.manifest.Images` of a
+            declared dataset (paths, remote URIs fetched into the node's cache, or embedded bytes; already checked).
         targets: ``[N, C]`` 0/1.
         class_names: C names.
         image_size: side of the square network input.
@@ -74,7 +80,7 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        paths: list[str],
+        images: "list[str] | Images",
         targets: np.ndarray,
         class_names: list[str],
         image_size: int,
@@ -82,20 +88,25 @@ class ImageListDataset(torch.utils.data.Dataset):
         skip_corrupt: bool = False,
         name: str = "dataset",
     ):
-        if len(paths) == 0:
+        from l2d.data.manifest import Images
+
+        if len(images) == 0:
             raise DatasetError(f"{name}: the split is empty")
-        missing = [p for p in paths if not os.path.isfile(p)]
-        if missing:
-            raise DatasetError(f"{name}: {len(missing)} image file(s) missing, first: {missing[0]}")
+        if not isinstance(images, Images):
+            paths = list(images)
+            missing = [p for p in paths if not os.path.isfile(p)]
+            if missing:
+                raise DatasetError(f"{name}: {len(missing)} image file(s) missing, first: {missing[0]}")
+            images = Images.local(paths)
         if skip_corrupt:
-            good = [i for i, p in enumerate(paths) if _image_error(p) is None]
-            skipped = len(paths) - len(good)
+            good = np.array([i for i in range(len(images)) if _image_error(images.read(i)) is None], dtype=np.int64)
+            skipped = len(images) - len(good)
             if skipped:
-                logger.warning("%s: skipped %d corrupt or unreadable image(s) of %d", name, skipped, len(paths))
-            paths, targets = [paths[i] for i in good], targets[good]
-            if not paths:
+                logger.warning("%s: skipped %d corrupt or unreadable image(s) of %d", name, skipped, len(images))
+            if not len(good):
                 raise DatasetError(f"{name}: every image is corrupt")
-        self.paths = list(paths)
+            images, targets = images.take(good), np.asarray(targets)[good]
+        self.images = images
         self.targets = np.asarray(targets, dtype=np.uint8)
         self.class_names = list(class_names)
         self.transform = build_transform(image_size, train)
@@ -103,35 +114,40 @@ class ImageListDataset(torch.utils.data.Dataset):
         self._fingerprint: str | None = None
 
     def __len__(self) -> int:
-        return len(self.paths)
+        return len(self.images)
+
+    @property
+    def paths(self) -> list[str]:
+        """Each image's path or URI (``<embedded bytes of row N>`` for embedded ones)."""
+        return [self.images.name(i) for i in range(len(self.images))]
 
     def fingerprint(self) -> str:
         """SHA-256 of what identifies this split's data: each image's file name and size (not its folder, so a copy
-        of the dataset elsewhere has the same fingerprint) and the label matrix. Computed once (a stat per image)."""
+        of the dataset elsewhere has the same fingerprint) and the label matrix. Computed once."""
         if self._fingerprint is None:
             digest = hashlib.sha256()
-            for path in self.paths:
-                digest.update(f"{os.path.basename(path)}\0{os.path.getsize(path)}\n".encode())
+            self.images.update(digest)
             digest.update(np.ascontiguousarray(self.targets).tobytes())
             digest.update(json.dumps(self.class_names).encode())
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        path = self.paths[index]
+        source = self.images.read(index)
         try:
-            with Image.open(path) as image:
+            with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
                 image = TF.pil_to_tensor(image.convert("RGB"))
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
             raise DatasetError(
-                f"{path}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop such images"
+                f"{self.images.name(index)}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop "
+                f"such images"
             ) from error
         return self.transform(image), torch.from_numpy(self.targets[index].astype(np.float32))
 
 
-def _image_error(path: str) -> str | None:
+def _image_error(source: "str | bytes") -> str | None:
     try:
-        with Image.open(path) as image:
+        with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
             image.load()
         return None
     except (OSError, UnidentifiedImageError, SyntaxError) as error:

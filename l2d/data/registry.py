@@ -12,7 +12,16 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["DATASETS", "DatasetError", "DatasetInfo", "MAX_SEED", "Option", "check_dataset_options", "dataset_options"]
+__all__ = [
+    "DATASETS",
+    "FORMATS",
+    "DatasetError",
+    "DatasetInfo",
+    "MAX_SEED",
+    "Option",
+    "check_dataset_options",
+    "dataset_options",
+]
 
 
 class DatasetError(ValueError):
@@ -38,10 +47,14 @@ class Option:
     low_open: bool = False
     high_open: bool = False
     help: str = ""
+    choices: tuple[str, ...] = ()
+    path: bool = False  # a file or folder: made absolute in a spec, so that a trial or a resume finds it
 
     def allowed(self) -> str:
         if self.kind is bool:
             return "true or false"
+        if self.choices:
+            return ", ".join(self.choices)
         if self.kind is str:
             return "a string"
         noun = "an integer" if self.kind is int else "a number"
@@ -68,7 +81,7 @@ class Option:
                 and value not in (float("inf"), float("-inf"))
             )
         else:
-            ok = isinstance(value, str) and bool(value)
+            ok = isinstance(value, str) and bool(value) and (not self.choices or value in self.choices)
         if ok and self.low is not None:
             ok = value > self.low if self.low_open else value >= self.low
         if ok and self.high is not None:
@@ -200,6 +213,37 @@ _SCENES_DEFAULTS = dict(
     description="Fashion-MNIST scenes on a 3 x 3 grid at 96 px, ImageNet-initialised EfficientNet-Lite (the paper's "
     "regime: 9 tokens, 3+ labels)",
 )
+# A user's own data, declared in the spec (l2d.data.manifest): the paper's recipe (224 px, ImageNet-pretrained
+# backbones' lr 1e-4, D = 768) until the spec says otherwise.
+_PATH = "a local path or an s3:// / gs:// URI (relative: to the dataset's root, else the current folder)"
+_MANIFEST_OPTIONS = {
+    "train": Option(str, path=True, help=f"the train table (CSV, TSV, JSON Lines or Parquet): {_PATH}"),
+    "val": Option(str, path=True, help="the val table (default: val_fraction of train held out)"),
+    "test": Option(str, path=True, help="the test table"),
+    "path": Option(str, path=True, help="one table with a split column, instead of train/val/test"),
+    "split_column": Option(str, help="the split column of path: train, val or test in each row (default: split)"),
+    "image_column": Option(
+        str, help="the image column: a path relative to the table, an absolute path, a URI or bytes (default: found)"
+    ),
+    "label_column": Option(str, help="the label column of delimited or list labels (default: found)"),
+    "label_format": Option(
+        str, choices=("auto", "delimited", "list", "columns"), help="how rows give labels (default: auto)"
+    ),
+    "delimiter": Option(str, help="between labels of a delimited string (default: found among | ; , and space)"),
+    "classes": Option(
+        str, path=True, help="a file of class names, one per line, in output order (default: from the data)"
+    ),
+    **_SPLIT_OPTIONS,
+}
+_COCO_OPTIONS = {
+    **{
+        key: Option(str, path=True, help=f"{split}'s {what}: {_PATH}")
+        for split in ("train", "val", "test")
+        for key, what in ((split, "COCO instances file"), (f"{split}_images", "image folder"))
+    },
+    **_KEEP_EMPTY,
+    **_SPLIT_OPTIONS,
+}
 DATASETS: dict[str, DatasetInfo] = {
     "mosaic-digits": DatasetInfo("l2d.data.mosaic:build_mosaic_digits", False, **_MOSAIC_DEFAULTS),
     "mosaic-fashion": DatasetInfo("l2d.data.mosaic:build_mosaic_fashion", False, **_MOSAIC_DEFAULTS),
@@ -214,7 +258,22 @@ DATASETS: dict[str, DatasetInfo] = {
     ),
     "coco2014": DatasetInfo("l2d.data.formats:build_coco2014", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
     "nuswide": DatasetInfo("l2d.data.formats:build_nuswide", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
+    "manifest": DatasetInfo(
+        "l2d.data.manifest:build_manifest",
+        False,
+        options=_MANIFEST_OPTIONS,
+        description="your own data: CSV / JSON Lines / Parquet tables of images and labels (docs/your-data.md)",
+    ),
+    "coco": DatasetInfo(
+        "l2d.data.manifest:build_coco",
+        False,
+        options=_COCO_OPTIONS,
+        description="COCO-format instances files under any name, each with its image folder (docs/your-data.md)",
+    ),
 }
+
+#: The declared formats (``dataset: {format: manifest, ...}`` in a spec): loaded and checked before a sweep starts.
+FORMATS = ("manifest", "coco")
 
 
 def dataset_options(name: str) -> list[str]:

@@ -150,15 +150,55 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from l2d.data import build_dataset, dataset_stats
+    from l2d.data import DATASETS, build_dataset, check_declared, dataset_stats
 
-    dataset = build_dataset(args.dataset, args.data_root, args.split, args.image_size, **dict(args.dataset_option))
+    backbones: list[str] = []
+    name, root, options, image_size = args.dataset, args.data_root, dict(args.dataset_option), args.image_size
+    if args.spec:
+        from sweeps.spec import load_spec
+
+        if args.data_root or args.dataset_option or args.image_size or args.dataset != "mosaic-digits":
+            raise ValueError("give either a spec (--spec) or --dataset and its options, not both")
+        spec = load_spec(args.spec)
+        name, root, options = spec.dataset.name, spec.dataset.root, dict(spec.dataset.options)
+        image_size = spec.dataset.image_size
+        backbones = list(dict.fromkeys(b for p in spec.pairings for b in (p.teacher, *p.students)))
+    image_size = image_size or DATASETS[name].image_size
+    declared = check_declared(name, root, options)
+    dataset = build_dataset(name, root, args.split, image_size, **options)
     stats = dataset_stats(dataset)
+    grids = {}
+    if backbones:
+        from l2d.models import token_grid
+
+        grids = {backbone: token_grid(backbone, image_size) for backbone in backbones}
     if args.json:
+        if declared is not None:
+            stats = {
+                **stats,
+                "classes_from": declared.classes_from,
+                "class_names": declared.class_names,
+                "sources": declared.description,
+                "warnings": declared.warnings,
+                "split_sizes": {split: len(images) for split, (images, _) in declared.splits.items()},
+            }
+        if grids:
+            stats["token_grid"] = {backbone: list(grid) for backbone, grid in grids.items()}
         print(json.dumps(stats, indent=2))
         return 0
+    if declared is not None:
+        for line in declared.description:
+            print(line)
+        sizes = ", ".join(f"{split} {len(images)}" for split, (images, _) in declared.splits.items())
+        print(f"images: {sizes}")
+        print(
+            f"classes ({len(declared.class_names)}, from the {declared.classes_from}): "
+            f"{', '.join(declared.class_names)}"
+        )
+        for warning in declared.warnings:
+            print(f"warning: {warning}")
     print(
-        f"{args.dataset}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
+        f"{name}/{args.split}: {stats['images']} images, {stats['classes']} classes, "
         f"{stats['labels_per_image_mean']:.2f} labels per image"
     )
     histogram = ", ".join(f"{k}: {v}" for k, v in stats["labels_per_image_histogram"].items())
@@ -168,6 +208,19 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     print("most frequent pairs (count, lift = P(a,b) / P(a)P(b), 1 if independent):")
     for a, b, count, lift in stats["top_pairs"]:
         print(f"  {a} + {b}: {count} ({lift:.2f})")
+    if grids:
+        print(f"tokens the label-wise head sees at {image_size} px (its last feature map):")
+        for backbone, grid in grids.items():
+            shape = " x ".join(str(n) for n in grid)
+            tokens = 1
+            for n in grid:
+                tokens *= n
+            note = (
+                " (one token: the head sees no spatial layout; a larger image_size gives it more)"
+                if tokens == 1
+                else ""
+            )
+            print(f"  {backbone}: {shape} = {tokens} token{'s' if tokens != 1 else ''}{note}")
     return 0
 
 
@@ -242,9 +295,13 @@ def add_commands(commands) -> None:
 
     dataset = commands.add_parser(
         "dataset",
-        help="print a dataset split's label statistics",
-        description="Print a split's size, label cardinality, label frequencies and the most co-occurring label pairs.",
+        help="check a dataset and print a split's label statistics",
+        description="Load and check a dataset (for your own data, declared with --dataset manifest / coco and "
+        "--dataset-option, or by a spec: every split, every image's presence, the labels) and print a split's size, "
+        "label cardinality, label frequencies and the most co-occurring label pairs. With --spec, also the token "
+        "grid each backbone of the spec's pairings gives the label-wise head at the spec's image size.",
     )
+    dataset.add_argument("--spec", help="take the dataset (and the backbones) from this sweep spec")
     dataset.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (default: train)")
     dataset.add_argument("--json", action="store_true", help="print JSON")
     add_data_options(dataset)

@@ -20,6 +20,14 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"l2d-sweep validate: error: {line}", file=sys.stderr)
             status = 2
             continue
+        from l2d.data import DatasetError, check_declared
+
+        try:
+            declared = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
+        except DatasetError as error:
+            print(f"l2d-sweep validate: error: {path}: dataset: {error}", file=sys.stderr)
+            status = 2
+            continue
         pairs = sum(len(p.students) for p in spec.pairings)
         searched = sorted(k for k, v in spec.search_space.items() if not isinstance(v, float))
         print(
@@ -27,6 +35,11 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             f"pairing(s), methods {', '.join(spec.methods)}, {spec.budget.num_samples} trials of up to "
             f"{spec.budget.max_epochs} epochs, searching {', '.join(searched) or 'nothing'}; folder {spec.sweep_dir}"
         )
+        if declared is not None:
+            sizes = ", ".join(f"{split} {len(images)}" for split, (images, _) in declared.splits.items())
+            print(f"  dataset: {len(declared.class_names)} classes (from the {declared.classes_from}), images: {sizes}")
+            for warning in declared.warnings:
+                print(f"  warning: dataset: {warning}")
     return status
 
 

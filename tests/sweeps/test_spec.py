@@ -272,3 +272,29 @@ def test_credentials_in_uris_are_refused(field, uri, hint):
     with pytest.raises(SpecError) as error:
         parse_spec(_spec(**{field: uri}), "bad.yaml")
     assert hint in str(error.value) and "s3cr3t" not in str(error.value)
+
+
+def test_your_own_data_is_declared_in_the_short_form_and_its_files_made_absolute(tmp_path, monkeypatch):
+    """``dataset: {format: manifest, train: ...}`` reads as the manifest dataset with those options; relative files
+    become absolute against the folder the spec is read from (a trial runs in a folder of Ray's)."""
+    monkeypatch.chdir(tmp_path)
+    base = {k: v for k, v in TINY_SPEC.items() if k != "dataset"}
+    spec = parse_spec(
+        {**base, "dataset": {"format": "manifest", "train": "data/train.csv", "test": "t.csv", "image_size": 16}}
+    )
+    assert spec.dataset.name == "manifest" and spec.dataset.image_size == 16
+    assert spec.dataset.options == {"train": str(tmp_path / "data" / "train.csv"), "test": str(tmp_path / "t.csv")}
+    rooted = parse_spec({**base, "dataset": {"format": "coco", "root": "data", "train": "a.json", "train_images": "a"}})
+    assert rooted.dataset.root == str(tmp_path / "data") and rooted.dataset.options["train"] == "a.json"
+    for dataset, expected in (
+        ({"format": "manifest", "name": "voc2007"}, "dataset.name: give either name"),
+        ({"format": "manifest", "label_format": "xml"}, "dataset.options.label_format: 'xml' (str) is not allowed"),
+        (
+            {"format": "manifest", "train": "s3://a:s3cr3t@b/t.csv"},
+            "dataset.options.train: a dataset file: 's3://***@b",
+        ),
+        ({"format": "manifest", "tarin": "t.csv"}, "dataset.options.tarin: unknown key"),
+    ):
+        with pytest.raises(SpecError) as error:
+            parse_spec({**base, "dataset": dataset})
+        assert expected in str(error.value) and "s3cr3t" not in str(error.value), str(error.value)
