@@ -320,3 +320,34 @@ def test_a_sweep_with_a_confirmation_stage_end_to_end_killed_and_resumed(tmp_pat
     # Nothing to run twice: a resume of the finished sweep starts no Ray.
     again = _cli(["resume", str(sweep)])
     assert again.returncode == 0 and "nothing to run" in again.stdout
+
+
+def test_the_search_s_readers_leave_the_confirmation_runs_out(tmp_path):
+    """The leaderboard's neighbours (search_rows: the Pareto front, the best trial `export` takes when there is no
+    confirmation, the plots' and the study's rows) read the search only: a confirmation rerun that scored higher than
+    every search trial is not a sample of the search. Fails when search_rows stops leaving the reruns out."""
+    import yaml
+
+    from sweeps.export import choose_trial
+    from sweeps.folder import write_marker
+    from sweeps.results import ResultsWriter, SweepResults
+
+    spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)})  # no confirmation stage asked for
+    write_marker(spec.sweep_dir)
+    (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict()))
+    writer = ResultsWriter(spec.sweep_dir, 3)
+    base = {"teacher": "test_resnet", "student": "test_efficientnet", "lr": 1e-3}
+    writer.record_epoch("search-a", {**base, "method": "l2d"}, {"epoch": 1, "val_mAP": 50.0})
+    writer.record_epoch("search-b", {**base, "method": "kd"}, {"epoch": 1, "val_mAP": 40.0})
+    rerun = {**base, "method": "l2d", "stage": "confirm", "seed": 8, "confirms": "search-a"}
+    writer.record_epoch("rerun-a8", rerun, {"epoch": 1, "val_mAP": 90.0})
+    for trial_id, config in (("search-a", {**base, "method": "l2d"}), ("search-b", {**base, "method": "kd"})):
+        writer.finish(trial_id, config)
+    writer.finish("rerun-a8", rerun)
+    writer.write()
+    results = SweepResults(spec.sweep_dir)
+    assert len(results.trials) == 3  # the rerun is recorded ...
+    assert sorted(r["trial_id"] for r in results.search_rows()) == ["search-a", "search-b"]  # ... and left out here
+    assert "rerun-a8" not in results.pareto().column("trial_id").to_pylist()
+    _, best = choose_trial(spec.sweep_dir, None)
+    assert best["trial_id"] == "search-a"
