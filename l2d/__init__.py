@@ -7,7 +7,8 @@ before it). ``tests/test_layers.py`` holds this, imports inside functions includ
   ``weights`` (initial weights: files, timm's cache, offline packages), ``recipe`` (the optimization settings)
 - models: ``models`` (timm backbone + label-wise head)
 - method: ``losses.registry`` (torch-free: methods, terms, weights), the loss families, ``losses.criterion``
-- data and metrics: ``metrics``, ``data.registry`` (torch-free: datasets and their options), readers, ``data``
+- data and metrics: ``metrics``, ``data.registry`` (torch-free: datasets and their options), readers (``images``:
+  where a split's images are; ``formats``: the paper's layouts; ``manifest``: the declared formats), ``data``
 - training: ``engine`` (epochs, DDP, AMP, diagnostics), ``teachers`` (the content-keyed store), ``run`` (one typed run
   config: resolve, build, fit; ``train`` to a folder), ``export`` (a student taken home)
 """
@@ -28,6 +29,15 @@ LAYERS = [
         "l2d.losses.criterion",
         "l2d.losses",
     ],
-    ["l2d.metrics", "l2d.data.registry", "l2d.data.transforms", "l2d.data.mosaic", "l2d.data.formats", "l2d.data"],
+    [
+        "l2d.metrics",
+        "l2d.data.registry",
+        "l2d.data.transforms",
+        "l2d.data.mosaic",
+        "l2d.data.images",
+        "l2d.data.formats",
+        "l2d.data.manifest",
+        "l2d.data",
+    ],
     ["l2d.engine", "l2d.teachers", "l2d.run", "l2d.export"],
 ]

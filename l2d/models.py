@@ -166,15 +166,27 @@ class InputNorm(nn.Module):
 
 
 class MultiLabelModel(nn.Module):
-    """A timm backbone without its classifier, followed by :class:`LabelWiseHead`; :class:`InputNorm` in front."""
+    """A timm backbone without its classifier, followed by :class:`LabelWiseHead`; :class:`InputNorm` in front.
 
-    def __init__(self, backbone: nn.Module, backbone_name: str, num_classes: int, embed_dim: int = 768):
+    With ``own_classifier`` (a teacher adopted from a plain timm classifier, :func:`adopt_checkpoint`) the backbone
+    keeps its classifier and the logits are that classifier's; the head gives the label-wise embeddings only.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        backbone_name: str,
+        num_classes: int,
+        embed_dim: int = 768,
+        own_classifier: bool = False,
+    ):
         super().__init__()
         self.input_norm = InputNorm()
         self.backbone = backbone
         self.backbone_name = backbone_name
         self.num_classes = num_classes
         self.embed_dim = embed_dim
+        self.own_classifier = own_classifier
         self.head = LabelWiseHead(backbone.num_features, num_classes, embed_dim)
 
     def _tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
@@ -187,6 +199,13 @@ class MultiLabelModel(nn.Module):
             prefix = getattr(self.backbone, "num_prefix_tokens", 0)
             return feature_map[:, prefix:] if feature_map.shape[1] > prefix else feature_map
         raise RuntimeError(f"{self.backbone_name}: unexpected feature map shape {tuple(feature_map.shape)}")
+
+    def head_output(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The label-wise head's own ``(logits, embeddings)``, the backbone run without gradients (what fitting the
+        head of an adopted teacher trains, :func:`l2d.run.fit_head`)."""
+        with torch.no_grad():
+            feature_map = self.backbone.forward_features(self.input_norm(images))
+        return self.head(self._tokens(feature_map))
 
     def forward(self, images: torch.Tensor, stages: tuple[int, ...] = ()) -> ModelOutput:
         """Logits, label-wise embeddings, pooled features, and the intermediate ``stages`` asked for.
@@ -204,6 +223,8 @@ class MultiLabelModel(nn.Module):
             feature_map = self.backbone.forward_features(images)
         features = self.backbone.forward_head(feature_map, pre_logits=True)
         logits, label_embeddings = self.head(self._tokens(feature_map))
+        if self.own_classifier:
+            logits = self.backbone.forward_head(feature_map)
         return ModelOutput(logits, label_embeddings, features, tuple(intermediates))
 
 
@@ -243,6 +264,7 @@ def build_model(
     embed_dim: int = 768,
     pretrained: str | os.PathLike | None = None,
     weights: str | None = None,
+    own_classifier: bool = False,
     **backbone_kwargs,
 ) -> MultiLabelModel:
     """Build a multi-label model: timm ``backbone`` + label-wise embedding head.
@@ -257,6 +279,8 @@ def build_model(
             ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, or ``offline`` (an installed
             weight package, which also sets the model's input normalisation). Nothing is downloaded; without weights
             (or ``random``) the backbone starts from timm's random initialisation.
+        own_classifier: keep timm's classifier over ``num_classes`` (the logits are its; the structure of a teacher
+            adopted from a plain timm classifier, :func:`adopt_checkpoint`). Random initialisation only.
         **backbone_kwargs: passed to ``timm.create_model`` (for example ``img_size=64`` for a ViT or Swin).
 
     Returns:
@@ -270,6 +294,9 @@ def build_model(
     check_backbone_name(backbone)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if own_classifier:
+        net = timm.create_model(backbone, pretrained=False, num_classes=num_classes, **backbone_kwargs)
+        return MultiLabelModel(net, backbone, num_classes, embed_dim, own_classifier=True)
     source = weights if weights is not None else (os.fspath(pretrained) if pretrained is not None else None)
     if weight_sources.is_random(source):
         source = None
@@ -313,6 +340,72 @@ def build_model(
     if path is not None:
         load_pretrained(model, path)
     return model
+
+
+def adopt_checkpoint(backbone: str, num_classes: int, embed_dim: int, path: str) -> MultiLabelModel:
+    """A teacher used as it is, from a checkpoint trained elsewhere (nothing trained here).
+
+    Either a whole model this project wrote (a student export, a teacher-store entry): loaded whole, its own head
+    and input normalisation included. Or a plain timm classifier of ``backbone`` over the ``num_classes`` classes
+    (safetensors, or a ``.pth`` state dict read with ``weights_only=True``): loaded into the timm model with its
+    classifier kept (:class:`MultiLabelModel` with ``own_classifier``: the logits are its own), the input
+    normalisation of timm's pretrained configuration for ``backbone`` (what timm's training scripts feed it), and a
+    label-wise head still to fit (:func:`l2d.run.fit_head`).
+
+    Raises:
+        WeightsError: the file cannot be read, or does not fit: the first tensor that differs, with both shapes, or
+            the tensors it lacks.
+    """
+    from l2d import weights as weight_sources
+
+    state = weight_sources.read_state_dict(path)
+    if _is_whole_model_or_wrapped(state):
+        try:
+            state = _unwrap_state_dict(state, path)
+        except ValueError as error:
+            raise weight_sources.WeightsError(str(error)) from None
+        if any(k.startswith("head.") for k in state) and any(k.startswith("backbone.") for k in state):
+            model = MultiLabelModel(
+                timm.create_model(backbone, pretrained=False, num_classes=0), backbone, num_classes, embed_dim
+            )
+            _load_checked(model, state, path, backbone)
+            return model
+    net = timm.create_model(backbone, pretrained=False, num_classes=num_classes)
+    _load_checked(net, state, path, backbone)
+    model = MultiLabelModel(net, backbone, num_classes, embed_dim, own_classifier=True)
+    config = getattr(net, "pretrained_cfg", None) or {}
+    if "mean" in config and "std" in config:
+        model.input_norm.set(tuple(config["mean"]), tuple(config["std"]))
+    return model
+
+
+def _load_checked(module: nn.Module, state: dict, path: str, backbone: str) -> None:
+    """``module.load_state_dict(state)``, strictly, with an error that names the first tensor that does not fit."""
+    from l2d.weights import WeightsError
+
+    target = module.state_dict()
+    for name, tensor in target.items():
+        if name not in state:
+            missing = [k for k in target if k not in state]
+            raise WeightsError(
+                f"{path}: does not fit {backbone}: it lacks {len(missing)} of its {len(target)} tensors "
+                f"(first: {name}, shape {tuple(tensor.shape)})"
+            )
+        if tuple(state[name].shape) != tuple(tensor.shape):
+            classifier = (getattr(module, "pretrained_cfg", None) or {}).get("classifier") or "\0"
+            hint = (
+                " (the classifier: a checkpoint over another number of classes?)" if name.startswith(classifier) else ""
+            )
+            raise WeightsError(
+                f"{path}: does not fit {backbone} over these classes: tensor {name} is {tuple(state[name].shape)} "
+                f"in the file, {tuple(tensor.shape)} in the model{hint}"
+            )
+    extra = [k for k in state if k not in target]
+    if extra:
+        raise WeightsError(
+            f"{path}: does not fit {backbone}: {len(extra)} tensor(s) it does not have (first: {extra[0]})"
+        )
+    module.load_state_dict(state)
 
 
 def _is_whole_model_or_wrapped(state: object) -> bool:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import os
 import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping
@@ -33,6 +34,8 @@ if TYPE_CHECKING:  # torch and the engine are imported by the functions that bui
 logger = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
+#: Epochs of the label-wise head fitted on an adopted teacher's frozen backbone (``teacher_head_epochs``).
+DEFAULT_HEAD_EPOCHS = 3
 EpochFn = Callable[[dict], None]
 
 
@@ -49,6 +52,10 @@ class RunConfig:
         teacher_epochs / teacher_lr: the same for training the teacher (when the store lacks it).
         teacher_schedule_epochs: the length of the teacher's OneCycle schedule when it stops before its end (the
             official teachers: an 80-epoch schedule stopped at epoch 30); None: ``teacher_epochs``.
+            ``teacher_epochs=0`` uses the teacher as it is: ``teacher_weights`` is then its checkpoint
+            (:func:`adopt_teacher`).
+        teacher_head_epochs: epochs of the label-wise head fitted on the frozen backbone of an adopted plain timm
+            classifier (None: 3).
         batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
         seed: seeds the models' initialisation and the data order.
         student_seed: seeds the student's initialisation and its data order instead (None: ``seed``); the teacher
@@ -76,6 +83,7 @@ class RunConfig:
     teacher_epochs: int | None = None
     teacher_lr: float | None = None
     teacher_schedule_epochs: int | None = None
+    teacher_head_epochs: int | None = None
     batch_size: int = 64
     weight_decay: float = 1e-4
     pct_start: float = 0.2
@@ -166,7 +174,8 @@ def resolve(config: RunConfig) -> RunConfig:
         channels_last=config.channels_last if config.channels_last is not None else info.channels_last,
         epochs=config.epochs or info.epochs,
         lr=config.lr or info.lr,
-        teacher_epochs=config.teacher_epochs or info.teacher_epochs,
+        teacher_epochs=config.teacher_epochs if config.teacher_epochs is not None else info.teacher_epochs,
+        teacher_head_epochs=config.teacher_head_epochs or DEFAULT_HEAD_EPOCHS,
         teacher_lr=config.teacher_lr or info.lr,
         hparams=method_hparams(config.method, {**default_hparams(config.dataset, config.method), **config.hparams}),
         dataset_options=dict(config.dataset_options),
@@ -177,7 +186,14 @@ def resolve(config: RunConfig) -> RunConfig:
         raise ValueError(f"image_size must be between 8 and 4096, got {resolved.image_size}")
     if resolved.embed_dim < 8 or resolved.embed_dim % 8:
         raise ValueError(f"embed_dim must be a multiple of 8 (the attention heads), got {resolved.embed_dim}")
-    resolved.student_recipe, resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
+    resolved.student_recipe  # noqa: B018 - Recipe checks its own fields
+    if resolved.teacher_epochs == 0:  # its checkpoint file is looked for when the teacher is needed (adopt_teacher)
+        if not 1 <= resolved.teacher_head_epochs <= 10_000:
+            raise ValueError(f"teacher_head_epochs must be between 1 and 10,000, got {resolved.teacher_head_epochs}")
+    elif resolved.teacher_epochs < 0:
+        raise ValueError(f"teacher_epochs must be >= 0, got {resolved.teacher_epochs}")
+    else:
+        resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
     if resolved.device is not None:  # the default (cuda when available) is decided where the run is built
         resolve_device(resolved.device)
     return resolved
@@ -251,6 +267,8 @@ def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
     }
     if config.teacher_schedule_epochs is not None:
         recipe["schedule_epochs"] = config.teacher_schedule_epochs
+    if config.teacher_epochs == 0:  # adopted: what is fitted is the head, for this many epochs
+        recipe["head_epochs"] = config.teacher_head_epochs
     return TeacherKey(
         dataset=config.dataset,
         backbone=config.teacher,
@@ -330,9 +348,12 @@ def train_teacher(
     on_epoch: EpochFn | None = None,
     batch_progress: ProgressFn | None = None,
 ) -> tuple[torch.nn.Module, dict]:
-    """Train ``config``'s teacher (:func:`teacher_config`); returns ``(model, card fields)``."""
+    """Train ``config``'s teacher (:func:`teacher_config`), or adopt it when ``teacher_epochs`` is 0
+    (:func:`adopt_teacher`); returns ``(model, card fields)``."""
     from l2d.models import count_parameters
 
+    if resolve(config).teacher_epochs == 0:
+        return adopt_teacher(config, splits, on_epoch)
     run = build_run(teacher_config(config), splits=splits)
     history = fit(run, on_epoch=on_epoch, batch_progress=batch_progress, test="last")
     last = history[-1]
@@ -346,6 +367,102 @@ def train_teacher(
         "history": history,
     }
     return run.student.cpu().eval(), fields
+
+
+def adopt_teacher(
+    config: RunConfig, splits: Mapping | None = None, on_epoch: EpochFn | None = None
+) -> tuple[torch.nn.Module, dict]:
+    """``config``'s teacher used as it is (``teacher_epochs`` 0): its checkpoint (``teacher_weights``) loaded by
+    :func:`l2d.models.adopt_checkpoint`; for a plain timm classifier, a label-wise head fitted on its frozen backbone
+    (:func:`fit_head`) so that the label-wise methods have embeddings, while every method distills its own
+    classifier's logits. Scored on val and test with the logits it distills; returns ``(model, card fields)``."""
+    import torch
+
+    from l2d.engine import evaluate, make_loader
+    from l2d.models import adopt_checkpoint, count_parameters
+
+    config = resolve(config)
+    source = config.teacher_weights or ""
+    if not os.path.isfile(os.path.expanduser(source)):
+        raise ValueError(
+            f"teacher_epochs 0 uses the teacher as it is: give its checkpoint file as the teacher's weights "
+            f"(got {source or 'none'!r})"
+        )
+    splits = dict(splits) if splits is not None else build_splits(config)
+    classes = list(splits["train"].class_names)
+    torch.manual_seed(config.seed)  # the head's initialisation
+    model = adopt_checkpoint(config.teacher, len(classes), config.embed_dim, os.path.expanduser(config.teacher_weights))
+    device = resolve_device(config.device)
+    model.to(device)
+    history = fit_head(model, splits, config, device, on_epoch) if model.own_classifier else []
+    scores = {
+        split: evaluate(model, make_loader(splits[split], config.batch_size, train=False), device)["mAP"]
+        for split in ("val", "test")
+    }
+    fields = {
+        "backbone": config.teacher,
+        "val_mAP": scores["val"],
+        "test_mAP": scores["test"],
+        "epochs": 0,
+        "adopted": True,
+        "logits": "classifier" if model.own_classifier else "head",
+        "head_epochs": len(history),
+        "head_val_mAP": history[-1]["val_mAP"] if history else None,
+        "parameters": count_parameters(model),
+        "class_names": classes,
+        "history": history,
+    }
+    return model.cpu().eval(), fields
+
+
+def fit_head(model, splits: Mapping, config: RunConfig, device, on_epoch: EpochFn | None = None) -> list[dict]:
+    """Fit ``model``'s label-wise head on its frozen backbone (kept in eval mode: its batch-norm statistics do not
+    move) with BCE, Adam at the teacher's learning rate, for ``teacher_head_epochs``; returns each epoch's
+    ``{epoch, train_total (the BCE), val_mAP (the head's own), images_per_s}``."""
+    import numpy as np
+    import torch
+
+    from l2d.engine import make_loader
+    from l2d.metrics import mean_average_precision
+
+    config = resolve(config)
+    for parameter in model.parameters():
+        parameter.requires_grad_(False)
+    for parameter in model.head.parameters():
+        parameter.requires_grad_(True)
+    optimizer = torch.optim.Adam(model.head.parameters(), lr=config.teacher_lr, weight_decay=config.weight_decay)
+    loss_fn = torch.nn.BCEWithLogitsLoss()
+    history = []
+    for epoch in range(1, config.teacher_head_epochs + 1):
+        model.eval()
+        model.head.train()
+        total, batches, seen, started = 0.0, 0, 0, time.time()
+        for images, targets in make_loader(splits["train"], config.batch_size, train=True, seed=config.seed + epoch):
+            logits, _ = model.head_output(images.to(device))
+            loss = loss_fn(logits, targets.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, batches, seen = total + loss.item(), batches + 1, seen + len(images)
+        images_per_s = seen / max(time.time() - started, 1e-9)
+        model.eval()
+        scores, truth = [], []
+        with torch.no_grad():
+            for images, targets, _ in make_loader(splits["val"], config.batch_size, train=False):
+                scores.append(torch.sigmoid(model.head_output(images.to(device))[0]).cpu().numpy())
+                truth.append(targets.numpy())
+        metrics = {
+            "epoch": epoch,
+            "train_total": total / max(batches, 1),
+            "val_mAP": mean_average_precision(np.concatenate(scores), np.concatenate(truth)),
+            "images_per_s": images_per_s,
+        }
+        history.append(metrics)
+        if on_epoch is not None:
+            on_epoch(metrics)
+    for parameter in model.parameters():
+        parameter.requires_grad_(True)
+    return history
 
 
 def build_run(

@@ -132,7 +132,11 @@ class TeacherStore:
         try:
             state = torch.load(io.BytesIO(path.read_bytes()), map_location="cpu", weights_only=True)
             model = build_model(
-                key.backbone, num_classes or len(card["class_names"]), key.embed_dim, **key.backbone_options
+                key.backbone,
+                num_classes or len(card["class_names"]),
+                key.embed_dim,
+                own_classifier=card.get("logits") == "classifier",  # adopted from a plain timm classifier
+                **key.backbone_options,
             )
             model.load_state_dict(state)
         except FileNotFoundError:

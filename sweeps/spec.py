@@ -100,7 +100,15 @@ class Budget:
     max_epochs: integer(1, 100_000, help="epochs of a trial ASHA never stops") = 3
     grace_period: integer(1, help="epochs before ASHA may stop a trial") = 1
     reduction_factor: number(1.0, exclusive=True, help="ASHA's reduction factor (> 1)") = 2.0
-    teacher_epochs: integer(1, 100_000, optional=True, help="epochs of each teacher (default: the dataset's)") = None
+    teacher_epochs: integer(
+        0,
+        100_000,
+        optional=True,
+        help="epochs of each teacher (0: each teacher's checkpoint in weights used as it is; default: the dataset's)",
+    ) = None
+    teacher_head_epochs: integer(
+        1, 10_000, optional=True, help="epochs of the label-wise head fitted on an adopted classifier (default: 3)"
+    ) = None
     # the teachers' OneCycle length when they stop early (official: 80, stopped at 30)
     teacher_schedule_epochs: integer(
         1, 100_000, optional=True, help="the teachers' OneCycle length when longer than teacher_epochs"
@@ -214,6 +222,7 @@ class SweepSpec:
             epochs=self.budget.max_epochs,
             teacher_epochs=self.budget.teacher_epochs,
             teacher_schedule_epochs=self.budget.teacher_schedule_epochs,
+            teacher_head_epochs=self.budget.teacher_head_epochs,
             batch_size=self.recipe.batch_size,
             weight_decay=self.recipe.weight_decay,
             pct_start=self.recipe.pct_start,
@@ -356,6 +365,8 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
             max_params = int(max_params)
         max_params = errors.value(integer(1), max_params, "max_student_params")
     weights = _weights(errors, data.get("weights") or {}, pairings)
+    if budget is not None and budget.teacher_epochs == 0:
+        _adopted_teachers(errors, pairings, weights)
     keep = errors.value(choice(KEEP), data.get("keep", "best+last"), "keep")
     tracking = _tracking(errors, data.get("tracking"))
     first = _first_points(errors, data.get("first_points"), pairings, methods, search_space)
@@ -725,6 +736,18 @@ def _confirm_rules(errors: Errors, confirm: "Confirm | None", seed: int | None) 
             "budget.confirm.seeds",
             f"seeds {seed + 1} to {seed + confirm.seeds} exceed the largest seed ({MAX_SEED}); lower seed or seeds",
         )
+
+
+def _adopted_teachers(errors: Errors, pairings, weights: dict) -> None:
+    """``budget.teacher_epochs: 0`` uses every teacher as it is: each needs its checkpoint file in ``weights``."""
+    for teacher in dict.fromkeys(p.teacher for p in pairings):
+        source = weights.get(teacher)
+        if source is None or source in ("offline", "timm", "random") or source.startswith(("timm:", "hf-hub:")):
+            errors.add(
+                "budget.teacher_epochs",
+                f"0 uses each teacher as it is: weights.{teacher} must name its checkpoint file (a plain timm "
+                f"classifier over the dataset's classes, or a model this tool exported); got {source or 'none'}",
+            )
 
 
 def _weights(errors: Errors, raw: Any, pairings) -> dict:

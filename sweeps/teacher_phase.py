@@ -97,8 +97,14 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
             for ref in done:
                 teacher = refs[ref]
                 card = cards[teacher] = ray.get(ref)
+                how = "trained" if card["trained_now"] else "loaded"
+                if card.get("adopted"):  # its checkpoint used as it is (teacher_epochs 0)
+                    head = card.get("head_val_mAP")
+                    how = "adopted as it is" + (
+                        f" (label-wise head fitted: val mAP {head:.2f})" if head is not None else ""
+                    )
                 say(
-                    f"  teacher {teacher}: {'trained' if card['trained_now'] else 'loaded'}, val mAP "
+                    f"  teacher {teacher}: {how}, val mAP "
                     f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters"
                 )
                 digest = card.get("digest")

@@ -167,6 +167,12 @@ CASES = [
         "test.csv: row 1: image: 's3://***@bucket/x.png' carries credentials in the URI",
     ),
     (
+        "your teacher: `teacher_epochs: 0` without its checkpoint",
+        lambda t: ["run", _spec(t, **_nested("budget", teacher_epochs=0))],
+        2,
+        "budget.teacher_epochs: 0 uses each teacher as it is: weights.test_resnet must name its checkpoint file",
+    ),
+    (
         "spec: `embed_dim: 12`",
         lambda t: ["run", _spec(t, **_nested("recipe", embed_dim=12))],
         2,

@@ -25,7 +25,6 @@ import logging
 import os
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -35,8 +34,7 @@ from torchvision.transforms.v2 import functional as TF
 from l2d.data.registry import DatasetError
 from l2d.data.transforms import build_transform
 
-if TYPE_CHECKING:
-    from l2d.data.manifest import Images
+from l2d.data.images import Images
 
 logger = logging.getLogger(__name__)
 
@@ -80,7 +78,7 @@ class ImageListDataset(torch.utils.data.Dataset):
 
     def __init__(
         self,
-        images: "list[str] | Images",
+        images: list[str] | Images,
         targets: np.ndarray,
         class_names: list[str],
         image_size: int,
@@ -88,8 +86,6 @@ class ImageListDataset(torch.utils.data.Dataset):
         skip_corrupt: bool = False,
         name: str = "dataset",
     ):
-        from l2d.data.manifest import Images
-
         if len(images) == 0:
             raise DatasetError(f"{name}: the split is empty")
         if not isinstance(images, Images):

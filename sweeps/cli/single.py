@@ -12,6 +12,7 @@ from sweeps.cli._common import (
     add_data_options,
     add_recipe_options,
     non_negative_float,
+    non_negative_int,
     positive_float,
     positive_int,
     run_config,
@@ -26,12 +27,20 @@ def _print_card(card: dict) -> None:
         ("dataset", card["key"]["dataset"]),
         ("image size", card["key"]["image_size"]),
         ("embed dim", card["key"]["embed_dim"]),
-        ("epochs", card["epochs"]),
+        ("epochs", card["epochs"] if not card.get("adopted") else "0 (its checkpoint, used as it is)"),
         ("parameters", f"{card['parameters']:,}"),
         ("val mAP", f"{card['val_mAP']:.2f}"),
         ("test mAP", f"{card['test_mAP']:.2f}"),
         ("wall time", f"{card['wall_time_s']:.1f} s"),
     ]
+    if card.get("adopted"):
+        rows.insert(
+            -1, ("logits", "its own classifier's" if card["logits"] == "classifier" else "its label-wise head's")
+        )
+        if card.get("head_val_mAP") is not None:
+            rows.insert(
+                -1, ("head", f"label-wise head fitted {card['head_epochs']} epochs, val mAP {card['head_val_mAP']:.2f}")
+            )
     for name, value in rows:
         print(f"{name:<11} {value}")
 
@@ -42,13 +51,16 @@ def _get_teacher(config, store, splits=None):
 
     config = resolve(config)
     splits = splits if splits is not None else build_splits(config)
+    adopted = config.teacher_epochs == 0
     if not store.has(splits_key(config, splits)):
-        print(
-            f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs (stored in "
-            f"{store.uri})",
-            file=sys.stderr,
+        what = (
+            f"adopting teacher {config.teacher} from {config.teacher_weights} as it is (a label-wise head fitted "
+            f"for {config.teacher_head_epochs} epochs when it has none)"
+            if adopted
+            else f"training teacher {config.teacher} on {config.dataset} for {config.teacher_epochs} epochs"
         )
-    progress = Progress(f"teacher {config.teacher}", config.teacher_epochs)
+        print(f"{what} (stored in {store.uri})", file=sys.stderr)
+    progress = Progress(f"teacher {config.teacher}", config.teacher_head_epochs if adopted else config.teacher_epochs)
     try:
         return get_teacher(config, store, splits, progress.end_epoch, progress.batch)
     finally:
@@ -93,7 +105,8 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
     config = teacher_command_config(args)
     check_weights(config)
     _, card, trained = _get_teacher(config, store)
-    print(("trained and stored" if trained else "loaded from the store") + f" ({store.uri})")
+    done = "adopted and stored" if card.get("adopted") else "trained and stored"
+    print((done if trained else "loaded from the store") + f" ({store.uri})")
     _print_card(card)
     if args.json:
         print(json.dumps({k: v for k, v in card.items() if k != "history"}, indent=2))
@@ -316,7 +329,11 @@ def add_commands(commands) -> None:
         "the same teacher.",
     )
     teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
-    teacher.add_argument("--epochs", type=positive_int, help="epochs (default: the dataset's teacher epochs)")
+    teacher.add_argument(
+        "--epochs",
+        type=non_negative_int,
+        help="epochs (default: the dataset's teacher epochs; 0: --weights is a checkpoint used as it is)",
+    )
     teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
     teacher.add_argument("--weights", help=WEIGHTS_HELP)
     teacher.add_argument(
@@ -340,7 +357,11 @@ def add_commands(commands) -> None:
     train.add_argument("--student", help="student timm model name (default: the dataset's)")
     train.add_argument("--method", default="l2d", choices=list(METHODS), help="distillation method (default: l2d)")
     train.add_argument("--epochs", type=positive_int, help="student epochs (default: the dataset's)")
-    train.add_argument("--teacher-epochs", type=positive_int, help="teacher epochs when it must be trained")
+    train.add_argument(
+        "--teacher-epochs",
+        type=non_negative_int,
+        help="teacher epochs when it must be trained (0: --teacher-weights is a checkpoint used as it is)",
+    )
     train.add_argument(
         "--teacher-lr",
         type=positive_float,

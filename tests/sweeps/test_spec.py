@@ -298,3 +298,17 @@ def test_your_own_data_is_declared_in_the_short_form_and_its_files_made_absolute
         with pytest.raises(SpecError) as error:
             parse_spec({**base, "dataset": dataset})
         assert expected in str(error.value) and "s3cr3t" not in str(error.value), str(error.value)
+
+
+def test_teacher_epochs_0_needs_each_teacher_s_checkpoint_in_weights(tmp_path):
+    budget = {**TINY_SPEC["budget"], "teacher_epochs": 0}
+    with pytest.raises(SpecError) as error:
+        parse_spec({**TINY_SPEC, "budget": budget, "weights": {"test_resnet": "timm"}})
+    assert "budget.teacher_epochs: 0 uses each teacher as it is: weights.test_resnet must name its checkpoint" in str(
+        error.value
+    )
+    checkpoint = tmp_path / "ft.safetensors"
+    checkpoint.write_bytes(b"")
+    spec = parse_spec({**TINY_SPEC, "budget": budget, "weights": {"test_resnet": str(checkpoint)}})
+    run = spec.run_for("test_resnet", "test_convnext")
+    assert run.teacher_epochs == 0 and run.teacher_weights == str(checkpoint)

@@ -12,7 +12,16 @@ import sys
 import pytest
 import yaml
 
-from tests.userdata import CLASSES, coco_dataset, csv_dataset, labels, parquet_dataset, png, write_csv
+from tests.userdata import (
+    CLASSES,
+    coco_dataset,
+    csv_dataset,
+    fine_tune_elsewhere,
+    labels,
+    parquet_dataset,
+    png,
+    write_csv,
+)
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
 
@@ -28,7 +37,7 @@ def _cli(*args, cwd=None, timeout=700):
     )
 
 
-def _spec(tmp_path, dataset: dict, storage: str | None = None) -> str:
+def _spec(tmp_path, dataset: dict, storage: str | None = None, **changes) -> str:
     data = {
         "name": "mine",
         "storage": storage or str(tmp_path / "sweeps"),
@@ -39,6 +48,7 @@ def _spec(tmp_path, dataset: dict, storage: str | None = None) -> str:
         "budget": {"num_samples": 2, "max_epochs": 1, "grace_period": 1, "teacher_epochs": 1},
         "resources": {"workers_per_trial": 1, "cpus_per_worker": 1, "max_concurrent_trials": 1},
         "recipe": {"batch_size": 8, "embed_dim": 16},
+        **changes,
     }
     path = tmp_path / "spec.yaml"
     path.write_text(yaml.safe_dump(data))
@@ -107,3 +117,21 @@ def test_a_csv_whose_images_are_on_s3(s3_server, tmp_path, monkeypatch):
     cached = sorted(path.read_bytes() for path in (tmp_path / "cache" / "images").rglob("*.png"))
     assert 10 <= len(cached) <= 32 and len(set(cached)) == len(cached)
     assert set(cached) <= {png(i) for i in range(32)}
+
+
+def test_a_teacher_fine_tuned_elsewhere_used_as_it_is(tmp_path):
+    """A plain timm classifier trained outside the package (safetensors) is the teacher with teacher_epochs 0: MLD
+    distills its own logits, L2D a head fitted on its frozen backbone; its scores are said and on its card."""
+    dataset = csv_dataset(tmp_path / "data")
+    checkpoint = fine_tune_elsewhere(tmp_path / "data", dataset, size=16)
+    budget = {"num_samples": 2, "max_epochs": 1, "grace_period": 1, "teacher_epochs": 0, "teacher_head_epochs": 2}
+    spec = _spec(tmp_path, dataset, weights={"test_resnet": checkpoint}, budget=budget)
+    run = _cli("run", spec, cwd=tmp_path)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    assert "teacher test_resnet: adopted as it is (label-wise head fitted: val mAP " in run.stdout
+    assert "sweep finished: 2 completed" in run.stdout
+    cards = list((tmp_path / "sweeps" / "teachers").glob("*/card.json"))
+    assert len(cards) == 1
+    card = json.loads(cards[0].read_text())
+    assert card["adopted"] and card["logits"] == "classifier" and card["epochs"] == 0 and card["head_epochs"] == 2
+    assert card["key"]["recipe"]["epochs"] == 0 and card["key"]["recipe"]["head_epochs"] == 2

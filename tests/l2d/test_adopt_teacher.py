@@ -1,0 +1,120 @@
+"""A teacher fine-tuned elsewhere, used as it is (``teacher_epochs`` 0): a plain timm classifier trained outside the
+package with ordinary timm code and saved as safetensors, and a checkpoint this project wrote."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import timm
+import torch
+
+from l2d.data import manifest as manifest_module
+from l2d.models import adopt_checkpoint, build_model
+from l2d.run import RunConfig, build_run, fit, resolve
+from l2d.teachers import TeacherStore
+from l2d.weights import WeightsError
+from tests.userdata import csv_dataset, fine_tune_elsewhere
+
+SIZE = 32  # the size fine_tune_elsewhere trains at
+
+
+@pytest.fixture(autouse=True)
+def _fresh_cache():
+    manifest_module._LOADED.clear()
+    yield
+    manifest_module._LOADED.clear()
+
+
+def _config(files: dict, checkpoint: str, method: str) -> RunConfig:
+    return RunConfig(
+        dataset="manifest",
+        dataset_options={k: v for k, v in files.items() if k != "format"},
+        image_size=SIZE,
+        teacher="test_resnet",
+        teacher_weights=checkpoint,
+        teacher_epochs=0,
+        teacher_head_epochs=2,
+        student="test_efficientnet",
+        method=method,
+        epochs=1,
+        batch_size=8,
+        embed_dim=16,
+        lr=2e-3,
+        teacher_lr=2e-3,
+        device="cpu",
+    )
+
+
+def test_a_plain_timm_classifier_is_the_teacher_as_it_is_for_mld_and_l2d(tmp_path):
+    files = csv_dataset(tmp_path)
+    checkpoint = fine_tune_elsewhere(tmp_path, files)
+    store = TeacherStore(str(tmp_path / "teachers"))
+
+    run = build_run(_config(files, checkpoint, "mld"), teacher_store=store)
+    card = run.teacher_card
+    assert card["adopted"] is True and card["logits"] == "classifier" and card["epochs"] == 0
+    assert 0 <= card["val_mAP"] <= 100 and 0 <= card["test_mAP"] <= 100
+    assert card["head_epochs"] == 2 and len(card["history"]) == 2 and card["head_val_mAP"] is not None
+    # The logits MLD distills are the checkpoint's own classifier's, on the input timm normalised it with.
+    original = timm.create_model("test_resnet", num_classes=3)
+    from safetensors.torch import load_file
+
+    original.load_state_dict(load_file(checkpoint))
+    images = torch.rand(4, 3, SIZE, SIZE)
+    config = timm.data.resolve_data_config(model=original)
+    normalised = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(run.teacher(images).logits, original.eval()(normalised), rtol=1e-4, atol=1e-5)
+        # Nothing of the backbone moved while the head was fitted (frozen, and in eval mode).
+        for name, tensor in original.state_dict().items():
+            torch.testing.assert_close(run.teacher.backbone.state_dict()[name], tensor, msg=name)
+    history = fit(run)
+    assert len(history) == 1 and np.isfinite(history[0]["val_mAP"])
+
+    # L2D needs label-wise embeddings: the fitted head's, from the store (the same key: nothing fitted again).
+    l2d = build_run(_config(files, checkpoint, "l2d"), teacher_store=store)
+    assert l2d.teacher_card["digest"] == card["digest"]
+    with torch.no_grad():
+        output = l2d.teacher(images)
+    assert output.label_embeddings.shape == (4, 3, 16)
+    torch.testing.assert_close(output.logits, original(normalised), rtol=1e-4, atol=1e-5)
+    fresh = build_model("test_resnet", 3, 16, own_classifier=True)
+    assert not torch.equal(
+        fresh.head.state_dict()["token_projection.weight"], l2d.teacher.head.state_dict()["token_projection.weight"]
+    )
+    history = fit(l2d)
+    assert len(history) == 1 and history[0]["train_cd"] >= 0 and history[0]["train_id"] >= 0
+
+
+def test_a_checkpoint_this_project_wrote_is_loaded_whole(tmp_path):
+    torch.manual_seed(3)
+    model = build_model("test_resnet", 3, 16)
+    path = tmp_path / "student.pt"
+    torch.save(model.state_dict(), path)
+    adopted = adopt_checkpoint("test_resnet", 3, 16, str(path))
+    assert not adopted.own_classifier
+    images = torch.rand(2, 3, SIZE, SIZE)
+    with torch.no_grad():
+        torch.testing.assert_close(adopted.eval()(images).logits, model.eval()(images).logits)
+
+
+def test_a_checkpoint_that_does_not_fit_names_the_tensor_and_both_shapes(tmp_path):
+    from safetensors.torch import save_file
+
+    net = timm.create_model("test_resnet", num_classes=5)
+    save_file({k: v.contiguous() for k, v in net.state_dict().items()}, str(tmp_path / "five.safetensors"))
+    with pytest.raises(WeightsError, match=r"tensor fc.weight is \(5, \d+\) in the file, \(3, \d+\) in the model"):
+        adopt_checkpoint("test_resnet", 3, 16, str(tmp_path / "five.safetensors"))
+    other = timm.create_model("test_efficientnet", num_classes=3)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(WeightsError, match=r"does not fit test_resnet: it lacks \d+ of its \d+ tensors"):
+        adopt_checkpoint("test_resnet", 3, 16, str(tmp_path / "other.safetensors"))
+
+
+def test_teacher_epochs_0_needs_the_checkpoint_file():
+    from l2d.run import train_teacher
+
+    with pytest.raises(ValueError, match=r"teacher_epochs 0 uses the teacher as it is: give its checkpoint file"):
+        train_teacher(RunConfig(teacher="test_resnet", teacher_epochs=0))
+    with pytest.raises(ValueError, match=r"teacher_epochs must be >= 0"):
+        resolve(RunConfig(teacher="test_resnet", teacher_epochs=-1))
