@@ -6,7 +6,8 @@
 - ``coco2014``: ``<root>/annotations/instances_{train,val}2014.json`` with images in ``<root>/{train,val}2014/``.
   Class index = rank of the category id; images without labels are dropped unless ``keep_empty=True`` (every split)
   or ``keep_empty_test=True`` (the test split only).
-  ``test`` is COCO's val2014 (the multi-label convention).
+  ``test`` is COCO's val2014 (the multi-label convention). A preset of the declared ``coco`` format
+  (:mod:`l2d.data.manifest`): the same checks, the same splits and fingerprints as before it was one.
 - ``nuswide``: ``<root>/ImageList/{Train,Test}Imagelist.txt``, ``<root>/Concepts81.txt``,
   ``<root>/TrainTestLabels/Labels_<concept>_{Train,Test}.txt``, images under ``<root>/Flickr/``. Images without
   labels are dropped unless ``keep_empty=True`` (every split) or ``keep_empty_test=True`` (the test split only, as
@@ -224,41 +225,25 @@ def build_coco2014(
     skip_corrupt: bool = False,
     train_transform: bool | None = None,
 ) -> ImageListDataset:
+    """COCO 2014 in its standard layout: a preset of the declared ``coco`` format (:func:`l2d.data.manifest.load_coco`)
+    with train2014 for train (val held out of it) and val2014 for test."""
+    from l2d.data.manifest import load
+
     _check_split(split)
-    source = "val2014" if split == "test" else "train2014"
-    annotation_path = Path(root) / "annotations" / f"instances_{source}.json"
-    if not annotation_path.is_file():
-        raise DatasetError(f"{annotation_path}: annotation file not found")
-    try:
-        annotations = json.loads(annotation_path.read_text())
-        categories = sorted(annotations["categories"], key=lambda c: c["id"])
-        images = sorted(annotations["images"], key=lambda i: i["id"])
-        objects = annotations["annotations"]
-    except (json.JSONDecodeError, KeyError, TypeError) as error:
-        raise DatasetError(f"{annotation_path}: not a COCO instances file ({error!r})") from error
-    class_index = {c["id"]: k for k, c in enumerate(categories)}
-    row_of = {image["id"]: row for row, image in enumerate(images)}
-    targets = np.zeros((len(images), len(categories)), dtype=np.uint8)
-    for obj in objects:
-        if obj.get("category_id") not in class_index:
-            raise DatasetError(
-                f"{annotation_path}: annotation {obj.get('id')} has category "
-                f"{obj.get('category_id')!r}, not in the file's categories"
-            )
-        if obj.get("image_id") not in row_of:
-            raise DatasetError(
-                f"{annotation_path}: annotation {obj.get('id')} names unknown image {obj.get('image_id')!r}"
-            )
-        targets[row_of[obj["image_id"]], class_index[obj["category_id"]]] = 1
-    paths = [str(Path(root) / source / image["file_name"]) for image in images]
-    if not (keep_empty or (keep_empty_test and split == "test")):
-        labelled = np.flatnonzero(targets.any(1))
-        paths, targets = [paths[i] for i in labelled], targets[labelled]
-    paths, targets = _select(split, paths, targets, val_fraction, val_seed)
+    base = Path(root)
+    options = {
+        "train": str(base / "annotations" / "instances_train2014.json"),
+        "train_images": str(base / "train2014"),
+        "test": str(base / "annotations" / "instances_val2014.json"),
+        "test_images": str(base / "val2014"),
+        "keep_empty": keep_empty,
+        "keep_empty_test": keep_empty_test,
+        "val_fraction": val_fraction,
+        "val_seed": val_seed,
+    }
+    loaded = load("coco", None, options, name="coco2014")
     train = split == "train" if train_transform is None else train_transform
-    return ImageListDataset(
-        paths, targets, [c["name"] for c in categories], image_size, train, skip_corrupt, f"coco2014/{split}"
-    )
+    return loaded.dataset(split, image_size, train, skip_corrupt)
 
 
 def build_nuswide(

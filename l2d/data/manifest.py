@@ -718,9 +718,11 @@ def load_coco(
     keep_empty_test: bool = False,
     val_fraction: float = 0.1,
     val_seed: int = 0,
+    name: str = "coco",
     **_ignored: Any,
 ) -> Manifest:
-    """Load and check COCO-format instances files under any name (see the module's docstring)."""
+    """Load and check COCO-format instances files under any name (see the module's docstring); ``name``: a preset's
+    (``coco2014``), in messages and the datasets' names."""
     given = {"train": (train, train_images), "val": (val, val_images), "test": (test, test_images)}
     for split in ("train", "test"):
         if given[split][0] is None:
@@ -779,7 +781,7 @@ def load_coco(
     assert categories_of is not None
     class_names = [name for _, name in categories_of[1]]
     return _finish(
-        "coco", parts, images_by_split, targets_by_split, class_names, "file", val_fraction, val_seed, description
+        name, parts, images_by_split, targets_by_split, class_names, "file", val_fraction, val_seed, description
     )
 
 
@@ -787,17 +789,18 @@ _LOADED: dict[str, Manifest] = {}
 _LOADED_LOCK = threading.Lock()
 
 
-def load(kind: str, root: str | None, options: dict, log: bool = True) -> Manifest:
+def load(kind: str, root: str | None, options: dict, log: bool = True, name: str | None = None) -> Manifest:
     """The checked dataset of ``kind`` (``manifest`` or ``coco``), loaded once per process for the same options;
-    its warnings logged when it is first loaded (unless ``log`` is false: the caller prints them)."""
-    key = json.dumps([kind, root, options], sort_keys=True, default=str)
+    its warnings logged when it is first loaded (unless ``log`` is false: the caller prints them). ``name``: a preset's
+    (``coco2014``), for its datasets' names."""
+    key = json.dumps([kind, root, options, name], sort_keys=True, default=str)
     with _LOADED_LOCK:
         if key not in _LOADED:
             loader = load_manifest if kind == "manifest" else load_coco
             _LOADED.clear()  # one declared dataset per process at a time
-            _LOADED[key] = loader(root, **options)
+            _LOADED[key] = loader(root, **options, **({"name": name} if name else {}))
             for warning in _LOADED[key].warnings if log else ():
-                logger.warning("%s: %s", kind, warning)
+                logger.warning("%s: %s", _LOADED[key].name, warning)
         return _LOADED[key]
 
 

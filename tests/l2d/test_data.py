@@ -267,11 +267,11 @@ def _coco(tmp_path):
 
 def test_coco_reader(tmp_path):
     _coco(tmp_path)
-    test = build_dataset("coco2014", str(tmp_path), "test", 32)
+    test = build_dataset("coco2014", str(tmp_path), "test", 32, val_fraction=0.2)  # 10 % of 5: no val at all
     # Classes follow the category ids ascending: person (1), car (3), dog (18).
     assert test.class_names == ["person", "car", "dog"]
     assert len(test) == 2  # the last val image has no label and is dropped
-    assert len(build_dataset("coco2014", str(tmp_path), "test", 32, keep_empty=True)) == 3
+    assert len(build_dataset("coco2014", str(tmp_path), "test", 32, keep_empty=True, val_fraction=0.2)) == 3
     assert test.targets[0].tolist() == [1, 0, 1]  # image 100: dog + person
     train = build_dataset("coco2014", str(tmp_path), "train", 32, val_fraction=0.2)
     val = build_dataset("coco2014", str(tmp_path), "val", 32, val_fraction=0.2)
@@ -290,7 +290,7 @@ def test_coco_bad_inputs(tmp_path):
     with pytest.raises(DatasetError, match="instances_val2014.json: not a COCO instances file"):
         build_dataset("coco2014", str(tmp_path), "test", 32)
     path.unlink()
-    with pytest.raises(DatasetError, match="instances_val2014.json: annotation file not found"):
+    with pytest.raises(DatasetError, match="instances_val2014.json: file not found"):
         build_dataset("coco2014", str(tmp_path), "test", 32)
 
 
