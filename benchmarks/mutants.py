@@ -100,6 +100,72 @@ REASONS = [
         "equivalent: the walk up also ends at its bound, and a root is its own parent",
     ),
     (
+        "l2d/storage.py",
+        (
+            '.split("/", )[0]',
+            '.split("/", 2)[0]',
+            '.split("?", )[0]',
+            '.split("?", 2)[0]',
+            "split('=', )[0]",
+            "split('=', 2)[0]",
+        ),
+        "equivalent: the first piece of a split does not depend on how many more splits follow",
+    ),
+    (
+        "l2d/storage.py",
+        ('value.split("://", )[1]', 'value.split("://", 2)[1]'),
+        "equivalent: the value's host part is cut at its first '/' next: what a second '://' splits never reaches it",
+    ),
+    ("l2d/storage.py", 'if "?" in rest else "XXXX"', "equivalent: the stand-in query 'XXXX' holds no secret word"),
+    (
+        "l2d/storage.py",
+        ("if (self.is_local) and False else", "if (self.is_local) or True else"),
+        "equivalent on POSIX: an absolute path joined by os.path.join and by '/' is the same string",
+    ),
+    (
+        "l2d/storage.py",
+        "self.path.rstrip(None), *pieces",
+        "equivalent: a remote location's path never ends in '/' or a space (parse and join build it from non-empty "
+        "parts)",
+    ),
+    ("l2d/storage.py", "create_dir(self.path, )", "equivalent: pyarrow's create_dir is recursive by default"),
+    (
+        "l2d/storage.py",
+        "if (info.type != pafs.FileType.NotFound) or True",
+        "equivalent: a missing file's info has no modification time (None)",
+    ),
+    (
+        "l2d/storage.py",
+        ("recursive=True, allow_not_found=None)", "recursive=True, allow_not_found=False)", "recursive=True, ))"),
+        "equivalent but for a race: the folder was just seen to exist (only one deleted between the two calls differs)",
+    ),
+    (
+        "l2d/storage.py",
+        ('tmp = Location(None, f"{self.path}', '.tmp", None)', '.tmp", )', "uuid.uuid4().hex[:13]"),
+        "equivalent: the temporary file is local (a remote write returns before), so its scheme and options are never "
+        "read, and its name's length does not matter",
+    ),
+    (
+        "l2d/storage.py",
+        ("failpoint(None)  # the fault tests", 'failpoint("XXwrite-windowXX")', 'failpoint("WRITE-WINDOW")'),
+        "the failpoint's name: the fault tests (marker faults, outside mutmut's fast selection) kill there by it",
+    ),
+    (
+        "l2d/storage.py",
+        'item.rpartition("=")',
+        "equivalent: no failpoint action (error, sleep:S, N) holds an '='",
+    ),
+    (
+        "l2d/storage.py",
+        ('what: str = "XX--outXX"', 'what: str = "--OUT"'),
+        "the default flag named in check_output's messages: every caller names its own",
+    ),
+    (
+        "l2d/storage.py",
+        "folder, depth = above, depth - 1",
+        "the walk's bound: a walk that does not count still ends at the root (a root is its own parent)",
+    ),
+    (
         "sweeps/folder.py",
         '{"pairings", "methods"} < set(data)',
         "equivalent: a spec that got this far has a name too, so the two sets are never equal",

@@ -49,8 +49,13 @@ def test_bad_locations_are_refused(text, message):
 
 
 def test_relative_parts_are_refused(tmp_path):
-    with pytest.raises(StorageError, match="relative part"):
-        Location.parse(tmp_path) / ".."
+    for part in ("..", "a/../b", "./a", "a/./b"):
+        with pytest.raises(StorageError, match="relative part"):
+            Location.parse(tmp_path) / part
+
+
+def test_a_uri_without_options_prints_without_a_question_mark():
+    assert str(Location.parse("s3://bucket/runs")) == "s3://bucket/runs"
 
 
 def _exercise(root: Location) -> None:
@@ -60,6 +65,7 @@ def _exercise(root: Location) -> None:
     assert (folder / "one.txt").read_text() == "1" and (folder / "one.txt").is_file()
     assert folder.is_dir() and not (folder / "none").exists()
     assert [entry.name for entry in folder.list()] == ["one.txt", "sub"]  # no temporary file left behind
+    assert folder.list()[0].read_text() == "1"  # a listed entry keeps the scheme and the options of its folder
     assert folder.size() == 3 and (folder / "one.txt").size() == 1
     (folder / "one.txt").write_text("replaced")
     assert (folder / "one.txt").read_text() == "replaced"
@@ -150,6 +156,15 @@ def test_write_target_rule_on_s3(s3_server):
         ("s3://bucket/runs?endpoint_override=127.0.0.1:9000&scheme=http", []),
         ("postgresql://u@h/db?sslmode=require", []),
         ("/plain/path", []),
+        # The user-info is the host part's, up to its last "@"; a colon after the "@" is a port.
+        ("postgresql://u@corp:hunter2@h/db", ["password"]),
+        ("postgresql://u@h:5432/db", []),
+        ("s3://bucket/a:b@c/d", []),  # an "@" and a ":" in the path
+        ("s3://bucket?x=a:b@c?y=1", ["x (a user:password@ in its value)"]),  # ... in a query value
+        # The query is everything after the first "?"; a blank secret parameter is still one.
+        ("s3://b/r?x=1?token=2", []),
+        ("s3://b/r?a=1?b=2&token=3", ["token"]),
+        ("s3://b/r?token=", ["token"]),
     ],
 )
 def test_credentials_in_uris_are_found(uri, found):
@@ -167,6 +182,10 @@ def test_credentials_in_uris_are_found(uri, found):
         ("http://host:9000/a:b@c", False),  # an "@" and a ":" in the path, not in the host part
         ("host:9000/x/a:b@c", False),
         ("http://host:9000", False),
+        ("alice@corp:hunter2@host:9000", True),  # the user-info runs to the last "@" of the host part
+        ("alice@host:9000", False),  # a user without a password, then a port
+        ("host:9000/a:b@c/d", False),
+        ("http://host:9000/x?next=ftp://a:b@c", False),  # a URI inside the value's own query
     ],
 )
 def test_a_password_inside_a_query_value_is_found_in_the_host_part_only(value, secret):
@@ -186,6 +205,7 @@ def test_a_password_inside_a_query_value_is_found_in_the_host_part_only(value, s
         ("s3://b/r?a=1?b=2", "s3://b/r?a=***"),  # a "?" inside a value
         ("s3://u@b/r?x=1", "s3://***@b/r?x=***"),
         ("/plain/path?x=1", "/plain/path?x=1"),
+        ("s3://b?x=a@c?y=1", "s3://b?x=***"),  # an "@" in a query value is not user-info
     ],
 )
 def test_redact_masks_the_user_info_and_every_query_value_and_nothing_else(text, shown):
@@ -213,6 +233,8 @@ def test_modified_and_size_of_missing_empty_and_present_files(tmp_path):
     assert (root / "none").modified() is None and (root / "none").size() == 0
     (root / "empty").write_bytes(b"")
     assert (root / "empty").size() == 0
+    (root / "folder" / "empty").write_bytes(b"")
+    assert (root / "folder").size() == 0  # a folder of empty files holds no bytes
     (root / "one").write_bytes(b"x")
     when = (root / "one").modified()
     assert isinstance(when, datetime.datetime)
