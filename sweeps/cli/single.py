@@ -184,7 +184,11 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     if backbones:
         from l2d.models import token_grid
 
-        grids = {backbone: token_grid(backbone, image_size) for backbone in backbones}
+        for backbone in backbones:
+            try:
+                grids[backbone] = token_grid(backbone, image_size)
+            except Exception as error:  # noqa: BLE001 - a backbone that cannot run at this size: said, not fatal
+                grids[backbone] = f"cannot run at {image_size} px ({str(error).splitlines()[0][:160]})"
     if args.json:
         if declared is not None:
             stats = {
@@ -196,7 +200,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
                 "split_sizes": {split: len(images) for split, (images, _) in declared.splits.items()},
             }
         if grids:
-            stats["token_grid"] = {backbone: list(grid) for backbone, grid in grids.items()}
+            stats["token_grid"] = {b: list(g) if isinstance(g, tuple) else g for b, g in grids.items()}
         print(json.dumps(stats, indent=2))
         return 0
     if declared is not None:
@@ -224,6 +228,9 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     if grids:
         print(f"tokens the label-wise head sees at {image_size} px (its last feature map):")
         for backbone, grid in grids.items():
+            if isinstance(grid, str):
+                print(f"  {backbone}: {grid}")
+                continue
             shape = " x ".join(str(n) for n in grid)
             tokens = 1
             for n in grid:
