@@ -58,6 +58,13 @@ def test_a_uri_without_options_prints_without_a_question_mark():
     assert str(Location.parse("s3://bucket/runs")) == "s3://bucket/runs"
 
 
+def test_uri_options_keep_blank_values_and_may_hold_a_uri():
+    assert Location.parse("s3://bucket/runs?anonymous=").query == "anonymous="
+    inner = Location.parse("s3://bucket/runs?endpoint_override=http://127.0.0.1:9000")
+    assert (inner.scheme, inner.path) == ("s3", "bucket/runs")
+    assert (Location.parse("s3://bucket/runX") / "a").path == "bucket/runX/a"  # the path's own characters kept
+
+
 def _exercise(root: Location) -> None:
     folder = root / "a"
     (folder / "one.txt").write_text("1")
