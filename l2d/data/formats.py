@@ -6,8 +6,8 @@
 - ``coco2014``: ``<root>/annotations/instances_{train,val}2014.json`` with images in ``<root>/{train,val}2014/``.
   Class index = rank of the category id; images without labels are dropped unless ``keep_empty=True`` (every split)
   or ``keep_empty_test=True`` (the test split only).
-  ``test`` is COCO's val2014 (the multi-label convention). A preset of the declared ``coco`` format
-  (:mod:`l2d.data.manifest`): the same checks, the same splits and fingerprints as before it was one.
+  ``test`` is COCO's val2014 (the multi-label convention). A preset of the declared ``coco`` format, built in
+  :mod:`l2d.data.manifest` (:func:`~l2d.data.manifest.build_coco2014`): the same splits and fingerprints as before.
 - ``nuswide``: ``<root>/ImageList/{Train,Test}Imagelist.txt``, ``<root>/Concepts81.txt``,
   ``<root>/TrainTestLabels/Labels_<concept>_{Train,Test}.txt``, images under ``<root>/Flickr/``. Images without
   labels are dropped unless ``keep_empty=True`` (every split) or ``keep_empty_test=True`` (the test split only, as
@@ -212,38 +212,6 @@ def build_voc2007(
     paths, targets = _select(split, paths, targets, val_fraction, val_seed)
     train = split == "train" if train_transform is None else train_transform
     return ImageListDataset(paths, targets, VOC_CLASSES, image_size, train, skip_corrupt, f"voc2007/{split}")
-
-
-def build_coco2014(
-    root: str,
-    split: str,
-    image_size: int,
-    keep_empty: bool = False,
-    keep_empty_test: bool = False,
-    val_fraction: float = 0.1,
-    val_seed: int = 0,
-    skip_corrupt: bool = False,
-    train_transform: bool | None = None,
-) -> ImageListDataset:
-    """COCO 2014 in its standard layout: a preset of the declared ``coco`` format (:func:`l2d.data.manifest.load_coco`)
-    with train2014 for train (val held out of it) and val2014 for test."""
-    from l2d.data.manifest import load
-
-    _check_split(split)
-    base = Path(root)
-    options = {
-        "train": str(base / "annotations" / "instances_train2014.json"),
-        "train_images": str(base / "train2014"),
-        "test": str(base / "annotations" / "instances_val2014.json"),
-        "test_images": str(base / "val2014"),
-        "keep_empty": keep_empty,
-        "keep_empty_test": keep_empty_test,
-        "val_fraction": val_fraction,
-        "val_seed": val_seed,
-    }
-    loaded = load("coco", None, options, name="coco2014")
-    train = split == "train" if train_transform is None else train_transform
-    return loaded.dataset(split, image_size, train, skip_corrupt)
 
 
 def build_nuswide(

@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -821,3 +822,35 @@ def _builder(kind: str):
 
 build_manifest = _builder("manifest")
 build_coco = _builder("coco")
+
+
+def build_coco2014(
+    root: str,
+    split: str,
+    image_size: int,
+    keep_empty: bool = False,
+    keep_empty_test: bool = False,
+    val_fraction: float = 0.1,
+    val_seed: int = 0,
+    skip_corrupt: bool = False,
+    train_transform: bool | None = None,
+):
+    """COCO 2014 in its standard layout (``<root>/annotations/instances_{train,val}2014.json``, images in
+    ``<root>/{train,val}2014/``): a preset of the declared ``coco`` format (:func:`load_coco`), with train2014 for
+    train (val held out of it) and val2014 for test."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r} (allowed: train, val, test)")
+    base = Path(root)
+    options = {
+        "train": str(base / "annotations" / "instances_train2014.json"),
+        "train_images": str(base / "train2014"),
+        "test": str(base / "annotations" / "instances_val2014.json"),
+        "test_images": str(base / "val2014"),
+        "keep_empty": keep_empty,
+        "keep_empty_test": keep_empty_test,
+        "val_fraction": val_fraction,
+        "val_seed": val_seed,
+    }
+    loaded = load("coco", None, options, name="coco2014")
+    train = split == "train" if train_transform is None else train_transform
+    return loaded.dataset(split, image_size, train, skip_corrupt)

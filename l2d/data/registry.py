@@ -256,7 +256,7 @@ DATASETS: dict[str, DatasetInfo] = {
             **_SPLIT_OPTIONS,
         },
     ),
-    "coco2014": DatasetInfo("l2d.data.formats:build_coco2014", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
+    "coco2014": DatasetInfo("l2d.data.manifest:build_coco2014", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
     "nuswide": DatasetInfo("l2d.data.formats:build_nuswide", True, options={**_KEEP_EMPTY, **_SPLIT_OPTIONS}),
     "manifest": DatasetInfo(
         "l2d.data.manifest:build_manifest",
