@@ -108,6 +108,8 @@ REASONS = [
             '.split("?", 2)[0]',
             "split('=', )[0]",
             "split('=', 2)[0]",
+            'text.split("://", )[0]',
+            'text.split("://", 2)[0]',
         ),
         "equivalent: the first piece of a split does not depend on how many more splits follow",
     ),
@@ -121,6 +123,16 @@ REASONS = [
         "l2d/storage.py",
         ("if (self.is_local) and False else", "if (self.is_local) or True else"),
         "equivalent on POSIX: an absolute path joined by os.path.join and by '/' is the same string",
+    ),
+    (
+        "l2d/storage.py",
+        ('what: str = "XXstorageXX"', 'what: str = "STORAGE"'),
+        "the default label of parse's messages: every caller that can be wrong names its own",
+    ),
+    (
+        "l2d/storage.py",
+        'self.path.lstrip("/"), *pieces',
+        "equivalent: a remote location's path (bucket/key) never starts with '/'",
     ),
     (
         "l2d/storage.py",
