@@ -348,3 +348,11 @@ def test_a_classes_file_with_a_name_twice_is_refused(tmp_path):
     (tmp_path / "classes.txt").write_text("car\ncat\ncar\n")
     with pytest.raises(DatasetError, match=r"classes.txt: class 'car' listed twice \(line 3\)"):
         check_declared("manifest", None, {**files, "classes": str(tmp_path / "classes.txt")})
+
+
+def test_tables_with_different_delimiters_are_refused(tmp_path):
+    """Each table alone is unambiguous (train uses '|', test ';'), but together they would parse as other labels."""
+    files = _split_files(tmp_path)
+    _csv(tmp_path / "test.csv", ["image", "labels"], [["images/021.png", "cat;dog"], ["images/022.png", "car"]])
+    with pytest.raises(DatasetError, match=r"ambiguous label column 'labels': the tables use different delimiters"):
+        check_declared("manifest", None, files)
