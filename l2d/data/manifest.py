@@ -63,10 +63,6 @@ _READERS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "json", ".ndjson": "json", "
 _SHOWN = 5  # missing images named in an error
 
 
-def _fail(message: str) -> DatasetError:
-    return DatasetError(message)
-
-
 # --- one table ------------------------------------------------------------------------------------------------------
 
 
@@ -87,23 +83,23 @@ def _location(text: str, root: str | None, what: str) -> Location:
             return Location.parse(root, "dataset.root").join(text)
         return Location.parse(text, what)
     except StorageError as error:
-        raise _fail(str(error)) from None
+        raise DatasetError(str(error)) from None
 
 
 def _read_table(location: Location, what: str) -> pa.Table:
     suffix = os.path.splitext(location.name)[1].lower()
     kind = _READERS.get(suffix)
     if kind is None:
-        raise _fail(
+        raise DatasetError(
             f"{what}: {location}: unknown manifest format {suffix or '(no extension)'!r}; allowed: "
             + ", ".join(_READERS)
         )
     try:
         data = pa.BufferReader(location.read_bytes())
     except FileNotFoundError:
-        raise _fail(f"{what}: {location}: file not found") from None
+        raise DatasetError(f"{what}: {location}: file not found") from None
     except OSError as error:
-        raise _fail(f"{what}: {location}: could not be read ({error})") from None
+        raise DatasetError(f"{what}: {location}: could not be read ({error})") from None
     try:
         if kind in ("csv", "tsv"):
             from pyarrow import csv
@@ -121,18 +117,20 @@ def _read_table(location: Location, what: str) -> pa.Table:
 
         return pq.read_table(data)
     except (pa.ArrowInvalid, pa.ArrowTypeError, OSError) as error:
-        raise _fail(f"{what}: {location}: not a readable {kind.upper()} file ({str(error).splitlines()[0]})") from None
+        raise DatasetError(
+            f"{what}: {location}: not a readable {kind.upper()} file ({str(error).splitlines()[0]})"
+        ) from None
 
 
 def _column(table: pa.Table, wanted: str | None, candidates: tuple[str, ...], what: str, source: str) -> str | None:
     if wanted is not None:
         if wanted not in table.column_names:
-            raise _fail(f"{source}: no column {wanted!r} ({what}); columns: {', '.join(table.column_names)}")
+            raise DatasetError(f"{source}: no column {wanted!r} ({what}); columns: {', '.join(table.column_names)}")
         return wanted
     lower = {name.lower(): name for name in table.column_names}
     found = [lower[c] for c in candidates if c in lower]
     if what == "labels" and len(found) > 1:
-        raise _fail(
+        raise DatasetError(
             f"{source}: ambiguous label column: {', '.join(repr(f) for f in found)} could each be the labels; "
             f"set label_column"
         )
@@ -169,28 +167,30 @@ def _decide_labels(part: _Part, options: dict, reserved: set[str], others_parts:
     if wanted == "columns" or (wanted == "auto" and column is None):
         label_columns = [c for c in table.column_names if c not in reserved]
         if not label_columns:
-            raise _fail(
+            raise DatasetError(
                 f"{source}: no label column (looked for {', '.join(LABEL_COLUMNS)} or 0/1 columns); set label_column"
             )
         return _Labels("columns", columns=label_columns)
     if column is None:
-        raise _fail(
+        raise DatasetError(
             f"{source}: no label column for label_format {wanted} (looked for {', '.join(LABEL_COLUMNS)}); "
             f"set label_column"
         )
     binary = [c for c in others if _is_binary_column(table.column(c))]
     if wanted == "auto" and binary and len(binary) == len(others):
-        raise _fail(
+        raise DatasetError(
             f"{source}: ambiguous label column: {column!r} and the 0/1 columns {', '.join(binary[:5])} could each be "
             f"the labels; set label_format (delimited, list or columns)"
         )
     for other in others_parts:
         if column not in other.table.column_names:
-            raise _fail(f"{other.source}: no column {column!r} (the label column of {source})")
+            raise DatasetError(f"{other.source}: no column {column!r} (the label column of {source})")
     kind = table.column(column).type
     if pa.types.is_list(kind) or pa.types.is_large_list(kind):
         if wanted == "delimited":
-            raise _fail(f"{source}: column {column!r} holds lists, not delimited strings; set label_format: list")
+            raise DatasetError(
+                f"{source}: column {column!r} holds lists, not delimited strings; set label_format: list"
+            )
         return _Labels("list", column)
     if wanted == "list" or (wanted == "auto" and _looks_like_json_lists(table.column(column))):
         return _Labels("list", column)
@@ -199,7 +199,7 @@ def _decide_labels(part: _Part, options: dict, reserved: set[str], others_parts:
         found = {_find_delimiter(p.table.column(column), column, p.source, p.rows) for p in (part, *others_parts)}
         found.discard(" ")  # a table with one label per row has none of the delimiters
         if len(found) > 1:
-            raise _fail(
+            raise DatasetError(
                 f"{source}: ambiguous label column {column!r}: the tables use different delimiters "
                 f"({', '.join(repr(d) for d in sorted(found))}); set delimiter"
             )
@@ -227,7 +227,7 @@ def _find_delimiter(column: pa.ChunkedArray, name: str, source: str, rows: np.nd
         first = [
             int(np.flatnonzero(pc.match_substring(values, d).to_numpy(zero_copy_only=False))[0]) for d in present[:2]
         ]
-        raise _fail(
+        raise DatasetError(
             f"{source}: ambiguous label column {name!r}: both {present[0]!r} (row {rows[first[0]] + 1}: "
             f"{values[first[0]].as_py()!r}) and {present[1]!r} (row {rows[first[1]] + 1}: "
             f"{values[first[1]].as_py()!r}) "
@@ -277,7 +277,7 @@ def _parse_json_lists(values: pa.Array, part: _Part, column: str) -> pa.ListArra
         except json.JSONDecodeError:
             parsed = None
         if not isinstance(parsed, list):
-            raise _fail(
+            raise DatasetError(
                 f"{part.source}: row {part.rows[k] + 1}: column {column!r}: {text!r} is not a JSON list of labels"
             )
         rows.append([str(v) for v in parsed])
@@ -290,10 +290,10 @@ def _targets(part: _Part, labels: _Labels, classes: list[str]) -> np.ndarray:
     if labels.format == "columns":
         missing = [c for c in classes if c not in part.table.column_names]
         if missing:
-            raise _fail(f"{part.source}: no column for class(es) {', '.join(repr(m) for m in missing[:5])}")
+            raise DatasetError(f"{part.source}: no column for class(es) {', '.join(repr(m) for m in missing[:5])}")
         extra = [c for c in labels.columns if c not in classes and c in part.table.column_names]
         if extra:
-            raise _fail(
+            raise DatasetError(
                 f"{part.source}: column {extra[0]!r} is not a class of the class list (not a 0/1 label column?)"
             )
         targets = np.zeros((count, len(classes)), dtype=np.uint8)
@@ -304,13 +304,13 @@ def _targets(part: _Part, labels: _Labels, classes: list[str]) -> np.ndarray:
                 or pa.types.is_boolean(column.type)
                 or pa.types.is_floating(column.type)
             ):
-                raise _fail(
+                raise DatasetError(
                     f"{part.source}: row {part.rows[0] + 1}: class column {name!r} holds {column.type}, not 0/1 values"
                 )
             values = column.cast(pa.float64()).to_numpy(zero_copy_only=False)
             bad = np.flatnonzero(~np.isin(values, (0.0, 1.0)))
             if len(bad):
-                raise _fail(
+                raise DatasetError(
                     f"{part.source}: row {part.rows[bad[0]] + 1}: class column {name!r} holds "
                     f"{column[int(bad[0])].as_py()!r}; "
                     f"allowed: 0 or 1"
@@ -326,7 +326,7 @@ def _targets(part: _Part, labels: _Labels, classes: list[str]) -> np.ndarray:
     if len(unknown):
         first = int(unknown[0])
         shown = ", ".join(classes[:8]) + (", ..." if len(classes) > 8 else "")
-        raise _fail(
+        raise DatasetError(
             f"{part.source}: row {part.rows[row_of[first]] + 1}: label {flat[first].as_py()!r} is not in the class "
             f"list "
             f"({len(classes)} classes: {shown}); {len(unknown)} such label(s) in this file"
@@ -351,16 +351,16 @@ def _read_classes(location: Location) -> list[str]:
     try:
         text = location.read_text()
     except FileNotFoundError:
-        raise _fail(f"classes: {location}: file not found") from None
+        raise DatasetError(f"classes: {location}: file not found") from None
     except (OSError, UnicodeDecodeError) as error:
-        raise _fail(f"classes: {location}: could not be read ({error})") from None
+        raise DatasetError(f"classes: {location}: could not be read ({error})") from None
     names = [line.strip() for line in text.splitlines() if line.strip()]
     if not names:
-        raise _fail(f"classes: {location}: no class names (one per line)")
+        raise DatasetError(f"classes: {location}: no class names (one per line)")
     seen: set[str] = set()
     for number, name in enumerate(names, 1):
         if name in seen:
-            raise _fail(f"classes: {location}: class {name!r} listed twice (line {number})")
+            raise DatasetError(f"classes: {location}: class {name!r} listed twice (line {number})")
         seen.add(name)
     return names
 
@@ -376,7 +376,7 @@ def _images(part: _Part, column: str) -> Images:
     if pa.types.is_struct(kind):
         fields = {kind.field(i).name for i in range(kind.num_fields)}
         if "bytes" not in fields and "path" not in fields:
-            raise _fail(f"{part.source}: column {column!r} holds structs without 'bytes' or 'path' fields")
+            raise DatasetError(f"{part.source}: column {column!r} holds structs without 'bytes' or 'path' fields")
         blobs = cells.field("bytes") if "bytes" in fields else None
         paths = cells.field("path") if "path" in fields else pa.nulls(len(cells), pa.string())
         if blobs is not None:
@@ -388,7 +388,7 @@ def _images(part: _Part, column: str) -> Images:
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):
         paths = cells.cast(pa.string())
     else:
-        raise _fail(f"{part.source}: image column {column!r} holds {kind}; allowed: paths, URIs or bytes")
+        raise DatasetError(f"{part.source}: image column {column!r} holds {kind}; allowed: paths, URIs or bytes")
     if blobs is not None:
         blobs = blobs.cast(pa.binary())
         empty = pc.or_(pc.is_null(blobs), pc.equal(pc.binary_length(blobs), 0))
@@ -398,7 +398,7 @@ def _images(part: _Part, column: str) -> Images:
     else:
         orphan = np.flatnonzero(pc.or_(pc.is_null(paths), pc.equal(paths, "")).to_numpy(zero_copy_only=False))
     if len(orphan):
-        raise _fail(
+        raise DatasetError(
             f"{part.source}: row {part.rows[orphan[0]] + 1}: no image in column {column!r} "
             f"({len(orphan)} row(s) without one)"
         )
@@ -418,11 +418,11 @@ def _resolve(text: str, part: _Part, row: int) -> str:
         try:
             return str(Location.parse(text, f"{part.source}: row {part.rows[row] + 1}: image"))
         except StorageError as error:
-            raise _fail(str(error)) from None
+            raise DatasetError(str(error)) from None
     if os.path.isabs(text):
         return os.path.normpath(text)
     if any(piece == ".." for piece in text.replace("\\", "/").split("/")) and not part.base.is_local:
-        raise _fail(
+        raise DatasetError(
             f"{part.source}: row {part.rows[row] + 1}: image {text!r}: '..' is not allowed in a remote manifest"
         )
     if part.base.is_local:
@@ -462,7 +462,7 @@ def _check_images(images: Images, part_of: list[tuple[str, int]]) -> list[str]:
             except (FileNotFoundError, NotADirectoryError):
                 entries = {}
             except PermissionError as error:
-                raise _fail(f"{folder}: the image folder cannot be listed ({error})") from None
+                raise DatasetError(f"{folder}: the image folder cannot be listed ({error})") from None
             for row in rows:
                 entry = entries.get(os.path.basename(refs[row]))
                 if entry is None or not entry.is_file():
@@ -481,7 +481,7 @@ def _remote_listing(uri: str) -> dict[str, tuple[int, str]]:
     try:
         infos = folder.filesystem.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True))
     except OSError as error:
-        raise _fail(f"{folder}: the image folder cannot be listed ({error})") from None
+        raise DatasetError(f"{folder}: the image folder cannot be listed ({error})") from None
     return {
         info.base_name: (int(info.size or 0), f"{info.size}:{info.mtime_ns}")
         for info in infos
@@ -541,7 +541,7 @@ def _check_overlap(splits: dict[str, tuple[Images, np.ndarray]], where: dict[str
             file_a, row_a = where[a][seen[a][first]]
             file_b, row_b = where[b][seen[b][first]]
             image = first if not first.startswith("sha256:") else "the same embedded bytes"
-            raise _fail(
+            raise DatasetError(
                 f"the same image is in {a} and {b}: {len(shared)} image(s), first {image} ({file_a} row {row_a + 1}, "
                 f"{file_b} row {row_b + 1}); a split must not hold another's images"
             )
@@ -573,7 +573,7 @@ def _finish(
     for split in SPLITS:
         if len(images_by_split[split]) == 0:
             held = held_out and split in ("train", "val")
-            raise _fail(
+            raise DatasetError(
                 f"{name}: the {split} split is empty"
                 + (f" (val_fraction {val_fraction:g} of {len(origin)} train rows; give a val split)" if held else "")
             )
@@ -608,21 +608,25 @@ def load_manifest(
 ) -> Manifest:
     """Load and check every split of a manifest dataset (see the module's docstring)."""
     if label_format not in LABEL_FORMATS:
-        raise _fail(f"label_format: {label_format!r} is not allowed; allowed: {', '.join(LABEL_FORMATS)}")
+        raise DatasetError(f"label_format: {label_format!r} is not allowed; allowed: {', '.join(LABEL_FORMATS)}")
     parts: dict[str, list[_Part]] = {}
     description = []
     if path is not None:
         if any(v is not None for v in (train, val, test)):
-            raise _fail("manifest: give either path (one table with a split column) or train/val/test files, not both")
+            raise DatasetError(
+                "manifest: give either path (one table with a split column) or train/val/test files, not both"
+            )
         location = _location(path, root, "path")
         table = _read_table(location, "path")
         if split_column not in table.column_names:
-            raise _fail(f"{location}: no split column {split_column!r}; columns: {', '.join(table.column_names)}")
+            raise DatasetError(
+                f"{location}: no split column {split_column!r}; columns: {', '.join(table.column_names)}"
+            )
         values = _strings(table.column(split_column))
         known = pc.is_in(values, value_set=pa.array(SPLITS))
         bad = np.flatnonzero(~known.to_numpy(zero_copy_only=False))
         if len(bad):
-            raise _fail(
+            raise DatasetError(
                 f"{location}: row {bad[0] + 1}: split {values[int(bad[0])].as_py()!r} is not allowed; allowed: "
                 + ", ".join(SPLITS)
             )
@@ -638,20 +642,20 @@ def load_manifest(
             location = _location(text, root, split)
             table = _read_table(location, split)
             if table.num_rows == 0:
-                raise _fail(f"manifest: the {split} split is empty ({location} has no rows)")
+                raise DatasetError(f"manifest: the {split} split is empty ({location} has no rows)")
             parts[split] = [_Part(split, str(location), location.parent, table, np.arange(table.num_rows))]
             description.append(f"{split}: {table.num_rows} rows of {location}")
     for split in ("train", "test"):
         if split not in parts:
             how = f"rows with {split_column} = {split}" if path is not None else f"{split}: FILE"
-            raise _fail(
+            raise DatasetError(
                 f"manifest: no {split} split ({how}); a manifest needs train and test (val is held out of train "
                 f"when absent)"
             )
     first = parts["train"][0]
     image = _column(first.table, image_column, IMAGE_COLUMNS, "image", first.source)
     if image is None:
-        raise _fail(
+        raise DatasetError(
             f"{first.source}: no image column (looked for {', '.join(IMAGE_COLUMNS)}); set image_column; "
             f"columns: {', '.join(first.table.column_names)}"
         )
@@ -659,7 +663,7 @@ def load_manifest(
     all_parts = [p for split in SPLITS for p in parts.get(split, [])]
     for part in all_parts:
         if image not in part.table.column_names:
-            raise _fail(f"{part.source}: no column {image!r} (the image column of {first.source})")
+            raise DatasetError(f"{part.source}: no column {image!r} (the image column of {first.source})")
     options = {"label_format": label_format, "label_column": label_column, "delimiter": delimiter}
     labels = _decide_labels(first, options, reserved, [p for p in all_parts if p is not first])
     if classes is not None:
@@ -667,7 +671,7 @@ def load_manifest(
     else:
         class_names, classes_from = _classes_from_data(all_parts, labels), "data"
         if not class_names:
-            raise _fail(f"{first.source}: no labels in any split")
+            raise DatasetError(f"{first.source}: no labels in any split")
     origin = "classes file" if classes_from == "file" else "columns" if labels.format == "columns" else "data (sorted)"
     description.insert(
         0,
@@ -704,7 +708,7 @@ def _check_all_images(images_by_split: dict[str, Images], parts: dict[str, list[
             missing += _check_images(images_by_split[split], [(part.source, int(r)) for r in part.rows])
     if missing:
         named = "; ".join(missing[:_SHOWN]) + ("; ..." if len(missing) > _SHOWN else "")
-        raise _fail(f"{len(missing)} image file(s) missing ({named})")
+        raise DatasetError(f"{len(missing)} image file(s) missing ({named})")
 
 
 def load_coco(
@@ -727,7 +731,7 @@ def load_coco(
     given = {"train": (train, train_images), "val": (val, val_images), "test": (test, test_images)}
     for split in ("train", "test"):
         if given[split][0] is None:
-            raise _fail(f"coco: no {split} split ({split}: INSTANCES.json and {split}_images: FOLDER)")
+            raise DatasetError(f"coco: no {split} split ({split}: INSTANCES.json and {split}_images: FOLDER)")
     parts: dict[str, list[_Part]] = {}
     images_by_split, targets_by_split = {}, {}
     categories_of: tuple[str, list] | None = None
@@ -735,10 +739,10 @@ def load_coco(
     for split, (instances, folder) in given.items():
         if instances is None:
             if folder is not None:
-                raise _fail(f"coco: {split}_images is given without {split} (its instances file)")
+                raise DatasetError(f"coco: {split}_images is given without {split} (its instances file)")
             continue
         if folder is None:
-            raise _fail(f"coco: {split} is given without {split}_images (the folder of its images)")
+            raise DatasetError(f"coco: {split} is given without {split}_images (the folder of its images)")
         location = _location(instances, root, split)
         try:
             data = json.loads(location.read_bytes())
@@ -746,14 +750,14 @@ def load_coco(
             images = sorted(data["images"], key=lambda i: i["id"])
             objects = data["annotations"]
         except FileNotFoundError:
-            raise _fail(f"{split}: {location}: file not found") from None
+            raise DatasetError(f"{split}: {location}: file not found") from None
         except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError) as error:
-            raise _fail(f"{location}: not a COCO instances file ({error!r})") from None
+            raise DatasetError(f"{location}: not a COCO instances file ({error!r})") from None
         names = [(c["id"], c["name"]) for c in categories]
         if categories_of is None:
             categories_of = (str(location), names)
         elif names != categories_of[1]:
-            raise _fail(
+            raise DatasetError(
                 f"{location}: its categories differ from those of {categories_of[0]}; every split needs the same"
             )
         class_index = {c["id"]: k for k, c in enumerate(categories)}
@@ -761,12 +765,14 @@ def load_coco(
         targets = np.zeros((len(images), len(categories)), dtype=np.uint8)
         for obj in objects:
             if obj.get("category_id") not in class_index:
-                raise _fail(
+                raise DatasetError(
                     f"{location}: annotation {obj.get('id')} has category {obj.get('category_id')!r}, not in the "
                     f"file's categories"
                 )
             if obj.get("image_id") not in row_of:
-                raise _fail(f"{location}: annotation {obj.get('id')} names unknown image {obj.get('image_id')!r}")
+                raise DatasetError(
+                    f"{location}: annotation {obj.get('id')} names unknown image {obj.get('image_id')!r}"
+                )
             targets[row_of[obj["image_id"]], class_index[obj["category_id"]]] = 1
         rows = np.arange(len(images))
         if not (keep_empty or (keep_empty_test and split == "test")):
