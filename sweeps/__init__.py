@@ -44,6 +44,7 @@ LAYERS = [
         "sweeps.results.store",
         "sweeps.results.writer",
         "sweeps.confirm",
+        "sweeps.results.teachers",
         "sweeps.results.reader",
         "sweeps.results",
         "sweeps.plots",

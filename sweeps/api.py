@@ -150,6 +150,10 @@ class Sweep:
         the sweep has none."""
         return self._results().confirmation()
 
+    def teachers(self):
+        """Each pairing's teacher beside its student trained alone, as a DataFrame (``results --teachers``)."""
+        return self._results().teachers().to_pandas()
+
     def study(self):
         """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):
         ``optuna.visualization`` and friends take it as it is."""

@@ -11,6 +11,7 @@ from typing import Callable
 
 from l2d.run import RunConfig
 from l2d.storage import Location
+from sweeps.results.teachers import write_teachers
 
 
 def teacher_runs(spec) -> dict[str, RunConfig]:
@@ -118,7 +119,9 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
         for event in _drain(events):  # epochs that ended between the last read and the task's end
             say(_epoch_line(event))
         ray.kill(events.actor)
-    return {teacher: cards[teacher] for teacher in runs}
+    cards = {teacher: cards[teacher] for teacher in runs}
+    write_teachers(spec.sweep_dir, cards)  # what `results` sets beside the students trained alone
+    return cards
 
 
 def _drain(events) -> list[dict]:

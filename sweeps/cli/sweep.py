@@ -40,6 +40,7 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
     if outcome.results is not None:
         print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
         print(render(outcome.results.leaderboard(10)))
+        _print_teachers(outcome.results)
         _print_confirmation(outcome.results)
     if not outcome.succeeded:
         print(
@@ -88,6 +89,47 @@ def _print_confirmation(results, fmt: str = "table", only: bool = False) -> None
     print(f"\nconfirmation of {results.sweep_dir} (vs_*: paired mean differences over the seeds):")
     print(render(table.select(shown)))
     for line in confirmation.describe():
+        print(line)
+
+
+def _print_teachers(results, fmt: str = "table", only: bool = False) -> None:
+    """Each pairing's teacher beside its student trained alone, and a warning for a teacher that is no better
+    (nothing when the sweep had no teacher phase; ``only``: say so). A damaged ``teachers.json`` is a note on
+    stderr: the leaderboard above it stands."""
+    from sweeps.results import CorruptResultsError
+    from sweeps.results.teachers import ALONE, teacher_warnings
+
+    try:
+        table = results.teachers()
+    except CorruptResultsError as error:
+        print(f"l2d-sweep: {error}", file=sys.stderr)
+        return
+    if table.num_rows == 0:
+        if only:
+            print(
+                f"{results.sweep_dir}: no teacher recorded (no method of the sweep needs one, or its teacher phase "
+                f"has not run)"
+            )
+        return
+    if fmt != "table":
+        print(render(table, fmt))
+        return
+    shown = {  # the columns a person compares, under short names (--teachers --format csv: all, as named)
+        "teacher": "teacher",
+        "how": "how",
+        "teacher_val_mAP": "val_mAP",
+        "teacher_test_mAP": "test_mAP",
+        "student": "student",
+        "alone_val_mAP": "alone_val",
+        "margin": "margin",
+        "best_distilled_val_mAP": "distilled_val",
+    }
+    print(
+        f"\nteachers of {results.sweep_dir} (mAP on the sweep's own val/test splits; alone_val: the student trained "
+        f"alone, {ALONE}; margin: teacher minus alone, val; distilled_val: the pairing's best distilled trial):"
+    )
+    print(render(table.select(list(shown)).rename_columns(list(shown.values()))))
+    for line in teacher_warnings(table.to_pylist()):
         print(line)
 
 
@@ -202,9 +244,13 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.confirmation:
         _print_confirmation(results, args.format, only=True)
         return 0
+    if args.teachers:
+        _print_teachers(results, args.format, only=True)
+        return 0
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.format == "table":  # for a person: the top rows, the columns that matter, rounded when shown
         print(render(results.leaderboard(args.limit or 10, columns), args.format))
+        _print_teachers(results)
         _print_confirmation(results)
     else:  # data: every row and every column at full precision, unless --limit / --columns choose
         print(render(results.leaderboard(args.limit, columns, every_column=True), args.format))
@@ -494,6 +540,12 @@ def add_commands(commands) -> None:
         "--confirmation",
         action="store_true",
         help="the confirmation stage's table only (every column: intervals, Holm p, detectable effects)",
+    )
+    results.add_argument(
+        "--teachers",
+        action="store_true",
+        help="each pairing's teacher (val/test mAP, trained or adopted) beside its student trained alone (bce) and "
+        "the best distilled trial; a teacher no better than its student is a warning",
     )
     results.add_argument(
         "--compact",

@@ -239,6 +239,19 @@ class SweepResults:
         spec = self.stored_spec
         return summarize(spec, self.trials.to_pylist()) if spec is not None else None
 
+    def teachers(self) -> pa.Table:
+        """Each pairing's teacher (its val and test mAP, trained or adopted) beside its student trained alone and the
+        pairing's best distilled trial (:func:`sweeps.results.teachers.teacher_rows`); no rows when the sweep had no
+        teacher phase.
+
+        Raises:
+            CorruptResultsError: ``teachers.json`` exists but cannot be read.
+        """
+        from sweeps.results.teachers import read_teachers, teacher_rows
+
+        rows = teacher_rows(read_teachers(self.sweep_dir), self.trials.to_pylist())
+        return pa.Table.from_pylist(rows) if rows else pa.table({"teacher": pa.array([], pa.string())})
+
     def pareto(self) -> pa.Table:
         """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
         student size (no other trial is at least as good on every one and better on one)."""

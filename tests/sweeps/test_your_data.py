@@ -130,6 +130,10 @@ def test_a_teacher_fine_tuned_elsewhere_used_as_it_is(tmp_path):
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "teacher test_resnet: adopted as it is (label-wise head fitted: val mAP " in run.stdout
     assert "sweep finished: 2 completed" in run.stdout
+    # the teacher phase's record, beside the student alone in the results (mld and l2d only: that is unknown)
+    recorded = json.loads((tmp_path / "sweeps" / "mine" / "teachers.json").read_text())["teachers"]
+    assert recorded["test_resnet"]["how"] == "adopted" and recorded["test_resnet"]["epochs"] == 0
+    assert "teachers of " in run.stdout and "note: the sweep trained no test_efficientnet alone" in run.stdout
     cards = list((tmp_path / "sweeps" / "teachers").glob("*/card.json"))
     assert len(cards) == 1
     card = json.loads(cards[0].read_text())
