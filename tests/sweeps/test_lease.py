@@ -147,7 +147,9 @@ def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
 def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
     sweep = Location.parse(tmp_path / "s")
     script = (
-        "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "import signal, sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        # a driver's Interrupts handles SIGINT whatever its parent ignores (a background job, a test runner's worker)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
         "print('held', flush=True); time.sleep(1.5); k.verify(); print('still writing', flush=True)\n"
     )
@@ -163,7 +165,9 @@ def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
 
 def test_a_driver_that_cannot_renew_its_lease_stops(tmp_path):
     script = (
-        "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "import signal, sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        # a driver's Interrupts handles SIGINT whatever its parent ignores (a background job, a test runner's worker)
+        "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
         "print('held', flush=True)\n"
         "try:\n    time.sleep(60); print('never stopped', flush=True)\n"
