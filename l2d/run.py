@@ -380,6 +380,7 @@ def adopt_teacher(
 
     from l2d.engine import evaluate, make_loader
     from l2d.models import adopt_checkpoint, count_parameters
+    from l2d.weights import class_order
 
     config = resolve(config)
     source = config.teacher_weights or ""
@@ -390,8 +391,13 @@ def adopt_teacher(
         )
     splits = dict(splits) if splits is not None else build_splits(config)
     classes = list(splits["train"].class_names)
+    path = os.path.expanduser(config.teacher_weights)
+    order, order_said = class_order(path, classes)
     torch.manual_seed(config.seed)  # the head's initialisation
-    model = adopt_checkpoint(config.teacher, len(classes), config.embed_dim, os.path.expanduser(config.teacher_weights))
+    model = adopt_checkpoint(config.teacher, len(classes), config.embed_dim, path)
+    if order is not None and order != list(range(len(classes))):
+        _reorder_classifier(model, order, path, order_said)
+        order_said += "; its classifier's rows put in the dataset's order"
     device = resolve_device(config.device)
     model.to(device)
     history = fit_head(model, splits, config, device, on_epoch) if model.own_classifier else []
@@ -408,11 +414,37 @@ def adopt_teacher(
         "logits": "classifier" if model.own_classifier else "head",
         "head_epochs": len(history),
         "head_val_mAP": history[-1]["val_mAP"] if history else None,
+        "class_order": order_said,
         "parameters": count_parameters(model),
         "class_names": classes,
         "history": history,
     }
     return model.cpu().eval(), fields
+
+
+def _reorder_classifier(model, order: list[int], path: str, said: str) -> None:
+    """Put the rows of an adopted timm classifier in the dataset's class order (``order[i]``: the checkpoint's row of
+    the dataset's class ``i``), so that logit ``i`` is class ``i``.
+
+    Raises:
+        WeightsError: the model is a whole model of this project (its label-wise head is per class too), or its
+            classifier is not one module with a row per class.
+    """
+    import torch
+
+    from l2d.weights import WeightsError
+
+    fix = "list the dataset's classes in the checkpoint's order (the dataset's classes file)"
+    if not model.own_classifier:
+        raise WeightsError(f"{path}: its classes are in another order than the dataset's, {said}; {fix}")
+    classifier = model.backbone.get_classifier()
+    rows = [p for p in getattr(classifier, "parameters", lambda: [])() if p.shape[:1] == (len(order),)]
+    if not isinstance(classifier, torch.nn.Module) or not rows:
+        raise WeightsError(f"{path}: its classifier's rows cannot be put in the dataset's order, {said}; {fix}")
+    index = torch.as_tensor(order)
+    with torch.no_grad():
+        for parameter in rows:
+            parameter.copy_(parameter[index])
 
 
 def fit_head(model, splits: Mapping, config: RunConfig, device, on_epoch: EpochFn | None = None) -> list[dict]:

@@ -292,6 +292,83 @@ def read_state_dict(path: str) -> object:
         raise WeightsError(f"{path}: not a readable weights file ({str(error).splitlines()[0][:200]})") from None
 
 
+#: Files beside a checkpoint that name its classes, and the key that holds them: this project's card (an export, a
+#: teacher-store entry) and the ``config.json`` that timm's ``push_to_hub`` writes beside ``model.safetensors``.
+CLASS_NAME_FILES = (("card.json", "class_names"), ("config.json", "label_names"))
+
+
+def _name_list(value) -> list[str] | None:
+    return list(value) if isinstance(value, list) and value and all(isinstance(v, str) for v in value) else None
+
+
+def checkpoint_class_names(path: str) -> tuple[list[str], str] | None:
+    """The class names a checkpoint carries, in its classifier's order, and where they were read: a
+    :data:`CLASS_NAME_FILES` file beside it, a safetensors file's ``class_names`` metadata (a JSON list), or a
+    ``class_names`` list beside the state dict in a ``.pth`` dict. None when it carries none (the class order can
+    then be checked by count only)."""
+    import json
+
+    folder = os.path.dirname(os.path.abspath(path))
+    for name, key in CLASS_NAME_FILES:
+        beside = os.path.join(folder, name)
+        try:
+            with open(beside, encoding="utf-8") as handle:
+                data = json.load(handle)
+        except (OSError, ValueError):
+            continue  # absent, or not JSON: not a file that names classes
+        names = _name_list(data.get(key)) if isinstance(data, dict) else None
+        if names:
+            return names, f"{beside} ({key})"
+    try:
+        if path.endswith(".safetensors"):
+            from safetensors import safe_open
+
+            with safe_open(path, framework="numpy") as handle:
+                raw = (handle.metadata() or {}).get("class_names")
+            names = _name_list(json.loads(raw)) if raw else None
+            return (names, f"{path} (metadata class_names)") if names else None
+        import torch
+
+        content = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - an unreadable file is named by read_state_dict when it is loaded
+        return None
+    names = _name_list(content.get("class_names")) if isinstance(content, dict) else None
+    return (names, f"{path} (class_names)") if names else None
+
+
+def class_order(path: str, classes: list[str]) -> tuple[list[int] | None, str]:
+    """How the classifier of the checkpoint at ``path`` maps onto the dataset's ``classes``: ``(order, said)``,
+    ``order[i]`` the checkpoint's row of ``classes[i]`` (None when it carries no names: checked by count only), and
+    a line saying how the order was checked.
+
+    Raises:
+        WeightsError: its names are not the dataset's classes (naming the first missing and the first extra one), or
+            name a class twice.
+    """
+    found = checkpoint_class_names(path)
+    if found is None:
+        return None, "by count only (the checkpoint names no classes)"
+    names, where = found
+    if len(set(names)) != len(names):
+        twice = next(n for n in names if names.count(n) > 1)
+        raise WeightsError(f"{where}: names the class {twice!r} twice")
+    missing = [c for c in classes if c not in set(names)]
+    extra = [n for n in names if n not in set(classes)]
+    if missing or extra:
+        parts = (
+            [f"lacks {len(missing)} of the dataset's {len(classes)} classes (first: {missing[0]!r})"] if missing else []
+        ) + ([f"has {len(extra)} the dataset does not (first: {extra[0]!r})"] if extra else [])
+        raise WeightsError(f"{where}: the checkpoint's classes are not the dataset's: it {' and '.join(parts)}")
+    order = [names.index(c) for c in classes]
+    if order == list(range(len(classes))):
+        return order, f"by name ({where}): the dataset's order"
+    first = next(i for i, row in enumerate(order) if row != i)
+    return order, (
+        f"by name ({where}): another order (the dataset's class {first}, {classes[first]!r}, is the checkpoint's "
+        f"row {order[first]})"
+    )
+
+
 def offline_model(backbone: str, source: str = "offline", num_classes: int = 0, **timm_kwargs):
     """The timm model ``backbone`` with an offline package's tensors: ``(model, entry)``. ``num_classes=0`` drops
     the classifier (a backbone for :class:`~l2d.models.MultiLabelModel`); 1000 keeps the ImageNet one.

@@ -42,7 +42,7 @@ from sweeps.lease import LeaseError
 from sweeps.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
 from sweeps.search import DefineByRunSpace  # noqa: F401 - a name old pickles hold
-from sweeps.spec import SweepSpec, with_overrides
+from sweeps.spec import SweepSpec, check_adopted_teachers, with_overrides
 from sweeps.stored import load_sweep_spec, sweep_exists
 from sweeps.vocab import SCORED
 
@@ -384,7 +384,8 @@ def _drive(
 def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
     """A declared dataset (``format: manifest`` or ``coco``) loaded and checked before anything is written or any Ray
     process starts: a missing image, a label outside the class list, an empty split, an image in two splits are a
-    one-line error (:class:`l2d.data.DatasetError`, exit 2); a class without a positive in train is said."""
+    one-line error (:class:`l2d.data.DatasetError`, exit 2); a class without a positive in train is said. An adopted
+    teacher (``teacher_epochs`` 0) whose checkpoint names classes that are not the dataset's is refused here too."""
     from l2d.data import check_declared
 
     manifest = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
@@ -393,6 +394,7 @@ def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
         say(f"dataset {manifest.name}: {len(manifest.class_names)} classes, {sizes} images")
         for warning in manifest.warnings:
             say(f"warning: dataset: {warning}")
+        check_adopted_teachers(spec, list(manifest.class_names))
 
 
 def _fit(tuner) -> None:

@@ -750,6 +750,23 @@ def _adopted_teachers(errors: Errors, pairings, weights: dict) -> None:
             )
 
 
+def check_adopted_teachers(spec: SweepSpec, class_names: list[str]) -> None:
+    """With ``teacher_epochs`` 0, each teacher's checkpoint's class names (where it carries them) against the
+    dataset's ``class_names`` (:func:`l2d.weights.class_order`).
+
+    Raises:
+        WeightsError: a checkpoint names classes that are not the dataset's.
+    """
+    import os
+
+    from l2d.weights import class_order
+
+    if spec.budget.teacher_epochs != 0:
+        return
+    for teacher in dict.fromkeys(p.teacher for p in spec.pairings):
+        class_order(os.path.expanduser(spec.weights[teacher]), class_names)
+
+
 def _weights(errors: Errors, raw: Any, pairings) -> dict:
     """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
     file is looked for before Ray starts, see sweeps.experiment.check_local_resources)."""

@@ -108,6 +108,8 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
                     f"  teacher {teacher}: {how}, val mAP "
                     f"{card['val_mAP']:.2f}, test mAP {card['test_mAP']:.2f}, {card['parameters']:,} parameters"
                 )
+                if card.get("class_order"):
+                    say(f"    class order checked {card['class_order']}")
                 digest = card.get("digest")
                 if card["trained_now"] and digest:  # the store follows the storage: where it is, how to share it
                     say(

@@ -173,6 +173,20 @@ CASES = [
         "budget.teacher_epochs: 0 uses each teacher as it is: weights.test_resnet must name its checkpoint file",
     ),
     (
+        "your teacher: a checkpoint that names other classes",
+        lambda t: ["run", _adopted_over(t, ["bird", "car", "cat"])],
+        2,
+        "(metadata class_names): the checkpoint's classes are not the dataset's: it lacks 1 of the dataset's 3 "
+        "classes (first: 'dog') and has 1 the dataset does not (first: 'bird')",
+    ),
+    (
+        "your teacher: a checkpoint that names other classes (`validate`)",
+        lambda t: ["validate", _adopted_over(t, ["bird", "car", "cat"])],
+        2,
+        "(metadata class_names): the checkpoint's classes are not the dataset's: it lacks 1 of the dataset's 3 "
+        "classes (first: 'dog') and has 1 the dataset does not (first: 'bird')",
+    ),
+    (
         "spec: `embed_dim: 12`",
         lambda t: ["run", _spec(t, **_nested("recipe", embed_dim=12))],
         2,
@@ -633,6 +647,24 @@ def _own_data(tmp: Path, defect: str) -> str:
     elif defect == "credentials":
         write_csv(data / "test.csv", ["image", "labels"], [["s3://alice:s3cr3t@bucket/x.png", "cat"]])
     return _spec(tmp, dataset=dataset)
+
+
+def _adopted_over(tmp: Path, names: list[str]) -> str:
+    """A spec adopting a plain timm classifier (``teacher_epochs`` 0) whose safetensors metadata names ``names``,
+    over a CSV dataset of the classes car, cat, dog."""
+    import json as json_module
+
+    import timm
+    from safetensors.torch import save_file
+
+    from tests.userdata import csv_dataset
+
+    dataset = csv_dataset(tmp / "data", train=12, test=4)
+    net = timm.create_model("test_resnet", pretrained=False, num_classes=len(names))
+    path = tmp / "data" / "teacher.safetensors"
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    save_file(tensors, str(path), metadata={"class_names": json_module.dumps(names)})
+    return _spec(tmp, dataset=dataset, weights={"test_resnet": str(path)}, **_nested("budget", teacher_epochs=0))
 
 
 def _write(tmp: Path, text: str, name: str = "bad.yaml") -> str:

@@ -9,7 +9,7 @@ import sys
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sweeps.spec import SpecError, load_spec
+    from sweeps.spec import SpecError, check_adopted_teachers, load_spec
 
     status = 0
     for path in args.specs:
@@ -21,11 +21,18 @@ def _cmd_validate(args: argparse.Namespace) -> int:
             status = 2
             continue
         from l2d.data import DatasetError, check_declared
+        from l2d.weights import WeightsError
 
         try:
             declared = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
+            if declared is not None:
+                check_adopted_teachers(spec, list(declared.class_names))
         except DatasetError as error:
             print(f"l2d-sweep validate: error: {path}: dataset: {error}", file=sys.stderr)
+            status = 2
+            continue
+        except WeightsError as error:
+            print(f"l2d-sweep validate: error: {path}: teacher: {error}", file=sys.stderr)
             status = 2
             continue
         pairs = sum(len(p.students) for p in spec.pairings)

@@ -118,3 +118,114 @@ def test_teacher_epochs_0_needs_the_checkpoint_file():
         train_teacher(RunConfig(teacher="test_resnet", teacher_epochs=0))
     with pytest.raises(ValueError, match=r"teacher_epochs must be >= 0"):
         resolve(RunConfig(teacher="test_resnet", teacher_epochs=-1))
+
+
+def _classifier_file(folder, names: list[str] | None, how: str = "metadata") -> str:
+    """A plain timm classifier of test_resnet over ``len(names)`` classes whose names are given ``how``."""
+    import json
+
+    from safetensors.torch import save_file
+
+    torch.manual_seed(5)
+    net = timm.create_model("test_resnet", num_classes=3)
+    tensors = {k: v.contiguous() for k, v in net.state_dict().items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    if how == "pth":
+        path = folder / "teacher.pth"
+        torch.save({"state_dict": tensors, "class_names": names}, path)
+        return str(path)
+    path = folder / "model.safetensors"
+    metadata = {"class_names": json.dumps(names)} if how == "metadata" and names else None
+    save_file(tensors, str(path), metadata=metadata)
+    if how == "config.json":  # what timm's push_to_hub writes beside the weights
+        (folder / "config.json").write_text(json.dumps({"architecture": "test_resnet", "label_names": names}))
+    if how == "card.json":  # an export or a teacher-store entry of this project
+        (folder / "card.json").write_text(json.dumps({"class_names": names}))
+    return str(path)
+
+
+@pytest.mark.parametrize("how", ["metadata", "pth", "config.json", "card.json"])
+def test_the_class_names_a_checkpoint_carries_are_read_from_each_place(tmp_path, how):
+    from l2d.weights import checkpoint_class_names
+
+    path = _classifier_file(tmp_path / how, ["dog", "car", "cat"], how)
+    names, where = checkpoint_class_names(path)
+    assert names == ["dog", "car", "cat"] and (how in where or "class_names" in where)
+    assert checkpoint_class_names(_classifier_file(tmp_path / "none", None, "none")) is None
+
+
+def test_the_class_order_is_checked_by_name():
+    from l2d.weights import class_order
+
+    def order(names, classes):
+        import tempfile
+        from pathlib import Path
+
+        with tempfile.TemporaryDirectory() as folder:
+            return class_order(_classifier_file(Path(folder), names), classes)
+
+    same, said = order(["car", "cat", "dog"], ["car", "cat", "dog"])
+    assert (
+        same == [0, 1, 2]
+        and said.startswith("by name (")
+        and said.endswith("(metadata class_names)): the dataset's order")
+    )
+    permuted, said = order(["dog", "car", "cat"], ["car", "cat", "dog"])
+    assert permuted == [1, 2, 0] and "another order (the dataset's class 0, 'car', is the checkpoint's row 1)" in said
+    assert order(None, ["a", "b", "c"]) == (None, "by count only (the checkpoint names no classes)")
+    with pytest.raises(
+        WeightsError,
+        match=r"lacks 1 of the dataset's 3 classes \(first: 'dog'\) and has 1 the "
+        r"dataset does not \(first: 'bird'\)",
+    ):
+        order(["car", "bird", "cat"], ["car", "cat", "dog"])
+    with pytest.raises(WeightsError, match=r"names the class 'cat' twice"):
+        order(["cat", "car", "cat"], ["car", "cat", "dog"])
+
+
+def test_a_classifier_in_another_order_is_put_in_the_datasets(tmp_path):
+    """The checkpoint lists dog, car, cat; the dataset car, cat, dog: the adopted teacher's logit i is the dataset's
+    class i (without the reordering, logit 0 would be the checkpoint's dog)."""
+    import json
+
+    from safetensors.torch import load_file, save_file
+
+    from l2d.run import adopt_teacher
+
+    files = csv_dataset(tmp_path)
+    plain = fine_tune_elsewhere(tmp_path, files)  # rows in the dataset's order: car, cat, dog
+    tensors = load_file(plain)
+    rows = [2, 0, 1]  # the checkpoint's row j holds the dataset's class rows[j]: dog, car, cat
+    permuted = {k: (v[rows].contiguous() if k.startswith("fc.") else v) for k, v in tensors.items()}
+    path = tmp_path / "elsewhere" / "teacher.safetensors"
+    path.parent.mkdir()
+    save_file(permuted, str(path), metadata={"class_names": json.dumps(["dog", "car", "cat"])})
+
+    model, card = adopt_teacher(_config(files, str(path), "mld"))
+    assert "another order" in card["class_order"] and "rows put in the dataset's order" in card["class_order"]
+    original = timm.create_model("test_resnet", num_classes=3)
+    original.load_state_dict(tensors)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    config = timm.data.resolve_data_config(model=original)
+    normalised = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).logits, original.eval()(normalised), rtol=1e-4, atol=1e-5)
+
+
+def test_a_whole_model_in_another_order_is_refused_with_the_fix(tmp_path):
+    import json
+
+    from l2d.run import adopt_teacher
+
+    files = csv_dataset(tmp_path)
+    model = build_model("test_resnet", 3, 16)
+    folder = tmp_path / "export"
+    folder.mkdir()
+    torch.save(model.state_dict(), folder / "student.pt")
+    (folder / "card.json").write_text(json.dumps({"class_names": ["dog", "car", "cat"]}))
+    with pytest.raises(
+        WeightsError,
+        match=r"in another order than the dataset's.*list the dataset's classes in the "
+        r"checkpoint's order",
+    ):
+        adopt_teacher(_config(files, str(folder / "student.pt"), "mld"))
