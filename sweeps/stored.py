@@ -27,6 +27,16 @@ def spec_digest(spec: SweepSpec) -> str:
     return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+def written_digest(data) -> str | None:
+    """The digest of a stored ``spec.yaml`` as it was written (its mapping as read, the storage left out): what
+    :func:`spec_digest` gave when the version that started the sweep wrote it, whatever settings were added since
+    (a setting added later is a key the file lacks, not an edit). None for a file that is not a mapping."""
+    if not isinstance(data, dict):
+        return None
+    canonical = _canonical({k: v for k, v in data.items() if k != "storage"})
+    return hashlib.sha256(json.dumps(canonical, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
 def _canonical(value):
     """A spec's values as its stored YAML gives them back: every number a float (a spec built in code may hold
     ``3`` where the file, once parsed, holds ``3.0``), tuples as lists."""
@@ -82,7 +92,7 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
             "; ".join(error.errors) + " (the sweep's stored spec is damaged or from a newer version)"
         ) from None
     stored = (read_marker(sweep_dir) or {}).get("spec_digest")
-    if stored and stored != spec_digest(spec):
+    if stored and stored not in (spec_digest(spec), written_digest(data)):
         message = (
             f"{path}: differs from the spec this sweep was started with (its digest is not the marker's): it "
             f"was edited by hand; a sweep's spec changes only through `l2d-sweep extend`. Put it back, or start "

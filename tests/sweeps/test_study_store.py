@@ -3,6 +3,7 @@ refused, only the sweep's own file that is not a database set aside (under a uni
 before anything is touched, a locked database left alone; readers' own copies of a remote study; the sweep's id
 recovered from the study and the results when its marker is lost."""
 
+import json
 import sqlite3
 
 import optuna
@@ -165,3 +166,25 @@ def test_a_hand_edited_spec_is_found(tmp_path, caplog):
     assert "edited by hand" in caplog.text
     with pytest.raises(SweepStateError, match=r"spec\.yaml: differs from the spec this sweep was started with"):
         load_sweep_spec(spec.sweep_dir, driver=True)  # a driver: refused
+
+
+def test_a_spec_written_before_a_setting_was_added_is_not_an_edit(tmp_path, caplog):
+    """A sweep started by an older version: its spec.yaml and the marker's digest lack a setting added since (here
+    ``budget.teacher_head_epochs``); parsed today the spec holds it (None), which is not an edit by hand."""
+    from sweeps.stored import load_sweep_spec, written_digest
+
+    spec = _sweep_with_results(tmp_path)
+    older = spec.to_dict()
+    del older["budget"]["teacher_head_epochs"]
+    (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    marker = json.loads((spec.sweep_dir / MARKER).read_text())
+    stored = dict(older, storage=spec.storage)
+    marker["spec_digest"] = written_digest(stored)  # what that version wrote beside it
+    (spec.sweep_dir / MARKER).write_text(json.dumps(marker))
+    with caplog.at_level("WARNING"):
+        loaded = load_sweep_spec(spec.sweep_dir, driver=True)
+    assert "edited by hand" not in caplog.text and loaded.budget.teacher_head_epochs is None
+    older["mode"] = "min"  # and an edit of that file is still found
+    (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
+    with pytest.raises(SweepStateError, match=r"spec\.yaml: differs from the spec this sweep was started with"):
+        load_sweep_spec(spec.sweep_dir, driver=True)
