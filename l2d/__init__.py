@@ -3,8 +3,9 @@
 Floors, bottom first; a module imports only from the floors below it (and, within a floor, from the modules listed
 before it). ``tests/test_layers.py`` holds this, imports inside functions included.
 
-- leaves: ``storage`` (every path and URI), ``backbones`` (which timm models exist, from a cached index),
-  ``weights`` (initial weights: files, timm's cache, offline packages), ``recipe`` (the optimization settings)
+- leaves: ``settings`` (a run's settings, each defined once), ``storage`` (every path and URI), ``backbones``
+  (which timm models exist, from a cached index), ``weights`` (initial weights: files, timm's cache, offline
+  packages), ``recipe`` (the optimization settings)
 - models: ``models`` (timm backbone + label-wise head)
 - method: ``losses.registry`` (torch-free: methods, terms, weights), the loss families, ``losses.criterion``
 - data and metrics: ``metrics``, ``data.registry`` (torch-free: datasets and their options), readers (``images``:
@@ -17,7 +18,7 @@ __version__ = "0.1.0"
 
 #: The layer map (see the docstring); ``tests/test_layers.py`` checks every import against it.
 LAYERS = [
-    ["l2d", "l2d.storage", "l2d.backbones", "l2d.weights", "l2d.recipe"],
+    ["l2d", "l2d.settings", "l2d.storage", "l2d.backbones", "l2d.weights", "l2d.recipe"],
     ["l2d.models"],
     [
         "l2d.losses.registry",

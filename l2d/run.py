@@ -24,6 +24,8 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping
 
+from l2d.settings import MAX_IMAGE_SIZE, MAX_SEED, setting
+
 if TYPE_CHECKING:  # torch and the engine are imported by the functions that build and train, not by the config
     import torch
 
@@ -72,30 +74,163 @@ class RunConfig:
     dataset: str = "mosaic-digits"
     data_root: str | None = None
     dataset_options: dict = field(default_factory=dict)
-    image_size: int | None = None
+    image_size: int | None = setting(
+        None,
+        int,
+        "network input side",
+        minimum=8,
+        maximum=MAX_IMAGE_SIZE,
+        default_text="the dataset's",
+        spec="dataset.image_size",
+        flags={"train": "--image-size", "teacher": "--image-size", "dataset": "--image-size"},
+    )
     teacher: str | None = None
     student: str | None = None
-    embed_dim: int | None = None
+    embed_dim: int | None = setting(
+        None,
+        int,
+        "label-wise embedding size D, a multiple of 8 (the decoder's attention heads)",
+        minimum=8,
+        maximum=8192,
+        multiple_of=8,
+        default_text="the dataset's",
+        spec="recipe.embed_dim",
+        flags={"train": "--embed-dim", "teacher": "--embed-dim"},
+    )
     method: str = "l2d"
     hparams: dict = field(default_factory=dict)
-    epochs: int | None = None
-    lr: float | None = None
-    teacher_epochs: int | None = None
-    teacher_lr: float | None = None
-    teacher_schedule_epochs: int | None = None
-    teacher_head_epochs: int | None = None
-    batch_size: int = 64
-    weight_decay: float = 1e-4
-    pct_start: float = 0.2
-    num_workers: int = 0
-    amp: bool = True
-    seed: int = 0
-    student_seed: int | None = None
+    epochs: int | None = setting(
+        None,
+        int,
+        "the student's epochs",
+        minimum=1,
+        maximum=100_000,
+        default_text="the dataset's",
+        flags={"train": "--epochs"},
+    )
+    lr: float | None = setting(
+        None,
+        float,
+        "the student's OneCycle max learning rate",
+        minimum=0.0,
+        exclusive=True,
+        default_text="the dataset's",
+        flags={"train": "--lr"},
+    )
+    teacher_epochs: int | None = setting(
+        None,
+        int,
+        "epochs of the teacher when it is trained (0: its checkpoint, the teacher's weights, used as it is)",
+        minimum=0,
+        maximum=100_000,
+        default_text="the dataset's",
+        spec="budget.teacher_epochs",
+        flags={"train": "--teacher-epochs", "teacher": "--epochs"},
+    )
+    teacher_lr: float | None = setting(
+        None,
+        float,
+        "the teacher's OneCycle max learning rate when it is trained",
+        minimum=0.0,
+        exclusive=True,
+        default_text="the dataset's",
+        flags={"train": "--teacher-lr", "teacher": "--lr"},
+    )
+    teacher_schedule_epochs: int | None = setting(
+        None,
+        int,
+        "the teacher's OneCycle length when it stops before its end (the official teachers: 80, stopped at 30)",
+        minimum=1,
+        maximum=100_000,
+        default_text="the teacher's epochs",
+        spec="budget.teacher_schedule_epochs",
+        flags={"train": "--teacher-schedule-epochs", "teacher": "--schedule-epochs"},
+    )
+    teacher_head_epochs: int | None = setting(
+        None,
+        int,
+        "epochs of the label-wise head fitted on an adopted classifier's frozen backbone",
+        minimum=1,
+        maximum=10_000,
+        default_text=str(DEFAULT_HEAD_EPOCHS),
+        spec="budget.teacher_head_epochs",
+        flags={"train": "--teacher-head-epochs", "teacher": "--head-epochs"},
+    )
+    batch_size: int = setting(
+        64,
+        int,
+        "global batch size",
+        minimum=1,
+        maximum=65_536,
+        spec="recipe.batch_size",
+        flags={"train": "--batch-size", "teacher": "--batch-size"},
+    )
+    weight_decay: float = setting(
+        1e-4,
+        float,
+        "Adam's L2 decay on weights",
+        minimum=0.0,
+        spec="recipe.weight_decay",
+        flags={"train": "--weight-decay", "teacher": "--weight-decay"},
+    )
+    pct_start: float = setting(
+        0.2,
+        float,
+        "share of OneCycle spent warming up",
+        minimum=0.0,
+        exclusive=True,
+        maximum=0.999,
+        spec="recipe.pct_start",
+        flags={"train": "--pct-start", "teacher": "--pct-start"},
+    )
+    num_workers: int = setting(
+        0,
+        int,
+        "DataLoader workers per rank",
+        minimum=0,
+        maximum=256,
+        spec="recipe.num_workers",
+        flags={"train": "--workers", "teacher": "--workers"},
+    )
+    amp: bool = setting(True, bool, "mixed precision on CUDA (CPU always runs float32)")
+    seed: int = setting(
+        0,
+        int,
+        "seed of the models' initialisation and the data order",
+        minimum=0,
+        maximum=MAX_SEED,
+        spec="seed",
+        flags={"train": "--seed", "teacher": "--seed"},
+    )
+    student_seed: int | None = setting(
+        None,
+        int,
+        "seed of the student's initialisation and data order",
+        minimum=0,
+        maximum=MAX_SEED,
+        default_text="seed",
+    )
     device: str | None = None
     student_weights: str | None = None
     teacher_weights: str | None = None
-    channels_last: bool | None = None
-    grad_share_every: int | None = None
+    channels_last: bool | None = setting(
+        None,
+        bool,
+        "channels-last memory layout",
+        default_text="the dataset's; on CUDA",
+        spec="recipe.channels_last",
+        flags={"train": "--channels-last", "teacher": "--channels-last"},
+    )
+    grad_share_every: int | None = setting(
+        None,
+        int,
+        "gradient-share diagnostics every N steps (0: off)",
+        minimum=0,
+        maximum=1_000_000,
+        default_text="50",
+        spec="recipe.grad_share_every",
+        flags={"train": "--grad-share-every"},
+    )
 
     def replace(self, **changes) -> RunConfig:
         return dataclasses.replace(self, **changes)
@@ -149,8 +284,9 @@ def resolve(config: RunConfig) -> RunConfig:
         ValueError: an unknown dataset, backbone or method, a weight the method does not have, a bad recipe value;
             the message names the field and what is allowed.
     """
+    from l2d import settings
     from l2d.backbones import check_backbone_name
-    from l2d.data import DATASETS, MAX_SEED, check_dataset_options
+    from l2d.data import DATASETS, check_dataset_options
     from l2d.losses import method_hparams
 
     if config.dataset not in DATASETS:
@@ -159,10 +295,7 @@ def resolve(config: RunConfig) -> RunConfig:
     if info.needs_root and not config.data_root:
         raise ValueError(f"dataset {config.dataset!r} needs a root folder (the folder of its files)")
     check_dataset_options(config.dataset, config.dataset_options)
-    if not 0 <= config.seed <= MAX_SEED:
-        raise ValueError(f"seed {config.seed} is out of range; allowed: 0 to {MAX_SEED}")
-    if config.student_seed is not None and not 0 <= config.student_seed <= MAX_SEED:
-        raise ValueError(f"student_seed {config.student_seed} is out of range; allowed: 0 to {MAX_SEED}")
+    settings.check(config)  # what was given, before the dataset's defaults fill the rest in
     teacher, student = config.teacher or info.teacher, config.student or info.student
     resolved = config.replace(
         image_size=config.image_size or info.image_size,
@@ -182,18 +315,10 @@ def resolve(config: RunConfig) -> RunConfig:
     )
     for name in (resolved.teacher, resolved.student):
         check_backbone_name(name)
-    if not 8 <= resolved.image_size <= 4096:
-        raise ValueError(f"image_size must be between 8 and 4096, got {resolved.image_size}")
-    if resolved.embed_dim < 8 or resolved.embed_dim % 8:
-        raise ValueError(f"embed_dim must be a multiple of 8 (the attention heads), got {resolved.embed_dim}")
-    resolved.student_recipe  # noqa: B018 - Recipe checks its own fields
-    if resolved.teacher_epochs == 0:  # its checkpoint file is looked for when the teacher is needed (adopt_teacher)
-        if not 1 <= resolved.teacher_head_epochs <= 10_000:
-            raise ValueError(f"teacher_head_epochs must be between 1 and 10,000, got {resolved.teacher_head_epochs}")
-    elif resolved.teacher_epochs < 0:
-        raise ValueError(f"teacher_epochs must be >= 0, got {resolved.teacher_epochs}")
-    else:
-        resolved.teacher_recipe  # noqa: B018 - Recipe checks its own fields
+    settings.check(resolved)  # the dataset's defaults too (a dataset's default outside a setting's range is a bug)
+    resolved.student_recipe  # noqa: B018 - Recipe checks how its fields relate
+    if resolved.teacher_epochs:  # 0: its checkpoint file is looked for when the teacher is needed (adopt_teacher)
+        resolved.teacher_recipe  # noqa: B018 - Recipe checks how its fields relate
     if resolved.device is not None:  # the default (cuda when available) is decided where the run is built
         resolve_device(resolved.device)
     return resolved

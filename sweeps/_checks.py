@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import difflib
 import math
-from dataclasses import MISSING, fields
+from dataclasses import MISSING, field, fields
 from typing import Annotated, Any, Iterable, Optional
 
 from pydantic import BeforeValidator, TypeAdapter, ValidationError, WithJsonSchema
@@ -37,7 +37,23 @@ def _bounds_text(minimum, maximum, exclusive: bool, kind: type) -> str:
     return " and ".join(parts)
 
 
-def integer(minimum: int | None = None, maximum: int | None = None, optional: bool = False, help: str = ""):
+def _or_null(schema: dict) -> dict:
+    """An optional field's schema: its value's schema or null, the description beside them (where editors and the
+    reference pages read it)."""
+    inner = {k: v for k, v in schema.items() if k != "description"}
+    return {
+        "anyOf": [inner, {"type": "null"}],
+        **({"description": schema["description"]} if "description" in schema else {}),
+    }
+
+
+def integer(
+    minimum: int | None = None,
+    maximum: int | None = None,
+    optional: bool = False,
+    help: str = "",
+    multiple_of: int | None = None,
+):
     def check(value):
         if value is None and optional:
             return None
@@ -49,18 +65,21 @@ def integer(minimum: int | None = None, maximum: int | None = None, optional: bo
             raise ValueError(
                 f"{value:,} is too large; allowed: an integer {_bounds_text(minimum, maximum, False, int)}"
             )
+        if multiple_of and value % multiple_of:
+            raise ValueError(f"{value} is not allowed; allowed: a multiple of {multiple_of}")
         return value
 
     schema = {
         "type": "integer",
         **({"minimum": minimum} if minimum is not None else {}),
         **({"maximum": maximum} if maximum is not None else {}),
+        **({"multipleOf": multiple_of} if multiple_of else {}),
         **({"description": help} if help else {}),
     }
     return Annotated[
         Optional[int] if optional else int,
         BeforeValidator(check),
-        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+        WithJsonSchema(_or_null(schema) if optional else schema),
     ]
 
 
@@ -92,8 +111,37 @@ def number(
     return Annotated[
         Optional[float] if optional else float,
         BeforeValidator(check),
-        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+        WithJsonSchema(_or_null(schema) if optional else schema),
     ]
+
+
+def setting_rule(declared):
+    """The spec's rule of a run setting (:class:`l2d.settings.Setting`): its type, bounds and help, one definition."""
+    default = f" (default: {declared.default_text})" if declared.optional and declared.default_text else ""
+    help = declared.help + default
+    if declared.kind is bool:
+        return flag(help, optional=declared.optional)
+    if declared.kind is int:
+        return integer(declared.minimum, declared.maximum, declared.optional, help, declared.multiple_of)
+    return number(declared.minimum, declared.exclusive, declared.maximum, declared.optional, help)
+
+
+def section_class(name: str, section: str, own: list, module: str, config_class: type | None = None) -> type:
+    """A spec section's typed dataclass: the ``own`` fields (``(name, rule, default-or-field)``, a sweep's own) then a
+    field for each run setting whose spec path is in ``section`` (:func:`setting_rule`, the setting's default)."""
+    from dataclasses import make_dataclass
+
+    from l2d.run import RunConfig
+    from l2d.settings import settings
+
+    derived = [
+        (declared.spec_key, setting_rule(declared), field(default=declared.default))
+        for declared in settings(config_class or RunConfig).values()
+        if declared.spec_section == section
+    ]
+    cls = make_dataclass(name, [*own, *derived], frozen=True)
+    cls.__module__ = module  # pickles and the reference pages name it where it is defined
+    return cls
 
 
 def choice(values: Iterable[str], help: str = ""):
@@ -121,7 +169,7 @@ def text(help: str = "", optional: bool = False):
     return Annotated[
         Optional[str] if optional else str,
         BeforeValidator(check),
-        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+        WithJsonSchema(_or_null(schema) if optional else schema),
     ]
 
 
@@ -137,7 +185,7 @@ def flag(help: str = "", optional: bool = False):
     return Annotated[
         Optional[bool] if optional else bool,
         BeforeValidator(check),
-        WithJsonSchema({"anyOf": [schema, {"type": "null"}]} if optional else schema),
+        WithJsonSchema(_or_null(schema) if optional else schema),
     ]
 
 

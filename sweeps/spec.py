@@ -30,14 +30,26 @@ Example (``search_spaces/quickstart.yaml``)::
 import dataclasses
 import os
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Optional
+from typing import Any, Optional
 
 from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
+from l2d.run import RunConfig
+from l2d.settings import MAX_SEED, settings, spec_values
 from l2d.storage import Location, StorageError, credentials_in_uri
-from sweeps._checks import Errors, SpecError, choice, flag, integer, number, show, shown, text, validate_section
-
-if TYPE_CHECKING:
-    from l2d.run import RunConfig
+from sweeps._checks import (
+    Errors,
+    SpecError,
+    choice,
+    flag,
+    integer,
+    number,
+    section_class,
+    setting_rule,
+    show,
+    shown,
+    text,
+    validate_section,
+)
 
 __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "json_schema", "with_overrides"]
 
@@ -54,10 +66,8 @@ KEEP = ("best+last", "best", "all")
 STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
 SCHEDULERS = ("asha", "none")
 TRAINERS = ("auto", "torch-trainer", "in-process")
-MAX_IMAGE_SIZE = 4096
 #: The longest sweep name (it names a folder; file systems allow 255 bytes, and the folder holds longer names).
 MAX_NAME = 100
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)
@@ -69,12 +79,18 @@ class Range:
     log: bool = True
 
 
-@dataclass(frozen=True)
-class DatasetSpec:
-    name: text("a dataset of l2d.data (l2d-sweep dataset --help lists them)") = "mosaic-digits"
-    root: text("the dataset's folder (required for voc2007, coco2014, nuswide)", optional=True) = None
-    image_size: integer(8, MAX_IMAGE_SIZE, optional=True, help="network input side (default: the dataset's)") = None
-    options: dict = field(default_factory=dict)
+#: The ``dataset`` section: the dataset's own keys, then each run setting whose spec path is ``dataset.*``
+#: (:mod:`l2d.settings`: ``image_size``).
+DatasetSpec = section_class(
+    "DatasetSpec",
+    "dataset",
+    [
+        ("name", text("a dataset of l2d.data (l2d-sweep dataset --help lists them)"), "mosaic-digits"),
+        ("root", text("the dataset's folder (required for voc2007, coco2014, nuswide)", optional=True), None),
+        ("options", dict, field(default_factory=dict)),
+    ],
+    __name__,
+)
 
 
 @dataclass(frozen=True)
@@ -94,28 +110,26 @@ class Confirm:
     per_method: flag("the best configuration of each method, instead of the best overall") = False
 
 
-@dataclass(frozen=True)
-class Budget:
-    num_samples: integer(1, 1_000_000, help="trials of the sweep") = 8
-    max_epochs: integer(1, 100_000, help="epochs of a trial ASHA never stops") = 3
-    grace_period: integer(1, help="epochs before ASHA may stop a trial") = 1
-    reduction_factor: number(1.0, exclusive=True, help="ASHA's reduction factor (> 1)") = 2.0
-    teacher_epochs: integer(
-        0,
-        100_000,
-        optional=True,
-        help="epochs of each teacher (0: each teacher's checkpoint in weights used as it is; default: the dataset's)",
-    ) = None
-    teacher_head_epochs: integer(
-        1, 10_000, optional=True, help="epochs of the label-wise head fitted on an adopted classifier (default: 3)"
-    ) = None
-    # the teachers' OneCycle length when they stop early (official: 80, stopped at 30)
-    teacher_schedule_epochs: integer(
-        1, 100_000, optional=True, help="the teachers' OneCycle length when longer than teacher_epochs"
-    ) = None
-    searcher: choice(SEARCHERS, help="Optuna's TPE, random search, or NSGA-II (several objectives)") = "tpe"
-    scheduler: choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)") = "asha"
-    confirm: Optional[Confirm] = None  # validated as its own section (budget.confirm), see parse_spec
+#: The ``budget`` section: a sweep's own keys, then each run setting whose spec path is ``budget.*``
+#: (:mod:`l2d.settings`: the teachers' epochs, their schedule and an adopted teacher's head epochs).
+Budget = section_class(
+    "Budget",
+    "budget",
+    [
+        ("num_samples", integer(1, 1_000_000, help="trials of the sweep"), 8),
+        ("max_epochs", integer(1, 100_000, help="epochs of a trial ASHA never stops"), 3),
+        ("grace_period", integer(1, help="epochs before ASHA may stop a trial"), 1),
+        ("reduction_factor", number(1.0, exclusive=True, help="ASHA's reduction factor (> 1)"), 2.0),
+        ("searcher", choice(SEARCHERS, help="Optuna's TPE, random search, or NSGA-II (several objectives)"), "tpe"),
+        (
+            "scheduler",
+            choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)"),
+            "asha",
+        ),
+        ("confirm", Optional[Confirm], None),  # validated as its own section (budget.confirm), see parse_spec
+    ],
+    __name__,
+)
 
 
 @dataclass(frozen=True)
@@ -131,17 +145,8 @@ class Resources:
     trainer: choice(TRAINERS, help="auto: in-process for one worker, torch-trainer (DDP) for several") = "auto"
 
 
-@dataclass(frozen=True)
-class RecipeSpec:
-    batch_size: integer(1, 65_536, help="global batch size") = 64
-    weight_decay: number(0.0, help="Adam's L2 decay on weights") = 1e-4
-    pct_start: number(0.0, exclusive=True, maximum=0.999, help="share of OneCycle spent warming up") = 0.2
-    embed_dim: integer(8, 8192, optional=True, help="label-wise embedding size D, a multiple of 8") = None
-    num_workers: integer(0, 256, help="DataLoader workers per rank") = 0
-    channels_last: flag("channels-last memory layout (default: the dataset's; on CUDA)", optional=True) = None
-    grad_share_every: integer(
-        0, 1_000_000, optional=True, help="gradient-share diagnostics every N steps (0: off; default 50)"
-    ) = None
+#: The ``recipe`` section: each run setting whose spec path is ``recipe.*`` (:mod:`l2d.settings`).
+RecipeSpec = section_class("RecipeSpec", "recipe", [], __name__)
 
 
 @dataclass(frozen=True)
@@ -211,25 +216,12 @@ class SweepSpec:
     def base_run(self) -> "RunConfig":
         """The run every trial of this sweep starts from (a trial sets the pairing, the method, its weights and
         the learning rate): the dataset, the recipe, the teachers' budget, the seed."""
-        from l2d.run import RunConfig
-
         return RunConfig(
             dataset=self.dataset.name,
             data_root=self.dataset.root,
             dataset_options=dict(self.dataset.options),
-            image_size=self.dataset.image_size,
-            embed_dim=self.recipe.embed_dim,
             epochs=self.budget.max_epochs,
-            teacher_epochs=self.budget.teacher_epochs,
-            teacher_schedule_epochs=self.budget.teacher_schedule_epochs,
-            teacher_head_epochs=self.budget.teacher_head_epochs,
-            batch_size=self.recipe.batch_size,
-            weight_decay=self.recipe.weight_decay,
-            pct_start=self.recipe.pct_start,
-            num_workers=self.recipe.num_workers,
-            seed=self.seed,
-            channels_last=self.recipe.channels_last,
-            grad_share_every=self.recipe.grad_share_every,
+            **spec_values(self, RunConfig),  # every run setting the spec holds, by its path (l2d.settings)
         )
 
     def run_for(self, teacher: str, student: str | None = None) -> "RunConfig":
@@ -351,13 +343,8 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
             f"{resources.workers_per_trial}; allowed: torch-trainer or auto",
         )
     recipe = validate_section(errors, RecipeSpec, data.get("recipe") or {}, "recipe")
-    if recipe is not None and recipe.embed_dim is not None and recipe.embed_dim % 8:
-        errors.add(
-            "recipe.embed_dim",
-            f"{recipe.embed_dim} is not allowed; allowed: a multiple of 8 (the decoder's 8 attention heads)",
-        )
     storage = _location(errors, data.get("storage", "./runs"), "storage")
-    seed = errors.value(integer(0, MAX_SEED), data.get("seed", 0), "seed")
+    seed = errors.value(setting_rule(settings(RunConfig)["seed"]), data.get("seed", 0), "seed")
     _confirm_rules(errors, confirm, seed)
     max_params = data.get("max_student_params")
     if max_params is not None:
@@ -918,6 +905,15 @@ def with_overrides(spec: SweepSpec, source: str, **changes: Any) -> SweepSpec:
     return changed if moved or not spec.folder else replace(changed, folder=spec.folder)
 
 
+def _setting_schema(name: str) -> dict:
+    """The JSON Schema of a top-level run setting (``seed``), from its one definition."""
+    from pydantic import TypeAdapter
+
+    schema = TypeAdapter(setting_rule(settings(RunConfig)[name])).json_schema()
+    schema.pop("title", None)
+    return schema
+
+
 def json_schema() -> dict:
     """The JSON Schema of a spec file (draft 2020-12), for editors with a YAML language server."""
     from sweeps._checks import section_schema
@@ -986,7 +982,7 @@ def json_schema() -> dict:
         "resources": section_schema(Resources),
         "recipe": section_schema(RecipeSpec),
         "storage": {"type": "string", "description": "a folder, or s3:// / gs:// (no credentials in the URI)"},
-        "seed": {"type": "integer", "minimum": 0, "maximum": MAX_SEED},
+        "seed": _setting_schema("seed"),
         "max_student_params": {"type": "integer", "minimum": 1},
         "weights": {
             "type": "object",

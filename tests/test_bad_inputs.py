@@ -319,7 +319,12 @@ CASES = [
         2,
         "exists and is not a folder",
     ),
-    ("`train --epochs 0`", lambda t: [*TRAIN, "--epochs", "0"], 2, "--epochs: must be >= 1"),
+    (
+        "`train --epochs 0`",
+        lambda t: [*TRAIN, "--epochs", "0"],
+        2,
+        "--epochs: 0 is out of range; allowed: an integer >= 1",
+    ),
     ("`train --lambda-cd -1`", lambda t: [*TRAIN, "--lambda-cd", "-1"], 2, "--lambda-cd: must be a finite number"),
     (
         "`train --method kd --lambda-cd 5`",
@@ -327,7 +332,12 @@ CASES = [
         2,
         "method 'kd' has no hyperparameter 'lambda_cd'",
     ),
-    ("`train --seed 4294967296`", lambda t: [*TRAIN, "--seed", str(2**32)], 2, "--seed: must be >= 0 and <="),
+    (
+        "`train --seed 4294967296`",
+        lambda t: [*TRAIN, "--seed", str(2**32)],
+        2,
+        "--seed: 4,294,967,296 is out of range; allowed: an integer >= 0 and <= 4,294,967,295",
+    ),
     ("`train --dataset coco2014` (no root)", lambda t: [*TRAIN, "--dataset", "coco2014"], 2, "needs a root folder"),
     (
         "`train --dataset voc2007 --data-root` an empty folder",

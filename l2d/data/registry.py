@@ -12,6 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from l2d.settings import MAX_SEED
+
 __all__ = [
     "DATASETS",
     "FORMATS",
@@ -26,9 +28,6 @@ __all__ = [
 
 class DatasetError(ValueError):
     """A dataset's files are missing, unreadable or inconsistent; the message names the file."""
-
-
-MAX_SEED = 2**32 - 1
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 import time
-from typing import Callable
+from typing import Any, Callable
 
 
 #: The output formats of every command that prints a results table (:func:`sweeps.results.format_table`).
@@ -129,7 +129,7 @@ non_negative_float = bounded(float, 0.0)
 seed_int = bounded(int, 0, maximum=2**32 - 1)
 
 
-def add_data_options(parser: argparse.ArgumentParser) -> None:
+def add_data_options(parser: argparse.ArgumentParser, command: str) -> None:
     from l2d.data import DATASETS
 
     group = parser.add_argument_group("data")
@@ -148,25 +148,57 @@ def add_data_options(parser: argparse.ArgumentParser) -> None:
         metavar="KEY=VALUE",
         help="a dataset option, repeatable (e.g. size=5000 for a mosaic, difficult_as_positive=true for VOC)",
     )
-    group.add_argument("--image-size", type=positive_int, help="network input side (default: the dataset's)")
+    add_setting_options(group, command, "dataset")
 
 
-def add_recipe_options(parser: argparse.ArgumentParser, lr_help: str) -> None:
+def setting_type(declared) -> Callable[[str], Any]:
+    """An argparse ``type`` of a run setting (:class:`l2d.settings.Setting`): its kind, its bounds, its message."""
+
+    def parse(text: str):
+        try:
+            value = declared.kind(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(
+                f"expected {'an integer' if declared.kind is int else 'a number'}, got {text!r}"
+            ) from None
+        problem = declared.problem(value)
+        if problem is not None:
+            raise argparse.ArgumentTypeError(problem)
+        return value
+
+    parse.__name__ = declared.kind.__name__  # argparse names the type in its messages
+    return parse
+
+
+def add_setting_options(parser, command: str, section: str | None = None, config_class: type | None = None) -> None:
+    """A flag for each run setting that names one for ``command`` (:mod:`l2d.settings`: one definition of its type,
+    bounds, default and help); ``section``: only those the spec holds in that section (``dataset``), else the rest.
+    Each flag's value lands under the setting's own name; left out, it is None (the run config's default)."""
+    from l2d.run import RunConfig
+    from l2d.settings import settings
+
+    for name, declared in settings(config_class or RunConfig).items():
+        flag = declared.flags.get(command)
+        if flag is None or (declared.spec_section == "dataset") != (section == "dataset"):
+            continue
+        if declared.kind is bool:
+            parser.add_argument(
+                flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=declared.described()
+            )
+        else:
+            parser.add_argument(
+                flag,
+                dest=name,
+                type=setting_type(declared),
+                default=None,
+                metavar="N" if declared.kind is int else "X",
+                help=declared.described(),
+            )
+
+
+def add_recipe_options(parser: argparse.ArgumentParser, command: str) -> None:
     group = parser.add_argument_group("recipe (defaults: the official L2D recipe, with the dataset's lr)")
-    group.add_argument("--embed-dim", type=positive_int, help="label-wise embedding size D (default: the dataset's)")
-    group.add_argument("--batch-size", type=positive_int, default=64, help="global batch size (default: 64)")
-    group.add_argument("--lr", type=positive_float, help=lr_help)
-    group.add_argument(
-        "--weight-decay", type=non_negative_float, default=1e-4, help="Adam L2 decay on weights (default: 1e-4)"
-    )
-    group.add_argument(
-        "--pct-start",
-        type=bounded(float, 0.0, exclusive=True, maximum=0.999),
-        default=0.2,
-        help="share of the OneCycle schedule spent warming up (default: 0.2)",
-    )
-    group.add_argument("--workers", type=non_negative_int, default=0, help="DataLoader workers (default: 0)")
-    group.add_argument("--seed", type=seed_int, default=0, help="seed of models and data order (default: 0)")
+    add_setting_options(group, command)
     group.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda when available)")
     group.add_argument(
         "--store",
@@ -176,22 +208,23 @@ def add_recipe_options(parser: argparse.ArgumentParser, lr_help: str) -> None:
     )
 
 
-def run_config(args: argparse.Namespace, **fields):
-    """The :class:`~l2d.run.RunConfig` of the data and recipe options, plus ``fields``."""
+def run_config(args: argparse.Namespace, config_class: type | None = None, **fields):
+    """The :class:`~l2d.run.RunConfig` of the data options, every setting flag given (:func:`add_setting_options`)
+    and ``fields``."""
     from l2d.run import RunConfig
+    from l2d.settings import settings
 
-    return RunConfig(
+    given = {
+        name: getattr(args, name)
+        for name, declared in settings(config_class or RunConfig).items()
+        if args.command in declared.flags and getattr(args, name, None) is not None
+    }
+    return (config_class or RunConfig)(
         dataset=args.dataset,
         data_root=args.data_root,
         dataset_options=dict(args.dataset_option),
-        image_size=args.image_size,
-        embed_dim=args.embed_dim,
-        batch_size=args.batch_size,
-        weight_decay=args.weight_decay,
-        pct_start=args.pct_start,
-        num_workers=args.workers,
-        seed=args.seed,
-        device=args.device,
+        device=getattr(args, "device", None),
+        **given,
         **fields,
     )
 

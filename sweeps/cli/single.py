@@ -12,9 +12,6 @@ from sweeps.cli._common import (
     add_data_options,
     add_recipe_options,
     non_negative_float,
-    non_negative_int,
-    positive_float,
-    positive_int,
     run_config,
     teacher_store,
 )
@@ -69,15 +66,7 @@ def _get_teacher(config, store, splits=None):
 
 def teacher_command_config(args: argparse.Namespace):
     """The run configuration ``l2d-sweep teacher`` trains (or finds) the teacher of."""
-    return run_config(
-        args,
-        teacher=args.backbone,
-        teacher_epochs=args.epochs,
-        teacher_lr=args.lr,
-        method="bce",
-        teacher_weights=args.weights,
-        teacher_schedule_epochs=args.schedule_epochs,
-    )
+    return run_config(args, teacher=args.backbone, method="bce", teacher_weights=args.weights)
 
 
 def train_command_config(args: argparse.Namespace):
@@ -88,11 +77,6 @@ def train_command_config(args: argparse.Namespace):
         student=args.student,
         method=args.method,
         hparams=_hparam_overrides(args),
-        epochs=args.epochs,
-        lr=args.lr,
-        teacher_epochs=args.teacher_epochs,
-        teacher_lr=args.teacher_lr,
-        teacher_schedule_epochs=args.teacher_schedule_epochs,
         teacher_weights=args.teacher_weights,
         student_weights=args.student_weights,
     )
@@ -324,7 +308,7 @@ def add_commands(commands) -> None:
     dataset.add_argument("--spec", help="take the dataset (and the backbones) from this sweep spec")
     dataset.add_argument("--split", default="train", choices=["train", "val", "test"], help="split (default: train)")
     dataset.add_argument("--json", action="store_true", help="print JSON")
-    add_data_options(dataset)
+    add_data_options(dataset, "dataset")
     dataset.set_defaults(func=_cmd_dataset)
 
     teacher = commands.add_parser(
@@ -336,21 +320,10 @@ def add_commands(commands) -> None:
         "the same teacher.",
     )
     teacher.add_argument("--backbone", help="timm model name (default: the dataset's default teacher)")
-    teacher.add_argument(
-        "--epochs",
-        type=non_negative_int,
-        help="epochs (default: the dataset's teacher epochs; 0: --weights is a checkpoint used as it is)",
-    )
     teacher.add_argument("--json", action="store_true", help="also print the card as JSON")
-    teacher.add_argument("--weights", help=WEIGHTS_HELP)
-    teacher.add_argument(
-        "--schedule-epochs",
-        type=positive_int,
-        help="length of the OneCycle schedule when it is longer than --epochs (the official teachers: "
-        "80, stopped at --epochs 30)",
-    )
-    add_data_options(teacher)
-    add_recipe_options(teacher, "the teacher's OneCycle max learning rate (default: the dataset's)")
+    teacher.add_argument("--weights", help=WEIGHTS_HELP + " (with --epochs 0: its checkpoint, used as it is)")
+    add_data_options(teacher, "teacher")
+    add_recipe_options(teacher, "teacher")
     teacher.set_defaults(func=_cmd_teacher)
 
     train = commands.add_parser(
@@ -363,23 +336,10 @@ def add_commands(commands) -> None:
     train.add_argument("--teacher", help="teacher timm model name (default: the dataset's)")
     train.add_argument("--student", help="student timm model name (default: the dataset's)")
     train.add_argument("--method", default="l2d", choices=list(METHODS), help="distillation method (default: l2d)")
-    train.add_argument("--epochs", type=positive_int, help="student epochs (default: the dataset's)")
     train.add_argument(
-        "--teacher-epochs",
-        type=non_negative_int,
-        help="teacher epochs when it must be trained (0: --teacher-weights is a checkpoint used as it is)",
+        "--teacher-weights",
+        help=f"the teacher's initial weights: {WEIGHTS_HELP} (with --teacher-epochs 0: its checkpoint, used as it is)",
     )
-    train.add_argument(
-        "--teacher-lr",
-        type=positive_float,
-        help="the teacher's max learning rate when it must be trained (default: the dataset's)",
-    )
-    train.add_argument(
-        "--teacher-schedule-epochs",
-        type=positive_int,
-        help="the teacher's OneCycle length when it stops earlier (official: 80, with --teacher-epochs 30)",
-    )
-    train.add_argument("--teacher-weights", help="the teacher's initial weights: " + WEIGHTS_HELP)
     train.add_argument(
         "--student-weights",
         "--student-pretrained",
@@ -396,6 +356,6 @@ def add_commands(commands) -> None:
             metavar="X",
             help=f"{name} (methods: {', '.join(k for k, m in METHODS.items() if name in m.defaults)})",
         )
-    add_data_options(train)
-    add_recipe_options(train, "the student's OneCycle max learning rate (default: the dataset's)")
+    add_data_options(train, "train")
+    add_recipe_options(train, "train")
     train.set_defaults(func=_cmd_train)

@@ -135,7 +135,7 @@ def test_teacher_command_trains_then_loads(tmp_path, capsys):
 @pytest.mark.parametrize(
     "args,message",
     [
-        (["train", "--epochs", "0"], "--epochs: must be >= 1"),
+        (["train", "--epochs", "0"], "--epochs: 0 is out of range; allowed: an integer >= 1"),
         (["train", "--method", "nope"], "invalid choice: 'nope'"),
         (["train", "--lambda-cd", "-1"], "--lambda-cd: must be a finite number >= 0"),
         (["train", "--method", "kd", "--lambda-cd", "5"], "method 'kd' has no hyperparameter 'lambda_cd'"),
