@@ -188,6 +188,19 @@ class MultiLabelModel(nn.Module):
         self.embed_dim = embed_dim
         self.own_classifier = own_classifier
         self.head = LabelWiseHead(backbone.num_features, num_classes, embed_dim)
+        # The side this model sees its images at (a teacher's own resolution, ``teacher_image_size``): a batch of
+        # another size is resized to it before the input normalisation. None: as they come.
+        self.input_size: int | None = None
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        """``images`` at :attr:`input_size` (bilinear; antialiased when shrinking), then normalised."""
+        side = self.input_size
+        if side and tuple(images.shape[-2:]) != (side, side):
+            shrink = side < max(images.shape[-2:])
+            images = nn.functional.interpolate(
+                images, size=(side, side), mode="bilinear", align_corners=False, antialias=shrink
+            )
+        return self.input_norm(images)
 
     def _tokens(self, feature_map: torch.Tensor) -> torch.Tensor:
         """The last-stage map as ``[B, N, C]`` tokens, whatever layout the backbone uses."""
@@ -204,7 +217,7 @@ class MultiLabelModel(nn.Module):
         """The label-wise head's own ``(logits, embeddings)``, the backbone run without gradients (what fitting the
         head of an adopted teacher trains, :func:`l2d.run.fit_head`)."""
         with torch.no_grad():
-            feature_map = self.backbone.forward_features(self.input_norm(images))
+            feature_map = self.backbone.forward_features(self._prepare(images))
         return self.head(self._tokens(feature_map))
 
     def forward(self, images: torch.Tensor, stages: tuple[int, ...] = ()) -> ModelOutput:
@@ -214,7 +227,7 @@ class MultiLabelModel(nn.Module):
         a method that needs them costs no second forward.
         """
         intermediates: list[torch.Tensor] = []
-        images = self.input_norm(images)
+        images = self._prepare(images)
         if stages:
             feature_map, intermediates = self.backbone.forward_intermediates(
                 images, indices=list(stages), output_fmt="NCHW"

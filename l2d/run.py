@@ -47,6 +47,7 @@ class RunConfig:
 
     Attributes:
         dataset / data_root / dataset_options / image_size: the data (see :func:`l2d.data.build_dataset`).
+        teacher_image_size: the side the teacher sees the images at (:func:`teacher_side`); None: ``image_size``.
         teacher / student: timm backbone names.
         embed_dim: label-wise embedding size D of both models.
         method / hparams: the distillation method and overrides of its default weights.
@@ -83,6 +84,17 @@ class RunConfig:
         default_text="the dataset's",
         spec="dataset.image_size",
         flags={"train": "--image-size", "teacher": "--image-size", "dataset": "--image-size"},
+    )
+    teacher_image_size: int | None = setting(
+        None,
+        int,
+        "the side the teacher sees the images at: it is trained (or adopted and scored) at it, and during distillation "
+        "each batch is resized for it while the student sees image_size",
+        minimum=8,
+        maximum=MAX_IMAGE_SIZE,
+        default_text="image_size",
+        spec="dataset.teacher_image_size",
+        flags={"train": "--teacher-image-size", "teacher": "--teacher-image-size"},
     )
     teacher: str | None = None
     student: str | None = None
@@ -459,12 +471,27 @@ def get_teacher(
     batch_progress: ProgressFn | None = None,
 ):
     """``config``'s teacher from the store, trained into it first when missing or unreadable:
-    ``(model, card, trained)``."""
-    config = resolve(config)
-    splits = splits if splits is not None else build_splits(config)
-    return store.get_or_train(
+    ``(model, card, trained)``. At its own resolution (``teacher_image_size``, :func:`teacher_side`): trained or
+    adopted and scored on the images at that side, and set to resize the student's batches to it."""
+    config, splits = teacher_side(config, splits)
+    model, card, trained = store.get_or_train(
         splits_key(config, splits), 0, lambda: train_teacher(config, splits, on_epoch, batch_progress)
     )
+    model.input_size = config.image_size
+    return model, card, trained
+
+
+def teacher_side(config: RunConfig, splits: Mapping | None = None) -> tuple[RunConfig, Mapping]:
+    """The run and the splits a teacher is trained (or adopted and scored) on: ``config`` and ``splits`` (built when
+    None), or, when ``teacher_image_size`` is another side than ``image_size``, ``config`` at that side and its splits
+    built at it (the teacher store's key is then the one of a teacher trained at that side: any run that trains it
+    there shares it)."""
+    config = resolve(config)
+    side = config.teacher_image_size
+    if side and side != config.image_size:
+        own = config.replace(image_size=side, teacher_image_size=None)
+        return own, build_splits(own)
+    return config, dict(splits) if splits is not None else build_splits(config)
 
 
 def train_teacher(

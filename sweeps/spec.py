@@ -47,6 +47,7 @@ from sweeps._checks import (
     setting_rule,
     show,
     shown,
+    section_schema,
     text,
     validate_section,
 )
@@ -481,13 +482,18 @@ def _declared_dataset(errors: Errors, raw: dict) -> dict | None:
         return None
     section = {"name": kind, "options": dict(raw.get("options") or {})}
     for key, value in raw.items():
-        if key in ("root", "image_size"):
+        if key == "root" or key in _dataset_settings():
             section[key] = value
         elif key not in ("format", "options"):
             if key in section["options"]:
                 errors.add(f"dataset.{key}", "given twice (beside format and under options)")
             section["options"][key] = value
     return section
+
+
+def _dataset_settings() -> list[str]:
+    """The keys of the run settings the ``dataset`` section holds (``image_size``...: :mod:`l2d.settings`)."""
+    return [d.spec_key for d in settings(RunConfig).values() if d.spec_section == "dataset"]
 
 
 def _declared_dataset_schemas() -> list[dict]:
@@ -501,7 +507,7 @@ def _declared_dataset_schemas() -> list[dict]:
         properties: dict[str, dict] = {
             "format": {"const": kind},
             "root": {"type": "string", "description": "what relative file options are relative to"},
-            "image_size": {"type": "integer", "minimum": 8, "description": "network input side"},
+            **{key: section_schema(DatasetSpec)["properties"][key] for key in _dataset_settings()},
             "options": {"type": "object"},
         }
         for key, option in DATASETS[kind].options.items():
@@ -916,8 +922,6 @@ def _setting_schema(name: str) -> dict:
 
 def json_schema() -> dict:
     """The JSON Schema of a spec file (draft 2020-12), for editors with a YAML language server."""
-    from sweeps._checks import section_schema
-
     range_schema = {
         "type": "object",
         "additionalProperties": False,

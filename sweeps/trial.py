@@ -134,7 +134,7 @@ def _teacher(config: RunConfig, store: Location, splits: dict):
     from l2d.run import get_teacher, splits_key
     from l2d.teachers import TeacherStore
 
-    cache_key = f"{store}|{splits_key(config, splits).digest()}"
+    cache_key = f"{store}|{splits_key(config, splits).digest()}|{config.teacher_image_size}"
     if cache_key not in _TEACHERS:
         while len(_TEACHERS) >= _MAX_TEACHERS:
             _TEACHERS.pop(next(iter(_TEACHERS)))

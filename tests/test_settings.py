@@ -65,13 +65,11 @@ def test_a_setting_added_once_is_in_the_run_config_the_spec_the_cli_and_the_refe
     assert bounded["minimum"] == 1 and bounded["maximum"] == 9
     assert schema["description"] == "passes of a probe this test adds (default: none)"
 
-    class Spec:  # what a SweepSpec holds, for the base run's mapping
-        recipe = parsed
-        dataset = type("D", (), {"image_size": None})()
-        budget = type("B", (), {"teacher_epochs": 1, "teacher_schedule_epochs": None, "teacher_head_epochs": None})()
-        seed = 7
+    from sweeps.spec import parse_spec
+    from tests.sweeps.conftest import TINY_SPEC
 
-    values = settings_module.spec_values(Spec, WithProbe)
+    spec = dataclasses.replace(parse_spec({**TINY_SPEC, "seed": 7}, "x.yaml"), recipe=parsed)
+    values = settings_module.spec_values(spec, WithProbe)
     assert values["probe_passes"] == 3 and values["batch_size"] == 8 and values["seed"] == 7
 
     # 3. the CLI: the command the setting names gets the flag, typed and bounded; others do not

@@ -44,12 +44,12 @@ def _print_card(card: dict) -> None:
 
 def _get_teacher(config, store, splits=None):
     """Load ``config``'s teacher from the store, or train and store it with progress lines: (model, card, trained)."""
-    from l2d.run import build_splits, get_teacher, resolve, splits_key
+    from l2d.run import build_splits, get_teacher, resolve, splits_key, teacher_side
 
     config = resolve(config)
     splits = splits if splits is not None else build_splits(config)
     adopted = config.teacher_epochs == 0
-    if not store.has(splits_key(config, splits)):
+    if not store.has(splits_key(*teacher_side(config, splits))):
         what = (
             f"adopting teacher {config.teacher} from {config.teacher_weights} as it is (a label-wise head fitted "
             f"for {config.teacher_head_epochs} epochs when it has none)"
@@ -161,6 +161,9 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
         image_size = spec.dataset.image_size
         backbones = list(dict.fromkeys(b for p in spec.pairings for b in (p.teacher, *p.students)))
     image_size = image_size or DATASETS[name].image_size
+    sides = {backbone: image_size for backbone in backbones}  # the side each backbone sees its images at
+    if args.spec and spec.dataset.teacher_image_size:
+        sides.update({p.teacher: spec.dataset.teacher_image_size for p in spec.pairings})
     declared = check_declared(name, root, options)
     dataset = build_dataset(name, root, args.split, image_size, **options)
     stats = dataset_stats(dataset)
@@ -168,11 +171,11 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     if backbones:
         from l2d.models import token_grid
 
-        for backbone in backbones:
+        for backbone, side in sides.items():
             try:
-                grids[backbone] = token_grid(backbone, image_size)
+                grids[backbone] = token_grid(backbone, side)
             except Exception as error:  # noqa: BLE001 - a backbone that cannot run at this size: said, not fatal
-                grids[backbone] = f"cannot run at {image_size} px ({str(error).splitlines()[0][:160]})"
+                grids[backbone] = f"cannot run at {side} px ({str(error).splitlines()[0][:160]})"
     if args.json:
         if declared is not None:
             stats = {
@@ -215,6 +218,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
             if isinstance(grid, str):
                 print(f"  {backbone}: {grid}")
                 continue
+            at = f" at {sides[backbone]} px (teacher_image_size)" if sides[backbone] != image_size else ""
             shape = " x ".join(str(n) for n in grid)
             tokens = 1
             for n in grid:
@@ -224,7 +228,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
                 if tokens == 1
                 else ""
             )
-            print(f"  {backbone}: {shape} = {tokens} token{'s' if tokens != 1 else ''}{note}")
+            print(f"  {backbone}{at}: {shape} = {tokens} token{'s' if tokens != 1 else ''}{note}")
     return 0
 
 

@@ -159,3 +159,36 @@ def test_the_same_settings_over_other_data_are_another_teacher(tmp_path):
     _, second, trained_again = get_teacher(TINY_RUN, store, splits)
     assert trained_again and second["digest"] != first["digest"]
     assert get_teacher(TINY_RUN, store)[2] is False  # the original data finds the original teacher
+
+
+def test_a_teacher_at_its_own_resolution(tmp_path):
+    """``teacher_image_size``: the teacher is trained (and scored) on the images at its own side, stored under the key
+    of a teacher trained at that side (shared with a run whose images are that size), and resizes the student's
+    batches to it: its logits on a 16 px batch are its logits on that batch resized to 32 px."""
+    from l2d.run import build_run, fit, get_teacher, splits_key, teacher_side
+
+    store = TeacherStore(str(tmp_path / "store"))
+    config = TINY_RUN.replace(teacher_image_size=32, student="test_efficientnet", epochs=1, lr=1e-3, method="l2d")
+    own, splits = teacher_side(config)
+    assert own.image_size == 32 and own.teacher_image_size is None
+    assert splits["train"][0][0].shape[-1] == 32  # the teacher's images, drawn at its side
+    model, card, trained = get_teacher(config, store)
+    assert trained and card["key"]["image_size"] == 32 and model.input_size == 32
+    # The same teacher as a run at 32 px finds: nothing trained again.
+    _, same, trained_again = get_teacher(TINY_RUN.replace(image_size=32), store)
+    assert not trained_again and same["digest"] == card["digest"]
+    assert splits_key(*teacher_side(config)).digest() == card["digest"]
+
+    images = torch.rand(3, 3, 16, 16)
+    resized = torch.nn.functional.interpolate(images, size=(32, 32), mode="bilinear", align_corners=False)
+    with torch.no_grad():
+        model.input_size = None
+        expected = model(resized).logits
+        model.input_size = 32
+        torch.testing.assert_close(model(images).logits, expected)
+
+    run = build_run(config, teacher_store=store)  # the student at 16 px distills from it
+    assert run.splits["train"][0][0].shape[-1] == 16 and run.teacher.input_size == 32
+    assert run.teacher_card["digest"] == card["digest"]
+    history = fit(run)
+    assert len(history) == 1 and history[0]["train_total"] > 0
