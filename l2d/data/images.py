@@ -7,7 +7,7 @@ from __future__ import annotations
 import hashlib
 import os
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import pyarrow as pa
@@ -34,18 +34,23 @@ class Images:
     blobs: pa.Array | None
     sizes: np.ndarray | None
     versions: pa.Array | None = None
+    # identities() once computed (embedded bytes are hashed once: by the overlap check, then kept for the fingerprint)
+    _identities: list[str] | None = field(default=None, init=False, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.refs)
 
     def take(self, rows: np.ndarray) -> Images:
         index = pa.array(rows, type=pa.int64())
-        return Images(
+        taken = Images(
             self.refs.take(index),
             None if self.blobs is None else self.blobs.take(index),
             None if self.sizes is None else self.sizes[rows],
             None if self.versions is None else self.versions.take(index),
         )
+        if self._identities is not None:
+            taken._identities = [self._identities[row] for row in np.asarray(rows).tolist()]
+        return taken
 
     def name(self, row: int) -> str:
         ref = self.refs[row].as_py()
@@ -53,19 +58,23 @@ class Images:
 
     def identities(self) -> list[str]:
         """What makes two rows the same image: the resolved path or URI, or a digest of the embedded bytes."""
-        refs = self.refs.to_pylist()
-        if self.blobs is None:
-            return refs
-        blobs = self.blobs
-        return [
-            ref if ref is not None else "sha256:" + hashlib.sha256(blobs[i].as_buffer()).hexdigest()
-            for i, ref in enumerate(refs)
-        ]
+        if self._identities is None:
+            refs = self.refs.to_pylist()
+            blobs = self.blobs
+            self._identities = (
+                refs
+                if blobs is None
+                else [
+                    ref if ref is not None else "sha256:" + hashlib.sha256(blobs[i].as_buffer()).hexdigest()
+                    for i, ref in enumerate(refs)
+                ]
+            )
+        return self._identities
 
     def update(self, digest) -> None:
         """Feed ``digest`` each image's file name and size (not its folder: a copy elsewhere has the same
         fingerprint), one ``name\\0size\\n`` line per image."""
-        names = self.identities() if self.blobs is not None else self.refs.to_pylist()
+        names = self.identities()
         sizes = self.sizes if self.sizes is not None else [os.path.getsize(name) for name in names]
         for ref, size in zip(names, np.asarray(sizes).tolist()):
             digest.update(f"{ref.split('?', 1)[0].rsplit('/', 1)[-1]}\0{size}\n".encode())

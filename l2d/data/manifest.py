@@ -382,7 +382,6 @@ def _images(part: _Part, column: str) -> Images:
         if blobs is not None:
             has_bytes = pc.and_(pc.is_valid(blobs), pc.greater(pc.binary_length(blobs), 0))
             paths = pc.if_else(has_bytes, pa.nulls(len(cells), pa.string()), paths.cast(pa.string()))
-            blobs = pc.if_else(has_bytes, blobs, pa.nulls(len(cells), blobs.type))
     elif pa.types.is_binary(kind) or pa.types.is_large_binary(kind):
         blobs, paths = cells, pa.nulls(len(cells), pa.string())
     elif pa.types.is_string(kind) or pa.types.is_large_string(kind):

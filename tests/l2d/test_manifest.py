@@ -356,3 +356,28 @@ def test_tables_with_different_delimiters_are_refused(tmp_path):
     _csv(tmp_path / "test.csv", ["image", "labels"], [["images/021.png", "cat;dog"], ["images/022.png", "car"]])
     with pytest.raises(DatasetError, match=r"ambiguous label column 'labels': the tables use different delimiters"):
         check_declared("manifest", None, files)
+
+
+def test_embedded_bytes_are_hashed_once_for_the_overlap_check_and_the_fingerprint(monkeypatch):
+    import hashlib
+    import types
+
+    import numpy as np
+    import pyarrow as pa
+
+    from l2d.data import images as images_module
+
+    calls = []
+
+    def counted(data=b""):
+        calls.append(1)
+        return hashlib.sha256(data)
+
+    monkeypatch.setattr(images_module, "hashlib", types.SimpleNamespace(sha256=counted))
+    blobs = pa.array([b"a", b"bb", b"ccc", b"dddd"], type=pa.binary())
+    images = images_module.Images(pa.nulls(4, pa.string()), blobs, np.array([1, 2, 3, 4]))
+    first = images.identities()  # the overlap check
+    assert len(calls) == 4 and images.identities() == first and len(calls) == 4
+    part = images.take(np.array([2, 0]))  # a split's rows, then its fingerprint
+    part.update(hashlib.sha256())
+    assert part.identities() == [first[2], first[0]] and len(calls) == 4

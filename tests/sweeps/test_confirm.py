@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pyarrow as pa
 import pytest
@@ -17,6 +15,7 @@ from scipy import stats
 from sweeps.confirm import STAGE, config_of, pending, plan, run_id, seeds_of, summarize
 from sweeps.results.reader import with_stages
 from sweeps.spec import SpecError, parse_spec
+from tests.commands import l2d_sweep
 from tests.sweeps.conftest import TINY_SPEC
 
 SPEC = {
@@ -226,16 +225,6 @@ def test_a_confirmation_run_retrains_the_student_on_its_seed_and_keeps_the_teach
 # --- end to end, with Ray -----------------------------------------------------------------------------------------
 
 
-def _cli(args, env=None, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
-    )
-
-
 @pytest.mark.ray
 @pytest.mark.slow
 @pytest.mark.timeout(1800)
@@ -260,18 +249,18 @@ def test_a_sweep_with_a_confirmation_stage_end_to_end_killed_and_resumed(tmp_pat
     path.write_text(yaml.safe_dump(spec))
     sweep = tmp_path / "sweeps" / "confirmed"
     # The driver kills itself after the 6th epoch it records: the 4 search trials, then 2 confirmation runs in.
-    killed = _cli(["run", str(path)], env={"L2D_SWEEP_FAILPOINTS": "epoch-1=6"})
+    killed = l2d_sweep("run", str(path), env={"L2D_SWEEP_FAILPOINTS": "epoch-1=6"}, timeout=900)
     assert killed.returncode != 0, killed.stdout[-2000:]
     assert "confirmation: 3 configuration(s)" in killed.stdout, killed.stdout[-3000:]
     before = SweepResults(str(sweep)).trials.to_pylist()
     finished_before = {r["trial_id"] for r in before if r["stage"] == STAGE and r["status"] == "completed"}
     assert len([r for r in before if r["stage"] == "search"]) == 4
-    status = json.loads(_cli(["status", str(sweep), "--format", "json"]).stdout)
+    status = json.loads(l2d_sweep("status", str(sweep), "--format", "json").stdout)
     assert status["state"] == "incomplete" and status["counts"] == {"completed": 4}, status
     assert status["confirmation"]["missing"] == 9 - len(finished_before), status
     assert "confirmation run(s) not finished" in status["detail"]
 
-    resumed = _cli(["resume", str(sweep)])
+    resumed = l2d_sweep("resume", str(sweep), timeout=900)
     if os.environ.get("L2D_SHOW"):
         print(killed.stdout, killed.stderr, resumed.stdout, resumed.stderr)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
@@ -304,21 +293,21 @@ def test_a_sweep_with_a_confirmation_stage_end_to_end_killed_and_resumed(tmp_pat
     assert confirmation.winner.mean == max(means.values())
     winner_run = confirmation.best_run()
 
-    shown = _cli(["results", str(sweep)])
+    shown = l2d_sweep("results", str(sweep))
     assert shown.returncode == 0, shown.stderr
     assert "confirmed winner:" in shown.stdout and "vs the baseline" in shown.stdout
-    data = _cli(["results", str(sweep), "--confirmation", "--format", "json"])
+    data = l2d_sweep("results", str(sweep), "--confirmation", "--format", "json")
     table = json.loads(data.stdout)
     assert sum(row["winner"] for row in table) == 1 and len(table) == 3
 
-    exported = _cli(["export", str(sweep), "--best", "--out", str(tmp_path / "best")])
+    exported = l2d_sweep("export", str(sweep), "--best", "--out", str(tmp_path / "best"))
     assert exported.returncode == 0, exported.stderr
     assert "the confirmed winner" in exported.stdout and f"trial {winner_run}" in exported.stdout
     best = Sweep.open(str(sweep)).best()
     assert best["trial_id"] == winner_run and best["chosen_as"].startswith("the confirmed winner")
 
     # Nothing to run twice: a resume of the finished sweep starts no Ray.
-    again = _cli(["resume", str(sweep)])
+    again = l2d_sweep("resume", str(sweep), timeout=900)
     assert again.returncode == 0 and "nothing to run" in again.stdout
 
 

@@ -27,6 +27,7 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.commands import l2d_sweep
 from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 pytestmark = [pytest.mark.ray, pytest.mark.faults, pytest.mark.slow, pytest.mark.timeout(1800)]
@@ -299,12 +300,6 @@ DOCS = Path(__file__).resolve().parents[2] / "docs" / "reliability.md"
 DAMAGE_START, DAMAGE_END = "<!-- damage:start -->", "<!-- damage:end -->"
 
 
-def _cli(args: list[str]) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=900, env=_env()
-    )
-
-
 def _values(sweep: Path) -> dict:
     """Every trial's recorded outcome, by trial id: what a damaged file must never change."""
     trials, epochs = _rows(sweep)
@@ -493,7 +488,7 @@ def test_every_damaged_file_keeps_the_recorded_values(reference, tmp_path):
         seen, ok = [], True
 
         def run(args, want, storage=storage, seen=seen):  # this case's, bound now
-            done = _cli(args)
+            done = l2d_sweep(*args, timeout=900)
             text = (done.stdout + done.stderr).replace(str(storage), "<storage>")
             seen.append((" ".join(a.replace(str(storage), "<storage>") for a in args[:1]), done.returncode, text))
             return done.returncode == want, done, text

@@ -8,23 +8,12 @@ uses the ``hint`` method, whose trainable connector must be checkpointed with th
 
 import io
 import json
-import os
-import subprocess
-import sys
 
 import pytest
 
+from tests.commands import l2d_sweep
+
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-
-
-def _cli(*args, timeout=700):
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-    )
 
 
 def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
@@ -40,7 +29,7 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
         search_space={"lr": 2e-3},
         budget={"num_samples": 1, "max_epochs": 2, "grace_period": 1, "reduction_factor": 2, "teacher_epochs": 1},
     )
-    run = _cli("run", str(path))
+    run = l2d_sweep("run", str(path))
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     root = Location.parse(storage)
     sweep = root / "on-s3"
@@ -60,11 +49,11 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     assert state["method"] == "hint" and "connectors.hint.conv.weight" in state["criterion"]
 
     # Resuming a finished sweep runs nothing again.
-    resumed = _cli("resume", str(sweep))
+    resumed = l2d_sweep("resume", str(sweep))
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     assert " started: " not in resumed.stdout
 
-    results = _cli(
+    results = l2d_sweep(
         "results",
         str(sweep),
         "--sql",
@@ -74,13 +63,13 @@ def test_sweep_resume_and_results_on_s3(s3_server, tiny_spec):
     )
     assert results.returncode == 0, results.stderr
     assert results.stdout.splitlines() == ["trials,method", "1,hint"]
-    status = _cli("status", str(sweep))
+    status = l2d_sweep("status", str(sweep))
     assert status.returncode == 0 and "trials by state:" in status.stdout
 
 
 def test_credentials_in_the_storage_uri_are_refused_before_anything_is_written(tiny_spec, tmp_path):
     path = tiny_spec(name="secret")
-    done = _cli("run", str(path), "--storage", "s3://AKIDEXAMPLE:s3cr3tvalue@sweeps/runs", timeout=120)
+    done = l2d_sweep("run", str(path), "--storage", "s3://AKIDEXAMPLE:s3cr3tvalue@sweeps/runs", timeout=120)
     assert done.returncode == 2
     lines = [line for line in done.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and "carries credentials in the URI" in lines[0], done.stderr

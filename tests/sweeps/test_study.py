@@ -16,15 +16,10 @@ import yaml
 
 from tests.conftest import free_port
 from tests.sweeps.conftest import TINY_SPEC
+from tests.commands import l2d_sweep_ok
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ARTIFACTS = Path(os.environ.get("L2D_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"))
-
-
-def _cli(*args, timeout=800):
-    done = subprocess.run([sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, timeout=timeout)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
-    return done.stdout
 
 
 def _spec_file(tmp: Path, **changes) -> Path:
@@ -46,10 +41,10 @@ def grown(tmp_path_factory):
     """A finished 3-trial sweep, then extended by 2."""
     tmp = tmp_path_factory.mktemp("grown")
     path = _spec_file(tmp, name="grow", budget={**TINY_SPEC["budget"], "num_samples": 3})
-    first = _cli("run", str(path))
+    first = l2d_sweep_ok("run", str(path))
     sweep = tmp / "sweeps" / "grow"
     before = pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
-    extended = _cli("extend", str(sweep), "--num-samples", "2")
+    extended = l2d_sweep_ok("extend", str(sweep), "--num-samples", "2")
     return tmp, sweep, before, first + extended
 
 
@@ -91,7 +86,7 @@ def test_extend_of_a_copy_grows_the_copy_and_never_the_original(grown, tmp_path)
 
     copy = Path(shutil.copytree(sweep, tmp_path / "grow-copy", symlinks=True))
     before = digests(sweep)
-    output = _cli("extend", str(copy), "--num-samples", "1")
+    output = l2d_sweep_ok("extend", str(copy), "--num-samples", "1")
     assert "extending sweep grow-copy: 1 more trial(s)" in output and str(copy) in output
     assert len(pq.read_table(copy / "results" / "trials.parquet")) == 6 and len(_study(copy).trials) == 6
     assert digests(sweep) == before  # the original: 5 trials, not one byte changed
@@ -101,7 +96,7 @@ def test_extend_of_a_copy_grows_the_copy_and_never_the_original(grown, tmp_path)
 def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     tmp, sweep, _, _ = grown
     path = _spec_file(tmp, name="warm", warm_start=str(sweep), budget={**TINY_SPEC["budget"], "num_samples": 1})
-    output = _cli("run", str(path))
+    output = l2d_sweep_ok("run", str(path))
     finished = [
         t
         for t in pq.read_table(sweep / "results" / "trials.parquet").to_pylist()
@@ -135,7 +130,7 @@ def test_two_objectives_pareto_front_of_the_search_is_the_tables(tmp_path):
         search_space={"lambda_mld": {"low": 1, "high": 100}, "lr": 2e-3},
         budget={**TINY_SPEC["budget"], "num_samples": 4, "searcher": "nsga2"},
     )
-    _cli("run", str(path))
+    l2d_sweep_ok("run", str(path))
     sweep = tmp_path / "sweeps" / "tradeoff"
     from sweeps.results import SweepResults
     from sweeps.study import search_front
@@ -145,7 +140,7 @@ def test_two_objectives_pareto_front_of_the_search_is_the_tables(tmp_path):
     assert study.metric_names == ["val_mAP", "student_params"]
     table_front = sorted(SweepResults(sweep).pareto().column("trial_id").to_pylist())
     assert search_front(study) == table_front and table_front
-    printed = _cli("results", str(sweep), "--pareto")
+    printed = l2d_sweep_ok("results", str(sweep), "--pareto")
     assert (
         f"Pareto front of val_mAP (max) vs student_params (min): {len(table_front)} trial(s) found by the search"
         in printed

@@ -6,12 +6,11 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
 
 import pytest
 import yaml
 
+from tests.commands import l2d_sweep
 from tests.userdata import (
     CLASSES,
     coco_dataset,
@@ -24,17 +23,6 @@ from tests.userdata import (
 )
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(900)]
-
-
-def _cli(*args, cwd=None, timeout=700):
-    return subprocess.run(
-        [sys.executable, "-m", "sweeps.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=dict(os.environ),
-        cwd=cwd,
-    )
 
 
 def _spec(tmp_path, dataset: dict, storage: str | None = None, **changes) -> str:
@@ -56,17 +44,17 @@ def _spec(tmp_path, dataset: dict, storage: str | None = None, **changes) -> str
 
 
 def _validate_dataset_and_run(spec: str, cwd, sizes: dict) -> None:
-    validate = _cli("validate", spec, cwd=cwd)
+    validate = l2d_sweep("validate", spec, cwd=cwd)
     assert validate.returncode == 0, validate.stderr
     shown = ", ".join(f"{split} {count}" for split, count in sizes.items())
     assert "dataset: 3 classes (from the " in validate.stdout and f"images: {shown}" in validate.stdout
-    described = _cli("dataset", "--spec", spec, "--split", "test", "--json", cwd=cwd)
+    described = l2d_sweep("dataset", "--spec", spec, "--split", "test", "--json", cwd=cwd)
     assert described.returncode == 0, described.stderr
     stats = json.loads(described.stdout)
     assert stats["class_names"] == CLASSES and stats["split_sizes"] == sizes
     assert stats["images"] == sizes["test"]
     assert set(stats["token_grid"]) == {"test_resnet", "test_efficientnet"}
-    run = _cli("run", spec, cwd=cwd)
+    run = l2d_sweep("run", spec, cwd=cwd)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "dataset manifest: 3 classes" in run.stdout or "dataset coco: 3 classes" in run.stdout
     assert "sweep finished: 2 completed" in run.stdout
@@ -79,7 +67,7 @@ def test_a_csv_of_image_paths(tmp_path):
     dataset = {k: os.path.relpath(v, tmp_path) if k != "format" else v for k, v in dataset.items()}
     spec = _spec(tmp_path, dataset)
     _validate_dataset_and_run(spec, tmp_path, {"train": 22, "val": 2, "test": 8})
-    results = _cli(
+    results = l2d_sweep(
         "results", str(tmp_path / "sweeps" / "mine"), "--sql", "SELECT count(*) AS n FROM trials", "--format", "csv"
     )
     assert results.stdout.splitlines() == ["n", "2"], results.stderr
@@ -126,7 +114,7 @@ def test_a_teacher_fine_tuned_elsewhere_used_as_it_is(tmp_path):
     checkpoint = fine_tune_elsewhere(tmp_path / "data", dataset, size=16)
     budget = {"num_samples": 2, "max_epochs": 1, "grace_period": 1, "teacher_epochs": 0, "teacher_head_epochs": 2}
     spec = _spec(tmp_path, dataset, weights={"test_resnet": checkpoint}, budget=budget)
-    run = _cli("run", spec, cwd=tmp_path)
+    run = l2d_sweep("run", spec, cwd=tmp_path)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "teacher test_resnet: adopted as it is (label-wise head fitted: val mAP " in run.stdout
     assert "sweep finished: 2 completed" in run.stdout
