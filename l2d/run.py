@@ -534,16 +534,19 @@ def adopt_teacher(
     from l2d.models import adopt_checkpoint, count_parameters
     from l2d.weights import class_order
 
+    from l2d import weights as weight_sources
+
     config = resolve(config)
     source = config.teacher_weights or ""
-    if not os.path.isfile(os.path.expanduser(source)):
+    local = source and not source.startswith(weight_sources.REMOTE_SCHEMES)
+    if not source or (local and not os.path.isfile(os.path.expanduser(source))):
         raise ValueError(
-            f"teacher_epochs 0 uses the teacher as it is: give its checkpoint file as the teacher's weights "
-            f"(got {source or 'none'!r})"
+            f"teacher_epochs 0 uses the teacher as it is: give its checkpoint file (or s3:// / gs:// URI) as the "
+            f"teacher's weights (got {source or 'none'!r})"
         )
     splits = dict(splits) if splits is not None else build_splits(config)
     classes = list(splits["train"].class_names)
-    path = os.path.expanduser(config.teacher_weights)
+    path = weight_sources.resolve(source, config.teacher)  # a remote checkpoint: fetched once into the cache
     order, order_said = class_order(path, classes)
     torch.manual_seed(config.seed)  # the head's initialisation
     model = adopt_checkpoint(config.teacher, len(classes), config.embed_dim, path)

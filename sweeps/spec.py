@@ -739,25 +739,27 @@ def _adopted_teachers(errors: Errors, pairings, weights: dict) -> None:
             errors.add(
                 "budget.teacher_epochs",
                 f"0 uses each teacher as it is: weights.{teacher} must name its checkpoint file (a plain timm "
-                f"classifier over the dataset's classes, or a model this tool exported); got {source or 'none'}",
+                f"classifier over the dataset's classes, or a model this tool exported; a path or an s3:// / gs:// "
+                f"URI); got {source or 'none'}",
             )
 
 
 def check_adopted_teachers(spec: SweepSpec, class_names: list[str]) -> None:
-    """With ``teacher_epochs`` 0, each teacher's checkpoint's class names (where it carries them) against the
-    dataset's ``class_names`` (:func:`l2d.weights.class_order`).
+    """With ``teacher_epochs`` 0, each teacher's local checkpoint's class names (where it carries them) against the
+    dataset's ``class_names`` (:func:`l2d.weights.class_order`; nothing is fetched: a checkpoint in object storage is
+    checked by the teacher phase, which fetches it).
 
     Raises:
         WeightsError: a checkpoint names classes that are not the dataset's.
     """
-    import os
-
-    from l2d.weights import class_order
+    from l2d.weights import REMOTE_SCHEMES, class_order, resolve
 
     if spec.budget.teacher_epochs != 0:
         return
     for teacher in dict.fromkeys(p.teacher for p in spec.pairings):
-        class_order(os.path.expanduser(spec.weights[teacher]), class_names)
+        source = spec.weights[teacher]
+        if not source.startswith(REMOTE_SCHEMES):  # a remote one: checked where the teacher phase fetches it
+            class_order(resolve(source, teacher), class_names)
 
 
 def _weights(errors: Errors, raw: Any, pairings) -> dict:
@@ -772,7 +774,15 @@ def _weights(errors: Errors, raw: Any, pairings) -> dict:
         source = errors.value(text(), source, where)
         if source is None:
             continue
-        if source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
+        secret = credentials_in_uri(source)
+        if secret:  # never echoed
+            where_secret = "a password" if secret[0] == "password" else f"a credential ({secret[0]})"
+            errors.add(
+                where,
+                f"the URI carries {where_secret}; give the object store's credentials through its environment "
+                f"(AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY, GOOGLE_APPLICATION_CREDENTIALS)",
+            )
+        elif source.startswith("hf-hub:") and source.removeprefix("hf-hub:").strip("/").count("/") != 1:
             errors.add(where, f"{source!r} is not allowed; allowed: hf-hub:<org>/<repo>")
         elif source.startswith("timm:") and not source.removeprefix("timm:"):
             errors.add(

@@ -173,6 +173,12 @@ CASES = [
         "budget.teacher_epochs: 0 uses each teacher as it is: weights.test_resnet must name its checkpoint file",
     ),
     (
+        "your teacher: a checkpoint URI with a password",
+        lambda t: ["validate", _spec(t, weights={"test_resnet": "s3://alice:s3cr3t@bucket/teacher.safetensors"})],
+        2,
+        "weights.test_resnet: the URI carries a password; give the object store's credentials through its environment",
+    ),
+    (
         "your teacher: a checkpoint that names other classes",
         lambda t: ["run", _adopted_over(t, ["bird", "car", "cat"])],
         2,

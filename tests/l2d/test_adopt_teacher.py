@@ -229,3 +229,46 @@ def test_a_whole_model_in_another_order_is_refused_with_the_fix(tmp_path):
         r"checkpoint's order",
     ):
         adopt_teacher(_config(files, str(folder / "student.pt"), "mld"))
+
+
+def test_a_checkpoint_in_object_storage_is_fetched_once_with_its_class_names(s3_server, tmp_path, monkeypatch):
+    """``s3://`` weights (a local S3 server, moto): fetched once per node into the cache with the config.json
+    beside it (timm's push_to_hub layout: its label_names put the classifier in the dataset's order)."""
+    import json
+
+    import boto3
+    from safetensors.torch import load_file, save_file
+
+    from l2d.run import adopt_teacher
+    from l2d.weights import WeightsNotFoundError, fetch_remote
+
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    files = csv_dataset(tmp_path)
+    tensors = load_file(fine_tune_elsewhere(tmp_path, files))
+    rows = [2, 0, 1]  # dog, car, cat
+    permuted = {k: (v[rows].contiguous() if k.startswith("fc.") else v) for k, v in tensors.items()}
+    save_file(permuted, str(tmp_path / "model.safetensors"))
+    client = boto3.client("s3", endpoint_url=f"http://{s3_server}")
+    client.upload_file(str(tmp_path / "model.safetensors"), "sweeps", "teachers/mine/model.safetensors")
+    labels = json.dumps({"architecture": "test_resnet", "label_names": ["dog", "car", "cat"]})
+    client.put_object(Bucket="sweeps", Key="teachers/mine/config.json", Body=labels.encode())
+    uri = f"s3://sweeps/teachers/mine/model.safetensors?endpoint_override={s3_server}&scheme=http"
+
+    model, card = adopt_teacher(_config(files, uri, "mld"))
+    assert (
+        "config.json (label_names)" in card["class_order"] and "rows put in the dataset's order" in card["class_order"]
+    )
+    local = fetch_remote(uri)
+    assert local.startswith(str(tmp_path / "cache" / "weights")) and (tmp_path / "cache").exists()
+    assert load_file(local).keys() == permuted.keys()
+    client.delete_object(Bucket="sweeps", Key="teachers/mine/config.json")  # the cached copy is what is read
+    assert fetch_remote(uri) == local
+    original = timm.create_model("test_resnet", num_classes=3)
+    original.load_state_dict(tensors)
+    images = torch.rand(2, 3, SIZE, SIZE)
+    config = timm.data.resolve_data_config(model=original)
+    normalised = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(model(images).logits, original.eval()(normalised), rtol=1e-4, atol=1e-5)
+    with pytest.raises(WeightsNotFoundError, match=r"weights 's3://sweeps/teachers/none.safetensors.*': no such file"):
+        fetch_remote(f"s3://sweeps/teachers/none.safetensors?endpoint_override={s3_server}&scheme=http")
