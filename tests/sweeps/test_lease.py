@@ -183,3 +183,144 @@ def test_a_driver_that_cannot_renew_its_lease_stops(tmp_path):
     )
     assert driver.stdout.split() == ["held", "stopped"], driver.stdout + driver.stderr
     assert "could not renew the lease" in driver.stderr and time.time() - start < 30
+
+
+# --- the renewal thread, in this process (the subprocess tests above hold the same behaviour end to end; these let
+# the mutation tests see it: mutmut maps the tests to the code they run in the test's own process) ---------------
+
+
+@pytest.fixture
+def fast_renewal(monkeypatch):
+    """Renewal every 0.05 s; a driver that cannot renew stops after 1 s (half a 2 s timeout). SIGINT and os._exit
+    recorded, not delivered."""
+    import signal
+
+    from sweeps import lease as lease_module
+
+    monkeypatch.setattr(lease_module, "HEARTBEAT_S", 0.05)
+    monkeypatch.setattr(lease_module, "LEASE_TIMEOUT_S", 2.0)
+    monkeypatch.setattr(lease_module, "stopped_because", None)
+    monkeypatch.delenv("L2D_SWEEP_FAILPOINTS", raising=False)
+    signals, exits = [], []
+    real_kill = os.kill
+
+    def kill(pid, sig):
+        if sig == signal.SIGINT and pid == os.getpid():
+            signals.append((time.time(), sig))
+        else:
+            real_kill(pid, sig)
+
+    def leave(code):
+        exits.append(code)
+        raise SystemExit(code)  # ends the renewal thread, as the process's end would
+
+    monkeypatch.setattr(os, "kill", kill)
+    monkeypatch.setattr(os, "_exit", leave)
+    return lease_module, signals, exits
+
+
+def _heartbeat(sweep: Location) -> float:
+    return json.loads((sweep / "lease.json").read_text())["heartbeat"]
+
+
+def _wait(condition, seconds: float = 20.0) -> None:
+    deadline = time.time() + seconds
+    while not condition():
+        assert time.time() < deadline, "timed out"
+        time.sleep(0.01)
+
+
+def test_the_renewal_keeps_the_lease_fresh_under_its_owner(tmp_path, fast_renewal):
+    _, signals, exits = fast_renewal
+    sweep = Location.parse(tmp_path / "s")
+    keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    first = json.loads((sweep / "lease.json").read_text())
+    beats = [first["heartbeat"]]
+    for _ in range(4):  # four renewals, each a compare-and-swap against the token of the one before
+        _wait(lambda: _heartbeat(sweep) > beats[-1])
+        beats.append(_heartbeat(sweep))
+    now = json.loads((sweep / "lease.json").read_text())
+    assert {k: v for k, v in now.items() if k != "heartbeat"} == {k: v for k, v in first.items() if k != "heartbeat"}
+    assert keeper._token == (sweep / "lease.json").read_text() and keeper.failure is None
+    assert not signals and not exits
+    keeper.release()
+    assert not (sweep / "lease.json").exists() and not keeper._thread.is_alive()
+
+
+def test_a_renewal_that_fails_for_half_the_timeout_stops_the_driver_and_a_recovery_resets_the_clock(
+    tmp_path, fast_renewal, monkeypatch
+):
+    import signal
+
+    lease_module, signals, exits = fast_renewal
+    sweep = Location.parse(tmp_path / "s")
+    keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    monkeypatch.setenv("L2D_SWEEP_FAILPOINTS", "lease-renew=error")  # the storage fails for 0.5 s...
+    time.sleep(0.5)
+    monkeypatch.delenv("L2D_SWEEP_FAILPOINTS")  # ...then answers again: renewed, the failure forgotten
+    renewed = _heartbeat(sweep)
+    _wait(lambda: _heartbeat(sweep) > renewed)
+    assert not signals and keeper.failure is None
+    monkeypatch.setenv("L2D_SWEEP_FAILPOINTS", "lease-renew=error")  # and fails for good
+    failing = time.time()
+    _wait(lambda: signals)
+    assert signals[0][0] - failing >= 0.9  # half the timeout from this failure, not from the first one
+    assert [sig for _, sig in signals] == [signal.SIGINT] and not exits
+    assert keeper.failure.startswith(f"{sweep / 'lease.json'}: could not renew the lease for ")
+    assert "failpoint lease-renew: a storage failure" in keeper.failure and "resume the sweep" in keeper.failure
+    assert lease_module.stopped_because == keeper.failure
+    _wait(lambda: not keeper._thread.is_alive())  # it stops renewing once it has asked the driver to stop
+    with pytest.raises(lease_module.LeaseError, match="could not renew the lease"):
+        keeper.verify()
+    keeper.release()
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the recorded os._exit
+def test_a_renewal_that_finds_another_owner_stops_the_process_without_touching_its_lease(
+    tmp_path, fast_renewal, capsys
+):
+    _, signals, exits = fast_renewal
+    sweep = Location.parse(tmp_path / "s")
+    keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    other = {**json.loads((sweep / "lease.json").read_text()), "owner": "someone-else", "user": "bob"}
+    (sweep / "lease.json").write_text(json.dumps(other))  # another driver took it over (--force)
+    _wait(lambda: exits)
+    assert exits == [1] and not signals and keeper.lost.startswith("bob@")
+    assert "lost the lease of" in capsys.readouterr().err
+    keeper.release()  # its release leaves the new owner's lease alone
+    assert json.loads((sweep / "lease.json").read_text())["owner"] == "someone-else"
+
+
+def test_a_lease_names_its_command_cut_to_a_readable_length(monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["l2d-sweep", "run", "x" * 1000])
+    lease = Lease.mine()
+    assert lease.command.startswith("l2d-sweep run xxx") and len(lease.command) == 300
+    assert lease.pid == os.getpid() and lease.acquired == lease.heartbeat and len(lease.owner) == 32
+
+
+def test_the_s3_lease_talks_to_the_endpoint_region_and_key_its_uri_names(monkeypatch):
+    pytest.importorskip("boto3")
+    from botocore.exceptions import ClientError
+
+    from sweeps.lease import _S3Lease
+
+    monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    store = _S3Lease(
+        Location.parse("s3://bucket/runs/one?endpoint_override=10.0.0.1:9000&scheme=http&region=eu-west-3")
+    )
+    assert store.client.meta.endpoint_url == "http://10.0.0.1:9000" and store.client.meta.region_name == "eu-west-3"
+    assert (store.bucket, store.key) == ("bucket", "runs/one/lease.json")
+    store = _S3Lease(Location.parse("s3://bucket?endpoint_override=minio.local:9000"))
+    assert store.client.meta.endpoint_url == "https://minio.local:9000" and store.key == "lease.json"
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://from-the-environment:9000")
+    assert _S3Lease(Location.parse("s3://bucket/x")).client.meta.endpoint_url == "http://from-the-environment:9000"
+
+    def refused(code):
+        return ClientError({"Error": {"Code": code}} if code else {}, "PutObject")
+
+    for code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409"):
+        assert store._failed(refused(code)), code  # another writer won: the swap is refused, not an error
+    for code in ("AccessDenied", "SlowDown", None):
+        assert not store._failed(refused(code)), code
