@@ -14,6 +14,7 @@ supported, else fp16 with a gradient scaler), float32 on CPU. The teacher runs i
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import math
 import time
@@ -25,7 +26,7 @@ import torch
 import torch.distributed as dist
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from l2d.losses import DistillationCriterion, loss_parts
 from l2d.recipe import Recipe, recipe_matches
@@ -115,6 +116,56 @@ class _Indexed(Dataset):
         return image, target, index
 
 
+def view_seed(seed: int, epoch: int, index: int) -> int:
+    """The seed of image ``index``'s augmented view in ``epoch`` of a run whose data seed is ``seed``: a function of the
+    three alone, so every run with that data seed sees the same view of each image in each epoch, whatever its model,
+    its method or its loader workers consumed from the random generators in between."""
+    digest = hashlib.blake2b(f"{seed}:{epoch}:{index}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & (2**63 - 1)
+
+
+class ViewSampler(Sampler):
+    """The training order of a loader (a seeded shuffle, or a rank's :class:`DistributedSampler` shard) as
+    ``(index, epoch, seed)`` keys, which :class:`Views` turns into each image's view of that epoch. The epoch is part of
+    the key, not state in the dataset: loader workers (persistent ones too) see it with every index."""
+
+    def __init__(self, order: Sampler, seed: int, generator: torch.Generator | None = None):
+        self.order, self.seed, self.generator = order, seed, generator
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """The epoch's order (reshuffled from ``seed + epoch``: a resumed run sees the same one) and views."""
+        self.epoch = epoch
+        if isinstance(self.order, DistributedSampler):
+            self.order.set_epoch(epoch)
+        elif self.generator is not None:
+            self.generator.manual_seed(self.seed + epoch)
+
+    def __iter__(self) -> Iterator[tuple[int, int, int]]:
+        return ((index, self.epoch, self.seed) for index in self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+class Views(Dataset):
+    """A training dataset whose sample ``(index, epoch, seed)`` is drawn under :func:`view_seed` of that key, in a
+    fork of the global random generator: the augmentation's draws are the view's own, and leave the generator that
+    dropout and initialisation draw from as it was."""
+
+    def __init__(self, dataset: Dataset):
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        index, epoch, seed = key
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(view_seed(seed, epoch, index))
+            return self.dataset[index]
+
+
 def make_loader(
     dataset: Dataset,
     batch_size: int,
@@ -131,27 +182,25 @@ def make_loader(
     per_rank = max(1, batch_size // world_size)
     pin = device is not None and device.type == "cuda"
     if train:
-        sampler = (
-            DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
-            if world_size > 1
-            else None
-        )
-        generator = torch.Generator().manual_seed(seed)
+        generator = None
+        if world_size > 1:
+            order = DistributedSampler(dataset, world_size, rank, shuffle=True, seed=seed, drop_last=True)
+        else:
+            generator = torch.Generator().manual_seed(seed)
+            order = RandomSampler(dataset, generator=generator)
         # drop_last: a last batch of 1 breaks BatchNorm and skews CD/ID, which need sets of >= 2.
         drop_last = len(dataset) // world_size >= per_rank
-        loader = DataLoader(
-            dataset,
+        return DataLoader(
+            Views(dataset),
             batch_size=per_rank,
-            shuffle=sampler is None,
-            sampler=sampler,
-            generator=generator,
+            sampler=ViewSampler(order, seed, generator),
+            # the loader's own draw (its workers' base seed) from a generator of its own, not the global one
+            generator=generator if generator is not None else torch.Generator().manual_seed(seed),
             num_workers=num_workers,
             drop_last=drop_last,
             pin_memory=pin,
             persistent_workers=num_workers > 0,
         )
-        loader.base_seed = seed  # each epoch reshuffles with base_seed + epoch, so a resumed run sees the same order
-        return loader
     return DataLoader(
         _Indexed(dataset),
         batch_size=per_rank,
@@ -274,10 +323,8 @@ def train_epoch(
     step.train()
     if teacher is not None:
         teacher.eval()
-    if isinstance(loader.sampler, DistributedSampler):
-        loader.sampler.set_epoch(epoch)
-    elif loader.generator is not None:
-        loader.generator.manual_seed(getattr(loader, "base_seed", 0) + epoch)
+    if isinstance(loader.sampler, (ViewSampler, DistributedSampler)):
+        loader.sampler.set_epoch(epoch)  # the epoch's order and views
     names = ("total", *loss_parts(criterion.method))
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     diagnosed = names[1:] if grad_share_every > 0 and len(names) > 2 else ()
@@ -507,8 +554,8 @@ class Distiller:
         if self.epoch >= self.recipe.epochs:
             raise RuntimeError(f"all {self.recipe.epochs} epochs of the schedule are done")
         epoch = self.epoch + 1
-        # Augmentation and dropout draw from the global RNG: seeding it per epoch makes a run resumed at an epoch
-        # boundary identical to one that never stopped.
+        # Dropout draws from the global RNG: seeding it per epoch makes a run resumed at an epoch boundary identical
+        # to one that never stopped. (Augmentation draws its own, per image: ViewSampler.)
         torch.manual_seed(self.seed * 100_003 + epoch)
         start = time.perf_counter()
         metrics: dict[str, float] = {"epoch": epoch}

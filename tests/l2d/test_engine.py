@@ -240,3 +240,44 @@ def test_channels_last_on_cpu():
         _model(1), _model(2).eval(), train, val, test, "mld", recipe=Recipe(epochs=1, batch_size=16, lr=1e-3)
     )
     other.load_state_dict(distiller.state_dict())
+
+
+def _epoch_batches(loader, epoch: int, between=None) -> list[torch.Tensor]:
+    loader.sampler.set_epoch(epoch)
+    batches = []
+    for images, _ in loader:
+        batches.append(images)
+        if between is not None:
+            between()  # what a model's forward pass draws from the global generator (dropout, a drop-path rate)
+    return batches
+
+
+def test_a_view_is_a_function_of_the_seed_the_epoch_and_the_image():
+    """Every run with the same data seed sees the same view of each image in each epoch, whatever its model draws
+    from the global generator between batches and whatever its loader workers: trials of one seed are paired by view,
+    and the teacher's output for a view is the same in all of them."""
+    from l2d.data import build_dataset
+    from l2d.engine import make_loader
+
+    dataset = build_dataset("mosaic-digits", None, "train", 16, size=24)
+    plain = _epoch_batches(make_loader(dataset, 8, train=True, seed=3), 1)
+    drawing = _epoch_batches(make_loader(dataset, 8, train=True, seed=3), 1, between=lambda: torch.rand(1000))
+    workers = _epoch_batches(make_loader(dataset, 8, train=True, num_workers=2, seed=3), 1)
+    for a, b, c in zip(plain, drawing, workers, strict=True):
+        assert torch.equal(a, b) and torch.equal(a, c)
+    loader = make_loader(dataset, 8, train=True, seed=3)
+    assert all(torch.equal(a, b) for a, b in zip(_epoch_batches(loader, 1), plain))  # an epoch read again
+    assert not torch.equal(torch.cat(_epoch_batches(loader, 2)), torch.cat(plain))  # the next epoch: other views
+    assert not torch.equal(torch.cat(_epoch_batches(make_loader(dataset, 8, train=True, seed=4), 1)), torch.cat(plain))
+
+
+def test_drawing_a_view_leaves_the_global_generator_alone():
+    from l2d.data import build_dataset
+    from l2d.engine import make_loader
+
+    loader = make_loader(build_dataset("mosaic-digits", None, "train", 16, size=16), 8, train=True, seed=0)
+    torch.manual_seed(11)
+    expected = torch.rand(4)
+    torch.manual_seed(11)
+    _epoch_batches(loader, 1)  # Cutout and RandAugment drew from each view's own seed
+    assert torch.equal(torch.rand(4), expected)
