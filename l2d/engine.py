@@ -334,12 +334,30 @@ def train_epoch(
     seen = 0
     start = time.perf_counter()
     num_batches = len(loader)
-    for batch_index, (images, targets) in enumerate(loader):
+    # The ledger: seconds waiting for the loader (and the copy to the device), in the teacher's forward pass, and in
+    # the student's step (forward, losses, backward, optimizer: the rest of the loop). On CUDA each mark waits for
+    # the device, so that its time is counted where it is spent.
+    ledger = [0.0, 0.0, 0.0]
+    synchronize = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    mark = start
+    batches = iter(loader)
+    for batch_index in range(num_batches):
+        try:
+            images, targets = next(batches)
+        except StopIteration:
+            break
         images = _to_device(images, device, channels_last)
         targets = targets.to(device, non_blocking=True)
+        synchronize()
+        now = time.perf_counter()
+        ledger[0], mark = ledger[0] + now - mark, now
         teacher_output = (
             _teacher_forward(teacher, images, dtype, criterion.teacher_stages) if teacher is not None else None
         )
+        if teacher is not None:
+            synchronize()
+            now = time.perf_counter()
+            ledger[1], mark = ledger[1] + now - mark, now
         live = {} if diagnosed and (step_offset + batch_index) % grad_share_every == 0 else None
         with torch.autocast(device.type, dtype=dtype, enabled=dtype is not None):
             loss, parts = step(images, targets, teacher_output, live=live)
@@ -376,6 +394,9 @@ def train_epoch(
         sums += torch.stack([loss.detach(), *(parts[name] for name in names[1:])]).double()
         if progress is not None:
             progress(batch_index + 1, num_batches, {"loss": loss.item()})
+        synchronize()
+        now = time.perf_counter()
+        ledger[2], mark = ledger[2] + now - mark, now
     elapsed = time.perf_counter() - start
     # One all-reduce for all counters: [batches, images/s of this rank, part sums..., gradient diagnostics...].
     totals = torch.cat(
@@ -387,6 +408,7 @@ def train_epoch(
     result = {f"train_{name}": value / max(values[0], 1) for name, value in zip(names, values[2 : 2 + len(names)])}
     result["images_per_s"] = values[1]
     result["train_seconds"] = elapsed
+    result["time_data_s"], result["time_teacher_s"], result["time_student_s"] = ledger
     if diagnosed:
         samples, rest = values[2 + len(names)], values[3 + len(names) :]
         result["train_grad_samples"] = samples
@@ -550,7 +572,9 @@ class Distiller:
         self.epoch = 0  # epochs completed
 
     def run_epoch(self, progress: ProgressFn | None = None, evaluate_test: bool = True) -> dict[str, float]:
-        """Train the next epoch, then evaluate; returns ``epoch`` (1-based), ``train_*``, ``val_*``, ``test_*``."""
+        """Train the next epoch, then evaluate; returns ``epoch`` (1-based), ``train_*``, ``val_*``, ``test_*``, and
+        the ledger of its time: ``time_data_s`` (waiting for the loader), ``time_teacher_s`` (the teacher's forward
+        passes), ``time_student_s`` (the student's steps), ``time_eval_s`` (val and test), ``epoch_seconds`` (all)."""
         if self.epoch >= self.recipe.epochs:
             raise RuntimeError(f"all {self.recipe.epochs} epochs of the schedule are done")
         epoch = self.epoch + 1
@@ -578,6 +602,7 @@ class Distiller:
             )
         )
         metrics["lr"] = self.scheduler.get_last_lr()[0]
+        evaluating = time.perf_counter()
         metrics.update(
             evaluate(
                 self.student,
@@ -601,7 +626,9 @@ class Distiller:
                     channels_last=self.channels_last,
                 )
             )
-        metrics["epoch_seconds"] = time.perf_counter() - start
+        now = time.perf_counter()
+        metrics["time_eval_s"] = now - evaluating
+        metrics["epoch_seconds"] = now - start
         self.epoch = epoch
         return metrics
 

@@ -17,6 +17,7 @@ import json
 import logging
 import os
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -168,7 +169,9 @@ class _RayTrainSession:
         # Every rank loads the state; only rank 0 moves an unreadable checkpoint aside.
         return restore_newest(self.run_dir, set_aside_unreadable=self.rank == 0)
 
-    def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
+    def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict], since: float) -> None:
+        """Report ``metrics`` with the epoch's checkpoint; ``time_checkpoint_s`` counts from ``since`` to the checkpoint
+        written locally (Ray Train uploads it to storage inside its report, after that)."""
         import ray.train
         import torch
 
@@ -179,6 +182,7 @@ class _RayTrainSession:
                 with open(os.path.join(folder, HISTORY_FILE), "w") as stream:
                     json.dump(history, stream)
                 saved = ray.train.Checkpoint.from_directory(folder)
+            metrics.setdefault("time_checkpoint_s", time.perf_counter() - since)  # a re-report keeps its own
             ray.train.report(metrics, checkpoint=saved, checkpoint_dir_name=f"epoch-{epoch:04d}")
 
 
@@ -196,11 +200,13 @@ class _InProcessSession:
     def restore(self) -> tuple[dict, list[dict]] | None:
         return restore_newest(self.run_dir)
 
-    def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict]) -> None:
+    def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict], since: float) -> None:
+        """Write the epoch's checkpoint and report ``metrics``, with ``time_checkpoint_s`` from ``since``."""
         import ray.tune
 
         if state is not None:  # None: nothing new to save (a trial that had finished every epoch before a crash)
             write_checkpoint(self.run_dir, epoch, state, history)
+        metrics.setdefault("time_checkpoint_s", time.perf_counter() - since)  # a re-report keeps its own
         ray.tune.report(metrics)
 
 
@@ -246,7 +252,8 @@ def _run(context: TrialContext, config: dict, session) -> None:
         # it as it would have (a driver that died before seeing that report never did), and a driver that died
         # before recording the earlier epochs fills its tables from them (see sweeps.callback.SweepCallback).
         last = run.history[-1]
-        session.report({**last, HISTORY_KEY: json.dumps(run.history)}, int(last["epoch"]), None, run.history)
+        again = {**last, HISTORY_KEY: json.dumps(run.history)}
+        session.report(again, int(last["epoch"]), None, run.history, time.perf_counter())
         if run.distiller.epoch >= context.max_epochs:
             return
 
@@ -254,10 +261,13 @@ def _run(context: TrialContext, config: dict, session) -> None:
 
     def report(metrics: dict) -> None:
         metrics.update(extra)  # kept in the history too
+        since = time.perf_counter()  # the ledger's checkpointing: the best's copy, the state, the epoch's checkpoint
         if best is not None:  # before the report: a trial stopped at this epoch has its best on disk already
             best.offer(metrics, run, run_config)
         state = run.distiller.state_dict() if session.rank == 0 else None
-        session.report(dict(metrics), int(metrics["epoch"]), state, run.history)
+        reported = dict(metrics)
+        session.report(reported, int(metrics["epoch"]), state, run.history, since)
+        metrics["time_checkpoint_s"] = reported["time_checkpoint_s"]  # the history's next checkpoints hold it
 
     fit(run, on_epoch=report)
 

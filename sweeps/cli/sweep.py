@@ -250,6 +250,11 @@ def _cmd_results(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.format == "table":  # for a person: the top rows, the columns that matter, rounded when shown
         print(render(results.leaderboard(args.limit or 10, columns), args.format))
+        from sweeps.results.reader import describe_ledger
+
+        ledger = describe_ledger(results.ledger())
+        if ledger:
+            print(ledger)
         _print_teachers(results)
         _print_confirmation(results)
     else:  # data: every row and every column at full precision, unless --limit / --columns choose
@@ -307,6 +312,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 def _print_status(path: str, fmt: str = "table") -> None:
     from sweeps.results import sweep_status
+    from sweeps.results.reader import describe_ledger
 
     status = sweep_status(path)
     if fmt == "json":
@@ -355,6 +361,9 @@ def _print_status(path: str, fmt: str = "table") -> None:
 
         print("running:")
         print(render(pa.Table.from_pylist(status.running)))
+    ledger = describe_ledger(status.ledger)
+    if ledger:
+        print(ledger)
     print(f"folder: {_megabytes(status.size_bytes)} ({_megabytes(status.checkpoint_bytes)} of checkpoints)")
 
 

@@ -252,6 +252,21 @@ class SweepResults:
         rows = teacher_rows(read_teachers(self.sweep_dir), self.trials.to_pylist())
         return pa.Table.from_pylist(rows) if rows else pa.table({"teacher": pa.array([], pa.string())})
 
+    def ledger(self) -> dict | None:
+        """Where the sweep's trial time went: ``{"seconds": total, "trials": n, "parts": {part: seconds}}`` over the
+        trials that have a ledger (the parts: data, teacher, student, eval, checkpoint, and ``other``: the rest of
+        their wall time, bookkeeping); None when none has one (a sweep recorded before the ledger existed)."""
+        from sweeps.results.schema import LEDGER
+
+        present = [name for name in LEDGER if name in self.trials.column_names]
+        rows = [r for r in self.trials.select(["wall_time_s", *present]).to_pylist() if r.get("time_student_s")]
+        if not rows:
+            return None
+        parts = {name[5:-2]: sum(r[name] or 0.0 for r in rows) for name in present}
+        total = sum(r["wall_time_s"] or 0.0 for r in rows)
+        parts["other"] = max(0.0, total - sum(parts.values()))
+        return {"seconds": total, "trials": len(rows), "parts": parts}
+
     def pareto(self) -> pa.Table:
         """The non-dominated finished trials: over the spec's objectives when it has several, else val mAP against
         student size (no other trial is at least as good on every one and better on one)."""
@@ -445,6 +460,7 @@ class SweepStatus:
     budget: int | None = None  # the stored spec's num_samples (None: no readable spec)
     last_run: dict | None = None  # the newest entry of run.json
     confirmation: dict | None = None  # the confirmation stage: runs by state, missing, the winner (None: no stage)
+    ledger: dict | None = None  # where the trials' time went (SweepResults.ledger)
 
     def to_dict(self) -> dict:
         """Everything above, JSON-ready (``status --format json``)."""
@@ -463,6 +479,7 @@ class SweepStatus:
             "checkpoint_bytes": self.checkpoint_bytes,
             "last_run": self.last_run,
             "confirmation": self.confirmation,
+            "ledger": self.ledger,
         }
 
 
@@ -541,6 +558,7 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
         detail=detail,
         budget=budget,
         last_run=last,
+        ledger=results.ledger(),
         confirmation=None
         if confirmation is None
         else {
@@ -552,6 +570,22 @@ def sweep_status(sweep_dir: str | Location) -> SweepStatus:
             "winner_mean": confirmation.winner.mean if confirmation.winner else None,
         },
     )
+
+
+def describe_ledger(ledger: dict | None) -> str | None:
+    """``time: 1.2 h over 8 trials: data 12%, teacher 20%, ...`` (None without a ledger)."""
+    if not ledger or ledger["seconds"] <= 0:
+        return None
+    seconds = ledger["seconds"]
+    amount = (
+        f"{seconds / 3600:.1f} h"
+        if seconds >= 5400
+        else f"{seconds / 60:.1f} min"
+        if seconds >= 90
+        else f"{seconds:.0f} s"
+    )
+    shares = ", ".join(f"{part} {100 * value / seconds:.0f}%" for part, value in ledger["parts"].items())
+    return f"time: {amount} over {ledger['trials']} trial(s): {shares}"
 
 
 def read_epochs(sweep_dir: str | Location, metric: str | None = None) -> list[dict]:

@@ -64,7 +64,24 @@ TRIAL_COLUMNS: tuple[Column, ...] = (
     Column("student_params", _I64, "parameter count of the student", "last", "student_params"),
     Column("latency_ms", _F64, "median forward latency of one image on the trial's device", "last", "latency_ms"),
     Column("images_per_s", _F64, "mean training throughput over its epochs"),
-    Column("wall_time_s", _F64, "sum of the epochs' train + eval time"),
+    Column(
+        "wall_time_s",
+        _F64,
+        "its epochs' time: training, evaluation and checkpointing (the ledger's parts and a rest of bookkeeping)",
+    ),
+    *(
+        Column(f"time_{part}_s", _F64, f"seconds {meaning}, over its epochs (the time ledger)")
+        for part, meaning in (
+            ("data", "waiting for the data loader (decoding, augmentation, the copy to the device)"),
+            ("teacher", "in the teacher's forward passes"),
+            ("student", "in the student's steps (forward, losses, backward, optimizer)"),
+            ("eval", "evaluating on val and test"),
+            (
+                "checkpoint",
+                "writing checkpoints (the best's copy, the epoch's; Ray Train's upload after it is not counted)",
+            ),
+        )
+    ),
     Column("test_CF1_at_best", _F64, "test CF1 (threshold 0.5) at the best epoch", "best", "test_CF1"),
     Column("test_OF1_at_best", _F64, "test OF1 (threshold 0.5) at the best epoch", "best", "test_OF1"),
     Column(
@@ -83,6 +100,8 @@ TRIAL_COLUMNS: tuple[Column, ...] = (
     ),
     Column("best_val_loss", _F64, "val loss at the best epoch", "best", "val_loss"),
 )
+#: The time ledger's parts (epoch metrics, summed into the trials table's columns of the same names).
+LEDGER = tuple(c.name for c in TRIAL_COLUMNS if c.name.startswith("time_") and c.name.endswith("_s"))
 TRIAL_SCHEMA = pa.schema([(c.name, c.type) for c in TRIAL_COLUMNS])
 #: The trials-table columns that summarize the epochs (what a rebuild recomputes, or keeps when it cannot).
 EPOCH_SUMMARY = tuple(
@@ -172,7 +191,10 @@ def trial_row(
             value = (best if column.at == "best" else last).get(column.key)
             row[column.name] = int(value) if value is not None and column.type == _I64 else value
     row["images_per_s"] = sum(r.get("images_per_s", 0.0) for r in history) / len(history)
-    row["wall_time_s"] = sum(r.get("epoch_seconds", 0.0) for r in history)
+    row["wall_time_s"] = sum(r.get("epoch_seconds", 0.0) + r.get("time_checkpoint_s", 0.0) for r in history)
+    for name in LEDGER:  # null for a trial whose epochs were recorded before the ledger existed
+        values = [r[name] for r in history if isinstance(r.get(name), (int, float))]
+        row[name] = sum(values) if values else None
     return row
 
 

@@ -56,6 +56,14 @@ def test_one_epoch_single_process_reports_everything():
         assert np.isfinite(metrics[name]), name
     assert metrics["images_per_s"] > 0
     assert 0 <= metrics["val_mAP"] <= 100
+    # The time ledger: the loader, the teacher and the student share the training loop; evaluation the rest.
+    data, teacher, student = metrics["time_data_s"], metrics["time_teacher_s"], metrics["time_student_s"]
+    assert data > 0 and teacher > 0 and student > 0 and metrics["time_eval_s"] > 0
+    assert data + teacher + student == pytest.approx(metrics["train_seconds"], rel=0.02)
+    spent = metrics["train_seconds"] + metrics["time_eval_s"]
+    assert spent <= metrics["epoch_seconds"] and spent == pytest.approx(metrics["epoch_seconds"], rel=0.05)
+    alone = Distiller(_model(1), None, train, val, test, "bce", recipe=Recipe(epochs=2, batch_size=16, lr=1e-3))
+    assert alone.run_epoch()["time_teacher_s"] == 0.0  # no teacher, no teacher time
 
 
 def test_optimizer_decays_weights_only():

@@ -62,3 +62,50 @@ def test_an_unknown_kind_is_an_error_everywhere(tmp_path, capsys):
     with pytest.raises(ValueError, match="unknown plot kind"):
         plots.draw("violin", None, None)
     assert not (tmp_path / "v.png").exists()
+
+
+def _rung_sweep(tmp_path: Path, trials: int) -> Path:
+    """A sweep of ``trials`` trials that each ran its 2 epochs (ASHA's rung at epoch 1), better with its index."""
+    import yaml
+
+    from l2d.storage import Location
+    from sweeps.folder import write_marker
+    from sweeps.results import ResultsWriter
+    from sweeps.spec import parse_spec
+    from sweeps.stored import spec_digest
+    from tests.sweeps.conftest import TINY_SPEC
+
+    spec = parse_spec(
+        {**TINY_SPEC, "name": "r", "storage": str(tmp_path), "budget": {**TINY_SPEC["budget"], "max_epochs": 2}},
+        "x.yaml",
+    )
+    sweep = tmp_path / "r"
+    sweep.mkdir(parents=True)
+    (sweep / "spec.yaml").write_text(yaml.safe_dump(spec.to_dict(), sort_keys=False))
+    write_marker(Location.parse(sweep), spec_digest=spec_digest(spec))
+    writer = ResultsWriter(str(sweep), max_epochs=2)
+    for index in range(trials):
+        config = {"teacher": "test_resnet", "student": "test_efficientnet", "method": "l2d", "lr": 1e-3}
+        for epoch in (1, 2):
+            writer.record_epoch(f"r{index:05d}", config, {"epoch": epoch, "val_mAP": 30.0 + index + epoch})
+        writer.finish(f"r{index:05d}", config)
+    writer.write()
+    writer.publish()
+    return sweep
+
+
+def test_the_rungs_plot_sets_each_rung_against_the_final_value(tmp_path):
+    from sweeps.results import SweepResults
+    from sweeps.stored import load_sweep_spec
+
+    sweep = _rung_sweep(tmp_path, 4)
+    figure = plots.rungs_figure(SweepResults(sweep), load_sweep_spec(sweep))
+    (axis,) = figure.axes
+    assert (
+        axis.get_title().startswith("rung at epoch 1: Spearman +1.00")
+        and "4 trials ran every epoch" in axis.get_title()
+    )
+    assert len(axis.collections[0].get_offsets()) == 4
+    few = _rung_sweep(tmp_path / "few", 2)
+    with pytest.raises(plots.NotEnoughData, match="needs 3 trials that ran every epoch; 2 did"):
+        plots.rungs_figure(SweepResults(few), load_sweep_spec(few))

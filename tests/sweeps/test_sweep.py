@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -102,14 +103,34 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     )
     answer = json.loads(capsys.readouterr().out)
     assert {a["method"] for a in answer} <= {"l2d", "kd"} and sum(a["epochs"] for a in answer) == len(epoch_rows)
+    # The time ledger: each trial's parts add up to its wall time (the rest is bookkeeping), and checkpoints count.
+    for row in rows:
+        if row["status"] != "failed":
+            parts = [row[f"time_{part}_s"] for part in ("data", "teacher", "student", "eval", "checkpoint")]
+            assert all(p is not None and p >= 0 for p in parts) and row["time_checkpoint_s"] > 0
+            assert row["time_teacher_s"] > 0 and row["time_student_s"] > 0  # every method here distills
+            assert 0.9 * row["wall_time_s"] <= sum(parts) <= row["wall_time_s"] * 1.0001, (parts, row["wall_time_s"])
+    for column in ("time_data_s", "time_teacher_s", "time_student_s", "time_eval_s", "time_checkpoint_s"):
+        assert column in epochs.schema.names
     assert main(["status", str(sweep)]) == 0
-    assert "trials by state:" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "trials by state:" in shown and re.search(r"time: .* over 4 trial\(s\): data \d+%, teacher \d+%", shown)
     assert main(["results", str(sweep), "--pareto"]) == 0
     assert not (sweep / "results" / "pareto.png").exists()  # a read command writes nothing into the sweep
-    for kind in ("history", "parallel", "importance", "pareto", "rungs"):
+    for kind in ("history", "parallel", "importance", "pareto"):
         out = tmp_path / f"{kind}.png"
         assert main(["plot", str(sweep), "--kind", kind, "--out", str(out)]) == 0, kind
         assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
+    # The rungs plot needs 3 trials that ran every epoch: drawn, or said, as the trials that ASHA let run decide
+    # (tests/sweeps/test_plots.py draws it from a folder where they did).
+    ran_every_epoch = sum(r["epochs_run"] == 3 for r in rows)
+    capsys.readouterr()
+    assert main(["plot", str(sweep), "--kind", "rungs", "--out", str(tmp_path / "rungs.png")]) == 0
+    if ran_every_epoch >= 3:
+        assert (tmp_path / "rungs.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    else:
+        assert f"needs 3 trials that ran every epoch; {ran_every_epoch} did" in capsys.readouterr().err
+        assert not (tmp_path / "rungs.png").exists()
     assert main(["plot", str(sweep), "--kind", "pareto", "--out", str(sweep / "x.png")]) == 2  # not into the sweep
     assert main(["importance", str(sweep)]) == 0
     assert "trials" in capsys.readouterr().out

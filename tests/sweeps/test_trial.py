@@ -24,9 +24,12 @@ class RecordingSession:
     def restore(self):
         return restore_newest(self.run_dir)
 
-    def report(self, metrics, epoch, state, history):
+    def report(self, metrics, epoch, state, history, since):
+        import time
+
         if state is not None:
             write_checkpoint(self.run_dir, epoch, state, history)
+        metrics.setdefault("time_checkpoint_s", time.perf_counter() - since)
         self.reports.append(dict(metrics))
 
 
@@ -54,6 +57,7 @@ def test_a_trial_reports_every_epoch_and_keeps_its_best(tmp_path):
     assert epochs == [1, 2, 3]
     for report in session.reports:
         assert {"val_mAP", "test_mAP", "student_params", "latency_ms", "images_per_s"} <= set(report)
+        assert report["time_checkpoint_s"] > 0 and report["time_student_s"] > 0  # the ledger, checkpoints included
         assert report["worker_nodes"] == 1 and report["resumed_from"] == 0.0
     best = json.loads((run_dir / "best" / "best.json").read_text())
     assert best["metrics"]["val_mAP"] == max(r["val_mAP"] for r in session.reports)
@@ -68,8 +72,8 @@ def test_a_resumed_trial_replays_its_history_then_goes_on(tmp_path):
     class Stop(Exception):
         pass
 
-    def stop_after_two(metrics, epoch, state, history):
-        RecordingSession.report(first, metrics, epoch, state, history)
+    def stop_after_two(metrics, epoch, state, history, since):
+        RecordingSession.report(first, metrics, epoch, state, history, since)
         if epoch == 2:
             raise Stop
 

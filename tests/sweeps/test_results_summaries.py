@@ -1,6 +1,7 @@
-"""The teachers a sweep distilled from, beside their students trained alone (``results``, ``results --teachers``,
-``Sweep.teachers()``): a teacher no better than its student is a warning. Without Ray: the folder is written by the
-results writer and :func:`sweeps.results.teachers.write_teachers`, as the driver and the teacher phase write it."""
+"""What ``results`` (and ``status``) set beside the leaderboard: each teacher beside its student trained alone (a
+teacher no better than its student is a warning; ``results --teachers``, ``Sweep.teachers()``), and the time ledger
+(where the trials' time went). Without Ray: the folder is written by the results writer and
+:func:`sweeps.results.teachers.write_teachers`, as the driver and the teacher phase write it."""
 
 from __future__ import annotations
 
@@ -123,3 +124,40 @@ def test_the_record_keeps_the_cards_scores_not_their_history(tmp_path):
     assert record["x"]["how"] == "trained" and record["y"]["how"] == "adopted"
     assert "history" not in record["x"] and record["x"]["test_mAP"] == 68.5
     assert read_teachers(Location.parse(tmp_path)) == record
+
+
+def test_the_time_ledger_sums_each_trials_epochs_and_the_sweeps_trials(tmp_path, capsys):
+    """``results`` and ``status`` say where the trials' time went (the ledger's parts summed over epochs and trials,
+    the rest of the wall time as ``other``); a sweep recorded before the ledger existed says nothing."""
+    from sweeps.results import ResultsWriter, SweepResults
+    from sweeps.results.reader import describe_ledger
+
+    sweep = _sweep(tmp_path, {"bce": 60.0})
+    assert SweepResults(sweep).ledger() is None and describe_ledger(None) is None  # no ledger in those epochs
+    writer = ResultsWriter(str(sweep), max_epochs=2)
+    config = {"teacher": "test_resnet", "student": "test_efficientnet", "method": "l2d", "lr": 1e-3}
+    for epoch in (1, 2):
+        parts = {"time_data_s": 10.0, "time_teacher_s": 20.0, "time_student_s": 60.0, "time_eval_s": 5.0}
+        writer.record_epoch(
+            "t00009",
+            config,
+            {"epoch": epoch, "val_mAP": 50.0, "epoch_seconds": 98.0, "time_checkpoint_s": 2.0, **parts},
+        )
+    writer.finish("t00009", config)
+    writer.write()
+    writer.publish()
+    row = next(r for r in SweepResults(sweep).trials.to_pylist() if r["trial_id"] == "t00009")
+    assert (row["time_data_s"], row["time_teacher_s"], row["time_student_s"]) == (20.0, 40.0, 120.0)
+    assert (row["time_eval_s"], row["time_checkpoint_s"], row["wall_time_s"]) == (10.0, 4.0, 200.0)
+    ledger = SweepResults(sweep).ledger()
+    assert ledger == {
+        "seconds": 200.0,
+        "trials": 1,
+        "parts": {"data": 20.0, "teacher": 40.0, "student": 120.0, "eval": 10.0, "checkpoint": 4.0, "other": 6.0},
+    }
+    line = "time: 3.3 min over 1 trial(s): data 10%, teacher 20%, student 60%, eval 5%, checkpoint 2%, other 3%"
+    assert describe_ledger(ledger) == line
+    assert main(["results", str(sweep)]) == 0
+    assert line in capsys.readouterr().out
+    assert main(["status", str(sweep)]) == 0
+    assert line in capsys.readouterr().out
