@@ -68,6 +68,8 @@ class RunConfig:
             ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, ``offline`` from an
             installed weight package, ``random``); None: the dataset's default for that backbone (random for most).
         channels_last: the memory layout (:attr:`l2d.engine.Recipe.channels_last`); None: the dataset's default.
+        decoded_images: the image datasets read each image decoded and resized from the node's store
+            (:class:`l2d.data.images.DecodedStore`), decoded once; False: decoded at every read.
         grad_share_every: sampling of the gradient-share diagnostics (:class:`l2d.engine.Distiller`); None: the
             engine's default, 0: off. Changes nothing that is learned.
     """
@@ -221,6 +223,14 @@ class RunConfig:
         minimum=0,
         maximum=MAX_SEED,
         default_text="seed",
+    )
+    decoded_images: bool = setting(
+        True,
+        bool,
+        "decode and resize each image once per node into a memory-mapped store under $L2D_SWEEP_CACHE/decoded, read "
+        "by every epoch and trial after (exact: the same pixels; the image datasets, not the in-memory mosaics)",
+        spec="recipe.decoded_images",
+        flags={"train": "--decoded-images", "teacher": "--decoded-images"},
     )
     device: str | None = None
     student_weights: str | None = None
@@ -440,10 +450,15 @@ def build_splits(config: RunConfig) -> dict[str, torch.utils.data.Dataset]:
     from l2d.data import build_dataset
 
     config = resolve(config)
-    return {
+    splits = {
         split: build_dataset(config.dataset, config.data_root, split, config.image_size, **config.dataset_options)
         for split in SPLITS
     }
+    if config.decoded_images:
+        for dataset in splits.values():
+            if hasattr(dataset, "decode_once"):  # the image datasets (the mosaics are arrays in memory already)
+                dataset.decode_once()
+    return splits
 
 
 @dataclass

@@ -35,7 +35,7 @@ from torchvision.transforms.v2 import functional as TF
 from l2d.data.registry import DatasetError
 from l2d.data.transforms import build_transform
 
-from l2d.data.images import Images
+from l2d.data.images import DecodedStore, Images
 
 logger = logging.getLogger(__name__)
 
@@ -107,8 +107,10 @@ class ImageListDataset(torch.utils.data.Dataset):
         self.targets = np.asarray(targets, dtype=np.uint8)
         self.class_names = list(class_names)
         self.transform = build_transform(image_size, train)
+        self.image_size = image_size
         self.name = name
         self._fingerprint: str | None = None
+        self.store: DecodedStore | None = None
 
     def __len__(self) -> int:
         return len(self.images)
@@ -129,16 +131,33 @@ class ImageListDataset(torch.utils.data.Dataset):
             self._fingerprint = digest.hexdigest()
         return self._fingerprint
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_once(self) -> DecodedStore:
+        """From now on, read each image decoded and resized from the node's :class:`DecodedStore` (decoded there by
+        whichever loader needs it first). Exact: the transform resizes before anything else, and a resized image
+        passes its resize unchanged."""
+        if self.store is None:
+            self.store = DecodedStore(self.images, self.image_size)
+        return self.store
+
+    def _decode(self, index: int) -> torch.Tensor:
         source = self.images.read(index)
         try:
             with Image.open(io.BytesIO(source) if isinstance(source, bytes) else source) as image:
-                image = TF.pil_to_tensor(image.convert("RGB"))
+                return TF.pil_to_tensor(image.convert("RGB"))
         except (OSError, UnidentifiedImageError, SyntaxError) as error:
             raise DatasetError(
                 f"{self.images.name(index)}: unreadable or truncated image ({error}); pass skip_corrupt=True to drop "
                 f"such images"
             ) from error
+
+    def _resized(self, index: int) -> np.ndarray:
+        return self.transform.transforms[0](self._decode(index)).numpy()  # the transform's own resize
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        if self.store is not None:
+            image = torch.from_numpy(self.store.get(index, self._resized))
+        else:
+            image = self._decode(index)
         return self.transform(image), torch.from_numpy(self.targets[index].astype(np.float32))
 
 

@@ -14,7 +14,7 @@ import pyarrow as pa
 
 from l2d.storage import Location, cache_dir
 
-__all__ = ["Images"]
+__all__ = ["DecodedStore", "Images"]
 
 
 @dataclass
@@ -113,3 +113,76 @@ def _cached(uri: str, version: str) -> str:
         temporary.write_bytes(data)
         os.replace(temporary, path)
     return str(path)
+
+
+class DecodedStore:
+    """A split's images decoded and resized once per node: one uint8 ``[N, 3, S, S]`` array memory-mapped from
+    ``<cache>/decoded/<key>.u8`` (a sparse file: it takes disk as images are written), and a byte per image saying
+    it is there (``<key>.filled``). Every loader of the node (several trials, their workers) shares it: the first to
+    need an image decodes it and writes it, the others read it. Two writers of one image write the same bytes; the
+    flag is set after them. The key is the images' identities (resolved path, URI or embedded bytes' digest), their
+    sizes and modification times, and the side: another dataset, a changed file or another size is another store.
+    """
+
+    VERSION = 1
+
+    def __init__(self, images: Images, side: int):
+        self.side = side
+        digest = hashlib.sha256(f"decoded-v{self.VERSION}:{side}\n".encode())
+        identities = images.identities()
+        sizes = images.sizes if images.sizes is not None else [None] * len(identities)
+        for ref, size in zip(identities, np.asarray(sizes, dtype=object).tolist()):
+            stamp = ""
+            if not ref.startswith("sha256:") and "://" not in ref:
+                try:
+                    stat = os.stat(ref)
+                    size, stamp = stat.st_size, str(stat.st_mtime_ns)
+                except OSError:
+                    stamp = "missing"
+            digest.update(f"{ref}\0{size}\0{stamp}\n".encode())
+        self.key = digest.hexdigest()[:32]
+        folder = cache_dir() / "decoded"
+        folder.mkdir(parents=True, exist_ok=True)
+        self.path = folder / f"{self.key}.u8"
+        self._open((len(identities), 3, side, side))
+
+    def _open(self, shape: tuple[int, ...]) -> None:
+        self.pixels, resized = self._map(self.path, shape)
+        self.filled, _ = self._map(self.path.with_suffix(".filled"), shape[:1])
+        if resized:  # a pixels file of another size (damaged, cut short): nothing in it is trusted
+            self.filled[:] = 0
+
+    @staticmethod
+    def _map(path, shape: tuple[int, ...]) -> tuple[np.memmap, bool]:
+        """``path`` as a uint8 memmap of ``shape``, created (sparse, zeros) or grown to it by whoever comes first;
+        and whether it had to be (re)sized."""
+        size = int(np.prod(shape))
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            resized = os.fstat(fd).st_size != size
+            if resized:  # new, or another size: (re)sized; zeros say "absent"
+                os.ftruncate(fd, size)
+        finally:
+            os.close(fd)
+        return np.memmap(path, dtype=np.uint8, mode="r+", shape=shape), resized
+
+    def get(self, index: int, decode) -> np.ndarray:
+        """Image ``index`` as uint8 ``[3, S, S]``: from the store, or ``decode(index)`` written into it first."""
+        if not self.filled[index]:
+            self.pixels[index] = decode(index)
+            self.filled[index] = 1
+        return np.array(self.pixels[index])
+
+    def count(self) -> int:
+        """How many images are in the store."""
+        return int(np.count_nonzero(self.filled))
+
+    def __getstate__(self) -> dict:  # loader workers and Ray pickle datasets: the maps are opened again there
+        return {"path": str(self.path), "side": self.side, "key": self.key, "shape": self.pixels.shape}
+
+    def __setstate__(self, state: dict) -> None:
+        from pathlib import Path
+
+        self.side, self.key = state["side"], state["key"]
+        self.path = Path(state["path"])
+        self._open(tuple(state["shape"]))

@@ -381,3 +381,74 @@ def test_embedded_bytes_are_hashed_once_for_the_overlap_check_and_the_fingerprin
     part = images.take(np.array([2, 0]))  # a split's rows, then its fingerprint
     part.update(hashlib.sha256())
     assert part.identities() == [first[2], first[0]] and len(calls) == 4
+
+
+def _images_dataset(files: dict, split: str, image_size: int = 16):
+    from l2d.data import build_dataset
+
+    return build_dataset("manifest", None, split, image_size, **{k: v for k, v in files.items() if k != "format"})
+
+
+def test_images_decoded_once_are_the_same_pixels_and_are_not_decoded_again(tmp_path, monkeypatch):
+    """The decoded-image store: each image decoded and resized once per node, every later read (another epoch,
+    another trial's dataset, a loader worker) from the store, exactly the pixels a fresh decode gives."""
+    import pickle
+
+    import torch
+
+    from tests.userdata import csv_dataset
+
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    files = csv_dataset(tmp_path / "data", train=10, test=6)
+    for split in ("train", "test"):  # augmented and plain
+        plain, stored = _images_dataset(files, split), _images_dataset(files, split)
+        store = stored.decode_once()
+        for index in range(len(plain)):
+            torch.manual_seed(index)
+            expected = plain[index]
+            torch.manual_seed(index)
+            got = stored[index]
+            assert torch.equal(got[0], expected[0]) and torch.equal(got[1], expected[1]), (split, index)
+        assert store.count() == len(plain)
+
+    expected = plain[3][0]  # (the test split's plain dataset: no augmentation)
+    again = _images_dataset(files, "test")  # another trial on this node: the same store, nothing decoded
+    monkeypatch.setattr(type(again), "_decode", lambda self, index: (_ for _ in ()).throw(AssertionError("decoded")))
+    again.decode_once()
+    assert again.store.key == store.key and again.store.count() == len(again)
+    assert torch.equal(again[3][0], expected)
+    copied = pickle.loads(pickle.dumps(again))  # a loader worker, a Ray task: the store opened again there
+    assert torch.equal(copied[3][0], expected) and copied.store.count() == len(again)
+    monkeypatch.undo()
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    assert _images_dataset(files, "test", image_size=24).decode_once().key != store.key  # another side
+    damaged = _images_dataset(files, "test")  # the pixels file cut short: its flags are not trusted, all decoded again
+    with open(store.path, "r+b") as handle:
+        handle.truncate(100)
+    damaged.decode_once()
+    assert damaged.store.count() == 0 and torch.equal(damaged[3][0], expected) and damaged.store.count() == 1
+    first = tmp_path / "data" / "images" / "010.png"  # the test split's first image, rewritten: another store
+    from tests.userdata import png
+
+    first.write_bytes(png(999))
+    changed = _images_dataset(files, "test")
+    assert changed.decode_once().key != store.key and changed.store.count() == 0
+    assert torch.equal(changed[0][0], _images_dataset(files, "test")[0][0])
+
+
+def test_a_run_decodes_its_image_splits_once_unless_told_not_to(tmp_path, monkeypatch):
+    from l2d.run import RunConfig, build_splits
+    from tests.userdata import csv_dataset
+
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    files = csv_dataset(tmp_path / "data", train=10, test=6)
+    config = RunConfig(
+        dataset="manifest",
+        dataset_options={k: v for k, v in files.items() if k != "format"},
+        image_size=16,
+        teacher="test_resnet",
+        student="test_efficientnet",
+    )
+    assert all(split.store is not None for split in build_splits(config).values())
+    assert all(split.store is None for split in build_splits(config.replace(decoded_images=False)).values())
+    assert build_splits(RunConfig(dataset="mosaic-digits", dataset_options={"size": 16}, image_size=16))  # no store
