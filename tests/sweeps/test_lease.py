@@ -56,6 +56,7 @@ def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_pat
     (sweep / "lease.json").write_text(json.dumps({**lease, "heartbeat": "soon", "pid": "x"}))
     assert folder.read_lease(sweep) is None
     LeaseKeeper(sweep, say=said.append).acquire().release()
+    assert said[-1] == f"{sweep / 'lease.json'}: unreadable lease; taking it over"
 
 
 RACE = (
@@ -324,3 +325,38 @@ def test_the_s3_lease_talks_to_the_endpoint_region_and_key_its_uri_names(monkeyp
         assert store._failed(refused(code)), code  # another writer won: the swap is refused, not an error
     for code in ("AccessDenied", "SlowDown", None):
         assert not store._failed(refused(code)), code
+
+
+def test_a_keeper_that_never_held_the_lease_releases_nothing(tmp_path):
+    sweep = Location.parse(tmp_path / "s")
+    sweep.makedirs()
+    (sweep / "lease.json").write_text("someone else's")
+    LeaseKeeper(sweep, say=lambda text: None).release()  # a driver that failed before acquiring: nothing to undo
+    assert (sweep / "lease.json").read_text() == "someone else's"
+
+
+def test_the_s3_lease_reads_a_missing_object_as_no_lease_and_raises_the_rest(monkeypatch):
+    """S3-compatible servers name a missing object ``NoSuchKey`` (AWS, moto) or ``404`` (some gateways); any other
+    error, one without a code included, is raised."""
+    pytest.importorskip("boto3")
+    from botocore.exceptions import ClientError
+
+    from sweeps.lease import _S3Lease
+
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    store = _S3Lease(Location.parse("s3://bucket/x?endpoint_override=127.0.0.1:9&scheme=http"))
+
+    def answering(response):
+        def get_object(**_):
+            raise ClientError(response, "GetObject")
+
+        return get_object
+
+    for code in ("NoSuchKey", "404"):
+        monkeypatch.setattr(store.client, "get_object", answering({"Error": {"Code": code}}))
+        assert store.read() == (None, None), code
+    for response in ({"Error": {"Code": "AccessDenied"}}, {}):
+        monkeypatch.setattr(store.client, "get_object", answering(response))
+        with pytest.raises(ClientError):
+            store.read()
