@@ -414,6 +414,7 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
     from sweeps.interrupt import current as current_interrupts
     from sweeps.progress import current
     from sweeps.study import StudyStore, check_study_storage, check_study_version
+    from sweeps.results.teachers import write_teachers
     from sweeps.teacher_phase import teacher_phase
     from sweeps.tracking import check_tracking
 
@@ -443,7 +444,9 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
                 interrupts.reinstall()  # Ray's core worker took SIGTERM over
             record.ray_started()
             view.status("teacher phase", changed=False)
-            teacher_phase(spec, say)
+            cards = teacher_phase(spec, say)
+            if cards:  # what `results` sets beside the students trained alone
+                write_teachers(spec.sweep_dir, cards)
             view.status(f"trials: none started of {spec.budget.num_samples}", changed=False)
             started = True
             body(lease, marker)

@@ -11,7 +11,6 @@ from typing import Callable
 
 from l2d.run import RunConfig
 from l2d.storage import Location
-from sweeps.results.teachers import write_teachers
 
 
 def teacher_runs(spec) -> dict[str, RunConfig]:
@@ -121,9 +120,7 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
         for event in _drain(events):  # epochs that ended between the last read and the task's end
             say(_epoch_line(event))
         ray.kill(events.actor)
-    cards = {teacher: cards[teacher] for teacher in runs}
-    write_teachers(spec.sweep_dir, cards)  # what `results` sets beside the students trained alone
-    return cards
+    return {teacher: cards[teacher] for teacher in runs}
 
 
 def _drain(events) -> list[dict]:
