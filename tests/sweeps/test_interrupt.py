@@ -36,7 +36,7 @@ def test_a_signal_outside_tune_raises_sweep_interrupted_and_a_second_stops_at_on
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(1)
         assert not isinstance(again.value, SweepInterrupted)
-    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found  # the handlers it found are back
+    assert (signal.getsignal(signal.SIGINT), signal.getsignal(signal.SIGTERM)) == found  # the ones it found are back
 
 
 def test_a_sigint_that_tune_handled_is_seen_after_fit():
