@@ -212,14 +212,16 @@ class _S3Lease:
 
         options = dict(parse_qsl(sweep_dir.query))
         endpoint = options.get("endpoint_override")
-        url = f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else os.environ.get("AWS_ENDPOINT_URL")
+        url = (
+            f"{options.get('scheme', 'https')}://{endpoint}" if endpoint else None
+        )  # None: boto3's own (AWS_ENDPOINT_URL)
         self.client = boto3.client("s3", endpoint_url=url, region_name=options.get("region"))
         self.error = ClientError
         self.bucket, _, prefix = sweep_dir.path.partition("/")
         self.key = f"{prefix}/{LEASE}" if prefix else LEASE
 
     def _failed(self, error) -> bool:
-        code = error.response.get("Error", {}).get("Code", "")
+        code = error.response.get("Error", {}).get("Code")
         return code in ("PreconditionFailed", "ConditionalRequestConflict", "412", "409")
 
     def read(self) -> tuple[str | None, object]:

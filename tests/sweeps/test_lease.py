@@ -249,13 +249,14 @@ def test_the_renewal_keeps_the_lease_fresh_under_its_owner(tmp_path, fast_renewa
 
 
 def test_a_renewal_that_fails_for_half_the_timeout_stops_the_driver_and_a_recovery_resets_the_clock(
-    tmp_path, fast_renewal, monkeypatch
+    tmp_path, fast_renewal, monkeypatch, caplog
 ):
     import signal
 
     lease_module, signals, exits = fast_renewal
     sweep = Location.parse(tmp_path / "s")
     keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    caplog.set_level("WARNING", logger="sweeps.lease")
     monkeypatch.setenv("L2D_SWEEP_FAILPOINTS", "lease-renew=error")  # the storage fails for 0.5 s...
     time.sleep(0.5)
     monkeypatch.delenv("L2D_SWEEP_FAILPOINTS")  # ...then answers again: renewed, the failure forgotten
@@ -270,6 +271,8 @@ def test_a_renewal_that_fails_for_half_the_timeout_stops_the_driver_and_a_recove
     assert keeper.failure.startswith(f"{sweep / 'lease.json'}: could not renew the lease for ")
     assert "failpoint lease-renew: a storage failure" in keeper.failure and "resume the sweep" in keeper.failure
     assert lease_module.stopped_because == keeper.failure
+    warned = f"{sweep / 'lease.json'}: could not renew the lease (failpoint lease-renew: a storage failure)"
+    assert warned in caplog.messages  # each failed renewal is logged, before any stop
     _wait(lambda: not keeper._thread.is_alive())  # it stops renewing once it has asked the driver to stop
     with pytest.raises(lease_module.LeaseError, match="could not renew the lease"):
         keeper.verify()
@@ -360,3 +363,18 @@ def test_the_s3_lease_reads_a_missing_object_as_no_lease_and_raises_the_rest(mon
         monkeypatch.setattr(store.client, "get_object", answering(response))
         with pytest.raises(ClientError):
             store.read()
+
+
+def test_a_lease_removed_under_a_driver_is_not_another_owner(tmp_path, fast_renewal):
+    """verify() stops the process at once only for another owner's lease: a lease gone (removed by hand, a store
+    that lost it) is not one (the renewals then fail their compare-and-swap, and half the timeout later stop the
+    driver as any storage failure does)."""
+    _, signals, exits = fast_renewal
+    sweep = Location.parse(tmp_path / "s")
+    keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
+    keeper._stop.set()  # no renewal while the lease is gone
+    keeper._thread.join()
+    (sweep / "lease.json").delete()
+    keeper.verify()
+    assert not exits and keeper.lost is None
+    keeper.release()
