@@ -55,7 +55,7 @@ def measure(dataset, workers: int, batches: int, batch_size: int) -> float:
     start = time.perf_counter()
     seen = 0
     for _ in range(batches):
-        images, _ = next(iterator)
+        images, *_ = next(iterator)
         seen += images.shape[0]
     elapsed = time.perf_counter() - start
     del iterator

@@ -10,8 +10,9 @@ before it). ``tests/test_layers.py`` holds this, imports inside functions includ
 - method: ``losses.registry`` (torch-free: methods, terms, weights), the loss families, ``losses.criterion``
 - data and metrics: ``metrics``, ``data.registry`` (torch-free: datasets and their options), readers (``images``:
   where a split's images are; ``formats``: the paper's layouts; ``manifest``: the declared formats), ``data``
-- training: ``engine`` (epochs, DDP, AMP, diagnostics), ``teachers`` (the content-keyed store), ``run`` (one typed run
-  config: resolve, build, fit; ``train`` to a folder), ``export`` (a student taken home)
+- training: ``teacher_cache`` (the teacher's outputs of each view, computed once), ``engine`` (epochs, DDP, AMP,
+  diagnostics), ``teachers`` (the content-keyed store), ``run`` (one typed run config: resolve, build, fit;
+  ``train`` to a folder), ``export`` (a student taken home)
 """
 
 __version__ = "0.1.0"
@@ -40,5 +41,5 @@ LAYERS = [
         "l2d.data.manifest",
         "l2d.data",
     ],
-    ["l2d.engine", "l2d.teachers", "l2d.run", "l2d.export"],
+    ["l2d.teacher_cache", "l2d.engine", "l2d.teachers", "l2d.run", "l2d.export"],
 ]

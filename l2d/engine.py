@@ -32,6 +32,7 @@ from l2d.losses import DistillationCriterion, loss_parts
 from l2d.recipe import Recipe, recipe_matches
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
+from l2d.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)
 
@@ -160,10 +161,12 @@ class Views(Dataset):
         return len(self.dataset)
 
     def __getitem__(self, key: tuple[int, int, int]):
+        """``(image, target, index)``: the view, and which image it is (the teacher-output cache's row)."""
         index, epoch, seed = key
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(view_seed(seed, epoch, index))
-            return self.dataset[index]
+            image, target = self.dataset[index]
+        return image, target, index
 
 
 def make_loader(
@@ -305,6 +308,7 @@ def train_epoch(
     channels_last: bool | None = None,
     grad_share_every: int = 0,
     step_offset: int = 0,
+    teacher_cache: TeacherCache | None = None,
 ) -> dict[str, float]:
     """Train one epoch of ``step`` (a :class:`TrainStep`, maybe DDP-wrapped); return the loss parts (``train_total``,
     ``train_bce``, ...) and ``images_per_s`` (all ranks together).
@@ -343,7 +347,7 @@ def train_epoch(
     batches = iter(loader)
     for batch_index in range(num_batches):
         try:
-            images, targets = next(batches)
+            images, targets, indices = next(batches)
         except StopIteration:
             break
         images = _to_device(images, device, channels_last)
@@ -351,9 +355,15 @@ def train_epoch(
         synchronize()
         now = time.perf_counter()
         ledger[0], mark = ledger[0] + now - mark, now
-        teacher_output = (
-            _teacher_forward(teacher, images, dtype, criterion.teacher_stages) if teacher is not None else None
-        )
+        teacher_output = None
+        if teacher is not None:
+
+            def forward(images=images):
+                return _teacher_forward(teacher, images, dtype, criterion.teacher_stages)
+
+            teacher_output = (
+                teacher_cache.outputs(epoch, indices.to(device), forward) if teacher_cache is not None else forward()
+            )
         if teacher is not None:
             synchronize()
             now = time.perf_counter()
@@ -409,6 +419,8 @@ def train_epoch(
     result["images_per_s"] = values[1]
     result["train_seconds"] = elapsed
     result["time_data_s"], result["time_teacher_s"], result["time_student_s"] = ledger
+    if teacher_cache is not None:  # images whose teacher outputs were read from the cache, and computed here
+        result["teacher_cache_hits"], result["teacher_cache_misses"] = teacher_cache.take_counts()
     if diagnosed:
         samples, rest = values[2 + len(names)], values[3 + len(names) :]
         result["train_grad_samples"] = samples
@@ -525,8 +537,10 @@ class Distiller:
         device: torch.device | str = "cpu",
         seed: int = 0,
         grad_share_every: int = GRAD_SHARE_EVERY,
+        teacher_cache: TeacherCache | None = None,
     ):
         self.recipe = recipe or Recipe()
+        self.teacher_cache = teacher_cache
         self.grad_share_every = grad_share_every
         self.device = torch.device(device)
         self.method = method
@@ -599,6 +613,7 @@ class Distiller:
                 self.channels_last,
                 self.grad_share_every,
                 self.epoch * len(self.train_loader),
+                self.teacher_cache,
             )
         )
         metrics["lr"] = self.scheduler.get_last_lr()[0]

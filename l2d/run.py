@@ -224,6 +224,23 @@ class RunConfig:
         maximum=MAX_SEED,
         default_text="seed",
     )
+    teacher_cache: str = setting(
+        "float16",
+        str,
+        "the teacher's outputs of each view computed once per node and read by every run with this teacher and data "
+        "seed (float16: half the bytes; float32: exactly the online numbers; off: computed at every step)",
+        choices=("float16", "float32", "off"),
+        spec="recipe.teacher_cache",
+        flags={"train": "--teacher-cache"},
+    )
+    teacher_cache_gb: float = setting(
+        2.0,
+        float,
+        "the most a run's teacher-output cache may take on disk (over it: the teacher runs online)",
+        minimum=0.0,
+        spec="recipe.teacher_cache_gb",
+        flags={"train": "--teacher-cache-gb"},
+    )
     decoded_images: bool = setting(
         True,
         bool,
@@ -476,6 +493,7 @@ class Run:
     student: torch.nn.Module
     distiller: Distiller
     history: list[dict] = field(default_factory=list)
+    teacher_cache_said: str | None = None  # what the teacher-output cache takes and does (None: no teacher)
 
 
 def get_teacher(
@@ -493,6 +511,7 @@ def get_teacher(
         splits_key(config, splits), 0, lambda: train_teacher(config, splits, on_epoch, batch_progress)
     )
     model.input_size = config.image_size
+    model.teacher_digest = card.get("digest")  # what its outputs are cached under (l2d.teacher_cache)
     return model, card, trained
 
 
@@ -639,7 +658,7 @@ def fit_head(model, splits: Mapping, config: RunConfig, device, on_epoch: EpochF
         model.eval()
         model.head.train()
         total, batches, seen, started = 0.0, 0, 0, time.time()
-        for images, targets in make_loader(splits["train"], config.batch_size, train=True, seed=config.seed + epoch):
+        for images, targets, _ in make_loader(splits["train"], config.batch_size, train=True, seed=config.seed + epoch):
             logits, _ = model.head_output(images.to(device))
             loss = loss_fn(logits, targets.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -701,6 +720,7 @@ def build_run(
         config.student, len(splits["train"].class_names), config.embed_dim, weights=config.student_weights
     )
     diagnostics = {} if config.grad_share_every is None else {"grad_share_every": config.grad_share_every}
+    cache, cache_said = teacher_cache(config, teacher, splits, seed)
     distiller = Distiller(
         student,
         teacher,
@@ -713,8 +733,45 @@ def build_run(
         resolve_device(config.device),
         seed,
         **diagnostics,
+        teacher_cache=cache,
     )
-    return Run(config, splits, teacher, teacher_card, student, distiller)
+    return Run(config, splits, teacher, teacher_card, student, distiller, teacher_cache_said=cache_said)
+
+
+def teacher_cache(config: RunConfig, teacher, splits: Mapping, view_seed: int):
+    """The run's :class:`l2d.teacher_cache.TeacherCache` and a line saying what it takes, or ``(None, why not)``:
+    ``teacher_cache`` off, a method that reads the teacher's intermediate maps, a teacher not from the store (no
+    digest to key it by), or a cache over ``teacher_cache_gb``."""
+    from l2d.teacher_cache import TeacherCache, parts_of
+
+    if teacher is None:
+        return None, None
+    if config.teacher_cache == "off":
+        return None, "teacher outputs: computed at every step (teacher_cache: off)"
+    parts = parts_of(config.method)
+    digest = getattr(teacher, "teacher_digest", None)
+    if not parts:
+        return None, f"teacher outputs: computed at every step ({config.method} reads the teacher's feature maps)"
+    if digest is None:
+        return None, "teacher outputs: computed at every step (a teacher given by hand: no store digest to key them)"
+    classes = len(splits["train"].class_names)
+    dims = {
+        "logits": (classes,),
+        "label_embeddings": (classes, teacher.embed_dim),
+        "features": (teacher.backbone.num_features,),
+    }
+    train = splits["train"]
+    return TeacherCache.plan(
+        digest,
+        view_seed,
+        config.image_size,
+        train.fingerprint(),
+        len(train),
+        {part: dims[part] for part in parts},
+        config.teacher_cache,
+        config.epochs,
+        config.teacher_cache_gb,
+    )
 
 
 def balanced_weights(
@@ -882,6 +939,7 @@ def train_to_folder(
         "student_parameters": count_parameters(run.student),
         "teacher": {k: v for k, v in teacher_card.items() if k != "history"} if teacher_card else None,
         "chance_mAP": float(splits["test"].targets.mean() * 100),
+        "teacher_outputs": run.teacher_cache_said,
     }
     (folder / "metrics.json").write_text(json.dumps(result, indent=2, default=float) + "\n")
     return result

@@ -35,7 +35,7 @@ class Setting:
     and ``default`` from the field).
 
     Attributes:
-        kind: ``int``, ``float`` or ``bool``.
+        kind: ``int``, ``float``, ``bool``, or ``str`` (one of ``choices``).
         help: what it is, in a few words (the spec's schema, the CLI's help, the reference pages).
         minimum / maximum: its bounds (None: unbounded); ``exclusive``: the minimum itself is not allowed.
         multiple_of: the value must be a multiple of this.
@@ -51,6 +51,7 @@ class Setting:
     maximum: float | None = None
     exclusive: bool = False
     multiple_of: int | None = None
+    choices: tuple[str, ...] = ()
     default_text: str = ""
     spec: str | None = None
     flags: Mapping[str, str] = field(default_factory=dict)
@@ -66,6 +67,8 @@ class Setting:
         """``an integer >= 1 and <= 65,536``, ``a number > 0``: what is allowed, in words."""
         if self.kind is bool:
             return "true or false"
+        if self.kind is str:
+            return ", ".join(self.choices)
         show = (lambda v: f"{int(v):,}") if self.kind is int else (lambda v: f"{v:g}")
         parts = ([f"{'>' if self.exclusive else '>='} {show(self.minimum)}"] if self.minimum is not None else []) + (
             [f"<= {show(self.maximum)}"] if self.maximum is not None else []
@@ -80,6 +83,8 @@ class Setting:
             return None if self.optional else f"is required; allowed: {self.bounds()}"
         if self.kind is bool:
             return None if isinstance(value, bool) else f"expected true or false, got {value!r}"
+        if self.kind is str:
+            return None if value in self.choices else f"{value!r} is not allowed; allowed: {self.bounds()}"
         what = "an integer" if self.kind is int else "a number"
         if isinstance(value, bool) or not isinstance(value, int if self.kind is int else (int, float)):
             return f"expected {what}, got {value!r}"
@@ -99,6 +104,8 @@ class Setting:
             default = self.default_text
         elif self.kind is bool:
             default = "true" if self.default else "false"
+        elif self.kind is str:
+            default = self.default
         else:
             default = f"{self.default:g}" if self.kind is float else f"{self.default}"
         return f"{self.help} (default: {default})" if default else self.help

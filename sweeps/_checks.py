@@ -121,6 +121,8 @@ def setting_rule(declared):
     help = declared.help + default
     if declared.kind is bool:
         return flag(help, optional=declared.optional)
+    if declared.kind is str:
+        return choice(declared.choices, help)
     if declared.kind is int:
         return integer(declared.minimum, declared.maximum, declared.optional, help, declared.multiple_of)
     return number(declared.minimum, declared.exclusive, declared.maximum, declared.optional, help)

@@ -223,6 +223,8 @@ def _run(context: TrialContext, config: dict, session) -> None:
     splits = _splits(run_config)
     teacher = _teacher(run_config, context.teacher_store, splits) if METHODS[run_config.method].needs_teacher else None
     run = build_run(run_config, splits=splits, teacher=teacher)
+    if run.teacher_cache_said:
+        logger.info("%s", run.teacher_cache_said)
     restored = session.restore()
     if restored is not None:
         state, run.history = restored

@@ -185,6 +185,8 @@ def add_setting_options(parser, command: str, section: str | None = None, config
             parser.add_argument(
                 flag, dest=name, action=argparse.BooleanOptionalAction, default=None, help=declared.described()
             )
+        elif declared.kind is str:
+            parser.add_argument(flag, dest=name, choices=declared.choices, default=None, help=declared.described())
         else:
             parser.add_argument(
                 flag,

@@ -142,6 +142,8 @@ def _cmd_train(args: argparse.Namespace) -> int:
         f"\nmethod {config.method} ({weights}); chance level (mean label frequency): {result['chance_mAP']:.2f} mAP; "
         f"{result['wall_time_s']:.0f} s"
     )
+    if result.get("teacher_outputs"):
+        print(result["teacher_outputs"])
     print(f"wrote {out}/metrics.json, {out}/student.pt, TensorBoard logs in {out}/tensorboard")
     return 0
 

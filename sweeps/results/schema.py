@@ -82,6 +82,8 @@ TRIAL_COLUMNS: tuple[Column, ...] = (
             ),
         )
     ),
+    Column("teacher_cache_hits", _I64, "images whose teacher outputs it read from the cache, over its epochs"),
+    Column("teacher_cache_misses", _I64, "images whose teacher outputs it computed (and cached), over its epochs"),
     Column("test_CF1_at_best", _F64, "test CF1 (threshold 0.5) at the best epoch", "best", "test_CF1"),
     Column("test_OF1_at_best", _F64, "test OF1 (threshold 0.5) at the best epoch", "best", "test_OF1"),
     Column(
@@ -195,6 +197,9 @@ def trial_row(
     for name in LEDGER:  # null for a trial whose epochs were recorded before the ledger existed
         values = [r[name] for r in history if isinstance(r.get(name), (int, float))]
         row[name] = sum(values) if values else None
+    for name in ("teacher_cache_hits", "teacher_cache_misses"):  # null: no cache (no teacher, off, online)
+        values = [r[name] for r in history if isinstance(r.get(name), (int, float))]
+        row[name] = int(sum(values)) if values else None
     return row
 
 

@@ -253,7 +253,7 @@ def test_channels_last_on_cpu():
 def _epoch_batches(loader, epoch: int, between=None) -> list[torch.Tensor]:
     loader.sampler.set_epoch(epoch)
     batches = []
-    for images, _ in loader:
+    for images, *_ in loader:
         batches.append(images)
         if between is not None:
             between()  # what a model's forward pass draws from the global generator (dropout, a drop-path rate)

@@ -1,0 +1,114 @@
+"""The teacher-output cache: the teacher's outputs of each view computed once and read by every run with the same
+teacher and data seed; exact in float32, bounded in float16; another method or student reads what one run wrote; a
+damaged entry is computed again; a method that reads feature maps, or a cache over its budget, runs the teacher
+online."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from l2d.run import RunConfig, build_run, fit
+from l2d.teachers import TeacherStore
+
+RUN = RunConfig(
+    dataset="mosaic-digits",
+    dataset_options={"size": 48},
+    image_size=16,
+    embed_dim=16,
+    teacher="test_resnet",
+    student="test_efficientnet",
+    teacher_epochs=1,
+    teacher_lr=2e-3,
+    epochs=2,
+    lr=2e-3,
+    batch_size=16,
+    method="l2d",
+    device="cpu",
+)
+COMPARED = ("train_total", "train_bce", "train_mld", "train_cd", "train_id", "val_mAP", "val_loss", "test_mAP")
+
+
+@pytest.fixture(scope="module")
+def teachers(tmp_path_factory):
+    """One teacher store for the module (its teacher trained once); each test its own cache folder."""
+    return TeacherStore(str(tmp_path_factory.mktemp("teachers")))
+
+
+@pytest.fixture
+def store(teachers, tmp_path, monkeypatch):
+    monkeypatch.setenv("L2D_SWEEP_CACHE", str(tmp_path / "cache"))
+    return teachers
+
+
+def _fit(config: RunConfig, store: TeacherStore):
+    run = build_run(config, teacher_store=store)
+    return run, fit(run)
+
+
+@pytest.mark.slow  # whole runs, several of them: in `make test`, not the quick loop
+def test_a_float32_cache_gives_the_online_numbers_and_the_second_run_only_reads(store):
+    _, online = _fit(RUN.replace(teacher_cache="off"), store)
+    first_run, first = _fit(RUN.replace(teacher_cache="float32"), store)
+    assert "computed once per view" in first_run.teacher_cache_said and "float32" in first_run.teacher_cache_said
+    second_run, second = _fit(RUN.replace(teacher_cache="float32"), store)
+    for a, b, c in zip(online, first, second, strict=True):
+        for name in COMPARED:
+            assert a[name] == b[name] == c[name], name  # to the last bit, on CPU
+    images = len(first_run.splits["train"]) // 16 * 16  # full batches (drop_last)
+    assert [e["teacher_cache_misses"] for e in first] == [images, images] and first[0]["teacher_cache_hits"] == 0
+    assert [e["teacher_cache_hits"] for e in second] == [images, images] and second[0]["teacher_cache_misses"] == 0
+    assert "teacher_cache_hits" not in online[0]
+
+
+def test_float16_outputs_differ_from_the_online_ones_by_a_bounded_amount(store):
+    """float16 keeps about three significant digits of the teacher's outputs: measured on a batch, relative to each
+    part's scale. (A run's metrics then drift as any perturbation of training makes them: compared by float32.)"""
+    import torch
+
+    run = build_run(RUN.replace(teacher_cache="float16"), teacher_store=store)
+    cache, teacher = run.distiller.teacher_cache, run.distiller.teacher
+    images = torch.stack([run.splits["train"][i][0] for i in range(16)])
+    with torch.no_grad():
+        online = teacher(images)
+    cached = cache.outputs(1, torch.arange(16), lambda: online)
+    for part in ("logits", "label_embeddings"):
+        exact, rounded = getattr(online, part), getattr(cached, part)
+        error = (exact - rounded).abs().max().item() / exact.abs().max().item()
+        assert 0 < error <= 1e-3, (part, error)
+
+
+@pytest.mark.slow  # whole runs, several of them: in `make test`, not the quick loop
+def test_another_method_and_student_of_the_same_seed_read_what_one_run_wrote(store):
+    _fit(RUN.replace(teacher_cache="float32"), store)
+    other_run, other = _fit(RUN.replace(teacher_cache="float32", method="mld", student="test_resnet"), store)
+    assert other_run.distiller.teacher_cache is not None
+    assert all(e["teacher_cache_misses"] == 0 and e["teacher_cache_hits"] > 0 for e in other)
+    # another data seed: other views, other entries
+    _, reseeded = _fit(RUN.replace(teacher_cache="float32", seed=1), store)
+    assert reseeded[0]["teacher_cache_hits"] == 0 and reseeded[0]["teacher_cache_misses"] > 0
+
+
+@pytest.mark.slow  # whole runs, several of them: in `make test`, not the quick loop
+def test_a_damaged_entry_is_computed_again(store):
+    run, first = _fit(RUN.replace(teacher_cache="float32"), store)
+    cache = run.distiller.teacher_cache
+    damaged = cache.folder / "epoch-0001.label_embeddings"
+    with open(damaged, "r+b") as handle:
+        handle.truncate(10)
+    _, again = _fit(RUN.replace(teacher_cache="float32"), store)
+    assert again[0]["teacher_cache_misses"] > 0 and again[1]["teacher_cache_misses"] == 0  # only epoch 1 recomputed
+    for name in COMPARED:
+        assert first[0][name] == again[0][name], name
+
+
+def test_feature_map_methods_and_an_overflowing_cache_run_the_teacher_online(store):
+    hint = build_run(RUN.replace(method="hint"), teacher_store=store)
+    assert hint.distiller.teacher_cache is None and "reads the teacher's feature maps" in hint.teacher_cache_said
+    tight = build_run(RUN.replace(teacher_cache_gb=1e-9), teacher_store=store)
+    assert tight.distiller.teacher_cache is None
+    assert "over the budget of 1e-09 GB (teacher_cache_gb): the teacher runs online" in tight.teacher_cache_said
+    history = fit(tight)
+    assert "teacher_cache_hits" not in history[0] and np.isfinite(history[0]["train_total"])
+    alone = build_run(RUN.replace(method="bce"), teacher_store=store)
+    assert alone.distiller.teacher_cache is None and alone.teacher_cache_said is None
