@@ -258,9 +258,9 @@ class ResultsStore:
             for name, into in ((segment.trials, trials), (segment.epochs, epochs)):
                 if name:
                     location = self.folder / name
-                    if not location.is_file():
+                    table = read_table(location)  # None: gone (a merge replaced it since the manifest was read)
+                    if table is None:
                         raise FileNotFoundError(name)
-                    table = read_table(location)
                     expected = segment.columns.get(name)
                     if expected and columns_digest(table) != expected:
                         raise CorruptResultsError(

@@ -444,3 +444,26 @@ def test_a_rebuild_takes_an_epoch_from_the_one_source_that_holds_it(tmp_path, so
         assert aside and all("-epochs.parquet.corrupt-" in name for name in aside), aside  # set aside, kept
     else:
         assert not aside
+
+
+def test_a_segment_removed_between_the_manifest_and_its_read_is_read_from_the_next_generation(tmp_path, monkeypatch):
+    """A merge may remove a segment after a reader read the manifest that names it: the reader reads the manifest
+    again (the race the concurrent test above meets now and then, made to happen every time here)."""
+    from sweeps.results import ResultsWriter
+    from sweeps.results import store as store_module
+
+    writer = ResultsWriter(str(tmp_path), max_epochs=5)
+    for epoch in (1, 2):
+        writer.record_epoch("t0", {"method": "bce"}, {"epoch": epoch, "val_mAP": float(epoch)})
+        writer.write()
+    real, gone = store_module.read_table, []
+
+    def racing(location):
+        if "segments" in str(location) and not gone:
+            gone.append(str(location))
+            return None  # the file was listed, then deleted before it was read
+        return real(location)
+
+    monkeypatch.setattr(store_module, "read_table", racing)
+    results = SweepResults(str(tmp_path))
+    assert gone and results.epochs.num_rows == 2 and results.trials.column("epochs_run").to_pylist() == [2]
