@@ -8,7 +8,8 @@ two compacted tables), ``lease-swap`` (a lease read, not yet swapped: a slow sto
 ``write-window`` (inside every atomic write of l2d.storage, between the temporary file and its rename), ``epoch-<n>``
 (after a
 trial's epoch ``n`` is recorded and printed, while the trial waits for the driver), ``trial-end`` (after a trial's
-end is recorded).
+end is recorded), ``reported-<n>`` (in the trial, after it reported its epoch ``n``: ``sleep:S`` holds it there, so
+that a driver killed at that epoch dies before the trial, a Ray worker the kill does not reach at once, goes on).
 """
 
 from __future__ import annotations

@@ -104,11 +104,13 @@ class StudySearcher(Searcher):
             params, number = dict(existing.params), existing.number
         else:
             trial = study.ask()
+            # Tagged at once, before the space's suggestions (one write each): a driver killed in between leaves an
+            # untagged running trial, which the next reconcile fails as orphaned (sweeps.study.reconcile).
+            trial.set_user_attr("tune_trial_id", trial_id)
             self.space(trial)
             params, number = dict(trial.params), trial.number
             decoded = decode(params)
             for key, value in {
-                "tune_trial_id": trial_id,
                 "teacher": decoded["teacher"],
                 "student": decoded["student"],
                 "method": decoded["method"],

@@ -428,12 +428,18 @@ def reconcile(
     running in the study is told its outcome; one missing from the study is added; with ``fail_unknown``, a running
     study trial whose Tune trial is not ``live`` and not finished in the tables is failed as interrupted (without
     it such trials are left for the restored experiment to continue). Returns counts of each fix."""
-    by_tune = {}
+    by_tune, orphans = {}, []
     for trial in study.get_trials(deepcopy=False):
         tune_id = trial.user_attrs.get("tune_trial_id")
         if tune_id and "warm_start_from" not in trial.user_attrs:
             by_tune.setdefault(tune_id, trial)
-    fixed = {"told": 0, "added": 0, "interrupted": 0}
+        elif not tune_id and trial.state == optuna.trial.TrialState.RUNNING:
+            orphans.append(trial)  # asked, then the driver died before tagging it: no Tune trial is its
+    fixed = {"told": 0, "added": 0, "interrupted": 0, "orphaned": 0}
+    for trial in orphans if fail_unknown else ():
+        store.set_user_attr(study, trial.number, "status", "orphaned")
+        study.tell(trial.number, state=optuna.trial.TrialState.FAIL)
+        fixed["orphaned"] += 1
     recorded = {row["trial_id"]: row for row in rows}
     missing = []
     for tune_id, row in recorded.items():

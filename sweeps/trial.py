@@ -24,6 +24,7 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from l2d.storage import Location
+from sweeps._faults import failpoint
 from sweeps.checkpoints import (
     HISTORY_FILE,
     HISTORY_KEY,
@@ -270,6 +271,7 @@ def _run(context: TrialContext, config: dict, session) -> None:
         reported = dict(metrics)
         session.report(reported, int(metrics["epoch"]), state, run.history, since)
         metrics["time_checkpoint_s"] = reported["time_checkpoint_s"]  # the history's next checkpoints hold it
+        failpoint(f"reported-{int(metrics['epoch'])}")  # the fault tests hold a trial here (sleep:S)
 
     fit(run, on_epoch=report)
 

@@ -91,15 +91,16 @@ def _kill_group(process: subprocess.Popen) -> None:
     time.sleep(1)
 
 
-def _fail_at(args: list[str], point: str, count: int) -> str:
-    """Run a command whose driver kills itself the ``count``-th time it passes failpoint ``point``."""
+def _fail_at(args: list[str], point: str, count: int, also: str = "") -> str:
+    """Run a command whose driver kills itself the ``count``-th time it passes failpoint ``point`` (``also``: more
+    failpoints, ``name=action,...``)."""
     process = subprocess.Popen(
         [sys.executable, "-m", "sweeps.cli", *args],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
         start_new_session=True,
-        env=_env(L2D_SWEEP_FAILPOINTS=f"{point}={count}"),
+        env=_env(L2D_SWEEP_FAILPOINTS=",".join(p for p in (f"{point}={count}", also) if p)),
     )
     output, _ = process.communicate(timeout=900)
     _kill_group(process)
@@ -199,8 +200,11 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
 
     storage = f"sqlite:///{sweep / 'study.db'}"
     study = optuna.load_study(study_name=optuna.get_all_study_summaries(storage)[0].study_name, storage=storage)
-    assert sorted(t.user_attrs["tune_trial_id"] for t in study.trials) == sorted(t["trial_id"] for t in trials), story
+    tagged = [t for t in study.trials if "tune_trial_id" in t.user_attrs]
+    assert sorted(t.user_attrs["tune_trial_id"] for t in tagged) == sorted(t["trial_id"] for t in trials), story
     assert all(t.state.is_finished() for t in study.trials)
+    # a trial asked by a driver killed before it tagged it is failed as orphaned (sweeps.study.reconcile)
+    assert all(t.user_attrs.get("status") == "orphaned" for t in study.trials if t not in tagged), story
     # The search, ASHA and the training carried on as if nothing happened.
     assert _board(trials) == _board(ref_trials)
     assert _rungs(sweep, trials) == _rungs(ref_sweep, ref_trials)
@@ -221,9 +225,10 @@ def test_damaged_state_files_heal_or_are_named(tmp_path):
     storage = tmp_path / "storage"
     spec = _write_spec(tmp_path, storage)
     sweep = storage / "faulty"
-    # A sweep killed the second time a trial reports its epoch 2 (the driver kills itself right after recording it,
-    # while that trial waits): the trial is unfinished and has two checkpoints on disk.
-    first = _fail_at(["run", str(spec)], "epoch-2", 2)
+    # A sweep killed the first time a trial reports its epoch 2 (the first trial: ASHA cannot stop the first at its
+    # first rung; the driver kills itself right after recording it, while the trial is held 5 s after reporting, so
+    # that the driver dies first whatever the machine's load): the trial is unfinished, with two checkpoints.
+    first = _fail_at(["run", str(spec)], "epoch-2", 1, also="reported-2=sleep:5")
     interrupted = [m[1] for m in EPOCH_LINE.finditer(first) if m[2] == "2"][-1]
     run_dir = sweep / "train" / f"trial-{interrupted}"
     newest = sorted(run_dir.glob("epoch-*"))[-1]

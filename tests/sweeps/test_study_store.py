@@ -188,3 +188,27 @@ def test_a_spec_written_before_a_setting_was_added_is_not_an_edit(tmp_path, capl
     (spec.sweep_dir / "spec.yaml").write_text(yaml.safe_dump(older, sort_keys=False))
     with pytest.raises(SweepStateError, match=r"spec\.yaml: differs from the spec this sweep was started with"):
         load_sweep_spec(spec.sweep_dir, driver=True)
+
+
+def test_a_trial_asked_but_never_tagged_is_failed_as_orphaned(tmp_path):
+    """A driver killed between the study's ask() and tagging the trial with its Tune id leaves a running trial that
+    no Tune trial is: the reconcile at the end of the next run fails it (status orphaned), so it neither stays
+    running in the dashboard nor counts as a live trial for the sampler's constant liar; tagged ones are untouched."""
+    import optuna
+
+    from sweeps.study import reconcile
+
+    spec = _spec(tmp_path)
+    store = StudyStore(spec.sweep_dir)
+    study = open_study(spec, "abc", store)
+    orphan = study.ask()
+    tagged = study.ask()
+    tagged.set_user_attr("tune_trial_id", "abc00001")
+    fixed = reconcile(study, store, spec, [], live={"abc00001"}, fail_unknown=False)
+    assert fixed["orphaned"] == 0 and study.trials[orphan.number].state == optuna.trial.TrialState.RUNNING
+    fixed = reconcile(study, store, spec, [], live={"abc00001"}, fail_unknown=True)
+    assert fixed["orphaned"] == 1
+    after = {t.number: t for t in study.trials}
+    assert after[orphan.number].state == optuna.trial.TrialState.FAIL
+    assert after[orphan.number].user_attrs["status"] == "orphaned"
+    assert after[tagged.number].state == optuna.trial.TrialState.RUNNING  # live: left for its Tune trial
