@@ -104,13 +104,14 @@ class StudySearcher(Searcher):
             params, number = dict(existing.params), existing.number
         else:
             trial = study.ask()
-            # Tagged at once, before the space's suggestions (one write each): a driver killed in between leaves an
-            # untagged running trial, which the next reconcile fails as orphaned (sweeps.study.reconcile).
-            trial.set_user_attr("tune_trial_id", trial_id)
             self.space(trial)
             params, number = dict(trial.params), trial.number
             decoded = decode(params)
+            # Tagged once its parameters are drawn (a tagged trial is one a restored Tune trial can take up); a
+            # driver killed before this leaves an untagged running trial, which the final reconcile fails as
+            # orphaned (sweeps.study.reconcile).
             for key, value in {
+                "tune_trial_id": trial_id,
                 "teacher": decoded["teacher"],
                 "student": decoded["student"],
                 "method": decoded["method"],
