@@ -203,13 +203,7 @@ def test_a_classifier_in_another_order_is_put_in_the_datasets(tmp_path):
 
     model, card = adopt_teacher(_config(files, str(path), "mld"))
     assert "another order" in card["class_order"] and "rows put in the dataset's order" in card["class_order"]
-    original = timm.create_model("test_resnet", num_classes=3)
-    original.load_state_dict(tensors)
-    images = torch.rand(2, 3, SIZE, SIZE)
-    config = timm.data.resolve_data_config(model=original)
-    normalised = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
-    with torch.no_grad():
-        torch.testing.assert_close(model(images).logits, original.eval()(normalised), rtol=1e-4, atol=1e-5)
+    _assert_logits_in_the_datasets_order(model, tensors)
 
 
 def test_a_whole_model_in_another_order_is_refused_with_the_fix(tmp_path):
@@ -263,6 +257,14 @@ def test_a_checkpoint_in_object_storage_is_fetched_once_with_its_class_names(s3_
     assert load_file(local).keys() == permuted.keys()
     client.delete_object(Bucket="sweeps", Key="teachers/mine/config.json")  # the cached copy is what is read
     assert fetch_remote(uri) == local
+    _assert_logits_in_the_datasets_order(model, tensors)
+    with pytest.raises(WeightsNotFoundError, match=r"weights 's3://sweeps/teachers/none.safetensors.*': no such file"):
+        fetch_remote(f"s3://sweeps/teachers/none.safetensors?endpoint_override={s3_server}&scheme=http")
+
+
+def _assert_logits_in_the_datasets_order(model, tensors: dict) -> None:
+    """``model``'s logits are those of the plain classifier ``tensors`` (rows in the dataset's order), on its input
+    normalised as timm's data config says."""
     original = timm.create_model("test_resnet", num_classes=3)
     original.load_state_dict(tensors)
     images = torch.rand(2, 3, SIZE, SIZE)
@@ -270,5 +272,3 @@ def test_a_checkpoint_in_object_storage_is_fetched_once_with_its_class_names(s3_
     normalised = (images - torch.tensor(config["mean"]).view(1, 3, 1, 1)) / torch.tensor(config["std"]).view(1, 3, 1, 1)
     with torch.no_grad():
         torch.testing.assert_close(model(images).logits, original.eval()(normalised), rtol=1e-4, atol=1e-5)
-    with pytest.raises(WeightsNotFoundError, match=r"weights 's3://sweeps/teachers/none.safetensors.*': no such file"):
-        fetch_remote(f"s3://sweeps/teachers/none.safetensors?endpoint_override={s3_server}&scheme=http")
