@@ -481,8 +481,9 @@ def _declared_dataset(errors: Errors, raw: dict) -> dict | None:
         errors.add("dataset.name", "give either name (a shipped dataset) or format (your own data), not both")
         return None
     section = {"name": kind, "options": dict(raw.get("options") or {})}
+    kept = ("root", *_dataset_settings())  # the section's own keys; the rest are the format's options
     for key, value in raw.items():
-        if key == "root" or key in _dataset_settings():
+        if key in kept:
             section[key] = value
         elif key not in ("format", "options"):
             if key in section["options"]:
@@ -502,12 +503,13 @@ def _declared_dataset_schemas() -> list[dict]:
     from l2d.data import DATASETS, FORMATS
 
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
+    settings_schema = section_schema(DatasetSpec)["properties"]  # image_size and the other run settings, once
     schemas = []
     for kind in FORMATS:
         properties: dict[str, dict] = {
             "format": {"const": kind},
             "root": {"type": "string", "description": "what relative file options are relative to"},
-            **{key: section_schema(DatasetSpec)["properties"][key] for key in _dataset_settings()},
+            **{key: settings_schema[key] for key in _dataset_settings()},
             "options": {"type": "object"},
         }
         for key, option in DATASETS[kind].options.items():
