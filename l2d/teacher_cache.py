@@ -11,13 +11,18 @@ difference to float32 is measured in the tests) or float32 (exact: the same numb
 on CPU), each with a byte per image saying it is there, set after the numbers (a method that reads the logits alone
 shares them with one that reads both). The key is the teacher (its store digest:
 its data, backbone, recipe, weights), the view seed, the image size, the train split's fingerprint and the stored
-type, so nothing stale is read; a file of the wrong size is not trusted and is filled again. Methods that read the
+type, so nothing stale is read; a file of the wrong size is not trusted and is filled again. Writers take the
+epoch's lock (``epoch-<n>.lock``, an advisory ``flock``): two runs of one node that miss the same batch never both
+compute and write it; the second waits for the first, then reads what it wrote. The cache lives on each node's local
+disk (``$L2D_SWEEP_CACHE``): each node computes its own, once. Methods that read the
 teacher's intermediate feature maps (``hint``, ``reviewkd``) run the teacher online, and so does a run whose cache
 would exceed its budget (``teacher_cache_gb``).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
@@ -59,6 +64,7 @@ class TeacherCache:
         self.folder, self.count, self.shapes, self.dtype = folder, count, shapes, dtype
         self._epoch: int | None = None
         self._maps: dict[str, np.memmap] = {}
+        self._lock_fd: int | None = None  # the open epoch's lock file
         self.hits = self.misses = 0  # images read from the cache, and computed here, since the last take_counts()
 
     @staticmethod
@@ -97,31 +103,56 @@ class TeacherCache:
     def _open(self, epoch: int) -> None:
         if self._epoch == epoch:
             return
+        self.close()
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._lock_fd = os.open(self.folder / f"epoch-{epoch:04d}.lock", os.O_RDWR | os.O_CREAT, 0o644)
         maps = {}
-        for part, shape in self.shapes.items():
-            name = f"epoch-{epoch:04d}.{part}"
-            maps[part], resized = _map(self.folder / name, (self.count, *shape), DTYPES[self.dtype])
-            maps[f"{part}.filled"], _ = _map(self.folder / f"{name}.filled", (self.count,), np.uint8)
-            if resized:  # a part of another size (new, damaged, cut short): none of its rows is trusted
-                maps[f"{part}.filled"][:] = 0
+        with self._locked():  # sizes checked and flags reset by one run at a time: never over another's rows
+            for part, shape in self.shapes.items():
+                name = f"epoch-{epoch:04d}.{part}"
+                maps[part], resized = _map(self.folder / name, (self.count, *shape), DTYPES[self.dtype])
+                maps[f"{part}.filled"], _ = _map(self.folder / f"{name}.filled", (self.count,), np.uint8)
+                if resized:  # a part of another size (new, damaged, cut short): none of its rows is trusted
+                    maps[f"{part}.filled"][:] = 0
         self._maps, self._epoch = maps, epoch
+
+    @contextlib.contextmanager
+    def _locked(self):
+        fcntl.flock(self._lock_fd, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
+
+    def close(self) -> None:
+        """Let go of the open epoch's files (the next :meth:`outputs` opens its epoch's again)."""
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+        self._lock_fd, self._maps, self._epoch = None, {}, None
+
+    def _filled(self, rows: np.ndarray) -> bool:
+        return all(self._maps[f"{part}.filled"][rows].all() for part in self.shapes)
 
     def outputs(self, epoch: int, indices: torch.Tensor, compute) -> ModelOutput:
         """The teacher's outputs for the views ``indices`` of ``epoch``: read when every one is there, else
         ``compute()`` (the teacher's forward pass over the batch) written first. Either way the numbers are the
-        stored ones (in float16, rounded), so that a run gets the same numbers whether it wrote them or read them."""
+        stored ones (in float16, rounded), so that a run gets the same numbers whether it wrote them or read them.
+        A run that misses takes the epoch's lock and looks again: another run may have written the batch meanwhile."""
         self._open(epoch)
         rows = indices.cpu().numpy()
-        if all(self._maps[f"{part}.filled"][rows].all() for part in self.shapes):
+        if self._filled(rows):
             self.hits += len(rows)
         else:
-            computed = compute()
-            for part in self.shapes:  # the numbers first, then the flags that say they are there
-                self._maps[part][rows] = getattr(computed, part).detach().float().cpu().numpy()
-            for part in self.shapes:
-                self._maps[f"{part}.filled"][rows] = 1
-            self.misses += len(rows)
+            with self._locked():
+                if self._filled(rows):  # written by another run while this one waited
+                    self.hits += len(rows)
+                else:
+                    computed = compute()
+                    for part in self.shapes:  # the numbers first, then the flags that say they are there
+                        self._maps[part][rows] = getattr(computed, part).detach().float().cpu().numpy()
+                    for part in self.shapes:
+                        self._maps[f"{part}.filled"][rows] = 1
+                    self.misses += len(rows)
         device = indices.device
         read = {
             part: torch.from_numpy(np.asarray(self._maps[part][rows], dtype=np.float32)).to(device)

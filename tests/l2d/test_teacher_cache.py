@@ -1,9 +1,14 @@
 """The teacher-output cache: the teacher's outputs of each view computed once and read by every run with the same
 teacher and data seed; exact in float32, bounded in float16; another method or student reads what one run wrote; a
-damaged entry is computed again; a method that reads feature maps, or a cache over its budget, runs the teacher
-online."""
+damaged entry is computed again; two runs that miss the same batch at once compute it once; a resumed run reads what
+the run before it wrote; a method that reads feature maps, or a cache over its budget, runs the teacher online."""
 
 from __future__ import annotations
+
+import copy
+import multiprocessing
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -112,3 +117,60 @@ def test_feature_map_methods_and_an_overflowing_cache_run_the_teacher_online(sto
     assert "teacher_cache_hits" not in history[0] and np.isfinite(history[0]["train_total"])
     alone = build_run(RUN.replace(method="bce"), teacher_store=store)
     assert alone.distiller.teacher_cache is None and alone.teacher_cache_said is None
+
+
+def _writer(folder: str, started, role: str, results) -> None:
+    """One run of :func:`test_two_runs_that_miss_the_same_batch_compute_it_once` (a process of its own)."""
+    import torch
+
+    from l2d.models import ModelOutput
+    from l2d.teacher_cache import TeacherCache
+
+    cache = TeacherCache(Path(folder), 8, {"logits": (3,)}, "float32")
+
+    def compute():
+        started.set()  # the first run is inside its forward pass, nothing written yet
+        time.sleep(2.0)
+        return ModelOutput(torch.arange(24.0).reshape(8, 3) + (0 if role == "first" else 100), None, None)
+
+    if role == "second":
+        started.wait(60)
+    logits = cache.outputs(1, torch.arange(8), compute).logits
+    results.put((role, cache.take_counts(), logits.tolist()))
+
+
+def test_two_runs_that_miss_the_same_batch_compute_it_once(tmp_path):
+    """The second run asks for a batch while the first is computing it: it waits for the epoch's lock, finds the
+    rows written, and reads them (without the lock it would compute them again and write its own numbers)."""
+    context = multiprocessing.get_context("spawn")
+    started, results = context.Event(), context.Queue()
+    roles = ("first", "second")
+    runs = [context.Process(target=_writer, args=(str(tmp_path), started, role, results)) for role in roles]
+    for run in runs:
+        run.start()
+    got = {}
+    for _ in runs:
+        role, counts, logits = results.get(timeout=120)
+        got[role] = counts, logits
+    for run in runs:
+        run.join(30)
+        assert run.exitcode == 0
+    assert got["first"][0] == (0, 8) and got["second"][0] == (8, 0)  # (hits, misses)
+    assert got["first"][1] == got["second"][1] == np.arange(24.0).reshape(8, 3).tolist()
+
+
+@pytest.mark.slow  # whole runs: in `make test`, not the quick loop
+def test_a_resumed_run_reads_what_the_run_before_it_wrote(store):
+    """A run stopped after epoch 1 and resumed from its checkpoint (a trial ASHA paused, a crash) reads epoch 2's
+    outputs written by an earlier run of the same views, and ends where an uninterrupted run ends."""
+    config = RUN.replace(teacher_cache="float32")
+    states = []
+    first_run = build_run(config, teacher_store=store)
+    whole = fit(first_run, on_epoch=lambda _: states.append(copy.deepcopy(first_run.distiller.state_dict())))
+    resumed = build_run(config, teacher_store=store)
+    resumed.distiller.load_state_dict(states[0])
+    rest = fit(resumed)
+    assert len(rest) == 1 and rest[0]["epoch"] == 2
+    assert rest[0]["teacher_cache_misses"] == 0 and rest[0]["teacher_cache_hits"] > 0
+    for name in COMPARED:
+        assert rest[0][name] == whole[1][name], name
