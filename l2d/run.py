@@ -754,12 +754,6 @@ def teacher_cache(config: RunConfig, teacher, splits: Mapping, view_seed: int):
         return None, f"teacher outputs: computed at every step ({config.method} reads the teacher's feature maps)"
     if digest is None:
         return None, "teacher outputs: computed at every step (a teacher given by hand: no store digest to key them)"
-    classes = len(splits["train"].class_names)
-    dims = {
-        "logits": (classes,),
-        "label_embeddings": (classes, teacher.embed_dim),
-        "features": (teacher.backbone.num_features,),
-    }
     train = splits["train"]
     return TeacherCache.plan(
         digest,
@@ -767,11 +761,64 @@ def teacher_cache(config: RunConfig, teacher, splits: Mapping, view_seed: int):
         config.image_size,
         train.fingerprint(),
         len(train),
-        {part: dims[part] for part in parts},
+        _output_shapes(teacher, splits, parts),
         config.teacher_cache,
         config.epochs,
         config.teacher_cache_gb,
     )
+
+
+def _output_shapes(teacher, splits: Mapping, parts) -> dict[str, tuple[int, ...]]:
+    """The shape of one image's ``parts`` of ``teacher``'s output."""
+    classes = len(splits["train"].class_names)
+    dims = {
+        "logits": (classes,),
+        "label_embeddings": (classes, teacher.embed_dim),
+        "features": (teacher.backbone.num_features,),
+    }
+    return {part: dims[part] for part in parts}
+
+
+def teacher_cache_plan(config: RunConfig, teacher, splits: Mapping, methods) -> list[str]:
+    """What the teacher-output cache of ``config``'s teacher takes and does for each of ``methods`` that distills
+    (a sweep's methods, grouped by the parts they read): printed by a sweep's teacher phase before any trial
+    starts, so a user sees the disk it will take, per data seed, and which methods run the teacher online."""
+    from l2d.losses.registry import METHODS
+    from l2d.teacher_cache import TeacherCache, megabytes, parts_of
+
+    config = resolve(config)
+    methods = [m for m in methods if METHODS[m].needs_teacher]
+    count = len(splits["train"])
+    if not methods:
+        return []
+    if config.teacher_cache == "off":
+        return ["teacher outputs: computed at every step by every trial (teacher_cache: off)"]
+    _, each = TeacherCache.size(
+        count, _output_shapes(teacher, splits, ("logits", "label_embeddings", "features")), "float16", 1
+    )
+    lines = [f"teacher outputs of {config.teacher} ({count:,} training images): {each}"]
+    groups: dict[tuple[str, ...] | None, list[str]] = {}
+    for method in methods:
+        groups.setdefault(parts_of(method), []).append(method)
+    for parts, named in groups.items():
+        who = ", ".join(named)
+        if parts is None:
+            lines.append(f"  {who}: the teacher runs online (they read its feature maps)")
+            continue
+        shapes = _output_shapes(teacher, splits, parts)
+        total, _ = TeacherCache.size(count, shapes, config.teacher_cache, config.epochs)
+        size = (
+            f"{' + '.join(parts)}, {megabytes(total)} per data seed over {config.epochs} epoch(s) in "
+            f"{config.teacher_cache}"
+        )
+        if total > config.teacher_cache_gb * 1e9:
+            lines.append(
+                f"  {who}: {size}: over the budget of {config.teacher_cache_gb:g} GB (teacher_cache_gb): the "
+                f"teacher runs online"
+            )
+        else:
+            lines.append(f"  {who}: {size}: computed once per view, read by every trial with this data seed")
+    return lines
 
 
 def balanced_weights(

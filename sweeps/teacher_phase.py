@@ -18,13 +18,13 @@ def teacher_runs(spec) -> dict[str, RunConfig]:
     return {pairing.teacher: spec.run_for(pairing.teacher) for pairing in spec.pairings}
 
 
-def _ensure_teacher(config: RunConfig, store: Location, events=None) -> dict:
+def _ensure_teacher(config: RunConfig, store: Location, events=None, methods=()) -> dict:
     """Ray task: load ``config``'s teacher from the store (which checks that it is readable; an unreadable one is set
     aside), or train and store it; each trained epoch is put on ``events`` (a Ray queue the driver reads) as it ends.
-    Returns its card."""
+    Returns its card, with what the teacher-output cache of ``methods`` will take (``teacher_outputs``, lines)."""
     import time
 
-    from l2d.run import get_teacher, resolve
+    from l2d.run import build_splits, get_teacher, resolve, teacher_cache_plan
     from l2d.teachers import TeacherStore
 
     started = time.time()
@@ -45,8 +45,10 @@ def _ensure_teacher(config: RunConfig, store: Location, events=None) -> dict:
             except Exception:  # noqa: BLE001 - progress is best effort: a full or gone queue never fails a teacher
                 pass
 
-    _, card, trained = get_teacher(config, TeacherStore(store), on_epoch=on_epoch)
-    return {**{k: v for k, v in card.items() if k != "history"}, "trained_now": trained}
+    splits = build_splits(config)
+    teacher, card, trained = get_teacher(config, TeacherStore(store), splits, on_epoch=on_epoch)
+    plan = teacher_cache_plan(config, teacher, splits, methods)
+    return {**{k: v for k, v in card.items() if k != "history"}, "trained_now": trained, "teacher_outputs": plan}
 
 
 def _epoch_line(event: dict) -> str:
@@ -80,7 +82,8 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
     runs = teacher_runs(spec)
     say(f"teacher phase: {len(runs)} teacher(s) from the store {spec.teacher_store} (trained there when missing)")
     events = Queue(maxsize=10_000, actor_options={"num_cpus": 0})
-    refs = {task.remote(config, spec.teacher_store, events): teacher for teacher, config in runs.items()}
+    methods = list(spec.methods)
+    refs = {task.remote(config, spec.teacher_store, events, methods): teacher for teacher, config in runs.items()}
     cards: dict[str, dict] = {}
     pending = list(refs)
     view = current()
@@ -115,6 +118,8 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
                         f"    stored as {spec.teacher_store / digest}; a sweep with another storage trains it again "
                         f"unless that folder is copied into its <storage>/teachers/"
                     )
+                for line in card.pop("teacher_outputs", []):  # the disk its outputs will take, before any trial
+                    say(f"    {line}")
                 view.status(f"teacher phase: {len(cards)} of {len(runs)} teacher(s) ready", changed=False)
     finally:
         for event in _drain(events):  # epochs that ended between the last read and the task's end

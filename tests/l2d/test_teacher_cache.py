@@ -174,3 +174,34 @@ def test_a_resumed_run_reads_what_the_run_before_it_wrote(store):
     assert rest[0]["teacher_cache_misses"] == 0 and rest[0]["teacher_cache_hits"] > 0
     for name in COMPARED:
         assert rest[0][name] == whole[1][name], name
+
+
+def test_the_plan_a_sweep_prints_says_each_methods_size_and_what_runs_online(store):
+    """Before any trial: each part's size an epoch, and per group of methods the disk it takes or why the teacher
+    runs online (its feature maps, or over the budget)."""
+    from l2d.run import teacher_cache_plan
+    from l2d.teacher_cache import megabytes
+
+    run = build_run(RUN.replace(teacher_cache="float16"), teacher_store=store)
+    teacher, splits = run.teacher, run.splits
+    count = len(splits["train"])
+    classes = len(splits["train"].class_names)
+    logits = count * classes * 2  # bytes an epoch in float16
+    embeddings = count * classes * 16 * 2
+    lines = teacher_cache_plan(
+        RUN.replace(teacher_cache="float16"), teacher, splits, ["bce", "mld", "kd", "l2d", "hint"]
+    )
+    assert lines[0].startswith(f"teacher outputs of test_resnet ({count:,} training images): logits ")
+    assert f"logits {megabytes(logits)}, label_embeddings {megabytes(embeddings)}, features " in lines[0]
+    assert lines[1] == f"  mld, kd: logits, {megabytes(2 * logits)} per data seed over 2 epoch(s) in float16: " + (
+        "computed once per view, read by every trial with this data seed"
+    )
+    assert lines[2].startswith("  l2d: logits + label_embeddings, ")
+    assert lines[3] == "  hint: the teacher runs online (they read its feature maps)"
+    between = (2 * logits + 2 * (logits + embeddings)) / 2 / 1e9  # room for the logits, not for l2d's parts
+    tight = teacher_cache_plan(RUN.replace(teacher_cache_gb=between), teacher, splits, ["mld", "l2d"])
+    assert tight[1].endswith("computed once per view, read by every trial with this data seed")
+    assert tight[2].endswith(f"over the budget of {between:g} GB (teacher_cache_gb): the teacher runs online")
+    assert teacher_cache_plan(RUN, teacher, splits, ["bce"]) == []
+    off = teacher_cache_plan(RUN.replace(teacher_cache="off"), teacher, splits, ["mld"])
+    assert off == ["teacher outputs: computed at every step by every trial (teacher_cache: off)"]
