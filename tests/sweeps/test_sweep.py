@@ -59,8 +59,8 @@ def test_sweep_end_to_end(tiny_spec, tmp_path, ray_cleanup, capsys):
     assert "teacher test_resnet: loaded" in printed
     # what the teacher-output cache takes, said once for the sweep before any trial
     assert re.search(r"teacher outputs of test_resnet \([\d,]+ training images\): logits ", printed)
-    assert re.search(r"  l2d: logits \+ label_embeddings, [\d.]+ MB per data seed over \d+ epoch\(s\)", printed)
-    assert re.search(r"  kd: logits, [\d.]+ MB per data seed", printed)
+    assert re.search(r"  l2d: logits \+ label_embeddings, [\d.]+ [kMG]B per data seed over \d+ epoch\(s\)", printed)
+    assert re.search(r"  kd: logits, [\d.]+ [kMG]B per data seed", printed)
     sweep = tmp_path / "sweeps" / "tiny"
 
     trials = pq.read_table(sweep / "results" / "trials.parquet")
