@@ -70,6 +70,7 @@ SETTINGS = [
         "search_spaces/scenes.yaml",
         {
             "pairings": [{"teacher": "tf_efficientnet_lite2", "students": ["tf_efficientnet_lite0"]}],
+            "weights": {"tf_efficientnet_lite2": "offline", "tf_efficientnet_lite0": "offline"},
             "budget.num_samples": 6,
         },
         ["off", "float16"],

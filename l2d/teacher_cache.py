@@ -6,18 +6,17 @@ needs the same numbers in the same epoch. The first run to need an image's outpu
 teacher's forward pass over its batch, as without the cache) and writes it; every later one reads it.
 
 Per epoch, each part the method reads is one memory-mapped array under ``$L2D_SWEEP_CACHE/teacher_outputs/<key>/``:
-``logits`` ``[N, C]``, ``label_embeddings`` ``[N, C, D]``, ``features`` ``[N, F]``, in float16 (half the bytes; the
-difference to float32 is measured in the tests) or float32 (exact: the same numbers as the teacher's forward pass
-on CPU), each with a byte per image saying it is there, set after the numbers (a method that reads the logits alone
-shares them with one that reads both). The key is the teacher (its store digest:
-its data, backbone, recipe, weights), the view seed, the image size, the train split's fingerprint and the stored
-type, so nothing stale is read; a file of the wrong size is not trusted and is filled again. Writers take the
-epoch's lock (``epoch-<n>.lock``, an advisory ``flock``): two runs of one node that miss the same batch never both
-compute and write it; the second waits for the first, then reads what it wrote. The cache lives on each node's local
-disk (``$L2D_SWEEP_CACHE``): each node computes its own, once. Methods that read the
-teacher's intermediate feature maps (``hint``, ``reviewkd``) run the teacher online, and so does a run whose cache
-would exceed its budget (``teacher_cache_gb``).
-"""
+``logits`` ``[N, C]``, ``label_embeddings`` ``[N, C, D]``, ``features`` ``[N, F]``, in float32 (the default, exact:
+the same numbers as the teacher's forward pass on CPU) or float16 (half the bytes, about three digits: measured in
+the tests; ``benchmarks/teacher_cache.py`` finds that this moves each trial's result as another seed would), each
+with a byte per image saying it is there, set after the numbers (a method that reads the logits alone shares them
+with one that reads both). The key is the teacher (its store digest: its data, backbone, recipe, weights), the view
+seed, the image size, the train split's fingerprint and the stored type, so nothing stale is read; a file of the
+wrong size is not trusted and is filled again. Writers take the epoch's lock (``epoch-<n>.lock``, an advisory
+``flock``): two runs of one node that miss the same batch never both compute and write it; the second waits for the
+first, then reads what it wrote. The cache lives on each node's local disk (``$L2D_SWEEP_CACHE``): each node
+computes its own, once. Methods that read the teacher's intermediate feature maps (``hint``, ``reviewkd``) run the
+teacher online, and so does a run whose cache would exceed its budget (``teacher_cache_gb``)."""
 
 from __future__ import annotations
 
@@ -101,11 +100,14 @@ class TeacherCache:
     @staticmethod
     def size(count: int, shapes: dict[str, tuple[int, ...]], dtype: str, epochs: int) -> tuple[int, str]:
         """The bytes the parts ``shapes`` of ``count`` images take over ``epochs`` in ``dtype``, and a phrase that
-        gives each part's size an epoch in float16 (``logits 13.1 MB, label_embeddings 10.1 GB an epoch in
-        float16``)."""
-        per_image = sum(int(np.prod(shape)) for shape in shapes.values()) * np.dtype(DTYPES[dtype]).itemsize
-        sizes = ", ".join(f"{part} {megabytes(int(np.prod(shape)) * count * 2)}" for part, shape in shapes.items())
-        return per_image * count * epochs, f"{sizes} an epoch in float16"
+        gives each part's size an epoch in ``dtype`` (``logits 26.3 MB, label_embeddings 20.2 GB an epoch in
+        float32``)."""
+        itemsize = np.dtype(DTYPES[dtype]).itemsize
+        per_image = sum(int(np.prod(shape)) for shape in shapes.values()) * itemsize
+        sizes = ", ".join(
+            f"{part} {megabytes(int(np.prod(shape)) * count * itemsize)}" for part, shape in shapes.items()
+        )
+        return per_image * count * epochs, f"{sizes} an epoch in {dtype}"
 
     def _open(self, epoch: int) -> None:
         if self._epoch == epoch:

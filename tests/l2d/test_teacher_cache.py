@@ -199,7 +199,9 @@ def test_the_plan_a_sweep_prints_says_each_methods_size_and_what_runs_online(sto
     assert lines[2].startswith("  l2d: logits + label_embeddings, ")
     assert lines[3] == "  hint: the teacher runs online (they read its feature maps)"
     between = (2 * logits + 2 * (logits + embeddings)) / 2 / 1e9  # room for the logits, not for l2d's parts
-    tight = teacher_cache_plan(RUN.replace(teacher_cache_gb=between), teacher, splits, ["mld", "l2d"])
+    tight = teacher_cache_plan(
+        RUN.replace(teacher_cache="float16", teacher_cache_gb=between), teacher, splits, ["mld", "l2d"]
+    )
     assert tight[1].endswith("computed once per view, read by every trial with this data seed")
     assert tight[2].endswith(f"over the budget of {between:g} GB (teacher_cache_gb): the teacher runs online")
     assert teacher_cache_plan(RUN, teacher, splits, ["bce"]) == []
