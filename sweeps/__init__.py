@@ -1,8 +1,10 @@
 """sweeps: the platform around :mod:`l2d`: sweeps on Ray Tune + Ray Train + Optuna + ASHA, results in Parquet, the CLI.
 
 Floors, bottom first; a module imports only from the floors below it (and, within a floor, from the modules listed
-before it). ``tests/test_layers.py`` holds this, imports inside functions included; the only edges up are the aliases
-that pickles written by older versions name (each marked ``# layer: pickle alias``).
+before it). ``tests/test_layers.py`` holds this, imports inside functions included; the one edge up is the lazy
+``from sweeps import Sweep`` (marked ``# layer: public API``). No module keeps old names for pickles: a sweep whose
+Tune state names a module or class of an older version continues from its results tables and checkpoints (see
+docs/reliability.md).
 
 - leaves: ``vocab`` (modes, trial states), ``_checks`` (typed rules, gathered errors, the YAML reader), ``_faults``
   (failpoints), ``folder`` (marker, lease, trial ids), ``checkpoints``, ``provenance`` (run.json), ``trust`` (the

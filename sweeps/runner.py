@@ -33,15 +33,11 @@ import yaml
 
 from l2d.storage import Location
 
-# Tune pickles the searcher and the callbacks into the experiment; sweeps written before these moved to their own
-# modules name them here, so both names must keep resolving.
-from sweeps.callback import SweepCallback  # noqa: F401 - a name old pickles hold
 from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, tune_dir_name
 from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401 - the drivers' errors, from here
 from sweeps.lease import LeaseError
 from sweeps.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
-from sweeps.search import DefineByRunSpace  # noqa: F401 - a name old pickles hold
 from sweeps.spec import SweepSpec, check_adopted_teachers, with_overrides
 from sweeps.stored import load_sweep_spec, sweep_exists
 from sweeps.vocab import SCORED

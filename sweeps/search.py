@@ -161,12 +161,3 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
             ):
                 return None
     return params, dists
-
-
-def __getattr__(name: str):
-    # Sweeps written before the search generator moved to the Tune adapters pickled it under this module.
-    if name in ("SweepSearchGenerator", "build_search"):
-        from sweeps import searcher  # layer: pickle alias
-
-        return getattr(searcher, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

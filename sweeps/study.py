@@ -577,12 +577,3 @@ def search_front(study: optuna.Study, warm_start: bool = False) -> list[str]:
         for t in study.best_trials
         if "tune_trial_id" in t.user_attrs and ("warm_start_from" in t.user_attrs) == warm_start
     )
-
-
-def __getattr__(name: str):
-    # Sweeps written before the searcher got its own module pickled it as sweeps.study.StudySearcher.
-    if name == "StudySearcher":
-        from sweeps.searcher import StudySearcher  # layer: pickle alias
-
-        return StudySearcher
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -27,8 +27,7 @@ def _module_name(path: Path) -> str:
 
 def _imports(path: Path) -> list[tuple[int, str, bool]]:
     """``(line, imported module, allowed back-edge)`` of every import in a file, at any depth. An import whose line
-    carries ``# layer: pickle alias`` (or ``# layer: public API``, the lazy ``from sweeps import Sweep``) is one of
-    the documented back-edges."""
+    carries ``# layer: public API`` (the lazy ``from sweeps import Sweep``) is the one documented back-edge."""
     text = path.read_text()
     lines = text.splitlines()
     tree = ast.parse(text)
@@ -52,7 +51,7 @@ def _imports(path: Path) -> list[tuple[int, str, bool]]:
             names = [_dynamic_import(node)]  # importlib.import_module("sweeps.cli"), __import__("..."): an import too
         else:
             continue
-        allowed = any(mark in lines[node.lineno - 1] for mark in ("layer: pickle alias", "layer: public API"))
+        allowed = "layer: public API" in lines[node.lineno - 1]
         found += [(node.lineno, name, allowed) for name in names]
     return found
 

@@ -124,7 +124,7 @@ def test_search_generator_gives_deterministic_trial_ids():
     from ray.tune.experiment.trial import Trial
 
     from sweeps.folder import trial_id
-    from sweeps.search import SweepSearchGenerator
+    from sweeps.searcher import SweepSearchGenerator
 
     tune.register_trainable("noop", _noop)
     spec = {"run": "noop", "config": {}}
