@@ -62,7 +62,7 @@ class RunConfig:
         batch_size / weight_decay / pct_start / num_workers / amp: the rest of the recipe, shared by both.
         seed: seeds the models' initialisation and the data order.
         student_seed: seeds the student's initialisation and its data order instead (None: ``seed``); the teacher
-            stays the one of ``seed`` (a confirmation run retrains the student only, :mod:`sweeps.confirm`).
+            stays the one of ``seed`` (a confirmation run retrains the student only, :mod:`sweeps.results.confirm`).
         device: ``cpu``, ``cuda`` or ``cuda:N`` (default: cuda when available).
         student_weights / teacher_weights: initial weights of each backbone (:mod:`l2d.weights`: a local file,
             ``timm``, ``timm:<tag>``, ``hf-hub:<org>/<repo>`` from the local Hugging Face cache, ``offline`` from an

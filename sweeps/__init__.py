@@ -12,8 +12,8 @@ docs/reliability.md).
   detectable effects)
 - spec: ``spec`` (the typed YAML spec)
 - search space: ``search`` (define-by-run space, encode/decode; no Ray)
-- records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status), ``confirm``
-  (the confirmation stage's plan and its paired verdict), ``plots``, ``export``
+- records: ``stored`` (a sweep folder's stored spec), ``results`` (the Parquet tables, SQL, status, and
+  ``results.confirm``: the confirmation stage's plan and its paired verdict), ``plots``, ``export``
 - study: ``study`` (the Optuna study; Optuna only)
 - Tune adapters (where Ray lives): ``_fences`` (every private Ray/Optuna API, in one place), ``tracking``,
   ``scheduler``, ``searcher``, ``trial``, ``teacher_phase``, ``callback``
@@ -45,7 +45,7 @@ LAYERS = [
         "sweeps.results.schema",
         "sweeps.results.store",
         "sweeps.results.writer",
-        "sweeps.confirm",
+        "sweeps.results.confirm",
         "sweeps.results.teachers",
         "sweeps.results.reader",
         "sweeps.results",

@@ -146,8 +146,8 @@ class Sweep:
         return {**row, "chosen_as": chosen_as}
 
     def confirmation(self):
-        """The confirmation stage (:class:`sweeps.confirm.Confirmation`: its table, winner and verdicts); None when
-        the sweep has none."""
+        """The confirmation stage (:class:`sweeps.results.confirm.Confirmation`: its table, winner and verdicts); None
+        when the sweep has none."""
         return self._results().confirmation()
 
     def teachers(self):

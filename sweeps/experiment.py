@@ -304,13 +304,13 @@ def build_tuner(
 def build_confirm_tuner(
     spec: SweepSpec, quiet: bool, lease: LeaseKeeper | None, sweep_id: str, runs: list[tuple[str, dict]], total: int
 ):
-    """The Tune experiment of the confirmation stage (:mod:`sweeps.confirm`): ``runs`` (trial id, config) in order,
-    every one for max_epochs (no early stopping: each rerun is a full replicate), in ``tune-confirm``; ``total``:
+    """The Tune experiment of the confirmation stage (:mod:`sweeps.results.confirm`): ``runs`` (trial id, config) in
+    order, every one for max_epochs (no early stopping: each rerun is a full replicate), in ``tune-confirm``; ``total``:
     the trials of the sweep once they have run (the progress lines' count)."""
     from ray import tune
     from ray.tune.schedulers import FIFOScheduler
 
-    from sweeps.confirm import TUNE_FOLDER
+    from sweeps.results.confirm import TUNE_FOLDER
     from sweeps.searcher import FixedRuns, FixedRunsGenerator
 
     storage_path, filesystem = spec.sweep_dir.ray_storage

@@ -14,8 +14,8 @@ logger = logging.getLogger(__name__)
 
 def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
     """``(spec, row)``: the trial ``trial_id``; else the confirmed winner's best run when the sweep has a confirmation
-    stage with a winner (:mod:`sweeps.confirm`), else the best finished trial of the search by the spec's primary
-    objective. ``say`` is told which it took."""
+    stage with a winner (:mod:`sweeps.results.confirm`), else the best finished trial of the search by the spec's
+    primary objective. ``say`` is told which it took."""
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
     from sweeps.stored import load_sweep_spec
     from sweeps.vocab import SCORED, sign
@@ -31,7 +31,7 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
                 f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})"
             )
         return spec, row
-    from sweeps.confirm import summarize
+    from sweeps.results.confirm import summarize
 
     say = say or (lambda text: None)
     confirmation = summarize(spec, rows)

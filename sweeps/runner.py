@@ -227,8 +227,8 @@ def confirm_sweep(
     per_method: bool = False,
     **options,
 ) -> SweepOutcome:
-    """Confirm a finished sweep's verdict (:mod:`sweeps.confirm`): its ``top`` best configurations (or the best of each
-    method) and ``baseline`` rerun on ``seeds`` fresh seeds, paired by seed. The stored spec gains
+    """Confirm a finished sweep's verdict (:mod:`sweeps.results.confirm`): its ``top`` best configurations (or the best
+    of each method) and ``baseline`` rerun on ``seeds`` fresh seeds, paired by seed. The stored spec gains
     ``budget.confirm``; runs already made for the same configurations and seeds are kept. Resumable (``resume``).
 
     Raises:
@@ -279,7 +279,7 @@ def _search_done(spec: SweepSpec) -> bool:
 def _confirmation_runs(spec: SweepSpec, sweep_id: str):
     """``(plan, recorded rows, runs still to make)`` of the spec's confirmation stage (no plan and no runs: the spec
     asks for none, or no search trial has a value yet)."""
-    from sweeps.confirm import pending, plan
+    from sweeps.results.confirm import pending, plan
 
     try:
         rows = SweepResults(spec.sweep_dir).trials.to_pylist()
@@ -295,7 +295,7 @@ def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
 
 
 def _confirm(spec: SweepSpec, driver: DriverOptions, lease, sweep_id: str, say) -> bool:
-    """Run the confirmation stage's unfinished runs (:mod:`sweeps.confirm`), when the spec asks for one; whether
+    """Run the confirmation stage's unfinished runs (:mod:`sweeps.results.confirm`), when the spec asks for one; whether
     there were any."""
     from sweeps.experiment import build_confirm_tuner
 

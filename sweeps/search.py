@@ -24,8 +24,8 @@ if TYPE_CHECKING:
 
 #: Keys of a decoded config that are not hyperparameters of the run.
 STRUCTURE_KEYS = ("teacher", "student", "method")
-#: Keys a confirmation run's config adds (:mod:`sweeps.confirm`): its stage, its student's seed, and the search trial
-#: whose configuration it reruns (none for the baseline). A search trial's config has none of them.
+#: Keys a confirmation run's config adds (:mod:`sweeps.results.confirm`): its stage, its student's seed, and the search
+#: trial whose configuration it reruns (none for the baseline). A search trial's config has none of them.
 CONFIRM_KEYS = ("stage", "seed", "confirms")
 
 

@@ -240,8 +240,9 @@ def build_search(spec, sweep_id: str, experiment: int = 0, warm_started: bool = 
 
 
 class FixedRuns(Searcher):
-    """Hands out a fixed list of ``(trial id, config)`` runs in order (the confirmation stage's, :mod:`sweeps.confirm`),
-    then says the search is finished. No study: confirmation runs are not samples of the search space."""
+    """Hands out a fixed list of ``(trial id, config)`` runs in order (the confirmation stage's,
+    :mod:`sweeps.results.confirm`), then says the search is finished. No study: confirmation runs are not samples of the
+    search space."""
 
     def __init__(self, runs: list[tuple[str, dict]], metric: str, mode: str):
         super().__init__(metric=metric, mode=mode)

@@ -103,7 +103,7 @@ class Pairing:
 @dataclass(frozen=True)
 class Confirm:
     """The confirmation stage (``budget.confirm``): after the search, its best configurations and a baseline rerun on
-    fresh seeds, paired by seed (:mod:`sweeps.confirm`)."""
+    fresh seeds, paired by seed (:mod:`sweeps.results.confirm`)."""
 
     top: integer(1, 1000, help="configurations confirmed: the best by the metric (per_method: the best methods)") = 2
     seeds: integer(2, 1000, help="fresh seeds each is rerun on (the search's seed + 1, + 2, ...)") = 3

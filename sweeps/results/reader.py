@@ -232,9 +232,9 @@ class SweepResults:
         return [row for row in self.trials.to_pylist() if row["stage"] == "search"]
 
     def confirmation(self):
-        """The confirmation stage as its runs hold it (:func:`sweeps.confirm.summarize`); None when the stored spec
-        asks for none or the search has no finalist yet."""
-        from sweeps.confirm import summarize
+        """The confirmation stage as its runs hold it (:func:`sweeps.results.confirm.summarize`); None when the stored
+        spec asks for none or the search has no finalist yet."""
+        from sweeps.results.confirm import summarize
 
         spec = self.stored_spec
         return summarize(spec, self.trials.to_pylist()) if spec is not None else None
@@ -392,7 +392,8 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
 @dataclass
 class SweepOutcome:
     """What a driver leaves behind: the results and, in words, whether the sweep did its job. ``counts``: the search's
-    trials by state (what its budget counts); ``confirm_counts``: the confirmation runs' (:mod:`sweeps.confirm`)."""
+    trials by state (what its budget counts); ``confirm_counts``: the confirmation runs'
+    (:mod:`sweeps.results.confirm`)."""
 
     results: SweepResults | None
     counts: dict[str, int]

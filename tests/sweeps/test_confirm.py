@@ -1,6 +1,6 @@
-"""The confirmation stage (sweeps.confirm): which configurations it reruns, on which seeds, under which ids; what it
-concludes from their runs (paired by seed, t-intervals at the Bonferroni level, the best mean wins); and, with Ray, a
-4-trial sweep with ``confirm: {top: 2, seeds: 3}`` end to end, killed inside its confirmation and resumed."""
+"""The confirmation stage (sweeps.results.confirm): which configurations it reruns, on which seeds, under which ids;
+what it concludes from their runs (paired by seed, t-intervals at the Bonferroni level, the best mean wins); and, with
+Ray, a 4-trial sweep with ``confirm: {top: 2, seeds: 3}`` end to end, killed inside its confirmation and resumed."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from sweeps.confirm import STAGE, config_of, pending, plan, run_id, seeds_of, summarize
+from sweeps.results.confirm import STAGE, config_of, pending, plan, run_id, seeds_of, summarize
 from sweeps.results.reader import with_stages
 from sweeps.spec import SpecError, parse_spec
 from tests.commands import l2d_sweep
