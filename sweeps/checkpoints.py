@@ -68,11 +68,19 @@ class UnreadableCheckpointError(RuntimeError):
     """A checkpoint's files cannot be read; the message names the folder."""
 
 
+def _engine_state(state) -> bool:
+    """An engine's state (:meth:`l2d.engine.Distiller.state_dict`), or a multi-seed trial's: one per student under
+    ``replicas``."""
+    if isinstance(state, dict) and isinstance(state.get("replicas"), list) and state["replicas"]:
+        return all(isinstance(replica, dict) and "model" in replica for replica in state["replicas"])
+    return isinstance(state, dict) and "model" in state
+
+
 def load_checkpoint(folder: Location) -> tuple[dict, list[dict]]:
     """:func:`read_checkpoint`, with any failure to read it as :class:`UnreadableCheckpointError` naming the folder."""
     try:
         state, history = read_checkpoint(folder)
-        if not isinstance(state, dict) or "model" not in state or not isinstance(history, list):
+        if not _engine_state(state) or not isinstance(history, list):
             raise ValueError("not an engine state and a history")
         return state, history
     except UnreadableCheckpointError:
@@ -130,8 +138,10 @@ class BestCheckpoint:
 
         return better(value, self.value, self.mode)
 
-    def offer(self, metrics: dict, run, run_config) -> bool:
-        """Keep this epoch when it is the best so far; returns whether it was."""
+    def offer(self, metrics: dict, run, run_config, selection: dict | None = None) -> bool:
+        """Keep this epoch when it is the best so far; returns whether it was. ``selection``: a multi-seed trial's
+        students at this epoch (their seeds and values of the metric, whose mean ``metrics`` holds); the student kept
+        is ``run``'s, the first seed's, and ``best.json`` says so."""
         import torch
 
         value = metrics.get(self.metric)
@@ -164,6 +174,8 @@ class BestCheckpoint:
             "files": names,
             "sha256": {"model": hashlib.sha256(model).hexdigest(), "history": hashlib.sha256(history).hexdigest()},
         }
+        if selection is not None:  # metrics are the means over these students; the weights are the first one's
+            info["selection"] = selection
         failpoint("best-unit")  # the two files written, best.json not yet: the previous best stays whole
         (self.folder / "best.json").write_text(json.dumps(info))  # last: it names the files that make the unit
         for entry in self.folder.list():  # the previous best's files, no longer named

@@ -91,8 +91,8 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
     def body(lease, marker):
         warm = _warm_start(spec, marker["sweep_id"], say) if spec.warm_start else 0
         say(
-            f"sweep {spec.sweep_dir.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs, "
-            f"{spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}"
+            f"sweep {spec.sweep_dir.name}: {spec.budget.num_samples} trials of up to {spec.budget.max_epochs} epochs"
+            f"{spec.selection_cost()}, {spec.resources.max_concurrent_trials} at a time; folder {spec.sweep_dir}"
         )
         _fit(build_tuner(spec, driver.quiet, lease, marker["sweep_id"], warm_started=warm > 0))
         _confirm(spec, driver, lease, marker["sweep_id"], say)

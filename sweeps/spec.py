@@ -127,6 +127,16 @@ Budget = section_class(
             choice(SCHEDULERS, help="ASHA early stopping, or none (every trial runs max_epochs)"),
             "asha",
         ),
+        (
+            "selection_seeds",
+            integer(
+                1,
+                100,
+                help="students each search trial trains, on the seed and the next ones: ASHA and the final pick "
+                "score a configuration by their mean val metric (N times the search's compute)",
+            ),
+            1,
+        ),
         ("confirm", Optional[Confirm], None),  # validated as its own section (budget.confirm), see parse_spec
     ],
     __name__,
@@ -234,6 +244,16 @@ class SweepSpec:
             student_weights=self.weights.get(student) if student else None,
         )
 
+    def selection_cost(self) -> str:
+        """What ``budget.selection_seeds`` costs, said before a sweep starts (empty for one seed)."""
+        n = self.budget.selection_seeds
+        if n == 1:
+            return ""
+        return (
+            f", each training {n} students (seeds {self.seed} to {self.seed + n - 1}; scored by their mean: "
+            f"budget.selection_seeds, {n}x the compute of one)"
+        )
+
     def to_dict(self) -> dict:
         data = asdict(self)
         del data["folder"]  # where it was read from, not what it runs
@@ -247,6 +267,8 @@ class SweepSpec:
             del data["objectives"]
         if data["budget"]["confirm"] is None:  # unset: left out, as in specs written before it existed
             del data["budget"]["confirm"]
+        if data["budget"]["selection_seeds"] == 1:  # the default: left out, as in specs written before it existed
+            del data["budget"]["selection_seeds"]
         for key in ("study_storage", "warm_start", "max_student_params"):
             if data[key] is None:
                 del data[key]
@@ -346,7 +368,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
     recipe = validate_section(errors, RecipeSpec, data.get("recipe") or {}, "recipe")
     storage = _location(errors, data.get("storage", "./runs"), "storage")
     seed = errors.value(setting_rule(settings(RunConfig)["seed"]), data.get("seed", 0), "seed")
-    _confirm_rules(errors, confirm, seed)
+    _confirm_rules(errors, confirm, seed, budget.selection_seeds if budget is not None else 1)
     max_params = data.get("max_student_params")
     if max_params is not None:
         if isinstance(max_params, float) and max_params.is_integer():
@@ -716,8 +738,15 @@ def _budget_rules(errors: Errors, budget: Budget) -> None:
         )
 
 
-def _confirm_rules(errors: Errors, confirm: "Confirm | None", seed: int | None) -> None:
-    """``budget.confirm``: a baseline that is a method; fresh seeds that fit under the largest seed."""
+def _confirm_rules(errors: Errors, confirm: "Confirm | None", seed: int | None, selection_seeds: int = 1) -> None:
+    """``budget.confirm``: a baseline that is a method; fresh seeds (after the search's ``selection_seeds``) that fit
+    under the largest seed; without a confirmation stage, the search's own seeds fit."""
+    if confirm is None and seed is not None and seed + selection_seeds - 1 > MAX_SEED:
+        errors.add(
+            "budget.selection_seeds",
+            f"seeds {seed} to {seed + selection_seeds - 1} exceed the largest seed ({MAX_SEED}); lower seed or "
+            f"selection_seeds",
+        )
     if confirm is None:
         return
     if confirm.baseline is not None and confirm.baseline not in METHODS:
@@ -726,10 +755,11 @@ def _confirm_rules(errors: Errors, confirm: "Confirm | None", seed: int | None) 
             f"unknown method {shown(confirm.baseline)}; allowed: {', '.join(METHODS)} or null"
             + errors.suggest(confirm.baseline, METHODS),
         )
-    if seed is not None and seed + confirm.seeds > MAX_SEED:
+    first = None if seed is None else seed + selection_seeds  # after the search's seeds
+    if first is not None and first + confirm.seeds - 1 > MAX_SEED:
         errors.add(
             "budget.confirm.seeds",
-            f"seeds {seed + 1} to {seed + confirm.seeds} exceed the largest seed ({MAX_SEED}); lower seed or seeds",
+            f"seeds {first} to {first + confirm.seeds - 1} exceed the largest seed ({MAX_SEED}); lower seed or seeds",
         )
 
 

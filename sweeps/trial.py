@@ -7,6 +7,8 @@ itself, in a process Tune reuses from trial to trial, and writes the checkpoints
 (:mod:`sweeps.checkpoints`). The loop (:func:`_run`) is :func:`l2d.run.fit`, the engine of ``l2d-sweep train``: it
 reports every epoch (a 1-based ``epoch``, val metrics and loss parts, test mAP, images/s) and checkpoints every
 epoch from rank 0. A trial restarted after a crash finds its latest checkpoint and continues from the next epoch.
+With ``budget.selection_seeds`` > 1 a search trial trains one student per seed, an epoch of each in turn, and
+reports their means (:func:`combine_replicas`); its checkpoints hold every student.
 
 In the driver and the Tune trial this module uses ``ray.tune``; in the workers ``ray.train``.
 """
@@ -59,6 +61,9 @@ class TrialContext:
         trainer: ``in-process`` or ``torch-trainer`` (``auto`` already resolved).
         weights: each backbone's initial weights (the spec's ``weights``).
         metric / mode: what makes an epoch the trial's best (its checkpoint is kept in ``best/``).
+        selection_seeds: students a search trial trains, one per seed (``budget.selection_seeds``): its reported
+            metrics are their means (:func:`combine_replicas`), so ASHA and the final pick score a configuration by
+            the mean of several seeds. A confirmation run trains one.
     """
 
     sweep_dir: Location
@@ -73,6 +78,7 @@ class TrialContext:
     weights: dict | None = None
     metric: str = "val_mAP"
     mode: str = "max"
+    selection_seeds: int = 1
 
     @classmethod
     def from_spec(cls, spec) -> TrialContext:
@@ -91,10 +97,40 @@ class TrialContext:
             weights=dict(spec.weights),
             metric=spec.metric,
             mode=spec.mode,
+            selection_seeds=spec.budget.selection_seeds,
         )
 
     def run_dir(self, trial_id: str) -> Location:
         return self.sweep_dir / "train" / f"trial-{trial_id}"
+
+
+#: Per-epoch values a multi-seed trial adds up over its students (time spent, images counted); the rest are means.
+SUMMED = ("train_seconds", "epoch_seconds", "teacher_cache_hits", "teacher_cache_misses", "train_grad_samples")
+
+
+def combine_replicas(replicas: list[dict]) -> dict:
+    """One epoch of a trial that trains a student per selection seed: each metric's mean over the students (val and
+    test metrics, losses, throughput), the seconds and counts of :data:`SUMMED` and the time ledger (``time_*_s``)
+    added up, the epoch as it is."""
+    combined = {}
+    for key in replicas[0]:
+        values = [float(replica[key]) for replica in replicas if key in replica]
+        if key == "epoch":
+            combined[key] = values[0]
+        elif key in SUMMED or (key.startswith("time_") and key.endswith("_s")):
+            combined[key] = sum(values)
+        else:
+            combined[key] = sum(values) / len(values)
+    return combined
+
+
+def replica_seeds(run_config: RunConfig, count: int) -> list[int | None]:
+    """The student seeds of a trial's ``count`` students: its own (None: the run's seed) and the next ``count - 1``
+    (the confirmation stage's seeds come after them, :func:`sweeps.results.confirm.seeds_of`)."""
+    if count <= 1:
+        return [run_config.student_seed]
+    first = run_config.seed if run_config.student_seed is None else run_config.student_seed
+    return [first + k for k in range(count)]
 
 
 def _count_worker_nodes() -> int:
@@ -223,16 +259,32 @@ def _run(context: TrialContext, config: dict, session) -> None:
     run_config = trial_run(context.base, config, context.weights).replace(device=str(session.device))
     splits = _splits(run_config)
     teacher = _teacher(run_config, context.teacher_store, splits) if METHODS[run_config.method].needs_teacher else None
-    run = build_run(run_config, splits=splits, teacher=teacher)
+    count = context.selection_seeds if not config.get("stage") else 1  # a confirmation run is one seed's
+    seeds = replica_seeds(run_config, count)
+
+    def build_all() -> list:
+        return [
+            build_run(run_config if k == 0 else run_config.replace(student_seed=seed), splits=splits, teacher=teacher)
+            for k, seed in enumerate(seeds)
+        ]
+
+    runs = build_all()
+    run = runs[0]  # the trial's own seed: its student is the one kept in best/ (and exported)
     if run.teacher_cache_said:
         logger.info("%s", run.teacher_cache_said)
+    if count > 1:
+        logger.info("training %d students (seeds %s): the reported metrics are their means", count, seeds)
     restored = session.restore()
     if restored is not None:
         state, run.history = restored
         try:
-            run.distiller.load_state_dict(state)
+            states = state["replicas"] if count > 1 else [state]
+            if len(states) != count:
+                raise ValueError(f"checkpoint of {len(states)} student(s), this trial trains {count}")
+            for replica, replica_state in zip(runs, states, strict=True):
+                replica.distiller.load_state_dict(replica_state)
             logger.info("resumed %s from its epoch %d checkpoint", run_config.student, run.distiller.epoch)
-        except (ValueError, RuntimeError) as error:
+        except (ValueError, RuntimeError, KeyError, TypeError) as error:
             # Another configuration's checkpoint under this trial's id (a crash lost the trial it belonged to, and
             # the resumed search gave its id to another config): keep it aside and start afresh.
             logger.warning(
@@ -242,7 +294,8 @@ def _run(context: TrialContext, config: dict, session) -> None:
             if session.rank == 0:
                 for folder in checkpoint_folders(session.run_dir):
                     set_aside(folder, "foreign")
-            restored, run = None, build_run(run_config, splits=splits, teacher=teacher)
+            restored, runs = None, build_all()
+            run = runs[0]
     extra = {
         "student_params": count_parameters(run.student),
         "resumed_from": float(restored is not None),
@@ -261,19 +314,37 @@ def _run(context: TrialContext, config: dict, session) -> None:
             return
 
     best = BestCheckpoint(session.run_dir, context.metric, context.mode) if session.rank == 0 else None
+    selection: dict | None = None  # a multi-seed trial's epoch: each student's seed and value of the metric
 
     def report(metrics: dict) -> None:
         metrics.update(extra)  # kept in the history too
         since = time.perf_counter()  # the ledger's checkpointing: the best's copy, the state, the epoch's checkpoint
         if best is not None:  # before the report: a trial stopped at this epoch has its best on disk already
-            best.offer(metrics, run, run_config)
-        state = run.distiller.state_dict() if session.rank == 0 else None
+            best.offer(metrics, run, run_config, selection)
+        state = None
+        if session.rank == 0:
+            state = run.distiller.state_dict() if count == 1 else {"replicas": [r.distiller.state_dict() for r in runs]}
         reported = dict(metrics)
         session.report(reported, int(metrics["epoch"]), state, run.history, since)
         metrics["time_checkpoint_s"] = reported["time_checkpoint_s"]  # the history's next checkpoints hold it
         failpoint(f"reported-{int(metrics['epoch'])}")  # the fault tests hold a trial here (sleep:S)
 
-    fit(run, on_epoch=report)
+    if count == 1:
+        fit(run, on_epoch=report)
+        return
+    while run.distiller.epoch < run.distiller.recipe.epochs:  # fit's loop, over every student of the trial
+        replicas = [
+            {name: float(value) for name, value in r.distiller.run_epoch(None, evaluate_test=True).items()}
+            for r in runs
+        ]
+        selection = {
+            "seeds": [run_config.seed if seed is None else seed for seed in seeds],
+            "metric": context.metric,
+            "values": [replica.get(context.metric) for replica in replicas],
+        }
+        metrics = combine_replicas(replicas)
+        run.history.append(metrics)
+        report(metrics)
 
 
 def train_worker(config: dict) -> None:

@@ -40,7 +40,8 @@ def _cmd_validate(args: argparse.Namespace) -> int:
         print(
             f"{path}: valid: sweep {spec.name!r} on {spec.dataset.name}, {len(spec.pairings)} teacher(s) and {pairs} "
             f"pairing(s), methods {', '.join(spec.methods)}, {spec.budget.num_samples} trials of up to "
-            f"{spec.budget.max_epochs} epochs, searching {', '.join(searched) or 'nothing'}; folder {spec.sweep_dir}"
+            f"{spec.budget.max_epochs} epochs{spec.selection_cost()}, searching {', '.join(searched) or 'nothing'}; "
+            f"folder {spec.sweep_dir}"
         )
         if declared is not None:
             sizes = ", ".join(f"{split} {len(images)}" for split, (images, _) in declared.splits.items())

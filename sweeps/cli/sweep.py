@@ -38,7 +38,12 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
     """Print the leaderboard and the outcome (and, on stderr, what to do next); the exit status (0: at least one
     trial that did not fail)."""
     if outcome.results is not None:
-        print(f"\nleaderboard of {sweep_dir} (best val mAP per trial; test mAP at that epoch):")
+        spec = outcome.results.stored_spec
+        seeds = spec.budget.selection_seeds if spec is not None else 1
+        each = ""
+        if seeds > 1:  # budget.selection_seeds: a trial's values are means
+            each = f", each the mean of its {seeds} students' (seeds {spec.seed} to {spec.seed + seeds - 1})"
+        print(f"\nleaderboard of {sweep_dir} (best val mAP per trial{each}; test mAP at that epoch):")
         print(render(outcome.results.leaderboard(10)))
         _print_teachers(outcome.results)
         _print_confirmation(outcome.results)

@@ -90,8 +90,10 @@ def run_config(candidate: Candidate, seed: int) -> dict:
 
 
 def seeds_of(spec) -> tuple[int, ...]:
-    """The confirmation seeds: ``seed + 1`` to ``seed + seeds`` (the search ran at ``seed``)."""
-    return tuple(spec.seed + k for k in range(1, spec.budget.confirm.seeds + 1))
+    """The confirmation seeds, the next ``seeds`` after the search's own: ``seed + 1`` to ``seed + seeds`` (the search
+    ran at ``seed``), or after its ``budget.selection_seeds`` (``seed`` to ``seed + selection_seeds - 1``)."""
+    first = spec.seed + spec.budget.selection_seeds
+    return tuple(first + k for k in range(spec.budget.confirm.seeds))
 
 
 def config_of(row: dict) -> dict:

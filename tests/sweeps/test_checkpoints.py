@@ -41,3 +41,17 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, da
     names = sorted(p.name for p in (tmp_path / "trial-x").iterdir())
     assert names[0] == "corrupt-epoch-0002-" + names[0].split("corrupt-epoch-0002-")[1] and "epoch-0001" in names
     assert [f.name for f in checkpoint_folders(run)] == ["epoch-0001"]  # the damaged one is never tried again
+
+
+def test_a_multi_seed_state_needs_every_student(tmp_path):
+    """A checkpoint of a multi-seed trial holds one engine state per student under ``replicas``: a list with a state
+    that is not one is unreadable, as a damaged single state is."""
+    from sweeps.checkpoints import UnreadableCheckpointError, load_checkpoint, write_checkpoint
+
+    run_dir = Location.parse(str(tmp_path / "trial"))
+    good = write_checkpoint(run_dir, 1, {"replicas": [{"model": {}}, {"model": {}}]}, [{"epoch": 1}])
+    assert load_checkpoint(good)[0]["replicas"][1] == {"model": {}}
+    for bad in ({"replicas": [{"model": {}}, {"optimizer": {}}]}, {"replicas": []}, {"replicas": "x"}):
+        folder = write_checkpoint(run_dir, 2, bad, [{"epoch": 2}])
+        with pytest.raises(UnreadableCheckpointError, match="not an engine state"):
+            load_checkpoint(folder)

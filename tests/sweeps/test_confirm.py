@@ -208,6 +208,23 @@ def test_the_spec_checks_budget_confirm():
     assert seeds_of(_spec()) == (8, 9, 10)
 
 
+def test_selection_seeds_come_before_the_confirmation_seeds_and_the_default_is_stored_as_before():
+    spec = parse_spec({**SPEC, "budget": {**SPEC["budget"], "selection_seeds": 3, "confirm": {"seeds": 2}}})
+    assert spec.budget.selection_seeds == 3 and spec.to_dict()["budget"]["selection_seeds"] == 3
+    assert seeds_of(spec) == (10, 11)  # the search's students have seeds 7, 8, 9
+    assert "each training 3 students (seeds 7 to 9;" in spec.selection_cost()
+    plain = parse_spec({**SPEC, "budget": TINY_SPEC["budget"]})
+    assert "selection_seeds" not in plain.to_dict()["budget"] and plain.selection_cost() == ""  # digest unchanged
+    with pytest.raises(SpecError, match=r"budget.confirm.seeds: seeds 4294967295 to 4294967296 exceed"):
+        parse_spec(
+            {**SPEC, "seed": 2**32 - 3, "budget": {**SPEC["budget"], "selection_seeds": 2, "confirm": {"seeds": 2}}}
+        )
+    with pytest.raises(SpecError, match=r"budget.selection_seeds: seeds 4294967294 to 4294967296 exceed"):
+        parse_spec({**SPEC, "seed": 2**32 - 2, "budget": {**TINY_SPEC["budget"], "selection_seeds": 3}})
+    with pytest.raises(SpecError, match=r"budget.selection_seeds: 0 is too small"):
+        parse_spec({**SPEC, "budget": {**TINY_SPEC["budget"], "selection_seeds": 0}})
+
+
 def test_a_confirmation_run_retrains_the_student_on_its_seed_and_keeps_the_teacher():
     from l2d.run import resolve, teacher_key
     from sweeps.search import trial_run
@@ -309,6 +326,44 @@ def test_a_sweep_with_a_confirmation_stage_end_to_end_killed_and_resumed(tmp_pat
     # Nothing to run twice: a resume of the finished sweep starts no Ray.
     again = l2d_sweep("resume", str(sweep), timeout=900)
     assert again.returncode == 0 and "nothing to run" in again.stdout
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+@pytest.mark.timeout(900)
+def test_a_sweep_that_selects_by_the_mean_of_two_seeds_confirms_on_the_seeds_after_them(tmp_path):
+    """``budget.selection_seeds: 2``: the cost said before the start, every search trial's value the mean of its two
+    students (seeds 0 and 1, kept in best.json), the leaderboard saying so, and the confirmation on seeds 2 and 3."""
+    from sweeps.results import SweepResults
+
+    spec = {
+        **TINY_SPEC,
+        "name": "selected",
+        "storage": str(tmp_path / "sweeps"),
+        "budget": {
+            "num_samples": 2,
+            "max_epochs": 1,
+            "grace_period": 1,
+            "teacher_epochs": 1,
+            "selection_seeds": 2,
+            "confirm": {"top": 1, "seeds": 2, "baseline": None},
+        },
+    }
+    path = tmp_path / "selected.yaml"
+    path.write_text(yaml.safe_dump(spec))
+    ran = l2d_sweep("run", str(path), timeout=850)
+    assert ran.returncode == 0, ran.stdout[-3000:] + ran.stderr[-3000:]
+    assert "each training 2 students (seeds 0 to 1; scored by their mean" in ran.stdout
+    assert "each the mean of its 2 students' (seeds 0 to 1)" in ran.stdout
+    sweep = tmp_path / "sweeps" / "selected"
+    rows = SweepResults(str(sweep)).trials.to_pylist()
+    search = [r for r in rows if r["stage"] == "search"]
+    runs = [r for r in rows if r["stage"] == STAGE]
+    assert len(search) == 2 and sorted(r["seed"] for r in runs) == [2, 3]
+    for row in search:
+        best = json.loads((sweep / "train" / f"trial-{row['trial_id']}" / "best" / "best.json").read_text())
+        assert best["selection"]["seeds"] == [0, 1]
+        assert row["best_val_mAP"] == pytest.approx(sum(best["selection"]["values"]) / 2, abs=1e-9)
 
 
 def test_the_search_s_readers_leave_the_confirmation_runs_out(tmp_path):
