@@ -310,3 +310,35 @@ def test_teacher_cache(tiny_spec_file, tmp_path):
     assert [d["decoded_images"] for d in decoded] == [False, True]
     assert all(d["epoch_1_images_per_s"] > 0 and d["epoch_2_images_per_s"] > 0 for d in decoded)
     assert "x if read" in printed and "ranking" in printed and (tmp_path / "teacher_cache-cache.json").is_file()
+
+
+def test_led_verdict(tmp_path):
+    """Tiny settings: every arm tuned by the mean of two tuning seeds, confirmed on two other seeds with a placebo,
+    the planned comparisons paired by seed with Holm-adjusted p-values, the long table beside."""
+    require_scenes()
+    out = tmp_path / "led.json"
+    printed = _run(
+        "led_verdict.py",
+        "--scale", "0.05", "--epochs", "1", "--long-epochs", "2", "--teacher-epochs", "1", "--trials-per-dim", "1",
+        "--tuning-seeds", "0", "1", "--seeds", "2", "3", "--long-seeds", "2", "3", "--parallel", "1",
+        "--storage", str(tmp_path / "store"), "--out", str(out),
+    )  # fmt: skip
+    report = json.loads(out.read_text())
+    chosen = report["chosen"]
+    assert set(chosen) == {"bce", "mld", "mld+LED", "mld+CD", "mld+ID", "hint", "placebo"}
+    # the doses sit on tuned mld: its lr and weight fixed, the other embedding term off for the single-term arms
+    for arm in ("mld+LED", "mld+CD", "mld+ID", "placebo"):
+        assert chosen[arm]["lr"] == chosen["mld"]["lr"]
+        assert chosen[arm]["hparams"]["lambda_mld"] == chosen["mld"]["hparams"]["lambda_mld"]
+    assert chosen["mld+CD"]["hparams"]["lambda_id"] == 0.0 and chosen["mld+ID"]["hparams"]["lambda_cd"] == 0.0
+    assert chosen["placebo"]["hparams"]["lambda_cd"] == pytest.approx(0.01)
+    assert chosen["bce"]["trials"] == 1 and chosen["mld"]["trials"] == 2 and chosen["mld+LED"]["trials"] == 2
+    rows = {(r["arm"], r["against"]): r for r in report["rows"]}
+    assert set(rows) == {("mld+LED", "mld"), ("mld+CD", "mld"), ("mld+ID", "mld"), ("placebo", "mld"), ("mld", "bce"),
+                         ("hint", "bce")}  # fmt: skip
+    runs = {arm: {int(s): r["test_mAP"] for s, r in seeds.items()} for arm, seeds in report["runs"].items()}
+    assert rows[("mld", "bce")]["diffs"] == pytest.approx([runs["mld"][s] - runs["bce"][s] for s in (2, 3)])
+    assert all(r["comparisons"] == 6 and r["p_holm"] >= r["p"] for r in report["rows"])
+    assert {(r["arm"], r["against"]) for r in report["rows_long"]} == {("mld+LED", "mld"), ("mld", "bce")}
+    assert all(r["seeds"] == [2, 3] for r in report["rows_long"])
+    assert "at 2 epochs (seeds 2-3):" in printed and "Holm p" in printed
