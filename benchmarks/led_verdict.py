@@ -23,7 +23,8 @@ hint against bce (6); at 8 epochs mld + LED against mld and mld against bce (2).
 smallest difference the design could detect (80 % power at that level).
 
 Resumable: the tuning sweeps resume and every choice and run is cached (``--cache``, default
-``<storage>/led-verdict-runs.jsonl``; keep it to finish on another machine or in parts). ``--summarize JSON
+``benchmarks/results/led_verdict-cache.jsonl``, committed with the results: a rerun elsewhere, or in parts, skips
+what it holds). ``--summarize JSON
 [--readme]`` prints (and writes into docs/benchmarks.md) the report's block.
 
 Usage:
@@ -212,7 +213,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--fashion-root", default=str(FASHION_ROOT))
     parser.add_argument("--storage", default=str(ROOT / "runs" / "benchmarks-scenes"), help="teachers and sweeps")
     parser.add_argument(
-        "--cache", help="finished runs and choices, JSON lines (default <storage>/led-verdict-runs.jsonl)"
+        "--cache",
+        default=str(ROOT / "benchmarks" / "results" / "led_verdict-cache.jsonl"),
+        help="finished runs and choices, JSON lines (committed with the results; a rerun skips what it holds)",
     )
     add_report_arguments(parser, "led_verdict")
     args = parse_report_args(parser, argv, summarize)
@@ -239,7 +242,7 @@ def main(argv: list[str] | None = None) -> None:
         splits,
         on_epoch=lambda m: print(f"  teacher epoch {int(m['epoch'])}: val mAP {m['val_mAP']:.2f}", flush=True),
     )
-    cache = RunCache(args.cache or Path(args.storage) / "led-verdict-runs.jsonl")
+    cache = RunCache(args.cache)
 
     chosen: dict[str, dict] = {}
     for arm in ARMS:

@@ -321,7 +321,7 @@ def test_led_verdict(tmp_path):
         "led_verdict.py",
         "--scale", "0.05", "--epochs", "1", "--long-epochs", "2", "--teacher-epochs", "1", "--trials-per-dim", "1",
         "--tuning-seeds", "0", "1", "--seeds", "2", "3", "--long-seeds", "2", "3", "--parallel", "1",
-        "--storage", str(tmp_path / "store"), "--out", str(out),
+        "--storage", str(tmp_path / "store"), "--cache", str(tmp_path / "cache.jsonl"), "--out", str(out),
     )  # fmt: skip
     report = json.loads(out.read_text())
     chosen = report["chosen"]
