@@ -119,7 +119,7 @@ def export_trial(
         "lr": row.get("lr"),
         "dataset": {"name": spec.dataset.name, "root": spec.dataset.root, "options": dict(spec.dataset.options)},
         "epoch": info["epoch"],
-        "selected_by": f"{info['metric']} ({info['mode']})",
+        "selected_by": f"{info['metric']} ({info['mode']})" + _selection_said(info.get("selection")),
         "metrics": metrics,
         "latency_ms": metrics.get("latency_ms"),
         "device": info.get("device", "the trial's device"),
@@ -130,10 +130,30 @@ def export_trial(
         "git_commit": git_commit(),
         "exported_at": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
     }
+    selection = info.get("selection")
+    if selection:  # budget.selection_seeds: the metrics are the means of the trial's students, this is the first
+        card["selection"] = selection
     save_student(model, card, out, formats, progress)
+    own = ""
+    if selection:
+        own = (
+            f"; the mean of the trial's {len(selection['seeds'])} students, this one (seed {selection['seeds'][0]}) "
+            f"{selection['metric']} {selection['values'][0]:.2f}"
+        )
     progress(
         f"  card: {Location.parse(out) / 'card.json'} and README.md (val mAP "
         f"{metrics.get('val_mAP', float('nan')):.2f}, test mAP {metrics.get('test_mAP') or float('nan'):.2f} at "
-        f"epoch {info['epoch']})"
+        f"epoch {info['epoch']}{own})"
     )
     return card
+
+
+def _selection_said(selection: dict | None) -> str:
+    """A multi-seed trial's selection, in the card's words: its metrics are the mean of its students'."""
+    if not selection:
+        return ""
+    seeds = selection["seeds"]
+    return (
+        f", the mean of {len(seeds)} students (seeds {seeds[0]} to {seeds[-1]}; budget.selection_seeds); "
+        f"the weights are seed {seeds[0]}'s"
+    )

@@ -364,6 +364,13 @@ def test_a_sweep_that_selects_by_the_mean_of_two_seeds_confirms_on_the_seeds_aft
         best = json.loads((sweep / "train" / f"trial-{row['trial_id']}" / "best" / "best.json").read_text())
         assert best["selection"]["seeds"] == [0, 1]
         assert row["best_val_mAP"] == pytest.approx(sum(best["selection"]["values"]) / 2, abs=1e-9)
+    # the exported student is the first seed's: its card says the metrics are the mean, and its own value
+    trial = search[0]["trial_id"]
+    exported = l2d_sweep("export", str(sweep), "--trial", trial, "--out", str(tmp_path / "student"))
+    assert exported.returncode == 0, exported.stderr[-2000:]
+    card = json.loads((tmp_path / "student" / "card.json").read_text())
+    assert card["selection"]["seeds"] == [0, 1] and "the mean of 2 students (seeds 0 to 1" in card["selected_by"]
+    assert "this one (seed 0) val_mAP" in exported.stdout + exported.stderr
 
 
 def test_the_search_s_readers_leave_the_confirmation_runs_out(tmp_path):
