@@ -139,6 +139,12 @@ class TeacherCache:
             os.close(self._lock_fd)
         self._lock_fd, self._maps, self._epoch = None, {}, None
 
+    def __del__(self):  # a run's cache goes with its run (an in-process trial's process outlives many runs)
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001 - at interpreter exit os may already be gone
+            pass
+
     def _filled(self, rows: np.ndarray) -> bool:
         return all(self._maps[f"{part}.filled"][rows].all() for part in self.shapes)
 
