@@ -35,11 +35,9 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +45,7 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks._report import add_report_arguments, command_line, parse_report_args, readme_block, write_report  # noqa: E402 - run as a script: the repository on sys.path first
 from benchmarks._stats import RunCache, paired, verdict  # noqa: E402 - run as a script: the repository on sys.path first
-from benchmarks.quality_scenes import DATASET, LR_RANGE, base_run, dataset_options, run_seeds, weight_range  # noqa: E402 - run as a script: the repository on sys.path first
+from benchmarks.quality_scenes import DATASET, LR_RANGE, base_run, dataset_options, run_seeds, seed_jobs, weight_range  # noqa: E402 - run as a script: the repository on sys.path first
 
 OFFICIAL = {"lambda_cd": 100.0, "lambda_id": 1000.0, "lambda_mld": 10.0, "lambda_hint": 100.0}
 PLACEBO_SCALE = 1e-4
@@ -149,36 +147,6 @@ def tune(args, arm: str, mld: dict | None, cache: RunCache) -> dict:
     return pick
 
 
-def jobs_for(args, base, label: str, method: str, lr: float, hparams: dict, seeds, epochs: int):
-    """The cached runs of one configuration on ``seeds`` at ``epochs``: (cache key, job, label) each."""
-    jobs = []
-    for seed in seeds:
-        config = base.replace(method=method, hparams=dict(hparams), lr=lr, seed=seed, epochs=epochs)
-        key = RunCache.key(
-            benchmark="led-verdict",
-            dataset=DATASET,
-            options=dataset_options(args),
-            teacher=args.teacher,
-            student=args.student,
-            teacher_epochs=args.teacher_epochs,
-            batch=args.batch_size,
-            method=method,
-            lr=lr,
-            hparams=hparams,
-            seed=seed,
-            epochs=epochs,
-        )
-        job = {
-            "config": asdict(config),
-            "method": method,
-            "store": str(Path(args.storage) / "teachers"),
-            "teacher_seed": base.seed,
-            "threads": max(1, (os.cpu_count() or 2) // args.parallel),
-        }
-        jobs.append((key, job, f"{label} seed {seed} ({epochs} epochs)"))
-    return jobs
-
-
 def table(results: dict[str, dict[int, dict]], planned: list[tuple[str, str]]) -> list[dict]:
     """The planned comparisons of one table: paired t at its Bonferroni level, Holm-adjusted p-values."""
     from sweeps.stats import holm
@@ -272,7 +240,9 @@ def main(argv: list[str] | None = None) -> None:
     def runs_of(arms: dict[str, dict], seeds, epochs: int) -> dict[str, dict[int, dict]]:
         out = {}
         for arm, pick in arms.items():
-            jobs = jobs_for(args, base, arm, pick["method"], pick["lr"], pick["hparams"], seeds, epochs)
+            jobs = seed_jobs(
+                args, base, pick["method"], pick["lr"], pick["hparams"], arm, seeds, epochs, benchmark="led-verdict"
+            )
             done = run_seeds(args, cache, jobs)
             out[arm] = {seed: done[key] for seed, (key, _, _) in zip(seeds, jobs)}
         return out

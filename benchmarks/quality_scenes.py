@@ -252,19 +252,34 @@ def run_seeds(args, cache: RunCache, jobs: list[tuple[str, dict, dict]]) -> dict
     return results
 
 
-def seed_jobs(args, base, method: str, lr: float, hparams: dict, label: str) -> list[tuple[str, dict, dict]]:
+def seed_jobs(
+    args,
+    base,
+    method: str,
+    lr: float,
+    hparams: dict,
+    label: str,
+    seeds=None,
+    epochs: int | None = None,
+    benchmark: str = "scenes",
+) -> list[tuple[str, dict, dict]]:
+    """The cached runs of one configuration on ``seeds`` (default ``args.seeds``) at ``epochs`` (default
+    ``args.epochs``): ``(cache key, job, label)`` each; ``benchmark`` names the cache's runs (another benchmark's
+    runs of the same configuration are its own)."""
     from dataclasses import asdict
 
+    seeds = args.seeds if seeds is None else seeds
+    epochs = args.epochs if epochs is None else epochs
     jobs = []
-    for seed in args.seeds:
-        config = base.replace(method=method, hparams=dict(hparams), lr=lr, seed=seed)
+    for seed in seeds:
+        config = base.replace(method=method, hparams=dict(hparams), lr=lr, seed=seed, epochs=epochs)
         key = RunCache.key(
-            benchmark="scenes",
+            benchmark=benchmark,
             dataset=DATASET,
             options=dataset_options(args),
             teacher=args.teacher,
             student=args.student,
-            epochs=args.epochs,
+            epochs=epochs,
             teacher_epochs=args.teacher_epochs,
             batch=args.batch_size,
             method=method,
@@ -282,7 +297,7 @@ def seed_jobs(args, base, method: str, lr: float, hparams: dict, label: str) -> 
                     "teacher_seed": base.seed,
                     "threads": max(1, (os.cpu_count() or 2) // args.parallel),
                 },
-                f"{label} seed {seed}",
+                f"{label} seed {seed}" + (f" ({epochs} epochs)" if epochs != args.epochs else ""),
             )
         )
     return jobs
