@@ -8,7 +8,7 @@ not):
   the teacher's share of an online step, and how much faster a step is when the teacher's outputs are read instead
   (``(teacher + student) / student``; reading them costs microseconds). Medians of ``--repeats``, taken alternately.
 - ``sweeps``: the quickstart and the scenes setting (its first pairing, tf_efficientnet_lite2 -> lite0), each run
-  with ``recipe.teacher_cache`` off and on (float16, the default; and float32 for the quickstart, whose leaderboard
+  with ``recipe.teacher_cache`` off and on (float16; and float32, the default, for the quickstart, whose leaderboard
   must then be the online one to the bit). Random search without early stopping, seeded: every run has the same
   trials (the same configurations, each for every epoch), so wall times compare trial by trial. The teachers are
   trained (or found in the spec's store) before any timing. Reported: wall time of the sweep and summed over its
@@ -16,7 +16,9 @@ not):
   the trials' speed-up over the online run (``x trials``) and that of the trials which read every output (computed
   none), each against itself run online (``x reader``: what the cache gives every trial after the first of a seed),
   and whether each leaderboard (the trials ranked by their best val mAP) is the online one, with the largest
-  difference in a trial's best val mAP.
+  difference in a trial's best val mAP. A mode ``float32/K`` also replays K stored views per image
+  (``recipe.views_per_image``, FKD-style: not exact by design); its trials' best val mAP and test mAP are compared
+  with the same trials online, paired by trial, with t-intervals. Every mode starts from an empty cache.
 - ``decoded``: a COCO-layout JPEG dataset written to a temporary folder (``--images`` 500 x 375 JPEGs, read at 224 px,
   as VOC and COCO are): the train loader's images per second in two epochs with the decoded-image store (epoch 1
   decodes and stores, epoch 2 reads) and without it (each epoch decodes).
@@ -62,9 +64,11 @@ PAIRS = [
     ("resnet101", "resnet34", 224, 16),
     ("convnext_base", "mobilenetv3_large_100", 224, 16),
 ]
-#: The sweeps part's settings: (label, spec, spec changes, teacher_cache modes).
+#: The sweeps part's settings: (label, spec, spec changes, teacher_cache modes). A mode ``float32/K`` runs the float32
+#: cache with ``recipe.views_per_image`` K (stored views replayed: not exact, a change of the training distribution),
+#: compared with the online run trial by trial.
 SETTINGS = [
-    ("quickstart", "search_spaces/quickstart.yaml", {}, ["off", "float16", "float32"]),
+    ("quickstart", "search_spaces/quickstart.yaml", {}, ["off", "float16", "float32", "float32/1"]),
     (
         "scenes",
         "search_spaces/scenes.yaml",
@@ -73,9 +77,11 @@ SETTINGS = [
             "weights": {"tf_efficientnet_lite2": "offline", "tf_efficientnet_lite0": "offline"},
             "budget.num_samples": 6,
         },
-        ["off", "float16"],
+        ["off", "float16", "float32/1"],
     ),
 ]
+#: What the report keeps of each trial.
+TRIAL_COLUMNS = ("wall_time_s", "time_teacher_s", "teacher_cache_misses", "best_val_mAP", "test_mAP_at_best")
 LEDGER = ("time_data_s", "time_teacher_s", "time_student_s", "time_eval_s", "time_checkpoint_s")
 
 
@@ -156,13 +162,21 @@ def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
 
     rows = []
     for mode in modes:
+        cache_type, _, views = mode.partition("/")
         changed = with_overrides(
             spec,
             "benchmark",
-            name=f"cache-{label}-{mode}",
-            **{"recipe.teacher_cache": mode, "budget.searcher": "random", "budget.scheduler": "none"},
+            name=f"cache-{label}-{mode.replace('/', '-views')}",
+            **{
+                "recipe.teacher_cache": cache_type,
+                "recipe.views_per_image": int(views or 0),
+                "budget.searcher": "random",
+                "budget.scheduler": "none",
+            },
         )
+        # Every mode from an empty teacher-output cache: the replayed views' entries are float32's own (same keys)
         outputs = cache_dir() / "teacher_outputs"
+        shutil.rmtree(outputs, ignore_errors=True)
         before = _disk_bytes(outputs)
         print(f"  {label}, teacher_cache {mode}: {changed.budget.num_samples} trials ...", flush=True)
         start = time.perf_counter()
@@ -182,6 +196,7 @@ def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
             "part": "sweeps",
             "setting": label,
             "teacher_cache": mode,
+            "views_per_image": int(views or 0),
             "trials": len(trials),
             "epochs": int(sum(t["epochs_run"] for t in trials)),
             "wall_s": wall,
@@ -191,10 +206,7 @@ def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
             "cache_hits": sum(t["teacher_cache_hits"] or 0 for t in trials),
             "cache_misses": sum(t["teacher_cache_misses"] or 0 for t in trials),
             "cache_bytes": _disk_bytes(outputs) - before,
-            "trial": {
-                key: {k: t[k] for k in ("wall_time_s", "time_teacher_s", "teacher_cache_misses", "best_val_mAP")}
-                for key, t in by_config.items()
-            },
+            "trial": {key: {k: t[k] for k in TRIAL_COLUMNS} for key, t in by_config.items()},
         }
         row["ranking"] = sorted(row["trial"], key=lambda key: (-row["trial"][key]["best_val_mAP"], key))
         rows.append(row)
@@ -223,7 +235,28 @@ def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
         row["max_val_mAP_difference"] = max(
             abs(t["best_val_mAP"] - online["trial"][k]["best_val_mAP"]) for k, t in row["trial"].items()
         )
+        if row["views_per_image"]:  # not exact by design: what replaying K views does to the trials, paired by trial
+            row["views_against_online"] = views_against_online(row, online)
     return rows
+
+
+def views_against_online(row: dict, online: dict) -> dict:
+    """The trials of a run with stored views against the same trials online (fresh views): the paired difference of
+    their best val mAP and of their test mAP at that epoch: paired t-intervals over the trials (the trials are the
+    pairs: one configuration, one seed), family-wise 95 % over the two (Bonferroni), and Holm-adjusted p-values."""
+    from sweeps.stats import holm, holm_level, paired_t
+
+    columns = ("best_val_mAP", "test_mAP_at_best")
+    level = holm_level(0.95, len(columns))
+    found = {}
+    for column in columns:
+        keys = sorted(row["trial"])
+        diffs = [row["trial"][k][column] - online["trial"][k][column] for k in keys]
+        found[column] = paired_t(diffs, level).to_dict()
+    adjusted = holm([found[c]["p"] for c in found])
+    for column, p in zip(found, adjusted):
+        found[column]["p_holm"] = p
+    return found
 
 
 def _configuration(trial: dict) -> str:
@@ -316,7 +349,7 @@ def table(rows: list[dict]) -> list[str]:
     sweeps = [r for r in rows if r["part"] == "sweeps"]
     if sweeps:
         lines.append(
-            f"{'setting':<12}{'cache':>8}{'trials':>7}{'wall s':>8}{'trials s':>9}{'teacher s':>10}"
+            f"{'setting':<12}{'cache':>10}{'trials':>7}{'wall s':>8}{'trials s':>9}{'teacher s':>10}"
             f"{'student s':>10}{'data s':>8}{'eval s':>8}{'hits':>8}{'misses':>8}{'MB':>7}{'x trials':>9}"
             f"{'x reader':>9}{'ranking':>9}{'max |d val|':>12}"
         )
@@ -326,12 +359,26 @@ def table(rows: list[dict]) -> list[str]:
             ranking = ("same" if r["same_ranking"] else "other") if compared else ""
             difference = f"{r['max_val_mAP_difference']:.3g}" if compared else ""
             lines.append(
-                f"{r['setting']:<12}{r['teacher_cache']:>8}{r['trials']:>7}{r['wall_s']:>8.0f}{r['trial_wall_s']:>9.0f}"
+                f"{r['setting']:<12}{r['teacher_cache']:>10}{r['trials']:>7}{r['wall_s']:>8.0f}{r['trial_wall_s']:>9.0f}"
                 f"{r['time_teacher_s']:>10.0f}{r['time_student_s']:>10.0f}{r['time_data_s']:>8.0f}"
                 f"{r['time_eval_s']:>8.0f}{r['cache_hits']:>8,}{r['cache_misses']:>8,}{r['cache_bytes'] / 1e6:>7.1f}"
                 f"{r.get('speedup_trials', float('nan')):>9.2f}"
                 f"{'' if reader is None else f'{reader:.2f}':>9}"
                 f"{ranking:>9}{difference:>12}"
+            )
+        for r in sweeps:
+            if not r.get("views_against_online"):
+                continue
+            parts = []
+            for column, found in r["views_against_online"].items():
+                interval = f"{found['mean']:+.2f} [{found['low']:+.2f}, {found['high']:+.2f}]"
+                verdict = (
+                    "established" if found["established"] else f"not established, detectable {found['detectable']:.2f}"
+                )
+                parts.append(f"{column} {interval} (Holm p {found['p_holm']:.2g}; {verdict})")
+            lines.append(
+                f"{r['setting']} views_per_image {r['views_per_image']} - fresh views, paired over its "
+                f"{r['trials']} trials (t, family-wise 95 %): " + "; ".join(parts)
             )
         lines.append("")
     decoded = [r for r in rows if r["part"] == "decoded"]

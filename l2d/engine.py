@@ -29,7 +29,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from l2d.losses import DistillationCriterion, loss_parts
-from l2d.recipe import Recipe, recipe_matches
+from l2d.recipe import Recipe, recipe_matches, view_epoch
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
 from l2d.teacher_cache import TeacherCache
@@ -127,23 +127,27 @@ def view_seed(seed: int, epoch: int, index: int) -> int:
 
 class ViewSampler(Sampler):
     """The training order of a loader (a seeded shuffle, or a rank's :class:`DistributedSampler` shard) as
-    ``(index, epoch, seed)`` keys, which :class:`Views` turns into each image's view of that epoch. The epoch is part of
-    the key, not state in the dataset: loader workers (persistent ones too) see it with every index."""
+    ``(index, view epoch, seed)`` keys, which :class:`Views` turns into each image's view of that epoch. The epoch is
+    part of the key, not state in the dataset: loader workers (persistent ones too) see it with every index. With
+    ``views_per_image`` K the view epoch cycles through the first K epochs (:func:`l2d.recipe.view_epoch`);
+    the order is reshuffled every epoch either way."""
 
-    def __init__(self, order: Sampler, seed: int, generator: torch.Generator | None = None):
+    def __init__(self, order: Sampler, seed: int, generator: torch.Generator | None = None, views_per_image: int = 0):
         self.order, self.seed, self.generator = order, seed, generator
-        self.epoch = 0
+        self.views_per_image = views_per_image
+        self.epoch = self.views_from = 0  # the epoch, and the epoch whose views it shows
 
     def set_epoch(self, epoch: int) -> None:
         """The epoch's order (reshuffled from ``seed + epoch``: a resumed run sees the same one) and views."""
         self.epoch = epoch
+        self.views_from = view_epoch(epoch, self.views_per_image)
         if isinstance(self.order, DistributedSampler):
             self.order.set_epoch(epoch)
         elif self.generator is not None:
             self.generator.manual_seed(self.seed + epoch)
 
     def __iter__(self) -> Iterator[tuple[int, int, int]]:
-        return ((index, self.epoch, self.seed) for index in self.order)
+        return ((index, self.views_from, self.seed) for index in self.order)
 
     def __len__(self) -> int:
         return len(self.order)
@@ -176,10 +180,12 @@ def make_loader(
     num_workers: int = 0,
     seed: int = 0,
     device: torch.device | None = None,
+    views_per_image: int = 0,
 ) -> DataLoader:
     """A loader for this rank: shuffled and DistributedSampler-sharded for training, sharded in order for eval.
 
-    ``batch_size`` is global: each of the w ranks loads ``batch_size // w`` (at least 1).
+    ``batch_size`` is global: each of the w ranks loads ``batch_size // w`` (at least 1). ``views_per_image``: the
+    training views replayed from the first K epochs (:class:`ViewSampler`; 0: a new view every epoch).
     """
     rank, world_size = world()
     per_rank = max(1, batch_size // world_size)
@@ -196,7 +202,7 @@ def make_loader(
         return DataLoader(
             Views(dataset),
             batch_size=per_rank,
-            sampler=ViewSampler(order, seed, generator),
+            sampler=ViewSampler(order, seed, generator, views_per_image),
             # the loader's own draw (its workers' base seed) from a generator of its own, not the global one
             generator=generator if generator is not None else torch.Generator().manual_seed(seed),
             num_workers=num_workers,
@@ -329,6 +335,8 @@ def train_epoch(
         teacher.eval()
     if isinstance(loader.sampler, (ViewSampler, DistributedSampler)):
         loader.sampler.set_epoch(epoch)  # the epoch's order and views
+    # The epoch whose views this one shows (itself, or one of the first K replayed): the teacher's outputs are its.
+    views_of = loader.sampler.views_from if isinstance(loader.sampler, ViewSampler) else epoch
     names = ("total", *loss_parts(criterion.method))
     sums = torch.zeros(len(names), dtype=torch.float64, device=device)
     diagnosed = names[1:] if grad_share_every > 0 and len(names) > 2 else ()
@@ -362,7 +370,7 @@ def train_epoch(
                 return _teacher_forward(teacher, images, dtype, criterion.teacher_stages)
 
             teacher_output = (
-                teacher_cache.outputs(epoch, indices.to(device), forward) if teacher_cache is not None else forward()
+                teacher_cache.outputs(views_of, indices.to(device), forward) if teacher_cache is not None else forward()
             )
         if teacher is not None:
             synchronize()
@@ -565,7 +573,13 @@ class Distiller:
             device_ids = [self.device.index] if self.device.type == "cuda" else None
             self.model = DistributedDataParallel(step, device_ids=device_ids)
         self.train_loader = make_loader(
-            train_set, self.recipe.batch_size, True, self.recipe.num_workers, seed, self.device
+            train_set,
+            self.recipe.batch_size,
+            True,
+            self.recipe.num_workers,
+            seed,
+            self.device,
+            views_per_image=self.recipe.views_per_image,
         )
         self.val_loader = make_loader(
             val_set, self.recipe.batch_size, False, self.recipe.num_workers, device=self.device

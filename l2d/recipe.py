@@ -35,6 +35,7 @@ class Recipe:
     amp: bool = True
     schedule_epochs: int | None = None
     channels_last: bool | None = None
+    views_per_image: int = 0
 
     def __post_init__(self):
         for name in ("epochs", "batch_size"):
@@ -45,10 +46,28 @@ class Recipe:
                 f"recipe.schedule_epochs ({self.schedule_epochs}) must be >= epochs ({self.epochs}): a run "
                 f"may stop before its schedule ends, not run past it"
             )
-        if not self.lr > 0 or self.weight_decay < 0 or not 0 < self.pct_start < 1 or self.num_workers < 0:
+        if (
+            not self.lr > 0
+            or self.weight_decay < 0
+            or not 0 < self.pct_start < 1
+            or self.num_workers < 0
+            or self.views_per_image < 0
+        ):
             raise ValueError(
-                f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, num_workers >= 0"
+                f"invalid recipe {asdict(self)}: need lr > 0, weight_decay >= 0, 0 < pct_start < 1, num_workers >= 0, "
+                f"views_per_image >= 0"
             )
+
+    @property
+    def view_epochs(self) -> int:
+        """How many epochs of distinct views a run of :attr:`epochs` sees (what a teacher-output cache holds)."""
+        return min(self.epochs, self.views_per_image) if self.views_per_image else self.epochs
+
+
+def view_epoch(epoch: int, views_per_image: int) -> int:
+    """The epoch whose views epoch ``epoch`` (1-based) shows: itself, or with ``views_per_image`` K the first K
+    epochs' in turn (:attr:`Recipe.views_per_image`)."""
+    return epoch if not views_per_image or epoch < 1 else (epoch - 1) % views_per_image + 1
 
 
 def recipe_matches(saved: Mapping, recipe: Recipe) -> bool:

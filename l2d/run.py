@@ -70,6 +70,8 @@ class RunConfig:
         channels_last: the memory layout (:attr:`l2d.engine.Recipe.channels_last`); None: the dataset's default.
         decoded_images: the image datasets read each image decoded and resized from the node's store
             (:class:`l2d.data.images.DecodedStore`), decoded once; False: decoded at every read.
+        views_per_image: 0 (each epoch a new augmented view of each image), or K stored views replayed FKD-style
+            (:attr:`l2d.recipe.Recipe.views_per_image`).
         grad_share_every: sampling of the gradient-share diagnostics (:class:`l2d.engine.Distiller`); None: the
             engine's default, 0: off. Changes nothing that is learned.
     """
@@ -250,6 +252,17 @@ class RunConfig:
         spec="recipe.decoded_images",
         flags={"train": "--decoded-images", "teacher": "--decoded-images"},
     )
+    views_per_image: int = setting(
+        0,
+        int,
+        "0: a new augmented view of each image every epoch; K: the views of the first K epochs replayed in turn "
+        "(FKD-style: the teacher-output cache holds K epochs whatever the run's length; fewer distinct views, a "
+        "change of the training distribution)",
+        minimum=0,
+        maximum=10_000,
+        spec="recipe.views_per_image",
+        flags={"train": "--views-per-image"},
+    )
     device: str | None = None
     student_weights: str | None = None
     teacher_weights: str | None = None
@@ -288,6 +301,7 @@ class RunConfig:
             num_workers=self.num_workers,
             amp=self.amp,
             channels_last=self.channels_last,
+            views_per_image=self.views_per_image,
         )
 
     @property
@@ -764,7 +778,7 @@ def teacher_cache(config: RunConfig, teacher, splits: Mapping, view_seed: int):
         len(train),
         _output_shapes(teacher, splits, parts),
         config.teacher_cache,
-        config.epochs,
+        config.student_recipe.view_epochs,
         config.teacher_cache_gb,
     )
 
@@ -798,6 +812,12 @@ def teacher_cache_plan(config: RunConfig, teacher, splits: Mapping, methods) -> 
         count, _output_shapes(teacher, splits, ("logits", "label_embeddings", "features")), config.teacher_cache, 1
     )
     lines = [f"teacher outputs of {config.teacher} ({count:,} training images): {each}"]
+    views = config.student_recipe.view_epochs
+    of_views = (
+        f"{views} epoch(s) of views (views_per_image: {config.views_per_image}, replayed over {config.epochs})"
+        if config.views_per_image
+        else f"{config.epochs} epoch(s)"
+    )
     groups: dict[tuple[str, ...] | None, list[str]] = {}
     for method in methods:
         groups.setdefault(parts_of(method), []).append(method)
@@ -807,15 +827,20 @@ def teacher_cache_plan(config: RunConfig, teacher, splits: Mapping, methods) -> 
             lines.append(f"  {who}: the teacher runs online (they read its feature maps)")
             continue
         shapes = _output_shapes(teacher, splits, parts)
-        total, _ = TeacherCache.size(count, shapes, config.teacher_cache, config.epochs)
-        size = (
-            f"{' + '.join(parts)}, {megabytes(total)} per data seed over {config.epochs} epoch(s) in "
-            f"{config.teacher_cache}"
-        )
+        total, _ = TeacherCache.size(count, shapes, config.teacher_cache, views)
+        size = f"{' + '.join(parts)}, {megabytes(total)} per data seed over {of_views} in {config.teacher_cache}"
         if total > config.teacher_cache_gb * 1e9:
+            per_epoch, _ = TeacherCache.size(count, shapes, config.teacher_cache, 1)
+            fit = int(config.teacher_cache_gb * 1e9 // per_epoch)
             lines.append(
                 f"  {who}: {size}: over the budget of {config.teacher_cache_gb:g} GB (teacher_cache_gb): the "
                 f"teacher runs online"
+                + (
+                    f" (recipe.views_per_image: {fit} or fewer would fit: K stored views per image replayed, a "
+                    f"change of the training distribution)"
+                    if fit >= 1 and not config.views_per_image
+                    else ""
+                )
             )
         else:
             lines.append(f"  {who}: {size}: computed once per view, read by every trial with this data seed")

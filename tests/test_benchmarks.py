@@ -286,27 +286,40 @@ def test_quality_scenes(tmp_path):
 
 
 def test_teacher_cache(tiny_spec_file, tmp_path):
-    """The three parts on tiny settings: the same trials with the cache off and in float32 (the same leaderboard to
-    the bit, every later trial reading what the first wrote), the steps of a tiny pairing, the decoded store."""
+    """The three parts on tiny settings: the same trials with the cache off, in float32 (the same leaderboard to the
+    bit, every later trial reading what the first wrote) and with one stored view replayed (the second epoch reads
+    the first's outputs; its trials compared with the online ones, paired), the steps of a tiny pairing, the decoded
+    store."""
     out, spec = tmp_path / "teacher_cache.json", tmp_path / "cache.yaml"
     spec.write_text(yaml.safe_dump({**yaml.safe_load(tiny_spec_file.read_text()), "methods": ["l2d"]}))
     printed = _run(
         "teacher_cache.py",
-        "--spec", str(spec), "--modes", "off,float32", "--pairs", "test_resnet:test_efficientnet:16:8",
+        "--spec", str(spec), "--modes", "off,float32,float32/1", "--pairs", "test_resnet:test_efficientnet:16:8",
         "--repeats", "2", "--images", "16", "--out", str(out),
     )  # fmt: skip
     rows = json.loads(out.read_text())["rows"]
     steps, sweeps, decoded = ([r for r in rows if r["part"] == part] for part in ("steps", "sweeps", "decoded"))
     assert [s["pairing"] for s in steps] == ["test_resnet -> test_efficientnet"]
     assert 0 < steps[0]["teacher_share"] < 1 and steps[0]["speedup_if_read"] > 1
-    online, cached = sweeps
-    assert (online["teacher_cache"], cached["teacher_cache"]) == ("off", "float32")
+    online, cached, replayed = sweeps
+    assert [r["teacher_cache"] for r in sweeps] == ["off", "float32", "float32/1"]
+    assert [r["views_per_image"] for r in sweeps] == [0, 0, 1]
     assert online["trials"] == cached["trials"] == 2 and online["epochs"] == cached["epochs"]
     assert online["cache_hits"] == online["cache_misses"] == online["cache_bytes"] == 0
     # two l2d trials of one seed: the first computes each view's outputs, the second reads them
     assert cached["cache_misses"] == cached["cache_hits"] > 0 and cached["cache_bytes"] > 0
     assert cached["reading_trials"] == 1 and cached["speedup_reading_trials"] > 0 and online["reading_trials"] == 0
     assert cached["same_ranking"] and cached["max_val_mAP_difference"] == 0.0
+    assert "views_against_online" not in cached
+    # 2 epochs, one view: epoch 2 reads epoch 1's outputs (but for batches holding an image epoch 1's last, dropped
+    # batch left out), and the second trial reads everything
+    assert replayed["cache_misses"] < cached["cache_misses"] and replayed["reading_trials"] == 1
+    assert replayed["cache_hits"] + replayed["cache_misses"] == cached["cache_hits"] + cached["cache_misses"]
+    for column in ("best_val_mAP", "test_mAP_at_best"):
+        found = replayed["views_against_online"][column]
+        diffs = [replayed["trial"][k][column] - online["trial"][k][column] for k in sorted(online["trial"])]
+        assert found["n"] == 2 and found["mean"] == pytest.approx(sum(diffs) / 2) and found["level"] == 0.975
+    assert "views_per_image 1 - fresh views, paired over its 2 trials" in printed
     assert [d["decoded_images"] for d in decoded] == [False, True]
     assert all(d["epoch_1_images_per_s"] > 0 and d["epoch_2_images_per_s"] > 0 for d in decoded)
     assert "x if read" in printed and "ranking" in printed and (tmp_path / "teacher_cache-cache.json").is_file()

@@ -279,6 +279,34 @@ def test_a_view_is_a_function_of_the_seed_the_epoch_and_the_image():
     assert not torch.equal(torch.cat(_epoch_batches(make_loader(dataset, 8, train=True, seed=4), 1)), torch.cat(plain))
 
 
+def test_stored_views_replay_the_first_k_epochs_views_in_a_new_order():
+    """views_per_image K: epoch e shows the views of epoch (e - 1) % K + 1 (each image's pixels those of that epoch
+    under fresh views), in the order of epoch e; 0 draws a new view every epoch."""
+    from l2d.data import build_dataset
+    from l2d.engine import make_loader
+
+    dataset = build_dataset("mosaic-digits", None, "train", 16, size=24)
+
+    def views(loader, epoch):  # each image's view in an epoch, by image
+        loader.sampler.set_epoch(epoch)
+        return {int(i): image for images, _, indices in loader for image, i in zip(images, indices)}
+
+    def order(loader, epoch):
+        loader.sampler.set_epoch(epoch)
+        return [int(i) for _, _, indices in loader for i in indices]
+
+    fresh = make_loader(dataset, 8, train=True, seed=3)
+    replayed = make_loader(dataset, 8, train=True, seed=3, views_per_image=2)
+    first, second = views(fresh, 1), views(fresh, 2)
+    for epoch, shown in ((1, first), (2, second), (3, first), (4, second), (5, first)):
+        got = views(replayed, epoch)
+        assert got.keys() == shown.keys() and all(torch.equal(got[i], shown[i]) for i in got), epoch
+    assert not all(torch.equal(first[i], second[i]) for i in first)  # two views, not one
+    assert order(replayed, 3) == order(fresh, 3) != order(replayed, 1)  # the order is the epoch's own
+    third = views(fresh, 3)
+    assert not all(torch.equal(third[i], first[i]) for i in first)  # without replay, epoch 3 is new
+
+
 def test_drawing_a_view_leaves_the_global_generator_alone():
     from l2d.data import build_dataset
     from l2d.engine import make_loader

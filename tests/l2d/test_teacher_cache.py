@@ -107,6 +107,26 @@ def test_a_damaged_entry_is_computed_again(store):
         assert first[0][name] == again[0][name], name
 
 
+@pytest.mark.slow  # whole runs, several of them: in `make test`, not the quick loop
+def test_stored_views_read_the_first_epochs_outputs_and_k_at_the_runs_length_changes_nothing(store):
+    """views_per_image 1: the second epoch replays the first's views, so it reads every teacher output the first
+    computed and the cache holds one epoch; K >= the run's epochs is fresh views, to the bit."""
+    _, fresh = _fit(RUN.replace(teacher_cache="off"), store)
+    run, replayed = _fit(RUN.replace(teacher_cache="float32", views_per_image=1), store)
+    images = len(run.splits["train"]) // 16 * 16
+    assert [e["teacher_cache_misses"] for e in replayed] == [images, 0]
+    assert [e["teacher_cache_hits"] for e in replayed] == [0, images]
+    assert sorted(p.name for p in run.distiller.teacher_cache.folder.glob("epoch-*.logits")) == ["epoch-0001.logits"]
+    assert "1 epoch(s) x" in run.teacher_cache_said
+    for name in COMPARED:
+        assert replayed[0][name] == fresh[0][name], name  # epoch 1 is the same either way
+    assert replayed[1]["train_total"] != fresh[1]["train_total"]  # epoch 2: the old views, not new ones
+    _, long_enough = _fit(RUN.replace(teacher_cache="off", views_per_image=2), store)
+    for a, b in zip(fresh, long_enough, strict=True):
+        for name in COMPARED:
+            assert a[name] == b[name], name
+
+
 def test_feature_map_methods_and_an_overflowing_cache_run_the_teacher_online(store):
     hint = build_run(RUN.replace(method="hint"), teacher_store=store)
     assert hint.distiller.teacher_cache is None and "reads the teacher's feature maps" in hint.teacher_cache_said
@@ -203,7 +223,23 @@ def test_the_plan_a_sweep_prints_says_each_methods_size_and_what_runs_online(sto
         RUN.replace(teacher_cache="float16", teacher_cache_gb=between), teacher, splits, ["mld", "l2d"]
     )
     assert tight[1].endswith("computed once per view, read by every trial with this data seed")
-    assert tight[2].endswith(f"over the budget of {between:g} GB (teacher_cache_gb): the teacher runs online")
+    assert tight[2].endswith(
+        f"over the budget of {between:g} GB (teacher_cache_gb): the teacher runs online (recipe.views_per_image: 1 "
+        f"or fewer would fit: K stored views per image replayed, a change of the training distribution)"
+    )
+    # one epoch of views replayed: half the size, within the budget
+    replayed = teacher_cache_plan(
+        RUN.replace(teacher_cache="float16", teacher_cache_gb=between, views_per_image=1), teacher, splits, ["l2d"]
+    )
+    assert replayed[1] == (
+        f"  l2d: logits + label_embeddings, {megabytes(logits + embeddings)} per data seed over 1 epoch(s) of views "
+        f"(views_per_image: 1, replayed over 2) in float16: computed once per view, read by every trial with this "
+        f"data seed"
+    )
+    nothing_fits = teacher_cache_plan(
+        RUN.replace(teacher_cache="float16", teacher_cache_gb=1e-9), teacher, splits, ["l2d"]
+    )
+    assert nothing_fits[1].endswith("the teacher runs online")  # no K fits: nothing suggested
     assert teacher_cache_plan(RUN, teacher, splits, ["bce"]) == []
     off = teacher_cache_plan(RUN.replace(teacher_cache="off"), teacher, splits, ["mld"])
     assert off == ["teacher outputs: computed at every step by every trial (teacher_cache: off)"]
