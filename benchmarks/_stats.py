@@ -1,4 +1,4 @@
-"""Paired statistics over seeds for the benchmarks' tables (the platform's own, :mod:`sweeps.stats`: paired
+"""Paired statistics over seeds for the benchmarks' tables (the platform's own, :mod:`sweeps.results.stats`: paired
 t-intervals, corrected for the number of comparisons in a table), and a cache of finished runs so that a long benchmark
 resumes where it stopped."""
 
@@ -17,8 +17,8 @@ LEVEL = 0.95
 
 def mean_interval(values: list[float], comparisons: int = 1) -> tuple[float, float, float]:
     """``(mean, low, high)``: the mean of ``values`` with a Student-t interval at the Bonferroni level of
-    ``comparisons`` (:mod:`sweeps.stats`, the platform's own statistics)."""
-    from sweeps.stats import holm_level, paired_t
+    ``comparisons`` (:mod:`sweeps.results.stats`, the platform's own statistics)."""
+    from sweeps.results.stats import holm_level, paired_t
 
     if not values:
         raise ValueError("no values")
@@ -32,7 +32,7 @@ def mean_interval(values: list[float], comparisons: int = 1) -> tuple[float, flo
 def interval(diffs: list[float], seeds: list, comparisons: int = 1) -> dict:
     """Per-seed differences as a paired t-interval at the Bonferroni level of ``comparisons``: mean, low, high, the
     level, the p-value, the smallest difference the design detects (80 % power at that level), seeds, diffs."""
-    from sweeps.stats import holm_level, paired_t
+    from sweeps.results.stats import holm_level, paired_t
 
     level = holm_level(LEVEL, comparisons)
     out = {"seeds": list(seeds), "diffs": list(diffs), "level": level, "comparisons": comparisons}

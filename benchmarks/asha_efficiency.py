@@ -72,7 +72,7 @@ def arm_spec(spec, arm: str, seed: int, args):
 
 
 def run_arm(spec, arm: str, seed: int) -> dict:
-    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
+    from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     start = time.perf_counter()
     outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else run_sweep(spec, quiet=True)

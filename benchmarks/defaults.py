@@ -83,7 +83,7 @@ def search_spec(args):
 def search(args) -> dict:
     """The sweep (resumed when it exists) and its best full-budget trial."""
     from sweeps.results import SweepResults
-    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
+    from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     spec = search_spec(args)
     if sweep_exists(spec.sweep_dir):

@@ -2,7 +2,7 @@
 10,000 trials x 10 epochs, local and ``s3://`` storage, today's writer beside the full-rewrite writer it replaced.
 
 No training: synthetic reports (a real report's keys: every metric an L2D epoch reports, Tune's own keys) go through
-the real :class:`sweeps.callback.SweepCallback` (quiet; its progress line, TensorBoard events, status and leader
+the real :class:`sweeps.tune.callback.SweepCallback` (quiet; its progress line, TensorBoard events, status and leader
 bookkeeping included), the real writer and the real storage layer (:class:`l2d.storage.Location`; ``s3://`` is a moto
 server on 127.0.0.1 started here, the tests' S3 server).
 
@@ -219,7 +219,7 @@ def prefill(writer, kind: str, trials: int, window_trials: int, rng: random.Rand
 
 
 def _decoded(index: int) -> dict:
-    from sweeps.search import decode
+    from sweeps.search.space import decode
 
     return decode(config(index))
 
@@ -235,7 +235,7 @@ def _window(trials: int, least: int) -> int:
 def measure(
     kind: str, store: str, trials: int, window: int, location: str, counter: Counter, server: S3Server | None
 ) -> dict:
-    from sweeps.callback import SweepCallback
+    from sweeps.tune.callback import SweepCallback
 
     rng = random.Random(trials)
     window_trials = -(-window // EPOCHS)

@@ -117,7 +117,7 @@ def tuning_spec(args, arm: str, mld: dict | None):
 def tune(args, arm: str, mld: dict | None, cache: RunCache) -> dict:
     """Run (or resume) ``arm``'s sweep; its chosen configuration (cached: the choice survives the sweep's folder)."""
     from l2d.losses import METHODS
-    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
+    from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     spec = tuning_spec(args, arm, mld)
     key = RunCache.key(benchmark="led-verdict-tune", arm=arm, spec=spec.to_dict())
@@ -149,7 +149,7 @@ def tune(args, arm: str, mld: dict | None, cache: RunCache) -> dict:
 
 def table(results: dict[str, dict[int, dict]], planned: list[tuple[str, str]]) -> list[dict]:
     """The planned comparisons of one table: paired t at its Bonferroni level, Holm-adjusted p-values."""
-    from sweeps.stats import holm
+    from sweeps.results.stats import holm
 
     scores = {arm: {s: r["test_mAP"] for s, r in runs.items()} for arm, runs in results.items()}
     rows = [

@@ -8,7 +8,7 @@ reason (:data:`REASONS`: an equivalent mutant, or a change of log text or file l
 a table, writes ``benchmarks/results/mutants.json`` and the block of docs/development.md between its markers.
 
     python benchmarks/mutants.py                       # every module (hours on 2 cores)
-    python benchmarks/mutants.py --modules sweeps/trust.py sweeps/folder.py
+    python benchmarks/mutants.py --modules sweeps/folder/trust.py sweeps/folder/marker.py
     python benchmarks/mutants.py --report-only         # the table again from mutmut's last results
 
 Slow, so not part of CI (``make mutants``); its last report is committed.
@@ -33,12 +33,12 @@ MUTMUT = [sys.executable, "-m", "mutmut"]
 #: The safety modules: paths and URIs (atomic writes, credentials, output targets), the pickles' signatures, the lease,
 #: the sweep folder's marker and deletion, the results rebuild, the spec checks and the SQL sandbox.
 MODULES = [
-    "sweeps/trust.py",
-    "sweeps/folder.py",
+    "sweeps/folder/trust.py",
+    "sweeps/folder/marker.py",
     "l2d/storage.py",
-    "sweeps/lease.py",
+    "sweeps/folder/lease.py",
     "sweeps/results/writer.py",
-    "sweeps/_checks.py",
+    "sweeps/core/checks.py",
     "sweeps/results/reader.py",
 ]
 
@@ -46,35 +46,35 @@ MODULES = [
 #: why no test needs to kill it).
 REASONS = [
     (
-        "sweeps/trust.py",
+        "sweeps/folder/trust.py",
         "json.dumps(self.entries",
         "the layout of signatures.json (indent, key order): it is read as JSON, and every test compares its content",
     ),
-    ("sweeps/trust.py", "logger.info(", "the text of a log line"),
+    ("sweeps/folder/trust.py", "logger.info(", "the text of a log line"),
     (
-        "sweeps/trust.py",
+        "sweeps/folder/trust.py",
         "self.entries.get(relative, ",
         "equivalent: a missing signature's stand-in ('' or any other "
         "string that is not 64 hex digits) never equals an HMAC",
     ),
-    ("sweeps/trust.py", "folder.list() if", "equivalent: Location.list() of a missing folder is already empty"),
+    ("sweeps/folder/trust.py", "folder.list() if", "equivalent: Location.list() of a missing folder is already empty"),
     (
-        "sweeps/trust.py",
+        "sweeps/folder/trust.py",
         "self._seen",
         "the size-and-time cache that skips re-reading unchanged files: a mutant re-reads "
         "(slower) and signs the same digest",
     ),
-    ("sweeps/trust.py", "secrets.token_bytes(None)", "equivalent: secrets' default is 32 bytes"),
+    ("sweeps/folder/trust.py", "secrets.token_bytes(None)", "equivalent: secrets' default is 32 bytes"),
     (
-        "sweeps/trust.py",
+        "sweeps/folder/trust.py",
         'else b"XXXX"',
         "equivalent: any stand-in shorter than 32 bytes for a key file that is not a file is refused the same way",
     ),
-    ("sweeps/folder.py", "logger.", "the text of a log line"),
-    ("sweeps/folder.py", "json.dumps(marker, indent", "the layout of the marker file: it is read as JSON"),
-    ("sweeps/folder.py", "'.join(RESERVED)", "the wording of a message (the refusal itself is tested)"),
+    ("sweeps/folder/marker.py", "logger.", "the text of a log line"),
+    ("sweeps/folder/marker.py", "json.dumps(marker, indent", "the layout of the marker file: it is read as JSON"),
+    ("sweeps/folder/marker.py", "'.join(RESERVED)", "the wording of a message (the refusal itself is tested)"),
     (
-        "sweeps/folder.py",
+        "sweeps/folder/marker.py",
         '"sweep_id": None, "damaged": True}',
         "the damaged stand-in's other fields: only `damaged` and "
         "`sweep_id` are read, and a driver writes a whole marker before anything else",
@@ -178,28 +178,32 @@ REASONS = [
         "the walk's bound: a walk that does not count still ends at the root (a root is its own parent)",
     ),
     (
-        "sweeps/folder.py",
+        "sweeps/folder/marker.py",
         '{"pairings", "methods"} < set(data)',
         "equivalent: a spec that got this far has a name too, so the two sets are never equal",
     ),
-    ("sweeps/lease.py", "flush=", "stderr is unbuffered here: flushing it before os._exit matters only when it is not"),
     (
-        "sweeps/lease.py",
+        "sweeps/folder/lease.py",
+        "flush=",
+        "stderr is unbuffered here: flushing it before os._exit matters only when it is not",
+    ),
+    (
+        "sweeps/folder/lease.py",
         ('failing_since = ""', 'self.failure: str | None = ""'),
         "equivalent: '' and None are both false where they are tested",
     ),
     (
-        "sweeps/lease.py",
+        "sweeps/folder/lease.py",
         ("join(timeout=", "if self._thread is None:"),
         "the wait for the renewal thread, which the stop event ends at once: timing only",
     ),
     (
-        "sweeps/lease.py",
+        "sweeps/folder/lease.py",
         "if store is not None or self._token is not None",
         "unreachable: acquire sets the store and the token together",
     ),
     (
-        "sweeps/lease.py",
+        "sweeps/folder/lease.py",
         "for _ in range(6):",
         "the number of attempts at a lease that changes under each one: 5 and 6 differ only to a store that changes "
         "it 5 times running",

@@ -128,7 +128,7 @@ def tune(args, method: str) -> dict:
     """Run (or resume) ``method``'s sweep; its chosen configuration."""
     from l2d.losses import METHODS as ALL
 
-    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
+    from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     spec = tuning_spec(args, method)
     outcome = resume_sweep(spec.sweep_dir, quiet=True) if sweep_exists(spec.sweep_dir) else run_sweep(spec, quiet=True)

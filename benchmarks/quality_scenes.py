@@ -174,7 +174,7 @@ def tune_key(args, method: str, first_point: dict | None) -> str:
 def tune(args, method: str, first_point: dict | None = None, cache: RunCache | None = None) -> dict:
     """Run (or resume) ``method``'s sweep; its chosen configuration and what the search cost (cached in ``cache``)."""
     from l2d.losses import METHODS as ALL
-    from sweeps.runner import resume_sweep, run_sweep, sweep_exists
+    from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     key = tune_key(args, method, first_point)
     if cache is not None and cache.get(key) is not None:

@@ -44,7 +44,7 @@ def plain_trial(config: dict, context, trials: list[dict]) -> None:
     from l2d.losses import METHODS
     from l2d.run import build_run, build_splits, splits_key
     from l2d.teachers import TeacherStore
-    from sweeps.search import trial_run
+    from sweeps.search.space import trial_run
 
     trial = trials[config["index"]]
     torch.set_num_threads(max(1, round(context.cpus_per_worker)))
@@ -62,7 +62,7 @@ def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, floa
     from ray import tune
     from ray.tune.logger import JsonLoggerCallback
 
-    from sweeps.trial import TrialContext
+    from sweeps.tune.trial import TrialContext
 
     trainable = tune.with_resources(
         tune.with_parameters(plain_trial, context=TrialContext.from_spec(spec), trials=trials),
@@ -96,7 +96,7 @@ def run_plain(spec, trials: list[dict], reuse_actors: bool) -> tuple[float, floa
 
 
 def run_ours(spec) -> tuple[float, float, list[dict]]:
-    from sweeps.runner import run_sweep
+    from sweeps.tune.runner import run_sweep
 
     start = time.perf_counter()
     results = run_sweep(spec, new=True, quiet=True).results
@@ -112,9 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-torch-trainer", action="store_true", help="do not time the TorchTrainer path")
     args = parser.parse_args(argv)
 
-    from sweeps.runner import init_ray
+    from sweeps.tune.runner import init_ray
     from sweeps.spec import load_spec
-    from sweeps.teacher_phase import teacher_phase
+    from sweeps.tune.teacher_phase import teacher_phase
 
     with sweep_storage(load_spec(args.spec), args.storage) as spec:
         spec = dataclasses.replace(spec, name="overhead")

@@ -157,7 +157,7 @@ def _disk_bytes(folder: Path) -> int:
 def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
     """Run ``spec`` once per teacher_cache mode (same trials each time); one row per run."""
     from l2d.storage import cache_dir
-    from sweeps.runner import run_sweep
+    from sweeps.tune.runner import run_sweep
     from sweeps.spec import with_overrides
 
     rows = []
@@ -244,7 +244,7 @@ def views_against_online(row: dict, online: dict) -> dict:
     """The trials of a run with stored views against the same trials online (fresh views): the paired difference of
     their best val mAP and of their test mAP at that epoch: paired t-intervals over the trials (the trials are the
     pairs: one configuration, one seed), family-wise 95 % over the two (Bonferroni), and Holm-adjusted p-values."""
-    from sweeps.stats import holm, holm_level, paired_t
+    from sweeps.results.stats import holm, holm_level, paired_t
 
     columns = ("best_val_mAP", "test_mAP_at_best")
     level = holm_level(0.95, len(columns))
@@ -437,9 +437,9 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             keep("steps", measure_steps(args.repeats, pairs))
         if "sweeps" in parts:
-            from sweeps.runner import init_ray
+            from sweeps.tune.runner import init_ray
             from sweeps.spec import load_spec, with_overrides
-            from sweeps.teacher_phase import teacher_phase
+            from sweeps.tune.teacher_phase import teacher_phase
 
             for label, path, changes, modes in settings:
                 name = f"sweeps:{label}:{','.join(modes)}"

@@ -337,7 +337,7 @@ class Location:
 #: The marker of a folder this tool wrote outside a sweep (an export, a ``train --out`` folder): only such a folder,
 #: a new one or an empty one is ever written into or replaced.
 OUTPUT_MARKER = ".l2d-output"
-#: A sweep folder's marker (:mod:`sweeps.folder` writes it); a sweep folder is never an output target.
+#: A sweep folder's marker (:mod:`sweeps.folder.marker` writes it); a sweep folder is never an output target.
 SWEEP_MARKER = ".l2d-sweep"
 
 

@@ -36,7 +36,7 @@ class Sweep:
         Raises:
             FileNotFoundError: no sweep there (a spec file given instead is named as such).
         """
-        from sweeps.stored import load_sweep_spec
+        from sweeps.spec.stored import load_sweep_spec
 
         spec = load_sweep_spec(path)  # checks it is a sweep; a damaged stored spec is named
         return cls(spec.sweep_dir)
@@ -46,7 +46,7 @@ class Sweep:
         """Run the sweep a spec file (or a dict of its fields) describes, as ``l2d-sweep run`` does, and return it.
         ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
         exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
-        from sweeps.runner import run_sweep
+        from sweeps.tune.runner import run_sweep
         from sweeps.spec import load_spec, parse_spec, with_overrides
 
         parsed = parse_spec(spec, "<dict>") if isinstance(spec, dict) else load_spec(spec)
@@ -59,14 +59,14 @@ class Sweep:
 
     def resume(self, quiet: bool = True) -> Sweep:
         """Continue this sweep after a crash or a Ctrl-C (``l2d-sweep resume``)."""
-        from sweeps.runner import resume_sweep
+        from sweeps.tune.runner import resume_sweep
 
         resume_sweep(self.path, quiet=quiet)
         return self
 
     def extend(self, num_samples: int, max_epochs: int | None = None, quiet: bool = True) -> Sweep:
         """Run ``num_samples`` more trials, the same study carried on (``l2d-sweep extend``)."""
-        from sweeps.runner import extend_sweep
+        from sweeps.tune.runner import extend_sweep
 
         extend_sweep(self.path, num_samples, max_epochs, quiet=quiet)
         return self
@@ -76,7 +76,7 @@ class Sweep:
     ) -> Sweep:
         """Rerun the best configurations and a baseline on fresh seeds, paired by seed (``l2d-sweep confirm``);
         :meth:`confirmation` reads the verdict."""
-        from sweeps.runner import confirm_sweep
+        from sweeps.tune.runner import confirm_sweep
 
         confirm_sweep(self.path, top, seeds, baseline, per_method, quiet=quiet)
         return self
@@ -91,7 +91,7 @@ class Sweep:
     @property
     def spec(self):
         """The sweep's stored spec (a :class:`sweeps.spec.SweepSpec`)."""
-        from sweeps.stored import load_sweep_spec
+        from sweeps.spec.stored import load_sweep_spec
 
         return load_sweep_spec(self.path)
 
@@ -118,7 +118,7 @@ class Sweep:
         val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own) the search's
         best by it. Raises ValueError when no trial has a value yet, or for an unknown metric."""
         from sweeps.results.schema import OBJECTIVE_COLUMNS
-        from sweeps.vocab import sql_order
+        from sweeps.core.vocab import sql_order
 
         results = self._results()
         chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"
@@ -157,7 +157,7 @@ class Sweep:
     def study(self):
         """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):
         ``optuna.visualization`` and friends take it as it is."""
-        from sweeps.study import load_sweep_study
+        from sweeps.search.study import load_sweep_study
 
         return load_sweep_study(self.path, read_only=True)[1]
 
@@ -193,11 +193,11 @@ class Sweep:
         plot``) as a matplotlib Figure; with ``out``, also written there as a PNG.
 
         Raises:
-            sweeps.plots.NotEnoughData: the sweep has too little data for it yet (the words ``l2d-sweep plot`` prints
-                when it draws nothing and exits 0).
+            sweeps.results.plots.NotEnoughData: the sweep has too little data for it yet (the words ``l2d-sweep
+                plot`` prints when it draws nothing and exits 0).
         """
-        from sweeps import plots
-        from sweeps.study import load_sweep_study
+        from sweeps.results import plots
+        from sweeps.search.study import load_sweep_study
 
         if kind not in plots.PLOTS:
             raise ValueError(f"unknown plot kind {kind!r}; one of {', '.join(plots.PLOTS)}")
@@ -225,7 +225,7 @@ class Sweep:
     ) -> dict:
         """Export a trial's best student (default: the best trial's) into ``out`` (``l2d-sweep export``); returns
         its model card."""
-        from sweeps.export import export_trial
+        from sweeps.results.export import export_trial
 
         return export_trial(self.path, trial, out, formats, progress=(lambda _: None) if quiet else print)
 

@@ -39,7 +39,7 @@ def _nested(section: str, **values) -> dict:
 
 def _sweep(tmp: Path, name: str = "tiny") -> Path:
     """A finished-looking sweep folder (marker, spec, a trials table) without running one."""
-    from sweeps.folder import write_marker
+    from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
     from sweeps.spec import parse_spec
 

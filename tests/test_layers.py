@@ -1,5 +1,6 @@
 """The floors of the code base hold: every import of ``l2d/`` and ``sweeps/`` (inside functions too) goes down the
-layer map of ``sweeps/__init__.py`` and ``l2d/__init__.py``, never up or sideways; the read-only commands start
+layer map, never up or sideways: ``l2d/__init__.py``'s, and for ``sweeps/`` the one its folders draw (its floors, each
+folder's modules in order); the read-only commands start
 without torch, timm or Ray."""
 
 from __future__ import annotations
@@ -112,10 +113,63 @@ def violations(package, layers: list[list[str]]) -> list[str]:
     return problems
 
 
+def folder_layers() -> list[list[str]]:
+    """The layer map of ``sweeps/`` as its folders draw it: one floor per entry of ``sweeps.FLOORS`` (a sub-package,
+    its modules in the order of its ``MODULES``, read from its ``__init__.py`` without importing it; or a module),
+    under the package itself. Also checks that the folders and the lists agree: every module of a folder listed, every
+    listed module there, no folder that is not a floor."""
+    root = ROOT / "sweeps"
+    layers, problems = [["sweeps"]], []
+    for floor in sweeps.FLOORS:
+        if (root / f"{floor}.py").is_file():
+            layers.append([f"sweeps.{floor}"])
+            continue
+        listed = _listed_modules(root / floor / "__init__.py")
+        present = {p.stem for p in (root / floor).glob("*.py")}
+        problems += [f"sweeps/{floor}/{m}.py is not in its MODULES" for m in sorted(present - set(listed))]
+        problems += [f"sweeps/{floor}/__init__.py lists {m}, which is not there" for m in listed if m not in present]
+        layers.append([f"sweeps.{floor}" if m == "__init__" else f"sweeps.{floor}.{m}" for m in listed])
+    folders = {p.name for p in root.iterdir() if p.is_dir() and (p / "__init__.py").is_file()}
+    problems += [f"sweeps/{f}/ is not a floor of sweeps.FLOORS" for f in sorted(folders - set(sweeps.FLOORS))]
+    stray = {p.stem for p in root.glob("*.py")} - {"__init__"} - set(sweeps.FLOORS)
+    problems += [f"sweeps/{m}.py is in no floor" for m in sorted(stray)]
+    assert not problems, "\n".join(problems)
+    return layers
+
+
+def _listed_modules(init: Path) -> list[str]:
+    """The ``MODULES = [...]`` list of a floor's ``__init__.py``."""
+    for node in ast.parse(init.read_text()).body:
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "MODULES" for t in node.targets):
+            return list(ast.literal_eval(node.value))
+    raise AssertionError(f"{init.relative_to(ROOT)} has no MODULES list (its floor's modules, bottom first)")
+
+
 @pytest.mark.parametrize("package", [l2d, sweeps], ids=["l2d", "sweeps"])
 def test_every_import_goes_down_the_layer_map(package):
-    problems = violations(package, package.LAYERS)
+    layers = package.LAYERS if package is l2d else folder_layers()
+    problems = violations(package, layers)
     assert not problems, "\n".join(problems)
+
+
+def test_the_folders_are_the_floors(tmp_path, monkeypatch):
+    """The map comes from the folders: a module in a folder but not in its list, a folder that is not a floor and a
+    module left at the top are each named."""
+    import shutil
+
+    fake = tmp_path / "sweeps"
+    shutil.copytree(ROOT / "sweeps", fake, ignore=shutil.ignore_patterns("__pycache__"))
+    (fake / "results" / "extra.py").write_text("")
+    (fake / "stray").mkdir()
+    (fake / "stray" / "__init__.py").write_text("")
+    (fake / "loose.py").write_text("")
+    monkeypatch.setattr(sys.modules[__name__], "ROOT", tmp_path)
+    with pytest.raises(AssertionError) as raised:
+        folder_layers()
+    message = str(raised.value)
+    assert "sweeps/results/extra.py is not in its MODULES" in message
+    assert "sweeps/stray/ is not a floor of sweeps.FLOORS" in message
+    assert "sweeps/loose.py is in no floor" in message
 
 
 def test_l2d_never_imports_sweeps_or_ray():
@@ -126,19 +180,19 @@ def test_l2d_never_imports_sweeps_or_ray():
 
 def test_the_layer_test_catches_an_upward_import(tmp_path, monkeypatch):
     """The check itself: an import from a lower floor to a higher one is reported, naming both."""
-    layers = [list(floor) for floor in sweeps.LAYERS]
-    # Pretend sweeps.results (records) imports the drivers (sweeps.runner): that edge must be named.
+    layers = folder_layers()
+    # Pretend sweeps.results (records) imports the drivers (sweeps.tune.runner): that edge must be named.
     original = _imports
 
     def with_upward_edge(path):
         found = original(path)
         if _module_name(path) == "sweeps.results":
-            found.append((1, "sweeps.runner", False))
+            found.append((1, "sweeps.tune.runner", False))
         return found
 
     monkeypatch.setattr(sys.modules[__name__], "_imports", with_upward_edge)
     problems = violations(sweeps, layers)
-    assert any("sweeps.results imports sweeps.runner" in p for p in problems), problems
+    assert any("sweeps.results imports sweeps.tune.runner" in p for p in problems), problems
 
 
 def test_an_import_through_importlib_is_an_import(tmp_path):
@@ -146,10 +200,10 @@ def test_an_import_through_importlib_is_an_import(tmp_path):
     probe = tmp_path / "probe.py"
     probe.write_text(
         "import importlib\n\n\ndef late():\n    return importlib.import_module('sweeps.cli')\n\n\n"
-        "def later():\n    return __import__('sweeps.runner')\n"
+        "def later():\n    return __import__('sweeps.tune.runner')\n"
     )
     found = [name for _, name, _ in _imports_of_text(probe)]
-    assert "sweeps.cli" in found and "sweeps.runner" in found
+    assert "sweeps.cli" in found and "sweeps.tune.runner" in found
 
 
 def _imports_of_text(path: Path) -> list[tuple[int, str, bool]]:
@@ -197,7 +251,7 @@ def _small_sweep(tmp_path) -> Path:
     import yaml
 
     from l2d.storage import Location
-    from sweeps.folder import write_marker
+    from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
     from tests.sweeps.conftest import TINY_SPEC
 

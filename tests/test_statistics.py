@@ -1,4 +1,4 @@
-"""sweeps.stats against scipy on fixed data, and by simulation: a 95 % paired t-interval covers 95 % +- 1.5 % at
+"""sweeps.results.stats against scipy on fixed data, and by simulation: a 95 % paired t-interval covers 95 % +- 1.5 % at
 n = 5 and n = 10 (the percentile bootstrap of 5 values it replaces covers about 84 %)."""
 
 from __future__ import annotations
@@ -8,7 +8,7 @@ import random
 
 import pytest
 
-from sweeps import stats
+from sweeps.results import stats
 
 DIFFS = [1.2, -0.4, 0.9, 2.1, 0.3]
 

@@ -21,10 +21,13 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from sweeps._checks import SpecError
+from sweeps.core.checks import SpecError
 from sweeps.cli._common import Parser, _parsers, add_global_flags
 
 logger = logging.getLogger(__name__)
+
+#: This floor's modules, bottom first (``__init__``: this package itself).
+MODULES = ["_common", "single", "sweep", "specs", "weights", "analysis", "completion", "__init__", "__main__"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,11 +75,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return func(args)
     except KeyboardInterrupt as error:
-        lease = sys.modules.get("sweeps.lease")
+        lease = sys.modules.get("sweeps.folder.lease")
         if lease is not None and lease.stopped_because:  # the driver stopped itself: its lease could not be renewed
             _report(args, f"failed: {lease.stopped_because}")
             return 1
-        status = getattr(error, "exit_status", 130)  # sweeps.interrupt.SweepInterrupted: 143 for SIGTERM
+        status = getattr(error, "exit_status", 130)  # sweeps.core.interrupt.SweepInterrupted: 143 for SIGTERM
         hint = f"; continue it with `l2d-sweep resume {args.sweep_dir}`" if getattr(args, "sweep_dir", None) else ""
         if getattr(error, "folder_deleted", False):  # stopped before its first trial: its new folder is gone
             hint = f"; nothing was kept: start it again with `l2d-sweep run {getattr(args, 'spec', 'SPEC')}`"

@@ -9,7 +9,7 @@ import sys
 
 def _study_or_none(path):
     """The sweep's study, read-only (None, and a note, when it has none)."""
-    from sweeps.study import load_sweep_study
+    from sweeps.search.study import load_sweep_study
 
     try:
         return load_sweep_study(path, read_only=True)[1]
@@ -19,9 +19,9 @@ def _study_or_none(path):
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from sweeps import plots
+    from sweeps.results import plots
     from sweeps.results import SweepResults
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     plots.check_png_target(args.out)  # refused before anything is read
     spec = load_sweep_spec(args.path)
@@ -38,9 +38,9 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_importance(args: argparse.Namespace) -> int:
-    from sweeps import plots
+    from sweeps.results import plots
     from sweeps.results import SweepResults
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     spec = load_sweep_spec(args.path)
     study = _study_or_none(args.path)
@@ -68,9 +68,9 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 def _sweep_row(path) -> dict:
     """One sweep as a row of ``list`` and ``compare``: its trials by state, who drives it, its best trial."""
     from sweeps.results import sweep_status
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
-    from sweeps.folder import read_marker
+    from sweeps.folder.marker import read_marker
 
     spec = load_sweep_spec(path)
     status = sweep_status(spec.sweep_dir)
@@ -132,7 +132,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
     from l2d.storage import Location
     from sweeps.cli._common import render
-    from sweeps.folder import is_sweep
+    from sweeps.folder.marker import is_sweep
 
     storage = Location.parse(args.storage, "storage")
     if not storage.is_dir():
@@ -177,7 +177,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from sweeps.results import SweepResults
     from sweeps.results.reader import _plain
     from sweeps.results.schema import OBJECTIVE_COLUMNS
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     if args.format == "csv":
         raise ValueError(
@@ -241,7 +241,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
             f"{names[0]}: mean {sum(diffs) / len(diffs):+.2f}, {names[1]} better in {better} of {len(paired)}"
         )
         if len(diffs) >= 2:  # the configurations are the pairs: a paired t-interval over them
-            from sweeps.stats import paired_t
+            from sweeps.results.stats import paired_t
 
             found = paired_t(diffs)
             summary += f"; 95 % t-interval [{found.low:+.2f}, {found.high:+.2f}], " + (
@@ -343,7 +343,7 @@ def paired_trials(tables: list[list[dict]], specs, names: list[str], column: str
 def add_commands(commands) -> None:
     """Add ``plot``, ``importance``, ``list`` and ``compare``."""
     from sweeps.cli._common import add_format_argument
-    from sweeps.plots import PLOTS, describe_kinds
+    from sweeps.results.plots import PLOTS, describe_kinds
 
     plot = commands.add_parser(
         "plot",

@@ -64,7 +64,7 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.runner import run_or_resume, run_sweep
+    from sweeps.tune.runner import run_or_resume, run_sweep
 
     if args.or_resume and args.new:
         raise ValueError("--or-resume and --new contradict each other; pass one")
@@ -139,7 +139,7 @@ def _print_teachers(results, fmt: str = "table", only: bool = False) -> None:
 
 
 def _cmd_confirm(args: argparse.Namespace) -> int:
-    from sweeps.runner import confirm_sweep
+    from sweeps.tune.runner import confirm_sweep
 
     args.sweep_dir = args.path
     baseline = None if args.baseline.lower() == "none" else args.baseline
@@ -148,7 +148,7 @@ def _cmd_confirm(args: argparse.Namespace) -> int:
 
 
 def _cmd_extend(args: argparse.Namespace) -> int:
-    from sweeps.runner import extend_sweep
+    from sweeps.tune.runner import extend_sweep
 
     args.sweep_dir = args.path
     outcome = extend_sweep(args.path, args.num_samples, args.max_epochs, **_options(args))
@@ -156,7 +156,7 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.export import export_trial
+    from sweeps.results.export import export_trial
 
     formats = tuple(dict.fromkeys(["safetensors", *[f.strip() for f in args.format.split(",") if f.strip()]]))
     card = export_trial(args.path, args.trial, args.out, formats, progress=(lambda text: None) if args.quiet else print)
@@ -170,7 +170,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     import wsgiref.simple_server
 
-    from sweeps.study import load_sweep_study
+    from sweeps.search.study import load_sweep_study
 
     try:
         import optuna_dashboard
@@ -207,7 +207,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
-    from sweeps.runner import resume_sweep
+    from sweeps.tune.runner import resume_sweep
 
     args.sweep_dir = args.path
     outcome = resume_sweep(args.path, **_options(args))
@@ -226,7 +226,7 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.pareto:
         table = results.pareto()
         if len(results.objectives) > 1:
-            from sweeps.study import load_sweep_study, search_front
+            from sweeps.search.study import load_sweep_study, search_front
 
             names = " vs ".join(f"{m} ({mode})" for m, mode in results.objectives)
             study = load_sweep_study(args.path)[1]
@@ -269,9 +269,9 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def _compact(path: str) -> int:
     """Rewrite the compacted trials.parquet / epochs.parquet from the newest generation, under the sweep's lease."""
-    from sweeps.lease import LeaseKeeper
+    from sweeps.folder.lease import LeaseKeeper
     from sweeps.results import ResultsWriter
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     spec = load_sweep_spec(path)
     keeper = LeaseKeeper(spec.sweep_dir, say=lambda text: print(text, file=sys.stderr)).acquire()

@@ -1,7 +1,10 @@
 """Sweep results: two tables, ``trials`` (one row per trial) and ``epochs`` (one row per trial and epoch), kept as
 append-only Parquet segments named by a manifest (:mod:`~sweeps.results.store`), written by the driver
 (:mod:`~sweeps.results.writer`), read as one generation and queried with SQL (:mod:`~sweeps.results.reader`); their
-columns are :mod:`~sweeps.results.schema`'s.
+columns are :mod:`~sweeps.results.schema`'s. Beside them: the paired statistics (:mod:`~sweeps.results.stats`), the
+confirmation stage's plan and verdict (:mod:`~sweeps.results.confirm`), each pairing's teacher against its student
+alone (:mod:`~sweeps.results.teachers`), the plots (:mod:`~sweeps.results.plots`) and the export of a trial's student
+(:mod:`~sweeps.results.export`). Imports ``core``, ``folder`` and ``spec``.
 """
 
 from sweeps.results.reader import (
@@ -17,6 +20,9 @@ from sweeps.results.reader import (
 from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS, TRIAL_COLUMNS, TRIAL_SCHEMA, markdown_table
 from sweeps.results.store import CorruptResultsError, ResultsStore, read_table, write_table
 from sweeps.results.writer import KnownTrial, ResultsWriter, TrialRecord
+
+#: This floor's modules, bottom first (``__init__``: this package itself, after what it re-exports).
+MODULES = ["schema", "store", "stats", "confirm", "teachers", "writer", "reader", "__init__", "plots", "export"]
 
 __all__ = [
     "CorruptResultsError",

@@ -21,7 +21,7 @@ comparisons (family-wise 95 %), Holm-adjusted p-values, and the smallest differe
 every "not established". The confirmed winner is the best mean, not the best single run; ``export --best`` and
 ``Sweep.best()`` take it (its best-scoring run) when there is one, and say so.
 
-No Ray here: the Tune experiment is built by :func:`sweeps.experiment.build_confirm_tuner`.
+No Ray here: the Tune experiment is built by :func:`sweeps.tune.experiment.build_confirm_tuner`.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ import math
 from dataclasses import dataclass, field
 
 from sweeps.results.schema import OBJECTIVE_COLUMNS
-from sweeps.vocab import FINISHED, SCORED, sign
+from sweeps.core.vocab import FINISHED, SCORED, sign
 
 STAGE = "confirm"
 #: The Tune experiment of the confirmation runs (in the sweep folder, beside ``tune``, ``tune-<k>``).
@@ -187,8 +187,8 @@ class Confirmed:
     values: dict[int, float]  # seed -> the metric at the run's best epoch
     tests: dict[int, float]  # seed -> test mAP at that epoch
     runs: dict[int, str]  # seed -> trial id
-    vs_baseline: object | None = None  # sweeps.stats.Paired (this - baseline)
-    vs_winner: object | None = None  # sweeps.stats.Paired (this - winner)
+    vs_baseline: object | None = None  # sweeps.results.stats.Paired (this - baseline)
+    vs_winner: object | None = None  # sweeps.results.stats.Paired (this - winner)
     p_baseline: float | None = None  # Holm-adjusted
     p_winner: float | None = None
 
@@ -313,7 +313,7 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
     """The confirmation stage of ``spec`` as its results ``rows`` hold it (None: the spec asks for none, or the
     search has no finalist yet). Runs are matched by configuration and seed, so the table is the one of the
     finalists the search has now (an extended sweep's new finalists appear without their runs until confirmed)."""
-    from sweeps.stats import holm, holm_level, paired_t
+    from sweeps.results.stats import holm, holm_level, paired_t
 
     found = plan(spec, rows)
     if found is None:

@@ -12,7 +12,7 @@ import pyarrow as pa
 from l2d.storage import Location
 from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS
 from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, ResultsStore
-from sweeps.vocab import FINISHED, SCORED, sign, sql_order
+from sweeps.core.vocab import FINISHED, SCORED, sign, sql_order
 
 #: What a query may use by default (``results --sql-memory`` / ``--sql-timeout`` change them).
 SQL_MEMORY = "1GB"
@@ -34,7 +34,7 @@ class SweepResults:
     """The results of a sweep folder: ``trials`` and ``epochs`` as Arrow tables, and SQL over them."""
 
     def __init__(self, sweep_dir: str | Location):
-        from sweeps.folder import is_sweep
+        from sweeps.folder.marker import is_sweep
 
         self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
         if self.sweep_dir.is_file() and self.sweep_dir.name.endswith((".yaml", ".yml")):
@@ -157,7 +157,7 @@ class SweepResults:
         """The sweep's stored spec, read once (None for a folder without one; a damaged one is named, one edited by
         hand reported)."""
         if self._stored_spec is False:
-            from sweeps.stored import SPEC_FILE, load_sweep_spec
+            from sweeps.spec.stored import SPEC_FILE, load_sweep_spec
 
             self._stored_spec = load_sweep_spec(self.sweep_dir) if (self.sweep_dir / SPEC_FILE).exists() else None
         return self._stored_spec
@@ -522,8 +522,8 @@ def sweep_state(
 
 
 def sweep_status(sweep_dir: str | Location) -> SweepStatus:
-    from sweeps.folder import read_lease
-    from sweeps.provenance import last_run
+    from sweeps.folder.lease import read_lease
+    from sweeps.folder.provenance import last_run
 
     results = SweepResults(sweep_dir)
     folder = results.sweep_dir

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import pyarrow as pa
 
 from sweeps.spec import SEARCHABLE
-from sweeps.vocab import sign
+from sweeps.core.vocab import sign
 
 HPARAM_COLUMNS = SEARCHABLE
 

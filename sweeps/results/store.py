@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from l2d.storage import Location
-from sweeps._faults import failpoint
+from sweeps.core.faults import failpoint
 
 logger = logging.getLogger(__name__)
 

@@ -45,7 +45,7 @@ from sweeps.results.store import (
     generation_of,
     read_table,
 )
-from sweeps.vocab import better
+from sweeps.core.vocab import better
 
 logger = logging.getLogger(__name__)
 
@@ -460,7 +460,7 @@ class ResultsWriter:
 def _checkpoint_rows(sweep_dir: Location) -> dict[str, dict[int, dict]]:
     """Every epoch row that the trials' checkpoints remember: the newest readable checkpoint's history, and the best
     epoch's history (kept when ``keep`` pruned the rest)."""
-    from sweeps.checkpoints import BEST, HISTORY_FILE, checkpoint_folders
+    from sweeps.folder.checkpoints import BEST, HISTORY_FILE, checkpoint_folders
 
     epochs: dict[str, dict[int, dict]] = {}
     train = sweep_dir / "train"

@@ -207,7 +207,7 @@ def test_checkpoints_and_teachers_load_weights_only():
 def test_local_cluster_binds_to_localhost_with_token_auth(monkeypatch):
     import ray
 
-    from sweeps.runner import init_ray
+    from sweeps.tune.runner import init_ray
 
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
     if ray.is_initialized():

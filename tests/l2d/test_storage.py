@@ -249,8 +249,8 @@ def test_modified_and_size_of_missing_empty_and_present_files(tmp_path):
 
 
 def test_failpoints_act_only_where_named_and_kill_on_the_nth_pass(monkeypatch):
-    """The fault-injection harness the slow fault tests drive (sweeps._faults): a named point raises, sleeps or kills
-    the process the N-th time it passes; every other point, and any point with nothing set, does nothing."""
+    """The fault-injection harness the slow fault tests drive (sweeps.core.faults): a named point raises, sleeps or
+    kills the process the N-th time it passes; every other point, and any point with nothing set, does nothing."""
     import subprocess
     import sys
     import time

@@ -8,8 +8,8 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 
 from l2d.storage import Location
-from sweeps.callback import SweepCallback, known_trial
-from sweeps.checkpoints import HISTORY_KEY
+from sweeps.tune.callback import SweepCallback, known_trial
+from sweeps.folder.checkpoints import HISTORY_KEY
 from sweeps.results import SweepResults
 
 
@@ -137,7 +137,7 @@ def test_the_sweep_level_hparams_config_declares_every_domain(tmp_path):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata
 
-    from sweeps.callback import write_hparams_config
+    from sweeps.tune.callback import write_hparams_config
     from sweeps.spec import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
@@ -171,7 +171,7 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata
 
-    from sweeps.callback import write_hparams_config
+    from sweeps.tune.callback import write_hparams_config
     from sweeps.spec import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 

@@ -3,7 +3,7 @@
 import pytest
 
 from l2d.storage import Location
-from sweeps.checkpoints import checkpoint_folders, restore_newest, write_checkpoint
+from sweeps.folder.checkpoints import checkpoint_folders, restore_newest, write_checkpoint
 
 
 def _state(epoch):
@@ -46,7 +46,7 @@ def test_an_unreadable_newest_checkpoint_falls_back_to_the_previous(tmp_path, da
 def test_a_multi_seed_state_needs_every_student(tmp_path):
     """A checkpoint of a multi-seed trial holds one engine state per student under ``replicas``: a list with a state
     that is not one is unreadable, as a damaged single state is."""
-    from sweeps.checkpoints import UnreadableCheckpointError, load_checkpoint, write_checkpoint
+    from sweeps.folder.checkpoints import UnreadableCheckpointError, load_checkpoint, write_checkpoint
 
     run_dir = Location.parse(str(tmp_path / "trial"))
     good = write_checkpoint(run_dir, 1, {"replicas": [{"model": {}}, {"model": {}}]}, [{"epoch": 1}])

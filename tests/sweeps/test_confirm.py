@@ -227,7 +227,7 @@ def test_selection_seeds_come_before_the_confirmation_seeds_and_the_default_is_s
 
 def test_a_confirmation_run_retrains_the_student_on_its_seed_and_keeps_the_teacher():
     from l2d.run import resolve, teacher_key
-    from sweeps.search import trial_run
+    from sweeps.search.space import trial_run
 
     spec = _spec()
     base = resolve(spec.base_run())
@@ -379,8 +379,8 @@ def test_the_search_s_readers_leave_the_confirmation_runs_out(tmp_path):
     every search trial is not a sample of the search. Fails when search_rows stops leaving the reruns out."""
     import yaml
 
-    from sweeps.export import choose_trial
-    from sweeps.folder import write_marker
+    from sweeps.results.export import choose_trial
+    from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter, SweepResults
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)})  # no confirmation stage asked for

@@ -3,8 +3,8 @@ callbacks and the collaborators each is handed, the Tune folder of each experime
 
 import pytest
 
-from sweeps.experiment import callbacks, check_local_resources, driver_resources, tune_dir_name
-from sweeps.folder import LeaseKeeper
+from sweeps.tune.experiment import callbacks, check_local_resources, driver_resources, tune_dir_name
+from sweeps.folder.lease import LeaseKeeper
 from sweeps.spec import SpecError, parse_spec
 from tests.sweeps.conftest import TINY_SPEC
 

@@ -2,8 +2,8 @@
 uninterrupted sweep ends.
 
 The kill points are drawn by a seeded generator across the sweep's life: during the teacher phase, mid-epoch,
-between trials, and inside the results' writes (failpoints, ``sweeps._faults``, make the driver kill itself between a
-segment's two files, just before the manifest is swapped, inside a merge of segments, and between the two compacted
+between trials, and inside the results' writes (failpoints, ``sweeps.core.faults``, make the driver kill itself between
+a segment's two files, just before the manifest is swapped, inside a merge of segments, and between the two compacted
 tables). Each kill takes the whole process group (driver and local Ray cluster, as a lost machine would); the next
 command resumes. The damage test truncates each kind of state file (the newest checkpoint, a teacher's model and
 card, ``asha.json``, a results segment and the compacted ``trials.parquet``) and deletes Tune's state.
@@ -203,7 +203,7 @@ def test_killed_at_random_points_it_ends_where_an_uninterrupted_sweep_ends(refer
     tagged = [t for t in study.trials if "tune_trial_id" in t.user_attrs]
     assert sorted(t.user_attrs["tune_trial_id"] for t in tagged) == sorted(t["trial_id"] for t in trials), story
     assert all(t.state.is_finished() for t in study.trials)
-    # a trial asked by a driver killed before it tagged it is failed as orphaned (sweeps.study.reconcile)
+    # a trial asked by a driver killed before it tagged it is failed as orphaned (sweeps.search.study.reconcile)
     assert all(t.user_attrs.get("status") == "orphaned" for t in study.trials if t not in tagged), story
     # The search, ASHA and the training carried on as if nothing happened.
     assert _board(trials) == _board(ref_trials)

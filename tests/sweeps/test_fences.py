@@ -1,17 +1,17 @@
-"""The fences around Ray's private APIs (sweeps/_fences.py), each checked against the installed Ray: an upgrade that
-moves what one relies on fails here, naming it, instead of breaking a sweep later."""
+"""The fences around Ray's private APIs (sweeps/tune/_fences.py), each checked against the installed Ray: an upgrade
+that moves what one relies on fails here, naming it, instead of breaking a sweep later."""
 
 import re
 
 import pytest
 
-from sweeps import _fences
+from sweeps.tune import _fences
 
 
 def _fence(name: str) -> str:
     import ray
 
-    return f"sweeps._fences.{name} (written for Ray {_fences.WRITTEN_FOR_RAY}, Ray {ray.__version__} installed)"
+    return f"sweeps.tune._fences.{name} (written for Ray {_fences.WRITTEN_FOR_RAY}, Ray {ray.__version__} installed)"
 
 
 def test_restored_callbacks_reach_the_run_config():
@@ -71,7 +71,7 @@ def test_asha_rungs_round_trip():
 
 
 def test_no_private_api_outside_the_fences():
-    """Private attributes of Ray and Optuna objects are reached only in sweeps/_fences.py."""
+    """Private attributes of Ray and Optuna objects are reached only in sweeps/tune/_fences.py."""
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2] / "sweeps"

@@ -3,8 +3,8 @@
 import pytest
 
 from l2d.storage import Location
-from sweeps import folder
-from sweeps.folder import SweepExistsError, SweepFolderError, prepare_new
+from sweeps.folder import marker as folder
+from sweeps.folder.marker import SweepExistsError, SweepFolderError, prepare_new
 
 
 def test_new_sweeps_refuse_reserved_names_and_foreign_folders(tmp_path):

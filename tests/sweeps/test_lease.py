@@ -11,8 +11,8 @@ import time
 import pytest
 
 from l2d.storage import Location
-from sweeps import folder
-from sweeps.lease import Lease, LeaseHeldError, LeaseKeeper
+from sweeps.folder import marker as folder
+from sweeps.folder.lease import Lease, LeaseHeldError, LeaseKeeper, read_lease
 
 
 def test_a_second_driver_is_refused_while_the_first_holds_the_lease(tmp_path):
@@ -54,13 +54,13 @@ def test_a_stale_lease_is_taken_over_and_a_future_heartbeat_is_not_fresh(tmp_pat
     assert said[-1].endswith("--force")
     # A lease with fields of the wrong types holds nothing (and crashes nothing).
     (sweep / "lease.json").write_text(json.dumps({**lease, "heartbeat": "soon", "pid": "x"}))
-    assert folder.read_lease(sweep) is None
+    assert read_lease(sweep) is None
     LeaseKeeper(sweep, say=said.append).acquire().release()
     assert said[-1] == f"{sweep / 'lease.json'}: unreadable lease; taking it over"
 
 
 RACE = (
-    "import sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper, LeaseHeldError\n"
+    "import sys, time; from l2d.storage import Location; from sweeps.folder.lease import LeaseKeeper, LeaseHeldError\n"
     "started = time.time()\n"
     "try:\n    k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
     "    print(f'held {time.time() - started:.1f}', flush=True); time.sleep(4); k.release()\n"
@@ -123,7 +123,7 @@ def _cas_contract(store) -> None:
 
 
 def test_the_local_lease_is_a_compare_and_swap(tmp_path):
-    from sweeps.lease import lease_store
+    from sweeps.folder.lease import lease_store
 
     _cas_contract(lease_store(Location.parse(tmp_path / "sweep")))
 
@@ -136,9 +136,9 @@ def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
     with pytest.raises(LeaseHeldError):
         LeaseKeeper(sweep, say=lambda text: None).acquire()
     first.release()
-    assert folder.read_lease(sweep) is None
+    assert read_lease(sweep) is None
     _assert_the_fast_one_won(_race(uri, {}, {}))
-    from sweeps.lease import lease_store
+    from sweeps.folder.lease import lease_store
 
     _cas_contract(
         lease_store(Location.parse(f"s3://sweeps/cas-{tmp_path.name}?endpoint_override={s3_server}&scheme=http"))
@@ -148,7 +148,7 @@ def test_the_lease_on_s3_is_a_conditional_write(s3_server, tmp_path):
 def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
     sweep = Location.parse(tmp_path / "s")
     script = (
-        "import signal, sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "import signal, sys, time; from l2d.storage import Location; from sweeps.folder.lease import LeaseKeeper\n"
         # a driver's Interrupts handles SIGINT whatever its parent ignores (a background job, a test runner's worker)
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
@@ -166,7 +166,7 @@ def test_a_driver_that_lost_its_lease_stops_without_writing(tmp_path):
 
 def test_a_driver_that_cannot_renew_its_lease_stops(tmp_path):
     script = (
-        "import signal, sys, time; from l2d.storage import Location; from sweeps.lease import LeaseKeeper\n"
+        "import signal, sys, time; from l2d.storage import Location; from sweeps.folder.lease import LeaseKeeper\n"
         # a driver's Interrupts handles SIGINT whatever its parent ignores (a background job, a test runner's worker)
         "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
         "k = LeaseKeeper(Location.parse(sys.argv[1]), say=lambda t: None).acquire()\n"
@@ -196,7 +196,7 @@ def fast_renewal(monkeypatch):
     machine's delays). SIGINT and os._exit recorded, not delivered."""
     import signal
 
-    from sweeps import lease as lease_module
+    from sweeps.folder import lease as lease_module
 
     monkeypatch.setattr(lease_module, "HEARTBEAT_S", 0.05)
     monkeypatch.setattr(lease_module, "LEASE_TIMEOUT_S", 4.0)
@@ -242,7 +242,9 @@ def test_the_renewal_keeps_the_lease_fresh_under_its_owner(tmp_path, fast_renewa
         beats.append(_heartbeat(sweep))
     now = json.loads((sweep / "lease.json").read_text())
     assert {k: v for k, v in now.items() if k != "heartbeat"} == {k: v for k, v in first.items() if k != "heartbeat"}
-    assert keeper._token == (sweep / "lease.json").read_text() and keeper.failure is None
+    # the keeper holds the token of what is on disk (read until a moment between two renewals: one lands every 0.05 s)
+    _wait(lambda: keeper._token == (sweep / "lease.json").read_text())
+    assert keeper.failure is None
     assert not signals and not exits
     keeper.release()
     assert not (sweep / "lease.json").exists() and not keeper._thread.is_alive()
@@ -256,7 +258,7 @@ def test_a_renewal_that_fails_for_half_the_timeout_stops_the_driver_and_a_recove
     lease_module, signals, exits = fast_renewal
     sweep = Location.parse(tmp_path / "s")
     keeper = LeaseKeeper(sweep, say=lambda text: None).acquire()
-    caplog.set_level("WARNING", logger="sweeps.lease")
+    caplog.set_level("WARNING", logger="sweeps.folder.lease")
     monkeypatch.setenv("L2D_SWEEP_FAILPOINTS", "lease-renew=error")  # the storage fails for 0.5 s...
     time.sleep(0.5)
     monkeypatch.delenv("L2D_SWEEP_FAILPOINTS")  # ...then answers again: renewed, the failure forgotten
@@ -306,7 +308,7 @@ def test_the_s3_lease_talks_to_the_endpoint_region_and_key_its_uri_names(monkeyp
     pytest.importorskip("boto3")
     from botocore.exceptions import ClientError
 
-    from sweeps.lease import _S3Lease
+    from sweeps.folder.lease import _S3Lease
 
     monkeypatch.delenv("AWS_ENDPOINT_URL", raising=False)
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
@@ -344,7 +346,7 @@ def test_the_s3_lease_reads_a_missing_object_as_no_lease_and_raises_the_rest(mon
     pytest.importorskip("boto3")
     from botocore.exceptions import ClientError
 
-    from sweeps.lease import _S3Lease
+    from sweeps.folder.lease import _S3Lease
 
     monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")

@@ -127,7 +127,7 @@ def test_sweep_reports_every_trial_to_mlflow(tiny_spec, tmp_path, mlflow_server,
 
 def test_an_unreachable_tracker_does_not_stop_the_sweep(monkeypatch, caplog):
     pytest.importorskip("mlflow.tracking")
-    from sweeps.tracking import MlflowTracker
+    from sweeps.tune.tracking import MlflowTracker
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")

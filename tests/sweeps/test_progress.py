@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from l2d.storage import Location
-from sweeps.callback import SweepCallback
-from sweeps.progress import ProgressView, about, clock, live_wanted, opened
+from sweeps.tune.callback import SweepCallback
+from sweeps.core.progress import ProgressView, about, clock, live_wanted, opened
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
@@ -81,7 +81,7 @@ def _in_a_terminal(code: str) -> str:
 def test_live_view_on_a_terminal_redraws_its_line_and_keeps_events():
     out = _in_a_terminal("""
         import time
-        from sweeps.progress import opened
+        from sweeps.core.progress import opened
         with opened() as view:
             assert view.live
             view.say("trial a started")
@@ -148,7 +148,7 @@ def test_teacher_phase_prints_each_teacher_epoch(tiny_spec, ray_cleanup):
     import ray
 
     from sweeps.spec import load_spec
-    from sweeps.teacher_phase import teacher_phase
+    from sweeps.tune.teacher_phase import teacher_phase
 
     spec = load_spec(tiny_spec(budget={**{"num_samples": 1, "max_epochs": 1, "teacher_epochs": 2}}))
     ray.init(num_cpus=1)

@@ -5,8 +5,8 @@ import pytest
 import yaml
 
 from l2d.storage import Location
-from sweeps.folder import SweepFolderError, write_marker
-from sweeps.runner import extend_sweep, run_or_resume, spec_differences
+from sweeps.folder.marker import SweepFolderError, write_marker
+from sweeps.tune.runner import extend_sweep, run_or_resume, spec_differences
 from sweeps.spec import parse_spec, with_overrides
 from tests.sweeps.conftest import TINY_SPEC
 

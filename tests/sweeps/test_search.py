@@ -8,8 +8,8 @@ import optuna
 from ray.tune.search import Searcher
 
 from l2d.losses import METHODS
-from sweeps.search import DefineByRunSpace, decode, first_points
-from sweeps.scheduler import PersistentASHA
+from sweeps.search.space import DefineByRunSpace, decode, first_points
+from sweeps.tune.scheduler import PersistentASHA
 from sweeps.spec import parse_spec
 
 from tests.sweeps.test_spec import _spec
@@ -123,8 +123,8 @@ def test_search_generator_gives_deterministic_trial_ids():
     from ray import tune
     from ray.tune.experiment.trial import Trial
 
-    from sweeps.folder import trial_id
-    from sweeps.searcher import SweepSearchGenerator
+    from sweeps.folder.marker import trial_id
+    from sweeps.tune.searcher import SweepSearchGenerator
 
     tune.register_trainable("noop", _noop)
     spec = {"run": "noop", "config": {}}
@@ -142,7 +142,7 @@ def test_search_generator_gives_deterministic_trial_ids():
 
 def test_asha_stop_decisions_are_saved_for_a_trial_restored_after_a_crash(tmp_path):
     from l2d.storage import Location
-    from sweeps.scheduler import stopped_at
+    from sweeps.tune.scheduler import stopped_at
 
     path = tmp_path / "asha.json"
     scheduler = _scheduler(path)

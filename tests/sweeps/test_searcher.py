@@ -5,10 +5,10 @@ import pickle
 
 import optuna
 
-from sweeps.folder import trial_id
-from sweeps.searcher import StudySearcher
+from sweeps.folder.marker import trial_id
+from sweeps.tune.searcher import StudySearcher
 from sweeps.spec import parse_spec
-from sweeps.study import StudyStore
+from sweeps.search.study import StudyStore
 from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 
@@ -106,7 +106,7 @@ def test_a_relocated_searcher_writes_into_its_new_folder_only(tmp_path):
 def test_every_searcher_s_sampler_survives_the_state_file(tmp_path):
     # The state file pickles the sampler. Optuna 5.1's NSGA-II holds a threading.Lock, which does not pickle: the
     # sweep's sampler leaves it out and makes a new one on load, and the loaded sampler still proposes points.
-    from sweeps.study import build_sampler
+    from sweeps.search.study import build_sampler
 
     for searcher in ("tpe", "random", "nsga2"):
         spec = parse_spec(

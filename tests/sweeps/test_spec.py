@@ -136,7 +136,7 @@ def test_run_with_a_bad_spec_exits_2_and_writes_nothing(changes, tmp_path, capsy
 def test_shipped_specs_are_valid(name):
     from pathlib import Path
 
-    from sweeps.search import first_points
+    from sweeps.search.space import first_points
 
     spec = load_spec(str(Path(__file__).resolve().parents[2] / "search_spaces" / f"{name}.yaml"))
     assert spec.budget.num_samples >= 8

@@ -109,9 +109,9 @@ def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     assert len(warm) == len(finished) and len(own) == 1
     # The first proposal of the new sweep is TPE's, informed by the earlier trials: not the point a cold study with the
     # same sampler and seed would draw at random at startup.
-    from sweeps.search import DefineByRunSpace
+    from sweeps.search.space import DefineByRunSpace
     from sweeps.spec import load_spec
-    from sweeps.study import build_sampler
+    from sweeps.search.study import build_sampler
 
     spec = load_spec(str(path))
     assert len(warm) >= build_sampler(spec)._n_startup_trials
@@ -133,7 +133,7 @@ def test_two_objectives_pareto_front_of_the_search_is_the_tables(tmp_path):
     l2d_sweep_ok("run", str(path))
     sweep = tmp_path / "sweeps" / "tradeoff"
     from sweeps.results import SweepResults
-    from sweeps.study import search_front
+    from sweeps.search.study import search_front
 
     study = _study(sweep)
     assert study.directions == [optuna.study.StudyDirection.MAXIMIZE, optuna.study.StudyDirection.MINIMIZE]

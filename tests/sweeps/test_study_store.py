@@ -10,11 +10,11 @@ import optuna
 import pytest
 import yaml
 
-from sweeps.folder import MARKER, trial_id, write_marker
+from sweeps.folder.marker import MARKER, trial_id, write_marker
 from sweeps.results import ResultsWriter
 from sweeps.spec import parse_spec
-from sweeps.stored import SweepStateError, spec_digest
-from sweeps.study import StudyStorageError, StudyStore, open_study, study_name, sweep_identity
+from sweeps.spec.stored import SweepStateError, spec_digest
+from sweeps.search.study import StudyStorageError, StudyStore, open_study, study_name, sweep_identity
 from tests.sweeps.conftest import TINY_SPEC
 
 
@@ -155,7 +155,7 @@ def test_a_marker_nothing_vouches_for_is_refused(tmp_path):
 
 
 def test_a_hand_edited_spec_is_found(tmp_path, caplog):
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     spec = _sweep_with_results(tmp_path)
     edited = spec.to_dict()
@@ -171,7 +171,7 @@ def test_a_hand_edited_spec_is_found(tmp_path, caplog):
 def test_a_spec_written_before_a_setting_was_added_is_not_an_edit(tmp_path, caplog):
     """A sweep started by an older version: its spec.yaml and the marker's digest lack a setting added since (here
     ``budget.teacher_head_epochs``); parsed today the spec holds it (None), which is not an edit by hand."""
-    from sweeps.stored import load_sweep_spec, written_digest
+    from sweeps.spec.stored import load_sweep_spec, written_digest
 
     spec = _sweep_with_results(tmp_path)
     older = spec.to_dict()
@@ -196,7 +196,7 @@ def test_a_trial_asked_but_never_tagged_is_failed_as_orphaned(tmp_path):
     running in the dashboard nor counts as a live trial for the sampler's constant liar; tagged ones are untouched."""
     import optuna
 
-    from sweeps.study import reconcile
+    from sweeps.search.study import reconcile
 
     spec = _spec(tmp_path)
     store = StudyStore(spec.sweep_dir)

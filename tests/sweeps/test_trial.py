@@ -1,19 +1,19 @@
-"""One trial's loop (sweeps.trial._run) with a session of its own: the engine's epochs reported, checkpointed and the
-best kept; a resumed trial replays its history first. The Ray sessions are exercised by the sweep tests."""
+"""One trial's loop (sweeps.tune.trial._run) with a session of its own: the engine's epochs reported, checkpointed and
+the best kept; a resumed trial replays its history first. The Ray sessions are exercised by the sweep tests."""
 
 import json
 
 import pytest
 
 from l2d.storage import Location
-from sweeps.checkpoints import HISTORY_KEY, BestCheckpoint, restore_newest, write_checkpoint
+from sweeps.folder.checkpoints import HISTORY_KEY, BestCheckpoint, restore_newest, write_checkpoint
 from sweeps.spec import parse_spec
-from sweeps.trial import TrialContext, _run
+from sweeps.tune.trial import TrialContext, _run
 from tests.sweeps.conftest import TINY_SPEC
 
 
 class RecordingSession:
-    """The session protocol of sweeps.trial (device, rank, run_dir, restore, report), recording what it is told."""
+    """The session protocol of sweeps.tune.trial (device, rank, run_dir, restore, report), recording what it is told."""
 
     def __init__(self, run_dir: Location):
         import torch
@@ -141,7 +141,7 @@ def test_a_multi_seed_trial_reports_the_means_of_its_students_and_resumes_them_a
 
 
 def test_replicas_are_combined_as_means_and_the_time_spent_as_sums():
-    from sweeps.trial import combine_replicas
+    from sweeps.tune.trial import combine_replicas
 
     combined = combine_replicas(
         [

@@ -11,7 +11,7 @@ import pickle
 import pytest
 
 from l2d.storage import Location
-from sweeps.trust import SIGNATURES, Signatures, digest
+from sweeps.folder.trust import SIGNATURES, Signatures, digest
 from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 
@@ -56,7 +56,7 @@ def _folder_with_planted_experiment(tmp_path):
 
 
 def test_resume_does_not_load_an_unsigned_or_forged_experiment(tmp_path, key):
-    from sweeps.runner import _restore
+    from sweeps.tune.runner import _restore
 
     spec, ran = _folder_with_planted_experiment(tmp_path)
     tuner, why = _restore(spec, True, None, 0, "abc", trust=False)
@@ -78,7 +78,7 @@ def test_resume_does_not_load_an_unsigned_or_forged_experiment(tmp_path, key):
 
 
 def test_resume_with_trust_loads_what_it_was_told_to(tmp_path, key):
-    from sweeps.runner import _restore
+    from sweeps.tune.runner import _restore
 
     spec, ran = _folder_with_planted_experiment(tmp_path)
     _restore(spec, True, None, 0, "abc", trust=True)  # the user vouches for the folder: loaded (and it runs)
@@ -86,9 +86,9 @@ def test_resume_with_trust_loads_what_it_was_told_to(tmp_path, key):
 
 
 def test_the_searcher_loads_its_state_only_when_signed_with_the_key(tmp_path, key):
-    from sweeps.searcher import StudySearcher
+    from sweeps.tune.searcher import StudySearcher
     from sweeps.spec import parse_spec
-    from sweeps.study import StudyStore
+    from sweeps.search.study import StudyStore
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "storage")})
     spec.sweep_dir.makedirs()
@@ -108,7 +108,7 @@ def test_the_searcher_loads_its_state_only_when_signed_with_the_key(tmp_path, ke
 
 
 def test_the_key_lives_outside_every_sweep_private_to_its_user(tmp_path, monkeypatch):
-    from sweeps import trust
+    from sweeps.folder import trust
 
     monkeypatch.delenv("L2D_SWEEP_KEY_FILE", raising=False)
     monkeypatch.setenv("XDG_CONFIG_HOME", str(tmp_path / "xdg"))

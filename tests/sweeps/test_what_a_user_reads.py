@@ -35,10 +35,10 @@ PRECISE = 286.873912345678
 def _write_sweep(storage: Path, name: str, trials: int, base: float = 30.0) -> Path:
     """A finished sweep folder: spec, marker, results of ``trials`` trials, and its Optuna study (one trial each)."""
     from l2d.storage import Location
-    from sweeps.folder import write_marker
+    from sweeps.folder.marker import write_marker
     from sweeps.spec import parse_spec
-    from sweeps.stored import spec_digest
-    from sweeps.study import study_name
+    from sweeps.spec.stored import spec_digest
+    from sweeps.search.study import study_name
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec(
@@ -174,7 +174,7 @@ def test_one_set_of_column_names_and_the_table_shows_the_searched_hyperparameter
 
 def test_a_copied_or_renamed_sweep_reads_as_itself(storage, tmp_path, capsys):
     from sweeps.api import Sweep
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     original = storage / "big"
     copy = shutil.copytree(original, storage / "big-copy")
@@ -286,7 +286,7 @@ def test_analyses_of_a_small_sweep_say_so_and_exit_0(tmp_path, capsys):
     assert main(["importance", str(sweep)]) == 0
     assert "too few for an importance" in capsys.readouterr().out
     from sweeps.api import Sweep
-    from sweeps.plots import NotEnoughData
+    from sweeps.results.plots import NotEnoughData
 
     with pytest.raises(NotEnoughData, match="too few for an importance"):  # the API: the same words
         Sweep.open(sweep).plot("importance")

@@ -17,8 +17,8 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
     stage with a winner (:mod:`sweeps.results.confirm`), else the best finished trial of the search by the spec's
     primary objective. ``say`` is told which it took."""
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
-    from sweeps.stored import load_sweep_spec
-    from sweeps.vocab import SCORED, sign
+    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.core.vocab import SCORED, sign
 
     spec = load_sweep_spec(sweep_dir)
     results = SweepResults(spec.sweep_dir)
@@ -72,9 +72,9 @@ def export_trial(
 
     from l2d.export import check_formats, save_student
     from l2d.models import build_model, count_parameters
-    from sweeps.checkpoints import BEST, UnreadableCheckpointError, read_best
-    from sweeps.folder import read_marker
-    from sweeps.provenance import git_commit, versions
+    from sweeps.folder.checkpoints import BEST, UnreadableCheckpointError, read_best
+    from sweeps.folder.marker import read_marker
+    from sweeps.folder.provenance import git_commit, versions
 
     check_formats(formats)
     spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id, progress)

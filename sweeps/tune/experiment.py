@@ -1,6 +1,6 @@
 """The Tune experiment of a sweep, and the Ray cluster it runs on: a local cluster (checked against this machine)
 or the one in ``RAY_ADDRESS``; the trainable and the resources its trials hold; the driver's callbacks; the Tuner
-with its searcher, scheduler and retries. :mod:`sweeps.runner` runs, resumes and extends sweeps with it.
+with its searcher, scheduler and retries. :mod:`sweeps.tune.runner` runs, resumes and extends sweeps with it.
 """
 
 from __future__ import annotations
@@ -9,8 +9,8 @@ import logging
 import os
 import sys
 
-from sweeps.callback import SweepCallback, write_hparams_config
-from sweeps.folder import LeaseKeeper
+from sweeps.tune.callback import SweepCallback, write_hparams_config
+from sweeps.folder.lease import LeaseKeeper
 from sweeps.spec import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
@@ -136,7 +136,7 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
 class _TuneStopLines(logging.Filter):
     """Tune's lines about its own graceful stop speak of its API (``Tuner.restore(path=...)``, "press CTRL+C or
     send SIGKILL"): the first becomes this tool's, the others go (the driver names ``l2d-sweep resume`` itself, see
-    :mod:`sweeps.interrupt`). Shown as they are with ``--verbose``."""
+    :mod:`sweeps.core.interrupt`). Shown as they are with ``--verbose``."""
 
     DROPPED = ("Experiment has been interrupted", "Training has been interrupted", "Trials did not complete")
 
@@ -173,7 +173,7 @@ def _free_port() -> int:
 def trainable(spec: SweepSpec):
     from ray import tune
 
-    from sweeps.trial import TrialContext, run_trial
+    from sweeps.tune.trial import TrialContext, run_trial
 
     trainable = tune.with_parameters(run_trial, context=TrialContext.from_spec(spec))
     if spec.trainer == "in-process":
@@ -213,8 +213,8 @@ def callbacks(
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
     the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
     signs as Tune saves it (``experiment``)."""
-    from sweeps.export import export_trial
-    from sweeps.tracking import tracker_for
+    from sweeps.results.export import export_trial
+    from sweeps.tune.tracking import tracker_for
 
     def exporter(trial_id: str, folder: str):
         return export_trial(spec.sweep_dir, trial_id, folder, progress=lambda text: None)
@@ -257,8 +257,8 @@ def build_tuner(
 ):
     from ray import tune
 
-    from sweeps.scheduler import PersistentASHA
-    from sweeps.searcher import build_search
+    from sweeps.tune.scheduler import PersistentASHA
+    from sweeps.tune.searcher import build_search
 
     if spec.budget.scheduler == "asha":
         scheduler = PersistentASHA(
@@ -311,7 +311,7 @@ def build_confirm_tuner(
     from ray.tune.schedulers import FIFOScheduler
 
     from sweeps.results.confirm import TUNE_FOLDER
-    from sweeps.searcher import FixedRuns, FixedRunsGenerator
+    from sweeps.tune.searcher import FixedRuns, FixedRunsGenerator
 
     storage_path, filesystem = spec.sweep_dir.ray_storage
     search = FixedRunsGenerator(FixedRuns(runs, spec.metric, spec.mode), spec.resources.max_concurrent_trials)

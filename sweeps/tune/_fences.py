@@ -2,7 +2,7 @@
 it. ``tests/sweeps/test_fences.py`` checks each one against the installed Ray and fails loudly, naming the function
 here, when an upgrade moves what it relies on (instead of a sweep failing, or silently misbehaving, later).
 
-Optuna needs none: the study is reached through Optuna's public storage API (:class:`sweeps.study.StudyStore`).
+Optuna needs none: the study is reached through Optuna's public storage API (:class:`sweeps.search.study.StudyStore`).
 """
 
 from __future__ import annotations

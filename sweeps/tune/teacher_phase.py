@@ -53,7 +53,7 @@ def _ensure_teacher(config: RunConfig, store: Location, events=None, methods=())
 
 def _epoch_line(event: dict) -> str:
     """``teacher X epoch 3/8: val mAP 75.01 (~2 min left)``."""
-    from sweeps.progress import about
+    from sweeps.core.progress import about
 
     total, epoch = event["epochs"], event["epoch"]
     left = event["seconds"] / epoch * (total - epoch) if epoch else 0.0
@@ -72,7 +72,7 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
     from ray.util.queue import Queue
 
     from l2d.losses import METHODS
-    from sweeps.progress import current
+    from sweeps.core.progress import current
 
     if not any(METHODS[m].needs_teacher for m in spec.methods):
         return {}

@@ -1,7 +1,7 @@
 """The sweep spec: one YAML file that defines a sweep, as typed models, validated before Ray starts.
 
 (About 500 lines for one reason: this is the whole spec language, its typed models and each section's rules, read top
-to bottom as its reference; the generic checks and the error formatting are in :mod:`sweeps._checks`.)
+to bottom as its reference; the generic checks and the error formatting are in :mod:`sweeps.core.checks`.)
 
 The models are frozen dataclasses whose field types carry their rules (pydantic validates them and writes the JSON
 Schema, ``l2d-sweep spec --schema``); the rules between fields and against the registries (methods, datasets, timm's
@@ -36,7 +36,7 @@ from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
 from l2d.run import RunConfig
 from l2d.settings import MAX_SEED, settings, spec_values
 from l2d.storage import Location, StorageError, credentials_in_uri
-from sweeps._checks import (
+from sweeps.core.checks import (
     Errors,
     SpecError,
     choice,
@@ -61,7 +61,7 @@ METRICS = ("val_mAP", "val_CF1", "val_OF1", "val_loss")
 #: property of the student (latency, size).
 OBJECTIVE_METRICS = (*METRICS, "latency_ms", "student_params")
 SEARCHERS = ("tpe", "random", "nsga2")
-#: What a trial keeps of its checkpoints when it ends (see sweeps.checkpoints.prune).
+#: What a trial keeps of its checkpoints when it ends (see sweeps.folder.checkpoints.prune).
 KEEP = ("best+last", "best", "all")
 #: SQLAlchemy dialects a study_storage URL may use.
 STUDY_DIALECTS = ("sqlite", "postgresql", "postgresql+psycopg2", "postgresql+psycopg", "mysql", "mysql+pymysql")
@@ -186,8 +186,9 @@ class SweepSpec:
     # Configurations the search evaluates first (instead of the default first point): each a mapping of teacher,
     # student, method and searched hyperparameters; what it leaves out is sampled.
     first_points: tuple = ()
-    # The folder this spec was read from (:func:`sweeps.stored.load_sweep_spec`): a sweep is its folder, so a copied,
-    # renamed or moved sweep reads and writes there, whatever name and storage its spec.yaml holds. Never stored.
+    # The folder this spec was read from (:func:`sweeps.spec.stored.load_sweep_spec`): a sweep is its folder, so a
+    # copied, renamed or moved sweep reads and writes there, whatever name and storage its spec.yaml holds. Never
+    # stored.
     folder: str | None = field(default=None, compare=False, repr=False)
 
     @property
@@ -409,7 +410,7 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 
 
 def _name(errors: Errors, raw: Any) -> str | None:
-    from sweeps.folder import RESERVED
+    from sweeps.folder.marker import RESERVED
 
     name = errors.value(text(), raw, "name")
     if name is None:
@@ -546,7 +547,7 @@ def _declared_dataset_schemas() -> list[dict]:
 
 def _objectives(errors: Errors, raw: Any) -> tuple:
     """``objectives``: a list of ``{metric, mode}``; the first a val metric (ASHA stops on it), no metric twice."""
-    from sweeps.vocab import default_mode
+    from sweeps.core.vocab import default_mode
 
     if raw is None:
         return ()
@@ -576,7 +577,7 @@ def _objectives(errors: Errors, raw: Any) -> tuple:
 
 
 def _metric_mode(errors: Errors, data: dict, objectives: tuple) -> tuple[str, str]:
-    from sweeps.vocab import default_mode
+    from sweeps.core.vocab import default_mode
 
     if objectives and ("metric" in data or "mode" in data):
         errors.add("objectives", "give either objectives or metric/mode, not both (the first objective is the metric)")
@@ -796,7 +797,7 @@ def check_adopted_teachers(spec: SweepSpec, class_names: list[str]) -> None:
 
 def _weights(errors: Errors, raw: Any, pairings) -> dict:
     """``weights``: backbone name -> source; each backbone one of the pairings names, each source well formed (its
-    file is looked for before Ray starts, see sweeps.experiment.check_local_resources)."""
+    file is looked for before Ray starts, see sweeps.tune.experiment.check_local_resources)."""
     named = tuple(sorted({p.teacher for p in pairings} | {s for p in pairings for s in p.students}))
     if not errors.mapping(raw, "weights", named if pairings else None):
         return {}
@@ -928,7 +929,7 @@ def _student_sizes(errors: Errors, pairings, max_params: int, dataset: "DatasetS
 
 def load_spec(path: str) -> SweepSpec:
     """Read and validate a spec file (a safe YAML loader: no Python objects, duplicate keys refused)."""
-    from sweeps._checks import read_yaml
+    from sweeps.core.checks import read_yaml
 
     return parse_spec(read_yaml(path, "spec file"), path)
 
@@ -1078,7 +1079,7 @@ def json_schema() -> dict:
 
 
 def _budget_schema() -> dict:
-    from sweeps._checks import section_schema
+    from sweeps.core.checks import section_schema
 
     schema = section_schema(Budget)
     schema["properties"]["confirm"] = {

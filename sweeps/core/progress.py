@@ -1,7 +1,7 @@
 """What a driver shows while it runs: event lines, and on a terminal a live status line under them.
 
-One :class:`ProgressView` per driver (:func:`sweeps.runner._drive` opens it; :func:`current` hands it to the teacher
-phase and to Tune's callback, which live in the same process). It has two outputs:
+One :class:`ProgressView` per driver (:func:`sweeps.tune.runner._drive` opens it; :func:`current` hands it to the
+teacher phase and to Tune's callback, which live in the same process). It has two outputs:
 
 - :meth:`ProgressView.say`: an event (a trial started, an epoch, a teacher's epoch), one line each, stamped with the
   time since the driver started (the one clock of the view; the live line counts the same way);

@@ -5,17 +5,17 @@ The command line, the benchmarks and the Python API call these functions and not
 
 Layout of a sweep folder (``<storage>/<name>``, local or ``s3://`` / ``gs://``)::
 
-    .l2d-sweep             the marker: only this tool writes it (sweeps.folder)
-    lease.json             who drives the sweep now (sweeps.folder)
+    .l2d-sweep             the marker: only this tool writes it (sweeps.folder.marker)
+    lease.json             who drives the sweep now (sweeps.folder.marker)
     spec.yaml              the validated spec, as run (its budget grown by each extend)
     study.db               the Optuna study (SQLite, unless the spec's study_storage names a database)
-    searcher.pkl           the searcher's state, saved after every ask and tell (sweeps.searcher)
-    run.json               every run, resume and extend: versions, commit, host, devices, times (sweeps.provenance)
-    tune/, tune-<k>/       Ray Tune's experiments: the first run's, then one per extend (or lost state)
-    train/trial-<id>/      each trial's epoch checkpoints and best/, its best epoch (sweeps.checkpoints)
-    asha.json              ASHA's rung records (Tune does not persist scheduler state)
+    searcher.pkl           the searcher's state, saved after every ask and tell (sweeps.tune.searcher)
+    run.json               every run, resume and extend: versions, commit, host, devices, times
+    (sweeps.folder.provenance) tune/, tune-<k>/       Ray Tune's experiments: the first run's, then one per extend (or
+    lost state) train/trial-<id>/      each trial's epoch checkpoints and best/, its best epoch
+    (sweeps.folder.checkpoints) asha.json              ASHA's rung records (Tune does not persist scheduler state)
     results/               the trials and epochs tables (sweeps.results)
-    tensorboard/           per-trial scalars and the HParams view (sweeps.callback)
+    tensorboard/           per-trial scalars and the HParams view (sweeps.tune.callback)
 
 Every state file can be lost or damaged without losing a recorded result: Tune's experiment is restored when it
 can be, and otherwise the sweep continues from its results tables and checkpoints in a new experiment (the trials
@@ -33,14 +33,14 @@ import yaml
 
 from l2d.storage import Location
 
-from sweeps.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, tune_dir_name
-from sweeps.folder import LeaseKeeper, SweepExistsError, SweepFolderError, SweepNotFoundError  # noqa: F401 - the drivers' errors, from here
-from sweeps.lease import LeaseError
-from sweeps.provenance import RunRecord
+from sweeps.tune.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, tune_dir_name
+from sweeps.folder.lease import LeaseError, LeaseKeeper
+from sweeps.folder.marker import SweepFolderError
+from sweeps.folder.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
 from sweeps.spec import SweepSpec, check_adopted_teachers, with_overrides
-from sweeps.stored import load_sweep_spec, sweep_exists
-from sweeps.vocab import SCORED
+from sweeps.spec.stored import load_sweep_spec, sweep_exists
+from sweeps.core.vocab import SCORED
 
 logger = logging.getLogger(__name__)
 
@@ -62,12 +62,12 @@ class DriverOptions:
     verbose: bool = False
     num_cpus: int | None = None
     force: bool = False
-    trust: bool = False  # load the folder's pickles even when this user's key did not sign them (sweeps.trust)
+    trust: bool = False  # load the folder's pickles even when this user's key did not sign them (sweeps.folder.trust)
 
     def say(self) -> Callable[[str], None]:
-        """The driver's message lines: through the progress view (:mod:`sweeps.progress`), so that on a terminal
+        """The driver's message lines: through the progress view (:mod:`sweeps.core.progress`), so that on a terminal
         they scroll above its live line."""
-        from sweeps.progress import current
+        from sweeps.core.progress import current
 
         return (lambda text: None) if self.quiet else (lambda text: current().say(text, stamp=False))
 
@@ -76,8 +76,8 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
     """Start the sweep of ``spec``. Refuses when its folder already holds a sweep, unless ``new`` (start over), and
     a folder that is not a sweep. Nothing is written before every check has passed; a sweep that fails before its
     first trial (a dataset it cannot read, say) leaves no folder behind."""
-    from sweeps.folder import prepare_new, write_marker
-    from sweeps.stored import spec_digest
+    from sweeps.folder.marker import prepare_new, write_marker
+    from sweeps.spec.stored import spec_digest
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -104,7 +104,7 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
     last epoch checkpoint, the Optuna study and ASHA's rungs carry on. When Tune's experiment cannot be restored,
     the sweep continues from its recorded results in a new experiment, running only the trials still missing."""
-    from sweeps.study import sweep_identity
+    from sweeps.search.study import sweep_identity
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -182,9 +182,9 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
     Raises:
         SweepFolderError: the sweep has not finished its budget yet (resume it first).
     """
-    from sweeps.folder import update_marker
-    from sweeps.stored import spec_digest
-    from sweeps.study import sweep_identity
+    from sweeps.folder.marker import update_marker
+    from sweeps.spec.stored import spec_digest
+    from sweeps.search.study import sweep_identity
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -235,9 +235,9 @@ def confirm_sweep(
         SweepFolderError: the search has not finished its budget yet (resume it first).
         SpecError: a value ``budget.confirm`` does not allow.
     """
-    from sweeps.folder import update_marker
-    from sweeps.stored import spec_digest
-    from sweeps.study import sweep_identity
+    from sweeps.folder.marker import update_marker
+    from sweeps.spec.stored import spec_digest
+    from sweeps.search.study import sweep_identity
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -297,7 +297,7 @@ def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
 def _confirm(spec: SweepSpec, driver: DriverOptions, lease, sweep_id: str, say) -> bool:
     """Run the confirmation stage's unfinished runs (:mod:`sweeps.results.confirm`), when the spec asks for one; whether
     there were any."""
-    from sweeps.experiment import build_confirm_tuner
+    from sweeps.tune.experiment import build_confirm_tuner
 
     if spec.budget.confirm is None:
         return False
@@ -369,9 +369,9 @@ def _drive(
     phase, ``body(lease, marker)``, the study reconciled; the lease released and the record closed whatever happens.
     ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
     A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote.
-    Everything it prints goes through one progress view (:mod:`sweeps.progress`), live on a terminal."""
-    from sweeps.interrupt import Interrupts
-    from sweeps.progress import opened
+    Everything it prints goes through one progress view (:mod:`sweeps.core.progress`), live on a terminal."""
+    from sweeps.core.interrupt import Interrupts
+    from sweeps.core.progress import opened
 
     with opened(driver.quiet), Interrupts():
         return _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled)
@@ -394,9 +394,9 @@ def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
 
 
 def _fit(tuner) -> None:
-    """``tuner.fit()``, and :class:`sweeps.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
+    """``tuner.fit()``, and :class:`sweeps.core.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
     normally after its graceful stop: without this a Ctrl-C would read as the sweep's end)."""
-    from sweeps.interrupt import after_error, after_fit
+    from sweeps.core.interrupt import after_error, after_fit
 
     try:
         tuner.fit()
@@ -407,12 +407,12 @@ def _fit(tuner) -> None:
 
 
 def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled) -> SweepOutcome:
-    from sweeps.interrupt import current as current_interrupts
-    from sweeps.progress import current
-    from sweeps.study import StudyStore, check_study_storage, check_study_version
+    from sweeps.core.interrupt import current as current_interrupts
+    from sweeps.core.progress import current
+    from sweeps.search.study import StudyStore, check_study_storage, check_study_version
     from sweeps.results.teachers import write_teachers
-    from sweeps.teacher_phase import teacher_phase
-    from sweeps.tracking import check_tracking
+    from sweeps.tune.teacher_phase import teacher_phase
+    from sweeps.tune.tracking import check_tracking
 
     say = driver.say()
     check_local_resources(spec)
@@ -451,7 +451,7 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         _sign_tune_state(spec)
     except BaseException as error:
-        from sweeps.interrupt import SweepInterrupted
+        from sweeps.core.interrupt import SweepInterrupted
 
         if started or not new_folder:
             record.end(f"LeaseError: {lease.failure}" if lease.failure else _ended_by(error))
@@ -472,7 +472,7 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
 def _ended_by(error: BaseException) -> str:
     """run.json's outcome of a driver that raised ``error``: ``interrupted (SIGINT)`` for a signal (what ``status``
     and ``list`` read), else the error's type and first line."""
-    from sweeps.interrupt import SweepInterrupted
+    from sweeps.core.interrupt import SweepInterrupted
 
     if isinstance(error, SweepInterrupted):
         return str(error)
@@ -484,7 +484,7 @@ def _ended_by(error: BaseException) -> str:
 def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
     """Seed the new sweep's study with the finished trials of the sweep at ``spec.warm_start`` that fit this space;
     returns how many. The other sweep must exist (a one-line error otherwise, before Ray starts)."""
-    from sweeps.study import StudyStore, add_recorded, build_sampler, open_study
+    from sweeps.search.study import StudyStore, add_recorded, build_sampler, open_study
 
     source = SweepResults(spec.warm_start)
     rows = [r for r in source.search_rows() if r["status"] in SCORED]
@@ -501,10 +501,10 @@ def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
 
 
 def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> None:
-    """Bring the study in step with the results tables (see :func:`sweeps.study.reconcile`); ``finished``: no trial
-    of the current experiment runs any more, so a study trial still running was lost."""
+    """Bring the study in step with the results tables (see :func:`sweeps.search.study.reconcile`); ``finished``: no
+    trial of the current experiment runs any more, so a study trial still running was lost."""
     from sweeps.results import CorruptResultsError
-    from sweeps.study import StudyStore, build_sampler, open_study, reconcile
+    from sweeps.search.study import StudyStore, build_sampler, open_study, reconcile
 
     try:
         results = SweepResults(spec.sweep_dir)
@@ -533,7 +533,7 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
 def _sign_tune_state(spec: SweepSpec) -> None:
     """Sign the state every Tune experiment of the sweep left (its last save happens after the callbacks' last
     step), so that the next resume may load it."""
-    from sweeps.trust import Signatures
+    from sweeps.folder.trust import Signatures
 
     signatures = Signatures(spec.sweep_dir)
     for entry in spec.sweep_dir.list():
@@ -547,8 +547,8 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     planted pickle names."""
     from ray import tune
 
-    from sweeps._fences import set_restored_callbacks
-    from sweeps.trust import Signatures
+    from sweeps.tune._fences import set_restored_callbacks
+    from sweeps.folder.trust import Signatures
 
     folder = tune_dir_name(experiment)
     storage_path, filesystem = (spec.sweep_dir / folder).ray_storage
@@ -581,9 +581,9 @@ def _relocate(tuner, spec: SweepSpec, trust: bool) -> bool:
     """Point what Tune unpickled at this folder: the searcher's study and state, ASHA's rung file. They hold the
     paths of the folder the experiment began in, and a copied or moved sweep must never write there. False when the
     experiment holds no searcher of this version (then it is not restored)."""
-    from sweeps._fences import restored_search_and_scheduler
-    from sweeps.scheduler import PersistentASHA
-    from sweeps.searcher import StudySearcher
+    from sweeps.tune._fences import restored_search_and_scheduler
+    from sweeps.tune.scheduler import PersistentASHA
+    from sweeps.tune.searcher import StudySearcher
 
     search, scheduler = restored_search_and_scheduler(tuner)
     while search is not None and not isinstance(search, StudySearcher):
@@ -598,7 +598,7 @@ def _relocate(tuner, spec: SweepSpec, trust: bool) -> bool:
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:
     """Number the sweep's next Tune experiment and record it in the marker (what resume restores)."""
-    from sweeps.folder import update_marker
+    from sweeps.folder.marker import update_marker
 
     experiment = int(marker.get("experiment", 0)) + 1
     update_marker(spec.sweep_dir, experiment=experiment, sweep_id=marker["sweep_id"])

@@ -5,11 +5,11 @@ Optuna sees a define-by-run space (:class:`DefineByRunSpace`): ``pairing`` (the 
 values come back as constants merged into the trial's config. :func:`decode` turns such a config back into plain
 ``teacher`` / ``student`` / ``method`` / hyperparameters, :func:`encode` a recorded trial back into Optuna's
 parameters (warm starts, reconciling the study), and :func:`trial_run` into the trial's :class:`~l2d.run.RunConfig`.
-No Ray here: Tune's search algorithm over this space is built in :mod:`sweeps.searcher`; the study and its sampler
-(TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.study`.
+No Ray here: Tune's search algorithm over this space is built in :mod:`sweeps.tune.searcher`; the study and its sampler
+(TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.search.study`.
 
-A new sampler goes in :func:`sweeps.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a new
-kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
+A new sampler goes in :func:`sweeps.search.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a
+new kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Ray Tune's searcher over a sweep's Optuna study (:mod:`sweeps.study`): Tune asks for a configuration, the study
-samples it (define-by-run, :mod:`sweeps.search`) and remembers every trial's outcome; the searcher's state (the
-sampler with its random state, Tune ids to Optuna trials) travels in Tune's experiment and is also saved beside it
+"""Ray Tune's searcher over a sweep's Optuna study (:mod:`sweeps.search.study`): Tune asks for a configuration, the
+study samples it (define-by-run, :mod:`sweeps.search.space`) and remembers every trial's outcome; the searcher's state
+(the sampler with its random state, Tune ids to Optuna trials) travels in Tune's experiment and is also saved beside it
 after every ask and tell (``searcher.pkl``).
 """
 
@@ -14,12 +14,12 @@ import optuna
 from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
 
 from l2d.storage import Location
-from sweeps import _fences
-from sweeps.checkpoints import HISTORY_KEY
-from sweeps.folder import trial_id as planned_trial_id
-from sweeps.search import DefineByRunSpace, decode, first_points
-from sweeps.study import StudyStore, build_sampler, open_study, tell
-from sweeps.vocab import better
+from sweeps.tune import _fences
+from sweeps.folder.checkpoints import HISTORY_KEY
+from sweeps.folder.marker import trial_id as planned_trial_id
+from sweeps.search.space import DefineByRunSpace, decode, first_points
+from sweeps.search.study import StudyStore, build_sampler, open_study, tell
+from sweeps.core.vocab import better
 
 logger = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ class StudySearcher(Searcher):
         return {"numbers": self.numbers, "best": self.best, "reported": self.reported, "sampler": self.sampler}
 
     def _persist(self) -> None:
-        from sweeps.trust import Signatures
+        from sweeps.folder.trust import Signatures
 
         data = pickle.dumps(self._state())
         self.state_file.write_bytes(data)
@@ -109,7 +109,7 @@ class StudySearcher(Searcher):
             decoded = decode(params)
             # Tagged once its parameters are drawn (a tagged trial is one a restored Tune trial can take up); a
             # driver killed before this leaves an untagged running trial, which the final reconcile fails as
-            # orphaned (sweeps.study.reconcile).
+            # orphaned (sweeps.search.study.reconcile).
             for key, value in {
                 "tune_trial_id": trial_id,
                 "teacher": decoded["teacher"],
@@ -189,7 +189,7 @@ class StudySearcher(Searcher):
         """Tune's saved state, or the newer ``searcher.pkl`` of the sweep folder when it is readable."""
         with open(checkpoint_path, "rb") as stream:
             state = pickle.load(stream)
-        from sweeps.trust import Signatures
+        from sweeps.folder.trust import Signatures
 
         data = self.state_file.read_bytes() if self.state_file.is_file() else None
         trusted = getattr(self, "trusted", False)

@@ -134,7 +134,7 @@ class BestCheckpoint:
                 self.value = None
 
     def _better(self, value: float) -> bool:
-        from sweeps.vocab import better
+        from sweeps.core.vocab import better
 
         return better(value, self.value, self.mode)
 

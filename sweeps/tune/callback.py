@@ -22,10 +22,10 @@ import time
 from ray.tune import Callback
 
 from l2d.storage import Location, cache_dir
-from sweeps._faults import failpoint
-from sweeps.checkpoints import HISTORY_KEY, prune
+from sweeps.core.faults import failpoint
+from sweeps.folder.checkpoints import HISTORY_KEY, prune
 from sweeps.results import OBJECTIVE_COLUMNS, KnownTrial, ResultsWriter
-from sweeps.search import decode
+from sweeps.search.space import decode
 
 
 logger = logging.getLogger(__name__)
@@ -144,12 +144,12 @@ class SweepCallback(Callback):
         self.quiet = quiet
         self._writer = None
         self._boards: dict = {}
-        # The collaborators the experiment hands over (sweeps.experiment); none of them is pickled.
+        # The collaborators the experiment hands over (sweeps.tune.experiment); none of them is pickled.
         self.guard = guard  # called before every write (the lease check)
-        self.tracker = tracker  # an MLflow tracker (sweeps.tracking)
-        self.exporter = exporter  # (trial id, folder) -> writes the trial's best student there (sweeps.export)
-        self.keep = keep  # what a finished trial keeps of its checkpoints (sweeps.checkpoints.prune)
-        self.tune_folder = tune_folder  # Tune's state of this experiment: signed as Tune saves it (sweeps.trust)
+        self.tracker = tracker  # an MLflow tracker (sweeps.tune.tracking)
+        self.exporter = exporter  # (trial id, folder) -> writes the trial's best student there (sweeps.results.export)
+        self.keep = keep  # what a finished trial keeps of its checkpoints (sweeps.folder.checkpoints.prune)
+        self.tune_folder = tune_folder  # Tune's state of this experiment: signed as Tune saves it (sweeps.folder.trust)
         self._signatures = None
         self._reconciled = False
         self.total = total  # the sweep's trial budget: "(3/8)" and the time left in the progress lines
@@ -198,14 +198,14 @@ class SweepCallback(Callback):
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            from sweeps.progress import current
+            from sweeps.core.progress import current
 
             current().say(text)
 
     def _status(self, changed: bool) -> None:
         """The sweep's state line (live on a terminal; in a log printed only when ``changed``)."""
         if not self.quiet:
-            from sweeps.progress import current
+            from sweeps.core.progress import current
 
             current().status(self._summary(), changed)
 
@@ -258,7 +258,7 @@ class SweepCallback(Callback):
                 remaining += max(0.0, min(self.max_epochs, per_trial) - len(writer.epochs.get(trial_id, {})))
         if remaining <= 0:
             return ""
-        from sweeps.progress import about
+        from sweeps.core.progress import about
 
         # Seconds per epoch: from the trials that ended under this driver when there are some (their wall time holds
         # what an epoch does not: a trial's start, its workers, its checkpoints), else from the epochs reported.
@@ -274,7 +274,7 @@ class SweepCallback(Callback):
         return f"{'' if ended else 'at most '}{about(seconds)} left"
 
     def on_step_begin(self, iteration, trials, **info):
-        from sweeps.interrupt import watch_tune
+        from sweeps.core.interrupt import watch_tune
 
         watch_tune()  # Tune's SIGINT handler is in place by now: a Ctrl-C it handles is recorded for the driver
         self._reconcile(trials)
@@ -282,7 +282,7 @@ class SweepCallback(Callback):
     def on_step_end(self, iteration, trials, **info):
         # Tune saved its state (if it did) just before this: sign what changed, so that a resume may load it.
         if self.location.is_local:
-            from sweeps.trust import Signatures
+            from sweeps.folder.trust import Signatures
 
             if self._signatures is None:
                 self._signatures = Signatures(self.location)
@@ -403,9 +403,9 @@ class SweepCallback(Callback):
         self._end(trial, error_message(trial))
 
     def on_experiment_end(self, trials, **info):
-        # Trial ids are deterministic (sweeps.search.SweepSearchGenerator), so a trial lost in a crash is re-created
-        # under its own id by the resumed experiment; one that was not (another experiment's, after Tune's state was
-        # lost) keeps its rows, marked interrupted.
+        # Trial ids are deterministic (sweeps.search.space.SweepSearchGenerator), so a trial lost in a crash is
+        # re-created under its own id by the resumed experiment; one that was not (another experiment's, after Tune's
+        # state was lost) keeps its rows, marked interrupted.
         self._reconcile(trials)  # a restored experiment with nothing left to run takes no step
         lost = self.writer.interrupt_unknown({trial.trial_id for trial in trials})
         if lost:

@@ -11,8 +11,8 @@ else a SQLite file: ``<sweep>/study.db`` for a local sweep; for an ``s3://`` / `
 local cache, uploaded to ``<sweep>/study.db`` (atomically) after every trial end and downloaded again at resume.
 The study is named ``<sweep name>-<sweep id>``.
 
-Each Tune trial is one Optuna trial (:class:`sweeps.searcher.StudySearcher`), with user attributes ``tune_trial_id``,
-``teacher``,
+Each Tune trial is one Optuna trial (:class:`sweeps.tune.searcher.StudySearcher`), with user attributes
+``tune_trial_id``, ``teacher``,
 ``student``, ``method``, ``status`` (completed, stopped, failed, interrupted), ``epochs`` and ``best_epoch``.
 Values: a completed trial's objectives at its best epoch (by the primary objective); a trial ASHA stopped is PRUNED
 with its last value (single objective; with several it is COMPLETE with its values at its best epoch); a failed
@@ -38,8 +38,8 @@ import optuna
 
 from l2d.storage import Location, cache_dir
 from sweeps.results import OBJECTIVE_COLUMNS
-from sweeps.search import encode
-from sweeps.vocab import FINISHED, direction
+from sweeps.search.space import encode
+from sweeps.core.vocab import FINISHED, direction
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -378,7 +378,7 @@ def add_recorded(
         steps = (epochs or {}).get(row["trial_id"]) if single else None
         if steps and row["status"] == "stopped":
             state, values = optuna.trial.TrialState.PRUNED, [steps[max(steps)]]
-        encoded = encode(spec, {k: v for k, v in row.items() if v is not None})  # sweeps.search
+        encoded = encode(spec, {k: v for k, v in row.items() if v is not None})  # sweeps.search.space
         reason = (
             "not finished"
             if state is None
@@ -502,9 +502,9 @@ def sweep_identity(spec, repair: bool = False) -> dict:
     Raises:
         SweepStateError: the marker is damaged and nothing vouches for an id (named, with what to do).
     """
-    from sweeps.folder import MARKER, legacy_id, read_marker, write_marker
+    from sweeps.folder.marker import MARKER, legacy_id, read_marker, write_marker
     from sweeps.results import SweepResults
-    from sweeps.stored import SweepStateError, spec_digest
+    from sweeps.spec.stored import SweepStateError, spec_digest
 
     marker = read_marker(spec.sweep_dir)
     if marker is not None and not marker.get("damaged"):
@@ -527,7 +527,7 @@ def sweep_identity(spec, repair: bool = False) -> dict:
         ids = set(SweepResults(spec.sweep_dir).trials.column("trial_id").to_pylist())
     except (FileNotFoundError, RuntimeError):
         ids = set()
-    from sweeps.folder import trial_id
+    from sweeps.folder.marker import trial_id
 
     confirmed = [c for c in candidates if not ids or any(trial_id(c, k, 1) in ids for k in range(8))]
     if len(confirmed) != 1:
@@ -552,7 +552,7 @@ def sweep_identity(spec, repair: bool = False) -> dict:
 def load_sweep_study(sweep_dir, read_only: bool = False) -> tuple[Any, optuna.Study, StudyStore]:
     """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep, into a
     cache of this process's own for a read command). ``read_only``: for a read command (nothing is written)."""
-    from sweeps.stored import load_sweep_spec
+    from sweeps.spec.stored import load_sweep_spec
 
     spec = load_sweep_spec(sweep_dir)
     store = StudyStore(spec.sweep_dir, spec.study_storage, reader=read_only)

@@ -6,8 +6,8 @@ and the names of the storage's shared folders (:data:`RESERVED`). A sweep writte
 ``spec.yaml`` beside ``tune/`` or ``results/``) is recognised as one and gets its marker at its next resume. The
 marker's sweep id seeds the sweep's deterministic trial ids (:func:`trial_id`).
 
-**Lease.** Who drives the sweep now: :mod:`sweeps.lease` (a compare-and-swap on every store; its names are
-re-exported here). ``results`` and ``status`` never need it. Nothing here is pickled or unpickled.
+**Lease.** Who drives the sweep now: :mod:`sweeps.folder.lease` (a compare-and-swap on every store). ``results`` and
+``status`` never need it. Nothing here is pickled or unpickled.
 """
 
 from __future__ import annotations
@@ -19,9 +19,8 @@ import time
 import uuid
 
 from l2d.storage import Location
+from sweeps.folder.lease import LeaseHeldError, read_lease
 
-# The lease lives in sweeps.lease (compare-and-swap per store); its names are re-exported for the callers of before.
-from sweeps.lease import HEARTBEAT_S, LEASE, LEASE_TIMEOUT_S, Lease, LeaseError, LeaseHeldError, LeaseKeeper, read_lease  # noqa: F401 - re-exported for the callers of before
 
 logger = logging.getLogger(__name__)
 
@@ -57,7 +56,7 @@ def check_name(name: str) -> None:
 def read_marker(sweep_dir: Location) -> dict | None:
     """The marker's content, or None when the folder has none. A damaged marker still marks a sweep: it comes back
     as ``{"damaged": True, "sweep_id": None}`` (the id is recovered from the study and the results, see
-    :func:`sweeps.study.sweep_identity`); nothing is written here."""
+    :func:`sweeps.search.study.sweep_identity`); nothing is written here."""
     path = sweep_dir / MARKER
     if not path.is_file():
         return None
@@ -84,7 +83,7 @@ def is_legacy_sweep(sweep_dir: Location) -> bool:
     if not spec_file.is_file():
         return False
     try:
-        from sweeps._checks import safe_yaml
+        from sweeps.core.checks import safe_yaml
 
         data = safe_yaml(spec_file.read_text())
     except Exception:  # noqa: BLE001 - not YAML (or not readable): not provably a sweep's spec

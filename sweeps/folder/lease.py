@@ -32,7 +32,7 @@ import uuid
 from dataclasses import asdict, dataclass
 
 from l2d.storage import Location
-from sweeps._faults import failpoint
+from sweeps.core.faults import failpoint
 
 logger = logging.getLogger(__name__)
 

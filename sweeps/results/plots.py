@@ -165,7 +165,7 @@ def _objective(results) -> tuple[str, str, str]:
 
 def history_figure(results, study=None):
     """Each trial's value in the order the search tried them, and the best so far (a step line)."""
-    from sweeps.vocab import better
+    from sweeps.core.vocab import better
 
     plt = _pyplot()
     metric, mode, column = _objective(results)

@@ -4,8 +4,8 @@ With ``trainer: torch-trainer`` the Tune trial (:func:`run_trial`) builds a Torc
 ScalingConfig and a deterministic ``RunConfig(name="trial-<trial id>")`` under ``<sweep>/train``; its workers
 (:func:`train_worker`) run the loop. With ``trainer: in-process`` (single worker) the Tune trial runs the loop
 itself, in a process Tune reuses from trial to trial, and writes the checkpoints itself in the same layout
-(:mod:`sweeps.checkpoints`). The loop (:func:`_run`) is :func:`l2d.run.fit`, the engine of ``l2d-sweep train``: it
-reports every epoch (a 1-based ``epoch``, val metrics and loss parts, test mAP, images/s) and checkpoints every
+(:mod:`sweeps.folder.checkpoints`). The loop (:func:`_run`) is :func:`l2d.run.fit`, the engine of ``l2d-sweep train``:
+it reports every epoch (a 1-based ``epoch``, val metrics and loss parts, test mAP, images/s) and checkpoints every
 epoch from rank 0. A trial restarted after a crash finds its latest checkpoint and continues from the next epoch.
 With ``budget.selection_seeds`` > 1 a search trial trains one student per seed, an epoch of each in turn, and
 reports their means (:func:`combine_replicas`); its checkpoints hold every student.
@@ -26,8 +26,8 @@ from typing import Any
 from typing import TYPE_CHECKING
 
 from l2d.storage import Location
-from sweeps._faults import failpoint
-from sweeps.checkpoints import (
+from sweeps.core.faults import failpoint
+from sweeps.folder.checkpoints import (
     HISTORY_FILE,
     HISTORY_KEY,
     STATE_FILE,
@@ -39,7 +39,7 @@ from sweeps.checkpoints import (
     set_aside,
     write_checkpoint,
 )
-from sweeps.search import trial_run
+from sweeps.search.space import trial_run
 
 if TYPE_CHECKING:
     from l2d.run import RunConfig
@@ -306,7 +306,7 @@ def _run(context: TrialContext, config: dict, session) -> None:
     if run.history:
         # A resumed trial first reports its last checkpointed epoch again, with every epoch before it: ASHA decides on
         # it as it would have (a driver that died before seeing that report never did), and a driver that died
-        # before recording the earlier epochs fills its tables from them (see sweeps.callback.SweepCallback).
+        # before recording the earlier epochs fills its tables from them (see sweeps.tune.callback.SweepCallback).
         last = run.history[-1]
         again = {**last, HISTORY_KEY: json.dumps(run.history)}
         session.report(again, int(last["epoch"]), None, run.history, time.perf_counter())
@@ -357,7 +357,7 @@ def _close_if_stopped(context: TrialContext, trial_id: str, run_dir: Location) -
     report its last epoch again from its checkpoint and end, instead of training on."""
     import ray.tune
 
-    from sweeps.scheduler import stopped_at
+    from sweeps.tune.scheduler import stopped_at
 
     stop = stopped_at(context.sweep_dir / "asha.json", trial_id)
     if stop is None:

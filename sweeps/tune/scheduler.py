@@ -20,7 +20,7 @@ import time
 from ray.tune.schedulers import ASHAScheduler
 
 from l2d.storage import Location
-from sweeps import _fences
+from sweeps.tune import _fences
 
 logger = logging.getLogger(__name__)
 
