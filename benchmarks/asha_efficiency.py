@@ -122,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
     if args is None:
         return
 
-    from sweeps.spec import load_spec
+    from sweeps.specs import load_spec
 
     spec = load_spec(args.spec)
     began = time.time()

@@ -51,7 +51,7 @@ def round3(value: float) -> float:
 
 
 def search_spec(args):
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     return parse_spec(
         {

@@ -88,7 +88,7 @@ def arm_space(arm: str, mld: dict | None) -> tuple[str, dict]:
 
 
 def tuning_spec(args, arm: str, mld: dict | None):
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     method, space = arm_space(arm, mld)
     searched = sum(isinstance(v, dict) for v in space.values())

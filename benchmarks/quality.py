@@ -97,7 +97,7 @@ def tuning_spec(args, method: str):
     """The sweep that tunes ``method``: the same budget for every method."""
     from l2d.losses import METHODS as ALL
 
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     space = {"lr": {"low": LR_RANGE[0], "high": LR_RANGE[1]}}
     space.update({name: {"low": RANGES[name][0], "high": RANGES[name][1]} for name in ALL[method].defaults})

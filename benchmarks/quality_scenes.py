@@ -105,7 +105,7 @@ def searched_dims(method: str) -> int:
 
 
 def tuning_spec(args, method: str, first_point: dict | None = None):
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     data = {
         "name": f"scenes-tune-{method}",

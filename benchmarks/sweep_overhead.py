@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     from sweeps.tune.runner import init_ray
-    from sweeps.spec import load_spec
+    from sweeps.specs import load_spec
     from sweeps.tune.teacher_phase import teacher_phase
 
     with sweep_storage(load_spec(args.spec), args.storage) as spec:

@@ -157,7 +157,7 @@ def _section(prop: dict) -> dict | None:
 
 
 def spec_page() -> str:
-    from sweeps.spec import json_schema
+    from sweeps.specs import json_schema
 
     schema = json_schema()
     lines = [

@@ -6,7 +6,7 @@ Every recipe, data and teacher setting of a run is a field of :class:`l2d.run.Ru
 - the run config checks its values against it (:func:`check`, called by :func:`l2d.run.resolve`);
 - the sweep spec's typed sections (``dataset``, ``budget``, ``recipe``, the top-level ``seed``) take the field named by
   its ``spec`` path, with the same bounds, default and help, and so does the spec's JSON Schema
-  (:func:`sweeps.core.checks.setting_rule`, :func:`sweeps.spec.section_class`); a sweep's base run reads them back by
+  (:func:`sweeps.core.checks.setting_rule`, :func:`sweeps.specs.section_class`); a sweep's base run reads them back by
   the same path (:func:`spec_values`);
 - the ``train`` / ``teacher`` / ``dataset`` commands get a flag for each setting that names one for them, typed and
   bounded the same way (:func:`sweeps.cli._common.add_setting_options`);

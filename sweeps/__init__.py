@@ -10,7 +10,7 @@ edge up is the lazy ``from sweeps import Sweep`` below (marked ``# layer: public
   progress lines)
 - ``folder``: a sweep folder and its safety (the marker and trial ids, the lease, checkpoints, ``run.json``, the
   pickles' signatures)
-- ``spec``: the spec language and the spec a sweep folder stores
+- ``specs``: the spec language and the spec a sweep folder stores
 - ``results``: the Parquet tables, SQL, status, the paired statistics and the confirmation verdict, plots, export
 - ``search``: the search space and the Optuna study (Optuna only: no Ray)
 - ``tune``: where Ray lives: the Tune adapters (searcher, ASHA, trial, teacher phase, callback), one experiment,
@@ -23,7 +23,7 @@ from its results tables and checkpoints (see docs/reliability.md).
 """
 
 #: The floors, bottom first: sub-packages (folders), or the facade module ``api``.
-FLOORS = ["core", "folder", "spec", "results", "search", "tune", "api", "cli"]
+FLOORS = ["core", "folder", "specs", "results", "search", "tune", "api", "cli"]
 
 
 def __getattr__(name: str):

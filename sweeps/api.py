@@ -36,7 +36,7 @@ class Sweep:
         Raises:
             FileNotFoundError: no sweep there (a spec file given instead is named as such).
         """
-        from sweeps.spec.stored import load_sweep_spec
+        from sweeps.specs.stored import load_sweep_spec
 
         spec = load_sweep_spec(path)  # checks it is a sweep; a damaged stored spec is named
         return cls(spec.sweep_dir)
@@ -47,7 +47,7 @@ class Sweep:
         ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
         exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
         from sweeps.tune.runner import run_sweep
-        from sweeps.spec import load_spec, parse_spec, with_overrides
+        from sweeps.specs import load_spec, parse_spec, with_overrides
 
         parsed = parse_spec(spec, "<dict>") if isinstance(spec, dict) else load_spec(spec)
         if overrides:  # the one override path (the command line's too): dotted keys reach into a section
@@ -90,8 +90,8 @@ class Sweep:
 
     @property
     def spec(self):
-        """The sweep's stored spec (a :class:`sweeps.spec.SweepSpec`)."""
-        from sweeps.spec.stored import load_sweep_spec
+        """The sweep's stored spec (a :class:`sweeps.specs.SweepSpec`)."""
+        from sweeps.specs.stored import load_sweep_spec
 
         return load_sweep_spec(self.path)
 

@@ -41,7 +41,7 @@ def _sweep(tmp: Path, name: str = "tiny") -> Path:
     """A finished-looking sweep folder (marker, spec, a trials table) without running one."""
     from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp / "storage"), "name": name})
     write_marker(spec.sweep_dir)

@@ -65,7 +65,7 @@ def test_a_setting_added_once_is_in_the_run_config_the_spec_the_cli_and_the_refe
     assert bounded["minimum"] == 1 and bounded["maximum"] == 9
     assert schema["description"] == "passes of a probe this test adds (default: none)"
 
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = dataclasses.replace(parse_spec({**TINY_SPEC, "seed": 7}, "x.yaml"), recipe=parsed)
@@ -101,7 +101,7 @@ def test_every_setting_of_the_run_config_is_the_same_in_the_spec_and_the_cli():
     """The shipped settings: a spec field for each spec path and a flag for each command named, with the
     declaration's default; the spec's sections hold nothing a setting holds under another rule."""
     from sweeps.cli import build_parser
-    from sweeps.spec import Budget, DatasetSpec, RecipeSpec, json_schema
+    from sweeps.specs import Budget, DatasetSpec, RecipeSpec, json_schema
 
     sections = {"recipe": RecipeSpec, "budget": Budget, "dataset": DatasetSpec}
     parser = build_parser()

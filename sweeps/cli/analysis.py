@@ -21,7 +21,7 @@ def _study_or_none(path):
 def _cmd_plot(args: argparse.Namespace) -> int:
     from sweeps.results import plots
     from sweeps.results import SweepResults
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     plots.check_png_target(args.out)  # refused before anything is read
     spec = load_sweep_spec(args.path)
@@ -40,7 +40,7 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 def _cmd_importance(args: argparse.Namespace) -> int:
     from sweeps.results import plots
     from sweeps.results import SweepResults
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     spec = load_sweep_spec(args.path)
     study = _study_or_none(args.path)
@@ -68,7 +68,7 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 def _sweep_row(path) -> dict:
     """One sweep as a row of ``list`` and ``compare``: its trials by state, who drives it, its best trial."""
     from sweeps.results import sweep_status
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     from sweeps.folder.marker import read_marker
 
@@ -177,7 +177,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     from sweeps.results import SweepResults
     from sweeps.results.reader import _plain
     from sweeps.results.schema import OBJECTIVE_COLUMNS
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     if args.format == "csv":
         raise ValueError(

@@ -154,7 +154,7 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
     backbones: list[str] = []
     name, root, options, image_size = args.dataset, args.data_root, dict(args.dataset_option), args.image_size
     if args.spec:
-        from sweeps.spec import load_spec
+        from sweeps.specs import load_spec
 
         if args.data_root or args.dataset_option or args.image_size or args.dataset != "mosaic-digits":
             raise ValueError("give either a spec (--spec) or --dataset and its options, not both")

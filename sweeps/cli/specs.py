@@ -9,7 +9,7 @@ import sys
 
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sweeps.spec import SpecError, check_adopted_teachers, load_spec
+    from sweeps.specs import SpecError, check_adopted_teachers, load_spec
 
     status = 0
     for path in args.specs:
@@ -52,7 +52,7 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
-    from sweeps.spec import json_schema
+    from sweeps.specs import json_schema
 
     schema = json_schema()
     text = json.dumps(schema, indent=2) + "\n"

@@ -9,8 +9,8 @@ from sweeps.cli._common import add_format_argument, bounded, positive_int, rende
 
 
 def _spec_from_args(args: argparse.Namespace):
-    """The spec file with the command line's overrides (the one override path: :func:`sweeps.spec.with_overrides`)."""
-    from sweeps.spec import load_spec, with_overrides
+    """The spec file with the command line's overrides (the one override path: :func:`sweeps.specs.with_overrides`)."""
+    from sweeps.specs import load_spec, with_overrides
 
     spec = load_spec(args.spec)
     changes = {
@@ -271,7 +271,7 @@ def _compact(path: str) -> int:
     """Rewrite the compacted trials.parquet / epochs.parquet from the newest generation, under the sweep's lease."""
     from sweeps.folder.lease import LeaseKeeper
     from sweeps.results import ResultsWriter
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     spec = load_sweep_spec(path)
     keeper = LeaseKeeper(spec.sweep_dir, say=lambda text: print(text, file=sys.stderr)).acquire()

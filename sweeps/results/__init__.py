@@ -4,7 +4,7 @@ append-only Parquet segments named by a manifest (:mod:`~sweeps.results.store`),
 columns are :mod:`~sweeps.results.schema`'s. Beside them: the paired statistics (:mod:`~sweeps.results.stats`), the
 confirmation stage's plan and verdict (:mod:`~sweeps.results.confirm`), each pairing's teacher against its student
 alone (:mod:`~sweeps.results.teachers`), the plots (:mod:`~sweeps.results.plots`) and the export of a trial's student
-(:mod:`~sweeps.results.export`). Imports ``core``, ``folder`` and ``spec``.
+(:mod:`~sweeps.results.export`). Imports ``core``, ``folder`` and ``specs``.
 """
 
 from sweeps.results.reader import (

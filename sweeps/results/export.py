@@ -17,7 +17,7 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
     stage with a winner (:mod:`sweeps.results.confirm`), else the best finished trial of the search by the spec's
     primary objective. ``say`` is told which it took."""
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
     from sweeps.core.vocab import SCORED, sign
 
     spec = load_sweep_spec(sweep_dir)

@@ -201,7 +201,7 @@ def _trial_order(rows: list[dict], study) -> dict[str, int]:
 def searched_parameters(spec, method: str) -> list[str]:
     """The hyperparameters a sweep searched for ``method`` (the learning rate and its weights with a range)."""
     from l2d.losses import METHODS
-    from sweeps.spec import Range
+    from sweeps.specs import Range
 
     return [n for n in ("lr", *METHODS[method].defaults) if isinstance(spec.search_space.get(n), Range)]
 

@@ -157,14 +157,14 @@ class SweepResults:
         """The sweep's stored spec, read once (None for a folder without one; a damaged one is named, one edited by
         hand reported)."""
         if self._stored_spec is False:
-            from sweeps.spec.stored import SPEC_FILE, load_sweep_spec
+            from sweeps.specs.stored import SPEC_FILE, load_sweep_spec
 
             self._stored_spec = load_sweep_spec(self.sweep_dir) if (self.sweep_dir / SPEC_FILE).exists() else None
         return self._stored_spec
 
     def _searched(self) -> set[str]:
         """The hyperparameters the stored spec searches (empty without one)."""
-        from sweeps.spec import Range
+        from sweeps.specs import Range
 
         spec = self.stored_spec
         return {n for n, value in spec.search_space.items() if isinstance(value, Range)} if spec else set()

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from sweeps.spec import SEARCHABLE
+from sweeps.specs import SEARCHABLE
 from sweeps.core.vocab import sign
 
 HPARAM_COLUMNS = SEARCHABLE

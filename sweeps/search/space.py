@@ -8,7 +8,7 @@ parameters (warm starts, reconciling the study), and :func:`trial_run` into the 
 No Ray here: Tune's search algorithm over this space is built in :mod:`sweeps.tune.searcher`; the study and its sampler
 (TPE, NSGA-II or random, seeded, the dataset's default L2D weights first) live in :mod:`sweeps.search.study`.
 
-A new sampler goes in :func:`sweeps.search.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.spec`); a
+A new sampler goes in :func:`sweeps.search.study.build_sampler` (a ``budget.searcher`` value in :mod:`sweeps.specs`); a
 new kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`decode`, nowhere else.
 """
 
@@ -17,7 +17,7 @@ from __future__ import annotations
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
-from sweeps.spec import Range, SweepSpec
+from sweeps.specs import Range, SweepSpec
 
 if TYPE_CHECKING:
     from l2d.run import RunConfig

@@ -504,7 +504,7 @@ def sweep_identity(spec, repair: bool = False) -> dict:
     """
     from sweeps.folder.marker import MARKER, legacy_id, read_marker, write_marker
     from sweeps.results import SweepResults
-    from sweeps.spec.stored import SweepStateError, spec_digest
+    from sweeps.specs.stored import SweepStateError, spec_digest
 
     marker = read_marker(spec.sweep_dir)
     if marker is not None and not marker.get("damaged"):
@@ -552,7 +552,7 @@ def sweep_identity(spec, repair: bool = False) -> dict:
 def load_sweep_study(sweep_dir, read_only: bool = False) -> tuple[Any, optuna.Study, StudyStore]:
     """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep, into a
     cache of this process's own for a read command). ``read_only``: for a read command (nothing is written)."""
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     spec = load_sweep_spec(sweep_dir)
     store = StudyStore(spec.sweep_dir, spec.study_storage, reader=read_only)

@@ -57,7 +57,7 @@ def write_hparams_config(spec) -> None:
     from tensorboard.plugins.hparams import summary_v2 as hp
     from torch.utils.tensorboard.writer import FileWriter
 
-    from sweeps.spec import Range
+    from sweeps.specs import Range
 
     hparams = [
         hp.HParam("teacher", hp.Discrete(sorted({p.teacher for p in spec.pairings}))),

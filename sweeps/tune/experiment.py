@@ -11,7 +11,7 @@ import sys
 
 from sweeps.tune.callback import SweepCallback, write_hparams_config
 from sweeps.folder.lease import LeaseKeeper
-from sweeps.spec import SpecError, SweepSpec
+from sweeps.specs import SpecError, SweepSpec
 
 logger = logging.getLogger(__name__)
 

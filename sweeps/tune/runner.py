@@ -38,8 +38,8 @@ from sweeps.folder.lease import LeaseError, LeaseKeeper
 from sweeps.folder.marker import SweepFolderError
 from sweeps.folder.provenance import RunRecord
 from sweeps.results import SweepOutcome, SweepResults, outcome
-from sweeps.spec import SweepSpec, check_adopted_teachers, with_overrides
-from sweeps.spec.stored import load_sweep_spec, sweep_exists
+from sweeps.specs import SweepSpec, check_adopted_teachers, with_overrides
+from sweeps.specs.stored import load_sweep_spec, sweep_exists
 from sweeps.core.vocab import SCORED
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
     a folder that is not a sweep. Nothing is written before every check has passed; a sweep that fails before its
     first trial (a dataset it cannot read, say) leaves no folder behind."""
     from sweeps.folder.marker import prepare_new, write_marker
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs.stored import spec_digest
 
     driver = DriverOptions(**options)
     say = driver.say()
@@ -183,7 +183,7 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
         SweepFolderError: the sweep has not finished its budget yet (resume it first).
     """
     from sweeps.folder.marker import update_marker
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs.stored import spec_digest
     from sweeps.search.study import sweep_identity
 
     driver = DriverOptions(**options)
@@ -236,7 +236,7 @@ def confirm_sweep(
         SpecError: a value ``budget.confirm`` does not allow.
     """
     from sweeps.folder.marker import update_marker
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs.stored import spec_digest
     from sweeps.search.study import sweep_identity
 
     driver = DriverOptions(**options)

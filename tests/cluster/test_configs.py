@@ -120,7 +120,7 @@ def test_kuberay_manifests(name):
         config_map = documents["ConfigMap"]
         stored = yaml.safe_load(config_map["data"]["spec.yaml"])
         assert stored == yaml.safe_load((ROOT / "search_spaces" / "coco2014.yaml").read_text())
-        from sweeps.spec import parse_spec
+        from sweeps.specs import parse_spec
 
         assert parse_spec(stored).name == "coco2014-l2d"
         head_volumes = {v["name"]: v for v in spec["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["volumes"]}
@@ -257,7 +257,7 @@ def test_gpu_step_benchmark_runs_on_cpu(tmp_path):
 
 
 def test_gpu_check_script_and_spec():
-    from sweeps.spec import load_spec
+    from sweeps.specs import load_spec
 
     script = (ROOT / "benchmarks" / "gpu_check.sh").read_text()
     assert "benchmarks/gpu_check.yaml" in script and "--image-size 224" in script and "--classes 80" in script

@@ -138,7 +138,7 @@ def test_the_sweep_level_hparams_config_declares_every_domain(tmp_path):
     from tensorboard.plugins.hparams import metadata
 
     from sweeps.tune.callback import write_hparams_config
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)}, "tiny.yaml")
@@ -172,7 +172,7 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
     from tensorboard.plugins.hparams import metadata
 
     from sweeps.tune.callback import write_hparams_config
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
     space = {

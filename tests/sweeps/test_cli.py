@@ -168,7 +168,7 @@ def test_teacher_train_and_a_sweep_share_one_teacher_key():
     from l2d.run import teacher_key
     from sweeps.cli import build_parser
     from sweeps.cli.single import teacher_command_config, train_command_config
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec({**TINY_SPEC, "storage": "/tmp/unused"})

@@ -14,7 +14,7 @@ from scipy import stats
 
 from sweeps.results.confirm import STAGE, config_of, pending, plan, run_id, seeds_of, summarize
 from sweeps.results.reader import with_stages
-from sweeps.spec import SpecError, parse_spec
+from sweeps.specs import SpecError, parse_spec
 from tests.commands import l2d_sweep
 from tests.sweeps.conftest import TINY_SPEC
 

@@ -5,7 +5,7 @@ import pytest
 
 from sweeps.tune.experiment import callbacks, check_local_resources, driver_resources, tune_dir_name
 from sweeps.folder.lease import LeaseKeeper
-from sweeps.spec import SpecError, parse_spec
+from sweeps.specs import SpecError, parse_spec
 from tests.sweeps.conftest import TINY_SPEC
 
 

@@ -71,8 +71,8 @@ def _rung_sweep(tmp_path: Path, trials: int) -> Path:
     from l2d.storage import Location
     from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
-    from sweeps.spec import parse_spec
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs import parse_spec
+    from sweeps.specs.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec(
@@ -96,7 +96,7 @@ def _rung_sweep(tmp_path: Path, trials: int) -> Path:
 
 def test_the_rungs_plot_sets_each_rung_against_the_final_value(tmp_path):
     from sweeps.results import SweepResults
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     sweep = _rung_sweep(tmp_path, 4)
     figure = plots.rungs_figure(SweepResults(sweep), load_sweep_spec(sweep))

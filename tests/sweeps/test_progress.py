@@ -147,7 +147,7 @@ def test_callback_prints_the_best_once_not_on_every_epoch_line(tmp_path, capsys)
 def test_teacher_phase_prints_each_teacher_epoch(tiny_spec, ray_cleanup):
     import ray
 
-    from sweeps.spec import load_spec
+    from sweeps.specs import load_spec
     from sweeps.tune.teacher_phase import teacher_phase
 
     spec = load_spec(tiny_spec(budget={**{"num_samples": 1, "max_epochs": 1, "teacher_epochs": 2}}))

@@ -22,8 +22,8 @@ def _sweep(storage: Path, name: str, lr: float) -> Path:
     from l2d.storage import Location
     from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
-    from sweeps.spec import parse_spec
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs import parse_spec
+    from sweeps.specs.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec(
@@ -197,7 +197,7 @@ def test_list_and_compare_read_real_folders(sweeps, capsys):
     )
     from sweeps.cli.analysis import best_per_pairing, paired_trials
     from sweeps.results import SweepResults
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     tables = [SweepResults(path).trials.to_pylist() for path in (alpha, beta)]
     board = best_per_pairing(tables, ["alpha", "beta"], "best_val_mAP", "max")

@@ -332,8 +332,8 @@ def test_compact_rewrites_the_compacted_pair_from_the_newest_generation(tmp_path
     from sweeps.cli import main
     from sweeps.folder.marker import write_marker
     from sweeps.folder.lease import LeaseKeeper
-    from sweeps.spec import parse_spec
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs import parse_spec
+    from sweeps.specs.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
 
     from l2d.storage import Location

@@ -23,8 +23,8 @@ def _sweep(tmp_path: Path, best: dict[str, float]) -> Path:
     """A sweep folder with one trial per method of one pairing, each reaching ``best[method]`` val mAP at epoch 2."""
     from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter
-    from sweeps.spec import parse_spec
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs import parse_spec
+    from sweeps.specs.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec({**TINY_SPEC, "name": "t", "storage": str(tmp_path)}, "x.yaml")

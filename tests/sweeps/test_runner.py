@@ -7,7 +7,7 @@ import yaml
 from l2d.storage import Location
 from sweeps.folder.marker import SweepFolderError, write_marker
 from sweeps.tune.runner import extend_sweep, run_or_resume, spec_differences
-from sweeps.spec import parse_spec, with_overrides
+from sweeps.specs import parse_spec, with_overrides
 from tests.sweeps.conftest import TINY_SPEC
 
 
@@ -43,7 +43,7 @@ def test_overrides_go_through_the_spec_again(tmp_path):
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)})
     grown = with_overrides(spec, "test", **{"budget.max_epochs": 1, "name": "other"})
     assert grown.budget.max_epochs == 1 and grown.budget.grace_period == 1 and grown.name == "other"
-    from sweeps.spec import SpecError
+    from sweeps.specs import SpecError
 
     with pytest.raises(SpecError, match="test: name: 'teachers' is reserved"):
         with_overrides(spec, "test", name="teachers")

@@ -7,7 +7,7 @@ import optuna
 
 from sweeps.folder.marker import trial_id
 from sweeps.tune.searcher import StudySearcher
-from sweeps.spec import parse_spec
+from sweeps.specs import parse_spec
 from sweeps.search.study import StudyStore
 from tests.sweeps.conftest import TINY_SPEC, plant_payload
 

@@ -6,7 +6,7 @@ import pytest
 import yaml
 
 from sweeps.cli import main
-from sweeps.spec import Range, SpecError, load_spec, parse_spec
+from sweeps.specs import Range, SpecError, load_spec, parse_spec
 from tests.sweeps.conftest import TINY_SPEC
 
 

@@ -110,7 +110,7 @@ def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     # The first proposal of the new sweep is TPE's, informed by the earlier trials: not the point a cold study with the
     # same sampler and seed would draw at random at startup.
     from sweeps.search.space import DefineByRunSpace
-    from sweeps.spec import load_spec
+    from sweeps.specs import load_spec
     from sweeps.search.study import build_sampler
 
     spec = load_spec(str(path))

@@ -12,8 +12,8 @@ import yaml
 
 from sweeps.folder.marker import MARKER, trial_id, write_marker
 from sweeps.results import ResultsWriter
-from sweeps.spec import parse_spec
-from sweeps.spec.stored import SweepStateError, spec_digest
+from sweeps.specs import parse_spec
+from sweeps.specs.stored import SweepStateError, spec_digest
 from sweeps.search.study import StudyStorageError, StudyStore, open_study, study_name, sweep_identity
 from tests.sweeps.conftest import TINY_SPEC
 
@@ -155,7 +155,7 @@ def test_a_marker_nothing_vouches_for_is_refused(tmp_path):
 
 
 def test_a_hand_edited_spec_is_found(tmp_path, caplog):
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     spec = _sweep_with_results(tmp_path)
     edited = spec.to_dict()
@@ -171,7 +171,7 @@ def test_a_hand_edited_spec_is_found(tmp_path, caplog):
 def test_a_spec_written_before_a_setting_was_added_is_not_an_edit(tmp_path, caplog):
     """A sweep started by an older version: its spec.yaml and the marker's digest lack a setting added since (here
     ``budget.teacher_head_epochs``); parsed today the spec holds it (None), which is not an edit by hand."""
-    from sweeps.spec.stored import load_sweep_spec, written_digest
+    from sweeps.specs.stored import load_sweep_spec, written_digest
 
     spec = _sweep_with_results(tmp_path)
     older = spec.to_dict()

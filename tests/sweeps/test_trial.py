@@ -7,7 +7,7 @@ import pytest
 
 from l2d.storage import Location
 from sweeps.folder.checkpoints import HISTORY_KEY, BestCheckpoint, restore_newest, write_checkpoint
-from sweeps.spec import parse_spec
+from sweeps.specs import parse_spec
 from sweeps.tune.trial import TrialContext, _run
 from tests.sweeps.conftest import TINY_SPEC
 

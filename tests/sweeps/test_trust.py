@@ -44,7 +44,7 @@ def test_a_signature_is_a_keyed_hmac_and_forgeries_fail(tmp_path, key):
 
 
 def _folder_with_planted_experiment(tmp_path):
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "storage")})
     tune = spec.sweep_dir / "tune"
@@ -87,7 +87,7 @@ def test_resume_with_trust_loads_what_it_was_told_to(tmp_path, key):
 
 def test_the_searcher_loads_its_state_only_when_signed_with_the_key(tmp_path, key):
     from sweeps.tune.searcher import StudySearcher
-    from sweeps.spec import parse_spec
+    from sweeps.specs import parse_spec
     from sweeps.search.study import StudyStore
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "storage")})

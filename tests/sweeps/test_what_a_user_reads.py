@@ -36,8 +36,8 @@ def _write_sweep(storage: Path, name: str, trials: int, base: float = 30.0) -> P
     """A finished sweep folder: spec, marker, results of ``trials`` trials, and its Optuna study (one trial each)."""
     from l2d.storage import Location
     from sweeps.folder.marker import write_marker
-    from sweeps.spec import parse_spec
-    from sweeps.spec.stored import spec_digest
+    from sweeps.specs import parse_spec
+    from sweeps.specs.stored import spec_digest
     from sweeps.search.study import study_name
     from tests.sweeps.conftest import TINY_SPEC
 
@@ -174,7 +174,7 @@ def test_one_set_of_column_names_and_the_table_shows_the_searched_hyperparameter
 
 def test_a_copied_or_renamed_sweep_reads_as_itself(storage, tmp_path, capsys):
     from sweeps.api import Sweep
-    from sweeps.spec.stored import load_sweep_spec
+    from sweeps.specs.stored import load_sweep_spec
 
     original = storage / "big"
     copy = shutil.copytree(original, storage / "big-copy")

@@ -1,10 +1,10 @@
 """The spec language (``language``: one YAML file that defines a sweep, as typed models, every error at once) and the
 spec a sweep folder stores, checked against the marker's digest (``stored``). Imports ``core`` and ``folder``.
 
-The language's public names are re-exported here: ``from sweeps.spec import load_spec, parse_spec``.
+The language's public names are re-exported here: ``from sweeps.specs import load_spec, parse_spec``.
 """
 
-from sweeps.spec.language import (
+from sweeps.specs.language import (
     SEARCHABLE,
     Budget,
     Confirm,

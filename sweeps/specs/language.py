@@ -186,7 +186,7 @@ class SweepSpec:
     # Configurations the search evaluates first (instead of the default first point): each a mapping of teacher,
     # student, method and searched hyperparameters; what it leaves out is sampled.
     first_points: tuple = ()
-    # The folder this spec was read from (:func:`sweeps.spec.stored.load_sweep_spec`): a sweep is its folder, so a
+    # The folder this spec was read from (:func:`sweeps.specs.stored.load_sweep_spec`): a sweep is its folder, so a
     # copied, renamed or moved sweep reads and writes there, whatever name and storage its spec.yaml holds. Never
     # stored.
     folder: str | None = field(default=None, compare=False, repr=False)

@@ -8,7 +8,7 @@ import logging
 
 from l2d.storage import Location
 from sweeps.folder.marker import MARKER, SweepNotFoundError, is_sweep, read_marker
-from sweeps.spec import SpecError, SweepSpec, parse_spec
+from sweeps.specs import SpecError, SweepSpec, parse_spec
 
 logger = logging.getLogger(__name__)
 
@@ -56,7 +56,7 @@ def sweep_exists(sweep_dir: str | Location) -> bool:
 
 def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpec:
     """The spec stored in a sweep folder, as the sweep *in that folder*: copied, renamed or moved, it reads and
-    writes where it is (:meth:`sweeps.spec.SweepSpec.in_folder`), never at the ``<storage>/<name>`` its file names.
+    writes where it is (:meth:`sweeps.specs.SweepSpec.in_folder`), never at the ``<storage>/<name>`` its file names.
     A spec that differs from the one the sweep was started with (its digest in the marker) is reported, or refused
     for a ``driver``.
 
