@@ -7,10 +7,12 @@
 >>> sweep.history("<trial id>")                                 # one trial's epochs
 >>> sweep.plot("history")                                       # a matplotlib Figure
 >>> sweep.export("exports/best")                                # the best student, safetensors + model card
+>>> Sweep.compare(["runs/a", "runs/b"])                         # two sweeps side by side, paired where they can be
 
-Every read goes through the same code as the command line (one generation of the results, the stored spec, the
-study read-only), so what a notebook shows is what ``l2d-sweep results`` prints. ``refresh()`` reads the newest
-generation of a sweep that is still running. Reading never writes into the sweep folder.
+This is the one way into a sweep: the command line's read commands (``results``, ``status``, ``plot``,
+``importance``, ``list``, ``compare``, ``export``) open it here and print what these methods return, so a notebook and
+``l2d-sweep results`` cannot disagree. Every read takes the newest generation of the results (one generation per
+call), the stored spec, the study read-only. Reading never writes into the sweep folder.
 """
 
 from __future__ import annotations
@@ -81,12 +83,52 @@ class Sweep:
         confirm_sweep(self.path, top, seeds, baseline, per_method, quiet=quiet)
         return self
 
+    @classmethod
+    def find(cls, storage: str | Location) -> tuple[list[dict], list[str]]:
+        """Every sweep under a storage folder (a folder, ``s3://`` or ``gs://``; ``l2d-sweep list``), by name: each
+        one's :meth:`summary`, and a line for each sweep that could not be read (one damaged sweep hides no other).
+
+        Raises:
+            FileNotFoundError: no such storage folder.
+        """
+        from sweeps.folder.marker import is_sweep
+
+        storage = Location.parse(storage, "storage")
+        if not storage.is_dir():
+            raise FileNotFoundError(f"{storage}: no such storage folder")
+        rows, unreadable = [], []
+        for child in sorted(storage.list(), key=lambda c: c.name):
+            if child.is_dir() and is_sweep(child):
+                try:
+                    rows.append(cls.open(child).summary())
+                except Exception as error:  # noqa: BLE001 - one damaged sweep does not hide the others: named
+                    unreadable.append(f"{child}: {str(error).splitlines()[0] if str(error) else type(error).__name__}")
+        return rows, unreadable
+
+    @classmethod
+    def compare(cls, sweeps: list) -> Any:
+        """Two or more sweeps side by side (``l2d-sweep compare``): a :class:`sweeps.results.compare.Comparison`
+        (each one's summary, the best of each method and pairing, the configurations two sweeps of one seed both ran
+        with a paired t-interval, the spec fields that differ). ``sweeps``: folders or :class:`Sweep` objects."""
+        from sweeps.results.compare import compare
+
+        return compare([(s if isinstance(s, Sweep) else cls.open(s)).spec for s in sweeps])
+
     # --- reading ----------------------------------------------------------------------------------------------------
 
-    def _results(self):
+    def results(self):
+        """The results tables of the newest generation, as the command line reads them (a
+        :class:`sweeps.results.SweepResults`: Arrow tables, SQL, the leaderboard, the ledger, the confirmation)."""
         from sweeps.results import SweepResults
 
         return SweepResults(self.path)
+
+    def summary(self) -> dict[str, Any]:
+        """The sweep as one row of ``l2d-sweep list``: its trials by state, who drives it, its best trial, when its
+        results last changed, its id."""
+        from sweeps.results.compare import summary_row
+
+        return summary_row(self.spec)
 
     @property
     def spec(self):
@@ -98,18 +140,18 @@ class Sweep:
     @property
     def trials(self):
         """The trials table (one row per trial), as a pandas DataFrame."""
-        return self._results().trials.to_pandas()
+        return self.results().trials.to_pandas()
 
     @property
     def epochs(self):
         """The epochs table (one row per trial and epoch), as a pandas DataFrame."""
-        return self._results().epochs.to_pandas()
+        return self.results().epochs.to_pandas()
 
     def leaderboard(self, limit: int | None = 10, columns: list[str] | None = None):
         """The best trials by the spec's metric, as a DataFrame at full precision (``l2d-sweep results`` shows the
         same rows rounded): the columns of its table, or ``columns`` (the trials table's names, as in SQL);
         ``limit=None`` for every trial with a value."""
-        return self._results().leaderboard(limit, columns).to_pandas()
+        return self.results().leaderboard(limit, columns).to_pandas()
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
         """The best trial's row, with ``chosen_as`` saying which it is: without ``metric``, the confirmed winner's best
@@ -120,7 +162,7 @@ class Sweep:
         from sweeps.results.schema import OBJECTIVE_COLUMNS
         from sweeps.core.vocab import sql_order
 
-        results = self._results()
+        results = self.results()
         chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"
         confirmation = results.confirmation() if metric is None else None
         chosen = confirmation.chosen() if confirmation is not None else None
@@ -148,11 +190,11 @@ class Sweep:
     def confirmation(self):
         """The confirmation stage (:class:`sweeps.results.confirm.Confirmation`: its table, winner and verdicts); None
         when the sweep has none."""
-        return self._results().confirmation()
+        return self.results().confirmation()
 
     def teachers(self):
         """Each pairing's teacher beside its student trained alone, as a DataFrame (``results --teachers``)."""
-        return self._results().teachers().to_pandas()
+        return self.results().teachers().to_pandas()
 
     def study(self):
         """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):
@@ -163,18 +205,36 @@ class Sweep:
 
     def history(self, trial_id: str):
         """One trial's epoch rows, in order, as a DataFrame (raises ValueError for an unknown trial)."""
-        results = self._results()
+        results = self.results()
         if trial_id not in results.trials.column("trial_id").to_pylist():
             raise ValueError(f"{self.path}: no trial {trial_id!r}")
         return results.sql("SELECT * FROM epochs WHERE trial_id = ? ORDER BY epoch", [trial_id]).to_pandas()
 
     def sql(self, query: str, parameters: list | None = None):
         """DuckDB SQL over the views ``trials`` and ``epochs`` (read-only, sandboxed), as a DataFrame."""
-        return self._results().sql(query, parameters).to_pandas()
+        return self.results().sql(query, parameters).to_pandas()
 
     def pareto(self):
         """The Pareto front of the spec's objectives (val mAP against student size for one objective)."""
-        return self._results().pareto().to_pandas()
+        return self.results().pareto().to_pandas()
+
+    def importance(self, method: str | None = None, evaluator: str = "ped-anova") -> dict[str, tuple[dict, int]]:
+        """Each searched hyperparameter's importance per method (``l2d-sweep importance``), over that method's finished
+        trials: ``{method: ({hyperparameter: importance}, trials)}`` (empty importances: too few trials).
+        ``method``: one method only (default: every method of the spec).
+
+        Raises:
+            sweeps.results.plots.NotEnoughData: the sweep keeps no study (a sweep from before studies were kept).
+        """
+        from sweeps.results import plots
+        from sweeps.search.study import load_sweep_study
+
+        spec = self.spec
+        try:
+            study = load_sweep_study(self.path, read_only=True)[1]
+        except FileNotFoundError as error:
+            raise plots.NotEnoughData(str(error)) from None
+        return {m: plots.importances(study, spec, m, evaluator) for m in ([method] if method else spec.methods)}
 
     def status(self):
         """Trials by state, who drives the sweep, the best so far (a :class:`sweeps.results.SweepStatus`)."""
@@ -202,12 +262,12 @@ class Sweep:
         if kind not in plots.PLOTS:
             raise ValueError(f"unknown plot kind {kind!r}; one of {', '.join(plots.PLOTS)}")
         if out is not None:
-            plots.check_png_target(out)
-        spec, results, study = self.spec, self._results(), None
+            plots.check_png_target(out)  # refused before anything is drawn
+        spec, results, study = self.spec, self.results(), None
         if plots.PLOTS[kind].study != "none":
             try:
                 study = load_sweep_study(self.path, read_only=True)[1]
-            except FileNotFoundError:
+            except FileNotFoundError:  # a sweep from before studies were kept: the plot says what it lacks
                 study = None
         figure = plots.draw(kind, results, spec, study, method)
         if out is not None:
@@ -223,8 +283,8 @@ class Sweep:
         formats: tuple[str, ...] = ("safetensors",),
         quiet: bool = True,
     ) -> dict:
-        """Export a trial's best student (default: the best trial's) into ``out`` (``l2d-sweep export``); returns
-        its model card."""
+        """Export a trial's best student (default: the confirmed winner's, else the best trial's) into ``out``
+        (``l2d-sweep export``); returns its model card. ``quiet=False`` prints each step."""
         from sweeps.results.export import export_trial
 
         return export_trial(self.path, trial, out, formats, progress=(lambda _: None) if quiet else print)

@@ -156,10 +156,10 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.results.export import export_trial
+    from sweeps.api import Sweep
 
     formats = tuple(dict.fromkeys(["safetensors", *[f.strip() for f in args.format.split(",") if f.strip()]]))
-    card = export_trial(args.path, args.trial, args.out, formats, progress=(lambda text: None) if args.quiet else print)
+    card = Sweep.open(args.path).export(args.out, args.trial, formats, quiet=args.quiet)
     print(
         f"exported trial {card['trial_id']} ({card['backbone']}, {card['parameters']:,} parameters) to {args.out}; "
         f"load it with l2d.export.load_student({str(args.out)!r})"
@@ -215,21 +215,22 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from sweeps.results import SweepResults
+    from sweeps.api import Sweep
 
     if args.compact:
         return _compact(args.path)
-    results = SweepResults(args.path)
+    sweep = Sweep.open(args.path)
+    results = sweep.results()
     if args.sql:
         print(render(results.sql(args.sql, memory_limit=args.sql_memory, timeout_s=args.sql_timeout), args.format))
         return 0
     if args.pareto:
         table = results.pareto()
         if len(results.objectives) > 1:
-            from sweeps.search.study import load_sweep_study, search_front
+            from sweeps.search.study import search_front
 
             names = " vs ".join(f"{m} ({mode})" for m, mode in results.objectives)
-            study = load_sweep_study(args.path)[1]
+            study = sweep.study()
             front, warm = search_front(study), search_front(study, warm_start=True)
             same = front == sorted(table.column("trial_id").to_pylist())
             print(
@@ -296,7 +297,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
         raise ValueError("--watch prints tables for a person; --format json reads the status once")
     import time
 
-    from sweeps.results import sweep_status
+    from sweeps.api import Sweep
 
     interactive = sys.stdout.isatty()
     try:
@@ -307,7 +308,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
                 print(f"--- {time.strftime('%H:%M:%S')}")
             _print_status(args.path)
             sys.stdout.flush()
-            if not sweep_status(args.path).driver:
+            if not Sweep.open(args.path).status().driver:
                 print("(no driver runs this sweep: nothing more will change)")
                 return 0
             time.sleep(args.watch)
@@ -316,10 +317,10 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(path: str, fmt: str = "table") -> None:
-    from sweeps.results import sweep_status
+    from sweeps.api import Sweep
     from sweeps.results.reader import describe_ledger
 
-    status = sweep_status(path)
+    status = Sweep.open(path).status()
     if fmt == "json":
         import json
 

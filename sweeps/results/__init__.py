@@ -22,7 +22,19 @@ from sweeps.results.store import CorruptResultsError, ResultsStore, read_table, 
 from sweeps.results.writer import KnownTrial, ResultsWriter, TrialRecord
 
 #: This floor's modules, bottom first (``__init__``: this package itself, after what it re-exports).
-MODULES = ["schema", "store", "stats", "confirm", "teachers", "writer", "reader", "__init__", "plots", "export"]
+MODULES = [
+    "schema",
+    "store",
+    "stats",
+    "confirm",
+    "teachers",
+    "writer",
+    "reader",
+    "__init__",
+    "compare",
+    "plots",
+    "export",
+]
 
 __all__ = [
     "CorruptResultsError",

@@ -315,7 +315,7 @@ def _suggest_column(name: str, columns: list[str]) -> str:
     return f"; did you mean {close[0]!r}?" if close else ""
 
 
-def _plain(value):
+def plain_value(value):
     """A value as JSON has it: non-finite floats become null (JSON has no NaN), anything else odd a string."""
     if isinstance(value, float) and not math.isfinite(value):
         return None
@@ -332,7 +332,7 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
     if fmt in ("json", "jsonl"):
         import json
 
-        plain = [{k: _plain(v) for k, v in row.items()} for row in rows]
+        plain = [{k: plain_value(v) for k, v in row.items()} for row in rows]
         if fmt == "json":
             return json.dumps(plain, indent=1)
         return "\n".join(json.dumps(row) for row in plain)

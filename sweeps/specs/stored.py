@@ -78,6 +78,8 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
             f"{path}: is not a file (a folder?); the sweep's stored spec is damaged: put the file "
             f"back from a copy of the sweep"
         )
+    if not sweep_dir.is_dir():
+        raise SweepNotFoundError(f"{sweep_dir}: no such sweep folder")
     if not is_sweep(sweep_dir) or not path.is_file():
         raise SweepNotFoundError(f"{sweep_dir}: no sweep here (no spec.yaml); start one with `l2d-sweep run SPEC`")
     try:

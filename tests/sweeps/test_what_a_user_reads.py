@@ -172,6 +172,38 @@ def test_one_set_of_column_names_and_the_table_shows_the_searched_hyperparameter
     assert "did you mean 'best_val_mAP'" in capsys.readouterr().err
 
 
+def test_the_read_commands_print_what_the_sweep_object_returns(storage, tmp_path, capsys):
+    """One way into a sweep: `results`, `status`, `list` and `compare` print the values of :class:`sweeps.api.Sweep`
+    (the CLI opens the sweep there), so a notebook and the command line cannot disagree."""
+    from sweeps.api import Sweep
+    from sweeps.results.reader import plain_value
+
+    def printed(*argv):
+        assert main(list(argv)) == 0
+        return json.loads(capsys.readouterr().out)
+
+    def plain(rows):
+        return [{k: plain_value(v) for k, v in row.items()} for row in rows]
+
+    sweep = Sweep.open(storage / "big")
+    board = sweep.results().leaderboard(None, None, every_column=True).to_pylist()
+    assert printed("results", str(sweep.path), "--format", "json") == plain(board)
+    assert printed("results", str(sweep.path), "--sql", "SELECT trial_id FROM trials", "--format", "json") == plain(
+        sweep.sql("SELECT trial_id FROM trials").to_dict("records")
+    )
+    status = printed("status", str(sweep.path), "--format", "json")
+    assert json.loads(json.dumps({**sweep.status().to_dict(), "path": str(sweep.path)}, default=str)) == status
+    rows, unreadable = Sweep.find(storage)
+    assert printed("list", str(storage), "--format", "json") == plain(
+        [{k: v for k, v in row.items() if k != "trial_id"} for row in rows]
+    ) and not unreadable
+    found = Sweep.compare([sweep.path, sweep.path])
+    compared = printed("compare", str(sweep.path), str(sweep.path), "--format", "json")
+    for name, table in found.tables.items():
+        assert compared[name] == plain(table), name
+    assert compared["column"] == found.column and compared["copies"] == found.copies
+
+
 def test_a_copied_or_renamed_sweep_reads_as_itself(storage, tmp_path, capsys):
     from sweeps.api import Sweep
     from sweeps.specs.stored import load_sweep_spec
