@@ -194,9 +194,11 @@ def test_the_read_commands_print_what_the_sweep_object_returns(storage, tmp_path
     status = printed("status", str(sweep.path), "--format", "json")
     assert json.loads(json.dumps({**sweep.status().to_dict(), "path": str(sweep.path)}, default=str)) == status
     rows, unreadable = Sweep.find(storage)
-    assert printed("list", str(storage), "--format", "json") == plain(
-        [{k: v for k, v in row.items() if k != "trial_id"} for row in rows]
-    ) and not unreadable
+    assert (
+        printed("list", str(storage), "--format", "json")
+        == plain([{k: v for k, v in row.items() if k != "trial_id"} for row in rows])
+        and not unreadable
+    )
     found = Sweep.compare([sweep.path, sweep.path])
     compared = printed("compare", str(sweep.path), str(sweep.path), "--format", "json")
     for name, table in found.tables.items():
