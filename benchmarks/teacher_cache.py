@@ -422,11 +422,14 @@ def main(argv: list[str] | None = None) -> None:
         tmp.write_text(json.dumps(done, indent=1) + "\n")
         os.replace(tmp, cache_path)
 
-    caches = tempfile.mkdtemp(prefix="l2d-benchmark-cache-")
-    os.environ["L2D_SWEEP_CACHE"] = caches  # before Ray starts: its workers inherit it
     settings = SETTINGS
     if args.spec:
         settings = [(Path(args.spec).stem, args.spec, {"budget.num_samples": args.num_samples}, args.modes.split(","))]
+    # a sweeps part of other modes (an earlier version's) is neither reported nor kept
+    current = {"steps", "decoded", *(_part_name(label, modes) for label, _, _, modes in settings)}
+    done = {name: rows for name, rows in done.items() if name in current}
+    caches = tempfile.mkdtemp(prefix="l2d-benchmark-cache-")
+    os.environ["L2D_SWEEP_CACHE"] = caches  # before Ray starts: its workers inherit it
     try:
         if "steps" in parts and "steps" not in done:
             print(f"steps: the teacher's forward pass against the student's step ({args.repeats} repeats)", flush=True)
@@ -442,7 +445,7 @@ def main(argv: list[str] | None = None) -> None:
             from sweeps.tune.teacher_phase import teacher_phase
 
             for label, path, changes, modes in settings:
-                name = f"sweeps:{label}:{','.join(modes)}"
+                name = _part_name(label, modes)
                 if name in done:
                     continue
                 spec = with_overrides(load_spec(str(ROOT / path)), path, **changes)
@@ -457,11 +460,17 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         shutil.rmtree(caches, ignore_errors=True)
 
-    names = ("steps", *sorted(k for k in done if k.startswith("sweeps:")), "decoded")
+    # the parts of this run's settings (an entry of other modes, cached by an earlier version, is not reported)
+    names = ("steps", *(_part_name(label, modes) for label, _, _, modes in settings), "decoded")
     rows = [row for name in names for row in done.get(name, [])]
     report = {"rows": rows, "parts": sorted(done), "command": command_line("teacher_cache.py", args.argv)}
     print(summarize(report, False))
     write_report(args.out, "teacher_cache", rows, **{k: v for k, v in report.items() if k != "rows"})
+
+
+def _part_name(label: str, modes: list[str]) -> str:
+    """The cache's key of a setting's sweeps part (its modes in it: other modes are another part)."""
+    return f"sweeps:{label}:{','.join(modes)}"
 
 
 def summarize(report: dict, write: bool) -> str:
