@@ -9,7 +9,6 @@ import math
 import statistics
 from pathlib import Path
 
-
 #: The level each table holds jointly: every interval of a table of m comparisons is at 1 - 0.05 / m (Bonferroni, the
 #: intervals Holm's first step corresponds to), so the table's "established" claims are wrong with probability <= 5 %.
 LEVEL = 0.95

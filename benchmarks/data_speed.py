@@ -23,9 +23,9 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import write_report  # noqa: E402 - run as a script: the repository on sys.path first
 from l2d.data import build_dataset  # noqa: E402 - run as a script: the repository on sys.path first
 from l2d.engine import make_loader  # noqa: E402 - run as a script: the repository on sys.path first
-from benchmarks._report import write_report  # noqa: E402 - run as a script: the repository on sys.path first
 
 
 def write_voc(root: Path, count: int) -> None:

@@ -23,9 +23,9 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._report import write_report  # noqa: E402 - run as a script: the repository on sys.path first
 from l2d.losses import cd_id_losses, mld_loss  # noqa: E402 - run as a script: the repository on sys.path first
 from tests.l2d.reference_losses import cd_loss_loop, id_loss_loop  # noqa: E402 - run as a script: the repository on sys.path first
-from benchmarks._report import write_report  # noqa: E402 - run as a script: the repository on sys.path first
 
 # name: (B, C, D, mean positive labels per image), the statistics of the paper's datasets.
 SHAPES = {

@@ -96,7 +96,6 @@ def ensure_fashion_mnist(root: Path) -> None:
 def tuning_spec(args, method: str):
     """The sweep that tunes ``method``: the same budget for every method."""
     from l2d.losses import METHODS as ALL
-
     from sweeps.specs import parse_spec
 
     space = {"lr": {"low": LR_RANGE[0], "high": LR_RANGE[1]}}
@@ -127,7 +126,6 @@ def tuning_spec(args, method: str):
 def tune(args, method: str) -> dict:
     """Run (or resume) ``method``'s sweep; its chosen configuration."""
     from l2d.losses import METHODS as ALL
-
     from sweeps.tune.runner import resume_sweep, run_sweep, sweep_exists
 
     spec = tuning_spec(args, method)

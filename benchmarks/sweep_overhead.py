@@ -112,8 +112,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-torch-trainer", action="store_true", help="do not time the TorchTrainer path")
     args = parser.parse_args(argv)
 
-    from sweeps.tune.runner import init_ray
     from sweeps.specs import load_spec
+    from sweeps.tune.runner import init_ray
     from sweeps.tune.teacher_phase import teacher_phase
 
     with sweep_storage(load_spec(args.spec), args.storage) as spec:

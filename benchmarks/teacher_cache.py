@@ -157,8 +157,8 @@ def _disk_bytes(folder: Path) -> int:
 def run_setting(label: str, spec, modes: list[str]) -> list[dict]:
     """Run ``spec`` once per teacher_cache mode (same trials each time); one row per run."""
     from l2d.storage import cache_dir
-    from sweeps.tune.runner import run_sweep
     from sweeps.specs import with_overrides
+    from sweeps.tune.runner import run_sweep
 
     rows = []
     for mode in modes:
@@ -440,8 +440,8 @@ def main(argv: list[str] | None = None) -> None:
                 ]
             keep("steps", measure_steps(args.repeats, pairs))
         if "sweeps" in parts:
-            from sweeps.tune.runner import init_ray
             from sweeps.specs import load_spec, with_overrides
+            from sweeps.tune.runner import init_ray
             from sweeps.tune.teacher_phase import teacher_phase
 
             for label, path, changes, modes in settings:

@@ -29,9 +29,9 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, RandomSampler, Sampler
 
 from l2d.losses import DistillationCriterion, loss_parts
-from l2d.recipe import Recipe, recipe_matches, view_epoch
 from l2d.metrics import multilabel_metrics
 from l2d.models import ModelOutput
+from l2d.recipe import Recipe, recipe_matches, view_epoch
 from l2d.teacher_cache import TeacherCache
 
 logger = logging.getLogger(__name__)

@@ -579,11 +579,10 @@ def adopt_teacher(
     classifier's logits. Scored on val and test with the logits it distills; returns ``(model, card fields)``."""
     import torch
 
+    from l2d import weights as weight_sources
     from l2d.engine import evaluate, make_loader
     from l2d.models import adopt_checkpoint, count_parameters
     from l2d.weights import class_order
-
-    from l2d import weights as weight_sources
 
     config = resolve(config)
     source = config.teacher_weights or ""

@@ -48,8 +48,8 @@ class Sweep:
         """Run the sweep a spec file (or a dict of its fields) describes, as ``l2d-sweep run`` does, and return it.
         ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
         exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
-        from sweeps.tune.runner import run_sweep
         from sweeps.specs import load_spec, parse_spec, with_overrides
+        from sweeps.tune.runner import run_sweep
 
         parsed = parse_spec(spec, "<dict>") if isinstance(spec, dict) else load_spec(spec)
         if overrides:  # the one override path (the command line's too): dotted keys reach into a section
@@ -159,8 +159,8 @@ class Sweep:
         the search's best trial by the spec's metric; with ``metric`` (any objective: val_mAP, val_CF1, val_OF1,
         val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own) the search's
         best by it. Raises ValueError when no trial has a value yet, or for an unknown metric."""
-        from sweeps.results.schema import OBJECTIVE_COLUMNS
         from sweeps.core.vocab import sql_order
+        from sweeps.results.schema import OBJECTIVE_COLUMNS
 
         results = self.results()
         chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"

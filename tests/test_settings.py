@@ -14,8 +14,8 @@ import pytest
 from l2d import settings as settings_module
 from l2d.run import RunConfig, resolve
 from l2d.settings import setting, settings
-from sweeps.core.checks import Errors, section_class, section_schema, validate_section
 from sweeps.cli._common import add_setting_options, run_config
+from sweeps.core.checks import Errors, section_class, section_schema, validate_section
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -32,10 +32,9 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from torchvision.transforms.v2 import functional as TF
 
+from l2d.data.images import DecodedStore, Images
 from l2d.data.registry import DatasetError
 from l2d.data.transforms import build_transform
-
-from l2d.data.images import DecodedStore, Images
 
 logger = logging.getLogger(__name__)
 

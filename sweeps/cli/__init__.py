@@ -21,8 +21,8 @@ import sys
 import traceback
 from typing import Callable, Sequence
 
-from sweeps.core.checks import SpecError
 from sweeps.cli._common import Parser, _parsers, add_global_flags
+from sweeps.core.checks import SpecError
 
 logger = logging.getLogger(__name__)
 

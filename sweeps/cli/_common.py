@@ -7,7 +7,6 @@ import sys
 import time
 from typing import Any, Callable
 
-
 #: The output formats of every command that prints a results table (:func:`sweeps.results.format_table`).
 FORMATS = ("table", "csv", "json", "jsonl")
 
@@ -257,10 +256,12 @@ class Progress:
         from rich.progress import (
             BarColumn,
             MofNCompleteColumn,
-            Progress as Bar,
             TextColumn,
             TimeElapsedColumn,
             TimeRemainingColumn,
+        )
+        from rich.progress import (
+            Progress as Bar,
         )
 
         self._bar = Bar(

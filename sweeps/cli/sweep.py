@@ -64,12 +64,12 @@ def _finish(outcome, sweep_dir, quiet: bool = False) -> int:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.tune.runner import run_or_resume, run_sweep
-
     if args.or_resume and args.new:
         raise ValueError("--or-resume and --new contradict each other; pass one")
-    spec = _spec_from_args(args)
+    spec = _spec_from_args(args)  # a bad spec is refused before Ray and torch are loaded
     args.sweep_dir = spec.sweep_dir  # for the resume hint of an interrupted run (sweeps.cli.main)
+    from sweeps.tune.runner import run_or_resume, run_sweep
+
     if args.or_resume:
         return _finish(run_or_resume(spec, **_options(args)), spec.sweep_dir, args.quiet)
     return _finish(run_sweep(spec, new=args.new, **_options(args)), spec.sweep_dir, args.quiet)

@@ -376,11 +376,10 @@ def safe_yaml(stream) -> Any:
     """``yaml.safe_load`` with three fixes: ``1e-4`` and ``5E+3`` are numbers (YAML 1.1 wants a dot in a float, so
     they would be strings); a key given twice in a mapping is an error (not the last one silently winning); at most
     :data:`MAX_YAML_BYTES` bytes and :data:`MAX_YAML_NODES` values with aliases expanded (a bomb is refused)."""
+    import io
     import re
 
     import yaml
-
-    import io
 
     text = stream if isinstance(stream, (str, bytes)) else stream.read(MAX_YAML_BYTES + 1)
     if len(text) > MAX_YAML_BYTES:

@@ -21,7 +21,6 @@ import uuid
 from l2d.storage import Location
 from sweeps.folder.lease import LeaseHeldError, read_lease
 
-
 logger = logging.getLogger(__name__)
 
 MARKER = ".l2d-sweep"

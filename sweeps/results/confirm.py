@@ -30,8 +30,8 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
-from sweeps.results.schema import OBJECTIVE_COLUMNS
 from sweeps.core.vocab import FINISHED, SCORED, sign
+from sweeps.results.schema import OBJECTIVE_COLUMNS
 
 STAGE = "confirm"
 #: The Tune experiment of the confirmation runs (in the sweep folder, beside ``tune``, ``tune-<k>``).

@@ -16,9 +16,9 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
     """``(spec, row)``: the trial ``trial_id``; else the confirmed winner's best run when the sweep has a confirmation
     stage with a winner (:mod:`sweeps.results.confirm`), else the best finished trial of the search by the spec's
     primary objective. ``say`` is told which it took."""
+    from sweeps.core.vocab import SCORED, sign
     from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
     from sweeps.specs.stored import load_sweep_spec
-    from sweeps.core.vocab import SCORED, sign
 
     spec = load_sweep_spec(sweep_dir)
     results = SweepResults(spec.sweep_dir)

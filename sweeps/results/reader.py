@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 import pyarrow as pa
 
 from l2d.storage import Location
+from sweeps.core.vocab import FINISHED, SCORED, sign, sql_order
 from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS
 from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, ResultsStore
-from sweeps.core.vocab import FINISHED, SCORED, sign, sql_order
 
 #: What a query may use by default (``results --sql-memory`` / ``--sql-timeout`` change them).
 SQL_MEMORY = "1GB"

@@ -13,8 +13,8 @@ from dataclasses import dataclass
 
 import pyarrow as pa
 
-from sweeps.specs import SEARCHABLE
 from sweeps.core.vocab import sign
+from sweeps.specs import SEARCHABLE
 
 HPARAM_COLUMNS = SEARCHABLE
 

@@ -27,6 +27,7 @@ import time
 from dataclasses import dataclass, field
 
 from l2d.storage import Location
+from sweeps.core.vocab import better
 from sweeps.results.schema import (
     CONFIG_COLUMNS,
     EPOCH_SUMMARY,
@@ -45,7 +46,6 @@ from sweeps.results.store import (
     generation_of,
     read_table,
 )
-from sweeps.core.vocab import better
 
 logger = logging.getLogger(__name__)
 

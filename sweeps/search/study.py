@@ -37,9 +37,9 @@ from typing import Any
 import optuna
 
 from l2d.storage import Location, cache_dir
+from sweeps.core.vocab import FINISHED, direction
 from sweeps.results import OBJECTIVE_COLUMNS
 from sweeps.search.space import encode
-from sweeps.core.vocab import FINISHED, direction
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

@@ -44,10 +44,10 @@ from sweeps.core.checks import (
     integer,
     number,
     section_class,
+    section_schema,
     setting_rule,
     show,
     shown,
-    section_schema,
     text,
     validate_section,
 )

@@ -8,7 +8,10 @@ Optuna needs none: the study is reached through Optuna's public storage API (:cl
 from __future__ import annotations
 
 import contextlib
+from types import SimpleNamespace
 from typing import Any, Iterator
+
+from ray.tune.experiment.trial import Trial
 
 #: The Ray version these fences were written against.
 WRITTEN_FOR_RAY = "2.60.0"
@@ -47,8 +50,6 @@ def trials_created(generator) -> int:
 @contextlib.contextmanager
 def trial_id_source(trial_id: str) -> Iterator[None]:
     """Within the block, Tune's next trial gets ``trial_id``."""
-    from ray.tune.experiment.trial import Trial
-
     original = Trial.__dict__["generate_id"]
     Trial.generate_id = classmethod(lambda cls: trial_id)
     try:
@@ -107,7 +108,5 @@ def forget_asha_trial(scheduler, trial_id: str) -> None:
 
 def asha_record(scheduler, trial_id: str, time: float, signed_metric: float) -> None:
     """What ASHA records for a trial's result at ``time`` (its bracket's own bookkeeping), without a decision."""
-    from types import SimpleNamespace
-
     bracket = asha_bracket_of(scheduler, trial_id)
     bracket.on_result(SimpleNamespace(trial_id=trial_id), time, signed_metric)

@@ -19,14 +19,22 @@ import os
 import re
 import time
 
+import pyarrow.fs as pafs
 from ray.tune import Callback
+from tensorboard.plugins.hparams import summary_v2 as hp
+from torch.utils.tensorboard import SummaryWriter
+from torch.utils.tensorboard.summary import hparams as hparams_summaries
+from torch.utils.tensorboard.writer import FileWriter
 
 from l2d.storage import Location, cache_dir
 from sweeps.core.faults import failpoint
+from sweeps.core.interrupt import watch_tune
+from sweeps.core.progress import about, current
 from sweeps.folder.checkpoints import HISTORY_KEY, prune
+from sweeps.folder.trust import Signatures
 from sweeps.results import OBJECTIVE_COLUMNS, KnownTrial, ResultsWriter
 from sweeps.search.space import decode
-
+from sweeps.specs import Range
 
 logger = logging.getLogger(__name__)
 
@@ -41,8 +49,6 @@ def tensorboard_dir(sweep_dir: Location) -> Location:
 
 def upload_tensorboard(sweep_dir: Location) -> None:
     """Copy a remote sweep's staged event files into ``<sweep>/tensorboard``."""
-    import pyarrow.fs as pafs
-
     local = tensorboard_dir(sweep_dir)
     if sweep_dir.is_local or not local.is_dir():
         return
@@ -54,11 +60,6 @@ def write_hparams_config(spec) -> None:
     its domain (the searched range, the pairings' teachers and students, the methods), and the metrics each trial
     logs when it ends; TensorBoard's HParams dashboard then filters and plots the trials by these. Rewritten by each
     driver (a grown or edited search space); the trials' own event files are in their subfolders."""
-    from tensorboard.plugins.hparams import summary_v2 as hp
-    from torch.utils.tensorboard.writer import FileWriter
-
-    from sweeps.specs import Range
-
     hparams = [
         hp.HParam("teacher", hp.Discrete(sorted({p.teacher for p in spec.pairings}))),
         hp.HParam("student", hp.Discrete(sorted({s for p in spec.pairings for s in p.students}))),
@@ -90,8 +91,6 @@ def write_trial_hparams(board, hparams: dict, metrics: dict) -> None:
     (its start and end) and the metrics' scalars: not an experiment config of its own, which torch's ``add_hparams``
     also writes, and of which TensorBoard shows whichever it finds first, hiding every hyperparameter that trial did
     not have. The one config is the sweep's (:func:`write_hparams_config`)."""
-    from torch.utils.tensorboard.summary import hparams as hparams_summaries
-
     _, session_start, session_end = hparams_summaries(hparams, metrics)
     board.file_writer.add_summary(session_start)
     board.file_writer.add_summary(session_end)
@@ -198,21 +197,15 @@ class SweepCallback(Callback):
 
     def _say(self, text: str) -> None:
         if not self.quiet:
-            from sweeps.core.progress import current
-
             current().say(text)
 
     def _status(self, changed: bool) -> None:
         """The sweep's state line (live on a terminal; in a log printed only when ``changed``)."""
         if not self.quiet:
-            from sweeps.core.progress import current
-
             current().status(self._summary(), changed)
 
     def _board(self, trial_id: str):
         if trial_id not in self._boards:
-            from torch.utils.tensorboard import SummaryWriter
-
             self._boards[trial_id] = SummaryWriter(str(tensorboard_dir(self.location) / trial_id))
         return self._boards[trial_id]
 
@@ -258,7 +251,6 @@ class SweepCallback(Callback):
                 remaining += max(0.0, min(self.max_epochs, per_trial) - len(writer.epochs.get(trial_id, {})))
         if remaining <= 0:
             return ""
-        from sweeps.core.progress import about
 
         # Seconds per epoch: from the trials that ended under this driver when there are some (their wall time holds
         # what an epoch does not: a trial's start, its workers, its checkpoints), else from the epochs reported.
@@ -274,16 +266,12 @@ class SweepCallback(Callback):
         return f"{'' if ended else 'at most '}{about(seconds)} left"
 
     def on_step_begin(self, iteration, trials, **info):
-        from sweeps.core.interrupt import watch_tune
-
         watch_tune()  # Tune's SIGINT handler is in place by now: a Ctrl-C it handles is recorded for the driver
         self._reconcile(trials)
 
     def on_step_end(self, iteration, trials, **info):
         # Tune saved its state (if it did) just before this: sign what changed, so that a resume may load it.
         if self.location.is_local:
-            from sweeps.folder.trust import Signatures
-
             if self._signatures is None:
                 self._signatures = Signatures(self.location)
             self._signatures.sign_folder(self.tune_folder)

@@ -7,11 +7,26 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import sys
 
-from sweeps.tune.callback import SweepCallback, write_hparams_config
+import ray
+import torch
+from ray import tune
+from ray.tune.logger import JsonLoggerCallback
+from ray.tune.schedulers import FIFOScheduler
+
+from l2d.models import build_model
+from l2d.run import resolve
 from sweeps.folder.lease import LeaseKeeper
+from sweeps.results.confirm import TUNE_FOLDER
+from sweeps.results.export import export_trial
 from sweeps.specs import SpecError, SweepSpec
+from sweeps.tune.callback import SweepCallback, write_hparams_config
+from sweeps.tune.scheduler import PersistentASHA
+from sweeps.tune.searcher import FixedRuns, FixedRunsGenerator, build_search
+from sweeps.tune.tracking import tracker_for
+from sweeps.tune.trial import TrialContext, run_trial
 
 logger = logging.getLogger(__name__)
 
@@ -26,8 +41,6 @@ def check_local_resources(spec: SweepSpec) -> None:
     """
     if os.environ.get("RAY_ADDRESS"):
         return
-    from l2d.models import build_model
-    from l2d.run import resolve
 
     embed_dim = resolve(spec.base_run()).embed_dim
     for backbone, source in spec.weights.items():
@@ -42,8 +55,6 @@ def check_local_resources(spec: SweepSpec) -> None:
         )
     gpus = spec.resources.workers_per_trial * spec.resources.gpus_per_worker
     if gpus:
-        import torch
-
         available = torch.cuda.device_count() if torch.cuda.is_available() else 0
         if gpus > available:
             raise SpecError(
@@ -62,8 +73,6 @@ def init_ray(num_cpus: int | None = None, log_to_driver: bool = False):
     authentication, Ray's default since 2.59, is left on. Returns Ray's context (None when Ray was already
     initialized). ``log_to_driver`` shows the workers' logs (``--verbose``).
     """
-    import ray
-
     # One set of logs: the project's TensorBoard and tables; Tune's automatic loggers stay off (its JSON log is
     # added back by _callbacks: Tune reads it for its result grid).
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
@@ -153,8 +162,6 @@ class _TuneStopLines(logging.Filter):
 
 
 def _loopback_interface() -> str | None:
-    import socket
-
     try:
         names = [name for _, name in socket.if_nameindex()]
     except OSError:
@@ -163,18 +170,12 @@ def _loopback_interface() -> str | None:
 
 
 def _free_port() -> int:
-    import socket
-
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
 
 
 def trainable(spec: SweepSpec):
-    from ray import tune
-
-    from sweeps.tune.trial import TrialContext, run_trial
-
     trainable = tune.with_parameters(run_trial, context=TrialContext.from_spec(spec))
     if spec.trainer == "in-process":
         # The trial trains itself: it holds the worker's resources.
@@ -194,8 +195,6 @@ DRIVER_RESOURCE = "trial_driver"
 def driver_resources() -> dict:
     """What the driver of a TorchTrainer trial holds: a unit of :data:`DRIVER_RESOURCE` where the cluster has it,
     else a sliver of a CPU (the workers get the real ones). Its Train controller follows it to the same node."""
-    import ray
-
     if ray.is_initialized() and ray.cluster_resources().get(DRIVER_RESOURCE, 0) >= 1:
         return {"cpu": 0, DRIVER_RESOURCE: 1}
     return {"cpu": 0.01}
@@ -213,8 +212,6 @@ def callbacks(
     """The driver's callbacks, each handed its collaborators here: the lease guard (checked before every write),
     the tracker, the exporter the tracker logs a finished trial's student with, and the folder of Tune's state it
     signs as Tune saves it (``experiment``)."""
-    from sweeps.results.export import export_trial
-    from sweeps.tune.tracking import tracker_for
 
     def exporter(trial_id: str, folder: str):
         return export_trial(spec.sweep_dir, trial_id, folder, progress=lambda text: None)
@@ -236,7 +233,6 @@ def callbacks(
     )
     # Tune's default loggers are off (TUNE_DISABLE_AUTO_CALLBACK_LOGGERS: its TensorBoard copy would show every
     # trial twice beside the sweep's own); its JSON log stays, as Tune reads it back to build its result grid.
-    from ray.tune.logger import JsonLoggerCallback
 
     return [callback, JsonLoggerCallback()]
 
@@ -255,11 +251,6 @@ def build_tuner(
     warm_started: bool = False,
     total_trials: int | None = None,
 ):
-    from ray import tune
-
-    from sweeps.tune.scheduler import PersistentASHA
-    from sweeps.tune.searcher import build_search
-
     if spec.budget.scheduler == "asha":
         scheduler = PersistentASHA(
             spec.sweep_dir / "asha.json",
@@ -269,8 +260,6 @@ def build_tuner(
             reduction_factor=spec.budget.reduction_factor,
         )
     else:
-        from ray.tune.schedulers import FIFOScheduler
-
         scheduler = FIFOScheduler()
     # Tune restarts a failed trial up to max_failures times, from the trial's own latest checkpoint: an in-process
     # trial whose process or node died, and a TorchTrainer trial whose Train run gave up (Ray Train first restarts
@@ -307,12 +296,6 @@ def build_confirm_tuner(
     """The Tune experiment of the confirmation stage (:mod:`sweeps.results.confirm`): ``runs`` (trial id, config) in
     order, every one for max_epochs (no early stopping: each rerun is a full replicate), in ``tune-confirm``; ``total``:
     the trials of the sweep once they have run (the progress lines' count)."""
-    from ray import tune
-    from ray.tune.schedulers import FIFOScheduler
-
-    from sweeps.results.confirm import TUNE_FOLDER
-    from sweeps.tune.searcher import FixedRuns, FixedRunsGenerator
-
     storage_path, filesystem = spec.sweep_dir.ray_storage
     search = FixedRunsGenerator(FixedRuns(runs, spec.metric, spec.mode), spec.resources.max_concurrent_trials)
     return tune.Tuner(

@@ -30,17 +30,47 @@ from dataclasses import dataclass, replace
 from typing import Callable
 
 import yaml
+from ray import tune
 
+from l2d.data import check_declared
 from l2d.storage import Location
-
-from sweeps.tune.experiment import build_tuner, callbacks, check_local_resources, init_ray, trainable, tune_dir_name
-from sweeps.folder.lease import LeaseError, LeaseKeeper
-from sweeps.folder.marker import SweepFolderError
-from sweeps.folder.provenance import RunRecord
-from sweeps.results import SweepOutcome, SweepResults, outcome
-from sweeps.specs import SweepSpec, check_adopted_teachers, with_overrides
-from sweeps.specs.stored import load_sweep_spec, sweep_exists
+from sweeps.core.interrupt import Interrupts, SweepInterrupted, after_error, after_fit
+from sweeps.core.interrupt import current as current_interrupts
+from sweeps.core.progress import current, opened
 from sweeps.core.vocab import SCORED
+from sweeps.folder.lease import LeaseError, LeaseKeeper
+from sweeps.folder.marker import SweepFolderError, prepare_new, update_marker, write_marker
+from sweeps.folder.provenance import RunRecord
+from sweeps.folder.trust import Signatures
+from sweeps.results import CorruptResultsError, ResultsWriter, SweepOutcome, SweepResults, outcome
+from sweeps.results.confirm import pending, plan
+from sweeps.results.teachers import write_teachers
+from sweeps.search.study import (
+    StudyStore,
+    add_recorded,
+    build_sampler,
+    check_study_storage,
+    check_study_version,
+    open_study,
+    reconcile,
+    sweep_identity,
+)
+from sweeps.specs import SweepSpec, check_adopted_teachers, with_overrides
+from sweeps.specs.stored import load_sweep_spec, spec_digest, sweep_exists
+from sweeps.tune._fences import restored_search_and_scheduler, set_restored_callbacks
+from sweeps.tune.experiment import (
+    build_confirm_tuner,
+    build_tuner,
+    callbacks,
+    check_local_resources,
+    init_ray,
+    trainable,
+    tune_dir_name,
+)
+from sweeps.tune.scheduler import PersistentASHA
+from sweeps.tune.searcher import StudySearcher
+from sweeps.tune.teacher_phase import teacher_phase
+from sweeps.tune.tracking import check_tracking
 
 logger = logging.getLogger(__name__)
 
@@ -67,8 +97,6 @@ class DriverOptions:
     def say(self) -> Callable[[str], None]:
         """The driver's message lines: through the progress view (:mod:`sweeps.core.progress`), so that on a terminal
         they scroll above its live line."""
-        from sweeps.core.progress import current
-
         return (lambda text: None) if self.quiet else (lambda text: current().say(text, stamp=False))
 
 
@@ -76,9 +104,6 @@ def run_sweep(spec: SweepSpec, new: bool = False, **options) -> SweepOutcome:
     """Start the sweep of ``spec``. Refuses when its folder already holds a sweep, unless ``new`` (start over), and
     a folder that is not a sweep. Nothing is written before every check has passed; a sweep that fails before its
     first trial (a dataset it cannot read, say) leaves no folder behind."""
-    from sweeps.folder.marker import prepare_new, write_marker
-    from sweeps.specs.stored import spec_digest
-
     driver = DriverOptions(**options)
     say = driver.say()
     if spec.warm_start:
@@ -104,8 +129,6 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     """Continue a sweep killed at any moment: finished trials stay finished, running ones continue from their
     last epoch checkpoint, the Optuna study and ASHA's rungs carry on. When Tune's experiment cannot be restored,
     the sweep continues from its recorded results in a new experiment, running only the trials still missing."""
-    from sweeps.search.study import sweep_identity
-
     driver = DriverOptions(**options)
     say = driver.say()
     spec = load_sweep_spec(sweep_dir, driver=True)
@@ -152,8 +175,6 @@ def resume_sweep(sweep_dir: str | Location, **options) -> SweepOutcome:
     def settled(marker) -> bool:
         """A sweep whose every trial has finished needs no Ray: its results are opened (rebuilt when damaged, said
         so), the study reconciled, and that is all."""
-        from sweeps.results import ResultsWriter
-
         writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs, spec.metric, spec.mode)  # rebuilds damage
         recorded = outcome(spec.sweep_dir)
         if (
@@ -182,10 +203,6 @@ def extend_sweep(sweep_dir: str | Location, num_samples: int, max_epochs: int | 
     Raises:
         SweepFolderError: the sweep has not finished its budget yet (resume it first).
     """
-    from sweeps.folder.marker import update_marker
-    from sweeps.specs.stored import spec_digest
-    from sweeps.search.study import sweep_identity
-
     driver = DriverOptions(**options)
     say = driver.say()
     spec, grown = _finished_spec(
@@ -235,10 +252,6 @@ def confirm_sweep(
         SweepFolderError: the search has not finished its budget yet (resume it first).
         SpecError: a value ``budget.confirm`` does not allow.
     """
-    from sweeps.folder.marker import update_marker
-    from sweeps.specs.stored import spec_digest
-    from sweeps.search.study import sweep_identity
-
     driver = DriverOptions(**options)
     say = driver.say()
     stage = {"top": top, "seeds": seeds, "baseline": baseline, "per_method": per_method}
@@ -279,8 +292,6 @@ def _search_done(spec: SweepSpec) -> bool:
 def _confirmation_runs(spec: SweepSpec, sweep_id: str):
     """``(plan, recorded rows, runs still to make)`` of the spec's confirmation stage (no plan and no runs: the spec
     asks for none, or no search trial has a value yet)."""
-    from sweeps.results.confirm import pending, plan
-
     try:
         rows = SweepResults(spec.sweep_dir).trials.to_pylist()
     except FileNotFoundError:
@@ -297,8 +308,6 @@ def _confirm_pending(spec: SweepSpec, sweep_id: str) -> bool:
 def _confirm(spec: SweepSpec, driver: DriverOptions, lease, sweep_id: str, say) -> bool:
     """Run the confirmation stage's unfinished runs (:mod:`sweeps.results.confirm`), when the spec asks for one; whether
     there were any."""
-    from sweeps.tune.experiment import build_confirm_tuner
-
     if spec.budget.confirm is None:
         return False
     found, rows, todo = _confirmation_runs(spec, sweep_id)
@@ -370,9 +379,6 @@ def _drive(
     ``settled(marker)``, when given and true, says there is nothing to run: no Ray, no teacher phase, no body.
     A new folder (``run``) that fails before its first trial is deleted again: it holds only what this call wrote.
     Everything it prints goes through one progress view (:mod:`sweeps.core.progress`), live on a terminal."""
-    from sweeps.core.interrupt import Interrupts
-    from sweeps.core.progress import opened
-
     with opened(driver.quiet), Interrupts():
         return _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled)
 
@@ -382,8 +388,6 @@ def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
     process starts: a missing image, a label outside the class list, an empty split, an image in two splits are a
     one-line error (:class:`l2d.data.DatasetError`, exit 2); a class without a positive in train is said. An adopted
     teacher (``teacher_epochs`` 0) whose checkpoint names classes that are not the dataset's is refused here too."""
-    from l2d.data import check_declared
-
     manifest = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
     if manifest is not None:
         sizes = ", ".join(f"{split} {len(manifest.splits[split][0])}" for split in ("train", "val", "test"))
@@ -396,8 +400,6 @@ def check_data(spec: SweepSpec, say: Callable[[str], None] = print) -> None:
 def _fit(tuner) -> None:
     """``tuner.fit()``, and :class:`sweeps.core.interrupt.SweepInterrupted` when a signal stopped it (Tune returns
     normally after its graceful stop: without this a Ctrl-C would read as the sweep's end)."""
-    from sweeps.core.interrupt import after_error, after_fit
-
     try:
         tuner.fit()
     except Exception as error:  # re-raised, as SweepInterrupted when a signal came first
@@ -407,13 +409,6 @@ def _fit(tuner) -> None:
 
 
 def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, settled) -> SweepOutcome:
-    from sweeps.core.interrupt import current as current_interrupts
-    from sweeps.core.progress import current
-    from sweeps.search.study import StudyStore, check_study_storage, check_study_version
-    from sweeps.results.teachers import write_teachers
-    from sweeps.tune.teacher_phase import teacher_phase
-    from sweeps.tune.tracking import check_tracking
-
     say = driver.say()
     check_local_resources(spec)
     check_tracking(spec)
@@ -451,8 +446,6 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
         _reconcile_study(spec, marker["sweep_id"], say, finished=True)
         _sign_tune_state(spec)
     except BaseException as error:
-        from sweeps.core.interrupt import SweepInterrupted
-
         if started or not new_folder:
             record.end(f"LeaseError: {lease.failure}" if lease.failure else _ended_by(error))
         if started and isinstance(error, SweepInterrupted):
@@ -472,8 +465,6 @@ def _drive_in_view(spec, action, driver, prepare, body, write_spec, new_folder, 
 def _ended_by(error: BaseException) -> str:
     """run.json's outcome of a driver that raised ``error``: ``interrupted (SIGINT)`` for a signal (what ``status``
     and ``list`` read), else the error's type and first line."""
-    from sweeps.core.interrupt import SweepInterrupted
-
     if isinstance(error, SweepInterrupted):
         return str(error)
     if isinstance(error, KeyboardInterrupt):
@@ -484,8 +475,6 @@ def _ended_by(error: BaseException) -> str:
 def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
     """Seed the new sweep's study with the finished trials of the sweep at ``spec.warm_start`` that fit this space;
     returns how many. The other sweep must exist (a one-line error otherwise, before Ray starts)."""
-    from sweeps.search.study import StudyStore, add_recorded, build_sampler, open_study
-
     source = SweepResults(spec.warm_start)
     rows = [r for r in source.search_rows() if r["status"] in SCORED]
     store = StudyStore(spec.sweep_dir, spec.study_storage)
@@ -503,9 +492,6 @@ def _warm_start(spec: SweepSpec, sweep_id: str, say) -> int:
 def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> None:
     """Bring the study in step with the results tables (see :func:`sweeps.search.study.reconcile`); ``finished``: no
     trial of the current experiment runs any more, so a study trial still running was lost."""
-    from sweeps.results import CorruptResultsError
-    from sweeps.search.study import StudyStore, build_sampler, open_study, reconcile
-
     try:
         results = SweepResults(spec.sweep_dir)
         rows = results.search_rows()
@@ -533,8 +519,6 @@ def _reconcile_study(spec: SweepSpec, sweep_id: str, say, finished: bool) -> Non
 def _sign_tune_state(spec: SweepSpec) -> None:
     """Sign the state every Tune experiment of the sweep left (its last save happens after the callbacks' last
     step), so that the next resume may load it."""
-    from sweeps.folder.trust import Signatures
-
     signatures = Signatures(spec.sweep_dir)
     for entry in spec.sweep_dir.list():
         if entry.name == "tune" or entry.name.startswith("tune-"):
@@ -545,11 +529,6 @@ def _restore(spec: SweepSpec, quiet: bool, lease: LeaseKeeper, experiment: int, 
     """Tune's experiment of ``spec``, restored with this version's trainable and callbacks; None when it cannot be,
     or when its files are not signed by this user's key (unless ``trust``): loading them would run any code a
     planted pickle names."""
-    from ray import tune
-
-    from sweeps.tune._fences import set_restored_callbacks
-    from sweeps.folder.trust import Signatures
-
     folder = tune_dir_name(experiment)
     storage_path, filesystem = (spec.sweep_dir / folder).ray_storage
     if not tune.Tuner.can_restore(storage_path, storage_filesystem=filesystem):
@@ -581,10 +560,6 @@ def _relocate(tuner, spec: SweepSpec, trust: bool) -> bool:
     """Point what Tune unpickled at this folder: the searcher's study and state, ASHA's rung file. They hold the
     paths of the folder the experiment began in, and a copied or moved sweep must never write there. False when the
     experiment holds no searcher of this version (then it is not restored)."""
-    from sweeps.tune._fences import restored_search_and_scheduler
-    from sweeps.tune.scheduler import PersistentASHA
-    from sweeps.tune.searcher import StudySearcher
-
     search, scheduler = restored_search_and_scheduler(tuner)
     while search is not None and not isinstance(search, StudySearcher):
         search = getattr(search, "searcher", None)  # Tune's SearchGenerator and ConcurrencyLimiter wrap it
@@ -598,8 +573,6 @@ def _relocate(tuner, spec: SweepSpec, trust: bool) -> bool:
 
 def _next_experiment(spec: SweepSpec, marker: dict) -> int:
     """Number the sweep's next Tune experiment and record it in the marker (what resume restores)."""
-    from sweeps.folder.marker import update_marker
-
     experiment = int(marker.get("experiment", 0)) + 1
     update_marker(spec.sweep_dir, experiment=experiment, sweep_id=marker["sweep_id"])
     marker["experiment"] = experiment
@@ -608,8 +581,6 @@ def _next_experiment(spec: SweepSpec, marker: dict) -> int:
 
 def _close_unfinished(spec: SweepSpec) -> None:
     """With nothing left to run, the trials still marked running were lost: mark them interrupted."""
-    from sweeps.results import ResultsWriter
-
     writer = ResultsWriter(spec.sweep_dir, spec.budget.max_epochs)
     if writer.interrupt_unknown(set()):
         writer.write()

@@ -20,6 +20,7 @@ import time
 from ray.tune.schedulers import ASHAScheduler
 
 from l2d.storage import Location
+from sweeps.results import read_epochs
 from sweeps.tune import _fences
 
 logger = logging.getLogger(__name__)
@@ -70,8 +71,6 @@ class PersistentASHA(ASHAScheduler):
 
     def _rebuild(self) -> None:
         """The rungs as ASHA filled them: each trial's epochs, in order, through the bracket's own bookkeeping."""
-        from sweeps.results import read_epochs
-
         _fences.set_asha_rungs(self, [[] for _ in self.rungs()])
         settings = _fences.asha_settings(self)
         rows = read_epochs(Location.parse(self.state_uri).parent, settings["metric"])

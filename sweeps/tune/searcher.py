@@ -11,15 +11,16 @@ import logging
 import pickle
 
 import optuna
-from ray.tune.search import ConcurrencyLimiter, SearchGenerator, Searcher
+from ray.tune.search import ConcurrencyLimiter, Searcher, SearchGenerator
 
 from l2d.storage import Location
-from sweeps.tune import _fences
+from sweeps.core.vocab import better
 from sweeps.folder.checkpoints import HISTORY_KEY
 from sweeps.folder.marker import trial_id as planned_trial_id
+from sweeps.folder.trust import Signatures
 from sweeps.search.space import DefineByRunSpace, decode, first_points
 from sweeps.search.study import StudyStore, build_sampler, open_study, tell
-from sweeps.core.vocab import better
+from sweeps.tune import _fences
 
 logger = logging.getLogger(__name__)
 
@@ -55,8 +56,6 @@ class StudySearcher(Searcher):
         return {"numbers": self.numbers, "best": self.best, "reported": self.reported, "sampler": self.sampler}
 
     def _persist(self) -> None:
-        from sweeps.folder.trust import Signatures
-
         data = pickle.dumps(self._state())
         self.state_file.write_bytes(data)
         Signatures(self.store.sweep_dir).sign(self.state_file.name, data)  # what resume may load back
@@ -189,7 +188,6 @@ class StudySearcher(Searcher):
         """Tune's saved state, or the newer ``searcher.pkl`` of the sweep folder when it is readable."""
         with open(checkpoint_path, "rb") as stream:
             state = pickle.load(stream)
-        from sweeps.folder.trust import Signatures
 
         data = self.state_file.read_bytes() if self.state_file.is_file() else None
         trusted = getattr(self, "trusted", False)

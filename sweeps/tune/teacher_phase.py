@@ -7,10 +7,17 @@ Each teacher is :func:`l2d.run.get_teacher` of the sweep's base run with that te
 
 from __future__ import annotations
 
+import time
 from typing import Callable
 
-from l2d.run import RunConfig
+import ray
+from ray.util.queue import Empty, Queue
+
+from l2d.losses import METHODS
+from l2d.run import RunConfig, build_splits, get_teacher, resolve, teacher_cache_plan
 from l2d.storage import Location
+from l2d.teachers import TeacherStore
+from sweeps.core.progress import about, current
 
 
 def teacher_runs(spec) -> dict[str, RunConfig]:
@@ -22,11 +29,6 @@ def _ensure_teacher(config: RunConfig, store: Location, events=None, methods=())
     """Ray task: load ``config``'s teacher from the store (which checks that it is readable; an unreadable one is set
     aside), or train and store it; each trained epoch is put on ``events`` (a Ray queue the driver reads) as it ends.
     Returns its card, with what the teacher-output cache of ``methods`` will take (``teacher_outputs``, lines)."""
-    import time
-
-    from l2d.run import build_splits, get_teacher, resolve, teacher_cache_plan
-    from l2d.teachers import TeacherStore
-
     started = time.time()
     epochs = resolve(config).teacher_epochs or 0
 
@@ -53,8 +55,6 @@ def _ensure_teacher(config: RunConfig, store: Location, events=None, methods=())
 
 def _epoch_line(event: dict) -> str:
     """``teacher X epoch 3/8: val mAP 75.01 (~2 min left)``."""
-    from sweeps.core.progress import about
-
     total, epoch = event["epochs"], event["epoch"]
     left = event["seconds"] / epoch * (total - epoch) if epoch else 0.0
     return (
@@ -68,12 +68,6 @@ def _epoch_line(event: dict) -> str:
 def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
     """Fetch or train every teacher ``spec`` can pick (one Ray task each); returns their cards by name. Prints each
     teacher's epochs as they end (a teacher trains for minutes here, hours on COCO) and what each ended as."""
-    import ray
-    from ray.util.queue import Queue
-
-    from l2d.losses import METHODS
-    from sweeps.core.progress import current
-
     if not any(METHODS[m].needs_teacher for m in spec.methods):
         return {}
     task = ray.remote(_ensure_teacher).options(
@@ -129,8 +123,6 @@ def teacher_phase(spec, say: Callable[[str], None]) -> dict[str, dict]:
 
 
 def _drain(events) -> list[dict]:
-    from ray.util.queue import Empty
-
     out = []
     while True:
         try:

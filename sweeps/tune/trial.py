@@ -21,11 +21,22 @@ import os
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from typing import TYPE_CHECKING
+import ray
+import ray.train
+import ray.train.torch
+import ray.tune
+import torch
+import torch.distributed as dist
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
+from l2d.losses import METHODS
+from l2d.models import count_parameters
+from l2d.run import build_run, build_splits, fit, get_teacher, measure_latency, resolve, splits_key
 from l2d.storage import Location
+from l2d.teachers import TeacherStore
 from sweeps.core.faults import failpoint
 from sweeps.folder.checkpoints import (
     HISTORY_FILE,
@@ -40,6 +51,7 @@ from sweeps.folder.checkpoints import (
     write_checkpoint,
 )
 from sweeps.search.space import trial_run
+from sweeps.tune.scheduler import stopped_at
 
 if TYPE_CHECKING:
     from l2d.run import RunConfig
@@ -82,8 +94,6 @@ class TrialContext:
 
     @classmethod
     def from_spec(cls, spec) -> TrialContext:
-        from l2d.run import resolve
-
         return cls(
             sweep_dir=spec.sweep_dir,
             base=resolve(spec.base_run()),
@@ -135,11 +145,8 @@ def replica_seeds(run_config: RunConfig, count: int) -> list[int | None]:
 
 def _count_worker_nodes() -> int:
     """How many distinct Ray nodes this trial's workers run on (gathered over the process group)."""
-    import torch.distributed as dist
-
     if not (dist.is_available() and dist.is_initialized()):
         return 1  # one worker: one node
-    import ray
 
     node = ray.get_runtime_context().get_node_id()
     nodes: list = [None] * dist.get_world_size()
@@ -155,8 +162,6 @@ _MAX_TEACHERS = 4
 
 
 def _splits(config: RunConfig) -> dict:
-    from l2d.run import build_splits
-
     key = json.dumps(
         [config.dataset, config.data_root, config.dataset_options, config.image_size], sort_keys=True, default=str
     )
@@ -169,9 +174,6 @@ def _splits(config: RunConfig) -> dict:
 def _teacher(config: RunConfig, store: Location, splits: dict):
     """The trial's teacher: from this process's cache, else from the store (the teacher phase put it there; one
     found unreadable since is set aside and trained again)."""
-    from l2d.run import get_teacher, splits_key
-    from l2d.teachers import TeacherStore
-
     cache_key = f"{store}|{splits_key(config, splits).digest()}|{config.teacher_image_size}"
     if cache_key not in _TEACHERS:
         while len(_TEACHERS) >= _MAX_TEACHERS:
@@ -184,9 +186,6 @@ class _RayTrainSession:
     """A Ray Train worker's view of the run: rank, device, its checkpoint, and where it reports."""
 
     def __init__(self, run_dir: Location):
-        import ray.train
-        import ray.train.torch
-
         self.device = ray.train.torch.get_device()
         self.rank = ray.train.get_context().get_world_rank()
         self.run_dir = run_dir
@@ -194,8 +193,6 @@ class _RayTrainSession:
     def restore(self) -> tuple[dict, list[dict]] | None:
         """Ray Train's own checkpoint of this run, else the newest readable one on storage (a snapshot the driver
         lost, or Ray Train's checkpoint unreadable)."""
-        import ray.train
-
         checkpoint = ray.train.get_checkpoint()
         if checkpoint is not None:
             try:
@@ -209,9 +206,6 @@ class _RayTrainSession:
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict], since: float) -> None:
         """Report ``metrics`` with the epoch's checkpoint; ``time_checkpoint_s`` counts from ``since`` to the checkpoint
         written locally (Ray Train uploads it to storage inside its report, after that)."""
-        import ray.train
-        import torch
-
         with tempfile.TemporaryDirectory() as folder:
             saved = None
             if state is not None:
@@ -228,8 +222,6 @@ class _InProcessSession:
     layout as Ray Train (``<sweep>/train/trial-<id>``), keeping the last two."""
 
     def __init__(self, run_dir: Location, use_gpu: bool):
-        import torch
-
         self.run_dir = run_dir
         self.device = torch.device("cuda" if use_gpu and torch.cuda.is_available() else "cpu")
         self.rank = 0
@@ -239,8 +231,6 @@ class _InProcessSession:
 
     def report(self, metrics: dict, epoch: int, state: dict | None, history: list[dict], since: float) -> None:
         """Write the epoch's checkpoint and report ``metrics``, with ``time_checkpoint_s`` from ``since``."""
-        import ray.tune
-
         if state is not None:  # None: nothing new to save (a trial that had finished every epoch before a crash)
             write_checkpoint(self.run_dir, epoch, state, history)
         metrics.setdefault("time_checkpoint_s", time.perf_counter() - since)  # a re-report keeps its own
@@ -249,12 +239,6 @@ class _InProcessSession:
 
 def _run(context: TrialContext, config: dict, session) -> None:
     """One trial's training loop (the same in a Ray Train worker and in an in-process trial)."""
-    import torch
-
-    from l2d.losses import METHODS
-    from l2d.models import count_parameters
-    from l2d.run import build_run, fit, measure_latency
-
     torch.set_num_threads(max(1, round(context.cpus_per_worker)))
     run_config = trial_run(context.base, config, context.weights).replace(device=str(session.device))
     splits = _splits(run_config)
@@ -355,10 +339,6 @@ def train_worker(config: dict) -> None:
 def _close_if_stopped(context: TrialContext, trial_id: str, run_dir: Location) -> bool:
     """A trial that ASHA stopped just before a crash (the decision saved, Tune's state not) is restored as running:
     report its last epoch again from its checkpoint and end, instead of training on."""
-    import ray.tune
-
-    from sweeps.tune.scheduler import stopped_at
-
     stop = stopped_at(context.sweep_dir / "asha.json", trial_id)
     if stop is None:
         return False
@@ -374,11 +354,6 @@ def _close_if_stopped(context: TrialContext, trial_id: str, run_dir: Location) -
 def run_trial(config: dict, context: TrialContext) -> None:
     """The Tune function trainable: one TorchTrainer per trial (or the loop itself, for an in-process trial),
     resumed from its own latest checkpoint."""
-    import ray.train
-    import ray.tune
-    from ray.train.torch import TorchTrainer
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trial_id = ray.tune.get_context().get_trial_id()
     run_dir = context.run_dir(trial_id)
     if _close_if_stopped(context, trial_id, run_dir):

@@ -8,9 +8,9 @@ from types import SimpleNamespace
 import pyarrow.parquet as pq
 
 from l2d.storage import Location
-from sweeps.tune.callback import SweepCallback, known_trial
 from sweeps.folder.checkpoints import HISTORY_KEY
 from sweeps.results import SweepResults
+from sweeps.tune.callback import SweepCallback, known_trial
 
 
 def _epochs(folder):
@@ -137,8 +137,8 @@ def test_the_sweep_level_hparams_config_declares_every_domain(tmp_path):
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata
 
-    from sweeps.tune.callback import write_hparams_config
     from sweeps.specs import parse_spec
+    from sweeps.tune.callback import write_hparams_config
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)}, "tiny.yaml")
@@ -171,8 +171,8 @@ def test_tensorboards_hparams_dashboard_shows_every_searched_dimension(tmp_path)
     from tensorboard.backend.event_processing.event_multiplexer import EventMultiplexer
     from tensorboard.plugins.hparams import metadata
 
-    from sweeps.tune.callback import write_hparams_config
     from sweeps.specs import parse_spec
+    from sweeps.tune.callback import write_hparams_config
     from tests.sweeps.conftest import TINY_SPEC
 
     space = {

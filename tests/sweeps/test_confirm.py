@@ -379,9 +379,9 @@ def test_the_search_s_readers_leave_the_confirmation_runs_out(tmp_path):
     every search trial is not a sample of the search. Fails when search_rows stops leaving the reruns out."""
     import yaml
 
-    from sweeps.results.export import choose_trial
     from sweeps.folder.marker import write_marker
     from sweeps.results import ResultsWriter, SweepResults
+    from sweeps.results.export import choose_trial
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)})  # no confirmation stage asked for
     write_marker(spec.sweep_dir)

@@ -3,9 +3,9 @@ callbacks and the collaborators each is handed, the Tune folder of each experime
 
 import pytest
 
-from sweeps.tune.experiment import callbacks, check_local_resources, driver_resources, tune_dir_name
 from sweeps.folder.lease import LeaseKeeper
 from sweeps.specs import SpecError, parse_spec
+from sweeps.tune.experiment import callbacks, check_local_resources, driver_resources, tune_dir_name
 from tests.sweeps.conftest import TINY_SPEC
 
 

@@ -12,8 +12,8 @@ import torch
 from l2d.export import evaluate_student, load_student, save_student
 from l2d.models import build_model
 from l2d.storage import Location
-from sweeps.folder.checkpoints import BestCheckpoint, UnreadableCheckpointError, checkpoint_folders, prune, read_best
 from sweeps.cli import main
+from sweeps.folder.checkpoints import BestCheckpoint, UnreadableCheckpointError, checkpoint_folders, prune, read_best
 
 
 def _run(model, history):

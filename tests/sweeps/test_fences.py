@@ -29,7 +29,7 @@ def test_restored_callbacks_reach_the_run_config():
 
 def test_trial_ids_can_be_chosen():
     from ray.tune.experiment.trial import Trial
-    from ray.tune.search import SearchGenerator, Searcher
+    from ray.tune.search import Searcher, SearchGenerator
 
     generator = SearchGenerator(Searcher())
     assert _fences.trials_created(generator) == 0, _fence("trials_created")

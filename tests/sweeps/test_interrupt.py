@@ -182,8 +182,8 @@ def test_ctrl_c_and_sigterm_stop_a_sweep_that_then_resumes_as_itself(tiny_spec, 
 def test_ctrl_c_before_the_first_trial_of_a_new_sweep_says_to_run_it_again(tiny_spec, tmp_path, capsys, monkeypatch):
     """A new sweep stopped before its first trial leaves no folder (as a failed one): the hint is `run`, not
     `resume` of a folder that is gone. The signal arrives while Ray would start: init_ray is where it is raised."""
-    from sweeps.tune import runner
     from sweeps.cli import main
+    from sweeps.tune import runner
 
     def interrupted(*args, **kwargs):
         os.kill(os.getpid(), signal.SIGINT)

@@ -39,7 +39,6 @@ def postgres(tmp_path):
     data = tmp_path / "pgdata"
     if os.geteuid() == 0:  # PostgreSQL will not run as root: run it as its own user, in a folder it owns
         import pwd
-
         import tempfile
         from pathlib import Path
 

@@ -11,8 +11,8 @@ from types import SimpleNamespace
 import pytest
 
 from l2d.storage import Location
-from sweeps.tune.callback import SweepCallback
 from sweeps.core.progress import ProgressView, about, clock, live_wanted, opened
+from sweeps.tune.callback import SweepCallback
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

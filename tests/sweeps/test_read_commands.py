@@ -195,8 +195,8 @@ def test_list_and_compare_read_real_folders(sweeps, capsys):
     assert "paired (seed 0): 1 configuration(s) run by both; beta - alpha: mean -2.00, beta better in 0 of 1" in text, (
         text
     )
-    from sweeps.results.compare import best_per_pairing, paired_trials
     from sweeps.results import SweepResults
+    from sweeps.results.compare import best_per_pairing, paired_trials
     from sweeps.specs.stored import load_sweep_spec
 
     tables = [SweepResults(path).trials.to_pylist() for path in (alpha, beta)]

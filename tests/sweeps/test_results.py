@@ -329,14 +329,13 @@ def test_compact_rewrites_the_compacted_pair_from_the_newest_generation(tmp_path
     newest generation under the sweep's lease (and refuses while a live driver holds it)."""
     import yaml
 
+    from l2d.storage import Location
     from sweeps.cli import main
-    from sweeps.folder.marker import write_marker
     from sweeps.folder.lease import LeaseKeeper
+    from sweeps.folder.marker import write_marker
     from sweeps.specs import parse_spec
     from sweeps.specs.stored import spec_digest
     from tests.sweeps.conftest import TINY_SPEC
-
-    from l2d.storage import Location
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path)}, "tiny.yaml")
     sweep = tmp_path / "tiny"

@@ -6,8 +6,8 @@ import yaml
 
 from l2d.storage import Location
 from sweeps.folder.marker import SweepFolderError, write_marker
-from sweeps.tune.runner import extend_sweep, run_or_resume, spec_differences
 from sweeps.specs import parse_spec, with_overrides
+from sweeps.tune.runner import extend_sweep, run_or_resume, spec_differences
 from tests.sweeps.conftest import TINY_SPEC
 
 

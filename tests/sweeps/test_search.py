@@ -9,9 +9,8 @@ from ray.tune.search import Searcher
 
 from l2d.losses import METHODS
 from sweeps.search.space import DefineByRunSpace, decode, first_points
-from sweeps.tune.scheduler import PersistentASHA
 from sweeps.specs import parse_spec
-
+from sweeps.tune.scheduler import PersistentASHA
 from tests.sweeps.test_spec import _spec
 
 

@@ -6,9 +6,9 @@ import pickle
 import optuna
 
 from sweeps.folder.marker import trial_id
-from sweeps.tune.searcher import StudySearcher
-from sweeps.specs import parse_spec
 from sweeps.search.study import StudyStore
+from sweeps.specs import parse_spec
+from sweeps.tune.searcher import StudySearcher
 from tests.sweeps.conftest import TINY_SPEC, plant_payload
 
 

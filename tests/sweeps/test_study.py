@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 
+from tests.commands import l2d_sweep_ok
 from tests.conftest import free_port
 from tests.sweeps.conftest import TINY_SPEC
-from tests.commands import l2d_sweep_ok
 
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(1200)]
 ARTIFACTS = Path(os.environ.get("L2D_TEST_ARTIFACTS", Path(__file__).resolve().parents[2] / "runs" / "test-artifacts"))
@@ -110,8 +110,8 @@ def test_warm_start_seeds_a_new_study_and_tpe_uses_it(grown):
     # The first proposal of the new sweep is TPE's, informed by the earlier trials: not the point a cold study with the
     # same sampler and seed would draw at random at startup.
     from sweeps.search.space import DefineByRunSpace
-    from sweeps.specs import load_spec
     from sweeps.search.study import build_sampler
+    from sweeps.specs import load_spec
 
     spec = load_spec(str(path))
     assert len(warm) >= build_sampler(spec)._n_startup_trials

@@ -12,9 +12,9 @@ import yaml
 
 from sweeps.folder.marker import MARKER, trial_id, write_marker
 from sweeps.results import ResultsWriter
+from sweeps.search.study import StudyStorageError, StudyStore, open_study, study_name, sweep_identity
 from sweeps.specs import parse_spec
 from sweeps.specs.stored import SweepStateError, spec_digest
-from sweeps.search.study import StudyStorageError, StudyStore, open_study, study_name, sweep_identity
 from tests.sweeps.conftest import TINY_SPEC
 
 

@@ -86,9 +86,9 @@ def test_resume_with_trust_loads_what_it_was_told_to(tmp_path, key):
 
 
 def test_the_searcher_loads_its_state_only_when_signed_with_the_key(tmp_path, key):
-    from sweeps.tune.searcher import StudySearcher
-    from sweeps.specs import parse_spec
     from sweeps.search.study import StudyStore
+    from sweeps.specs import parse_spec
+    from sweeps.tune.searcher import StudySearcher
 
     spec = parse_spec({**TINY_SPEC, "storage": str(tmp_path / "storage")})
     spec.sweep_dir.makedirs()

@@ -36,9 +36,9 @@ def _write_sweep(storage: Path, name: str, trials: int, base: float = 30.0) -> P
     """A finished sweep folder: spec, marker, results of ``trials`` trials, and its Optuna study (one trial each)."""
     from l2d.storage import Location
     from sweeps.folder.marker import write_marker
+    from sweeps.search.study import study_name
     from sweeps.specs import parse_spec
     from sweeps.specs.stored import spec_digest
-    from sweeps.search.study import study_name
     from tests.sweeps.conftest import TINY_SPEC
 
     spec = parse_spec(
