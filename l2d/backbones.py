@@ -13,14 +13,17 @@ import functools
 import os
 from importlib import metadata
 
+from l2d.storage import cache_dir
+
+# Loaded late, inside the functions that use them: l2d.storage (imported where its absence is handled); timm (not needed
+# when the command line starts).
+
 
 class UnknownModelError(ValueError):
     """Raised for a backbone name timm does not know."""
 
 
 def _index_path() -> str | None:
-    from l2d.storage import cache_dir
-
     try:
         version = metadata.version("timm")
     except metadata.PackageNotFoundError:

@@ -16,15 +16,25 @@ the weights: ``model, card = load_student("exports/best")``; ``model(images).log
 
 from __future__ import annotations
 
+import copy
 import json
 import logging
 import os
+import shutil
+import tempfile
+import uuid
+import warnings
 from pathlib import Path
 
 import torch
+from safetensors.torch import load, save_file
 
+from l2d.data import build_dataset
+from l2d.engine import evaluate, make_loader
 from l2d.models import MultiLabelModel, build_model
-from l2d.storage import Location
+from l2d.storage import OUTPUT_MARKER, Location, check_output
+
+# Loaded late, inside the functions that use them: onnx, onnxscript (imported where its absence is handled).
 
 logger = logging.getLogger(__name__)
 
@@ -118,12 +128,8 @@ def save_student(
     Raises:
         ValueError: an unknown format, or ``onnx`` without the ``onnx`` package.
     """
-    from l2d.storage import check_output
-
     check_formats(formats)
     folder = check_output(out, "--out")  # new, empty, or an export of ours: nothing else is replaced
-    import shutil
-    import tempfile
 
     model = model.cpu().eval()
     card = {**card, "folder": str(folder)}
@@ -144,16 +150,12 @@ def save_student(
 
 
 def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
-    from safetensors.torch import save_file
-
     state = {name: tensor.contiguous() for name, tensor in model.state_dict().items()}
     save_file(state, str(scratch / WEIGHTS_FILE), metadata={"format": "pt"})
     written = [WEIGHTS_FILE]
     progress(f"  weights: {WEIGHTS_FILE} ({sum(t.numel() for t in state.values()):,} values)")
     example = torch.rand(2, 3, card["image_size"], card["image_size"])
     if "torchscript" in formats:
-        import warnings
-
         with torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")  # torch.jit's deprecation notices: the traced module is what we want
             traced = torch.jit.trace(_Logits(model).eval(), example)
@@ -161,10 +163,7 @@ def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
         written.append("student.torchscript.pt")
         progress("  TorchScript: student.torchscript.pt (traced; returns the logits)")
     if "onnx" in formats:
-        import copy
-
         # A copy: the exporter runs the module, and must not touch the running statistics of the one saved above.
-        import warnings
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", torch.jit.TracerWarning)  # shape checks traced as constants: expected
@@ -181,7 +180,6 @@ def _write(model, card: dict, scratch: Path, formats, progress) -> list[str]:
         progress("  ONNX: student.onnx (input images [batch, 3, H, W], output logits)")
     (scratch / CARD_FILE).write_text(json.dumps(card, indent=2, default=str))
     (scratch / "README.md").write_text(_markdown(card))
-    from l2d.storage import OUTPUT_MARKER
 
     (scratch / OUTPUT_MARKER).write_text(json.dumps({"tool": "l2d-sweep", "kind": "export"}))
     return written + [CARD_FILE, "README.md", OUTPUT_MARKER]
@@ -211,9 +209,6 @@ def _publish(scratch: Path, folder: Location, written: list[str]) -> None:
     """Move the finished export into ``folder``: a local folder is replaced by one rename (an older export there
     is removed after); a remote one gets each file by an atomic upload, ``card.json`` last."""
     if folder.is_local:
-        import shutil
-        import uuid
-
         target = _local_target(folder)
         old = None
         if target.exists():
@@ -234,8 +229,6 @@ def load_student(folder: str | os.PathLike) -> tuple[MultiLabelModel, dict]:
         FileNotFoundError: the folder lacks ``card.json`` or ``student.safetensors``.
         ValueError: the weights do not fit the model the card describes.
     """
-    from safetensors.torch import load
-
     location = Location.parse(folder, "export folder")
     for name in (CARD_FILE, WEIGHTS_FILE):
         if not (location / name).is_file():
@@ -262,9 +255,6 @@ def evaluate_student(
     ``batch_size`` defaults to the card's ``eval_batch_size`` (the sweep's), else 64. Float sums depend on the
     batch and on the thread count (``torch.set_num_threads``): on a small split, a last-bit change that swaps two
     near-equal scores moves the mAP slightly; with the trial's batch size and thread count the number is exact."""
-    from l2d.data import build_dataset
-    from l2d.engine import evaluate, make_loader
-
     dataset = card["dataset"]
     data = build_dataset(
         dataset["name"], dataset.get("root"), split, card["image_size"], **(dataset.get("options") or {})

@@ -16,7 +16,9 @@ import timm
 import torch
 from torch import nn
 
+from l2d import weights as weight_sources
 from l2d.backbones import UnknownModelError, check_backbone_name  # noqa: F401 - part of this module's interface
+from l2d.weights import WeightsError, read_state_dict
 
 logger = logging.getLogger(__name__)
 
@@ -302,8 +304,6 @@ def build_model(
     Raises:
         WeightsError: the weights cannot be found or read, or do not fit ``backbone``.
     """
-    from l2d import weights as weight_sources
-
     check_backbone_name(backbone)
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
@@ -369,8 +369,6 @@ def adopt_checkpoint(backbone: str, num_classes: int, embed_dim: int, path: str)
         WeightsError: the file cannot be read, or does not fit: the first tensor that differs, with both shapes, or
             the tensors it lacks.
     """
-    from l2d import weights as weight_sources
-
     state = weight_sources.read_state_dict(path)
     if _is_whole_model_or_wrapped(state):
         try:
@@ -394,8 +392,6 @@ def adopt_checkpoint(backbone: str, num_classes: int, embed_dim: int, path: str)
 
 def _load_checked(module: nn.Module, state: dict, path: str, backbone: str) -> None:
     """``module.load_state_dict(state)``, strictly, with an error that names the first tensor that does not fit."""
-    from l2d.weights import WeightsError
-
     target = module.state_dict()
     for name, tensor in target.items():
         if name not in state:
@@ -453,8 +449,6 @@ def load_pretrained(model: MultiLabelModel, path: str | os.PathLike) -> None:
         FileNotFoundError: the file does not exist.
         ValueError: the file is not a state dict, or its tensors do not fit the model.
     """
-    from l2d.weights import read_state_dict
-
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(f"pretrained weights {path!r} not found (give a local file path)")

@@ -18,13 +18,28 @@ for the teacher's epochs and learning rate).
 from __future__ import annotations
 
 import dataclasses
+import io
+import json
 import logging
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Callable, Mapping
 
+import numpy as np
+import yaml
+
+from l2d import settings
+from l2d import weights as weight_sources
+from l2d.backbones import check_backbone_name
+from l2d.data import DATASETS, build_dataset, check_dataset_options, data_fingerprint
+from l2d.losses import METHODS, method_hparams, official_weights
 from l2d.settings import MAX_IMAGE_SIZE, MAX_SEED, setting
+from l2d.storage import Location, check_output, prepare_output
+from l2d.weights import WeightsError, class_order, identity
+
+# Loaded late, inside the functions that use them: l2d.engine, l2d.metrics, l2d.models, l2d.recipe, l2d.teacher_cache,
+# l2d.teachers, torch (not needed when the command line starts); l2d.losses.registry (its name is bound otherwise here).
 
 if TYPE_CHECKING:  # torch and the engine are imported by the functions that build and train, not by the config
     import torch
@@ -324,9 +339,6 @@ class RunConfig:
 def default_hparams(dataset: str, method: str) -> dict[str, float]:
     """``method``'s weights on ``dataset`` when nothing sets them: the method's own (:data:`l2d.losses.METHODS`,
     the official values for L2D) updated with the dataset's ``method_weights`` (the mosaics' tuned L2D weights)."""
-    from l2d.data import DATASETS
-    from l2d.losses import method_hparams
-
     info = DATASETS.get(dataset)
     return method_hparams(method, info.method_weights.get(method, {}) if info else {})
 
@@ -338,11 +350,6 @@ def resolve(config: RunConfig) -> RunConfig:
         ValueError: an unknown dataset, backbone or method, a weight the method does not have, a bad recipe value;
             the message names the field and what is allowed.
     """
-    from l2d import settings
-    from l2d.backbones import check_backbone_name
-    from l2d.data import DATASETS, check_dataset_options
-    from l2d.losses import method_hparams
-
     if config.dataset not in DATASETS:
         raise ValueError(f"unknown dataset {config.dataset!r}; allowed: {', '.join(DATASETS)}")
     info = DATASETS[config.dataset]
@@ -434,7 +441,6 @@ def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
     """The teacher store's key of ``config``'s teacher over data of ``data_fingerprint``
     (:func:`l2d.data.data_fingerprint` of its splits): the same settings and data give the same key everywhere."""
     from l2d.teachers import TeacherKey
-    from l2d.weights import identity
 
     config = resolve(config)
     recipe = {
@@ -464,23 +470,17 @@ def teacher_key(config: RunConfig, data_fingerprint: str) -> TeacherKey:
 def _data_options_for_key(dataset: str, options: Mapping) -> dict:
     """A dataset's options without where its files are (the data's fingerprint says what they hold): a copy of the
     data elsewhere finds the same teacher."""
-    from l2d.data import DATASETS
-
     known = DATASETS[dataset].options if dataset in DATASETS else {}
     return {key: value for key, value in options.items() if not (key in known and known[key].path)}
 
 
 def splits_key(config: RunConfig, splits: Mapping) -> TeacherKey:
     """:func:`teacher_key` of ``config`` over ``splits`` (their fingerprint computed here)."""
-    from l2d.data import data_fingerprint
-
     return teacher_key(config, data_fingerprint(splits))
 
 
 def build_splits(config: RunConfig) -> dict[str, torch.utils.data.Dataset]:
     """The train, val and test splits of ``config``'s dataset."""
-    from l2d.data import build_dataset
-
     config = resolve(config)
     splits = {
         split: build_dataset(config.dataset, config.data_root, split, config.image_size, **config.dataset_options)
@@ -579,10 +579,8 @@ def adopt_teacher(
     classifier's logits. Scored on val and test with the logits it distills; returns ``(model, card fields)``."""
     import torch
 
-    from l2d import weights as weight_sources
     from l2d.engine import evaluate, make_loader
     from l2d.models import adopt_checkpoint, count_parameters
-    from l2d.weights import class_order
 
     config = resolve(config)
     source = config.teacher_weights or ""
@@ -635,8 +633,6 @@ def _reorder_classifier(model, order: list[int], path: str, said: str) -> None:
     """
     import torch
 
-    from l2d.weights import WeightsError
-
     fix = "list the dataset's classes in the checkpoint's order (the dataset's classes file)"
     if not model.own_classifier:
         raise WeightsError(f"{path}: its classes are in another order than the dataset's, {said}; {fix}")
@@ -654,7 +650,6 @@ def fit_head(model, splits: Mapping, config: RunConfig, device, on_epoch: EpochF
     """Fit ``model``'s label-wise head on its frozen backbone (kept in eval mode: its batch-norm statistics do not
     move) with BCE, Adam at the teacher's learning rate, for ``teacher_head_epochs``; returns each epoch's
     ``{epoch, train_total (the BCE), val_mAP (the head's own), images_per_s}``."""
-    import numpy as np
     import torch
 
     from l2d.engine import make_loader
@@ -717,7 +712,6 @@ def build_run(
     import torch
 
     from l2d.engine import Distiller
-    from l2d.losses import METHODS
     from l2d.models import build_model
 
     config = resolve(config)
@@ -859,7 +853,6 @@ def balanced_weights(
     import torch
 
     from l2d.engine import model_forward
-    from l2d.losses import official_weights
 
     run = build_run(
         config.replace(hparams=official_weights(config.method)),
@@ -961,17 +954,10 @@ def train_to_folder(
         What ``metrics.json`` holds: the configuration, the last epoch, the history, the student's size, the
         teacher's card, the wall time, and the test split's chance level (its mean label frequency).
     """
-    import io
-    import json
-    from dataclasses import asdict
-
     import torch
-    import yaml
     from torch.utils.tensorboard import SummaryWriter
 
-    from l2d.losses import METHODS
     from l2d.models import count_parameters
-    from l2d.storage import Location, check_output, prepare_output
 
     config = resolve(config)
     check_output(out, "--out")  # refused before anything is read; created only once the run is built

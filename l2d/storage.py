@@ -19,8 +19,10 @@ The cache directory of datasets, teachers and staged TensorBoard files is :func:
 from __future__ import annotations
 
 import functools
+import json
 import os
 import signal
+import time
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -92,8 +94,6 @@ def failpoint(name: str) -> None:
         if action == "error":
             raise OSError(f"failpoint {name}: a storage failure")
         if action.startswith("sleep:"):
-            import time
-
             time.sleep(float(action.removeprefix("sleep:")))
         elif _PASSED[name] == int(action or 1):
             os.kill(os.getpid(), signal.SIGKILL)
@@ -381,9 +381,6 @@ def check_output(target: str | os.PathLike | Location, what: str = "--out") -> L
 
 def prepare_output(target: str | os.PathLike | Location, what: str = "--out", kind: str = "output") -> Location:
     """:func:`check_output`, then the folder created and marked as this tool's (``kind``: what it holds)."""
-    import json
-    import time
-
     location = check_output(target, what)
     (location / OUTPUT_MARKER).write_text(
         json.dumps({"tool": "l2d-sweep", "kind": kind, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")})

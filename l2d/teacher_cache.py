@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from l2d.losses.registry import METHODS, TERMS
 from l2d.models import ModelOutput
 from l2d.storage import cache_dir
 
@@ -45,8 +46,6 @@ DTYPES = {"float16": np.float16, "float32": np.float32}
 def parts_of(method: str) -> tuple[str, ...] | None:
     """The parts of the teacher's output ``method`` reads, or None when it reads its intermediate feature maps (the
     teacher then runs online)."""
-    from l2d.losses.registry import METHODS, TERMS
-
     parts = []
     for term in METHODS[method].terms:
         family = TERMS[term].fn.split(":")[0]

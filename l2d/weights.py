@@ -22,11 +22,22 @@ SHA-256 of its file: part of a teacher's key, so other initial weights give anot
 from __future__ import annotations
 
 import functools
+import glob
 import hashlib
 import importlib.util
+import json
 import os
+import uuid
 from dataclasses import dataclass, field
+from importlib import metadata
 from typing import Callable, Mapping
+
+import numpy as np
+
+from l2d.storage import Location, StorageError, cache_dir, redact
+
+# Loaded late, inside the functions that use them: PIL, huggingface_hub, sklearn, timm, torch (not needed when the
+# command line starts); safetensors (imported where its absence is handled).
 
 WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin", "open_clip_pytorch_model.bin")
 LOCAL_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin", ".ckpt")
@@ -110,8 +121,6 @@ class WeightPackage:
         return path if os.path.isfile(path) else None
 
     def version(self) -> str | None:
-        from importlib import metadata
-
         try:
             return metadata.version(self.package)
         except metadata.PackageNotFoundError:
@@ -275,10 +284,6 @@ def fetch_remote(source: str) -> str:
     Raises:
         WeightsNotFoundError: no such object (the URI shown without its query).
     """
-    import uuid
-
-    from l2d.storage import Location, StorageError, cache_dir, redact
-
     location = Location.parse(source, "weights")
     try:
         found = location.is_file()
@@ -351,8 +356,6 @@ def checkpoint_class_names(path: str) -> tuple[list[str], str] | None:
     :data:`CLASS_NAME_FILES` file beside it, a safetensors file's ``class_names`` metadata (a JSON list), or a
     ``class_names`` list beside the state dict in a ``.pth`` dict. None when it carries none (the class order can
     then be checked by count only)."""
-    import json
-
     folder = os.path.dirname(os.path.abspath(path))
     for name, key in CLASS_NAME_FILES:
         beside = os.path.join(folder, name)
@@ -447,8 +450,6 @@ def offline_model(backbone: str, source: str = "offline", num_classes: int = 0, 
 def sample_photos() -> list[str]:
     """Real photos that ship inside installed packages: scikit-learn's two sample images and, when scikit-image is
     installed, five of its test photos (a cat, a cup of coffee, an astronaut, a rocket, a motorcycle)."""
-    import glob
-
     import sklearn.datasets
 
     photos = sorted(glob.glob(os.path.join(os.path.dirname(sklearn.datasets.__file__), "images", "*.jpg")))
@@ -470,7 +471,6 @@ def load_photo(path: str, size: int):
     Raises:
         WeightsError: the file is missing or not an image.
     """
-    import numpy as np
     import torch
     from PIL import Image, UnidentifiedImageError
 

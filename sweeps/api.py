@@ -21,6 +21,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from l2d.storage import Location
+from sweeps.core.vocab import sql_order
+from sweeps.folder.marker import is_sweep
+from sweeps.results import SweepResults, plots, sweep_status
+from sweeps.results.compare import compare, summary_row
+from sweeps.results.schema import OBJECTIVE_COLUMNS
+from sweeps.search.study import load_sweep_study
+from sweeps.specs import load_spec, parse_spec, with_overrides
+from sweeps.specs.stored import load_sweep_spec
+
+# Loaded late, inside the functions that use them: sweeps.results.export, sweeps.tune.runner (not needed when the
+# command line starts).
 
 
 @dataclass
@@ -38,8 +49,6 @@ class Sweep:
         Raises:
             FileNotFoundError: no sweep there (a spec file given instead is named as such).
         """
-        from sweeps.specs.stored import load_sweep_spec
-
         spec = load_sweep_spec(path)  # checks it is a sweep; a damaged stored spec is named
         return cls(spec.sweep_dir)
 
@@ -48,7 +57,6 @@ class Sweep:
         """Run the sweep a spec file (or a dict of its fields) describes, as ``l2d-sweep run`` does, and return it.
         ``overrides``: top-level fields to change (``name=``, ``storage=``...); ``new``: start over when its folder
         exists; ``quiet``: no progress lines (the notebook's cell stays short)."""
-        from sweeps.specs import load_spec, parse_spec, with_overrides
         from sweeps.tune.runner import run_sweep
 
         parsed = parse_spec(spec, "<dict>") if isinstance(spec, dict) else load_spec(spec)
@@ -91,8 +99,6 @@ class Sweep:
         Raises:
             FileNotFoundError: no such storage folder.
         """
-        from sweeps.folder.marker import is_sweep
-
         storage = Location.parse(storage, "storage")
         if not storage.is_dir():
             raise FileNotFoundError(f"{storage}: no such storage folder")
@@ -110,8 +116,6 @@ class Sweep:
         """Two or more sweeps side by side (``l2d-sweep compare``): a :class:`sweeps.results.compare.Comparison`
         (each one's summary, the best of each method and pairing, the configurations two sweeps of one seed both ran
         with a paired t-interval, the spec fields that differ). ``sweeps``: folders or :class:`Sweep` objects."""
-        from sweeps.results.compare import compare
-
         return compare([(s if isinstance(s, Sweep) else cls.open(s)).spec for s in sweeps])
 
     # --- reading ----------------------------------------------------------------------------------------------------
@@ -119,22 +123,16 @@ class Sweep:
     def results(self):
         """The results tables of the newest generation, as the command line reads them (a
         :class:`sweeps.results.SweepResults`: Arrow tables, SQL, the leaderboard, the ledger, the confirmation)."""
-        from sweeps.results import SweepResults
-
         return SweepResults(self.path)
 
     def summary(self) -> dict[str, Any]:
         """The sweep as one row of ``l2d-sweep list``: its trials by state, who drives it, its best trial, when its
         results last changed, its id."""
-        from sweeps.results.compare import summary_row
-
         return summary_row(self.spec)
 
     @property
     def spec(self):
         """The sweep's stored spec (a :class:`sweeps.specs.SweepSpec`)."""
-        from sweeps.specs.stored import load_sweep_spec
-
         return load_sweep_spec(self.path)
 
     @property
@@ -159,9 +157,6 @@ class Sweep:
         the search's best trial by the spec's metric; with ``metric`` (any objective: val_mAP, val_CF1, val_OF1,
         val_loss, latency_ms, student_params; its direction the spec's for it, else the metric's own) the search's
         best by it. Raises ValueError when no trial has a value yet, or for an unknown metric."""
-        from sweeps.core.vocab import sql_order
-        from sweeps.results.schema import OBJECTIVE_COLUMNS
-
         results = self.results()
         chosen_as = f"the search's best trial by {metric or results.objectives[0][0]} (one run)"
         confirmation = results.confirmation() if metric is None else None
@@ -199,8 +194,6 @@ class Sweep:
     def study(self):
         """The sweep's Optuna study, read-only (a remote study is copied into this process's own cache first):
         ``optuna.visualization`` and friends take it as it is."""
-        from sweeps.search.study import load_sweep_study
-
         return load_sweep_study(self.path, read_only=True)[1]
 
     def history(self, trial_id: str):
@@ -226,9 +219,6 @@ class Sweep:
         Raises:
             sweeps.results.plots.NotEnoughData: the sweep keeps no study (a sweep from before studies were kept).
         """
-        from sweeps.results import plots
-        from sweeps.search.study import load_sweep_study
-
         spec = self.spec
         try:
             study = load_sweep_study(self.path, read_only=True)[1]
@@ -238,8 +228,6 @@ class Sweep:
 
     def status(self):
         """Trials by state, who drives the sweep, the best so far (a :class:`sweeps.results.SweepStatus`)."""
-        from sweeps.results import sweep_status
-
         return sweep_status(self.path)
 
     def refresh(self) -> Sweep:
@@ -256,9 +244,6 @@ class Sweep:
             sweeps.results.plots.NotEnoughData: the sweep has too little data for it yet (the words ``l2d-sweep
                 plot`` prints when it draws nothing and exits 0).
         """
-        from sweeps.results import plots
-        from sweeps.search.study import load_sweep_study
-
         if kind not in plots.PLOTS:
             raise ValueError(f"unknown plot kind {kind!r}; one of {', '.join(plots.PLOTS)}")
         if out is not None:

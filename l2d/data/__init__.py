@@ -7,7 +7,11 @@ Every dataset has ``class_names``, ``targets`` (an ``[N, C]`` 0/1 array) and yie
 
 from __future__ import annotations
 
+import hashlib
+import importlib
 from typing import TYPE_CHECKING
+
+import numpy as np
 
 from l2d.data.registry import (
     DATASETS,
@@ -19,6 +23,8 @@ from l2d.data.registry import (
     check_dataset_options,
     dataset_options,
 )
+
+# Loaded late, inside the functions that use them: l2d.data.manifest (not needed when the command line starts).
 
 if TYPE_CHECKING:
     import torch
@@ -66,7 +72,6 @@ def build_dataset(
     if image_size < 8:
         raise ValueError(f"image_size must be >= 8, got {image_size}")
     module, _, function = info.builder.partition(":")
-    import importlib
 
     dataset = getattr(importlib.import_module(module), function)(root, split, image_size, **options)
     if len(dataset) == 0:
@@ -93,8 +98,6 @@ def check_declared(name: str, root: str | None, options: dict):
 def data_fingerprint(splits: dict) -> str:
     """A short hash of the data of every split (its images' identities and its labels): part of a teacher's key, so
     that the same settings over other data never load the same teacher."""
-    import hashlib
-
     digest = hashlib.sha256()
     for split in sorted(splits):
         digest.update(f"{split}:{splits[split].fingerprint()}\n".encode())
@@ -103,8 +106,6 @@ def data_fingerprint(splits: dict) -> str:
 
 def dataset_stats(dataset) -> dict:
     """Label statistics: size, cardinality (labels per image), label frequency, most co-occurring pairs."""
-    import numpy as np
-
     targets = np.asarray(dataset.targets, dtype=np.float64)
     names = dataset.class_names
     cardinality = targets.sum(1)

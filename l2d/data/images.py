@@ -8,6 +8,7 @@ import hashlib
 import os
 import threading
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
@@ -181,8 +182,6 @@ class DecodedStore:
         return {"path": str(self.path), "side": self.side, "key": self.key, "shape": self.pixels.shape}
 
     def __setstate__(self, state: dict) -> None:
-        from pathlib import Path
-
         self.side, self.key = state["side"], state["key"]
         self.path = Path(state["path"])
         self._open(tuple(state["shape"]))

@@ -42,10 +42,14 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.fs as pafs
 
+from l2d.data.formats import ImageListDataset
 from l2d.data.images import Images
 from l2d.data.registry import DatasetError
 from l2d.storage import Location, StorageError
+
+# Loaded late, inside the functions that use them: pyarrow (imported where its absence is handled).
 
 logger = logging.getLogger(__name__)
 
@@ -474,8 +478,6 @@ def _check_images(images: Images, part_of: list[tuple[str, int]]) -> list[str]:
 
 
 def _remote_listing(uri: str) -> dict[str, tuple[int, str]]:
-    import pyarrow.fs as pafs
-
     folder = Location.parse(uri, "image").parent
     try:
         infos = folder.filesystem.get_file_info(pafs.FileSelector(folder.path, allow_not_found=True))
@@ -512,8 +514,6 @@ class Manifest:
 
     def dataset(self, split: str, image_size: int, train: bool, skip_corrupt: bool = False):
         """The torch dataset of ``split`` (:class:`l2d.data.formats.ImageListDataset`)."""
-        from l2d.data.formats import ImageListDataset
-
         images, targets = self.splits[split]
         return ImageListDataset(
             images, targets, self.class_names, image_size, train, skip_corrupt, f"{self.name}/{split}"

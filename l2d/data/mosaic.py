@@ -26,6 +26,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from sklearn.datasets import load_digits
 
 from l2d.data.transforms import build_transform
 from l2d.storage import Location
@@ -118,8 +119,6 @@ def _read_idx(path: Path) -> np.ndarray:
 def load_source(config: MosaicConfig) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Item images (uint8 ``[N, h, w]``) and labels, per source split ``train``/``test``."""
     if config.source == "digits":
-        from sklearn.datasets import load_digits
-
         digits = load_digits()
         images = np.round(digits.images * (255.0 / 16.0)).astype(np.uint8)
         order = np.random.default_rng(1797).permutation(len(images))  # fixed: the split must not move with seed

@@ -11,7 +11,7 @@ from torch import nn
 
 from l2d.losses.logits import bce_loss
 from l2d.losses.registry import METHODS, TERMS, method_hparams, part_weights, resolve_function
-from l2d.models import ModelOutput
+from l2d.models import ModelOutput, stage_channels
 
 
 @dataclass(frozen=True)
@@ -59,7 +59,6 @@ class DistillationCriterion(nn.Module):
         teacher: nn.Module | None = None,
     ):
         super().__init__()
-        from l2d.models import stage_channels
 
         self.method = method
         self.hparams = method_hparams(method, hparams)

@@ -15,12 +15,16 @@ stderr; ``--debug`` adds the traceback.
 from __future__ import annotations
 
 import argparse
+import atexit
 import logging
 import os
 import sys
 import traceback
+from importlib import metadata
 from typing import Callable, Sequence
 
+from l2d import __version__
+from sweeps.cli import analysis, completion, single, specs, sweep, weights
 from sweeps.cli._common import Parser, _parsers, add_global_flags
 from sweeps.core.checks import SpecError
 
@@ -31,8 +35,6 @@ MODULES = ["_common", "single", "sweep", "specs", "weights", "analysis", "comple
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sweeps.cli import analysis, completion, single, specs, sweep, weights
-
     parser = Parser(
         prog="l2d-sweep",
         description="Find the best multi-label knowledge-distillation recipe (L2D and baselines) for a dataset.",
@@ -54,13 +56,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _version() -> str:
-    from importlib import metadata
-
     try:
         return metadata.version("l2d-sweep")
     except metadata.PackageNotFoundError:
-        from l2d import __version__
-
         return __version__
 
 
@@ -113,8 +111,6 @@ def run() -> None:
     machine, seen with ``status`` and ``list``) aborts the process with "terminate called without an active exception"
     and exit status 134 after a command that succeeded.
     """
-    import atexit
-
     try:
         code = main()
     except SystemExit as done:  # argparse's --help, --version and usage errors

@@ -3,9 +3,22 @@
 from __future__ import annotations
 
 import argparse
+import difflib
+import re
+import shutil
 import sys
 import time
 from typing import Any, Callable
+
+import yaml
+
+from l2d.data import DATASETS
+from l2d.run import RunConfig
+from l2d.settings import settings
+from l2d.storage import cache_dir
+from sweeps.results import format_table
+
+# Loaded late, inside the functions that use them: l2d.teachers, rich (not needed when the command line starts).
 
 #: The output formats of every command that prints a results table (:func:`sweeps.results.format_table`).
 FORMATS = ("table", "csv", "json", "jsonl")
@@ -19,10 +32,6 @@ def add_format_argument(parser: argparse.ArgumentParser, help: str) -> None:
 def render(table, fmt: str = "table") -> str:
     """A results table for stdout: as text it fits the terminal's width (100 columns when stdout is not one; the
     columns left out are named below it); csv, json and jsonl hold every column."""
-    import shutil
-
-    from sweeps.results import format_table
-
     return format_table(table, fmt, width=shutil.get_terminal_size((100, 24)).columns if fmt == "table" else None)
 
 
@@ -34,9 +43,6 @@ class Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}{self._suggestion(message)} (see --help)\n")
 
     def _suggestion(self, message: str) -> str:
-        import difflib
-        import re
-
         choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
         if choice:
             options = re.findall(r"'([^']*)'", choice.group(2)) or [c.strip() for c in choice.group(2).split(",")]
@@ -79,8 +85,6 @@ def add_global_flags(parser: argparse.ArgumentParser, anywhere: bool = False) ->
 
 def key_value(text: str) -> tuple[str, object]:
     """``KEY=VALUE`` with VALUE parsed as YAML (numbers, booleans, strings)."""
-    import yaml
-
     if "=" not in text:
         raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
     key, value = text.split("=", 1)
@@ -129,8 +133,6 @@ seed_int = bounded(int, 0, maximum=2**32 - 1)
 
 
 def add_data_options(parser: argparse.ArgumentParser, command: str) -> None:
-    from l2d.data import DATASETS
-
     group = parser.add_argument_group("data")
     group.add_argument(
         "--dataset",
@@ -173,9 +175,6 @@ def add_setting_options(parser, command: str, section: str | None = None, config
     """A flag for each run setting that names one for ``command`` (:mod:`l2d.settings`: one definition of its type,
     bounds, default and help); ``section``: only those the spec holds in that section (``dataset``), else the rest.
     Each flag's value lands under the setting's own name; left out, it is None (the run config's default)."""
-    from l2d.run import RunConfig
-    from l2d.settings import settings
-
     for name, declared in settings(config_class or RunConfig).items():
         flag = declared.flags.get(command)
         if flag is None or (declared.spec_section == "dataset") != (section == "dataset"):
@@ -212,9 +211,6 @@ def add_recipe_options(parser: argparse.ArgumentParser, command: str) -> None:
 def run_config(args: argparse.Namespace, config_class: type | None = None, **fields):
     """The :class:`~l2d.run.RunConfig` of the data options, every setting flag given (:func:`add_setting_options`)
     and ``fields``."""
-    from l2d.run import RunConfig
-    from l2d.settings import settings
-
     given = {
         name: getattr(args, name)
         for name, declared in settings(config_class or RunConfig).items()
@@ -231,7 +227,6 @@ def run_config(args: argparse.Namespace, config_class: type | None = None, **fie
 
 
 def teacher_store(args: argparse.Namespace):
-    from l2d.storage import cache_dir
     from l2d.teachers import TeacherStore
 
     return TeacherStore(args.store or cache_dir() / "teachers")

@@ -4,13 +4,20 @@ write only the file ``--out`` names."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import textwrap
+
+import pyarrow as pa
+
+from sweeps.api import Sweep
+from sweeps.cli._common import add_format_argument, render
+from sweeps.results import plots
+from sweeps.results.compare import copies
+from sweeps.results.reader import plain_value
 
 
 def _cmd_plot(args: argparse.Namespace) -> int:
-    from sweeps.api import Sweep
-    from sweeps.results import plots
-
     sweep = Sweep.open(args.path)
     try:
         sweep.plot(args.kind, args.method, out=args.out)
@@ -22,9 +29,6 @@ def _cmd_plot(args: argparse.Namespace) -> int:
 
 
 def _cmd_importance(args: argparse.Namespace) -> int:
-    from sweeps.api import Sweep
-    from sweeps.results import plots
-
     try:
         found = Sweep.open(args.path).importance(args.method, args.evaluator)
     except plots.NotEnoughData as reason:  # a sweep from before studies were kept: nothing to show, not an error
@@ -46,12 +50,6 @@ def _cmd_importance(args: argparse.Namespace) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    import pyarrow as pa
-
-    from sweeps.api import Sweep
-    from sweeps.cli._common import render
-    from sweeps.results.compare import copies
-
     rows, unreadable = Sweep.find(args.storage)
     for line in unreadable:
         print(f"l2d-sweep list: {line}", file=sys.stderr)
@@ -67,15 +65,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    import json
-    import textwrap
-
-    import pyarrow as pa
-
-    from sweeps.api import Sweep
-    from sweeps.cli._common import render
-    from sweeps.results.reader import plain_value
-
     if args.format == "csv":
         raise ValueError(
             "compare --format csv: compare prints four tables, which one CSV cannot hold; use json (one "
@@ -149,17 +138,14 @@ def _cmd_compare(args: argparse.Namespace) -> int:
 
 def add_commands(commands) -> None:
     """Add ``plot``, ``importance``, ``list`` and ``compare``."""
-    from sweeps.cli._common import add_format_argument
-    from sweeps.results.plots import PLOTS, describe_kinds
-
     plot = commands.add_parser(
         "plot",
-        help=f"draw a sweep: {', '.join(PLOTS)}",
-        description=f"Draw one plot of a sweep into a PNG file (--out): {describe_kinds()}. A plot the sweep has too "
-        f"little data for is not drawn (said on stderr, exit 0).",
+        help=f"draw a sweep: {', '.join(plots.PLOTS)}",
+        description=f"Draw one plot of a sweep into a PNG file (--out): {plots.describe_kinds()}. A plot the sweep has "
+        f"too little data for is not drawn (said on stderr, exit 0).",
     )
     plot.add_argument("path", help="the sweep folder")
-    plot.add_argument("--kind", choices=list(PLOTS), required=True, help="which plot")
+    plot.add_argument("--kind", choices=list(plots.PLOTS), required=True, help="which plot")
     plot.add_argument("--out", required=True, help="the PNG file to write (new, or one this tool wrote)")
     plot.add_argument("--method", help="for parallel / importance: the method (default: the best trial's)")
     plot.set_defaults(func=_cmd_plot)

@@ -5,16 +5,37 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
+import textwrap
 
+import pyarrow as pa
+
+from l2d.data import DATASETS, build_dataset, check_declared, dataset_stats
+from l2d.losses import METHODS, loss_parts
+from l2d.run import (
+    build_splits,
+    check_weights,
+    default_out,
+    get_teacher,
+    resolve,
+    splits_key,
+    teacher_side,
+    train_to_folder,
+)
 from sweeps.cli._common import (
     Progress,
     add_data_options,
+    add_format_argument,
     add_recipe_options,
     non_negative_float,
+    render,
     run_config,
     teacher_store,
 )
+from sweeps.specs import load_spec
+
+# Loaded late, inside the functions that use them: l2d.models (not needed when the command line starts).
 
 
 def _print_card(card: dict) -> None:
@@ -44,8 +65,6 @@ def _print_card(card: dict) -> None:
 
 def _get_teacher(config, store, splits=None):
     """Load ``config``'s teacher from the store, or train and store it with progress lines: (model, card, trained)."""
-    from l2d.run import build_splits, get_teacher, resolve, splits_key, teacher_side
-
     config = resolve(config)
     splits = splits if splits is not None else build_splits(config)
     adopted = config.teacher_epochs == 0
@@ -83,8 +102,6 @@ def train_command_config(args: argparse.Namespace):
 
 
 def _cmd_teacher(args: argparse.Namespace) -> int:
-    from l2d.run import check_weights
-
     store = teacher_store(args)
     config = teacher_command_config(args)
     check_weights(config)
@@ -98,15 +115,11 @@ def _cmd_teacher(args: argparse.Namespace) -> int:
 
 
 def _hparam_overrides(args: argparse.Namespace) -> dict[str, float]:
-    from l2d.losses import METHODS
-
     names = {name for method in METHODS.values() for name in method.defaults}
     return {name: getattr(args, name) for name in sorted(names) if getattr(args, name, None) is not None}
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from l2d.run import default_out, resolve, train_to_folder
-
     config = resolve(train_command_config(args))
     out = args.out or default_out(config)
     progress = Progress(f"student {config.student} ({config.method})", config.epochs)
@@ -149,13 +162,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_dataset(args: argparse.Namespace) -> int:
-    from l2d.data import DATASETS, build_dataset, check_declared, dataset_stats
-
     backbones: list[str] = []
     name, root, options, image_size = args.dataset, args.data_root, dict(args.dataset_option), args.image_size
     if args.spec:
-        from sweeps.specs import load_spec
-
         if args.data_root or args.dataset_option or args.image_size or args.dataset != "mosaic-digits":
             raise ValueError("give either a spec (--spec) or --dataset and its options, not both")
         spec = load_spec(args.spec)
@@ -235,15 +244,6 @@ def _cmd_dataset(args: argparse.Namespace) -> int:
 
 
 def _cmd_methods(args: argparse.Namespace) -> int:
-    import shutil
-    import textwrap
-
-    import pyarrow as pa
-
-    from l2d.data import DATASETS
-    from l2d.losses import METHODS, loss_parts
-    from sweeps.cli._common import render
-
     rows = [
         {
             "method": name,
@@ -288,15 +288,12 @@ WEIGHTS_HELP = (
 
 def add_commands(commands) -> None:
     """Add ``methods``, ``dataset``, ``teacher`` and ``train`` to the subparsers ``commands``."""
-    from l2d.losses import METHODS
-
     methods = commands.add_parser(
         "methods",
         help="list the distillation methods and their default weights",
         description="List the distillation methods, their loss parts, default weights "
         "and what each is; then the datasets whose own defaults differ.",
     )
-    from sweeps.cli._common import add_format_argument
 
     add_format_argument(
         methods, "output format (default: table, then the descriptions; csv, json or jsonl: every column)"

@@ -7,10 +7,13 @@ import argparse
 import json
 import sys
 
+from l2d.data import DatasetError, check_declared
+from l2d.storage import Location, StorageError, redact
+from l2d.weights import WeightsError
+from sweeps.specs import SpecError, check_adopted_teachers, json_schema, load_spec
+
 
 def _cmd_validate(args: argparse.Namespace) -> int:
-    from sweeps.specs import SpecError, check_adopted_teachers, load_spec
-
     status = 0
     for path in args.specs:
         try:
@@ -20,8 +23,6 @@ def _cmd_validate(args: argparse.Namespace) -> int:
                 print(f"l2d-sweep validate: error: {line}", file=sys.stderr)
             status = 2
             continue
-        from l2d.data import DatasetError, check_declared
-        from l2d.weights import WeightsError
 
         try:
             declared = check_declared(spec.dataset.name, spec.dataset.root, dict(spec.dataset.options))
@@ -52,13 +53,9 @@ def _cmd_validate(args: argparse.Namespace) -> int:
 
 
 def _cmd_spec(args: argparse.Namespace) -> int:
-    from sweeps.specs import json_schema
-
     schema = json_schema()
     text = json.dumps(schema, indent=2) + "\n"
     if args.out:
-        from l2d.storage import Location, StorageError, redact
-
         target = Location.parse(args.out, "--out")
         # The output-target rule for one file: a new file, or a schema this tool wrote (its title says so).
         if target.exists():

@@ -3,15 +3,29 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+import time
+import wsgiref.simple_server
 
+import pyarrow as pa
+
+from sweeps.api import Sweep
 from sweeps.cli._common import add_format_argument, bounded, positive_int, render
+from sweeps.folder.lease import LeaseKeeper
+from sweeps.results import CorruptResultsError, ResultsWriter
+from sweeps.results.reader import describe_ledger
+from sweeps.results.teachers import ALONE, teacher_warnings
+from sweeps.search.study import load_sweep_study, search_front
+from sweeps.specs import load_spec, with_overrides
+from sweeps.specs.stored import load_sweep_spec
+
+# Loaded late, inside the functions that use them: optuna_dashboard (imported where its absence is handled);
+# sweeps.tune.runner (not needed when the command line starts).
 
 
 def _spec_from_args(args: argparse.Namespace):
     """The spec file with the command line's overrides (the one override path: :func:`sweeps.specs.with_overrides`)."""
-    from sweeps.specs import load_spec, with_overrides
-
     spec = load_spec(args.spec)
     changes = {
         "budget.num_samples": args.num_samples,
@@ -77,8 +91,6 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _print_confirmation(results, fmt: str = "table", only: bool = False) -> None:
     """The confirmation stage's table and verdict (nothing when the sweep has none; ``only``: say so)."""
-    import pyarrow as pa
-
     confirmation = results.confirmation()
     if confirmation is None:
         if only:
@@ -101,9 +113,6 @@ def _print_teachers(results, fmt: str = "table", only: bool = False) -> None:
     """Each pairing's teacher beside its student trained alone, and a warning for a teacher that is no better
     (nothing when the sweep had no teacher phase; ``only``: say so). A damaged ``teachers.json`` is a note on
     stderr: the leaderboard above it stands."""
-    from sweeps.results import CorruptResultsError
-    from sweeps.results.teachers import ALONE, teacher_warnings
-
     try:
         table = results.teachers()
     except CorruptResultsError as error:
@@ -156,8 +165,6 @@ def _cmd_extend(args: argparse.Namespace) -> int:
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
-    from sweeps.api import Sweep
-
     formats = tuple(dict.fromkeys(["safetensors", *[f.strip() for f in args.format.split(",") if f.strip()]]))
     card = Sweep.open(args.path).export(args.out, args.trial, formats, quiet=args.quiet)
     print(
@@ -168,10 +175,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _cmd_dashboard(args: argparse.Namespace) -> int:
-    import wsgiref.simple_server
-
-    from sweeps.search.study import load_sweep_study
-
     try:
         import optuna_dashboard
     except ImportError:
@@ -215,8 +218,6 @@ def _cmd_resume(args: argparse.Namespace) -> int:
 
 
 def _cmd_results(args: argparse.Namespace) -> int:
-    from sweeps.api import Sweep
-
     if args.compact:
         return _compact(args.path)
     sweep = Sweep.open(args.path)
@@ -227,8 +228,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
     if args.pareto:
         table = results.pareto()
         if len(results.objectives) > 1:
-            from sweeps.search.study import search_front
-
             names = " vs ".join(f"{m} ({mode})" for m, mode in results.objectives)
             study = sweep.study()
             front, warm = search_front(study), search_front(study, warm_start=True)
@@ -256,7 +255,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
     columns = [c.strip() for c in args.columns.split(",") if c.strip()] if args.columns else None
     if args.format == "table":  # for a person: the top rows, the columns that matter, rounded when shown
         print(render(results.leaderboard(args.limit or 10, columns), args.format))
-        from sweeps.results.reader import describe_ledger
 
         ledger = describe_ledger(results.ledger())
         if ledger:
@@ -270,10 +268,6 @@ def _cmd_results(args: argparse.Namespace) -> int:
 
 def _compact(path: str) -> int:
     """Rewrite the compacted trials.parquet / epochs.parquet from the newest generation, under the sweep's lease."""
-    from sweeps.folder.lease import LeaseKeeper
-    from sweeps.results import ResultsWriter
-    from sweeps.specs.stored import load_sweep_spec
-
     spec = load_sweep_spec(path)
     keeper = LeaseKeeper(spec.sweep_dir, say=lambda text: print(text, file=sys.stderr)).acquire()
     try:
@@ -295,9 +289,6 @@ def _cmd_status(args: argparse.Namespace) -> int:
         return 0
     if args.format != "table":
         raise ValueError("--watch prints tables for a person; --format json reads the status once")
-    import time
-
-    from sweeps.api import Sweep
 
     interactive = sys.stdout.isatty()
     try:
@@ -317,13 +308,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
 
 def _print_status(path: str, fmt: str = "table") -> None:
-    from sweeps.api import Sweep
-    from sweeps.results.reader import describe_ledger
-
     status = Sweep.open(path).status()
     if fmt == "json":
-        import json
-
         print(
             json.dumps(
                 {**status.to_dict(), "path": str(status.outcome.results.sweep_dir if status.outcome.results else path)},
@@ -363,8 +349,6 @@ def _print_status(path: str, fmt: str = "table") -> None:
         if c["winner"]:
             print(f"  confirmed winner: {c['winner']}, mean {status.metric} {c['winner_mean']:.4g}")
     if status.running:
-        import pyarrow as pa
-
         print("running:")
         print(render(pa.Table.from_pylist(status.running)))
     ledger = describe_ledger(status.ledger)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 
+from l2d.weights import OFFLINE, imagenet_predictions, offline_entry, sample_photos
+
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    from l2d.weights import OFFLINE
-
     rows = []
     for entry in OFFLINE.values():
         path = entry.path()
@@ -39,8 +39,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_check(args: argparse.Namespace) -> int:
-    from l2d.weights import imagenet_predictions, offline_entry, sample_photos
-
     entry = offline_entry(args.source, args.backbone)
     photos = args.image or sample_photos()
     results = imagenet_predictions(args.backbone, photos, args.source, top=args.top)

@@ -5,11 +5,17 @@ and the YAML reader every spec goes through."""
 from __future__ import annotations
 
 import difflib
+import io
 import math
-from dataclasses import MISSING, field, fields
+import re
+from dataclasses import MISSING, field, fields, make_dataclass
 from typing import Annotated, Any, Iterable, Optional
 
+import yaml
 from pydantic import BeforeValidator, TypeAdapter, ValidationError, WithJsonSchema
+
+from l2d.run import RunConfig
+from l2d.settings import settings
 
 
 class SpecError(ValueError):
@@ -131,11 +137,6 @@ def setting_rule(declared):
 def section_class(name: str, section: str, own: list, module: str, config_class: type | None = None) -> type:
     """A spec section's typed dataclass: the ``own`` fields (``(name, rule, default-or-field)``, a sweep's own) then a
     field for each run setting whose spec path is in ``section`` (:func:`setting_rule`, the setting's default)."""
-    from dataclasses import make_dataclass
-
-    from l2d.run import RunConfig
-    from l2d.settings import settings
-
     derived = [
         (declared.spec_key, setting_rule(declared), field(default=declared.default))
         for declared in settings(config_class or RunConfig).values()
@@ -315,8 +316,6 @@ def section_schema(section: type) -> dict:
 
 def read_yaml(path: str, what: str = "YAML file") -> Any:
     """A YAML file through :func:`safe_yaml`, each failure a one-line :class:`SpecError` naming the file."""
-    import yaml
-
     try:
         with open(path) as stream:
             return safe_yaml(stream)
@@ -376,11 +375,6 @@ def safe_yaml(stream) -> Any:
     """``yaml.safe_load`` with three fixes: ``1e-4`` and ``5E+3`` are numbers (YAML 1.1 wants a dot in a float, so
     they would be strings); a key given twice in a mapping is an error (not the last one silently winning); at most
     :data:`MAX_YAML_BYTES` bytes and :data:`MAX_YAML_NODES` values with aliases expanded (a bomb is refused)."""
-    import io
-    import re
-
-    import yaml
-
     text = stream if isinstance(stream, (str, bytes)) else stream.read(MAX_YAML_BYTES + 1)
     if len(text) > MAX_YAML_BYTES:
         raise yaml.YAMLError(f"larger than {MAX_YAML_BYTES:,} bytes; a spec is a short YAML file")

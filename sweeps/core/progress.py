@@ -24,6 +24,10 @@ import threading
 import time
 from typing import Iterator
 
+from rich.text import Text
+
+# Loaded late, inside the functions that use them: rich (imported where its absence is handled).
+
 _current: "ProgressView | None" = None
 
 
@@ -83,8 +87,6 @@ class ProgressView:
 
         class _Line:  # re-rendered at every refresh: the elapsed time moves by itself
             def __rich__(self):
-                from rich.text import Text
-
                 text = view._status or "starting"
                 return Text(
                     f"[{clock(time.time() - view.started)}] {text}", style="bold", overflow="ellipsis", no_wrap=True

@@ -13,12 +13,18 @@ driver prunes its folder by the spec's ``keep`` (:func:`prune`).
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
+import platform
 import time
+import uuid
 
-from l2d.storage import Location
+import torch
+
+from l2d.storage import Location, failpoint
+from sweeps.core.vocab import better
 
 logger = logging.getLogger(__name__)
 
@@ -44,8 +50,6 @@ def latest_checkpoint(run_dir: Location) -> Location | None:
 
 def write_checkpoint(run_dir: Location, epoch: int, state: dict, history: list[dict], keep: int = 2) -> Location:
     """Write ``epoch-NNNN`` (history first, the state last), then delete all but the newest ``keep``."""
-    import torch
-
     folder = run_dir / f"epoch-{epoch:04d}"
     (folder / HISTORY_FILE).write_text(json.dumps(history))
     buffer = io.BytesIO()
@@ -58,8 +62,6 @@ def write_checkpoint(run_dir: Location, epoch: int, state: dict, history: list[d
 
 def read_checkpoint(folder: Location) -> tuple[dict, list[dict]]:
     """``(engine state, history)`` of a checkpoint folder (the state loaded with ``weights_only=True``)."""
-    import torch
-
     state = torch.load(io.BytesIO((folder / STATE_FILE).read_bytes()), map_location="cpu", weights_only=True)
     return state, json.loads((folder / HISTORY_FILE).read_text())
 
@@ -134,23 +136,15 @@ class BestCheckpoint:
                 self.value = None
 
     def _better(self, value: float) -> bool:
-        from sweeps.core.vocab import better
-
         return better(value, self.value, self.mode)
 
     def offer(self, metrics: dict, run, run_config, selection: dict | None = None) -> bool:
         """Keep this epoch when it is the best so far; returns whether it was. ``selection``: a multi-seed trial's
         students at this epoch (their seeds and values of the metric, whose mean ``metrics`` holds); the student kept
         is ``run``'s, the first seed's, and ``best.json`` says so."""
-        import torch
-
         value = metrics.get(self.metric)
         if value is None or not self._better(float(value)):
             return False
-        import hashlib
-        import uuid
-
-        from l2d.storage import failpoint
 
         buffer = io.BytesIO()
         torch.save(run.student.state_dict(), buffer)
@@ -201,8 +195,6 @@ def read_best(run_dir: Location) -> tuple[dict, bytes, list[dict]]:
         FileNotFoundError: the trial has no best epoch (no ``best.json``).
         UnreadableCheckpointError: a file is missing, unreadable, or not the one ``best.json`` describes (named).
     """
-    import hashlib
-
     folder = run_dir / BEST
     info_file = folder / "best.json"
     try:
@@ -236,10 +228,6 @@ def read_best(run_dir: Location) -> tuple[dict, bytes, list[dict]]:
 
 def device_name(device: str | None) -> str:
     """``cuda:0 (NVIDIA H100 80GB HBM3)``, or ``cpu (<processor>, N threads)``: where a latency was measured."""
-    import platform
-
-    import torch
-
     if device and device.startswith("cuda") and torch.cuda.is_available():
         return f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
     return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"

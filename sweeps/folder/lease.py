@@ -20,19 +20,24 @@ cleanly (its experiment saved, exit status 1) rather than risk another driver ta
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import getpass
 import json
 import logging
 import os
+import signal
 import socket
 import sys
 import threading
 import time
 import uuid
 from dataclasses import asdict, dataclass
+from urllib.parse import parse_qsl
 
 from l2d.storage import Location
 from sweeps.core.faults import failpoint
+
+# Loaded late, inside the functions that use them: boto3, botocore, google (imported where its absence is handled).
 
 logger = logging.getLogger(__name__)
 
@@ -144,8 +149,6 @@ class _LocalLease:
 
     @contextlib.contextmanager
     def locked(self):
-        import fcntl
-
         os.makedirs(os.path.dirname(self.lock), exist_ok=True)
         fd = os.open(self.lock, os.O_RDWR | os.O_CREAT, 0o644)
         try:
@@ -208,7 +211,6 @@ class _S3Lease:
                 f"{sweep_dir}: a lease on s3:// needs boto3 (conditional writes keep two drivers from "
                 f"both holding it): pip install 'l2d-sweep[s3]'"
             ) from None
-        from urllib.parse import parse_qsl
 
         options = dict(parse_qsl(sweep_dir.query))
         endpoint = options.get("endpoint_override")
@@ -402,7 +404,6 @@ class LeaseKeeper:
                     print(f"l2d-sweep: {self.failure}", file=sys.stderr, flush=True)
                     global stopped_because
                     stopped_because = self.failure
-                    import signal
 
                     os.kill(os.getpid(), signal.SIGINT)  # the driver stops as on Ctrl-C: Tune saves, the lease goes
                     return

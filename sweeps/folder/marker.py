@@ -21,6 +21,8 @@ import uuid
 from l2d.storage import Location
 from sweeps.folder.lease import LeaseHeldError, read_lease
 
+# Loaded late, inside the functions that use them: sweeps.core.checks (imported where its absence is handled).
+
 logger = logging.getLogger(__name__)
 
 MARKER = ".l2d-sweep"

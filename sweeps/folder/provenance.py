@@ -20,6 +20,9 @@ from pathlib import Path
 
 from l2d.storage import Location
 
+# Loaded late, inside the functions that use them: ray (imported where its absence is handled); torch (not needed when
+# the command line starts).
+
 PACKAGES = ("l2d-sweep", "torch", "torchvision", "timm", "ray", "optuna", "pyarrow", "duckdb")
 RUN_FILE = "run.json"
 

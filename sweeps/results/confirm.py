@@ -30,8 +30,11 @@ import hashlib
 import math
 from dataclasses import dataclass, field
 
+from l2d.losses import METHODS
+from l2d.run import default_hparams
 from sweeps.core.vocab import FINISHED, SCORED, sign
 from sweeps.results.schema import OBJECTIVE_COLUMNS
+from sweeps.results.stats import holm, holm_level, paired_t
 
 STAGE = "confirm"
 #: The Tune experiment of the confirmation runs (in the sweep folder, beside ``tune``, ``tune-<k>``).
@@ -98,8 +101,6 @@ def seeds_of(spec) -> tuple[int, ...]:
 
 def config_of(row: dict) -> dict:
     """A trials-table row's configuration: pairing, method, the method's weights and the learning rate."""
-    from l2d.losses import METHODS
-
     config = {"teacher": row["teacher"], "student": row["student"], "method": row["method"]}
     for name in ("lr", *METHODS[row["method"]].defaults):
         if row.get(name) is not None:
@@ -127,9 +128,6 @@ def finalists(spec, rows: list[dict]) -> list[dict]:
 def baseline_config(spec, pairing: tuple[str, str], lr: float | None) -> dict:
     """The baseline's configuration on ``pairing``: its method with the spec's fixed weights or the dataset's
     defaults, at ``lr`` (the best finalist's of that pairing)."""
-    from l2d.losses import METHODS
-    from l2d.run import default_hparams
-
     method = spec.budget.confirm.baseline
     config = {"teacher": pairing[0], "student": pairing[1], "method": method}
     if lr is not None:
@@ -313,8 +311,6 @@ def summarize(spec, rows: list[dict]) -> Confirmation | None:
     """The confirmation stage of ``spec`` as its results ``rows`` hold it (None: the spec asks for none, or the
     search has no finalist yet). Runs are matched by configuration and seed, so the table is the one of the
     finalists the search has now (an extended sweep's new finalists appear without their runs until confirmed)."""
-    from sweeps.results.stats import holm, holm_level, paired_t
-
     found = plan(spec, rows)
     if found is None:
         return None

@@ -7,7 +7,19 @@ import io
 import logging
 import time
 
+import torch
+
+from l2d.export import check_formats, save_student
+from l2d.losses import METHODS
+from l2d.models import build_model, count_parameters
 from l2d.storage import Location
+from sweeps.core.vocab import SCORED, sign
+from sweeps.folder.checkpoints import BEST, UnreadableCheckpointError, read_best
+from sweeps.folder.marker import read_marker
+from sweeps.folder.provenance import git_commit, versions
+from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
+from sweeps.results.confirm import summarize
+from sweeps.specs.stored import load_sweep_spec
 
 logger = logging.getLogger(__name__)
 
@@ -16,10 +28,6 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
     """``(spec, row)``: the trial ``trial_id``; else the confirmed winner's best run when the sweep has a confirmation
     stage with a winner (:mod:`sweeps.results.confirm`), else the best finished trial of the search by the spec's
     primary objective. ``say`` is told which it took."""
-    from sweeps.core.vocab import SCORED, sign
-    from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
-    from sweeps.specs.stored import load_sweep_spec
-
     spec = load_sweep_spec(sweep_dir)
     results = SweepResults(spec.sweep_dir)
     rows = results.trials.to_pylist()
@@ -31,7 +39,6 @@ def choose_trial(sweep_dir: Location, trial_id: str | None, say=None):
                 f"{', '.join(r['trial_id'] for r in rows[:12])}{'...' if len(rows) > 12 else ''})"
             )
         return spec, row
-    from sweeps.results.confirm import summarize
 
     say = say or (lambda text: None)
     confirmation = summarize(spec, rows)
@@ -68,14 +75,6 @@ def export_trial(
     Raises:
         ValueError: no such trial, or no best checkpoint (a trial that failed before its first epoch ended).
     """
-    import torch
-
-    from l2d.export import check_formats, save_student
-    from l2d.models import build_model, count_parameters
-    from sweeps.folder.checkpoints import BEST, UnreadableCheckpointError, read_best
-    from sweeps.folder.marker import read_marker
-    from sweeps.folder.provenance import git_commit, versions
-
     check_formats(formats)
     spec, row = choose_trial(Location.parse(sweep_dir, "sweep folder"), trial_id, progress)
     run_dir = spec.sweep_dir / "train" / f"trial-{row['trial_id']}"
@@ -100,7 +99,6 @@ def export_trial(
             f"{run_dir / BEST / (info.get('files') or {}).get('model', 'model.pt')}: "
             f"unreadable weights ({str(error).splitlines()[0][:200]})"
         ) from None
-    from l2d.losses import METHODS
 
     hparams = {name: row[name] for name in METHODS[row["method"]].defaults if row.get(name) is not None}
     marker = read_marker(spec.sweep_dir) or {}

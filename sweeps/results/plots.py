@@ -10,11 +10,22 @@ from __future__ import annotations
 
 import io
 import math
+import struct
 import sys
+import warnings
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Callable
 
-from l2d.storage import Location
+import optuna
+
+from l2d.losses import METHODS
+from l2d.storage import SWEEP_MARKER, Location, StorageError, redact
+from sweeps.core.vocab import better
+from sweeps.results import OBJECTIVE_COLUMNS
+from sweeps.specs import Range
+
+# Loaded late, inside the functions that use them: matplotlib, scipy (not needed when the command line starts).
 
 #: Fewer trials than this and an importance or a rank correlation means little: the plots and commands say so.
 FEW_TRIALS = 20
@@ -102,14 +113,10 @@ def check_png_target(out: str | Location) -> Location:
     Raises:
         StorageError: another file, a folder, or a path inside a sweep folder.
     """
-    from l2d.storage import SWEEP_MARKER, StorageError, redact
-
     target = Location.parse(out, "--out")
     if not target.name.lower().endswith(".png"):
         raise StorageError(f"--out {redact(str(target))}: a plot is a PNG file; give a path ending in .png")
     if target.is_local:
-        from pathlib import Path
-
         for folder in Path(target.path).parents:
             if (folder / SWEEP_MARKER).is_file():
                 raise StorageError(
@@ -129,8 +136,6 @@ def written_by_this_tool(head: bytes) -> bool:
     """Whether ``head`` (a file's first bytes) is a PNG this tool wrote: the PNG signature, then a ``tEXt`` chunk
     ``Software`` = ``l2d-sweep`` among its first chunks (what :func:`save_figure` writes). Any other file, one that
     merely contains the words, is not."""
-    import struct
-
     if not head.startswith(b"\x89PNG\r\n\x1a\n"):
         return False
     at = 8
@@ -157,16 +162,12 @@ def save_figure(figure, out: str | Location) -> str:
 
 
 def _objective(results) -> tuple[str, str, str]:
-    from sweeps.results import OBJECTIVE_COLUMNS
-
     metric, mode = results.objectives[0]
     return metric, mode, OBJECTIVE_COLUMNS[metric]
 
 
 def history_figure(results, study=None):
     """Each trial's value in the order the search tried them, and the best so far (a step line)."""
-    from sweeps.core.vocab import better
-
     plt = _pyplot()
     metric, mode, column = _objective(results)
     rows = [r for r in results.search_rows() if r.get(column) is not None]
@@ -200,9 +201,6 @@ def _trial_order(rows: list[dict], study) -> dict[str, int]:
 
 def searched_parameters(spec, method: str) -> list[str]:
     """The hyperparameters a sweep searched for ``method`` (the learning rate and its weights with a range)."""
-    from l2d.losses import METHODS
-    from sweeps.specs import Range
-
     return [n for n in ("lr", *METHODS[method].defaults) if isinstance(spec.search_space.get(n), Range)]
 
 
@@ -260,10 +258,6 @@ def parallel_figure(results, spec, method: str | None = None):
 def importances(study, spec, method: str, evaluator: str = "ped-anova") -> tuple[dict[str, float], int]:
     """Each searched hyperparameter's importance for ``method`` (over that method's finished trials only, since the
     space is conditional), and the number of trials: ``({name: importance}, trials)``."""
-    import warnings
-
-    import optuna
-
     names = searched_parameters(spec, method)
     trials = [
         t
@@ -319,8 +313,6 @@ def importance_figure(study, spec, results, method: str | None = None):
 def pareto_figure(results):
     """The trials and their Pareto front: the first objective against the last (val mAP against student parameters
     for one objective), the front a staircase, the best trial by the first objective marked."""
-    from sweeps.results import OBJECTIVE_COLUMNS
-
     plt = _pyplot()
     objectives = results.objectives if len(results.objectives) > 1 else [("val_mAP", "max"), ("student_params", "min")]
     y, x = OBJECTIVE_COLUMNS[objectives[0][0]], OBJECTIVE_COLUMNS[objectives[-1][0]]

@@ -3,16 +3,33 @@ Pareto front, text renderings, and a sweep's outcome and status."""
 
 from __future__ import annotations
 
+import csv
+import difflib
 import io
+import json
 import math
+import shutil
+import tempfile
+import textwrap
+import threading
 from dataclasses import dataclass, field
 
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from l2d.storage import Location
 from sweeps.core.vocab import FINISHED, SCORED, sign, sql_order
-from sweeps.results.schema import HPARAM_COLUMNS, OBJECTIVE_COLUMNS
+from sweeps.folder.lease import read_lease
+from sweeps.folder.marker import is_sweep
+from sweeps.folder.provenance import last_run
+from sweeps.results.confirm import summarize
+from sweeps.results.schema import HPARAM_COLUMNS, LEDGER, OBJECTIVE_COLUMNS
 from sweeps.results.store import EPOCHS_FILE, TRIALS_FILE, CorruptResultsError, ResultsStore
+from sweeps.results.teachers import read_teachers, teacher_rows
+from sweeps.specs import Range
+from sweeps.specs.stored import SPEC_FILE, load_sweep_spec
+
+# Loaded late, inside the functions that use them: duckdb (not needed when the command line starts).
 
 #: What a query may use by default (``results --sql-memory`` / ``--sql-timeout`` change them).
 SQL_MEMORY = "1GB"
@@ -34,8 +51,6 @@ class SweepResults:
     """The results of a sweep folder: ``trials`` and ``epochs`` as Arrow tables, and SQL over them."""
 
     def __init__(self, sweep_dir: str | Location):
-        from sweeps.folder.marker import is_sweep
-
         self.sweep_dir = Location.parse(sweep_dir, "sweep folder")
         if self.sweep_dir.is_file() and self.sweep_dir.name.endswith((".yaml", ".yml")):
             raise FileNotFoundError(
@@ -91,10 +106,6 @@ class SweepResults:
             ValueError: a statement that returns no rows, one DuckDB refuses (the first line of its message), or one
                 over its time.
         """
-        import shutil
-        import tempfile
-        import threading
-
         import duckdb
 
         private = tempfile.mkdtemp(prefix="l2d-sql-")
@@ -157,15 +168,11 @@ class SweepResults:
         """The sweep's stored spec, read once (None for a folder without one; a damaged one is named, one edited by
         hand reported)."""
         if self._stored_spec is False:
-            from sweeps.specs.stored import SPEC_FILE, load_sweep_spec
-
             self._stored_spec = load_sweep_spec(self.sweep_dir) if (self.sweep_dir / SPEC_FILE).exists() else None
         return self._stored_spec
 
     def _searched(self) -> set[str]:
         """The hyperparameters the stored spec searches (empty without one)."""
-        from sweeps.specs import Range
-
         spec = self.stored_spec
         return {n for n, value in spec.search_space.items() if isinstance(value, Range)} if spec else set()
 
@@ -234,8 +241,6 @@ class SweepResults:
     def confirmation(self):
         """The confirmation stage as its runs hold it (:func:`sweeps.results.confirm.summarize`); None when the stored
         spec asks for none or the search has no finalist yet."""
-        from sweeps.results.confirm import summarize
-
         spec = self.stored_spec
         return summarize(spec, self.trials.to_pylist()) if spec is not None else None
 
@@ -247,8 +252,6 @@ class SweepResults:
         Raises:
             CorruptResultsError: ``teachers.json`` exists but cannot be read.
         """
-        from sweeps.results.teachers import read_teachers, teacher_rows
-
         rows = teacher_rows(read_teachers(self.sweep_dir), self.trials.to_pylist())
         return pa.Table.from_pylist(rows) if rows else pa.table({"teacher": pa.array([], pa.string())})
 
@@ -256,8 +259,6 @@ class SweepResults:
         """Where the sweep's trial time went: ``{"seconds": total, "trials": n, "parts": {part: seconds}}`` over the
         trials that have a ledger (the parts: data, teacher, student, eval, checkpoint, and ``other``: the rest of
         their wall time, bookkeeping); None when none has one (a sweep recorded before the ledger existed)."""
-        from sweeps.results.schema import LEDGER
-
         present = [name for name in LEDGER if name in self.trials.column_names]
         rows = [r for r in self.trials.select(["wall_time_s", *present]).to_pylist() if r.get("time_student_s")]
         if not rows:
@@ -296,8 +297,6 @@ class SweepResults:
 def with_stages(trials: pa.Table) -> pa.Table:
     """The trials table with its confirmation columns whole: a table written before the confirmation stage existed
     (or a row of one) is the search's (``stage`` search, no ``seed`` or ``confirms``)."""
-    import pyarrow.compute as pc
-
     for name, kind in (("stage", pa.string()), ("seed", pa.int64()), ("confirms", pa.string())):
         if name not in trials.column_names:
             trials = trials.append_column(name, pa.nulls(trials.num_rows, kind))
@@ -307,8 +306,6 @@ def with_stages(trials: pa.Table) -> pa.Table:
 
 def _suggest_column(name: str, columns: list[str]) -> str:
     """``; did you mean 'best_val_mAP'?`` for a metric's short name or a near miss."""
-    import difflib
-
     if name in OBJECTIVE_COLUMNS and OBJECTIVE_COLUMNS[name] in columns:
         return f"; did you mean {OBJECTIVE_COLUMNS[name]!r} (the trials table's name for it)?"
     close = difflib.get_close_matches(name, columns, n=1, cutoff=0.6)
@@ -330,16 +327,12 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
     ``json.loads`` reads) or ``jsonl`` (one object per line)."""
     rows = table.to_pylist()
     if fmt in ("json", "jsonl"):
-        import json
-
         plain = [{k: plain_value(v) for k, v in row.items()} for row in rows]
         if fmt == "json":
             return json.dumps(plain, indent=1)
         return "\n".join(json.dumps(row) for row in plain)
     names = table.column_names
     if fmt == "csv":
-        import csv
-
         out = io.StringIO()
         writer = csv.writer(out)
         writer.writerow(names)
@@ -383,8 +376,6 @@ def format_table(table: pa.Table, fmt: str = "table", width: int | None = None) 
         )
     footer += ")"
     if width is not None and len(footer) > width:
-        import textwrap
-
         footer = textwrap.fill(footer, width)
     return "\n".join(lines) + f"\n{footer}"
 
@@ -522,9 +513,6 @@ def sweep_state(
 
 
 def sweep_status(sweep_dir: str | Location) -> SweepStatus:
-    from sweeps.folder.lease import read_lease
-    from sweeps.folder.provenance import last_run
-
     results = SweepResults(sweep_dir)
     folder = results.sweep_dir
     counts, confirm_counts = count_by_stage(results)

@@ -16,6 +16,10 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
+import numpy as np
+
+# Loaded late, inside the functions that use them: scipy (not needed when the command line starts).
+
 
 @dataclass(frozen=True)
 class Paired:
@@ -130,7 +134,6 @@ def holm_level(level: float, comparisons: int) -> float:
 
 def bca_interval(values: list[float], level: float = 0.95, resamples: int = 9999, seed: int = 0) -> tuple[float, float]:
     """A BCa bootstrap interval of the mean of ``values`` (scipy's)."""
-    import numpy as np
     from scipy import stats
 
     found = stats.bootstrap(

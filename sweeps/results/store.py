@@ -26,6 +26,7 @@ tables alone) is read as they are, and the first writer migrates it in place.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import logging
@@ -38,6 +39,7 @@ import pyarrow.parquet as pq
 
 from l2d.storage import Location
 from sweeps.core.faults import failpoint
+from sweeps.results.schema import epochs_table, trials_table
 
 logger = logging.getLogger(__name__)
 
@@ -95,8 +97,6 @@ def read_table(location: Location) -> pa.Table | None:
 def columns_digest(table: pa.Table) -> str:
     """A short digest of a table's column names: recorded for each file it writes, so a file that lost a column
     (rewritten by hand, a tool's accident) is found and rebuilt rather than read with holes."""
-    import hashlib
-
     return hashlib.sha256(",".join(table.column_names).encode()).hexdigest()[:10]
 
 
@@ -268,7 +268,6 @@ class ResultsStore:
                             f"dropped or renamed); `l2d-sweep resume` rebuilds the results"
                         )
                     into.append(table)
-        from sweeps.results.schema import epochs_table, trials_table
 
         # A generation is whole: no epochs file yet means no epoch rows yet.
         return Generation(

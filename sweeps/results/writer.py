@@ -25,12 +25,14 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from l2d.storage import Location
 from sweeps.core.vocab import better
 from sweeps.results.schema import (
     CONFIG_COLUMNS,
     EPOCH_SUMMARY,
+    OBJECTIVE_COLUMNS,
     epoch_metrics,
     epochs_table,
     trial_row,
@@ -46,6 +48,8 @@ from sweeps.results.store import (
     generation_of,
     read_table,
 )
+
+# Loaded late, inside the functions that use them: sweeps.folder.checkpoints (not needed when the command line starts).
 
 logger = logging.getLogger(__name__)
 
@@ -86,7 +90,6 @@ class ResultsWriter:
         self._new_epochs: list[tuple[str, int]] = []
         self.rebuilt: str | None = None  # what a rebuild said, when one happened
         self._replaced = False
-        from sweeps.results.schema import OBJECTIVE_COLUMNS
 
         self._column = OBJECTIVE_COLUMNS.get(metric, "best_val_mAP")
         self._leader: str | None = None  # the best trial by the metric (kept as reports come: no scan per report)
@@ -493,7 +496,6 @@ def _tune_rows(sweep_dir: Location) -> dict[str, dict[int, dict]]:
     epochs: dict[str, dict[int, dict]] = {}
     if not sweep_dir.is_local:
         return epochs  # Tune writes its logs on the driver's disk and syncs them; the checkpoints cover remote sweeps
-    from pathlib import Path
 
     for path in Path(sweep_dir.path).glob("tune*/*/result.json"):
         try:

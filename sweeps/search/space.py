@@ -14,9 +14,14 @@ new kind of choice in the space goes in :class:`DefineByRunSpace` and :func:`dec
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict
 from typing import TYPE_CHECKING, Any
 
+import optuna
+
+from l2d.losses import METHODS
+from l2d.run import default_hparams
 from sweeps.specs import Range, SweepSpec
 
 if TYPE_CHECKING:
@@ -43,9 +48,6 @@ class DefineByRunSpace:
         self.search_space = {k: asdict(v) if isinstance(v, Range) else v for k, v in spec.search_space.items()}
 
     def __call__(self, trial) -> dict:
-        from l2d.losses import METHODS
-        from l2d.run import default_hparams
-
         teacher = trial.suggest_categorical("pairing", [t for t, _ in self.pairings])
         trial.suggest_categorical(f"student@{teacher}", dict(self.pairings)[teacher])
         method = trial.suggest_categorical("method", self.methods)
@@ -65,8 +67,6 @@ def first_points(spec: SweepSpec) -> list[dict]:
     """The spec's ``first_points``; without them, L2D's default weights on the spec's dataset (the official ones, or
     the dataset's own: see :func:`l2d.run.default_hparams`), or the first method's, on the first pairing: evaluated
     first. A weight whose default lies outside its searched range is sampled instead."""
-    from l2d.run import default_hparams
-
     if spec.first_points:  # the spec's own, checked against its space when it was parsed
         return [
             {
@@ -98,8 +98,6 @@ def decode(config: dict[str, Any]) -> dict[str, Any]:
 
 def trial_hparams(config: dict) -> tuple[dict, float | None]:
     """Split a decoded config into the method's loss hyperparameters and the learning rate (None: the default)."""
-    from l2d.losses import METHODS
-
     method = METHODS[config["method"]]
     hparams = {name: float(config[name]) for name in method.defaults if name in config}
     lr = config.get("lr")
@@ -128,13 +126,6 @@ def encode(spec, decoded: dict) -> tuple[dict, dict] | None:
     """A decoded trial config (teacher, student, method, weights, lr) as Optuna parameters and distributions of
     ``spec``'s space; None when it does not fit that space (another pairing or method, a value outside a range,
     a weight fixed to another value)."""
-    import math
-
-    import optuna
-
-    from l2d.losses import METHODS
-    from l2d.run import default_hparams
-
     teachers = [p.teacher for p in spec.pairings]
     students = {p.teacher: list(p.students) for p in spec.pairings}
     teacher, student, method = decoded.get("teacher"), decoded.get("student"), decoded.get("method")

@@ -28,9 +28,11 @@ import logging
 import os
 import re
 import shutil
+import sqlite3
 import threading
 import time
 import uuid
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +40,10 @@ import optuna
 
 from l2d.storage import Location, cache_dir
 from sweeps.core.vocab import FINISHED, direction
-from sweeps.results import OBJECTIVE_COLUMNS
+from sweeps.folder.marker import MARKER, legacy_id, read_marker, trial_id, write_marker
+from sweeps.results import OBJECTIVE_COLUMNS, SweepResults
 from sweeps.search.space import encode
+from sweeps.specs.stored import SweepStateError, load_sweep_spec, spec_digest
 
 logger = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -187,8 +191,6 @@ class _PicklableNSGAIISampler(optuna.samplers.NSGAIISampler):
 
 def build_sampler(spec):
     """TPE (multivariate, grouped, constant liar, seeded), NSGA-II (multi-objective) or random search."""
-    import warnings
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)  # TPE's group= option
     searcher = spec.budget.searcher
     if searcher == "random":
@@ -219,7 +221,6 @@ def _sqlite_kind(path: Path) -> str:
     with open(path, "rb") as stream:
         if stream.read(16) != b"SQLite format 3\x00":
             return "not-a-database"
-    import sqlite3
 
     try:
         connection = sqlite3.connect(f"file:{path}?mode=ro", uri=True, timeout=10)
@@ -502,10 +503,6 @@ def sweep_identity(spec, repair: bool = False) -> dict:
     Raises:
         SweepStateError: the marker is damaged and nothing vouches for an id (named, with what to do).
     """
-    from sweeps.folder.marker import MARKER, legacy_id, read_marker, write_marker
-    from sweeps.results import SweepResults
-    from sweeps.specs.stored import SweepStateError, spec_digest
-
     marker = read_marker(spec.sweep_dir)
     if marker is not None and not marker.get("damaged"):
         return marker
@@ -527,7 +524,6 @@ def sweep_identity(spec, repair: bool = False) -> dict:
         ids = set(SweepResults(spec.sweep_dir).trials.column("trial_id").to_pylist())
     except (FileNotFoundError, RuntimeError):
         ids = set()
-    from sweeps.folder.marker import trial_id
 
     confirmed = [c for c in candidates if not ids or any(trial_id(c, k, 1) in ids for k in range(8))]
     if len(confirmed) != 1:
@@ -552,8 +548,6 @@ def sweep_identity(spec, repair: bool = False) -> dict:
 def load_sweep_study(sweep_dir, read_only: bool = False) -> tuple[Any, optuna.Study, StudyStore]:
     """``(spec, study, store)`` of an existing sweep folder (the study downloaded first for a remote sweep, into a
     cache of this process's own for a read command). ``read_only``: for a read command (nothing is written)."""
-    from sweeps.specs.stored import load_sweep_spec
-
     spec = load_sweep_spec(sweep_dir)
     store = StudyStore(spec.sweep_dir, spec.study_storage, reader=read_only)
     store.pull()

@@ -32,10 +32,15 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Optional
 
+from pydantic import TypeAdapter
+
+from l2d.backbones import check_backbone_name
+from l2d.data import DATASETS, FORMATS
 from l2d.losses import HYPERPARAMETERS, METHODS, is_temperature
 from l2d.run import RunConfig
 from l2d.settings import MAX_SEED, settings, spec_values
-from l2d.storage import Location, StorageError, credentials_in_uri
+from l2d.storage import Location, StorageError, credentials_in_uri, redact
+from l2d.weights import REMOTE_SCHEMES, class_order, resolve
 from sweeps.core.checks import (
     Errors,
     SpecError,
@@ -43,6 +48,7 @@ from sweeps.core.checks import (
     flag,
     integer,
     number,
+    read_yaml,
     section_class,
     section_schema,
     setting_rule,
@@ -51,6 +57,10 @@ from sweeps.core.checks import (
     text,
     validate_section,
 )
+from sweeps.core.vocab import default_mode
+from sweeps.folder.marker import RESERVED
+
+# Loaded late, inside the functions that use them: l2d.models, torch (not needed when the command line starts).
 
 __all__ = ["SpecError", "SweepSpec", "load_spec", "parse_spec", "json_schema", "with_overrides"]
 
@@ -286,8 +296,6 @@ class SweepSpec:
 
     def describe(self) -> dict:
         """:meth:`to_dict` for showing: the values of credential-looking URI parts masked."""
-        from l2d.storage import redact
-
         data = self.to_dict()
         for key in ("storage", "study_storage", "warm_start"):
             if data.get(key):
@@ -410,8 +418,6 @@ def parse_spec(data: Any, source: str = "spec") -> SweepSpec:
 
 
 def _name(errors: Errors, raw: Any) -> str | None:
-    from sweeps.folder.marker import RESERVED
-
     name = errors.value(text(), raw, "name")
     if name is None:
         return None
@@ -427,8 +433,6 @@ def _name(errors: Errors, raw: Any) -> str | None:
 
 
 def _dataset(errors: Errors, raw: Any) -> DatasetSpec | None:
-    from l2d.data import DATASETS
-
     if isinstance(raw, str):
         raw = {"name": raw}
     if isinstance(raw, dict) and "format" in raw:
@@ -494,8 +498,6 @@ def _absolute_paths(spec: DatasetSpec, info) -> DatasetSpec:
 def _declared_dataset(errors: Errors, raw: dict) -> dict | None:
     """``{format: manifest, train: ..., root: ...}`` as ``{name: manifest, root: ..., options: {train: ...}}``: a
     declared format's options may stand beside ``format`` (the short form) or under ``options``."""
-    from l2d.data import FORMATS
-
     kind = raw["format"]
     if kind not in FORMATS:
         errors.add("dataset.format", f"{show(kind)} is not allowed; allowed: {', '.join(FORMATS)}")
@@ -523,8 +525,6 @@ def _dataset_settings() -> list[str]:
 def _declared_dataset_schemas() -> list[dict]:
     """The JSON Schema of each declared format's short form (``{format: manifest, train: ..., ...}``), from the
     registry's options: their types, choices and help."""
-    from l2d.data import DATASETS, FORMATS
-
     kinds = {bool: "boolean", int: "integer", float: "number", str: "string"}
     settings_schema = section_schema(DatasetSpec)["properties"]  # image_size and the other run settings, once
     schemas = []
@@ -547,8 +547,6 @@ def _declared_dataset_schemas() -> list[dict]:
 
 def _objectives(errors: Errors, raw: Any) -> tuple:
     """``objectives``: a list of ``{metric, mode}``; the first a val metric (ASHA stops on it), no metric twice."""
-    from sweeps.core.vocab import default_mode
-
     if raw is None:
         return ()
     if not isinstance(raw, list) or not raw:
@@ -577,8 +575,6 @@ def _objectives(errors: Errors, raw: Any) -> tuple:
 
 
 def _metric_mode(errors: Errors, data: dict, objectives: tuple) -> tuple[str, str]:
-    from sweeps.core.vocab import default_mode
-
     if objectives and ("metric" in data or "mode" in data):
         errors.add("objectives", "give either objectives or metric/mode, not both (the first objective is the metric)")
     if objectives:
@@ -640,8 +636,6 @@ def _study_storage(errors: Errors, raw: Any) -> str | None:
 
 
 def _pairings(errors: Errors, raw: Any) -> list[Pairing]:
-    from l2d.backbones import check_backbone_name
-
     if not isinstance(raw, list) or not raw:
         errors.add("pairings", f"expected a non-empty list of {{teacher, students}}, got {show(raw)}")
         return []
@@ -785,8 +779,6 @@ def check_adopted_teachers(spec: SweepSpec, class_names: list[str]) -> None:
     Raises:
         WeightsError: a checkpoint names classes that are not the dataset's.
     """
-    from l2d.weights import REMOTE_SCHEMES, class_order, resolve
-
     if spec.budget.teacher_epochs != 0:
         return
     for teacher in dict.fromkeys(p.teacher for p in spec.pairings):
@@ -909,7 +901,6 @@ def _student_sizes(errors: Errors, pairings, max_params: int, dataset: "DatasetS
     """Count each student's parameters on the meta device (no memory, no weights) against the plan's limit."""
     import torch
 
-    from l2d.data import DATASETS
     from l2d.models import build_model, count_parameters
 
     embed_dim = recipe.embed_dim or DATASETS[dataset.name].embed_dim
@@ -929,8 +920,6 @@ def _student_sizes(errors: Errors, pairings, max_params: int, dataset: "DatasetS
 
 def load_spec(path: str) -> SweepSpec:
     """Read and validate a spec file (a safe YAML loader: no Python objects, duplicate keys refused)."""
-    from sweeps.core.checks import read_yaml
-
     return parse_spec(read_yaml(path, "spec file"), path)
 
 
@@ -956,8 +945,6 @@ def with_overrides(spec: SweepSpec, source: str, **changes: Any) -> SweepSpec:
 
 def _setting_schema(name: str) -> dict:
     """The JSON Schema of a top-level run setting (``seed``), from its one definition."""
-    from pydantic import TypeAdapter
-
     schema = TypeAdapter(setting_rule(settings(RunConfig)[name])).json_schema()
     schema.pop("title", None)
     return schema
@@ -1079,8 +1066,6 @@ def json_schema() -> dict:
 
 
 def _budget_schema() -> dict:
-    from sweeps.core.checks import section_schema
-
     schema = section_schema(Budget)
     schema["properties"]["confirm"] = {
         "anyOf": [section_schema(Confirm), {"type": "null"}],

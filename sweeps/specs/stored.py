@@ -7,6 +7,7 @@ import json
 import logging
 
 from l2d.storage import Location
+from sweeps.core.checks import safe_yaml
 from sweeps.folder.marker import MARKER, SweepNotFoundError, is_sweep, read_marker
 from sweeps.specs import SpecError, SweepSpec, parse_spec
 
@@ -64,8 +65,6 @@ def load_sweep_spec(sweep_dir: str | Location, driver: bool = False) -> SweepSpe
         SweepNotFoundError: no sweep there (a spec file given instead is named as such); SweepStateError: its
             spec.yaml is unreadable or invalid (named), or, for a driver, was edited by hand.
     """
-    from sweeps.core.checks import safe_yaml
-
     sweep_dir = Location.parse(sweep_dir, "sweep folder")
     path = sweep_dir / SPEC_FILE
     if sweep_dir.is_file() and sweep_dir.name.endswith((".yaml", ".yml")):
